@@ -1,0 +1,125 @@
+"""The ``bandit`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from bandit import __version__
+from bandit.embedded import EmbeddedRedis, EmbeddedRedisError
+from bandit.settings import Settings, SettingsError, environ
+
+logger = logging.getLogger("bandit")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bandit", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"bandit {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser(
+        "serve", help="run the HTTP service",
+        description="Run the allocation service. Without --redis (or BANDIT_REDIS_URL) an "
+                    "embedded redis-server is started, persisting to --data-dir.",
+    )
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (default 8080)")
+    serve.add_argument("--redis", dest="redis_url", metavar="URL",
+                       help="redis:// URL of the store (default: embedded redis-server)")
+    serve.add_argument("--workers", type=int, help="service processes sharing the port")
+    serve.add_argument("--data-dir", type=Path, help="embedded Redis data (default ./bandit-data)")
+    serve.add_argument("--dedup-window", dest="dedup_window_s", type=float, metavar="SECONDS",
+                       help="how long reward event ids are remembered (default 3600)")
+    serve.add_argument("--log-level", default="INFO")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = _parser().parse_args(argv)
+    logging.basicConfig(level=arguments.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    if arguments.command == "serve":
+        return _serve(arguments)
+    return 2  # argparse already rejects unknown commands
+
+
+def _serve(arguments: argparse.Namespace) -> int:
+    try:
+        settings = Settings.from_env(
+            environ(), host=arguments.host, port=arguments.port,
+            redis_url=arguments.redis_url, workers=arguments.workers,
+            data_dir=arguments.data_dir, dedup_window_s=arguments.dedup_window_s,
+        )
+    except SettingsError as error:
+        print(f"bandit serve: {error}", file=sys.stderr)
+        return 2
+    if settings.workers > 1 and settings.port == 0:
+        print("bandit serve: --workers > 1 needs a fixed --port", file=sys.stderr)
+        return 2
+    embedded = None
+    if settings.redis_url is None:
+        embedded = EmbeddedRedis(settings.data_dir, appendfsync=settings.embedded_appendfsync)
+        try:
+            settings = settings.with_(redis_url=embedded.start())
+        except EmbeddedRedisError as error:
+            print(f"bandit serve: {error}", file=sys.stderr)
+            return 1
+        logger.info("embedded redis-server at %s, data in %s (appendfsync %s)",
+                    settings.redis_url, embedded.data_dir, settings.embedded_appendfsync)
+    try:
+        if settings.workers == 1:
+            _run_worker(settings)
+        else:
+            _supervise(settings)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+            logger.info("embedded redis-server stopped")
+    return 0
+
+
+def _run_worker(settings: Settings) -> None:
+    from aiohttp import web
+
+    from bandit.app import create_app
+
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    web.run_app(create_app(settings), host=settings.host, port=settings.port,
+                reuse_port=settings.workers > 1, print=lambda _: logger.info(
+                    "serving on http://%s:%d (Redis %s)", settings.host, settings.port,
+                    settings.redis_url))
+
+
+def _supervise(settings: Settings) -> None:
+    """Run ``workers`` processes on one port (SO_REUSEPORT) and restart any that dies."""
+    context = multiprocessing.get_context("spawn")
+    stopping = False
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    workers = [context.Process(target=_run_worker, args=(settings,), daemon=False)
+               for _ in range(settings.workers)]
+    for worker in workers:
+        worker.start()
+    while not stopping:
+        time.sleep(0.2)
+        for position, worker in enumerate(workers):
+            if not worker.is_alive() and not stopping:
+                logger.warning("worker %s exited with %s; restarting", worker.pid,
+                               worker.exitcode)
+                workers[position] = context.Process(target=_run_worker, args=(settings,))
+                workers[position].start()
+    for worker in workers:
+        worker.terminate()
+    for worker in workers:
+        worker.join(timeout=30)

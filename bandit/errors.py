@@ -1,0 +1,73 @@
+"""The exceptions the service raises, and the HTTP status each one maps to.
+
+Hierarchy::
+
+    BanditError                      base; carries an HTTP status and a short machine code
+    ├── MalformedRequest       400   the body is not JSON, or not the shape the endpoint takes
+    ├── Unauthorized           401   no valid API key
+    ├── Forbidden              403   the key lacks the scope
+    ├── NotFound               404   unknown experiment, arm or route
+    ├── Conflict               409   id exists, or a stale configuration version
+    ├── PayloadTooLarge        413   body or batch over its limit
+    ├── InvalidValue           422   well-formed but impossible values
+    └── StoreUnavailable       503   Redis cannot be reached for a write
+
+Lower-level errors (redis-py, JSON decoding) are translated into these at the boundary with
+``raise ... from``, so handlers and the HTTP middleware only ever see this hierarchy.
+"""
+
+from __future__ import annotations
+
+
+class BanditError(Exception):
+    """Base of every error the service reports to a client."""
+
+    status: int = 500
+    code: str = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_json(self) -> dict[str, dict[str, str]]:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+class MalformedRequest(BanditError):
+    status = 400
+    code = "malformed"
+
+
+class Unauthorized(BanditError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(BanditError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(BanditError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(BanditError):
+    status = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(BanditError):
+    status = 413
+    code = "too_large"
+
+
+class InvalidValue(BanditError):
+    status = 422
+    code = "invalid"
+
+
+class StoreUnavailable(BanditError):
+    status = 503
+    code = "store_unavailable"

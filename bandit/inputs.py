@@ -1,0 +1,125 @@
+"""Parsing and checking of allocate and reward-event request bodies (pure functions).
+
+Events are checked one by one so that a batch can apply its good events and report the bad
+ones by index; checks that need the experiment's configuration (does the arm exist, is the
+reward in range for the reward type) happen in the service, which has it cached.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from bandit.errors import InvalidValue, PayloadTooLarge
+from bandit.model import ID_PATTERN, integer, mapping
+
+MAX_DECISIONS = 10_000
+MAX_EVENTS = 10_000
+MAX_SLATE = 1000
+EVENT_ID_PATTERN = re.compile(r"[\x21-\x7e]{1,128}")
+DECISION_ID_PATTERN = re.compile(r"[dp][0-9a-z]{1,40}")
+MAX_UNIT_LENGTH = 256
+
+
+@dataclass(frozen=True, slots=True)
+class AllocateRequest:
+    n: int = 1
+    k: int | None = None
+    unit: str | None = None
+    sticky: bool = False
+    provisional: bool = False
+
+
+_ALLOCATE_FIELDS = {"unit", "n", "k", "context", "sticky", "provisional"}
+
+
+def parse_allocate(body: object) -> AllocateRequest:
+    if body is None:
+        return AllocateRequest()
+    data = mapping(body, "body", _ALLOCATE_FIELDS)
+    n = integer(data.get("n", 1), "n", low=1, high=MAX_DECISIONS)
+    k = data.get("k")
+    if k is not None:
+        k = integer(k, "k", low=1, high=MAX_SLATE)
+    unit = data.get("unit")
+    if unit is not None and (not isinstance(unit, str) or not 0 < len(unit) <= MAX_UNIT_LENGTH):
+        raise InvalidValue(f"unit: expected a string of 1 to {MAX_UNIT_LENGTH} characters")
+    sticky = _flag(data, "sticky")
+    if sticky and unit is None:
+        raise InvalidValue("sticky: needs a unit")
+    context = data.get("context")
+    if context is not None and not isinstance(context, dict):
+        raise InvalidValue("context: expected an object")
+    return AllocateRequest(n=n, k=k, unit=unit, sticky=sticky, provisional=_flag(data,
+                                                                                 "provisional"))
+
+
+def _flag(data: dict[str, Any], name: str) -> bool:
+    value = data.get(name, False)
+    if not isinstance(value, bool):
+        raise InvalidValue(f"{name}: expected true or false")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class RewardEvent:
+    index: int
+    id: str
+    experiment: str
+    arm: str
+    reward: float
+    decision_id: str | None
+    ts: float | None
+
+
+_EVENT_FIELDS = frozenset({"id", "experiment", "arm", "reward", "decision_id", "unit", "ts"})
+
+
+def parse_event_batch(body: object) -> list[object]:
+    """The list of raw events in an ``{events: [...]}`` body (size-checked)."""
+    data = mapping(body, "body", {"events"})
+    events = data.get("events")
+    if not isinstance(events, list):
+        raise InvalidValue("events: expected a list of reward events")
+    if len(events) > MAX_EVENTS:
+        raise PayloadTooLarge(f"events: at most {MAX_EVENTS} events per batch, got {len(events)}")
+    return events
+
+
+def parse_event(index: int, raw: object) -> RewardEvent:
+    """One reward event; raises InvalidValue with a message naming the bad field."""
+    if not isinstance(raw, dict):
+        raise InvalidValue("expected an object")
+    if not raw.keys() <= _EVENT_FIELDS:
+        raise InvalidValue(f"unknown field(s) {sorted(raw.keys() - _EVENT_FIELDS)}")
+    event_id = raw.get("id")
+    if not isinstance(event_id, str) or not EVENT_ID_PATTERN.fullmatch(event_id):
+        raise InvalidValue("id: expected 1 to 128 printable ASCII characters without spaces")
+    experiment = raw.get("experiment")
+    if not isinstance(experiment, str) or not ID_PATTERN.fullmatch(experiment):
+        raise InvalidValue(f"experiment: {experiment!r} is not a valid experiment id")
+    arm = raw.get("arm")
+    if not isinstance(arm, str) or not ID_PATTERN.fullmatch(arm):
+        raise InvalidValue(f"arm: {arm!r} is not a valid arm id")
+    reward = raw.get("reward")
+    if isinstance(reward, bool) or not isinstance(reward, int | float):
+        raise InvalidValue("reward: expected a number")
+    reward = float(reward)
+    if not math.isfinite(reward):
+        raise InvalidValue("reward: must be finite")
+    decision_id = raw.get("decision_id")
+    if decision_id is not None and (
+        not isinstance(decision_id, str) or not DECISION_ID_PATTERN.fullmatch(decision_id)
+    ):
+        raise InvalidValue(f"decision_id: {decision_id!r} is not a decision id this service issued")
+    unit = raw.get("unit")
+    if unit is not None and (not isinstance(unit, str) or not 0 < len(unit) <= MAX_UNIT_LENGTH):
+        raise InvalidValue(f"unit: expected a string of 1 to {MAX_UNIT_LENGTH} characters")
+    ts = raw.get("ts")
+    if ts is not None:
+        if isinstance(ts, bool) or not isinstance(ts, int | float) or not 0 <= ts < math.inf:
+            raise InvalidValue("ts: expected a finite, non-negative number of epoch seconds")
+        ts = float(ts)
+    return RewardEvent(index, event_id, experiment, arm, reward, decision_id, ts)

@@ -1,0 +1,73 @@
+"""Every Redis key the service uses, built in one place.
+
+All keys of one experiment share the hash tag ``{<experiment id>}`` so that in a Redis Cluster
+they live in one slot and every Lua script touching them runs on one shard. Experiment ids are
+restricted to ``[a-z0-9][a-z0-9_.-]{0,63}``, so they can never contain ``{`` or ``}``.
+
+Per experiment ``E`` (prefix ``P``, default ``bandit``):
+
+========================  ======  ==========================================================
+key                       type    contents
+========================  ======  ==========================================================
+``P:{E}:meta``            hash    ``config`` (JSON), ``version``, ``reward``, ``half_life``,
+                                  ``narms``, ``archived``
+``P:{E}:stats``           hash    posterior sufficient statistics per arm index ``i``:
+                                  ``i:s`` ``i:f`` (bernoulli) or ``i:w`` ``i:m`` ``i:q``
+                                  (gaussian), ``i:n`` raw count, ``i:t`` last decay time;
+                                  ``rev`` bumped on every change
+``P:{E}:served``          hash    decisions served per arm index (flushed by each process)
+``P:{E}:units``           hash    sticky unit -> ``arm indices|propensity``
+``P:{E}:ev:<event id>``   string  reward-event dedup marker, expires after the dedup window
+``P:{E}:dec:<decision>``  string  pending provisional decision: ``arm|served at``, then
+                                  ``c`` once converted; expires after the attribution window
+``P:experiments``         set     ids of all experiments (for listing; not slot-local)
+========================  ======  ==========================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key builder for one experiment."""
+
+    prefix: str
+    experiment: str
+
+    @property
+    def _base(self) -> str:
+        return f"{self.prefix}:{{{self.experiment}}}"
+
+    @property
+    def meta(self) -> str:
+        return f"{self._base}:meta"
+
+    @property
+    def stats(self) -> str:
+        return f"{self._base}:stats"
+
+    @property
+    def served(self) -> str:
+        return f"{self._base}:served"
+
+    @property
+    def units(self) -> str:
+        return f"{self._base}:units"
+
+    def event(self, event_id: str) -> str:
+        return f"{self._base}:ev:{event_id}"
+
+    def decision(self, decision_id: str) -> str:
+        return f"{self._base}:dec:{decision_id}"
+
+    @property
+    def pattern(self) -> str:
+        """A SCAN pattern matching every key of the experiment (used when deleting)."""
+        return f"{self._base}:*"
+
+
+def registry(prefix: str) -> str:
+    """The set of all experiment ids."""
+    return f"{prefix}:experiments"

@@ -1,0 +1,358 @@
+"""Experiments and their exploration settings: plain data, validation and (de)serialisation.
+
+Pure functions only: no I/O. Every validation error is an ``InvalidValue`` (422) whose message
+names the field and says what is wrong, so a client can fix its request without reading code.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
+
+from bandit.errors import InvalidValue
+
+ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+MIN_ARMS = 2
+MAX_ARMS = 1000
+DEFAULT_ATTRIBUTION_WINDOW_S = 86_400.0
+
+Reward = Literal["bernoulli", "gaussian"]
+REWARDS: tuple[Reward, ...] = ("bernoulli", "gaussian")
+
+BERNOULLI_PRIOR = {"alpha": 1.0, "beta": 1.0}
+# Normal-Gamma prior: weak on the mean (kappa: one hundredth of an observation) and on the noise.
+GAUSSIAN_PRIOR = {"mean": 0.0, "kappa": 0.01, "alpha": 1.0, "beta": 1.0}
+
+
+@dataclass(frozen=True)
+class Control:
+    arm: str
+    share: float
+
+
+@dataclass(frozen=True)
+class Exploration:
+    """The operator-tunable settings of the SPEC, with its defaults."""
+
+    epsilon: float = 0.0
+    min_share: float = 0.0
+    max_share: float = 1.0
+    temperature: float = 1.0
+    half_life_s: float | None = None
+    warmup: int = 0
+    top_two: float | None = None
+    control: Control | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    id: str
+    arms: tuple[str, ...]
+    reward: Reward
+    prior: dict[str, float]
+    exploration: Exploration = field(default_factory=Exploration)
+    paused: frozenset[str] = frozenset()
+    attribution_window_s: float = DEFAULT_ATTRIBUTION_WINDOW_S
+    version: int = 1
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    archived: bool = False
+
+    @property
+    def active_arms(self) -> tuple[str, ...]:
+        return tuple(arm for arm in self.arms if arm not in self.paused)
+
+    def arm_index(self, arm: str) -> int | None:
+        return self._index.get(arm)
+
+    @property
+    def _index(self) -> dict[str, int]:
+        # Cached on first use; frozen dataclasses allow it through object.__setattr__.
+        index: dict[str, int] | None = self.__dict__.get("_arm_index")
+        if index is None:
+            index = {arm: i for i, arm in enumerate(self.arms)}
+            object.__setattr__(self, "_arm_index", index)
+        return index
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "arms": [
+                {"id": arm, "state": "paused" if arm in self.paused else "active"}
+                for arm in self.arms
+            ],
+            "reward": self.reward,
+            "prior": dict(self.prior),
+            "exploration": self.exploration.to_json(),
+            "attribution_window_s": self.attribution_window_s,
+            "version": self.version,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "status": "archived" if self.archived else "active",
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Experiment:
+        """Inverse of ``to_json`` for what the store saved (already validated)."""
+        exploration = dict(data["exploration"])
+        control = exploration.pop("control")
+        return cls(
+            id=data["id"],
+            arms=tuple(arm["id"] for arm in data["arms"]),
+            reward=data["reward"],
+            prior={k: float(v) for k, v in data["prior"].items()},
+            exploration=Exploration(
+                **exploration, control=Control(**control) if control else None
+            ),
+            paused=frozenset(arm["id"] for arm in data["arms"] if arm["state"] == "paused"),
+            attribution_window_s=float(data["attribution_window_s"]),
+            version=int(data["version"]),
+            created_at=float(data["created_at"]),
+            updated_at=float(data["updated_at"]),
+            archived=data["status"] == "archived",
+        )
+
+
+def check_id(value: object, what: str) -> str:
+    if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
+        raise InvalidValue(
+            f"{what}: {value!r} does not match the pattern [a-z0-9][a-z0-9_.-]{{0,63}}"
+        )
+    return value
+
+
+def number(value: object, what: str, *, low: float | None = None, high: float | None = None,
+           low_open: bool = False, high_open: bool = False) -> float:
+    """A finite JSON number (not a bool) within the given bounds."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidValue(f"{what}: expected a number, got {_describe(value)}")
+    result = float(value)
+    if not math.isfinite(result):
+        raise InvalidValue(f"{what}: must be finite, got {value!r}")
+    if low is not None and (result < low or (low_open and result == low)):
+        raise InvalidValue(f"{what}: must be {'>' if low_open else '>='} {low}, got {value!r}")
+    if high is not None and (result > high or (high_open and result == high)):
+        raise InvalidValue(f"{what}: must be {'<' if high_open else '<='} {high}, got {value!r}")
+    return result
+
+
+def integer(value: object, what: str, *, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidValue(f"{what}: expected an integer, got {_describe(value)}")
+    if not low <= value <= high:
+        raise InvalidValue(f"{what}: must be between {low} and {high}, got {value}")
+    return value
+
+
+def mapping(value: object, what: str, allowed: set[str]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidValue(f"{what}: expected an object, got {_describe(value)}")
+    unknown = sorted(set(value) - allowed)
+    if unknown:
+        raise InvalidValue(f"{what}: unknown field(s) {unknown}; allowed: {sorted(allowed)}")
+    return value
+
+
+def _describe(value: object) -> str:
+    if value is None:
+        return "null"
+    return f"{type(value).__name__} {value!r}"[:80]
+
+
+def parse_arm_list(value: object, what: str) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise InvalidValue(f"{what}: expected a list of arm ids, got {_describe(value)}")
+    arms = tuple(check_id(arm, f"{what}[{i}]") for i, arm in enumerate(value))
+    duplicates = sorted({arm for arm in arms if arms.count(arm) > 1}) if len(set(arms)) < len(
+        arms
+    ) else []
+    if duplicates:
+        raise InvalidValue(f"{what}: duplicate arm ids {duplicates}")
+    return arms
+
+
+def parse_prior(reward: Reward, value: object) -> dict[str, float]:
+    defaults = BERNOULLI_PRIOR if reward == "bernoulli" else GAUSSIAN_PRIOR
+    if value is None:
+        return dict(defaults)
+    given = mapping(value, "prior", set(defaults))
+    prior = dict(defaults)
+    for name, raw in given.items():
+        if name == "mean":
+            prior[name] = number(raw, "prior.mean")
+        else:
+            prior[name] = number(raw, f"prior.{name}", low=0.0, low_open=True, high=1e12)
+    return prior
+
+
+_EXPLORATION_FIELDS = {
+    "epsilon", "min_share", "max_share", "temperature", "half_life_s", "warmup", "top_two",
+    "control",
+}
+
+
+def parse_exploration(value: object, base: Exploration) -> Exploration:
+    """Apply a (possibly partial) exploration object onto ``base``; checks each value alone."""
+    given = mapping(value, "exploration", _EXPLORATION_FIELDS)
+    changes: dict[str, Any] = {}
+    for name, raw in given.items():
+        what = f"exploration.{name}"
+        if name in {"epsilon", "min_share"}:
+            changes[name] = number(raw, what, low=0.0, high=1.0)
+        elif name == "max_share":
+            changes[name] = number(raw, what, low=0.0, high=1.0, low_open=True)
+        elif name == "temperature":
+            changes[name] = number(raw, what, low=0.01, high=100.0)
+        elif name == "half_life_s":
+            changes[name] = None if raw is None else number(raw, what, low=1.0, high=1e10)
+        elif name == "warmup":
+            changes[name] = integer(raw, what, low=0, high=1_000_000)
+        elif name == "top_two":
+            changes[name] = None if raw is None else number(
+                raw, what, low=0.0, high=1.0, low_open=True, high_open=True
+            )
+        elif raw is None:  # control
+            changes[name] = None
+        else:
+            control = mapping(raw, what, {"arm", "share"})
+            if set(control) != {"arm", "share"}:
+                raise InvalidValue(f"{what}: needs both 'arm' and 'share'")
+            changes[name] = Control(
+                arm=check_id(control["arm"], f"{what}.arm"),
+                share=number(control["share"], f"{what}.share", low=0.0, high=1.0,
+                             low_open=True, high_open=True),
+            )
+    return replace(base, **changes)
+
+
+def check_consistent(experiment: Experiment) -> None:
+    """Rules that involve several settings and the arms; raised before anything is stored."""
+    exploration = experiment.exploration
+    active = experiment.active_arms
+    if not active:
+        raise InvalidValue("arms: at least one arm must stay active")
+    control_share = 0.0
+    bandit_arms = len(active)
+    if exploration.control is not None:
+        control = exploration.control
+        if experiment.arm_index(control.arm) is None:
+            raise InvalidValue(f"exploration.control.arm: {control.arm!r} is not an arm")
+        if control.arm in experiment.paused:
+            raise InvalidValue(f"exploration.control.arm: {control.arm!r} is paused")
+        control_share = control.share
+        bandit_arms -= 1
+        if bandit_arms < 1:
+            raise InvalidValue("exploration.control: no active arm is left besides the control")
+    if exploration.min_share > exploration.max_share:
+        raise InvalidValue(
+            f"exploration: min_share {exploration.min_share} is above max_share "
+            f"{exploration.max_share}"
+        )
+    free = 1.0 - control_share
+    if exploration.min_share * bandit_arms > free + 1e-12:
+        raise InvalidValue(
+            f"exploration.min_share: {exploration.min_share} * {bandit_arms} active arms > "
+            f"{free:g} (the share left after the control)"
+        )
+    if exploration.max_share * bandit_arms < free - 1e-12:
+        raise InvalidValue(
+            f"exploration.max_share: {exploration.max_share} * {bandit_arms} active arms < "
+            f"{free:g}: the caps cannot add up to the traffic"
+        )
+
+
+_CREATE_FIELDS = {"id", "arms", "reward", "prior", "exploration", "attribution_window_s"}
+
+
+def parse_new_experiment(body: object, now: float) -> Experiment:
+    data = mapping(body, "body", _CREATE_FIELDS)
+    for required in ("id", "arms", "reward"):
+        if required not in data:
+            raise InvalidValue(f"{required}: required")
+    experiment_id = check_id(data["id"], "id")
+    arms = parse_arm_list(data["arms"], "arms")
+    if not MIN_ARMS <= len(arms) <= MAX_ARMS:
+        raise InvalidValue(f"arms: need {MIN_ARMS} to {MAX_ARMS} arms, got {len(arms)}")
+    reward = data["reward"]
+    if reward not in REWARDS:
+        raise InvalidValue(f"reward: must be one of {list(REWARDS)}, got {reward!r}")
+    window = number(data.get("attribution_window_s", DEFAULT_ATTRIBUTION_WINDOW_S),
+                    "attribution_window_s", low=1.0, high=90 * 86_400.0)
+    experiment = Experiment(
+        id=experiment_id,
+        arms=arms,
+        reward=reward,
+        prior=parse_prior(reward, data.get("prior")),
+        exploration=parse_exploration(data.get("exploration", {}), Exploration()),
+        attribution_window_s=window,
+        created_at=now,
+        updated_at=now,
+    )
+    check_consistent(experiment)
+    return experiment
+
+
+@dataclass(frozen=True)
+class Patch:
+    version: int
+    experiment: Experiment
+    reason: str | None
+    changes: dict[str, Any]
+
+
+_PATCH_FIELDS = {"version", "exploration", "arms", "reason"}
+
+
+def parse_patch(body: object, current: Experiment, now: float) -> Patch:
+    """The experiment a PATCH body would produce from ``current`` (not yet stored)."""
+    data = mapping(body, "body", _PATCH_FIELDS)
+    if "version" not in data:
+        raise InvalidValue("version: required (the version your change is based on)")
+    version = integer(data["version"], "version", low=1, high=2**53)
+    reason = data.get("reason")
+    if reason is not None and (not isinstance(reason, str) or len(reason) > 1000):
+        raise InvalidValue("reason: expected a string of at most 1000 characters")
+    updated = current
+    if "exploration" in data:
+        updated = replace(updated, exploration=parse_exploration(data["exploration"],
+                                                                 updated.exploration))
+    if "arms" in data:
+        updated = _apply_arm_changes(updated, mapping(data["arms"], "arms",
+                                                      {"add", "pause", "resume"}))
+    check_consistent(updated)
+    updated = replace(updated, version=current.version + 1, updated_at=now)
+    changes = {
+        key: {"old": old, "new": new}
+        for key, old, new in _diff(current.to_json(), updated.to_json())
+        if key not in ("version", "updated_at")
+    }
+    return Patch(version=version, experiment=updated, reason=reason, changes=changes)
+
+
+def _apply_arm_changes(experiment: Experiment, arms: dict[str, Any]) -> Experiment:
+    added = parse_arm_list(arms.get("add", []), "arms.add")
+    existing = [arm for arm in added if experiment.arm_index(arm) is not None]
+    if existing:
+        raise InvalidValue(f"arms.add: {existing} already exist")
+    if len(experiment.arms) + len(added) > MAX_ARMS:
+        raise InvalidValue(f"arms.add: an experiment has at most {MAX_ARMS} arms")
+    paused = set(experiment.paused)
+    for action in ("pause", "resume"):
+        named = parse_arm_list(arms.get(action, []), f"arms.{action}")
+        unknown = [arm for arm in named if experiment.arm_index(arm) is None and arm not in added]
+        if unknown:
+            raise InvalidValue(f"arms.{action}: unknown arm(s) {unknown}")
+        if action == "pause":
+            paused.update(named)
+        else:
+            paused.difference_update(named)
+    return replace(experiment, arms=experiment.arms + added, paused=frozenset(paused))
+
+
+def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    return [(key, old.get(key), new.get(key)) for key in new if old.get(key) != new.get(key)]

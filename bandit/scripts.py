@@ -1,0 +1,198 @@
+"""The Lua scripts: every multi-key change to an experiment is one of these, run atomically.
+
+Each script touches only keys of one experiment (one hash tag), so it runs on one shard of a
+Redis Cluster. Numbers are written with ``%.17g``: Redis' default Lua number formatting keeps
+only 14 significant digits. Floats are returned as strings, since Redis truncates Lua numbers
+in replies to integers. Times come from the server's ``TIME``, one clock for all processes.
+
+Arm state in the ``stats`` hash, per arm index ``i``: ``i:s``/``i:f`` (bernoulli successes and
+failures) or ``i:w``/``i:m``/``i:q`` (gaussian weight, mean and sum of squared deviations),
+``i:n`` (raw observations, never forgotten) and ``i:t`` (server time the state was last decayed
+to). With a half-life ``h``, state older by ``d`` seconds weighs ``2^(-d/h)``: every writer first
+decays an arm to now, then adds, so forgetting needs no background job and no read-modify-write
+from Python.
+"""
+
+from __future__ import annotations
+
+# Shared helpers, prepended to the scripts that change arm state. Expects KEYS[1] = meta and
+# KEYS[2] = stats; defines `half_life`, `gaussian`, `now`, `load(arm)`, `weight_since(t)`,
+# `save()`; returns -1 / -2 from the script when the experiment is missing / archived.
+_ARM_STATE = r"""
+local meta = redis.call('HMGET', KEYS[1], 'reward', 'half_life', 'archived')
+if not meta[1] then return {-1} end
+if meta[3] == '1' then return {-2} end
+local gaussian = meta[1] == 'gaussian'
+local half_life = tonumber(meta[2])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local arms = {}
+
+local function fmt(x) return string.format('%.17g', x) end
+
+local function weight_since(t)
+  if half_life == nil or t >= now then return 1 end
+  return 2 ^ (-(now - t) / half_life)
+end
+
+local function load(arm)
+  local state = arms[arm]
+  if state then return state end
+  local p = arm .. ':'
+  local v = redis.call('HMGET', KEYS[2], p .. 's', p .. 'f', p .. 'w', p .. 'm', p .. 'q',
+                       p .. 'n', p .. 't')
+  state = {s = tonumber(v[1]) or 0, f = tonumber(v[2]) or 0, w = tonumber(v[3]) or 0,
+           m = tonumber(v[4]) or 0, q = tonumber(v[5]) or 0, n = tonumber(v[6]) or 0}
+  local t = tonumber(v[7])
+  if t then
+    local d = weight_since(t)
+    state.s, state.f, state.w, state.q = state.s * d, state.f * d, state.w * d, state.q * d
+  end
+  arms[arm] = state
+  return state
+end
+
+local function save()
+  local changed = false
+  for arm, st in pairs(arms) do
+    local p = arm .. ':'
+    if gaussian then
+      redis.call('HSET', KEYS[2], p .. 'w', fmt(st.w), p .. 'm', fmt(st.m), p .. 'q', fmt(st.q),
+                 p .. 'n', fmt(st.n), p .. 't', fmt(now))
+    else
+      redis.call('HSET', KEYS[2], p .. 's', fmt(st.s), p .. 'f', fmt(st.f),
+                 p .. 'n', fmt(st.n), p .. 't', fmt(now))
+    end
+    changed = true
+  end
+  if changed then redis.call('HINCRBY', KEYS[2], 'rev', 1) end
+end
+"""
+
+APPLY_EVENTS = _ARM_STATE + r"""
+-- Apply a batch of reward events to one experiment, idempotently.
+-- KEYS[1] meta, KEYS[2] stats, KEYS[2+i] the dedup key of event i (i = 1..n), then the
+--   pending-decision keys that events refer to.
+-- ARGV[1] dedup window in ms, ARGV[2] n, then 4 values per event: arm index, reward,
+--   event time ('' = now), index into KEYS of its pending-decision key (0 = none).
+-- Returns {1, status_1, ..., status_n}; status 1 applied, 0 duplicate (event id seen within
+--   the window, or the decision already converted), 2 decision unknown or past its attribution
+--   window, 3 arm differs from the decision's arm. {-1}/{-2}: experiment missing/archived.
+local ttl = ARGV[1]
+local n = tonumber(ARGV[2])
+local result = {1}
+for i = 1, n do
+  local b = 3 + (i - 1) * 4
+  local arm, reward = ARGV[b], tonumber(ARGV[b + 1])
+  local ts, dk = tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
+  local status, served_at = 1, nil
+  if dk > 0 then
+    local pending = redis.call('GET', KEYS[dk])
+    if not pending then
+      status = 2
+    elseif pending == 'c' then
+      status = 0
+    else
+      local sep = string.find(pending, '|', 1, true)
+      if string.sub(pending, 1, sep - 1) ~= arm then
+        status = 3
+      else
+        served_at = tonumber(string.sub(pending, sep + 1))
+      end
+    end
+  end
+  if status == 1 and not redis.call('SET', KEYS[2 + i], '1', 'NX', 'PX', ttl) then
+    status = 0
+  end
+  if status == 1 then
+    local st = load(arm)
+    if served_at then
+      -- The decision already counts as a failure: move its (decayed) weight to success.
+      redis.call('SET', KEYS[dk], 'c', 'KEEPTTL')
+      local w = weight_since(served_at) * reward
+      st.s, st.f = st.s + w, math.max(0, st.f - w)
+    else
+      local w = weight_since(ts or now)
+      if gaussian then
+        local total = st.w + w
+        if total > 0 then
+          local delta = reward - st.m
+          st.m = st.m + w * delta / total
+          st.q = st.q + w * delta * (reward - st.m)
+          st.w = total
+        end
+      else
+        st.s, st.f = st.s + w * reward, st.f + w * (1 - reward)
+      end
+      st.n = st.n + 1
+    end
+  end
+  result[i + 1] = status
+end
+save()
+return result
+"""
+
+RECORD_PROVISIONAL = _ARM_STATE + r"""
+-- Count served decisions as provisional failures, to be converted by a later reward event.
+-- KEYS[1] meta, KEYS[2] stats, KEYS[2+i] pending-decision key of decision i.
+-- ARGV[1] attribution window in ms, ARGV[1+i] arm index of decision i.
+-- Returns {1}, or {-1}/{-2} when the experiment is missing/archived.
+for i = 3, #KEYS do
+  local arm = ARGV[i - 1]
+  redis.call('SET', KEYS[i], arm .. '|' .. fmt(now), 'PX', ARGV[1])
+  local st = load(arm)
+  st.f, st.n = st.f + 1, st.n + 1
+end
+save()
+return {1}
+"""
+
+CREATE = r"""
+-- Create an experiment unless its id is taken.
+-- KEYS[1] meta, KEYS[2] stats. ARGV[1] config JSON, ARGV[2] reward type, ARGV[3] half-life
+--   in seconds ('' = no forgetting).
+-- Returns 1 when created, 0 when an experiment (live or archived) has this id.
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'config', ARGV[1], 'version', '1', 'reward', ARGV[2],
+           'half_life', ARGV[3], 'archived', '0')
+redis.call('HSET', KEYS[2], 'rev', '1')
+return 1
+"""
+
+UPDATE = r"""
+-- Replace an experiment's configuration if nobody changed it since `expected version`.
+-- KEYS[1] meta, KEYS[2] stats. ARGV[1] expected version, ARGV[2] new config JSON (carrying
+--   version + 1), ARGV[3] half-life ('' = none), ARGV[4] archived flag ('0' or '1').
+-- Returns {1, new version}, {0, current version} when stale, {-1} when missing.
+local version = redis.call('HGET', KEYS[1], 'version')
+if not version then return {-1} end
+if version ~= ARGV[1] then return {0, tonumber(version)} end
+local new = tonumber(version) + 1
+redis.call('HSET', KEYS[1], 'config', ARGV[2], 'version', tostring(new), 'half_life', ARGV[3],
+           'archived', ARGV[4])
+redis.call('HINCRBY', KEYS[2], 'rev', 1)
+return {1, new}
+"""
+
+READ = r"""
+-- A consistent snapshot of one experiment.
+-- KEYS[1] meta, KEYS[2] stats, KEYS[3] served.
+-- Returns {config JSON, stats as a flat field/value list, served as a flat list, server time},
+--   or {} when the experiment does not exist.
+local config = redis.call('HGET', KEYS[1], 'config')
+if not config then return {} end
+local clock = redis.call('TIME')
+return {config, redis.call('HGETALL', KEYS[2]), redis.call('HGETALL', KEYS[3]),
+        clock[1] .. '.' .. string.format('%06d', tonumber(clock[2]))}
+"""
+
+STICKY = r"""
+-- The assignment of a unit: the stored one, or the proposed one, stored now.
+-- KEYS[1] units hash. ARGV[1] unit field, ARGV[2] proposed assignment.
+-- Returns the assignment in force.
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if current then return current end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return ARGV[2]
+"""

@@ -1,0 +1,378 @@
+"""What the service does, apart from HTTP: create and change experiments, decide, learn.
+
+Handlers parse and answer; this module holds the logic between them and the store. Decisions
+come from the process's cached snapshots (``bandit.cache``); rewards go to Redis in one script
+call per experiment per batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+import math
+import random
+import secrets
+import time
+from collections import OrderedDict, defaultdict
+from dataclasses import replace
+from itertools import count
+from typing import Any
+
+import numpy as np
+
+from bandit import policy
+from bandit.cache import ExperimentCache, Snapshot, cancelling
+from bandit.errors import Conflict, InvalidValue, NotFound, StoreUnavailable
+from bandit.inputs import (
+    AllocateRequest,
+    RewardEvent,
+    parse_allocate,
+    parse_event,
+    parse_event_batch,
+)
+from bandit.model import Experiment, check_id, parse_new_experiment, parse_patch
+from bandit.settings import Settings
+from bandit.store import APPLIED, DUPLICATE, UNKNOWN_DECISION, EncodedEvent, RedisStore
+
+logger = logging.getLogger(__name__)
+
+_STATUS_ERRORS = {
+    UNKNOWN_DECISION: "decision_id: unknown, or its attribution window has passed",
+    3: "arm: differs from the arm of the decision",
+}
+
+
+class BanditService:
+    def __init__(self, store: RedisStore, settings: Settings, *, seed: int | None = None) -> None:
+        self.store = store
+        self.settings = settings
+        self.cache = ExperimentCache(store, settings.refresh_interval_s)
+        seed = secrets.randbits(63) if seed is None else seed
+        self._random = random.Random(seed)
+        self._rng = np.random.default_rng(seed)
+        # Decision ids: a random per-process prefix and a counter make them unique across
+        # processes without coordination.
+        self._id_prefix = secrets.token_hex(5)
+        self._counter = count(1)
+        self._served: defaultdict[str, defaultdict[int, int]] = defaultdict(
+            lambda: defaultdict(int)
+        )
+        self._sticky: OrderedDict[tuple[str, str], tuple[list[int], float, list[float]]] = (
+            OrderedDict()
+        )
+
+    # -- experiments -------------------------------------------------------------------------
+
+    async def create_experiment(self, body: object) -> dict[str, Any]:
+        experiment = parse_new_experiment(body, time.time())
+        await self.store.create(experiment)
+        return experiment.to_json()
+
+    async def list_experiments(self) -> list[dict[str, Any]]:
+        ids = await self.store.list_ids()
+        states = await self.store.read_many(ids) if ids else []
+        return [
+            {"id": s.experiment.id, "reward": s.experiment.reward,
+             "arms": len(s.experiment.arms), "version": s.experiment.version,
+             "status": "archived" if s.experiment.archived else "active"}
+            for s in states if s is not None
+        ]
+
+    async def show(self, experiment_id: str) -> dict[str, Any]:
+        return (await self._read(experiment_id)).to_json()
+
+    async def patch(self, experiment_id: str, body: object) -> dict[str, Any]:
+        current = await self._read(experiment_id)
+        if current.archived:
+            raise InvalidValue(f"experiment {experiment_id!r} is archived")
+        patch = parse_patch(body, current, time.time())
+        if patch.version != current.version:
+            # The script checks again atomically; this gives the common case a clear message.
+            raise Conflict(
+                f"experiment {experiment_id!r} is at version {current.version}, not "
+                f"{patch.version}: reload it and apply your change again"
+            )
+        await self.store.update(patch.experiment, patch.version)
+        self.cache.forget(experiment_id)
+        result = patch.experiment.to_json()
+        result["changes"] = patch.changes
+        return result
+
+    async def archive(self, experiment_id: str) -> dict[str, Any]:
+        current = await self._read(experiment_id)
+        if current.archived:
+            return current.to_json()
+        archived = replace(current, archived=True, version=current.version + 1,
+                           updated_at=time.time())
+        await self.store.update(archived, current.version)
+        self.cache.forget(experiment_id)
+        return archived.to_json()
+
+    async def _read(self, experiment_id: str) -> Experiment:
+        check_id(experiment_id, "experiment id")
+        state = await self.store.read(experiment_id)
+        if state is None:
+            raise NotFound(f"experiment {experiment_id!r} does not exist")
+        return state.experiment
+
+    # -- decisions ---------------------------------------------------------------------------
+
+    async def snapshot(self, experiment_id: str) -> Snapshot:
+        snapshot = await self.cache.get(experiment_id)
+        if snapshot.experiment.archived:
+            raise NotFound(f"experiment {experiment_id!r} is archived")
+        return snapshot
+
+    @property
+    def stale(self) -> bool:
+        return self.cache.age > self.settings.stale_after_s
+
+    async def allocate(self, experiment_id: str, body: object) -> dict[str, Any]:
+        request = parse_allocate(body)
+        snapshot = await self.snapshot(experiment_id)
+        if request.k is not None and request.k > snapshot.servable:
+            raise InvalidValue(
+                f"k: {request.k} is more than the {snapshot.servable} arms that can be served"
+            )
+        if request.provisional and (snapshot.experiment.reward != "bernoulli"
+                                    or request.k is not None):
+            raise InvalidValue("provisional: only for single-arm decisions of bernoulli "
+                               "experiments")
+        if request.sticky:
+            decisions = await self._sticky_decisions(snapshot, request)
+        elif request.k is None:
+            decisions = self._decisions(snapshot, request.n, "p" if request.provisional else "d")
+        else:
+            decisions = self._slates(snapshot, request.n, request.k)
+        if request.provisional:
+            await self.store.record_provisional(
+                experiment_id, [d["decision_id"] for d in decisions],
+                [snapshot.experiment.arm_index(d["arm"]) or 0 for d in decisions],
+                snapshot.experiment.attribution_window_s,
+            )
+        return {"decisions": decisions, "version": snapshot.experiment.version}
+
+    def _decisions(self, snapshot: Snapshot, n: int, kind: str) -> list[dict[str, Any]]:
+        arms, probabilities = snapshot.arms, snapshot.probability_list
+        served = self._served[snapshot.experiment.id]
+        prefix = f"{kind}{self._id_prefix}"
+        if n == 1:
+            index = bisect.bisect_right(snapshot.cumulative_list, self._random.random())
+            index = min(index, len(arms) - 1)
+            served[index] += 1
+            return [{"decision_id": f"{prefix}{next(self._counter):x}", "arm": arms[index],
+                     "propensity": probabilities[index]}]
+        chosen = policy.sample_arms(snapshot.cumulative, n, self._rng)
+        for index, times in enumerate(np.bincount(chosen, minlength=len(arms)).tolist()):
+            if times:
+                served[index] += times
+        first = next(self._counter)
+        self._counter = count(first + n)
+        return [
+            {"decision_id": f"{prefix}{first + offset:x}", "arm": arms[index],
+             "propensity": probabilities[index]}
+            for offset, index in enumerate(chosen.tolist())
+        ]
+
+    def _slates(self, snapshot: Snapshot, n: int, k: int) -> list[dict[str, Any]]:
+        arms_chosen, slate_propensity, position_propensity = policy.sample_slates(
+            snapshot.probabilities, n, k, self._rng
+        )
+        served = self._served[snapshot.experiment.id]
+        for index in arms_chosen.ravel().tolist():
+            served[index] += 1
+        arms = snapshot.arms
+        return [
+            {"decision_id": f"d{self._id_prefix}{next(self._counter):x}",
+             "arms": [arms[i] for i in slate], "propensity": propensity,
+             "position_propensities": positions}
+            for slate, propensity, positions in zip(
+                arms_chosen.tolist(), slate_propensity.tolist(), position_propensity.tolist(),
+                strict=True,
+            )
+        ]
+
+    async def _sticky_decisions(self, snapshot: Snapshot,
+                                request: AllocateRequest) -> list[dict[str, Any]]:
+        assert request.unit is not None
+        experiment = snapshot.experiment
+        field = request.unit if request.k is None else f"{request.unit}\x1fk={request.k}"
+        key = (experiment.id, field)
+        assignment = self._sticky.get(key)
+        if assignment is None:
+            proposal = (self._decisions(snapshot, 1, "d")[0] if request.k is None
+                        else self._slates(snapshot, 1, request.k)[0])
+            proposed = _encode_assignment(experiment, proposal)
+            stored = await self.store.sticky_assignment(experiment.id, field, proposed)
+            assignment = _decode_assignment(stored)
+            self._sticky[key] = assignment
+            if len(self._sticky) > self.settings.sticky_cache_size:
+                self._sticky.popitem(last=False)
+        else:
+            self._sticky.move_to_end(key)
+        indices, propensity, positions = assignment
+        if any(snapshot.probability_list[i] == 0.0 for i in indices):
+            # The unit's arm is paused (or outside the current serving set): it gets a fresh,
+            # unstored decision now and its own arm again once that arm is resumed.
+            return (self._decisions(snapshot, request.n, "d") if request.k is None
+                    else self._slates(snapshot, request.n, request.k))
+        arms = experiment.arms
+        served = self._served[experiment.id]
+        decisions: list[dict[str, Any]] = []
+        for _ in range(request.n):
+            decision: dict[str, Any] = {
+                "decision_id": f"d{self._id_prefix}{next(self._counter):x}",
+                "propensity": propensity, "sticky": True,
+            }
+            if request.k is None:
+                decision["arm"] = arms[indices[0]]
+            else:
+                decision["arms"] = [arms[i] for i in indices]
+                decision["position_propensities"] = positions
+            for i in indices:
+                served[i] += 1
+            decisions.append(decision)
+        return decisions
+
+    async def flush_served(self) -> None:
+        """Add this process's served-decision counts to Redis (best effort, periodic)."""
+        if not self._served:
+            return
+        pending, self._served = self._served, defaultdict(lambda: defaultdict(int))
+        try:
+            await self.store.add_served({k: dict(v) for k, v in pending.items()})
+        except StoreUnavailable:
+            for experiment_id, per_arm in pending.items():  # keep them for the next flush
+                for index, times in per_arm.items():
+                    self._served[experiment_id][index] += times
+            raise
+
+    async def run_served_flusher(self) -> None:
+        while not cancelling():
+            await asyncio.sleep(self.settings.served_flush_interval_s)
+            try:
+                await self.flush_served()
+            except StoreUnavailable as error:
+                logger.warning("could not flush served counts: %s", error)
+
+    # -- rewards -----------------------------------------------------------------------------
+
+    async def apply_events(self, body: object) -> dict[str, Any]:
+        raw_events = parse_event_batch(body)
+        rejected: list[dict[str, Any]] = []
+        grouped: defaultdict[str, list[RewardEvent]] = defaultdict(list)
+        for index, raw in enumerate(raw_events):
+            try:
+                event = parse_event(index, raw)
+            except InvalidValue as error:
+                rejected.append({"index": index, "error": error.message})
+                continue
+            grouped[event.experiment].append(event)
+        batches: dict[str, list[EncodedEvent]] = {}
+        positions: dict[str, list[int]] = {}
+        for experiment_id, events in grouped.items():
+            encoded, indices, errors = await self._encode_events(experiment_id, events)
+            rejected.extend(errors)
+            if encoded:
+                batches[experiment_id] = encoded
+                positions[experiment_id] = indices
+        accepted = duplicates = 0
+        if batches:
+            results = await self.store.apply_events(batches, self.settings.dedup_window_s)
+            for experiment_id, statuses in results.items():
+                indices = positions[experiment_id]
+                if statuses is None:
+                    rejected.extend({"index": i, "error": f"experiment {experiment_id!r} is "
+                                     "archived"} for i in indices)
+                    continue
+                for index, status in zip(indices, statuses, strict=True):
+                    if status == APPLIED:
+                        accepted += 1
+                    elif status == DUPLICATE:
+                        duplicates += 1
+                    else:
+                        rejected.append({"index": index, "error": _STATUS_ERRORS[status]})
+        rejected.sort(key=lambda item: int(item["index"]))
+        return {"accepted": accepted, "duplicates": duplicates, "rejected": rejected}
+
+    async def _encode_events(
+        self, experiment_id: str, events: list[RewardEvent]
+    ) -> tuple[list[EncodedEvent], list[int], list[dict[str, Any]]]:
+        try:
+            snapshot = await self.snapshot(experiment_id)
+        except NotFound as error:
+            return [], [], [{"index": e.index, "error": error.message} for e in events]
+        if any(snapshot.experiment.arm_index(e.arm) is None for e in events):
+            # An arm added by another process may not have reached this cache yet.
+            self.cache.forget(experiment_id)
+            snapshot = await self.snapshot(experiment_id)
+        experiment = snapshot.experiment
+        bernoulli = experiment.reward == "bernoulli"
+        encoded: list[EncodedEvent] = []
+        indices: list[int] = []
+        errors: list[dict[str, Any]] = []
+        for event in events:
+            arm_index = experiment.arm_index(event.arm)
+            error = None
+            if arm_index is None:
+                error = f"arm: {event.arm!r} is not an arm of experiment {experiment_id!r}"
+            elif bernoulli and not 0.0 <= event.reward <= 1.0:
+                error = f"reward: {event.reward!r} is outside [0, 1] for a bernoulli experiment"
+            elif event.decision_id is not None and event.decision_id[0] == "p" and not bernoulli:
+                error = "decision_id: provisional decisions exist only for bernoulli experiments"
+            if error is not None:
+                errors.append({"index": event.index, "error": error})
+                continue
+            assert arm_index is not None
+            encoded.append(EncodedEvent(event.id, arm_index, event.reward, event.ts,
+                                        event.decision_id))
+            indices.append(event.index)
+        return encoded, indices, errors
+
+    # -- statistics --------------------------------------------------------------------------
+
+    async def stats(self, experiment_id: str) -> dict[str, Any]:
+        check_id(experiment_id, "experiment id")
+        snapshot = await self.cache.get(experiment_id)
+        summary = snapshot.summary_cache.get("summary")
+        if summary is None:
+            summary = await asyncio.to_thread(
+                policy.posterior_summary, snapshot.family, snapshot.stats, snapshot.prior,
+                snapshot.active,
+            )
+            snapshot.summary_cache["summary"] = summary
+        experiment = snapshot.experiment
+        arms = []
+        for i, arm in enumerate(experiment.arms):
+            arms.append({
+                "arm": arm,
+                "state": "paused" if arm in experiment.paused else "active",
+                "n": snapshot.counts[i].item(),
+                "served": int(snapshot.served[i]),
+                "mean": _finite(summary.mean[i]),
+                "ci95": [_finite(summary.ci_low[i]), _finite(summary.ci_high[i])],
+                "p_best": _finite(summary.p_best[i]),
+                "expected_loss": _finite(summary.expected_loss[i]),
+                "share": snapshot.probability_list[i],
+            })
+        return {"experiment": experiment.id, "version": experiment.version,
+                "reward": experiment.reward, "arms": arms}
+
+
+def _finite(value: float) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _encode_assignment(experiment: Experiment, decision: dict[str, Any]) -> str:
+    names = decision["arms"] if "arms" in decision else [decision["arm"]]
+    indices = ",".join(str(experiment.arm_index(name)) for name in names)
+    positions = ",".join(repr(p) for p in decision.get("position_propensities", []))
+    return f"{indices}|{decision['propensity']!r}|{positions}"
+
+
+def _decode_assignment(value: str) -> tuple[list[int], float, list[float]]:
+    indices, propensity, positions = value.split("|")
+    return ([int(i) for i in indices.split(",")], float(propensity),
+            [float(p) for p in positions.split(",")] if positions else [])

@@ -1,0 +1,119 @@
+"""Service settings: read once at start (flags, environment) into a frozen object.
+
+Nothing here reads the environment at import time; ``Settings.from_env`` does, when called.
+Errors name the setting and the bad value.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DEDUP_WINDOW_S = 3600.0
+
+
+class SettingsError(ValueError):
+    """A setting has a value the service cannot run with."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: ``redis://``, ``rediss://`` or ``unix://`` URL; ``None`` starts an embedded redis-server.
+    redis_url: str | None = None
+    workers: int = 1
+    data_dir: Path = Path("bandit-data")
+    #: Prefix of every Redis key, so several deployments can share one Redis.
+    key_prefix: str = "bandit"
+    #: How long a reward event id is remembered for deduplication.
+    dedup_window_s: float = DEFAULT_DEDUP_WINDOW_S
+    #: How often each process polls Redis for changed posteriors and settings.
+    refresh_interval_s: float = 0.2
+    #: How often each process flushes its served-decision counters to Redis.
+    served_flush_interval_s: float = 1.0
+    #: Largest request body accepted, in bytes (413 above).
+    max_body_bytes: int = 16 * 1024 * 1024
+    #: Socket timeout for Redis commands; a slower answer is treated as Redis being unreachable.
+    redis_timeout_s: float = 2.0
+    redis_max_connections: int = 64
+    #: Decisions served from a cache older than this are flagged stale.
+    stale_after_s: float = 2.0
+    #: Sticky-unit assignments remembered in process memory (they never change, so caching is safe).
+    sticky_cache_size: int = 100_000
+    #: ``appendfsync`` of the embedded Redis: ``always`` acknowledges nothing it has not fsynced.
+    embedded_appendfsync: str = "always"
+
+    def __post_init__(self) -> None:
+        _check(self.port, "port", 0 <= self.port <= 65535)
+        _check(self.workers, "workers", 1 <= self.workers <= 256)
+        _check(self.dedup_window_s, "dedup_window_s", _positive(self.dedup_window_s))
+        _check(self.refresh_interval_s, "refresh_interval_s", _positive(self.refresh_interval_s))
+        _check(
+            self.served_flush_interval_s,
+            "served_flush_interval_s",
+            _positive(self.served_flush_interval_s),
+        )
+        _check(self.max_body_bytes, "max_body_bytes", self.max_body_bytes >= 1024)
+        _check(self.redis_timeout_s, "redis_timeout_s", _positive(self.redis_timeout_s))
+        _check(self.redis_max_connections, "redis_max_connections", self.redis_max_connections >= 1)
+        _check(self.stale_after_s, "stale_after_s", _positive(self.stale_after_s))
+        _check(self.sticky_cache_size, "sticky_cache_size", self.sticky_cache_size >= 0)
+        _check(
+            self.embedded_appendfsync,
+            "embedded_appendfsync",
+            self.embedded_appendfsync in ("always", "everysec", "no"),
+        )
+        _check(self.key_prefix, "key_prefix", bool(self.key_prefix) and "{" not in self.key_prefix)
+        if self.redis_url is not None and not self.redis_url.startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise SettingsError(
+                f"redis_url: {self.redis_url!r} is not a redis://, rediss:// or unix:// URL"
+            )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
+        """Settings from ``BANDIT_<NAME>`` variables, then explicit overrides (flags) on top."""
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            raw = environ.get(f"BANDIT_{field.name.upper()}")
+            if raw is not None:
+                values[field.name] = _convert(field.name, field.type, raw)
+        values.update({name: value for name, value in overrides.items() if value is not None})
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+
+def _positive(value: float) -> bool:
+    return math.isfinite(value) and value > 0
+
+
+def _check(value: object, name: str, ok: bool) -> None:
+    if not ok:
+        raise SettingsError(f"{name}: {value!r} is not a valid value")
+
+
+def _convert(name: str, annotation: object, raw: str) -> Any:
+    kind = str(annotation)
+    try:
+        if "int" in kind:
+            return int(raw)
+        if "float" in kind:
+            return float(raw)
+        if "Path" in kind:
+            return Path(raw)
+    except ValueError as error:
+        raise SettingsError(f"BANDIT_{name.upper()}: {raw!r} is not a valid value") from error
+    return raw
+
+
+def environ() -> Mapping[str, str]:
+    """The process environment, read when called (never at import)."""
+    return os.environ

@@ -1,0 +1,412 @@
+"""The HTTP API through a real aiohttp server and a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+Client = TestClient[Any, Any]
+
+
+async def create(client: Client, experiment_id: str = "homepage", arms: int = 3,
+                 **extra: Any) -> dict[str, Any]:
+    body = {"id": experiment_id, "arms": [f"arm{i}" for i in range(arms)],
+            "reward": "bernoulli", **extra}
+    response = await client.post("/v1/experiments", json=body)
+    assert response.status == 201, await response.text()
+    return dict(await response.json())
+
+
+async def stats(client: Client, experiment_id: str = "homepage") -> dict[str, Any]:
+    response = await client.get(f"/v1/experiments/{experiment_id}/stats")
+    assert response.status == 200, await response.text()
+    return dict(await response.json())
+
+
+async def events(client: Client, batch: list[dict[str, Any]]) -> dict[str, Any]:
+    response = await client.post("/v1/events", json={"events": batch})
+    assert response.status == 200, await response.text()
+    return dict(await response.json())
+
+
+async def wait_for_revision(client: Client, predicate: Any, experiment_id: str = "homepage",
+                            timeout_s: float = 2.0) -> dict[str, Any]:
+    """Stats once ``predicate(stats)`` holds (the cache refreshes every 50 ms in tests)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        result = await stats(client, experiment_id)
+        if predicate(result) or asyncio.get_running_loop().time() > deadline:
+            return result
+        await asyncio.sleep(0.02)
+
+
+def error_of(body: dict[str, Any]) -> str:
+    return str(body["error"]["message"])
+
+
+# -- experiments -----------------------------------------------------------------------------
+
+
+async def test_create_show_list(client: Client) -> None:
+    created = await create(client)
+    assert created["version"] == 1
+    assert [arm["state"] for arm in created["arms"]] == ["active"] * 3
+    assert created["prior"] == {"alpha": 1.0, "beta": 1.0}
+    shown = await (await client.get("/v1/experiments/homepage")).json()
+    assert shown == created
+    listing = await (await client.get("/v1/experiments")).json()
+    assert [e["id"] for e in listing["experiments"]] == ["homepage"]
+
+
+async def test_duplicate_id_conflicts_and_keeps_the_original(client: Client) -> None:
+    await create(client, arms=3)
+    response = await client.post("/v1/experiments", json={
+        "id": "homepage", "arms": ["x", "y"], "reward": "gaussian"})
+    assert response.status == 409
+    assert "already exists" in error_of(await response.json())
+    shown = await (await client.get("/v1/experiments/homepage")).json()
+    assert len(shown["arms"]) == 3 and shown["reward"] == "bernoulli"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"id": "e", "arms": ["a"], "reward": "bernoulli"}, "need 2 to 1000 arms"),
+        ({"id": "e", "arms": [f"a{i}" for i in range(1001)], "reward": "bernoulli"},
+         "need 2 to 1000 arms"),
+        ({"id": "Bad Id", "arms": ["a", "b"], "reward": "bernoulli"}, "does not match"),
+        ({"id": "e", "arms": ["a", "B!"], "reward": "bernoulli"}, "arms[1]"),
+        ({"id": "e", "arms": ["a", "a"], "reward": "bernoulli"}, "duplicate arm"),
+        ({"id": "e", "arms": ["a", "b"], "reward": "poisson"}, "reward: must be one of"),
+        ({"id": "e", "arms": ["a", "b"]}, "reward: required"),
+        ({"id": "e", "arms": ["a", "b"], "reward": "bernoulli", "colour": 1}, "unknown field"),
+        ({"id": "e", "arms": ["a", "b", "c"], "reward": "bernoulli",
+          "exploration": {"min_share": 0.4}}, "min_share: 0.4 * 3 active arms > 1"),
+        ({"id": "e", "arms": ["a", "b"], "reward": "bernoulli",
+          "exploration": {"max_share": 0.3}}, "caps cannot add up"),
+        ({"id": "e", "arms": ["a", "b"], "reward": "bernoulli",
+          "exploration": {"min_share": 0.4, "max_share": 0.3}}, "above max_share"),
+        ({"id": "e", "arms": ["a", "b"], "reward": "bernoulli",
+          "exploration": {"epsilon": 1.5}}, "epsilon: must be <= 1"),
+        ({"id": "e", "arms": ["a", "b"], "reward": "bernoulli",
+          "exploration": {"control": {"arm": "zz", "share": 0.2}}}, "is not an arm"),
+        ({"id": "e", "arms": ["a", "b"], "reward": "bernoulli",
+          "prior": {"alpha": -1}}, "prior.alpha"),
+        ([1, 2], "expected an object"),
+    ],
+)
+async def test_invalid_experiments_are_refused_with_422(
+    client: Client, body: Any, message: str
+) -> None:
+    response = await client.post("/v1/experiments", json=body)
+    assert response.status == 422
+    assert message in error_of(await response.json())
+    assert (await (await client.get("/v1/experiments")).json())["experiments"] == []
+
+
+@pytest.mark.parametrize(
+    "raw", [b"{not json", b"", b'{"id": NaN}', b"\xff\xfe", b'{"id": "e", "arms": ["a", "b"], '
+            b'"reward": "bernoulli", "prior": {"alpha": 1e999}}', b'{"n": Infinity}'])
+async def test_malformed_json_is_400(client: Client, raw: bytes) -> None:
+    response = await client.post("/v1/experiments", data=raw,
+                                 headers={"Content-Type": "application/json"})
+    assert response.status == 400
+    body = await response.json()
+    assert body["error"]["code"] == "malformed"
+
+
+async def test_unknown_experiment_route_and_method(client: Client) -> None:
+    for method, path in [("GET", "/v1/experiments/nope"), ("GET", "/v1/experiments/nope/stats"),
+                         ("POST", "/v1/experiments/nope/allocate"), ("GET", "/v2/whatever")]:
+        response = await client.request(method, path)
+        assert response.status == 404, path
+        assert (await response.json())["error"]["code"] == "not_found"
+    response = await client.put("/v1/experiments")
+    assert response.status == 405
+    assert (await response.json())["error"]["code"] == "method_not_allowed"
+
+
+async def test_body_over_the_configured_size_is_413(client: Client) -> None:
+    await create(client)
+    padding = "x" * (17 * 1024 * 1024)
+    response = await client.post("/v1/events",
+                                 data=io.BytesIO(f'{{"pad": "{padding}"}}'.encode()),
+                                 headers={"Content-Type": "application/json"})
+    assert response.status == 413
+
+
+# -- decisions -------------------------------------------------------------------------------
+
+
+async def test_allocate_single_batch_and_slate(client: Client) -> None:
+    await create(client, arms=4)
+    one = await (await client.post("/v1/experiments/homepage/allocate")).json()
+    assert one["version"] == 1
+    [decision] = one["decisions"]
+    assert decision["arm"] in {"arm0", "arm1", "arm2", "arm3"}
+    # A fresh experiment has identical posteriors: Thompson gives each arm 1/4.
+    assert decision["propensity"] == pytest.approx(0.25, abs=1e-6)
+    many = await (await client.post("/v1/experiments/homepage/allocate",
+                                    json={"n": 10_000})).json()
+    assert len(many["decisions"]) == 10_000
+    assert len({d["decision_id"] for d in many["decisions"]}) == 10_000
+    slate = await (await client.post("/v1/experiments/homepage/allocate",
+                                     json={"n": 3, "k": 4})).json()
+    for decision in slate["decisions"]:
+        assert sorted(decision["arms"]) == ["arm0", "arm1", "arm2", "arm3"]
+        # Plackett-Luce over equal probabilities: 1/4 * 1/3 * 1/2 * 1.
+        assert decision["propensity"] == pytest.approx(1 / 24, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [({"n": 0}, "n: must be between 1 and 10000"), ({"n": 10_001}, "n: must be between"),
+     ({"n": 1.5}, "n: expected an integer"), ({"k": 0}, "k: must be between"),
+     ({"k": 4}, "k: 4 is more than the 3 arms"), ({"sticky": True}, "sticky: needs a unit"),
+     ({"unit": ""}, "unit: expected a string"), ({"surprise": 1}, "unknown field")],
+)
+async def test_allocate_refuses_out_of_range_requests(
+    client: Client, body: dict[str, Any], message: str
+) -> None:
+    await create(client)
+    response = await client.post("/v1/experiments/homepage/allocate", json=body)
+    assert response.status == 422
+    assert message in error_of(await response.json())
+
+
+async def test_sticky_units_keep_their_arm(client: Client) -> None:
+    await create(client, arms=10)
+    first = await (await client.post("/v1/experiments/homepage/allocate",
+                                     json={"unit": "user-1", "sticky": True})).json()
+    arm = first["decisions"][0]["arm"]
+    for _ in range(20):
+        again = await (await client.post("/v1/experiments/homepage/allocate",
+                                         json={"unit": "user-1", "sticky": True})).json()
+        assert again["decisions"][0]["arm"] == arm
+        assert again["decisions"][0]["propensity"] == first["decisions"][0]["propensity"]
+    others = set()
+    for unit in range(40):
+        result = await (await client.post("/v1/experiments/homepage/allocate",
+                                          json={"unit": f"u{unit}", "sticky": True})).json()
+        others.add(result["decisions"][0]["arm"])
+    assert len(others) > 1  # stickiness is per unit, not one arm for everyone
+
+
+# -- rewards ---------------------------------------------------------------------------------
+
+
+async def test_events_are_applied_once_and_bad_ones_reported_by_index(client: Client) -> None:
+    await create(client)
+    batch = [
+        {"id": "e1", "experiment": "homepage", "arm": "arm0", "reward": 1},
+        {"id": "e2", "experiment": "homepage", "arm": "arm0", "reward": 0},
+        {"id": "e3", "experiment": "homepage", "arm": "arm1", "reward": 1.5},
+        {"id": "e4", "experiment": "homepage", "arm": "nope", "reward": 1},
+        {"id": "e5", "experiment": "missing", "arm": "arm0", "reward": 1},
+        {"id": "e6", "experiment": "homepage", "arm": "arm1", "reward": "1"},
+        {"id": "", "experiment": "homepage", "arm": "arm1", "reward": 1},
+        {"id": "e1", "experiment": "homepage", "arm": "arm0", "reward": 1},
+        {"id": "e7", "experiment": "homepage", "arm": "arm2", "reward": 0.25},
+        "not an object",
+    ]
+    result = await events(client, batch)
+    assert result["accepted"] == 3
+    assert result["duplicates"] == 1
+    assert [r["index"] for r in result["rejected"]] == [2, 3, 4, 5, 6, 9]
+    messages = [r["error"] for r in result["rejected"]]
+    assert "outside [0, 1]" in messages[0]
+    assert "'nope' is not an arm" in messages[1]
+    assert "does not exist" in messages[2]
+    assert "expected a number" in messages[3]
+    retried = await events(client, batch)
+    assert retried["accepted"] == 0 and retried["duplicates"] == 4
+    result_stats = await wait_for_revision(client, lambda s: s["arms"][0]["n"] == 2)
+    arms = result_stats["arms"]
+    assert [arm["n"] for arm in arms] == [2, 0, 1]
+    # Beta(1 + 1, 1 + 1) and Beta(1 + 0.25, 1 + 0.75): fractional rewards count fractionally.
+    assert arms[0]["mean"] == pytest.approx(0.5)
+    assert arms[2]["mean"] == pytest.approx(1.25 / 3)
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [(b'{"events": {"a": 1}}', 422), (b'{"events": [], "extra": 1}', 422), (b"[]", 422),
+     (b'{"events": [{"id": "e", "experiment": "homepage", "arm": "arm0", "reward": NaN}]}',
+      400)],
+)
+async def test_event_batches_of_the_wrong_shape(client: Client, raw: bytes, status: int) -> None:
+    await create(client)
+    response = await client.post("/v1/events", data=raw,
+                                 headers={"Content-Type": "application/json"})
+    assert response.status == status
+
+
+async def test_infinite_reward_is_refused_and_changes_nothing(client: Client) -> None:
+    await client.post("/v1/experiments", json={"id": "revenue", "arms": ["a", "b"],
+                                               "reward": "gaussian"})
+    raw = (b'{"events": [{"id": "ok", "experiment": "revenue", "arm": "a", "reward": 1},'
+           b'{"id": "e", "experiment": "revenue", "arm": "a", "reward": 1e999}]}')
+    response = await client.post("/v1/events", data=raw,
+                                 headers={"Content-Type": "application/json"})
+    assert response.status == 400
+    assert "infinity" in error_of(await response.json())
+    await asyncio.sleep(0.2)
+    assert (await stats(client, "revenue"))["arms"][0]["n"] == 0
+
+
+async def test_too_many_events_is_413_and_applies_nothing(client: Client) -> None:
+    await create(client)
+    batch = [{"id": f"e{i}", "experiment": "homepage", "arm": "arm0", "reward": 1}
+             for i in range(10_001)]
+    response = await client.post("/v1/events", json={"events": batch})
+    assert response.status == 413
+    await asyncio.sleep(0.2)
+    assert (await stats(client))["arms"][0]["n"] == 0
+
+
+async def test_gaussian_rewards(client: Client) -> None:
+    response = await client.post("/v1/experiments", json={
+        "id": "revenue", "arms": ["a", "b"], "reward": "gaussian"})
+    assert response.status == 201
+    rewards = [10.0, 12.0, 11.0, 13.0, 9.0]
+    await events(client, [{"id": f"r{i}", "experiment": "revenue", "arm": "a", "reward": r}
+                          for i, r in enumerate(rewards)])
+    await events(client, [{"id": f"b{i}", "experiment": "revenue", "arm": "b", "reward": r - 9}
+                          for i, r in enumerate(rewards)])
+    result = await wait_for_revision(client, lambda s: s["arms"][1]["n"] == 5, "revenue")
+    arm = result["arms"][0]
+    # Normal-Gamma with kappa0 = 0.01 at mean 0: posterior mean = 5 * 11 / 5.01.
+    assert arm["mean"] == pytest.approx(5 * 11 / 5.01)
+    assert arm["ci95"][0] < arm["mean"] < arm["ci95"][1]
+    # Means 11 and 2 with a spread of about 1.6: arm b is practically never better.
+    assert result["arms"][0]["p_best"] > 0.999
+
+
+async def test_provisional_failure_converts_once(client: Client) -> None:
+    await create(client, arms=2)
+    decision = (await (await client.post("/v1/experiments/homepage/allocate",
+                                         json={"provisional": True})).json())["decisions"][0]
+    assert decision["decision_id"].startswith("p")
+    arm = decision["arm"]
+    index = int(arm[-1])
+    served = await wait_for_revision(client, lambda s: s["arms"][index]["n"] == 1)
+    # Counted as a failure when served: Beta(1, 2).
+    assert served["arms"][index]["mean"] == pytest.approx(1 / 3)
+    other = "arm0" if arm == "arm1" else "arm1"
+    wrong = await events(client, [{"id": "c0", "experiment": "homepage", "arm": other,
+                                   "reward": 1, "decision_id": decision["decision_id"]}])
+    assert wrong["accepted"] == 0 and "differs" in wrong["rejected"][0]["error"]
+    converted = await events(client, [{"id": "c1", "experiment": "homepage", "arm": arm,
+                                       "reward": 1, "decision_id": decision["decision_id"]}])
+    assert converted["accepted"] == 1
+    again = await events(client, [{"id": "c2", "experiment": "homepage", "arm": arm,
+                                   "reward": 1, "decision_id": decision["decision_id"]}])
+    assert again["accepted"] == 0 and again["duplicates"] == 1
+    result = await wait_for_revision(
+        client, lambda s: s["arms"][index]["mean"] > 0.5)
+    assert result["arms"][index]["n"] == 1
+    assert result["arms"][index]["mean"] == pytest.approx(2 / 3)  # Beta(2, 1)
+    unknown = await events(client, [{"id": "c3", "experiment": "homepage", "arm": arm,
+                                     "reward": 1, "decision_id": "p0123abc"}])
+    assert "attribution window" in unknown["rejected"][0]["error"]
+
+
+# -- settings --------------------------------------------------------------------------------
+
+
+async def test_patch_changes_settings_and_refuses_stale_versions(client: Client) -> None:
+    await create(client, arms=3)
+    response = await client.patch("/v1/experiments/homepage", json={
+        "version": 1, "exploration": {"epsilon": 0.3}, "arms": {"pause": ["arm2"]},
+        "reason": "test"})
+    assert response.status == 200, await response.text()
+    body = await response.json()
+    assert body["version"] == 2
+    assert body["exploration"]["epsilon"] == 0.3
+    assert body["changes"]["exploration"]["old"]["epsilon"] == 0.0
+    stale = await client.patch("/v1/experiments/homepage", json={
+        "version": 1, "exploration": {"epsilon": 0.1}})
+    assert stale.status == 409
+    assert "version 2, not 1" in error_of(await stale.json())
+    result = await wait_for_revision(client, lambda s: s["version"] == 2)
+    shares = [arm["share"] for arm in result["arms"]]
+    assert shares[2] == 0.0 and shares[0] == pytest.approx(0.5)
+    decisions = await (await client.post("/v1/experiments/homepage/allocate",
+                                         json={"n": 2000})).json()
+    assert "arm2" not in {d["arm"] for d in decisions["decisions"]}
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [({"exploration": {"min_share": 0.5}}, "min_share"),
+     ({"arms": {"pause": ["arm0", "arm1", "arm2"]}}, "at least one arm"),
+     ({"arms": {"pause": ["zzz"]}}, "unknown arm"),
+     ({"arms": {"add": ["arm0"]}}, "already exist"),
+     ({"exploration": {"control": {"arm": "arm0", "share": 0.5}}, "arms": {"pause": ["arm0"]}},
+      "is paused"),
+     ({"exploration": {"temperature": 0}}, "temperature")],
+)
+async def test_invalid_patches_change_nothing(
+    client: Client, patch: dict[str, Any], message: str
+) -> None:
+    await create(client)
+    response = await client.patch("/v1/experiments/homepage", json={"version": 1, **patch})
+    assert response.status == 422
+    assert message in error_of(await response.json())
+    shown = await (await client.get("/v1/experiments/homepage")).json()
+    assert shown["version"] == 1
+
+
+async def test_added_arm_receives_traffic_and_rewards(client: Client) -> None:
+    await create(client, arms=2)
+    response = await client.patch("/v1/experiments/homepage", json={
+        "version": 1, "arms": {"add": ["arm9"]}})
+    assert response.status == 200
+    result = await events(client, [{"id": "n1", "experiment": "homepage", "arm": "arm9",
+                                    "reward": 1}])
+    assert result["accepted"] == 1
+    final = await wait_for_revision(client, lambda s: len(s["arms"]) == 3
+                                    and s["arms"][2]["n"] == 1)
+    assert final["arms"][2]["n"] == 1
+
+
+async def test_control_share_is_exact(client: Client) -> None:
+    await create(client, arms=4, exploration={"control": {"arm": "arm0", "share": 0.4}})
+    result = await stats(client)
+    assert result["arms"][0]["share"] == pytest.approx(0.4, abs=1e-12)
+    assert sum(a["share"] for a in result["arms"]) == pytest.approx(1.0, abs=1e-12)
+
+
+async def test_archive(client: Client) -> None:
+    await create(client)
+    response = await client.delete("/v1/experiments/homepage")
+    assert response.status == 200
+    assert (await response.json())["status"] == "archived"
+    allocate = await client.post("/v1/experiments/homepage/allocate")
+    assert allocate.status == 404
+    result = await events(client, [{"id": "a1", "experiment": "homepage", "arm": "arm0",
+                                    "reward": 1}])
+    assert result["accepted"] == 0 and "archived" in result["rejected"][0]["error"]
+
+
+# -- operations ------------------------------------------------------------------------------
+
+
+async def test_health_readiness_metrics_openapi(client: Client) -> None:
+    await create(client)
+    await client.post("/v1/experiments/homepage/allocate", json={"n": 5})
+    assert (await client.get("/healthz")).status == 200
+    assert (await client.get("/readyz")).status == 200
+    metrics = await (await client.get("/metrics")).text()
+    assert 'bandit_decisions_total{experiment="homepage"} 5.0' in metrics
+    document = await (await client.get("/openapi.json")).json()
+    assert document["openapi"].startswith("3.")
+    routes = {(path, method) for path, item in document["paths"].items() for method in item
+              if method != "parameters"}
+    registered = {(r.resource.canonical, r.method.lower()) for r in client.app.router.routes()
+                  if r.method != "HEAD" and r.resource is not None}
+    assert routes == registered
