@@ -18,7 +18,7 @@ import orjson
 from aiohttp import web
 
 from bandit import openapi, policy
-from bandit.errors import BanditError, MalformedRequest, NotFound, PayloadTooLarge
+from bandit.errors import BanditError, MalformedRequest, PayloadTooLarge
 from bandit.metrics import Metrics
 from bandit.service import BanditService
 from bandit.settings import Settings
@@ -79,8 +79,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         logger.exception("unexpected error on %s %s", request.method, request.path)
         return _json({"error": {"code": "internal", "message": "internal error"}}, 500)
     finally:
-        request.app[METRICS].requests.labels(name, str(status)).observe(
-            time.perf_counter() - started)
+        request.app[METRICS].observe_request(name, status, time.perf_counter() - started)
 
 
 async def create_experiment(request: web.Request) -> web.Response:
@@ -109,7 +108,7 @@ async def allocate(request: web.Request) -> web.Response:
     experiment_id = request.match_info["id"]
     result = await service.allocate(experiment_id, await _body(request, optional=True))
     metrics = request.app[METRICS]
-    metrics.decisions.labels(experiment_id).inc(len(result["decisions"]))
+    metrics.count_decisions(experiment_id, len(result["decisions"]))
     if service.stale:
         metrics.stale.inc(len(result["decisions"]))
         return _json(result, headers={"X-Bandit-Stale": f"{service.cache.age:.1f}"})
@@ -153,10 +152,6 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def openapi_document(request: web.Request) -> web.Response:
     return _json(openapi.document())
-
-
-async def _not_found(request: web.Request) -> web.Response:
-    raise NotFound(f"no route {request.method} {request.path}")
 
 
 def create_app(settings: Settings, *, seed: int | None = None) -> web.Application:

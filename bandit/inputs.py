@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from bandit.errors import InvalidValue, PayloadTooLarge
 from bandit.model import ID_PATTERN, integer, mapping
@@ -35,9 +35,12 @@ class AllocateRequest:
 _ALLOCATE_FIELDS = {"unit", "n", "k", "context", "sticky", "provisional"}
 
 
+_DEFAULT_ALLOCATE = AllocateRequest()
+
+
 def parse_allocate(body: object) -> AllocateRequest:
-    if body is None:
-        return AllocateRequest()
+    if body is None or body == {}:
+        return _DEFAULT_ALLOCATE
     data = mapping(body, "body", _ALLOCATE_FIELDS)
     n = integer(data.get("n", 1), "n", low=1, high=MAX_DECISIONS)
     k = data.get("k")
@@ -63,9 +66,8 @@ def _flag(data: dict[str, Any], name: str) -> bool:
     return value
 
 
-@dataclass(frozen=True, slots=True)
-class RewardEvent:
-    index: int
+class RewardEvent(NamedTuple):
+    position: int
     id: str
     experiment: str
     arm: str
@@ -88,38 +90,47 @@ def parse_event_batch(body: object) -> list[object]:
     return events
 
 
-def parse_event(index: int, raw: object) -> RewardEvent:
-    """One reward event; raises InvalidValue with a message naming the bad field."""
-    if not isinstance(raw, dict):
+def parse_event(index: int, raw: object, valid_ids: set[str]) -> RewardEvent:
+    """One reward event; raises InvalidValue with a message naming the bad field.
+
+    ``valid_ids`` remembers experiment and arm ids already checked in this batch: a batch
+    names few distinct ones, and this is the per-event hot path.
+    """
+    if type(raw) is not dict:
         raise InvalidValue("expected an object")
     if not raw.keys() <= _EVENT_FIELDS:
         raise InvalidValue(f"unknown field(s) {sorted(raw.keys() - _EVENT_FIELDS)}")
     event_id = raw.get("id")
-    if not isinstance(event_id, str) or not EVENT_ID_PATTERN.fullmatch(event_id):
+    if type(event_id) is not str or not EVENT_ID_PATTERN.fullmatch(event_id):
         raise InvalidValue("id: expected 1 to 128 printable ASCII characters without spaces")
     experiment = raw.get("experiment")
-    if not isinstance(experiment, str) or not ID_PATTERN.fullmatch(experiment):
-        raise InvalidValue(f"experiment: {experiment!r} is not a valid experiment id")
+    if experiment not in valid_ids:
+        if type(experiment) is not str or not ID_PATTERN.fullmatch(experiment):
+            raise InvalidValue(f"experiment: {experiment!r} is not a valid experiment id")
+        valid_ids.add(experiment)
     arm = raw.get("arm")
-    if not isinstance(arm, str) or not ID_PATTERN.fullmatch(arm):
-        raise InvalidValue(f"arm: {arm!r} is not a valid arm id")
+    if arm not in valid_ids:
+        if type(arm) is not str or not ID_PATTERN.fullmatch(arm):
+            raise InvalidValue(f"arm: {arm!r} is not a valid arm id")
+        valid_ids.add(arm)
     reward = raw.get("reward")
-    if isinstance(reward, bool) or not isinstance(reward, int | float):
-        raise InvalidValue("reward: expected a number")
-    reward = float(reward)
-    if not math.isfinite(reward):
+    if type(reward) is not float:
+        if type(reward) is not int:
+            raise InvalidValue("reward: expected a number")
+        reward = float(reward)
+    if not -math.inf < reward < math.inf:
         raise InvalidValue("reward: must be finite")
     decision_id = raw.get("decision_id")
     if decision_id is not None and (
-        not isinstance(decision_id, str) or not DECISION_ID_PATTERN.fullmatch(decision_id)
+        type(decision_id) is not str or not DECISION_ID_PATTERN.fullmatch(decision_id)
     ):
         raise InvalidValue(f"decision_id: {decision_id!r} is not a decision id this service issued")
     unit = raw.get("unit")
-    if unit is not None and (not isinstance(unit, str) or not 0 < len(unit) <= MAX_UNIT_LENGTH):
+    if unit is not None and (type(unit) is not str or not 0 < len(unit) <= MAX_UNIT_LENGTH):
         raise InvalidValue(f"unit: expected a string of 1 to {MAX_UNIT_LENGTH} characters")
     ts = raw.get("ts")
     if ts is not None:
-        if isinstance(ts, bool) or not isinstance(ts, int | float) or not 0 <= ts < math.inf:
+        if type(ts) not in (int, float) or not 0 <= ts < math.inf:
             raise InvalidValue("ts: expected a finite, non-negative number of epoch seconds")
         ts = float(ts)
     return RewardEvent(index, event_id, experiment, arm, reward, decision_id, ts)

@@ -17,7 +17,8 @@ key                       type    contents
                                   ``rev`` bumped on every change
 ``P:{E}:served``          hash    decisions served per arm index (flushed by each process)
 ``P:{E}:units``           hash    sticky unit -> ``arm indices|propensity``
-``P:{E}:ev:<event id>``   string  reward-event dedup marker, expires after the dedup window
+``P:{E}:dedup:<w>:<n>``  set     reward-event ids seen in the n-th time bucket of width w ms
+                                  (a quarter of the dedup window); expires 5 buckets later
 ``P:{E}:dec:<decision>``  string  pending provisional decision: ``arm|served at``, then
                                   ``c`` once converted; expires after the attribution window
 ``P:experiments``         set     ids of all experiments (for listing; not slot-local)
@@ -41,6 +42,11 @@ class Keys:
         return f"{self.prefix}:{{{self.experiment}}}"
 
     @property
+    def prefix_with_tag(self) -> str:
+        """``P:{E}:``, from which the Lua scripts build dedup and decision keys."""
+        return f"{self._base}:"
+
+    @property
     def meta(self) -> str:
         return f"{self._base}:meta"
 
@@ -55,9 +61,6 @@ class Keys:
     @property
     def units(self) -> str:
         return f"{self._base}:units"
-
-    def event(self, event_id: str) -> str:
-        return f"{self._base}:ev:{event_id}"
 
     def decision(self, decision_id: str) -> str:
         return f"{self._base}:dec:{decision_id}"

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class Metrics:
+    """The metrics, with their labelled children cached: ``labels()`` is too slow per request."""
+
     def __init__(self) -> None:
+        self._children: dict[tuple[str, ...], Any] = {}
         self.registry = CollectorRegistry()
         self.requests = Histogram(
             "bandit_request_seconds", "HTTP request latency by route and status",
@@ -23,3 +28,17 @@ class Metrics:
         self.stale = Counter("bandit_stale_decisions_total",
                              "Decisions served from a cache older than the stale limit",
                              registry=self.registry)
+
+    def observe_request(self, route: str, status: int, seconds: float) -> None:
+        key = ("request", route, str(status))
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.requests.labels(route, str(status))
+        child.observe(seconds)
+
+    def count_decisions(self, experiment: str, decisions: int) -> None:
+        key = ("decisions", experiment)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.decisions.labels(experiment)
+        child.inc(decisions)

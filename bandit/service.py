@@ -262,9 +262,10 @@ class BanditService:
         raw_events = parse_event_batch(body)
         rejected: list[dict[str, Any]] = []
         grouped: defaultdict[str, list[RewardEvent]] = defaultdict(list)
+        valid_ids: set[str] = set()
         for index, raw in enumerate(raw_events):
             try:
-                event = parse_event(index, raw)
+                event = parse_event(index, raw, valid_ids)
             except InvalidValue as error:
                 rejected.append({"index": index, "error": error.message})
                 continue
@@ -302,7 +303,7 @@ class BanditService:
         try:
             snapshot = await self.snapshot(experiment_id)
         except NotFound as error:
-            return [], [], [{"index": e.index, "error": error.message} for e in events]
+            return [], [], [{"index": e.position, "error": error.message} for e in events]
         if any(snapshot.experiment.arm_index(e.arm) is None for e in events):
             # An arm added by another process may not have reached this cache yet.
             self.cache.forget(experiment_id)
@@ -312,22 +313,22 @@ class BanditService:
         encoded: list[EncodedEvent] = []
         indices: list[int] = []
         errors: list[dict[str, Any]] = []
-        for event in events:
-            arm_index = experiment.arm_index(event.arm)
-            error = None
-            if arm_index is None:
-                error = f"arm: {event.arm!r} is not an arm of experiment {experiment_id!r}"
-            elif bernoulli and not 0.0 <= event.reward <= 1.0:
-                error = f"reward: {event.reward!r} is outside [0, 1] for a bernoulli experiment"
-            elif event.decision_id is not None and event.decision_id[0] == "p" and not bernoulli:
-                error = "decision_id: provisional decisions exist only for bernoulli experiments"
-            if error is not None:
-                errors.append({"index": event.index, "error": error})
-                continue
-            assert arm_index is not None
-            encoded.append(EncodedEvent(event.id, arm_index, event.reward, event.ts,
-                                        event.decision_id))
-            indices.append(event.index)
+        arm_indices = {arm: i for i, arm in enumerate(experiment.arms)}
+        for index, event_id, _, arm, reward, decision_id, ts in events:
+            arm_index = arm_indices.get(arm)
+            if arm_index is not None and (not bernoulli or 0.0 <= reward <= 1.0) and (
+                    decision_id is None or decision_id[0] != "p" or bernoulli):
+                encoded.append(EncodedEvent(event_id, arm_index, reward, ts, decision_id))
+                indices.append(index)
+            elif arm_index is None:
+                errors.append({"index": index, "error": f"arm: {arm!r} is not an arm of "
+                               f"experiment {experiment_id!r}"})
+            elif bernoulli:
+                errors.append({"index": index, "error": f"reward: {reward!r} is outside [0, 1] "
+                               "for a bernoulli experiment"})
+            else:
+                errors.append({"index": index, "error": "decision_id: provisional decisions "
+                               "exist only for bernoulli experiments"})
         return encoded, indices, errors
 
     # -- statistics --------------------------------------------------------------------------

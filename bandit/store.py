@@ -9,9 +9,9 @@ see one exception for "Redis cannot be reached".
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -47,8 +47,7 @@ class StoredState:
     server_time: float
 
 
-@dataclass(frozen=True, slots=True)
-class EncodedEvent:
+class EncodedEvent(NamedTuple):
     """A reward event checked against its experiment, ready for the APPLY_EVENTS script."""
 
     event_id: str
@@ -86,7 +85,7 @@ class RedisStore:
         return cls(aioredis.Redis(connection_pool=pool), prefix)
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await self._client.aclose(close_connection_pool=True)
 
     def keys(self, experiment_id: str) -> Keys:
         return Keys(self._prefix, experiment_id)
@@ -168,12 +167,15 @@ class RedisStore:
         order = list(batches)
         async with self._client.pipeline(transaction=False) as pipe:
             for experiment_id in order:
-                keys, args = _encode_batch(self.keys(experiment_id), batches[experiment_id],
-                                           window_ms)
-                await self._apply_events(keys=keys, args=args, client=pipe)
+                keys = self.keys(experiment_id)
+                await self._apply_events(
+                    keys=[keys.meta, keys.stats],
+                    args=[keys.prefix_with_tag, window_ms, _encode_events(batches[experiment_id])],
+                    client=pipe,
+                )
             results = await _call(pipe.execute)
         return {
-            experiment_id: None if result[0] < 0 else [int(s) for s in result[1:]]
+            experiment_id: None if result[0] < 0 else [int(s) for s in result[1]]
             for experiment_id, result in zip(order, results, strict=True)
         }
 
@@ -229,20 +231,13 @@ def _half_life(experiment: Experiment) -> str:
     return "" if half_life is None else repr(half_life)
 
 
-def _encode_batch(keys: Keys, events: Iterable[EncodedEvent],
-                  window_ms: str) -> tuple[list[str], list[str]]:
-    events = list(events)
-    script_keys = [keys.meta, keys.stats]
-    script_keys.extend(keys.event(event.event_id) for event in events)
-    args = [window_ms, str(len(events))]
-    for event in events:
-        decision_key_index = 0
-        if event.decision_id is not None and event.decision_id[0] == "p":
-            script_keys.append(keys.decision(event.decision_id))
-            decision_key_index = len(script_keys)
-        args.extend((str(event.arm_index), repr(event.reward),
-                     "" if event.ts is None else repr(event.ts), str(decision_key_index)))
-    return script_keys, args
+def _encode_events(events: list[EncodedEvent]) -> str:
+    # Only provisional decisions ('p...') have a pending key to convert; others are plain.
+    return "".join(
+        f"{e.event_id}\t{e.arm_index}\t{e.reward!r}\t{'-' if e.ts is None else repr(e.ts)}\t"
+        f"{e.decision_id if e.decision_id is not None and e.decision_id[0] == 'p' else '-'}\n"
+        for e in events
+    )
 
 
 def _decode_state(result: list[Any]) -> StoredState:

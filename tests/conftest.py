@@ -113,7 +113,7 @@ class ServiceProcess:
             command += ["--data-dir", str(data_dir)]
         env = {**os.environ, "BANDIT_REFRESH_INTERVAL_S": "0.1", **(extra_env or {})}
         env.pop("BANDIT_REDIS_URL", None)
-        self.log = tempfile.TemporaryFile()
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop())
         self.process = subprocess.Popen(command, env=env, stdout=self.log, stderr=self.log)
 
     def wait_ready(self, timeout_s: float = 90.0) -> None:

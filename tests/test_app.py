@@ -27,7 +27,7 @@ async def stats(client: Client, experiment_id: str = "homepage") -> dict[str, An
     return dict(await response.json())
 
 
-async def events(client: Client, batch: list[dict[str, Any]]) -> dict[str, Any]:
+async def events(client: Client, batch: list[Any]) -> dict[str, Any]:
     response = await client.post("/v1/events", json={"events": batch})
     assert response.status == 200, await response.text()
     return dict(await response.json())
