@@ -7,9 +7,11 @@ nothing else. Data persist as an append-only file under the data directory; by d
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -44,6 +46,18 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
+
+
+def _terminate_with_parent() -> None:
+    """In the child: get SIGTERM (a clean shutdown) if `bandit serve` dies, even by SIGKILL."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:  # not Linux: the server outlives a killed parent; stop() still works
+        pass
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 class EmbeddedRedis:
@@ -83,7 +97,8 @@ class EmbeddedRedis:
             "--logfile", str(self.data_dir / "redis.log"),
             "--protected-mode", "yes",
         ]
-        self._process = subprocess.Popen(arguments, stdin=subprocess.DEVNULL)
+        self._process = subprocess.Popen(arguments, stdin=subprocess.DEVNULL,
+                                         preexec_fn=_terminate_with_parent)
         deadline = time.monotonic() + timeout_s
         client = redis.Redis(port=self.port, socket_timeout=1.0)
         try:
