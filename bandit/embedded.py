@@ -97,8 +97,10 @@ class EmbeddedRedis:
             "--logfile", str(self.data_dir / "redis.log"),
             "--protected-mode", "yes",
         ]
+        # preexec_fn only calls prctl (async-signal-safe); `bandit serve` starts Redis before
+        # any thread exists.
         self._process = subprocess.Popen(arguments, stdin=subprocess.DEVNULL,
-                                         preexec_fn=_terminate_with_parent)
+                                         preexec_fn=_terminate_with_parent)  # noqa: PLW1509
         deadline = time.monotonic() + timeout_s
         client = redis.Redis(port=self.port, socket_timeout=1.0)
         try:

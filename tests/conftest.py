@@ -20,10 +20,16 @@ from typing import Any
 import pytest
 import redis
 from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import settings as hypothesis_settings
 
 from bandit.app import create_app
 from bandit.embedded import free_port, redis_server_binary
 from bandit.settings import Settings
+
+# Property tests explore the same examples on every run: CI results cannot flake.
+hypothesis_settings.register_profile("deterministic", derandomize=True, deadline=None,
+                                     print_blob=True)
+hypothesis_settings.load_profile("deterministic")
 
 
 class RedisServer:

@@ -1,0 +1,299 @@
+"""Public face of the allocation maths: validated wrappers around :mod:`bandit.kernels`.
+
+The service imports only this module. Arrays are checked and converted here (contiguous
+float64 / bool / int64) so the jitted kernels never see surprises; bad input raises ValueError.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import scipy.stats
+
+from bandit import kernels
+from bandit.kernels import BERNOULLI, GAUSSIAN
+
+__all__ = [
+    "BERNOULLI",
+    "GAUSSIAN",
+    "PolicySettings",
+    "PosteriorSummary",
+    "allocation_probabilities",
+    "cumulative",
+    "forget",
+    "posterior_summary",
+    "sample_arms",
+    "sample_one",
+    "sample_slates",
+    "student_t_tail_table",
+    "thompson_choices",
+    "warm_up_kernels",
+]
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+# The Monte Carlo fallback of the best-arm kernel (many distinct posteriors) is seeded afresh on
+# every call so the same statistics always give the same probabilities on every process.
+_MONTE_CARLO_SEED = 20_240_601
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    """Exploration settings (see SPEC); ``control_share`` applies only with ``control_index``."""
+
+    epsilon: float = 0.0
+    min_share: float = 0.0
+    max_share: float = 1.0
+    temperature: float = 1.0
+    warmup: int = 0
+    top_two: float | None = None
+    control_index: int | None = None
+    control_share: float = 0.0
+
+    def as_array(self) -> FloatArray:
+        out = np.zeros(kernels.N_SETTINGS)
+        out[kernels.EPSILON] = self.epsilon
+        out[kernels.MIN_SHARE] = self.min_share
+        out[kernels.MAX_SHARE] = self.max_share
+        out[kernels.TEMPERATURE] = self.temperature
+        out[kernels.WARMUP] = self.warmup
+        out[kernels.TOP_TWO] = np.nan if self.top_two is None else self.top_two
+        out[kernels.CONTROL_INDEX] = -1.0 if self.control_index is None else self.control_index
+        out[kernels.CONTROL_SHARE] = self.control_share
+        return out
+
+
+@dataclass(frozen=True)
+class PosteriorSummary:
+    """Per-arm posterior of the mean (untempered), for the stats endpoint and reports."""
+
+    mean: FloatArray
+    ci_low: FloatArray
+    ci_high: FloatArray
+    p_best: FloatArray
+    expected_loss: FloatArray
+
+
+@functools.cache
+def student_t_tail_table() -> FloatArray:
+    """Upper quantiles t.isf(TAIL_PROBABILITY, dof) on a dof grid, for the quadrature kernel."""
+    dof = np.concatenate([np.geomspace(0.05, 1e6, 96), [np.inf]])
+    table = np.vstack([dof, scipy.stats.t.isf(kernels.TAIL_PROBABILITY, dof)])
+    # Absurd priors (dof -> 0) have astronomically heavy tails; cap to keep the grid finite.
+    table[1] = np.minimum(table[1], 1e12)
+    table.setflags(write=False)
+    return np.ascontiguousarray(table)
+
+
+def _family(family: int) -> int:
+    if family not in (BERNOULLI, GAUSSIAN):
+        raise ValueError(f"family must be BERNOULLI (0) or GAUSSIAN (1), got {family!r}")
+    return int(family)
+
+
+def _floats(name: str, values: npt.ArrayLike, shape: tuple[int, ...]) -> FloatArray:
+    array = np.ascontiguousarray(values, dtype=np.float64)
+    if array.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {array.shape}")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} must be finite")
+    return array
+
+
+def _stats(stats: npt.ArrayLike) -> FloatArray:
+    array = np.ascontiguousarray(stats, dtype=np.float64)
+    if array.ndim != 2 or array.shape[0] != 3 or array.shape[1] < 1:
+        raise ValueError(f"stats must have shape (3, K) with K >= 1, got {array.shape}")
+    if not np.all(np.isfinite(array)):
+        raise ValueError("stats must be finite")
+    return array
+
+
+def _active(active: npt.ArrayLike | None, n_arms: int) -> BoolArray:
+    if active is None:
+        return np.ones(n_arms, dtype=np.bool_)
+    array = np.ascontiguousarray(active, dtype=np.bool_)
+    if array.shape != (n_arms,):
+        raise ValueError(f"active must have shape ({n_arms},), got {array.shape}")
+    return array
+
+
+def _probabilities(probabilities: npt.ArrayLike) -> FloatArray:
+    array = np.ascontiguousarray(probabilities, dtype=np.float64)
+    if array.ndim != 1 or array.shape[0] < 1:
+        raise ValueError(f"probabilities must be a non-empty 1-d array, got {array.shape}")
+    if not np.all(np.isfinite(array)) or np.any(array < 0.0):
+        raise ValueError("probabilities must be finite and non-negative")
+    if abs(array.sum() - 1.0) > 1e-9:
+        raise ValueError(f"probabilities must sum to 1, got {array.sum()!r}")
+    return array
+
+
+def _count(name: str, n: int) -> int:
+    if n < 0:
+        raise ValueError(f"{name} must be >= 0, got {n}")
+    return int(n)
+
+
+def allocation_probabilities(
+    family: int,
+    stats: npt.ArrayLike,
+    counts: npt.ArrayLike,
+    prior: npt.ArrayLike,
+    settings: PolicySettings,
+    active: npt.ArrayLike | None = None,
+) -> FloatArray:
+    """Allocation probability of every arm: the propensity of each decision drawn from it."""
+    stats_array = _stats(stats)
+    n_arms = stats_array.shape[1]
+    settings_array = settings.as_array()
+    if settings.temperature <= 0.0:
+        raise ValueError(f"temperature must be > 0, got {settings.temperature!r}")
+    if settings.control_index is not None and not 0 <= settings.control_index < n_arms:
+        raise ValueError(f"control_index {settings.control_index} is not an arm index")
+    return kernels.policy_probabilities(
+        _family(family),
+        stats_array,
+        _floats("counts", counts, (n_arms,)),
+        _floats("prior", prior, (4,)),
+        settings_array,
+        _active(active, n_arms),
+        student_t_tail_table(),
+        np.random.default_rng(_MONTE_CARLO_SEED),
+    )
+
+
+def posterior_summary(
+    family: int,
+    stats: npt.ArrayLike,
+    prior: npt.ArrayLike,
+    active: npt.ArrayLike | None = None,
+) -> PosteriorSummary:
+    """Posterior mean, central 95% interval, P(best) and expected loss (NaN if paused)."""
+    family = _family(family)
+    stats_array = _stats(stats)
+    n_arms = stats_array.shape[1]
+    prior_array = _floats("prior", prior, (4,))
+    active_array = _active(active, n_arms)
+    params = kernels.posterior_parameters(family, stats_array, prior_array, 1.0)
+    marginals = kernels.marginal_parameters(family, params)
+    mean = kernels.posterior_means(family, marginals)
+    if family == BERNOULLI:
+        law = scipy.stats.beta(marginals[0], marginals[1])
+    else:
+        law = scipy.stats.t(marginals[0], loc=marginals[1], scale=marginals[2])
+    ci_low, ci_high = law.ppf(0.025), law.ppf(0.975)
+    p_best, expected_max = kernels.best_arm_probabilities(
+        family,
+        stats_array,
+        prior_array,
+        1.0,
+        active_array,
+        student_t_tail_table(),
+        np.random.default_rng(_MONTE_CARLO_SEED),
+    )
+    expected_loss = np.where(active_array, np.maximum(expected_max - mean, 0.0), np.nan)
+    return PosteriorSummary(
+        mean=mean,
+        ci_low=np.asarray(ci_low, dtype=np.float64),
+        ci_high=np.asarray(ci_high, dtype=np.float64),
+        p_best=p_best,
+        expected_loss=expected_loss,
+    )
+
+
+def forget(
+    family: int, stats: npt.ArrayLike, elapsed: npt.ArrayLike, half_life: float | None
+) -> FloatArray:
+    """Stats with evidence decayed by 2**(-elapsed/half_life); None means never forget."""
+    stats_array = _stats(stats)
+    elapsed_array = _floats("elapsed", elapsed, (stats_array.shape[1],))
+    if half_life is not None and not half_life > 0.0:
+        raise ValueError(f"half_life must be > 0 or None, got {half_life!r}")
+    return kernels.forget(
+        _family(family), stats_array, elapsed_array, math.nan if half_life is None else half_life
+    )
+
+
+def thompson_choices(
+    family: int,
+    stats: npt.ArrayLike,
+    prior: npt.ArrayLike,
+    n: int,
+    rng: np.random.Generator,
+    active: npt.ArrayLike | None = None,
+    temperature: float = 1.0,
+) -> IntArray:
+    """``n`` plain Thompson decisions drawn from the tempered posterior (simulation reference)."""
+    stats_array = _stats(stats)
+    if not temperature > 0.0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    return kernels.thompson_choices(
+        _family(family),
+        stats_array,
+        _floats("prior", prior, (4,)),
+        float(temperature),
+        _count("n", n),
+        rng,
+        _active(active, stats_array.shape[1]),
+    )
+
+
+def cumulative(probabilities: npt.ArrayLike) -> FloatArray:
+    """CDF to cache next to the probabilities; feed it to :func:`sample_arms`."""
+    return kernels.cumulative(_probabilities(probabilities))
+
+
+def sample_arms(cdf: npt.ArrayLike, n: int, rng: np.random.Generator) -> IntArray:
+    """``n`` decisions from a cached CDF. For one decision :func:`sample_one` is faster."""
+    array = np.ascontiguousarray(cdf, dtype=np.float64)
+    if array.ndim != 1 or array.shape[0] < 1 or array[-1] != 1.0:
+        raise ValueError("cdf must be a non-empty 1-d array ending at 1.0 (see cumulative)")
+    return kernels.sample_arms(array, _count("n", n), rng)
+
+
+def sample_one(cdf_list: list[float], uniform: float) -> int:
+    """One decision from ``cumulative(...).tolist()`` and a uniform in [0, 1) (e.g. random()).
+
+    Pure Python: for a single decision this beats the numba dispatch of :func:`sample_arms`.
+    """
+    return min(bisect.bisect_right(cdf_list, uniform), len(cdf_list) - 1)
+
+
+def sample_slates(
+    probabilities: npt.ArrayLike, n: int, k: int, rng: np.random.Generator
+) -> tuple[IntArray, FloatArray, FloatArray]:
+    """``n`` ranked slates of ``k`` arms: (arms (n, k), slate propensity, position propensities)."""
+    array = _probabilities(probabilities)
+    positive = int(np.count_nonzero(array > 0.0))
+    if not 1 <= k <= positive:
+        raise ValueError(f"k must be in [1, {positive}] (arms with positive probability), got {k}")
+    return kernels.sample_slates(array, _count("n", n), int(k), rng)
+
+
+def warm_up_kernels() -> None:
+    """Compile (or load from the numba cache) every kernel now, not on the first request."""
+    rng = np.random.default_rng(0)
+    counts = np.array([5.0, 5.0])
+    active = np.ones(2, dtype=np.bool_)
+    settings = PolicySettings(top_two=0.5, control_index=None, min_share=0.1)
+    for family, stats, prior in (
+        (BERNOULLI, [[3.0, 1.0], [2.0, 4.0], [0.0, 0.0]], [1.0, 1.0, 0.0, 0.0]),
+        (GAUSSIAN, [[5.0, 5.0], [0.1, 0.2], [4.0, 5.0]], [0.0, 1.0, 1.0, 1.0]),
+    ):
+        forget(family, stats, [1.0, 2.0], 10.0)
+        thompson_choices(family, stats, prior, 2, rng, active)
+        kernels.thompson_draws(family, np.asarray(stats), np.asarray(prior), 1.0, 2, rng)
+        posterior_summary(family, stats, prior, active)
+        probabilities = allocation_probabilities(family, stats, counts, prior, settings, active)
+    cdf = cumulative(probabilities)
+    sample_arms(cdf, 2, rng)
+    sample_slates(probabilities, 2, 2, rng)
+    sample_one(cdf.tolist(), 0.5)
