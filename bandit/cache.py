@@ -163,12 +163,17 @@ class ExperimentCache:
         """Seconds since the cache last confirmed its contents with Redis."""
         return self._clock() - self.last_success
 
-    async def get(self, experiment_id: str) -> Snapshot:
+    def peek(self, experiment_id: str) -> Snapshot | None:
+        """The cached snapshot, without waiting: the decision hot path."""
         entry = self._entries.get(experiment_id)
-        if entry is not None:
-            entry.used_at = self._clock()
-            return entry.snapshot
-        return await self.load(experiment_id)
+        if entry is None:
+            return None
+        entry.used_at = self._clock()
+        return entry.snapshot
+
+    async def get(self, experiment_id: str) -> Snapshot:
+        snapshot = self.peek(experiment_id)
+        return snapshot if snapshot is not None else await self.load(experiment_id)
 
     async def load(self, experiment_id: str) -> Snapshot:
         """Read from Redis now (one loader per experiment, however many requests wait)."""

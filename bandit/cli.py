@@ -90,7 +90,7 @@ def _run_worker(settings: Settings) -> None:
     from bandit.app import create_app
 
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    web.run_app(create_app(settings), host=settings.host, port=settings.port,
+    web.run_app(create_app(settings), host=settings.host, port=settings.port, access_log=None,
                 reuse_port=settings.workers > 1, print=lambda _: logger.info(
                     "serving on http://%s:%d (Redis %s)", settings.host, settings.port,
                     settings.redis_url))

@@ -119,7 +119,7 @@ class BanditService:
     # -- decisions ---------------------------------------------------------------------------
 
     async def snapshot(self, experiment_id: str) -> Snapshot:
-        snapshot = await self.cache.get(experiment_id)
+        snapshot = self.cache.peek(experiment_id) or await self.cache.get(experiment_id)
         if snapshot.experiment.archived:
             raise NotFound(f"experiment {experiment_id!r} is archived")
         return snapshot

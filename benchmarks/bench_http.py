@@ -149,9 +149,17 @@ def main() -> None:
         # Warm-up: JIT paths, connection pools, caches.
         wrk(f"{service}/v1/experiments/bench/allocate", 2, connections, body="{}")
         wrk(f"http://127.0.0.1:{noop_port}/noop", 2, connections, body="{}")
-        noop = wrk(f"http://127.0.0.1:{noop_port}/noop", seconds, connections, body="{}")
-        single = wrk(f"{service}/v1/experiments/bench/allocate", seconds, connections,
-                     body="{}")
+        # The no-op baseline and allocate n=1 alternate three times; the median ratio of the
+        # pairs is reported, so a burst of load from elsewhere skews one pair, not the result.
+        pairs = []
+        for _ in range(3):
+            pairs.append((
+                wrk(f"http://127.0.0.1:{noop_port}/noop", seconds, connections, body="{}"),
+                wrk(f"{service}/v1/experiments/bench/allocate", seconds, connections,
+                    body="{}"),
+            ))
+        pairs.sort(key=lambda pair: pair[1]["rps"] / pair[0]["rps"])
+        noop, single = pairs[1]
         thousand = wrk(f"{service}/v1/experiments/bench/allocate", seconds, connections,
                        body='{"n": 1000}')
         slate = wrk(f"{service}/v1/experiments/bench/allocate", seconds, connections,
@@ -167,8 +175,9 @@ def main() -> None:
                   f"{result['p50_ms']:8.2f} {result['p99_ms']:8.2f}")
         print(f"{'redis-py HINCRBYFLOAT pipeline':32} {'':10} {baseline:12.0f}")
         print()
+        ratios = ", ".join(f"{b['rps'] / a['rps']:.2f}" for a, b in pairs)
         print(f"allocate n=1 / no-op handler:         {single['rps'] / noop['rps']:.2f}x "
-              "(target >= 0.8x)")
+              f"(median of {ratios}; target >= 0.8x)")
         print(f"allocate n=1000 decisions/s:          {thousand['rps'] * 1000:,.0f} "
               "(target >= 1,000,000)")
         print(f"events/s with dedup:                  {events['rps'] * 1000:,.0f} "

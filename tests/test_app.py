@@ -403,10 +403,11 @@ async def test_health_readiness_metrics_openapi(client: Client) -> None:
     assert (await client.get("/readyz")).status == 200
     metrics = await (await client.get("/metrics")).text()
     assert 'bandit_decisions_total{experiment="homepage"} 5.0' in metrics
+    assert 'bandit_request_seconds_count{route="/v1/experiments/{id}/allocate",status="200"} 1.0' in metrics
     document = await (await client.get("/openapi.json")).json()
     assert document["openapi"].startswith("3.")
     routes = {(path, method) for path, item in document["paths"].items() for method in item
               if method != "parameters"}
     registered = {(r.resource.canonical, r.method.lower()) for r in client.app.router.routes()
-                  if r.method != "HEAD" and r.resource is not None}
+                  if r.method not in ("HEAD", "*") and r.resource is not None}
     assert routes == registered
