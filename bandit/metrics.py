@@ -41,7 +41,7 @@ class Metrics:
         self.cache_age = cache_age
         self.events = Counter("bandit_events_total", "Reward events by outcome",
                               ["outcome"], registry=self.registry)
-        self.registry.register(self)  # type: ignore[arg-type]
+        self.registry.register(self)
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         latency = self._latency[(route, str(status))]

@@ -403,7 +403,8 @@ async def test_health_readiness_metrics_openapi(client: Client) -> None:
     assert (await client.get("/readyz")).status == 200
     metrics = await (await client.get("/metrics")).text()
     assert 'bandit_decisions_total{experiment="homepage"} 5.0' in metrics
-    assert 'bandit_request_seconds_count{route="/v1/experiments/{id}/allocate",status="200"} 1.0' in metrics
+    allocate_route = 'route="/v1/experiments/{id}/allocate",status="200"'
+    assert f"bandit_request_seconds_count{{{allocate_route}}} 1.0" in metrics
     document = await (await client.get("/openapi.json")).json()
     assert document["openapi"].startswith("3.")
     routes = {(path, method) for path, item in document["paths"].items() for method in item
