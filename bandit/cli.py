@@ -37,15 +37,28 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--dedup-window", dest="dedup_window_s", type=float, metavar="SECONDS",
                        help="how long reward event ids are remembered (default 3600)")
     serve.add_argument("--log-level", default="INFO")
+    simulate = commands.add_parser(
+        "simulate", help="offline simulations and replay of logged data",
+        description="Run bandit policies (the service's own Thompson policy and classic "
+                    "baselines) against simulated environments, many replications in parallel; "
+                    "writes summary.json, regret.csv and plots to --out.",
+    )
+    from simulations.cli import add_arguments
+
+    add_arguments(simulate)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = _parser().parse_args(argv)
-    logging.basicConfig(level=arguments.log_level.upper(),
+    logging.basicConfig(level=getattr(arguments, "log_level", "WARNING").upper(),
                         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
     if arguments.command == "serve":
         return _serve(arguments)
+    if arguments.command == "simulate":
+        from simulations.cli import run
+
+        return run(arguments)
     return 2  # argparse already rejects unknown commands
 
 

@@ -1,0 +1,211 @@
+"""``bandit simulate``: run policies against environments, or replay logged data."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    problem = parser.add_argument_group("problem (one of --means or --scenario)")
+    problem.add_argument("--means", help="comma-separated true means of the arms, e.g. 0.5,0.48")
+    problem.add_argument("--scenario", help="a built-in scenario (see --list)")
+    problem.add_argument("--reward", choices=["bernoulli", "gaussian"], default="bernoulli")
+    problem.add_argument("--noise-sd", type=float, default=1.0,
+                         help="reward noise of gaussian arms (default 1)")
+    problem.add_argument("--drift-sd", type=float, default=0.0,
+                         help="per-step random-walk drift of every mean (default 0)")
+    problem.add_argument("--churn", type=float, default=0.0,
+                         help="per-step probability that an arm is replaced by a fresh one")
+    run = parser.add_argument_group("run")
+    run.add_argument("--horizon", type=int, help="steps per replication")
+    run.add_argument("--reps", type=int, default=100, help="replications (default 100)")
+    run.add_argument("--policy", action="append", dest="policies", metavar="SPEC",
+                     help="policy to run, repeatable: thompson, ucb1, kl-ucb, bayes-ucb, "
+                          "epsilon-greedy, uniform, top-two, discounted-thompson, sw-ucb; "
+                          "settings after a colon: thompson:epsilon=0.1,min_share=0.02")
+    run.add_argument("--seed", type=int, default=1)
+    run.add_argument("--batch", type=int, help="update posteriors every B steps")
+    run.add_argument("--delay", type=float, help="mean reward delay in steps (geometric)")
+    run.add_argument("--threads", type=int, help="worker threads (default: all cores)")
+    run.add_argument("--sweep", action="append", metavar="NAME=V1,V2,...",
+                     help="grid over a setting of the (single) policy, repeatable; 'none' "
+                          "for null, e.g. --sweep epsilon=0,0.05,0.1 --sweep half_life=none,1000")
+    run.add_argument("--out", type=Path, default=Path("simulation-results"),
+                     help="output directory (default ./simulation-results)")
+    run.add_argument("--list", action="store_true", help="list the built-in scenarios and exit")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    replay = parser.add_subparsers(dest="simulate_command", metavar="replay")
+    replay_parser = replay.add_parser(
+        "replay", help="estimate policies' value from logged data (IPS, SNIPS, replay)",
+        description="Off-policy evaluation on the Open Bandit Dataset sample.")
+    replay_parser.add_argument("--data-dir", type=Path,
+                               help="directory with the OBD csv files (default "
+                                    "$BANDIT_OBD_DIR, else ../shared/data/obd)")
+    replay_parser.add_argument("--campaign", choices=["men", "women"], default="men")
+    replay_parser.add_argument("--position", type=int, default=1, choices=[1, 2, 3])
+    replay_parser.add_argument("--seed", type=int, default=0)
+    replay_parser.add_argument("--out", type=Path, help="also write replay.json here")
+    replay_parser.add_argument("--json", action="store_true", help="print JSON, not a table")
+
+
+def run(arguments: argparse.Namespace) -> int:
+    if arguments.simulate_command == "replay":
+        return _replay(arguments)
+    from simulations import scenarios
+
+    if arguments.list:
+        for scenario in scenarios.SCENARIOS.values():
+            print(f"{scenario.name:26} T={scenario.horizon:<9,} {scenario.description}")
+            print(f"{'':26} {scenario.reference}")
+        return 0
+    try:
+        return _simulate(arguments)
+    except ValueError as error:
+        print(f"bandit simulate: {error}", file=sys.stderr)
+        return 2
+
+
+def _simulate(arguments: argparse.Namespace) -> int:
+    from simulations import report, scenarios
+    from simulations.engine import simulate
+    from simulations.environments import Environment
+    from simulations.policies import parse_policy
+
+    if (arguments.means is None) == (arguments.scenario is None):
+        raise ValueError("give exactly one of --means and --scenario")
+    if arguments.scenario is not None:
+        scenario = scenarios.get(arguments.scenario)
+        environment = scenario.environment
+        horizon, batch, delay = scenario.horizon, scenario.batch, scenario.delay
+    else:
+        try:
+            means = np.array([float(m) for m in arguments.means.split(",")])
+        except ValueError:
+            raise ValueError(f"--means: {arguments.means!r} is not a list of numbers") from None
+        environment = Environment(reward=arguments.reward, means=means,
+                                  noise_sd=arguments.noise_sd, drift_sd=arguments.drift_sd,
+                                  churn=arguments.churn)
+        horizon, batch, delay = 10_000, 1, 0.0
+    horizon = arguments.horizon or horizon
+    batch = arguments.batch or batch
+    delay = arguments.delay if arguments.delay is not None else delay
+    if horizon < 1 or arguments.reps < 1 or batch < 1 or delay < 0:
+        raise ValueError("--horizon, --reps and --batch must be positive, --delay >= 0")
+    specs = arguments.policies or ["thompson"]
+    grid: list[dict[str, Any]] = []
+    names: list[str] = []
+    if arguments.sweep:
+        if len(specs) != 1:
+            raise ValueError("--sweep varies the settings of one --policy")
+        names, grid, specs = _sweep_grid(specs[0], arguments.sweep)
+    policies = [parse_policy(spec) for spec in specs]
+    total = arguments.reps * len(policies)
+    progress = _progress_bar(total, disabled=arguments.no_progress)
+    results = []
+    try:
+        for policy in policies:
+            progress.set_description(policy.label)
+            results.append(simulate(policy, environment, horizon=horizon, reps=arguments.reps,
+                                    seed=arguments.seed, batch=batch, delay=delay,
+                                    threads=arguments.threads, progress=progress.update))
+    finally:
+        progress.close()
+    settings = {"horizon": horizon, "reps": arguments.reps, "seed": arguments.seed,
+                "batch": batch, "delay": delay, "scenario": arguments.scenario,
+                "reward": environment.reward, "means": [float(m) for m in environment.means],
+                "policies": [p.label for p in policies]}
+    document = report.write_outputs(arguments.out, results, environment, settings)
+    print(f"{'policy':40} {'regret':>12} {'stderr':>10} {'best arm':>9} {'seconds':>8}")
+    for label, row in document["policies"].items():
+        print(f"{label:40} {row['final_mean_regret']:12.2f} {row['final_regret_stderr']:10.2f} "
+              f"{row['final_best_arm_rate']:9.3f} {row['seconds']:8.1f}")
+    if "lai_robbins" in document:
+        print(f"Lai-Robbins lower bound at T={horizon:,}: "
+              f"{document['lai_robbins']['bound_at_horizon']:.2f}")
+    if grid:
+        rows = report.sweep_table(results, grid)
+        report.write_sweep(arguments.out, rows, names)
+        print(f"sweep table: {arguments.out / 'sweep.csv'}, plot: {arguments.out / 'sweep.png'}")
+    print(f"wrote {arguments.out}/summary.json, regret.csv, metrics.csv, regret.png, "
+          "allocation.png")
+    return 0
+
+
+def _sweep_grid(base: str, sweeps: list[str]) -> tuple[list[str], list[dict[str, Any]],
+                                                         list[str]]:
+    names, values = [], []
+    for sweep in sweeps:
+        name, _, raw = sweep.partition("=")
+        if not name or not raw:
+            raise ValueError(f"--sweep: {sweep!r} is not NAME=V1,V2,...")
+        names.append(name)
+        values.append([None if v == "none" else float(v) for v in raw.split(",")])
+    grid = [dict(zip(names, point, strict=True)) for point in itertools.product(*values)]
+    name, _, fixed = base.partition(":")
+    specs = []
+    for point in grid:
+        settings = [s for s in fixed.split(",") if s]
+        settings += [f"{k}={'none' if v is None else f'{v:g}'}" for k, v in point.items()]
+        specs.append(f"{name}:{','.join(settings)}")
+    return names, grid, specs
+
+
+class _NoProgress:
+    def update(self, count: int) -> None:
+        pass
+
+    def set_description(self, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(total: int, *, disabled: bool) -> Any:
+    if disabled:
+        return _NoProgress()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="rep", file=sys.stderr, dynamic_ncols=True)
+
+
+def _replay(arguments: argparse.Namespace) -> int:
+    from simulations.replay import evaluate_obd
+
+    data_dir = arguments.data_dir or Path(os.environ.get(
+        "BANDIT_OBD_DIR", Path.cwd().parent / "shared" / "data" / "obd"))
+    if not data_dir.is_dir():
+        print(f"bandit simulate replay: no data directory {data_dir}", file=sys.stderr)
+        return 2
+    result = evaluate_obd(data_dir, campaign=arguments.campaign, position=arguments.position,
+                          seed=arguments.seed)
+    text = json.dumps(result, indent=2, default=_plain)
+    if arguments.json:
+        print(text)
+    else:
+        print(f"{arguments.campaign}, position {arguments.position}")
+        print(f"{'estimate':22} {'method':16} {'value':>9} {'95% interval':>22} {'eff. n':>8}")
+        for name, estimate in result.items():
+            interval = f"[{estimate.ci_low:.5f}, {estimate.ci_high:.5f}]"
+            print(f"{name:22} {estimate.method:16} {estimate.value:9.5f} {interval:>22} "
+                  f"{estimate.effective_n:8.0f}")
+    if arguments.out is not None:
+        arguments.out.mkdir(parents=True, exist_ok=True)
+        (arguments.out / "replay.json").write_text(text + "\n")
+    return 0
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "__dataclass_fields__"):
+        return {k: getattr(value, k) for k in value.__dataclass_fields__}
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot serialise {type(value).__name__}")

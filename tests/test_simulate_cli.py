@@ -1,0 +1,121 @@
+"""`bandit simulate` end to end: files, plots, sweeps, scenarios, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bandit.cli import main
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+OBD_DIR = Path(os.environ.get("BANDIT_OBD_DIR",
+                              Path(__file__).resolve().parents[2] / "shared" / "data" / "obd"))
+
+
+def simulate(*arguments: str) -> int:
+    return main(["simulate", "--no-progress", *arguments])
+
+
+def test_compares_policies_and_writes_every_output(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    assert simulate("--means", "0.5,0.48,0.48", "--horizon", "3000", "--reps", "8",
+                    "--policy", "thompson", "--policy", "ucb1", "--seed", "1",
+                    "--out", str(out)) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["policies"]) == {"thompson", "ucb1"}
+    for row in summary["policies"].values():
+        assert row["final_mean_regret"] > 0 and row["final_regret_stderr"] >= 0
+        assert len(row["pulls_per_arm"]) == 3
+        assert sum(row["pulls_per_arm"]) == pytest.approx(3000)
+        assert row["seconds"] > 0
+    assert summary["lai_robbins"]["constant"] > 0
+    with (out / "regret.csv").open() as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["policy", "t", "mean_regret", "stderr"]
+    checkpoints = [int(row[1]) for row in rows[1:] if row[0] == "thompson"]
+    assert checkpoints == sorted(checkpoints) and checkpoints[-1] == 3000
+    for picture in ("regret.png", "allocation.png"):
+        assert (out / picture).read_bytes().startswith(PNG_SIGNATURE)
+    printed = capsys.readouterr().out
+    assert "thompson" in printed and "Lai-Robbins lower bound" in printed
+
+
+def test_same_seed_same_numbers(tmp_path: Path) -> None:
+    documents = []
+    for name in ("a", "b"):
+        assert simulate("--means", "0.3,0.2", "--horizon", "500", "--reps", "4", "--seed", "7",
+                        "--threads", "1" if name == "a" else "2",
+                        "--out", str(tmp_path / name)) == 0
+        documents.append(json.loads((tmp_path / name / "summary.json").read_text()))
+    first, second = (d["policies"]["thompson"] for d in documents)
+    assert first["final_mean_regret"] == second["final_mean_regret"]
+    assert first["pulls_per_arm"] == second["pulls_per_arm"]
+
+
+def test_scenarios_are_listed_and_run(tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    assert simulate("--list") == 0
+    listing = capsys.readouterr().out
+    for name in ("chapelle-li-k10-eps0.1", "chapelle-li-k100-eps0.02", "chapelle-li-delayed",
+                 "garivier-cappe-2011", "besson-2020-problem1", "besson-2020-problem2"):
+        assert name in listing
+    assert simulate("--scenario", "besson-2020-problem1", "--horizon", "2000", "--reps", "2",
+                    "--policy", "thompson:half_life=500", "--out", str(tmp_path)) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert "lai_robbins" not in summary  # not a stationary problem: no bound drawn
+    assert summary["settings"]["scenario"] == "besson-2020-problem1"
+
+
+def test_sweep_writes_a_table_and_a_plot(tmp_path: Path) -> None:
+    assert simulate("--means", "0.5,0.4", "--horizon", "500", "--reps", "2",
+                    "--policy", "thompson", "--sweep", "epsilon=0,0.2",
+                    "--sweep", "temperature=1,2", "--out", str(tmp_path)) == 0
+    with (tmp_path / "sweep.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 4
+    assert {(r["epsilon"], r["temperature"]) for r in rows} == {
+        ("0.0", "1.0"), ("0.0", "2.0"), ("0.2", "1.0"), ("0.2", "2.0")}
+    assert (tmp_path / "sweep.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [(["--horizon", "10"], "exactly one of --means and --scenario"),
+     (["--means", "0.5,x"], "is not a list of numbers"),
+     (["--scenario", "nope"], "unknown scenario"),
+     (["--means", "0.5,0.4", "--policy", "nonsense"], "nonsense"),
+     (["--means", "0.5,0.4", "--reps", "0"], "must be positive")],
+)
+def test_bad_arguments_exit_2_with_a_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], arguments: list[str], message: str
+) -> None:
+    assert simulate(*arguments, "--out", str(tmp_path)) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_progress_bar_and_module_entry_point(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bandit", "simulate", "--means", "0.5,0.4", "--horizon", "200",
+         "--reps", "3", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "3/3" in result.stderr  # the progress bar's final state
+
+
+@pytest.mark.skipif(not OBD_DIR.is_dir(), reason=f"Open Bandit Dataset sample not at {OBD_DIR}")
+def test_replay_of_the_open_bandit_dataset(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["simulate", "replay", "--data-dir", str(OBD_DIR), "--campaign", "women",
+                 "--out", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert "bts_ips" in table and "95% interval" in table
+    estimates = json.loads((tmp_path / "replay.json").read_text())
+    for estimate in estimates.values():
+        assert estimate["ci_low"] <= estimate["value"] <= estimate["ci_high"]
