@@ -103,16 +103,25 @@ def posterior_parameters(
             out[0, k] = prior[0] + stats[0, k] * inv_t
             out[1, k] = prior[1] + stats[1, k] * inv_t
         else:
-            mu0, kappa0, alpha0, beta0 = prior[0], prior[1], prior[2], prior[3]
-            weight = stats[0, k] * inv_t
-            mean = stats[1, k] if weight > 0.0 else mu0
-            sq_dev = stats[2, k] * inv_t
-            kappa_n = kappa0 + weight
-            out[0, k] = (kappa0 * mu0 + weight * mean) / kappa_n
-            out[1, k] = kappa_n
-            out[2, k] = alpha0 + 0.5 * weight
-            out[3, k] = beta0 + 0.5 * sq_dev + kappa0 * weight * (mean - mu0) ** 2 / (2.0 * kappa_n)
+            normal_gamma_column(prior, stats, inv_t, k, out)
     return out
+
+
+@_jit
+def normal_gamma_column(
+    prior: FloatArray, stats: FloatArray, inv_temperature: float, k: int, out: FloatArray
+) -> None:
+    """Rows 0-3 of column k of ``out``: arm k's tempered Normal-Gamma posterior (mu, kappa,
+    alpha, beta). Shared with the simulator, so both compute the posterior identically."""
+    mu0, kappa0, alpha0, beta0 = prior[0], prior[1], prior[2], prior[3]
+    weight = stats[0, k] * inv_temperature
+    mean = stats[1, k] if weight > 0.0 else mu0
+    sq_dev = stats[2, k] * inv_temperature
+    kappa_n = kappa0 + weight
+    out[0, k] = (kappa0 * mu0 + weight * mean) / kappa_n
+    out[1, k] = kappa_n
+    out[2, k] = alpha0 + 0.5 * weight
+    out[3, k] = beta0 + 0.5 * sq_dev + kappa0 * weight * (mean - mu0) ** 2 / (2.0 * kappa_n)
 
 
 @_jit

@@ -492,15 +492,7 @@ def posterior_column(
             params[2 + 2 * row, k] = d
             params[3 + 2 * row, k] = 1. / np.sqrt(9 * d) if shape > 1.0 else 0.0
         return
-    mu0, kappa0, alpha0, beta0 = prior[0], prior[1], prior[2], prior[3]
-    weight = view[0, k] * inv_temperature
-    mean = view[1, k] if weight > 0.0 else mu0
-    sq_dev = view[2, k] * inv_temperature
-    kappa_n = kappa0 + weight
-    params[0, k] = (kappa0 * mu0 + weight * mean) / kappa_n
-    params[1, k] = kappa_n
-    params[2, k] = alpha0 + 0.5 * weight
-    params[3, k] = beta0 + 0.5 * sq_dev + kappa0 * weight * (mean - mu0) ** 2 / (2.0 * kappa_n)
+    kernels.normal_gamma_column(prior, view, inv_temperature, k, params)
 
 
 @numba.njit(inline="always")
