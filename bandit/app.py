@@ -143,6 +143,10 @@ async def events(request: web.Request) -> web.Response:
     return _json(result)
 
 
+async def audit(request: web.Request) -> web.Response:
+    return _json(await request.app[SERVICE].audit(request.match_info["id"]))
+
+
 async def stats(request: web.Request) -> web.Response:
     return _json(await request.app[SERVICE].stats(request.match_info["id"]))
 
@@ -188,6 +192,7 @@ def create_app(settings: Settings, *, seed: int | None = None) -> web.Applicatio
         ("DELETE", "/v1/experiments/{id}", archive_experiment),
         ("POST", "/v1/experiments/{id}/allocate", allocate),
         ("GET", "/v1/experiments/{id}/stats", stats),
+        ("GET", "/v1/experiments/{id}/audit", audit),
         ("POST", "/v1/events", events),
         ("GET", "/metrics", metrics_endpoint),
         ("GET", "/healthz", healthz),

@@ -17,6 +17,8 @@ key                       type    contents
                                   ``rev`` bumped on every change
 ``P:{E}:served``          hash    decisions served per arm index (flushed by each process)
 ``P:{E}:units``           hash    sticky unit -> ``arm indices|propensity``
+``P:{E}:audit``           list    configuration changes, oldest first (JSON entries), kept for
+                                  the experiment's life
 ``P:{E}:dedup:<w>:<n>``  set     reward-event ids seen in the n-th time bucket of width w ms
                                   (a quarter of the dedup window); expires 5 buckets later
 ``P:{E}:dec:<decision>``  string  pending provisional decision: ``arm|served at``, then
@@ -57,6 +59,10 @@ class Keys:
     @property
     def served(self) -> str:
         return f"{self._base}:served"
+
+    @property
+    def audit(self) -> str:
+        return f"{self._base}:audit"
 
     @property
     def units(self) -> str:

@@ -326,12 +326,8 @@ def parse_patch(body: object, current: Experiment, now: float) -> Patch:
                                                       {"add", "pause", "resume"}))
     check_consistent(updated)
     updated = replace(updated, version=current.version + 1, updated_at=now)
-    changes = {
-        key: {"old": old, "new": new}
-        for key, old, new in _diff(current.to_json(), updated.to_json())
-        if key not in ("version", "updated_at")
-    }
-    return Patch(version=version, experiment=updated, reason=reason, changes=changes)
+    return Patch(version=version, experiment=updated, reason=reason,
+                 changes=diff(current, updated))
 
 
 def _apply_arm_changes(experiment: Experiment, arms: dict[str, Any]) -> Experiment:
@@ -354,5 +350,20 @@ def _apply_arm_changes(experiment: Experiment, arms: dict[str, Any]) -> Experime
     return replace(experiment, arms=experiment.arms + added, paused=frozenset(paused))
 
 
-def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-    return [(key, old.get(key), new.get(key)) for key in new if old.get(key) != new.get(key)]
+def diff(old: Experiment, new: Experiment) -> dict[str, dict[str, Any]]:
+    """What changed, for the audit log: ``{"exploration.epsilon": {"old": 0, "new": 0.1},
+    "arms.blue": {"old": "active", "new": "paused"}, ...}``."""
+    before, after = _flat(old), _flat(new)
+    return {key: {"old": before.get(key), "new": after.get(key)}
+            for key in sorted(before.keys() | after.keys())
+            if before.get(key) != after.get(key)}
+
+
+def _flat(experiment: Experiment) -> dict[str, Any]:
+    document = experiment.to_json()
+    flat: dict[str, Any] = {f"exploration.{k}": v for k, v in document["exploration"].items()}
+    flat.update({f"arms.{arm['id']}": arm["state"] for arm in document["arms"]})
+    flat.update({f"prior.{k}": v for k, v in document["prior"].items()})
+    flat["attribution_window_s"] = document["attribution_window_s"]
+    flat["status"] = document["status"]
+    return flat

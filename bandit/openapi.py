@@ -102,6 +102,21 @@ _EVENT = {
 }
 
 
+_AUDIT_ENTRY = {
+    "type": "object",
+    "required": ["version", "at", "actor", "action", "changes", "reason"],
+    "properties": {
+        "version": {"type": "integer", "description": "the version the change produced"},
+        "at": {"type": "number", "description": "epoch seconds"},
+        "actor": {"type": "string"},
+        "action": {"enum": ["create", "update", "archive"]},
+        "changes": {"type": "object", "additionalProperties": {
+            "type": "object", "properties": {"old": {}, "new": {}}}},
+        "reason": {"type": ["string", "null"]},
+    },
+}
+
+
 def _errors(*statuses: int) -> dict[str, Any]:
     return {str(status): {"description": "error",
                           "content": {"application/json": {"schema": _ERROR}}}
@@ -233,6 +248,16 @@ def document() -> dict[str, Any]:
                             "expected_loss": {"type": ["number", "null"]},
                             "share": _NUMBER}}}}}),
                         **_errors(404, 422, 503)},
+                },
+            },
+            "/v1/experiments/{id}/audit": {
+                "parameters": _PATH_ID,
+                "get": {
+                    "summary": "Configuration changes, oldest first (who, when, old and new)",
+                    "responses": {**_ok({"type": "object", "required": ["experiment", "entries"],
+                                         "properties": {"experiment": _ID, "entries": {
+                                             "type": "array", "items": _AUDIT_ENTRY}}}),
+                                  **_errors(404, 422, 503)},
                 },
             },
             "/metrics": {"get": {"summary": "Prometheus metrics",

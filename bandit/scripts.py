@@ -202,21 +202,25 @@ return {1}
 """
 
 CREATE = r"""
--- Create an experiment unless its id is taken.
--- KEYS[1] meta, KEYS[2] stats. ARGV[1] config JSON, ARGV[2] reward type, ARGV[3] half-life
---   in seconds ('' = no forgetting).
+-- Create an experiment unless its id is taken, and open its audit log.
+-- KEYS[1] meta, KEYS[2] stats, KEYS[3] audit. ARGV[1] config JSON, ARGV[2] reward type,
+--   ARGV[3] half-life in seconds ('' = no forgetting), ARGV[4] the audit entry (JSON).
 -- Returns 1 when created, 0 when an experiment (live or archived) has this id.
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'config', ARGV[1], 'version', '1', 'reward', ARGV[2],
            'half_life', ARGV[3], 'archived', '0')
 redis.call('HSET', KEYS[2], 'rev', '1')
+redis.call('RPUSH', KEYS[3], ARGV[4])
 return 1
 """
 
 UPDATE = r"""
 -- Replace an experiment's configuration if nobody changed it since `expected version`.
--- KEYS[1] meta, KEYS[2] stats. ARGV[1] expected version, ARGV[2] new config JSON (carrying
---   version + 1), ARGV[3] half-life ('' = none), ARGV[4] archived flag ('0' or '1').
+-- The audit entry is appended in the same atomic step: no change without its record, and no
+-- record of a change that was refused.
+-- KEYS[1] meta, KEYS[2] stats, KEYS[3] audit. ARGV[1] expected version, ARGV[2] new config
+--   JSON (carrying version + 1), ARGV[3] half-life ('' = none), ARGV[4] archived flag ('0' or
+--   '1'), ARGV[5] the audit entry (JSON).
 -- Returns {1, new version}, {0, current version} when stale, {-1} when missing.
 local version = redis.call('HGET', KEYS[1], 'version')
 if not version then return {-1} end
@@ -225,6 +229,7 @@ local new = tonumber(version) + 1
 redis.call('HSET', KEYS[1], 'config', ARGV[2], 'version', tostring(new), 'half_life', ARGV[3],
            'archived', ARGV[4])
 redis.call('HINCRBY', KEYS[2], 'rev', 1)
+redis.call('RPUSH', KEYS[3], ARGV[5])
 return {1, new}
 """
 

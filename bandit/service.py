@@ -31,7 +31,7 @@ from bandit.inputs import (
     parse_event,
     parse_event_batch,
 )
-from bandit.model import Experiment, check_id, parse_new_experiment, parse_patch
+from bandit.model import Experiment, check_id, diff, parse_new_experiment, parse_patch
 from bandit.settings import Settings
 from bandit.store import APPLIED, DUPLICATE, UNKNOWN_DECISION, EncodedEvent, RedisStore
 
@@ -66,8 +66,16 @@ class BanditService:
 
     async def create_experiment(self, body: object) -> dict[str, Any]:
         experiment = parse_new_experiment(body, time.time())
-        await self.store.create(experiment)
+        await self.store.create(experiment, _audit_entry(
+            experiment, "create", _initial_settings(experiment), None))
         return experiment.to_json()
+
+    async def audit(self, experiment_id: str) -> dict[str, Any]:
+        check_id(experiment_id, "experiment id")
+        entries = await self.store.audit(experiment_id)
+        if entries is None:
+            raise NotFound(f"experiment {experiment_id!r} does not exist")
+        return {"experiment": experiment_id, "entries": entries}
 
     async def list_experiments(self) -> list[dict[str, Any]]:
         ids = await self.store.list_ids()
@@ -93,7 +101,8 @@ class BanditService:
                 f"experiment {experiment_id!r} is at version {current.version}, not "
                 f"{patch.version}: reload it and apply your change again"
             )
-        await self.store.update(patch.experiment, patch.version)
+        await self.store.update(patch.experiment, patch.version, _audit_entry(
+            patch.experiment, "update", patch.changes, patch.reason))
         self.cache.forget(experiment_id)
         result = patch.experiment.to_json()
         result["changes"] = patch.changes
@@ -105,7 +114,8 @@ class BanditService:
             return current.to_json()
         archived = replace(current, archived=True, version=current.version + 1,
                            updated_at=time.time())
-        await self.store.update(archived, current.version)
+        await self.store.update(archived, current.version, _audit_entry(
+            archived, "archive", diff(current, archived), None))
         self.cache.forget(experiment_id)
         return archived.to_json()
 
@@ -359,6 +369,19 @@ class BanditService:
             })
         return {"experiment": experiment.id, "version": experiment.version,
                 "reward": experiment.reward, "arms": arms}
+
+
+def _initial_settings(experiment: Experiment) -> dict[str, dict[str, Any]]:
+    document = experiment.to_json()
+    return {key: {"old": None, "new": document[key]}
+            for key in ("arms", "reward", "prior", "exploration", "attribution_window_s")}
+
+
+def _audit_entry(experiment: Experiment, action: str, changes: dict[str, Any],
+                 reason: str | None) -> dict[str, Any]:
+    # Until API keys exist every change is by "anonymous"; the key's name goes here then.
+    return {"version": experiment.version, "at": time.time(), "actor": "anonymous",
+            "action": action, "changes": changes, "reason": reason}
 
 
 def _finite(value: float) -> float | None:

@@ -93,32 +93,31 @@ class RedisStore:
     async def ping(self) -> bool:
         return bool(await _call(self._client.ping))
 
-    async def create(self, experiment: Experiment) -> None:
+    async def create(self, experiment: Experiment, audit_entry: dict[str, Any]) -> None:
         keys = self.keys(experiment.id)
         created = await _call(
             self._create,
-            keys=[keys.meta, keys.stats],
-            args=[_config_json(experiment), experiment.reward,
-                  _half_life(experiment), ],
+            keys=[keys.meta, keys.stats, keys.audit],
+            args=[_config_json(experiment), experiment.reward, _half_life(experiment),
+                  orjson.dumps(audit_entry)],
         )
+        # The registry is not in the experiment's slot, so it cannot join the script. A crash
+        # between the two leaves an experiment that is not listed; the next create attempt of
+        # the same id (refused) adds it, since SADD is idempotent.
+        await _call(self._client.sadd, registry(self._prefix), experiment.id)
         if not created:
             raise Conflict(f"experiment {experiment.id!r} already exists")
-        # The registry is not in the experiment's slot, so it cannot join the script; adding
-        # after creation means a crash in between leaves an experiment that is not listed,
-        # which the next create attempt of the same id repairs.
-        await _call(self._client.sadd, registry(self._prefix), experiment.id)
 
-    async def repair_registry(self, experiment_id: str) -> None:
-        await _call(self._client.sadd, registry(self._prefix), experiment_id)
-
-    async def update(self, experiment: Experiment, expected_version: int) -> int:
-        """Store a changed configuration; ``experiment.version`` must be expected + 1."""
+    async def update(self, experiment: Experiment, expected_version: int,
+                     audit_entry: dict[str, Any]) -> int:
+        """Store a changed configuration and its audit entry; ``experiment.version`` must be
+        expected + 1."""
         keys = self.keys(experiment.id)
         result = await _call(
             self._update,
-            keys=[keys.meta, keys.stats],
+            keys=[keys.meta, keys.stats, keys.audit],
             args=[str(expected_version), _config_json(experiment), _half_life(experiment),
-                  "1" if experiment.archived else "0"],
+                  "1" if experiment.archived else "0", orjson.dumps(audit_entry)],
         )
         if result[0] == -1:
             raise NotFound(f"experiment {experiment.id!r} does not exist")
@@ -128,6 +127,17 @@ class RedisStore:
                 f"{expected_version}: reload it and apply your change again"
             )
         return int(result[1])
+
+    async def audit(self, experiment_id: str) -> list[dict[str, Any]] | None:
+        """The audit log, oldest first (None when the experiment does not exist)."""
+        keys = self.keys(experiment_id)
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.exists(keys.meta)
+            pipe.lrange(keys.audit, 0, -1)
+            exists, entries = await _call(pipe.execute)
+        if not exists:
+            return None
+        return [orjson.loads(entry) for entry in entries]
 
     async def list_ids(self) -> list[str]:
         return sorted(await _call(self._client.smembers, registry(self._prefix)))

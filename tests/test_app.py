@@ -327,7 +327,7 @@ async def test_patch_changes_settings_and_refuses_stale_versions(client: Client)
     body = await response.json()
     assert body["version"] == 2
     assert body["exploration"]["epsilon"] == 0.3
-    assert body["changes"]["exploration"]["old"]["epsilon"] == 0.0
+    assert body["changes"]["exploration.epsilon"] == {"old": 0.0, "new": 0.3}
     stale = await client.patch("/v1/experiments/homepage", json={
         "version": 1, "exploration": {"epsilon": 0.1}})
     assert stale.status == 409
@@ -412,3 +412,41 @@ async def test_health_readiness_metrics_openapi(client: Client) -> None:
     registered = {(r.resource.canonical, r.method.lower()) for r in client.app.router.routes()
                   if r.method not in ("HEAD", "*") and r.resource is not None}
     assert routes == registered
+
+
+# -- audit -----------------------------------------------------------------------------------
+
+
+async def test_audit_records_every_change_with_old_and_new_values(client: Client) -> None:
+    await create(client, arms=3)
+    first = await client.patch("/v1/experiments/homepage", json={
+        "version": 1, "exploration": {"epsilon": 0.1}, "arms": {"pause": ["arm2"]},
+        "reason": "too many complaints"})
+    assert first.status == 200
+    refused = [
+        await client.patch("/v1/experiments/homepage", json={"version": 1,
+                                                             "exploration": {"epsilon": 0.3}}),
+        await client.patch("/v1/experiments/homepage", json={"version": 2,
+                                                             "exploration": {"min_share": 0.9}}),
+    ]
+    assert [r.status for r in refused] == [409, 422]
+    assert (await client.delete("/v1/experiments/homepage")).status == 200
+    response = await client.get("/v1/experiments/homepage/audit")
+    assert response.status == 200
+    entries = (await response.json())["entries"]
+    # Refused changes leave no trace; each accepted one is there, in order, with its version.
+    assert [(e["action"], e["version"]) for e in entries] == [
+        ("create", 1), ("update", 2), ("archive", 3)]
+    assert all(e["actor"] == "anonymous" and e["at"] > 0 for e in entries)
+    assert entries[0]["changes"]["arms"]["new"][0] == {"id": "arm0", "state": "active"}
+    assert entries[1]["changes"] == {
+        "exploration.epsilon": {"old": 0.0, "new": 0.1},
+        "arms.arm2": {"old": "active", "new": "paused"},
+    }
+    assert entries[1]["reason"] == "too many complaints"
+    assert entries[2]["changes"] == {"status": {"old": "active", "new": "archived"}}
+
+
+async def test_audit_of_an_unknown_experiment_is_404(client: Client) -> None:
+    response = await client.get("/v1/experiments/nope/audit")
+    assert response.status == 404

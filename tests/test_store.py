@@ -39,7 +39,7 @@ async def store(redis_url: str) -> AsyncIterator[RedisStore]:
 
 async def fresh(store: RedisStore, experiment_id: str, **kwargs: object) -> None:
     await store.delete_all(experiment_id)
-    await store.create(experiment(experiment_id, **kwargs))  # type: ignore[arg-type]
+    await store.create(experiment(experiment_id, **kwargs), {"action": "create"})  # type: ignore[arg-type]
 
 
 def events_of(pairs: list[tuple[int, float]], prefix: str = "e") -> list[EncodedEvent]:
