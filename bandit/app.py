@@ -19,6 +19,7 @@ from aiohttp import web
 
 from bandit import openapi, policy
 from bandit.errors import BanditError, MalformedRequest, PayloadTooLarge
+from bandit.history import HistorySampler
 from bandit.metrics import Metrics
 from bandit.service import BanditService
 from bandit.settings import Settings
@@ -143,6 +144,11 @@ async def events(request: web.Request) -> web.Response:
     return _json(result)
 
 
+async def history(request: web.Request) -> web.Response:
+    return _json(await request.app[SERVICE].history(
+        request.match_info["id"], request.query.get("since"), request.query.get("limit")))
+
+
 async def audit(request: web.Request) -> web.Response:
     return _json(await request.app[SERVICE].audit(request.match_info["id"]))
 
@@ -193,6 +199,7 @@ def create_app(settings: Settings, *, seed: int | None = None) -> web.Applicatio
         ("POST", "/v1/experiments/{id}/allocate", allocate),
         ("GET", "/v1/experiments/{id}/stats", stats),
         ("GET", "/v1/experiments/{id}/audit", audit),
+        ("GET", "/v1/experiments/{id}/history", history),
         ("POST", "/v1/events", events),
         ("GET", "/metrics", metrics_endpoint),
         ("GET", "/healthz", healthz),
@@ -217,8 +224,10 @@ def _lifecycle(settings: Settings,
         service = BanditService(store, settings, seed=seed)
         app[SERVICE] = service
         app[METRICS].cache_age = lambda: service.cache.age
+        sampler = HistorySampler(store, service.cache, settings)
         tasks = [asyncio.create_task(service.cache.run(), name="cache-refresh"),
-                 asyncio.create_task(service.run_served_flusher(), name="served-flush")]
+                 asyncio.create_task(service.run_served_flusher(), name="served-flush"),
+                 asyncio.create_task(sampler.run(), name="history-sampler")]
         yield
         for task in tasks:
             task.cancel()

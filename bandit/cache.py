@@ -44,7 +44,6 @@ class Snapshot:
     #: Sufficient statistics decayed to ``server_time`` (forgetting applied, no tempering).
     stats: npt.NDArray[np.float64]
     counts: npt.NDArray[np.float64]
-    served: npt.NDArray[np.int64]
     probabilities: npt.NDArray[np.float64]
     cumulative: npt.NDArray[np.float64]
     #: The same as Python lists: a single decision is cheaper in pure Python than a numba call.
@@ -119,7 +118,6 @@ def build_snapshot(state: StoredState) -> Snapshot:
         active=active,
         stats=stats,
         counts=state.counts,
-        served=state.served,
         probabilities=probabilities,
         cumulative=cumulative,
         cumulative_list=cumulative.tolist(),
@@ -128,6 +126,16 @@ def build_snapshot(state: StoredState) -> Snapshot:
         server_time=state.server_time,
         servable=int(np.count_nonzero(probabilities > 0)),
     )
+
+
+async def summary_of(snapshot: Snapshot) -> policy.PosteriorSummary:
+    """The snapshot's posterior summary (means, intervals, P(best)), computed once, in a thread."""
+    summary = snapshot.summary_cache.get("summary")
+    if summary is None:
+        summary = await asyncio.to_thread(policy.posterior_summary, snapshot.family,
+                                          snapshot.stats, snapshot.prior, snapshot.active)
+        snapshot.summary_cache["summary"] = summary
+    return summary
 
 
 def cancelling() -> bool:
@@ -198,6 +206,10 @@ class ExperimentCache:
             raise
         finally:
             del self._loading[experiment_id]
+
+    def snapshots(self) -> list[Snapshot]:
+        """Every snapshot this process holds (the experiments it serves)."""
+        return [entry.snapshot for entry in self._entries.values()]
 
     def forget(self, experiment_id: str) -> None:
         self._entries.pop(experiment_id, None)

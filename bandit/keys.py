@@ -19,6 +19,8 @@ key                       type    contents
 ``P:{E}:units``           hash    sticky unit -> ``arm indices|propensity``
 ``P:{E}:audit``           list    configuration changes, oldest first (JSON entries), kept for
                                   the experiment's life
+``P:{E}:history``         list    ``time|sample JSON``: allocation and posteriors over time,
+                                  one per history interval, the newest ``history_max_samples``
 ``P:{E}:dedup:<w>:<n>``  set     reward-event ids seen in the n-th time bucket of width w ms
                                   (a quarter of the dedup window); expires 5 buckets later
 ``P:{E}:dec:<decision>``  string  pending provisional decision: ``arm|served at``, then
@@ -63,6 +65,10 @@ class Keys:
     @property
     def audit(self) -> str:
         return f"{self._base}:audit"
+
+    @property
+    def history(self) -> str:
+        return f"{self._base}:history"
 
     @property
     def units(self) -> str:

@@ -102,6 +102,21 @@ _EVENT = {
 }
 
 
+_NUMBERS = {"type": "array", "items": {"type": ["number", "null"]}}
+_HISTORY_SAMPLE = {
+    "type": "object",
+    "required": ["t", "version", "arms", "share", "mean", "ci_low", "ci_high", "n", "served"],
+    "properties": {
+        "t": {"type": "number", "description": "server time of the sample, epoch seconds"},
+        "version": {"type": "integer"},
+        "arms": {"type": "array", "items": _ID},
+        "share": _NUMBERS, "mean": _NUMBERS, "ci_low": _NUMBERS, "ci_high": _NUMBERS,
+        "n": _NUMBERS,
+        "served": {"type": "array", "items": {"type": "integer"},
+                   "description": "decisions served so far (cumulative)"},
+    },
+}
+
 _AUDIT_ENTRY = {
     "type": "object",
     "required": ["version", "at", "actor", "action", "changes", "reason"],
@@ -248,6 +263,25 @@ def document() -> dict[str, Any]:
                             "expected_loss": {"type": ["number", "null"]},
                             "share": _NUMBER}}}}}),
                         **_errors(404, 422, 503)},
+                },
+            },
+            "/v1/experiments/{id}/history": {
+                "parameters": [*_PATH_ID,
+                               {"name": "since", "in": "query", "required": False,
+                                "schema": {"type": "number", "minimum": 0},
+                                "description": "only samples after this epoch time"},
+                               {"name": "limit", "in": "query", "required": False,
+                                "schema": {"type": "integer", "minimum": 1, "maximum": 10000},
+                                "description": "at most this many of the newest samples"}],
+                "get": {
+                    "summary": "Allocation shares, posteriors and traffic sampled over time",
+                    "responses": {**_ok({"type": "object",
+                                         "required": ["experiment", "interval_s", "samples"],
+                                         "properties": {"experiment": _ID,
+                                                        "interval_s": _NUMBER,
+                                                        "samples": {"type": "array",
+                                                                    "items": _HISTORY_SAMPLE}}}),
+                                  **_errors(404, 422, 503)},
                 },
             },
             "/v1/experiments/{id}/audit": {

@@ -235,13 +235,13 @@ return {1, new}
 
 READ = r"""
 -- A consistent snapshot of one experiment.
--- KEYS[1] meta, KEYS[2] stats, KEYS[3] served.
--- Returns {config JSON, stats as a flat field/value list, served as a flat list, server time},
---   or {} when the experiment does not exist.
+-- KEYS[1] meta, KEYS[2] stats.
+-- Returns {config JSON, stats as a flat field/value list, server time}, or {} when the
+--   experiment does not exist.
 local config = redis.call('HGET', KEYS[1], 'config')
 if not config then return {} end
 local clock = redis.call('TIME')
-return {config, redis.call('HGETALL', KEYS[2]), redis.call('HGETALL', KEYS[3]),
+return {config, redis.call('HGETALL', KEYS[2]),
         clock[1] .. '.' .. string.format('%06d', tonumber(clock[2]))}
 """
 
@@ -253,4 +253,25 @@ local current = redis.call('HGET', KEYS[1], ARGV[1])
 if current then return current end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return ARGV[2]
+"""
+
+HISTORY_APPEND = r"""
+-- Append a history sample unless one was taken less than an interval ago (any process may
+-- try; one sample per interval lands), and keep at most `max` samples.
+-- KEYS[1] history list, KEYS[2] meta. ARGV[1] interval in seconds, ARGV[2] max samples,
+--   ARGV[3] the sample (JSON object without its time).
+-- Entries are `<server time>|<sample JSON>`. Returns 1 when appended, 0 when too soon, -1 when
+--   the experiment is missing or archived.
+local archived = redis.call('HGET', KEYS[2], 'archived')
+if not archived or archived == '1' then return -1 end
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local last = redis.call('LINDEX', KEYS[1], -1)
+if last then
+  local at = tonumber(string.sub(last, 1, string.find(last, '|', 1, true) - 1))
+  if now - at < tonumber(ARGV[1]) * 0.95 then return 0 end
+end
+redis.call('RPUSH', KEYS[1], string.format('%.6f', now) .. '|' .. ARGV[3])
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[2]), -1)
+return 1
 """

@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 
 from bandit import policy
-from bandit.cache import ExperimentCache, Snapshot, cancelling
+from bandit.cache import ExperimentCache, Snapshot, cancelling, summary_of
 from bandit.errors import Conflict, InvalidValue, NotFound, StoreUnavailable
+from bandit.history import MAX_LIMIT as MAX_HISTORY
 from bandit.inputs import (
     AllocateRequest,
     RewardEvent,
@@ -69,6 +70,17 @@ class BanditService:
         await self.store.create(experiment, _audit_entry(
             experiment, "create", _initial_settings(experiment), None))
         return experiment.to_json()
+
+    async def history(self, experiment_id: str, since: str | None,
+                      limit: str | None) -> dict[str, Any]:
+        check_id(experiment_id, "experiment id")
+        since_value = _query_number(since, "since", 0.0, math.inf, 0.0)
+        limit_value = int(_query_number(limit, "limit", 1, MAX_HISTORY, MAX_HISTORY))
+        samples = await self.store.history(experiment_id, since_value, limit_value)
+        if samples is None:
+            raise NotFound(f"experiment {experiment_id!r} does not exist")
+        return {"experiment": experiment_id,
+                "interval_s": self.settings.history_interval_s, "samples": samples}
 
     async def audit(self, experiment_id: str) -> dict[str, Any]:
         check_id(experiment_id, "experiment id")
@@ -346,13 +358,8 @@ class BanditService:
     async def stats(self, experiment_id: str) -> dict[str, Any]:
         check_id(experiment_id, "experiment id")
         snapshot = await self.cache.get(experiment_id)
-        summary = snapshot.summary_cache.get("summary")
-        if summary is None:
-            summary = await asyncio.to_thread(
-                policy.posterior_summary, snapshot.family, snapshot.stats, snapshot.prior,
-                snapshot.active,
-            )
-            snapshot.summary_cache["summary"] = summary
+        summary = await summary_of(snapshot)
+        [served] = await self.store.served([experiment_id])
         experiment = snapshot.experiment
         arms = []
         for i, arm in enumerate(experiment.arms):
@@ -360,7 +367,7 @@ class BanditService:
                 "arm": arm,
                 "state": "paused" if arm in experiment.paused else "active",
                 "n": snapshot.counts[i].item(),
-                "served": int(snapshot.served[i]),
+                "served": served.get(i, 0),
                 "mean": _finite(summary.mean[i]),
                 "ci95": [_finite(summary.ci_low[i]), _finite(summary.ci_high[i])],
                 "p_best": _finite(summary.p_best[i]),
@@ -369,6 +376,19 @@ class BanditService:
             })
         return {"experiment": experiment.id, "version": experiment.version,
                 "reward": experiment.reward, "arms": arms}
+
+
+def _query_number(raw: str | None, name: str, low: float, high: float,
+                  default: float) -> float:
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidValue(f"{name}: {raw!r} is not a number") from None
+    if not low <= value <= high:
+        raise InvalidValue(f"{name}: must be between {low:g} and {high:g}, got {raw}")
+    return value
 
 
 def _initial_settings(experiment: Experiment) -> dict[str, dict[str, Any]]:

@@ -45,6 +45,10 @@ class Settings:
     stale_after_s: float = 2.0
     #: Sticky-unit assignments remembered in process memory (they never change, so caching is safe).
     sticky_cache_size: int = 100_000
+    #: How often allocation shares and posteriors are sampled into each experiment's history.
+    history_interval_s: float = 60.0
+    #: Samples kept per experiment (the oldest are dropped): a day at the default interval.
+    history_max_samples: int = 1440
     #: ``appendfsync`` of the embedded Redis: ``always`` acknowledges nothing it has not fsynced.
     embedded_appendfsync: str = "always"
 
@@ -62,6 +66,9 @@ class Settings:
         _check(self.redis_timeout_s, "redis_timeout_s", _positive(self.redis_timeout_s))
         _check(self.redis_max_connections, "redis_max_connections", self.redis_max_connections >= 1)
         _check(self.stale_after_s, "stale_after_s", _positive(self.stale_after_s))
+        _check(self.history_interval_s, "history_interval_s",
+               _positive(self.history_interval_s))
+        _check(self.history_max_samples, "history_max_samples", self.history_max_samples >= 1)
         _check(self.sticky_cache_size, "sticky_cache_size", self.sticky_cache_size >= 0)
         _check(
             self.embedded_appendfsync,

@@ -41,8 +41,6 @@ class StoredState:
     counts: npt.NDArray[np.float64]
     #: (K,) server time each arm's statistics were last decayed to (0 = never updated).
     updated_at: npt.NDArray[np.float64]
-    #: (K,) decisions served, as flushed by the service processes.
-    served: npt.NDArray[np.int64]
     revision: int
     server_time: float
 
@@ -67,6 +65,7 @@ class RedisStore:
         self._update = client.register_script(scripts.UPDATE)
         self._read = client.register_script(scripts.READ)
         self._sticky = client.register_script(scripts.STICKY)
+        self._history_append = client.register_script(scripts.HISTORY_APPEND)
 
     @classmethod
     def from_url(cls, url: str, prefix: str, *, timeout_s: float,
@@ -139,12 +138,56 @@ class RedisStore:
             return None
         return [orjson.loads(entry) for entry in entries]
 
+    async def append_history(self, samples: dict[str, dict[str, Any]], interval_s: float,
+                             max_samples: int) -> dict[str, int]:
+        """Offer one sample per experiment; each lands only if its interval has passed."""
+        order = list(samples)
+        async with self._client.pipeline(transaction=False) as pipe:
+            for experiment_id in order:
+                keys = self.keys(experiment_id)
+                await self._history_append(
+                    keys=[keys.history, keys.meta],
+                    args=[repr(interval_s), str(max_samples), orjson.dumps(samples[experiment_id])],
+                    client=pipe)
+            results = await _call(pipe.execute)
+        return {experiment_id: int(result) for experiment_id, result in zip(order, results,
+                                                                             strict=True)}
+
+    async def history(self, experiment_id: str, since: float,
+                      limit: int) -> list[dict[str, Any]] | None:
+        """Samples newer than ``since``, oldest first, at most the newest ``limit`` of them."""
+        keys = self.keys(experiment_id)
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.exists(keys.meta)
+            pipe.lrange(keys.history, -limit, -1)
+            exists, entries = await _call(pipe.execute)
+        if not exists:
+            return None
+        samples = []
+        for entry in entries:
+            at, _, document = entry.partition("|")
+            if float(at) > since:
+                samples.append({"t": float(at), **orjson.loads(document)})
+        return samples
+
+    async def served(self, experiment_ids: Sequence[str]) -> list[dict[int, int]]:
+        """Decisions served per arm index, as flushed by every process (one round trip).
+
+        Snapshots are rebuilt when posteriors change; these counters change without that, so
+        readers that report them fetch them fresh.
+        """
+        async with self._client.pipeline(transaction=False) as pipe:
+            for experiment_id in experiment_ids:
+                pipe.hgetall(self.keys(experiment_id).served)
+            results = await _call(pipe.execute)
+        return [{int(k): int(v) for k, v in result.items()} for result in results]
+
     async def list_ids(self) -> list[str]:
         return sorted(await _call(self._client.smembers, registry(self._prefix)))
 
     async def read(self, experiment_id: str) -> StoredState | None:
         keys = self.keys(experiment_id)
-        result = await _call(self._read, keys=[keys.meta, keys.stats, keys.served])
+        result = await _call(self._read, keys=[keys.meta, keys.stats])
         if not result:
             return None
         return _decode_state(result)
@@ -153,7 +196,7 @@ class RedisStore:
         async with self._client.pipeline(transaction=False) as pipe:
             for experiment_id in experiment_ids:
                 keys = self.keys(experiment_id)
-                await self._read(keys=[keys.meta, keys.stats, keys.served], client=pipe)
+                await self._read(keys=[keys.meta, keys.stats], client=pipe)
             results = await _call(pipe.execute)
         return [_decode_state(result) if result else None for result in results]
 
@@ -251,14 +294,13 @@ def _encode_events(events: list[EncodedEvent]) -> str:
 
 
 def _decode_state(result: list[Any]) -> StoredState:
-    config, flat_stats, flat_served, server_time = result
+    config, flat_stats, server_time = result
     experiment = Experiment.from_json(orjson.loads(config))
     arms = len(experiment.arms)
     gaussian = experiment.reward == "gaussian"
     stats = np.zeros((3, arms))
     counts = np.zeros(arms)
     updated_at = np.zeros(arms)
-    served = np.zeros(arms, dtype=np.int64)
     rows = {"w": 0, "m": 1, "q": 2} if gaussian else {"s": 0, "f": 1}
     revision = 0
     for position in range(0, len(flat_stats), 2):
@@ -276,9 +318,5 @@ def _decode_state(result: list[Any]) -> StoredState:
             updated_at[index] = float(value)
         elif kind in rows:
             stats[rows[kind], index] = float(value)
-    for position in range(0, len(flat_served), 2):
-        index = int(flat_served[position])
-        if index < arms:
-            served[index] = int(flat_served[position + 1])
-    return StoredState(experiment, stats, counts, updated_at, served, revision,
+    return StoredState(experiment, stats, counts, updated_at, revision,
                        float(server_time))

@@ -450,3 +450,12 @@ async def test_audit_records_every_change_with_old_and_new_values(client: Client
 async def test_audit_of_an_unknown_experiment_is_404(client: Client) -> None:
     response = await client.get("/v1/experiments/nope/audit")
     assert response.status == 404
+
+
+async def test_stats_report_decisions_served(client: Client) -> None:
+    await create(client, arms=2)
+    await client.post("/v1/experiments/homepage/allocate", json={"n": 50})
+    await client.post("/v1/experiments/homepage/allocate", json={"k": 2})
+    await asyncio.sleep(0.3)  # the fixture flushes served counts every 0.1 s
+    served = [arm["served"] for arm in (await stats(client))["arms"]]
+    assert sum(served) == 52  # 50 single decisions and one slate holding both arms

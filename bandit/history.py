@@ -1,0 +1,71 @@
+"""Experiment history: allocation shares, posteriors and traffic sampled over time, for plots.
+
+Every service process offers a sample of each experiment it serves once per interval; the
+``HISTORY_APPEND`` script keeps the first one of each interval (by server time), so the number
+of processes does not change the sampling rate. Samples are column-oriented per arm. Memory:
+about 60 bytes per arm per sample (six numbers and the arm id), times ``history_max_samples``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from typing import Any
+
+from bandit.cache import ExperimentCache, Snapshot, cancelling, summary_of
+from bandit.errors import StoreUnavailable
+from bandit.policy import PosteriorSummary
+from bandit.settings import Settings
+from bandit.store import RedisStore
+
+logger = logging.getLogger(__name__)
+
+MAX_LIMIT = 10_000
+
+
+def sample(snapshot: Snapshot, summary: PosteriorSummary,
+           served: dict[int, int]) -> dict[str, Any]:
+    """One history sample of a snapshot (without its time, which the server adds)."""
+    return {
+        "version": snapshot.experiment.version,
+        "arms": list(snapshot.experiment.arms),
+        "share": snapshot.probability_list,
+        "mean": [_finite(value) for value in summary.mean.tolist()],
+        "ci_low": [_finite(value) for value in summary.ci_low.tolist()],
+        "ci_high": [_finite(value) for value in summary.ci_high.tolist()],
+        "n": snapshot.counts.tolist(),
+        "served": [served.get(i, 0) for i in range(len(snapshot.experiment.arms))],
+    }
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+class HistorySampler:
+    def __init__(self, store: RedisStore, cache: ExperimentCache, settings: Settings) -> None:
+        self._store = store
+        self._cache = cache
+        self._interval = settings.history_interval_s
+        self._max_samples = settings.history_max_samples
+
+    async def offer(self) -> dict[str, int]:
+        """Offer a sample of every experiment this process serves (one round trip)."""
+        snapshots = [s for s in self._cache.snapshots() if not s.experiment.archived]
+        if not snapshots:
+            return {}
+        served = await self._store.served([s.experiment.id for s in snapshots])
+        samples = {snapshot.experiment.id: sample(snapshot, await summary_of(snapshot), counts)
+                   for snapshot, counts in zip(snapshots, served, strict=True)}
+        return await self._store.append_history(samples, self._interval, self._max_samples)
+
+    async def run(self) -> None:
+        # Offering twice per interval bounds the gap between samples to 1.5 intervals even when
+        # processes' timers drift; the script drops the offers that come too soon.
+        while not cancelling():
+            await asyncio.sleep(self._interval / 2)
+            try:
+                await self.offer()
+            except StoreUnavailable as error:
+                logger.warning("history sample not stored: %s", error)

@@ -1,0 +1,81 @@
+"""GET /v1/experiments/{id}/history: sampled over time, once per interval across processes."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from bandit.app import create_app
+from bandit.settings import Settings
+
+Client = TestClient[Any, Any]
+INTERVAL = 0.2
+
+
+@pytest.fixture
+async def two_processes(redis_url: str) -> AsyncIterator[list[Client]]:
+    """Two service instances on one Redis, sampling history every 0.2 s, at most 8 kept."""
+    settings = Settings(redis_url=redis_url, refresh_interval_s=0.05,
+                        history_interval_s=INTERVAL, history_max_samples=8)
+    async with AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(
+            TestClient(TestServer(create_app(settings, seed=seed)))) for seed in (1, 2)]
+        yield clients
+
+
+async def test_history_is_sampled_once_per_interval_across_processes(
+    two_processes: list[Client],
+) -> None:
+    first, second = two_processes
+    response = await first.post("/v1/experiments", json={
+        "id": "hist", "arms": ["a", "b"], "reward": "bernoulli"})
+    assert response.status == 201
+    for client in two_processes:  # both processes now serve (and sample) the experiment
+        assert (await client.post("/v1/experiments/hist/allocate", json={"n": 10})).status == 200
+    await asyncio.sleep(3 * INTERVAL)
+    events = [{"id": f"e{i}", "experiment": "hist", "arm": "b", "reward": 1} for i in range(30)]
+    assert (await (await first.post("/v1/events", json={"events": events})).json())[
+        "accepted"] == 30
+    await asyncio.sleep(4 * INTERVAL)
+    body = await (await second.get("/v1/experiments/hist/history")).json()
+    samples = body["samples"]
+    assert body["interval_s"] == INTERVAL
+    assert 4 <= len(samples) <= 8  # 1.4 s of sampling, trimmed to the newest 8
+    times = [s["t"] for s in samples]
+    # Two processes offer samples, but the script keeps one per interval (5% slack on timers).
+    assert all(b - a >= 0.95 * INTERVAL for a, b in itertools.pairwise(times))
+    for entry in samples:
+        assert entry["arms"] == ["a", "b"]
+        assert sum(entry["share"]) == pytest.approx(1.0)
+        assert entry["ci_low"][1] <= entry["mean"][1] <= entry["ci_high"][1]
+    assert samples[0]["n"] == [0.0, 0.0]
+    assert samples[-1]["n"] == [0.0, 30.0]
+    # Beta(31, 1) against Beta(1, 1): P(b best) = 1 - E[1 - p_b] = 31/32.
+    assert samples[-1]["share"][1] == pytest.approx(31 / 32, abs=0.005)
+    assert samples[-1]["served"][0] + samples[-1]["served"][1] >= 20
+    recent = await (await first.get("/v1/experiments/hist/history",
+                                    params={"since": str(times[-3]), "limit": "1"})).json()
+    assert [s["t"] for s in recent["samples"]] == [times[-1]]
+
+
+@pytest.mark.parametrize(("query", "message"), [({"since": "yesterday"}, "since"),
+                                                ({"limit": "0"}, "limit"),
+                                                ({"limit": "100000"}, "limit")])
+async def test_bad_history_queries_are_422(two_processes: list[Client], query: dict[str, str],
+                                           message: str) -> None:
+    client = two_processes[0]
+    await client.post("/v1/experiments", json={"id": "hist", "arms": ["a", "b"],
+                                               "reward": "bernoulli"})
+    response = await client.get("/v1/experiments/hist/history", params=query)
+    assert response.status == 422
+    assert message in (await response.json())["error"]["message"]
+
+
+async def test_history_of_an_unknown_experiment_is_404(two_processes: list[Client]) -> None:
+    assert (await two_processes[0].get("/v1/experiments/nope/history")).status == 404
