@@ -154,7 +154,8 @@ async def audit(request: web.Request) -> web.Response:
 
 
 async def stats(request: web.Request) -> web.Response:
-    return _json(await request.app[SERVICE].stats(request.match_info["id"]))
+    return _json(await request.app[SERVICE].stats(
+        request.match_info["id"], request.query.get("threshold"), request.query.get("max_loss")))
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:

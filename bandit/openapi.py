@@ -250,18 +250,37 @@ def document() -> dict[str, Any]:
                 },
             },
             "/v1/experiments/{id}/stats": {
-                "parameters": _PATH_ID,
+                "parameters": [*_PATH_ID,
+                               {"name": "threshold", "in": "query", "required": False,
+                                "schema": {"type": "number", "minimum": 0.5, "maximum": 1},
+                                "description": "P(best) a winner needs (default 0.95)"},
+                               {"name": "max_loss", "in": "query", "required": False,
+                                "schema": {"type": "number", "minimum": 0},
+                                "description": "largest expected loss of a winner, in reward "
+                                               "units (default 1% of the best mean)"}],
                 "get": {
-                    "summary": "Per-arm posterior statistics and current allocation shares",
-                    "responses": {**_ok({"type": "object", "properties": {"arms": {
-                        "type": "array", "items": {"type": "object", "properties": {
-                            "arm": _ID, "state": {"enum": ["active", "paused"]},
-                            "n": _NUMBER, "served": {"type": "integer"},
-                            "mean": {"type": ["number", "null"]},
-                            "ci95": {"type": "array", "items": {"type": ["number", "null"]}},
-                            "p_best": {"type": ["number", "null"]},
-                            "expected_loss": {"type": ["number", "null"]},
-                            "share": _NUMBER}}}}}),
+                    "summary": "Per-arm statistics, shares, a winner call and serving health",
+                    "responses": {**_ok({"type": "object", "properties": {
+                        "arms": {
+                            "type": "array", "items": {"type": "object", "properties": {
+                                "arm": _ID, "state": {"enum": ["active", "paused"]},
+                                "n": _NUMBER, "served": {"type": "integer"},
+                                "mean": {"type": ["number", "null"]},
+                                "ci95": {"type": "array",
+                                         "items": {"type": ["number", "null"]}},
+                                "p_best": {"type": ["number", "null"]},
+                                "expected_loss": {"type": ["number", "null"]},
+                                "share": _NUMBER}}},
+                        "winner": {"type": ["object", "null"], "properties": {
+                            "arm": _ID, "p_best": _NUMBER, "expected_loss": _NUMBER,
+                            "threshold": _NUMBER, "max_loss": _NUMBER}},
+                        "health": {"type": "object", "properties": {
+                            "sample_ratio": {"type": ["object", "null"], "description":
+                                             "chi-square test of decisions served against "
+                                             "the propensities, interval by interval"},
+                            "rewards": {"type": ["object", "null"], "description":
+                                        "when rewards last arrived; stalled if decisions "
+                                        "kept being served without them"}}}}}),
                         **_errors(404, 422, 503)},
                 },
             },

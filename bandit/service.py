@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from bandit import policy
+from bandit import health, policy
 from bandit.cache import ExperimentCache, Snapshot, cancelling, summary_of
 from bandit.errors import Conflict, InvalidValue, NotFound, StoreUnavailable
 from bandit.history import MAX_LIMIT as MAX_HISTORY
@@ -355,11 +355,16 @@ class BanditService:
 
     # -- statistics --------------------------------------------------------------------------
 
-    async def stats(self, experiment_id: str) -> dict[str, Any]:
+    async def stats(self, experiment_id: str, threshold: str | None = None,
+                    max_loss: str | None = None) -> dict[str, Any]:
         check_id(experiment_id, "experiment id")
+        threshold_value = _query_number(threshold, "threshold", 0.5, 1.0, 0.95)
         snapshot = await self.cache.get(experiment_id)
         summary = await summary_of(snapshot)
+        max_loss_value = _query_number(max_loss, "max_loss", 0.0, math.inf,
+                                       health.default_max_loss(summary))
         [served] = await self.store.served([experiment_id])
+        samples = await self.store.history(experiment_id, 0.0, MAX_HISTORY) or []
         experiment = snapshot.experiment
         arms = []
         for i, arm in enumerate(experiment.arms):
@@ -374,8 +379,14 @@ class BanditService:
                 "expected_loss": _finite(summary.expected_loss[i]),
                 "share": snapshot.probability_list[i],
             })
-        return {"experiment": experiment.id, "version": experiment.version,
-                "reward": experiment.reward, "arms": arms}
+        return {
+            "experiment": experiment.id, "version": experiment.version,
+            "reward": experiment.reward, "arms": arms,
+            "winner": health.winner(summary, experiment.arms, threshold_value, max_loss_value),
+            "health": {"sample_ratio": health.sample_ratio(samples),
+                       "rewards": health.reward_flow(samples,
+                                                     self.settings.history_interval_s)},
+        }
 
 
 def _query_number(raw: str | None, name: str, low: float, high: float,
