@@ -46,6 +46,14 @@ def _parser() -> argparse.ArgumentParser:
     from simulations.cli import add_arguments
 
     add_arguments(simulate)
+    experiments = commands.add_parser(
+        "experiments", help="operator commands against a running service",
+        description="List, show, create and tune experiments, pause and resume arms, read "
+                    "the audit log, against a running service (--url).",
+    )
+    from bandit.operator import add_arguments as add_operator_arguments
+
+    add_operator_arguments(experiments)
     return parser
 
 
@@ -55,6 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
     if arguments.command == "serve":
         return _serve(arguments)
+    if arguments.command == "experiments":
+        from bandit.operator import run as run_operator
+
+        return run_operator(arguments)
     if arguments.command == "simulate":
         from simulations.cli import run
 

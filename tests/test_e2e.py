@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import time
@@ -160,3 +161,17 @@ def test_command_line_entry_points() -> None:
                          capture_output=True, text=True, timeout=60, check=False)
     assert bad.returncode == 2
     assert "redis_url: 'http://x' is not a redis://" in bad.stderr
+
+
+def test_bandit_experiments_is_wired_into_the_command(
+    service_process: Callable[..., ServiceProcess],
+) -> None:
+    service = service_process()
+    command = [sys.executable, "-m", "bandit", "experiments", "--url", service.url]
+    created = subprocess.run([*command, "create", "wired", "--arms", "a,b"],
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert created.returncode == 0, created.stderr
+    listed = subprocess.run([*command, "--json", "list"], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert listed.returncode == 0
+    assert [e["id"] for e in json.loads(listed.stdout)["experiments"]] == ["wired"]
