@@ -175,3 +175,55 @@ def test_bandit_experiments_is_wired_into_the_command(
                             timeout=60, check=False)
     assert listed.returncode == 0
     assert [e["id"] for e in json.loads(listed.stdout)["experiments"]] == ["wired"]
+
+
+async def test_a_settings_change_reaches_every_process_within_a_second(
+    service_process: Callable[..., ServiceProcess],
+) -> None:
+    first, second = service_process(), service_process()
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{first.url}/v1/experiments", json={
+                "id": "fresh", "arms": ["a", "b", "c", "d"], "reward": "bernoulli"}) as response:
+            assert response.status == 201
+        assert (await _stats(session, second.url))["arms"][3]["share"] == 0.25
+        delays = []
+        for version, arm in [(1, "d"), (2, "c")]:
+            sent = time.monotonic()
+            async with session.patch(f"{first.url}/v1/experiments/fresh", json={
+                    "version": version, "arms": {"pause": [arm]}}) as response:
+                assert response.status == 200
+            index = "abcd".index(arm)
+            while (await _stats(session, second.url))["arms"][index]["share"] != 0.0:
+                assert time.monotonic() - sent < 1.0, "second process did not see the change"
+                await asyncio.sleep(0.005)
+            delays.append(time.monotonic() - sent)
+        assert max(delays) < 1.0
+
+
+async def test_concurrent_changes_one_wins_the_other_conflicts(
+    service_process: Callable[..., ServiceProcess],
+) -> None:
+    first, second = service_process(), service_process()
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{first.url}/v1/experiments", json={
+                "id": "fresh", "arms": ["a", "b"], "reward": "bernoulli"}) as response:
+            assert response.status == 201
+
+        async def change(url: str, epsilon: float) -> int:
+            async with session.patch(f"{url}/v1/experiments/fresh", json={
+                    "version": 1, "exploration": {"epsilon": epsilon, "min_share": 0.1}}) as r:
+                return r.status
+
+        statuses = await asyncio.gather(change(first.url, 0.1), change(second.url, 0.2))
+        assert sorted(statuses) == [200, 409]
+        async with session.get(f"{first.url}/v1/experiments/fresh") as response:
+            shown = await response.json()
+        async with session.get(f"{first.url}/v1/experiments/fresh/audit") as response:
+            entries = (await response.json())["entries"]
+        # Exactly one change landed, whole (both of its settings), with one audit entry.
+        assert shown["version"] == 2
+        assert shown["exploration"]["min_share"] == 0.1
+        assert shown["exploration"]["epsilon"] in (0.1, 0.2)
+        assert [e["version"] for e in entries] == [1, 2]
+        assert entries[1]["changes"]["exploration.epsilon"]["new"] == shown["exploration"][
+            "epsilon"]
