@@ -58,6 +58,13 @@ async def test_traffic_moves_to_the_best_arm(client: Client) -> None:
     assert shares[-1][2] > 0.8
 
 
+async def _create(session: aiohttp.ClientSession, url: str, experiment_id: str,
+                  arms: list[str]) -> None:
+    async with session.post(f"{url}/v1/experiments", json={
+            "id": experiment_id, "arms": arms, "reward": "bernoulli"}) as response:
+        assert response.status == 201, await response.text()
+
+
 async def _stats(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
     async with session.get(f"{url}/v1/experiments/fresh/stats") as response:
         assert response.status == 200
@@ -69,9 +76,7 @@ async def test_a_reward_on_one_process_moves_allocations_on_another_within_a_sec
 ) -> None:
     first, second = service_process(), service_process()
     async with aiohttp.ClientSession() as session:
-        async with session.post(f"{first.url}/v1/experiments", json={
-                "id": "fresh", "arms": ["a", "b"], "reward": "bernoulli"}) as response:
-            assert response.status == 201
+        await _create(session, first.url, "fresh", ["a", "b"])
         # Both processes now hold the experiment in their caches.
         for url in (first.url, second.url):
             async with session.post(f"{url}/v1/experiments/fresh/allocate") as response:
@@ -98,10 +103,7 @@ async def test_sticky_units_hold_across_processes(
 ) -> None:
     first, second = service_process(), service_process()
     async with aiohttp.ClientSession() as session:
-        async with session.post(f"{first.url}/v1/experiments", json={
-                "id": "fresh", "arms": [f"a{i}" for i in range(20)],
-                "reward": "bernoulli"}) as response:
-            assert response.status == 201
+        await _create(session, first.url, "fresh", [f"a{i}" for i in range(20)])
         for unit in range(30):
             arms = set()
             for url in (first.url, second.url, first.url):
@@ -114,9 +116,7 @@ async def test_sticky_units_hold_across_processes(
 async def test_workers_share_one_port(service_process: Callable[..., ServiceProcess]) -> None:
     service = service_process(workers=2)
     async with aiohttp.ClientSession() as session:
-        async with session.post(f"{service.url}/v1/experiments", json={
-                "id": "fresh", "arms": ["a", "b"], "reward": "bernoulli"}) as response:
-            assert response.status == 201
+        await _create(session, service.url, "fresh", ["a", "b"])
         # Many connections: SO_REUSEPORT spreads them over both workers; all must answer.
         for _ in range(30):
             async with aiohttp.ClientSession() as fresh_session, fresh_session.post(
@@ -131,9 +131,7 @@ async def test_restart_with_the_same_data_dir_keeps_everything(
     data_dir = scratch_dir / "data"
     service = service_process(redis=None, data_dir=data_dir)
     async with aiohttp.ClientSession() as session:
-        async with session.post(f"{service.url}/v1/experiments", json={
-                "id": "kept", "arms": ["a", "b"], "reward": "bernoulli"}) as response:
-            assert response.status == 201
+        await _create(session, service.url, "kept", ["a", "b"])
         batch = [{"id": f"k{i}", "experiment": "kept", "arm": "a", "reward": i % 2}
                  for i in range(101)]
         async with session.post(f"{service.url}/v1/events", json={"events": batch}) as response:
@@ -182,9 +180,7 @@ async def test_a_settings_change_reaches_every_process_within_a_second(
 ) -> None:
     first, second = service_process(), service_process()
     async with aiohttp.ClientSession() as session:
-        async with session.post(f"{first.url}/v1/experiments", json={
-                "id": "fresh", "arms": ["a", "b", "c", "d"], "reward": "bernoulli"}) as response:
-            assert response.status == 201
+        await _create(session, first.url, "fresh", ["a", "b", "c", "d"])
         assert (await _stats(session, second.url))["arms"][3]["share"] == 0.25
         delays = []
         for version, arm in [(1, "d"), (2, "c")]:
@@ -205,9 +201,7 @@ async def test_concurrent_changes_one_wins_the_other_conflicts(
 ) -> None:
     first, second = service_process(), service_process()
     async with aiohttp.ClientSession() as session:
-        async with session.post(f"{first.url}/v1/experiments", json={
-                "id": "fresh", "arms": ["a", "b"], "reward": "bernoulli"}) as response:
-            assert response.status == 201
+        await _create(session, first.url, "fresh", ["a", "b"])
 
         async def change(url: str, epsilon: float) -> int:
             async with session.patch(f"{url}/v1/experiments/fresh", json={
