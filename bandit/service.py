@@ -8,7 +8,6 @@ call per experiment per batch.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import logging
 import math
 import random
@@ -180,8 +179,7 @@ class BanditService:
         served = self._served[snapshot.experiment.id]
         prefix = f"{kind}{self._id_prefix}"
         if n == 1:
-            index = bisect.bisect_right(snapshot.cumulative_list, self._random.random())
-            index = min(index, len(arms) - 1)
+            index = policy.sample_one(snapshot.cumulative_list, self._random.random())
             served[index] += 1
             return [{"decision_id": f"{prefix}{next(self._counter):x}", "arm": arms[index],
                      "propensity": probabilities[index]}]
