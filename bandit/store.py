@@ -129,14 +129,17 @@ class RedisStore:
 
     async def audit(self, experiment_id: str) -> list[dict[str, Any]] | None:
         """The audit log, oldest first (None when the experiment does not exist)."""
-        keys = self.keys(experiment_id)
+        entries = await self._experiment_list(experiment_id, self.keys(experiment_id).audit, 0)
+        return None if entries is None else [orjson.loads(entry) for entry in entries]
+
+    async def _experiment_list(self, experiment_id: str, key: str,
+                               start: int) -> list[str] | None:
+        """``LRANGE key start -1`` of an experiment's list, None when the experiment is gone."""
         async with self._client.pipeline(transaction=True) as pipe:
-            pipe.exists(keys.meta)
-            pipe.lrange(keys.audit, 0, -1)
+            pipe.exists(self.keys(experiment_id).meta)
+            pipe.lrange(key, start, -1)
             exists, entries = await _call(pipe.execute)
-        if not exists:
-            return None
-        return [orjson.loads(entry) for entry in entries]
+        return list(entries) if exists else None
 
     async def append_history(self, samples: dict[str, dict[str, Any]], interval_s: float,
                              max_samples: int) -> dict[str, int]:
@@ -156,12 +159,9 @@ class RedisStore:
     async def history(self, experiment_id: str, since: float,
                       limit: int) -> list[dict[str, Any]] | None:
         """Samples newer than ``since``, oldest first, at most the newest ``limit`` of them."""
-        keys = self.keys(experiment_id)
-        async with self._client.pipeline(transaction=True) as pipe:
-            pipe.exists(keys.meta)
-            pipe.lrange(keys.history, -limit, -1)
-            exists, entries = await _call(pipe.execute)
-        if not exists:
+        entries = await self._experiment_list(experiment_id, self.keys(experiment_id).history,
+                                              -limit)
+        if entries is None:
             return None
         samples = []
         for entry in entries:
