@@ -68,10 +68,11 @@ class Experiment:
         return tuple(arm for arm in self.arms if arm not in self.paused)
 
     def arm_index(self, arm: str) -> int | None:
-        return self._index.get(arm)
+        return self.arm_indices.get(arm)
 
     @property
-    def _index(self) -> dict[str, int]:
+    def arm_indices(self) -> dict[str, int]:
+        """Arm id -> index (read-only by convention; built once per experiment object)."""
         # Cached on first use; frozen dataclasses allow it through object.__setattr__.
         index: dict[str, int] | None = self.__dict__.get("_arm_index")
         if index is None:

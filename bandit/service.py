@@ -333,7 +333,7 @@ class BanditService:
         encoded: list[EncodedEvent] = []
         indices: list[int] = []
         errors: list[dict[str, Any]] = []
-        arm_indices = {arm: i for i, arm in enumerate(experiment.arms)}
+        arm_indices = experiment.arm_indices
         for index, event_id, _, arm, reward, decision_id, ts in events:
             arm_index = arm_indices.get(arm)
             if arm_index is not None and (not bernoulli or 0.0 <= reward <= 1.0) and (
