@@ -195,23 +195,31 @@ def _slide_window(
 def _replicate(
     code: int, settings: FloatArray, prior: FloatArray, extra: FloatArray,
     family: int, initial_means: FloatArray, change_times: IntArray, change_means: FloatArray,
-    env_params: FloatArray, horizon: int, batch: int, delay: float, checkpoints: IntArray,
+    env_params: FloatArray, noise: FloatArray, initial: FloatArray, active_in: BoolArray,
+    horizon: int, batch: int, delay: float, checkpoints: IntArray,
     tail_table: FloatArray, rng: np.random.Generator,
     pseudo_out: FloatArray, regret_out: FloatArray, best_out: FloatArray,
     shares_out: FloatArray, pulls_out: FloatArray, trace: FloatArray,
-    diagnostics: FloatArray, final_stats: FloatArray,
+    diagnostics: FloatArray, final_stats: FloatArray, stats_out: FloatArray,
 ) -> None:
     """One replication (see the module docstring); writes its rows of the outputs.
 
-    ``trace`` is (T, N_TRACE) to record every step, or (0, N_TRACE); ``final_stats`` (4, K)
-    receives the store's statistics and raw counts at the end.
+    ``noise`` (K,) is each arm's reward noise sd (Gaussian). ``initial`` (4, K) is the store's
+    statistics and raw counts at the start (zeros: the prior), so a forecast can start from a
+    live experiment; ``active_in`` (K,) marks the arms that may be served (False: paused, which
+    takes the service's probability path). ``trace`` is (T, N_TRACE) to record every step, or
+    (0, N_TRACE); ``final_stats`` (4, K) receives the store's statistics and raw counts at the
+    end, and ``stats_out`` (C, 4, K), unless it is (0, 4, K), the same at every checkpoint.
     """
     n_arms = initial_means.shape[0]
     bernoulli = family == BERNOULLI
     means = initial_means.copy()
     generation = np.zeros(n_arms, dtype=np.int64)
-    store = np.zeros((3, n_arms))
-    store_counts = np.zeros(n_arms)
+    store = initial[:3].copy()
+    store_counts = initial[3].copy()
+    all_active = True
+    for k in range(n_arms):
+        all_active = all_active and active_in[k]
     separate = batch > 1
     view = np.zeros((3, n_arms)) if separate else store
     view_counts = np.zeros(n_arms) if separate else store_counts
@@ -224,6 +232,7 @@ def _replicate(
     thompson = code == pol.THOMPSON
     quadrature = thompson and (
         extra[pol.X_QUADRATURE] > 0.0
+        or not all_active
         or settings[kernels.MIN_SHARE] > 0.0
         or settings[kernels.MAX_SHARE] < 1.0
     )
@@ -235,8 +244,8 @@ def _replicate(
     )
     inv_temperature = 1.0 / settings[kernels.TEMPERATURE]
     params = np.zeros((pol.N_PARAMS, n_arms))
-    active = np.ones(n_arms, dtype=np.bool_)
-    racing = np.ones(n_arms, dtype=np.bool_)
+    active = active_in.copy()
+    racing = active_in.copy()
     if thompson and settings[kernels.CONTROL_INDEX] >= 0.0:
         racing[int(settings[kernels.CONTROL_INDEX])] = False
     probabilities = np.zeros(n_arms)
@@ -260,7 +269,6 @@ def _replicate(
     heap_size = 0
     row = np.zeros(4, dtype=np.int64)
 
-    noise_sd = env_params[env.NOISE_SD]
     drift_sd = env_params[env.DRIFT_SD]
     churn = env_params[env.CHURN]
     next_change = 0
@@ -351,7 +359,10 @@ def _replicate(
         else:
             arm = pol.choose_index_policy(code, family, view, prior, extra, t, rng)
         mean = means[arm]
-        reward = (1.0 if rng.random() < mean else 0.0) if bernoulli else rng.normal(mean, noise_sd)
+        if bernoulli:
+            reward = 1.0 if rng.random() < mean else 0.0
+        else:
+            reward = rng.normal(mean, noise[arm])
 
         # 4. Metrics.
         pseudo += mu_star - mean
@@ -375,6 +386,9 @@ def _replicate(
             for k in range(n_arms):
                 shares_out[checkpoint, k] = interval[k] / width
                 interval[k] = 0.0
+            if stats_out.shape[0] > 0:
+                stats_out[checkpoint, :3] = store
+                stats_out[checkpoint, 3] = store_counts
             last_checkpoint = t + 1
             checkpoint += 1
             next_checkpoint = checkpoints[checkpoint] if checkpoint < checkpoints.shape[0] else -1
@@ -527,10 +541,13 @@ def _run_one(run: _Run, rng: np.random.Generator, pseudo: FloatArray, regret: Fl
              best: FloatArray, shares: FloatArray, pulls: FloatArray, trace_rows: FloatArray,
              diagnostics: FloatArray, final_stats: FloatArray) -> None:
     p, e = run.policy, run.environment
+    n_arms = e.means.shape[0]
     _replicate(
         p.code, p.settings, p.prior, p.extra, e.family, e.means, e.change_times, e.change_means,
-        e.params, run.horizon, run.batch, run.delay, run.checkpoints, student_t_tail_table(),
-        rng, pseudo, regret, best, shares, pulls, trace_rows, diagnostics, final_stats,
+        e.params, np.full(n_arms, e.params[env.NOISE_SD]), np.zeros((4, n_arms)),
+        np.ones(n_arms, dtype=np.bool_), run.horizon, run.batch, run.delay, run.checkpoints,
+        student_t_tail_table(), rng, pseudo, regret, best, shares, pulls, trace_rows,
+        diagnostics, final_stats, np.zeros((0, 4, n_arms)),
     )
 
 

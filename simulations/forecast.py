@@ -1,0 +1,210 @@
+"""Forecasts for the tuning advisor: the next N decisions of a live experiment, simulated.
+
+Each replication draws one plausible truth from the live posterior (every arm's mean, and for
+Gaussian rewards its noise), then runs the simulation engine's replication loop, the
+service's own policy code, from the live statistics under every scenario (the current
+settings, a proposed change) with the same random numbers, so that scenario differences are
+paired: what differs between two scenarios' results is the settings, not the luck.
+
+At every checkpoint the engine hands back the statistics the service would hold; from them
+:func:`_first_call` finds when the stats endpoint would first call a winner (P(best) at or
+above the threshold, expected loss at or below the bound).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+import numpy.typing as npt
+
+from bandit import kernels
+from bandit.kernels import BERNOULLI
+from bandit.policy import student_t_tail_table
+from simulations import environments as env
+from simulations import policies as pol
+from simulations.engine import N_DIAGNOSTICS, N_TRACE, _replicate
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+_jit = numba.njit(cache=True, nogil=True)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One way of running the experiment: settings and which arms may be served."""
+
+    settings: FloatArray  # (kernels.N_SETTINGS,), as the service computes them
+    active: BoolArray  # (K,)
+    half_life: float  # forgetting half-life in decisions; inf: never forget
+
+    @property
+    def needs_quadrature(self) -> bool:
+        """Whether the engine takes the probability path (one quadrature per update)."""
+        return bool(self.settings[kernels.MIN_SHARE] > 0.0
+                    or self.settings[kernels.MAX_SHARE] < 1.0 or not self.active.all())
+
+
+@dataclass(frozen=True)
+class Problem:
+    """The live state a forecast starts from, in the kernels' layout."""
+
+    family: int
+    prior: FloatArray  # (4,)
+    stats: FloatArray  # (3, K), decayed to now
+    counts: FloatArray  # (K,) raw observation counts
+    horizon: int  # decisions to simulate
+    batch: int  # decisions between posterior updates
+    delay: float  # mean reward delay, in decisions (geometric)
+    checkpoints: IntArray  # (C,) increasing decision counts, the last one == horizon
+    threshold: float  # winner call: P(best) at least this ...
+    max_loss: float  # ... and expected loss at most this
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One scenario's results over the replications (rows)."""
+
+    regret: FloatArray  # (R, C) cumulative expected regret: sum of mu* - mu_arm
+    best_arm_rate: FloatArray  # (R,) share of decisions on the truly best arm
+    shares: FloatArray  # (R, C, K) each arm's share of the decisions since the last checkpoint
+    #: (R,) the first winner call: 0 if one is made now, c + 1 at checkpoint c, or -1 if none
+    call_checkpoint: IntArray
+    call_correct: BoolArray  # (R,) whether that call named the truly best arm
+
+
+def draw_truths(family: int, stats: FloatArray, prior: FloatArray,
+                rng: np.random.Generator) -> tuple[FloatArray, FloatArray]:
+    """One plausible truth from the (untempered) posterior: each arm's mean and noise sd."""
+    params = kernels.posterior_parameters(family, stats, prior, 1.0)
+    if family == BERNOULLI:
+        return rng.beta(params[0], params[1]), np.ones(stats.shape[1])
+    precision = rng.gamma(params[2], 1.0 / params[3])
+    means = rng.normal(params[0], 1.0 / np.sqrt(params[1] * precision))
+    return means, 1.0 / np.sqrt(precision)
+
+
+@_jit
+def _first_call(family: int, checkpoint_stats: FloatArray, prior: FloatArray,
+                active: BoolArray, threshold: float, max_loss: float, tail_table: FloatArray,
+                rng: np.random.Generator) -> tuple[int, int]:
+    """(checkpoint, arm) of the first winner call the stats endpoint would make, or (-1, -1)."""
+    for c in range(checkpoint_stats.shape[0]):
+        stats = checkpoint_stats[c, :3]
+        p_best, expected_max = kernels.best_arm_probabilities(
+            family, stats, prior, 1.0, active, tail_table, rng)
+        leader = -1
+        for k in range(p_best.shape[0]):
+            if active[k] and (leader < 0 or p_best[k] > p_best[leader]):
+                leader = k
+        if leader < 0 or p_best[leader] < threshold:
+            continue
+        params = kernels.posterior_parameters(family, stats, prior, 1.0)
+        means = kernels.posterior_means(family, kernels.marginal_parameters(family, params))
+        if max(expected_max - means[leader], 0.0) <= max_loss:
+            return c, leader
+    return -1, -1
+
+
+def forecast(problem: Problem, scenarios: Sequence[Scenario], *, reps: int, seed: int,
+             threads: int | None = None,
+             progress: Callable[[int], None] | None = None) -> list[Outcome]:
+    """Simulate ``reps`` plausible futures under every scenario (paired, see the module doc)."""
+    n_arms = problem.stats.shape[1]
+    n_checkpoints = problem.checkpoints.shape[0]
+    outcomes = [
+        Outcome(regret=np.zeros((reps, n_checkpoints)), best_arm_rate=np.zeros(reps),
+                shares=np.zeros((reps, n_checkpoints, n_arms)),
+                call_checkpoint=np.full(reps, -1, dtype=np.int64),
+                call_correct=np.zeros(reps, dtype=np.bool_))
+        for _ in scenarios
+    ]
+    seeds = np.random.SeedSequence(seed).spawn(reps)
+    initial = np.vstack([problem.stats, problem.counts[None, :]])
+    tail_table = student_t_tail_table()
+    no_changes = np.zeros((0, n_arms))
+    env_params = np.zeros(env.N_PARAMS)
+
+    def replicate(r: int) -> None:
+        truth_seed, run_seed, call_seed = seeds[r].spawn(3)
+        means, noise = draw_truths(problem.family, problem.stats, problem.prior,
+                                   np.random.default_rng(truth_seed))
+        best = int(np.argmax(means))
+        for scenario, outcome in zip(scenarios, outcomes, strict=True):
+            extra = np.zeros(pol.N_EXTRA)
+            extra[pol.X_HALF_LIFE] = scenario.half_life
+            extra[pol.X_HORIZON] = problem.horizon
+            pulls = np.zeros(n_arms)
+            # Row 0: now; row c + 1: at checkpoint c.
+            checkpoint_stats = np.zeros((n_checkpoints + 1, 4, n_arms))
+            checkpoint_stats[0] = initial
+            _replicate(
+                pol.THOMPSON, scenario.settings, problem.prior, extra, problem.family, means,
+                np.zeros(0, dtype=np.int64), no_changes, env_params, noise, initial,
+                scenario.active, problem.horizon, problem.batch, problem.delay,
+                problem.checkpoints, tail_table, np.random.default_rng(run_seed),
+                outcome.regret[r], np.zeros(n_checkpoints), np.zeros(n_checkpoints),
+                outcome.shares[r], pulls, np.zeros((0, N_TRACE)), np.zeros(N_DIAGNOSTICS),
+                np.zeros((4, n_arms)), checkpoint_stats[1:],
+            )
+            outcome.best_arm_rate[r] = pulls[best] / problem.horizon
+            checkpoint, arm = _first_call(
+                problem.family, checkpoint_stats, problem.prior, scenario.active,
+                problem.threshold, problem.max_loss, tail_table,
+                np.random.default_rng(call_seed))
+            outcome.call_checkpoint[r] = checkpoint
+            outcome.call_correct[r] = arm == best
+
+    workers = min(threads or os.cpu_count() or 1, reps)
+    if workers == 1:
+        for r in range(reps):
+            replicate(r)
+            if progress is not None:
+                progress(1)
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for _ in pool.map(replicate, range(reps)):
+                if progress is not None:
+                    progress(1)
+    return outcomes
+
+
+def call_times(problem: Problem) -> IntArray:
+    """Decisions from now at which :attr:`Outcome.call_checkpoint` indices fall."""
+    return np.concatenate([[0], problem.checkpoints]).astype(np.int64)
+
+
+def linear_checkpoints(horizon: int, count: int = 60) -> IntArray:
+    """About ``count`` evenly spaced decision counts up to ``horizon`` (operators think in time,
+    so forecasts are reported on a linear scale)."""
+    steps = np.unique(np.round(np.linspace(horizon / count, horizon, count)).astype(np.int64))
+    steps = steps[steps >= 1]
+    steps[-1] = horizon
+    return steps
+
+
+def mean_interval(values: FloatArray) -> tuple[float, float, float]:
+    """Mean and its 95% normal interval (Monte Carlo error of an expectation)."""
+    mean = float(values.mean())
+    half = 1.96 * float(values.std(ddof=1)) / math.sqrt(values.shape[0]) if values.shape[0] > 1 \
+        else math.inf
+    return mean, mean - half, mean + half
+
+
+def wilson_interval(successes: int, trials: int) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion (sensible at 0 and 1, unlike the normal one)."""
+    if trials == 0:
+        return 0.0, 1.0
+    z = 1.96
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (
+        1 + z * z / trials)
+    return max(0.0, centre - half), min(1.0, centre + half)
