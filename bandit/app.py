@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -183,6 +184,29 @@ async def openapi_document(request: web.Request) -> web.Response:
     return _json(openapi.document())
 
 
+async def advise(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    return _json(await service.advise(request.match_info["id"], await _body(request)))
+
+
+#: The dashboard's files, shipped in the package (no build step, nothing fetched at run time).
+DASHBOARD_DIR = Path(__file__).parent / "dashboard"
+_DASHBOARD_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css",
+                    ".svg": "image/svg+xml"}
+
+
+async def dashboard(request: web.Request) -> web.StreamResponse:
+    """``/`` and ``/dashboard/{name}``: the operator dashboard's static files."""
+    name = request.match_info.get("name", "index.html")
+    path = DASHBOARD_DIR / name
+    # Only plain file names of known types: no directories, no traversal.
+    if "/" in name or name.startswith(".") or path.suffix not in _DASHBOARD_TYPES \
+            or not path.is_file():
+        raise web.HTTPNotFound(reason=f"no dashboard file {name!r}")
+    return web.Response(body=path.read_bytes(), content_type=_DASHBOARD_TYPES[path.suffix],
+                        headers={"Cache-Control": "no-cache"})
+
+
 def create_app(settings: Settings, *, seed: int | None = None) -> web.Application:
     """An application serving the API against ``settings.redis_url`` (which must be set)."""
     if settings.redis_url is None:
@@ -201,11 +225,14 @@ def create_app(settings: Settings, *, seed: int | None = None) -> web.Applicatio
         ("GET", "/v1/experiments/{id}/stats", stats),
         ("GET", "/v1/experiments/{id}/audit", audit),
         ("GET", "/v1/experiments/{id}/history", history),
+        ("POST", "/v1/experiments/{id}/advise", advise),
         ("POST", "/v1/events", events),
         ("GET", "/metrics", metrics_endpoint),
         ("GET", "/healthz", healthz),
         ("GET", "/readyz", readyz),
         ("GET", "/openapi.json", openapi_document),
+        ("GET", "/", dashboard),
+        ("GET", "/dashboard/{name}", dashboard),
     ]
     for method, path, handler in routes:
         app.router.add_route(method, path, _endpoint(path, handler))

@@ -149,6 +149,66 @@ def _body(schema: dict[str, Any], required: bool = True) -> dict[str, Any]:
 
 _PATH_ID = [{"name": "id", "in": "path", "required": True, "schema": _ID}]
 
+_ARM_CHANGES = {"type": "object", "additionalProperties": False,
+                "properties": {k: {"type": "array", "items": _ID}
+                               for k in ("add", "pause", "resume")}}
+_INTERVAL = {"type": "array", "items": _NUMBER, "minItems": 2, "maxItems": 2}
+_BAND = {"type": "object", "required": ["mean", "low", "high"],
+         "description": "per checkpoint: mean over the simulated futures, 10th and 90th "
+                        "percentiles",
+         "properties": {k: {"type": "array", "items": _NUMBER} for k in ("mean", "low", "high")}}
+_MEDIAN_RANGE = {"type": ["object", "null"], "required": ["median", "range80"],
+                 "properties": {"median": _NUMBER, "range80": _INTERVAL}}
+_FORECAST_SCENARIO = {
+    "type": "object",
+    "required": ["regret", "regret_curve", "shares", "best_arm_rate", "winner_call"],
+    "properties": {
+        "regret": {"type": "object", "required": ["mean", "ci95", "range80"],
+                   "description": "expected regret (reward units) over the horizon: mean, its "
+                                  "95% Monte Carlo interval, 10th-90th percentile of futures",
+                   "properties": {"mean": _NUMBER, "ci95": _INTERVAL, "range80": _INTERVAL}},
+        "regret_curve": _BAND,
+        "shares": {"type": "object", "additionalProperties": _BAND,
+                   "description": "each arm's share of the decisions between checkpoints"},
+        "best_arm_rate": {"type": "object", "required": ["mean", "ci95"],
+                          "properties": {"mean": _NUMBER, "ci95": _INTERVAL}},
+        "winner_call": {
+            "type": "object",
+            "required": ["probability", "ci95", "correct", "decisions", "seconds"],
+            "properties": {
+                "probability": {**_SHARE, "description": "P(a winner is called in the horizon)"},
+                "ci95": _INTERVAL,
+                "correct": {"type": ["number", "null"],
+                            "description": "P(the called arm is the truly best | a call)"},
+                "decisions": _MEDIAN_RANGE, "seconds": _MEDIAN_RANGE}},
+    },
+}
+_ADVICE = {
+    "type": "object",
+    "required": ["experiment", "version", "changes", "assumptions", "checkpoints", "arms",
+                 "current", "proposed", "difference"],
+    "properties": {
+        "experiment": _ID,
+        "version": {"type": "integer", "description": "the version the forecast started from"},
+        "changes": {"type": "object"},
+        "assumptions": {"type": "object", "required": [
+            "decisions", "traffic_per_s", "traffic_source", "reward_delay_s", "delay_source",
+            "horizon_s", "update_every", "reps", "seed", "threshold", "max_loss", "notes"]},
+        "checkpoints": {"type": "object", "required": ["decisions", "seconds"],
+                        "properties": {"decisions": {"type": "array",
+                                                     "items": {"type": "integer"}},
+                                       "seconds": {"type": "array", "items": _NUMBER}}},
+        "arms": {"type": "array", "items": _ID},
+        "current": _FORECAST_SCENARIO,
+        "proposed": _FORECAST_SCENARIO,
+        "difference": {"type": "object", "required": ["regret", "p_proposed_better"],
+                       "properties": {"regret": {"type": "object",
+                                                 "properties": {"mean": _NUMBER,
+                                                                "ci95": _INTERVAL}},
+                                      "p_proposed_better": _SHARE}},
+    },
+}
+
 
 def document() -> dict[str, Any]:
     return {
@@ -192,9 +252,7 @@ def document() -> dict[str, Any]:
                         "properties": {
                             "version": {"type": "integer", "minimum": 1},
                             "exploration": _EXPLORATION,
-                            "arms": {"type": "object", "additionalProperties": False,
-                                     "properties": {k: {"type": "array", "items": _ID}
-                                                    for k in ("add", "pause", "resume")}},
+                            "arms": _ARM_CHANGES,
                             "reason": {"type": "string", "maxLength": 1000},
                         },
                     }),
@@ -313,6 +371,42 @@ def document() -> dict[str, Any]:
                                   **_errors(404, 422, 503)},
                 },
             },
+            "/v1/experiments/{id}/advise": {
+                "parameters": _PATH_ID,
+                "post": {
+                    "summary": "Tuning advisor: forecast the current settings against a "
+                               "proposed change (nothing is changed)",
+                    "requestBody": _body({
+                        "type": "object", "additionalProperties": False,
+                        "properties": {
+                            "exploration": _EXPLORATION,
+                            "arms": _ARM_CHANGES,
+                            "decisions": {"type": "integer", "minimum": 10,
+                                          "maximum": 1_000_000,
+                                          "description": "horizon; default an hour of traffic"},
+                            "traffic_per_s": {"type": "number", "exclusiveMinimum": 0,
+                                              "maximum": 1e7,
+                                              "description": "default: measured"},
+                            "reward_delay_s": {"type": "number", "minimum": 0,
+                                               "maximum": 2_592_000,
+                                               "description": "default: measured"},
+                            "reps": {"type": "integer", "minimum": 10, "maximum": 2000},
+                            "seed": {"type": "integer", "minimum": 0},
+                            "threshold": {"type": "number", "minimum": 0.5, "maximum": 1},
+                            "max_loss": {"type": "number", "minimum": 0},
+                        },
+                    }, required=False),
+                    "responses": {**_ok(_ADVICE), **_errors(400, 404, 413, 422, 503)},
+                },
+            },
+            "/": {"get": {"summary": "The operator dashboard",
+                          "responses": {"200": {"description": "HTML page"}}}},
+            "/dashboard/{name}": {
+                "parameters": [{"name": "name", "in": "path", "required": True,
+                                "schema": {"type": "string"}}],
+                "get": {"summary": "The dashboard's scripts and styles",
+                        "responses": {"200": {"description": "a static file"},
+                                      **_errors(404)}}},
             "/metrics": {"get": {"summary": "Prometheus metrics",
                                  "responses": {"200": {"description": "text exposition"}}}},
             "/healthz": {"get": {"summary": "Liveness", "responses": _ok({"type": "object"})}},

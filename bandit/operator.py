@@ -1,9 +1,10 @@
 """``bandit experiments``: operator commands against a running service.
 
-Commands: ``list``, ``show ID``, ``create ID --arms a,b,c``, ``tune ID --set name=value``,
-``pause ID ARM...``, ``resume ID ARM...``, ``audit ID``. Tables are for people; ``--json``
-prints the service's JSON as it answered (``show --json`` adds the stats response under
-``"stats"``), for scripts.
+Commands: ``list``, ``show ID``, ``create ID --arms a,b,c``, ``tune ID --set name=value
+[--add-arm ARM]``, ``pause ID ARM...``, ``resume ID ARM...``, ``archive ID``, ``audit ID``,
+``advise ID --set name=value ...`` (the tuning advisor's forecast; nothing is changed).
+Tables are for people; ``--json`` prints the service's JSON as it answered (``show --json``
+adds the stats response under ``"stats"``), for scripts.
 
 Exit codes (scripts can rely on them)::
 
@@ -41,6 +42,8 @@ from bandit import __version__
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_TIMEOUT_S = 10.0
+#: A forecast simulates for seconds: ``advise`` waits this long unless --timeout says otherwise.
+ADVISE_TIMEOUT_S = 120.0
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -145,6 +148,30 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = _finite(text, "value")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = _finite(text, "value")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
 def _add_connection_options(parser: argparse.ArgumentParser, *, inherited: bool) -> None:
     # The options are accepted before and after the command (`--json list`, `list --json`);
     # on the commands they default to SUPPRESS so they never overwrite the ones given before.
@@ -168,7 +195,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``experiments`` options and commands to ``parser``; ``run`` executes them."""
     parser.description = parser.description or (
         "Operator commands against a running service: list, show, create, tune, pause and\n"
-        "resume arms, audit. Tables for people, --json for scripts.")
+        "resume arms, archive, audit, advise. Tables for people, --json for scripts.")
     parser.epilog = EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     _add_connection_options(parser, inherited=False)
@@ -193,12 +220,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     create.add_argument("--set", dest="settings", type=parse_setting, action="append",
                         default=[], metavar="NAME=VALUE",
                         help="an exploration setting (repeatable), e.g. min_share=0.05")
-    tune = command("tune", "change exploration settings live")
-    tune.add_argument("id", metavar="ID")
-    tune.add_argument("--set", dest="settings", type=parse_setting, action="append",
-                      required=True, metavar="NAME=VALUE",
-                      help="a setting to change (repeatable): epsilon=0.1, half_life_s=none, "
-                           "warmup=50, control=ARM:SHARE, ...")
+    tune = command("tune", "change exploration settings live, add arms")
+    advise = command("advise", "forecast a change against the current settings (the tuning "
+                               "advisor; nothing is changed)")
+    for sub in (tune, advise):
+        sub.add_argument("id", metavar="ID")
+        sub.add_argument("--set", dest="settings", type=parse_setting, action="append",
+                         default=[], metavar="NAME=VALUE",
+                         help="a setting to change (repeatable): epsilon=0.1, half_life_s=none, "
+                              "warmup=50, control=ARM:SHARE, ...")
+        sub.add_argument("--add-arm", dest="add", action="append", default=[], metavar="ARM",
+                         help="a new arm (repeatable); it starts from the prior")
+    for flag in ("pause", "resume"):
+        advise.add_argument(f"--{flag}", action="append", default=[], metavar="ARM",
+                            help=f"{flag} this arm in the proposal (repeatable)")
+    advise.add_argument("--decisions", type=_positive_int, metavar="N",
+                        help="horizon in decisions (default: an hour of the measured traffic)")
+    advise.add_argument("--traffic", type=_positive_float, metavar="PER_S",
+                        help="decisions per second (default: measured from the history)")
+    advise.add_argument("--delay", type=_non_negative_float, metavar="SECONDS",
+                        help="mean reward delay (default: measured from the history)")
+    advise.add_argument("--reps", type=_positive_int, metavar="N",
+                        help="simulated futures (default 100)")
+    advise.add_argument("--seed", type=_non_negative_int, metavar="N",
+                        help="seed, to repeat a forecast exactly")
     for name, verb in (("pause", "pause arms (no traffic; their posterior is kept)"),
                        ("resume", "resume paused arms")):
         sub = command(name, verb)
@@ -209,6 +254,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         sub.add_argument("--version", type=_positive_int, metavar="N",
                          help="the version the change is based on (default: the current one, "
                               "read first); a stale version is refused with exit code 4")
+    archive = command("archive", "archive an experiment (it stops serving; its data is kept)")
+    archive.add_argument("id", metavar="ID")
     audit = command("audit", "the audit log of configuration changes")
     audit.add_argument("id", metavar="ID")
 
@@ -403,8 +450,115 @@ def _patch(client: _Client, arguments: argparse.Namespace, change: dict[str, Any
         raise
 
 
+def _proposal(arguments: argparse.Namespace) -> dict[str, Any]:
+    """The PATCH-shaped change that ``tune`` sends and ``advise`` forecasts."""
+    change: dict[str, Any] = {}
+    if arguments.settings:
+        change["exploration"] = dict(arguments.settings)
+    arms = {action: getattr(arguments, action, [])
+            for action in ("add", "pause", "resume") if getattr(arguments, action, [])}
+    if arms:
+        change["arms"] = arms
+    return change
+
+
 def _fetch_tune(client: _Client, arguments: argparse.Namespace) -> Any:
-    return _patch(client, arguments, {"exploration": dict(arguments.settings)})
+    change = _proposal(arguments)
+    if not change:
+        raise _Failure(EXIT_USAGE, "nothing to change: give --set NAME=VALUE or --add-arm ARM")
+    return _patch(client, arguments, change)
+
+
+def _fetch_archive(client: _Client, arguments: argparse.Namespace) -> Any:
+    return client.request("DELETE", _experiment_path(arguments.id))
+
+
+def _render_archive(document: Any) -> str:
+    return f"{document['id']}: {document['status']} (version {document['version']})"
+
+
+def _fetch_advise(client: _Client, arguments: argparse.Namespace) -> Any:
+    body = _proposal(arguments)
+    for option, field in (("decisions", "decisions"), ("traffic", "traffic_per_s"),
+                          ("delay", "reward_delay_s"), ("reps", "reps"), ("seed", "seed")):
+        if getattr(arguments, option) is not None:
+            body[field] = getattr(arguments, option)
+    if client.timeout_s == DEFAULT_TIMEOUT_S:
+        client.timeout_s = ADVISE_TIMEOUT_S
+    return client.request("POST", _experiment_path(arguments.id, "/advise"), body)
+
+
+def _render_advise(document: Any) -> str:
+    assumed = document["assumptions"]
+    lines = [
+        f"{document['experiment']} (version {document['version']}): the next "
+        f"{assumed['decisions']:,} decisions, {_duration(assumed['horizon_s'])} at "
+        f"{assumed['traffic_per_s']:.4g}/s ({assumed['traffic_source']}), reward delay "
+        f"{_duration(assumed['reward_delay_s'])} ({assumed['delay_source']}); "
+        f"{assumed['reps']} simulated futures, seed {assumed['seed']}",
+    ]
+    lines += [f"note: {note}" for note in assumed["notes"]]
+    changes = _change_lines(document["changes"], created=False)
+    lines.append("change: " + ("; ".join(changes) if changes else "none (current settings)"))
+    current, proposed = document["current"], document["proposed"]
+    difference = document["difference"]["regret"]
+
+    def regret(scenario: dict[str, Any]) -> str:
+        value = scenario["regret"]
+        return f"{value['mean']:.4g} [{value['ci95'][0]:.4g}, {value['ci95'][1]:.4g}]"
+
+    def futures(scenario: dict[str, Any]) -> str:
+        low, high = scenario["regret"]["range80"]
+        return f"{low:.4g} to {high:.4g}"
+
+    def call(scenario: dict[str, Any]) -> str:
+        winner = scenario["winner_call"]
+        return f"{winner['probability']:.0%}"
+
+    def call_time(scenario: dict[str, Any]) -> str:
+        seconds = scenario["winner_call"]["seconds"]
+        if seconds is None:
+            return "-"
+        low, high = seconds["range80"]
+        return f"{_duration(seconds['median'])} ({_duration(low)} to {_duration(high)})"
+
+    def correct(scenario: dict[str, Any]) -> str:
+        value = scenario["winner_call"]["correct"]
+        return "-" if value is None else f"{value:.0%}"
+
+    rows = [
+        ["expected regret [95% CI]", regret(current), regret(proposed),
+         f"{difference['mean']:+.4g} [{difference['ci95'][0]:+.4g}, "
+         f"{difference['ci95'][1]:+.4g}]"],
+        ["  80% of futures", futures(current), futures(proposed), ""],
+        ["decisions on the best arm", f"{current['best_arm_rate']['mean']:.1%}",
+         f"{proposed['best_arm_rate']['mean']:.1%}", ""],
+        ["winner called", call(current), call(proposed), ""],
+        ["  time to the call (80%)", call_time(current), call_time(proposed), ""],
+        ["  called arm truly best", correct(current), correct(proposed), ""],
+    ]
+    lines += ["", _table(["", "current", "proposed", "difference"], rows)]
+    share_rows = [[arm, _percent(current["shares"][arm]["mean"][-1]),
+                   _percent(proposed["shares"][arm]["mean"][-1])] for arm in document["arms"]]
+    lines += ["", "share of the last decisions of the horizon:",
+              _table(["arm", "current", "proposed"], share_rows, numeric={1, 2})]
+    better = document["difference"]["p_proposed_better"]
+    lines += ["", f"the proposal has less regret in {better:.0%} of the simulated futures"]
+    return "\n".join(lines)
+
+
+def _percent(value: float) -> str:
+    return f"{value:.1%}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.3g} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.3g} min"
+    if seconds < 172_800:
+        return f"{seconds / 3600:.3g} h"
+    return f"{seconds / 86400:.3g} d"
 
 
 def _fetch_pause(client: _Client, arguments: argparse.Namespace) -> Any:
@@ -451,7 +605,9 @@ _COMMANDS: dict[str, tuple[_Fetch, Callable[[Any], str]]] = {
     "tune": (_fetch_tune, _render_patch),
     "pause": (_fetch_pause, _render_patch),
     "resume": (_fetch_resume, _render_patch),
+    "archive": (_fetch_archive, _render_archive),
     "audit": (_fetch_audit, _render_audit),
+    "advise": (_fetch_advise, _render_advise),
 }
 
 

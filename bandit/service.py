@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from bandit import health, policy
+from bandit import advisor, health, policy
 from bandit.cache import ExperimentCache, Snapshot, cancelling, summary_of
 from bandit.errors import Conflict, InvalidValue, NotFound, StoreUnavailable
 from bandit.history import MAX_LIMIT as MAX_HISTORY
@@ -58,6 +58,8 @@ class BanditService:
         self._served: defaultdict[str, defaultdict[int, int]] = defaultdict(
             lambda: defaultdict(int)
         )
+        # One forecast at a time per process: it is CPU work beside the decisions.
+        self._advising = asyncio.Lock()
         self._sticky: OrderedDict[tuple[str, str], tuple[list[int], float, list[float]]] = (
             OrderedDict()
         )
@@ -385,6 +387,25 @@ class BanditService:
                        "rewards": health.reward_flow(samples,
                                                      self.settings.history_interval_s)},
         }
+
+
+    async def advise(self, experiment_id: str, body: object) -> dict[str, Any]:
+        """Forecast the current settings against a proposed change (see bandit.advisor)."""
+        check_id(experiment_id, "experiment id")
+        # Read fresh: a forecast is worth a round trip, and must not start from a stale cache.
+        snapshot = await self.cache.load(experiment_id)
+        if snapshot.experiment.archived:
+            raise NotFound(f"experiment {experiment_id!r} is archived")
+        request = advisor.parse_request(body, snapshot.experiment)
+        samples = await self.store.history(
+            experiment_id, snapshot.server_time - advisor.RATE_WINDOW_S, MAX_HISTORY) or []
+        [served] = await self.store.served([experiment_id])
+        max_loss = health.default_max_loss(await summary_of(snapshot))
+        plan = advisor.plan(snapshot, request, samples, served, max_loss,
+                            self.settings.refresh_interval_s)
+        async with self._advising:
+            outcomes = await asyncio.to_thread(advisor.run, plan, self.settings.advisor_threads)
+        return advisor.report(plan, outcomes)
 
 
 def _query_number(raw: str | None, name: str, low: float, high: float,

@@ -49,6 +49,8 @@ class Settings:
     history_interval_s: float = 60.0
     #: Samples kept per experiment (the oldest are dropped): a day at the default interval.
     history_max_samples: int = 1440
+    #: Threads a tuning-advisor forecast may use (one forecast runs at a time per process).
+    advisor_threads: int = 1
     #: ``appendfsync`` of the embedded Redis: ``always`` acknowledges nothing it has not fsynced.
     embedded_appendfsync: str = "always"
 
@@ -69,6 +71,7 @@ class Settings:
         _check(self.history_interval_s, "history_interval_s",
                _positive(self.history_interval_s))
         _check(self.history_max_samples, "history_max_samples", self.history_max_samples >= 1)
+        _check(self.advisor_threads, "advisor_threads", 1 <= self.advisor_threads <= 64)
         _check(self.sticky_cache_size, "sticky_cache_size", self.sticky_cache_size >= 0)
         _check(
             self.embedded_appendfsync,

@@ -276,8 +276,10 @@ def test_setting_values(text: str, expected: tuple[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("arguments", [
-    [], ["tune", "hero"], ["pause", "hero"], ["create", "hero"], ["--timeout", "0", "list"],
+    [], ["pause", "hero"], ["create", "hero"], ["--timeout", "0", "list"],
     ["tune", "hero", "--set", "epsilon=0.1", "--version", "0"], ["frobnicate"],
+    ["advise", "hero", "--traffic", "0"], ["advise", "hero", "--seed", "-1"],
+    ["advise", "hero", "--delay", "x"],
 ])
 def test_usage_errors_exit_2(arguments: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert invoke(*arguments) == 2
@@ -316,3 +318,56 @@ def test_against_a_real_service_process(service_process: Callable[..., ServicePr
     assert "reward              gaussian" in out and "top_two             0.5" in out
     assert [line.split()[:2] for line in out.splitlines()[-2:]] == [["a", "active"],
                                                                    ["b", "active"]]
+
+
+async def test_tune_adds_arms_and_needs_something_to_change(
+        url: str, client: Client, capsys: pytest.CaptureFixture[str]) -> None:
+    await create(url)
+    capsys.readouterr()
+    assert await cli(url, "tune", "hero", "--add-arm", "purple", "--add-arm", "teal",
+                     "--set", "epsilon=0.05") == 0
+    assert [line.split() for line in capsys.readouterr().out.splitlines()[1:]] == [
+        ["arms.purple", "none", "->", "active"], ["arms.teal", "none", "->", "active"],
+        ["exploration.epsilon", "0", "->", "0.05"]]
+    document = await current(client)
+    assert [arm["id"] for arm in document["arms"]] == ["control", "blue", "green", "purple",
+                                                       "teal"]
+    assert await cli(url, "tune", "hero") == 2
+    assert "nothing to change" in capsys.readouterr().err
+    assert (await current(client))["version"] == 2
+
+
+async def test_archive(url: str, client: Client, capsys: pytest.CaptureFixture[str]) -> None:
+    await create(url)
+    capsys.readouterr()
+    assert await cli(url, "archive", "hero") == 0
+    assert capsys.readouterr().out.strip() == "hero: archived (version 2)"
+    assert (await current(client))["status"] == "archived"
+    assert await cli(url, "archive", "nope") == 3
+
+
+async def test_advise_prints_the_forecast_and_changes_nothing(
+        url: str, client: Client, capsys: pytest.CaptureFixture[str]) -> None:
+    await create(url)
+    capsys.readouterr()
+    arguments = ["advise", "hero", "--set", "epsilon=0.2", "--add-arm", "teal",
+                 "--pause", "blue", "--traffic", "20", "--delay", "5", "--decisions", "500",
+                 "--reps", "10", "--seed", "3"]
+    assert await cli(url, *arguments) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("hero (version 1): the next 500 decisions, 25 s at 20/s (given), "
+                           "reward delay 5 s (given); 10 simulated futures, seed 3")
+    assert ("change: arms.blue: active -> paused; arms.teal: none -> active; "
+            "exploration.epsilon: 0 -> 0.2") in text
+    assert await cli(url, "--json", *arguments) == 0
+    forecast = json.loads(capsys.readouterr().out)
+    assert forecast["arms"] == ["control", "blue", "green", "teal"]
+    assert forecast["assumptions"]["seed"] == 3
+    regret = forecast["difference"]["regret"]["mean"]
+    # The same seed gives the same forecast, and the table prints its numbers.
+    assert f"{regret:+.4g}" in text
+    assert await current(client) == {**await current(client), "version": 1}
+    assert [arm["state"] for arm in (await current(client))["arms"]] == ["active"] * 3
+    # A proposal the service would refuse is refused here too (exit 3), with its message.
+    assert await cli(url, "advise", "hero", "--set", "min_share=0.5", "--traffic", "1") == 3
+    assert "min_share" in capsys.readouterr().err

@@ -1,0 +1,317 @@
+"""The tuning advisor: what a settings change would do over the next N decisions.
+
+``POST /v1/experiments/{id}/advise`` takes a proposal in the PATCH body's format (validated by
+the same code, so a proposal the advisor accepts is one PATCH accepts) and forecasts, from the
+live posteriors, the current settings against the proposed ones with
+:func:`simulations.forecast.forecast`: expected regret, share trajectories and time to a winner
+call, with intervals.
+
+The service's traffic and feedback enter the forecast as measured from the experiment's
+history (or as given in the request):
+
+- traffic rate: decisions served per second over the last hour of history samples;
+- reward delay: by Little's law on the cumulative curves, the time since the served count was
+  equal to today's observation count (valid when every decision eventually gets one reward
+  event, which the coverage check looks at);
+- posterior updates: every ``rate * refresh_interval_s`` decisions, as each process's cache
+  refreshes (coarser when a scenario needs the probability path, to bound the work).
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from bandit.cache import Snapshot, family_of, policy_settings, prior_array
+from bandit.errors import InvalidValue
+from bandit.model import Experiment, integer, mapping, number, parse_patch
+from simulations import forecast as fc
+
+#: Decisions per forecast (upper bound) and the default when the traffic rate is unknown.
+MAX_DECISIONS = 1_000_000
+DEFAULT_HORIZON_S = 3600.0
+DEFAULT_DECISIONS = 10_000
+MIN_DECISIONS = 10
+DEFAULT_REPS = 100
+MAX_REPS = 2000
+#: Bound on simulated arm-decisions (reps x decisions x arms x scenarios): a forecast simulates
+#: about 3 to 5 million decisions of 3 arms per second and thread, so this is seconds of work.
+MAX_WORK = 40_000_000
+#: Posterior updates per replication on the probability path (one quadrature each).
+MAX_UPDATES = 250
+#: History window the traffic rate and delay are measured over.
+RATE_WINDOW_S = 3600.0
+#: Reward coverage (observations per decision served) within which Little's law is trusted.
+COVERAGE_RANGE = (0.8, 1.25)
+
+_FIELDS = {"exploration", "arms", "decisions", "traffic_per_s", "reward_delay_s", "reps",
+           "seed", "threshold", "max_loss"}
+
+
+@dataclass(frozen=True)
+class Request:
+    proposed: Experiment
+    changes: dict[str, Any]
+    decisions: int | None
+    traffic_per_s: float | None
+    reward_delay_s: float | None
+    reps: int
+    seed: int
+    threshold: float
+    max_loss: float | None
+
+
+def parse_request(body: object, current: Experiment) -> Request:
+    """Check an advise body; the proposal goes through PATCH's own parser."""
+    empty: dict[str, Any] = {}
+    data = mapping(empty if body is None else body, "body", _FIELDS)
+    patch: dict[str, Any] = {"version": current.version}
+    patch.update({key: data[key] for key in ("exploration", "arms") if key in data})
+    proposal = parse_patch(patch, current, current.updated_at)
+    decisions = data.get("decisions")
+    if decisions is not None:
+        decisions = integer(decisions, "decisions", low=MIN_DECISIONS, high=MAX_DECISIONS)
+    traffic = data.get("traffic_per_s")
+    if traffic is not None:
+        traffic = number(traffic, "traffic_per_s", low=0.0, high=1e7, low_open=True)
+    delay = data.get("reward_delay_s")
+    if delay is not None:
+        delay = number(delay, "reward_delay_s", low=0.0, high=30 * 86400.0)
+    max_loss = data.get("max_loss")
+    if max_loss is not None:
+        max_loss = number(max_loss, "max_loss", low=0.0)
+    return Request(
+        proposed=proposal.experiment, changes=proposal.changes, decisions=decisions,
+        traffic_per_s=traffic, reward_delay_s=delay,
+        reps=integer(data.get("reps", DEFAULT_REPS), "reps", low=10, high=MAX_REPS),
+        seed=integer(data.get("seed", secrets.randbits(31)), "seed", low=0, high=2**63 - 1),
+        threshold=number(data.get("threshold", 0.95), "threshold", low=0.5, high=1.0),
+        max_loss=max_loss,
+    )
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """What the history says about the experiment's traffic and feedback."""
+
+    rate: float | None  # decisions per second
+    delay_s: float | None  # mean reward delay
+    coverage: float | None  # observations per decision served, over the window
+    notes: tuple[str, ...]
+
+
+def measure_traffic(samples: list[dict[str, Any]], now: float, served_now: float,
+                    observed_now: float) -> Traffic:
+    """Traffic rate, reward delay and coverage from history samples plus the current counts."""
+    points = [(float(s["t"]), float(sum(s["served"])), float(sum(s["n"]))) for s in samples
+              if s["t"] >= now - RATE_WINDOW_S]
+    points.append((now, served_now, observed_now))
+    notes: list[str] = []
+    (t0, served0, observed0) = points[0]
+    elapsed, decisions = now - t0, served_now - served0
+    if elapsed <= 0 or decisions <= 0:
+        return Traffic(None, None, None, ("no decisions served in the history window",))
+    rate = decisions / elapsed
+    coverage = (observed_now - observed0) / decisions
+    delay: float | None = None
+    if not COVERAGE_RANGE[0] <= coverage <= COVERAGE_RANGE[1]:
+        notes.append(f"rewards arrived for {coverage:.0%} of the decisions served: the delay "
+                     "cannot be measured from the counts (pass reward_delay_s)")
+    elif observed_now >= served_now:
+        delay = 0.0
+    else:
+        # The time at which the served count equalled today's observation count.
+        times = np.array([p[0] for p in points])
+        served = np.array([p[1] for p in points])
+        if observed_now < served[0]:
+            notes.append("rewards lag the decisions by more than the history window")
+        else:
+            delay = now - float(np.interp(observed_now, served, times))
+    return Traffic(rate, delay, coverage, tuple(notes))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A forecast ready to run: the simulated problem, both scenarios, and what was assumed."""
+
+    experiment: Experiment
+    arms: tuple[str, ...]
+    problem: fc.Problem
+    current: fc.Scenario
+    proposed: fc.Scenario
+    reps: int
+    seed: int
+    rate: float
+    assumptions: dict[str, Any]
+    changes: dict[str, Any]
+
+
+def plan(snapshot: Snapshot, request: Request, samples: list[dict[str, Any]],
+         served: dict[int, int], max_loss: float, refresh_interval_s: float) -> Plan:
+    """Everything the forecast needs, from the live snapshot, the history and the request."""
+    current = snapshot.experiment
+    traffic = measure_traffic(samples, snapshot.server_time, float(sum(served.values())),
+                              float(snapshot.counts.sum()))
+    notes = list(traffic.notes)
+    rate = request.traffic_per_s or traffic.rate
+    if rate is None:
+        raise InvalidValue("traffic_per_s: no decisions were served in the last hour of this "
+                           "experiment's history; give the traffic you expect (decisions/s)")
+    delay_s = request.reward_delay_s
+    if delay_s is None:
+        delay_s = traffic.delay_s
+        if delay_s is None:
+            delay_s = 0.0
+            notes.append("reward delay assumed 0")
+    # Arms that neither scenario can serve change nothing: leave them out.
+    proposed = request.proposed
+    arms = tuple(arm for arm in proposed.arms
+                 if _servable(current, arm) or _servable(proposed, arm))
+    if len(arms) < 1:
+        raise InvalidValue("arms: no arm is active in either the current or the proposed "
+                           "settings")
+    scenarios = (_scenario(current, arms, rate), _scenario(proposed, arms, rate))
+    decisions, reps = _size(request, rate, len(arms), notes)
+    update_every = max(1, round(rate * refresh_interval_s))
+    if any(s.needs_quadrature for s in scenarios):
+        coarse = math.ceil(decisions / MAX_UPDATES)
+        if coarse > update_every:
+            notes.append(f"posteriors are updated every {coarse} decisions in the forecast "
+                         f"(the service updates about every {update_every}): floors, caps and "
+                         "paused arms need a full recomputation per update")
+            update_every = coarse
+    stats = np.zeros((3, len(arms)))
+    counts = np.zeros(len(arms))
+    for i, arm in enumerate(arms):
+        index = current.arm_indices.get(arm)
+        if index is not None:
+            stats[:, i] = snapshot.stats[:, index]
+            counts[i] = snapshot.counts[index]
+    problem = fc.Problem(
+        family=family_of(current), prior=prior_array(current), stats=stats, counts=counts,
+        horizon=decisions, batch=update_every, delay=delay_s * rate,
+        checkpoints=fc.linear_checkpoints(decisions), threshold=request.threshold,
+        max_loss=max_loss if request.max_loss is None else request.max_loss)
+    assumptions = {
+        "decisions": decisions, "traffic_per_s": rate,
+        "traffic_source": "given" if request.traffic_per_s else "measured",
+        "reward_delay_s": delay_s,
+        "delay_source": "given" if request.reward_delay_s is not None
+        else "measured" if traffic.delay_s is not None else "assumed",
+        "reward_coverage": traffic.coverage, "horizon_s": decisions / rate,
+        "update_every": update_every, "reps": reps, "seed": request.seed,
+        "threshold": problem.threshold, "max_loss": problem.max_loss, "notes": notes,
+    }
+    return Plan(experiment=current, arms=arms, problem=problem, current=scenarios[0],
+                proposed=scenarios[1], reps=reps, seed=request.seed, rate=rate,
+                assumptions=assumptions, changes=request.changes)
+
+
+def _size(request: Request, rate: float, n_arms: int, notes: list[str]) -> tuple[int, int]:
+    """Decisions and replications, within the work bound."""
+    reps = request.reps
+    if request.decisions is not None:
+        decisions = request.decisions
+        if 2 * reps * decisions * n_arms > MAX_WORK:
+            raise InvalidValue(
+                f"decisions: {decisions} decisions x {reps} reps x {n_arms} arms is more "
+                f"than the advisor simulates at once ({MAX_WORK // 2:,} arm-decisions per "
+                "scenario); ask for fewer decisions or reps")
+        return decisions, reps
+    decisions = round(rate * DEFAULT_HORIZON_S)
+    limit = MAX_WORK // (2 * reps * n_arms)
+    if decisions > limit:
+        notes.append(f"horizon shortened from an hour of traffic ({decisions} decisions) to "
+                     f"{limit} to bound the work; pass decisions and reps to choose")
+        decisions = limit
+    return max(MIN_DECISIONS, decisions), reps
+
+
+def _servable(experiment: Experiment, arm: str) -> bool:
+    return arm in experiment.arm_indices and arm not in experiment.paused
+
+
+def _scenario(experiment: Experiment, arms: tuple[str, ...], rate: float) -> fc.Scenario:
+    """An experiment's settings over the simulated arms (which may include arms it lacks)."""
+    settings = policy_settings(experiment)
+    if settings.control_index is not None:
+        control = experiment.arms[settings.control_index]
+        # A control arm left out of the simulation is paused: the kernel ignores it anyway.
+        settings = replace(settings, control_index=arms.index(control) if control in arms
+                           else None)
+    active = np.array([_servable(experiment, arm) for arm in arms])
+    half_life_s = experiment.exploration.half_life_s
+    return fc.Scenario(settings=settings.as_array(), active=active,
+                       half_life=math.inf if half_life_s is None else half_life_s * rate)
+
+
+def run(plan: Plan, threads: int) -> list[fc.Outcome]:
+    return fc.forecast(plan.problem, [plan.current, plan.proposed], reps=plan.reps,
+                       seed=plan.seed, threads=threads)
+
+
+def report(plan: Plan, outcomes: list[fc.Outcome]) -> dict[str, Any]:
+    """The advise endpoint's answer (see the OpenAPI document)."""
+    current, proposed = outcomes
+    difference = proposed.regret[:, -1] - current.regret[:, -1]
+    mean, low, high = fc.mean_interval(difference)
+    checkpoints = plan.problem.checkpoints
+    return {
+        "experiment": plan.experiment.id,
+        "version": plan.experiment.version,
+        "changes": plan.changes,
+        "assumptions": plan.assumptions,
+        "checkpoints": {"decisions": checkpoints.tolist(),
+                        "seconds": [round(c / plan.rate, 3) for c in checkpoints.tolist()]},
+        "arms": list(plan.arms),
+        "current": _scenario_report(plan, current),
+        "proposed": _scenario_report(plan, proposed),
+        "difference": {"regret": {"mean": mean, "ci95": [low, high]},
+                       "p_proposed_better": float(np.mean(difference < 0))},
+    }
+
+
+def _scenario_report(plan: Plan, outcome: fc.Outcome) -> dict[str, Any]:
+    final = outcome.regret[:, -1]
+    mean, low, high = fc.mean_interval(final)
+    best_mean, best_low, best_high = fc.mean_interval(outcome.best_arm_rate)
+    shares = {
+        arm: {"mean": _rounded(outcome.shares[:, :, i].mean(axis=0)),
+              "low": _rounded(np.quantile(outcome.shares[:, :, i], 0.1, axis=0)),
+              "high": _rounded(np.quantile(outcome.shares[:, :, i], 0.9, axis=0))}
+        for i, arm in enumerate(plan.arms)
+    }
+    return {
+        "regret": {"mean": mean, "ci95": [low, high],
+                   "range80": [float(np.quantile(final, 0.1)), float(np.quantile(final, 0.9))]},
+        "regret_curve": {"mean": _rounded(outcome.regret.mean(axis=0)),
+                         "low": _rounded(np.quantile(outcome.regret, 0.1, axis=0)),
+                         "high": _rounded(np.quantile(outcome.regret, 0.9, axis=0))},
+        "shares": shares,
+        "best_arm_rate": {"mean": best_mean, "ci95": [best_low, best_high]},
+        "winner_call": _call_report(plan, outcome),
+    }
+
+
+def _call_report(plan: Plan, outcome: fc.Outcome) -> dict[str, Any]:
+    called = outcome.call_checkpoint >= 0
+    n_called = int(called.sum())
+    low, high = fc.wilson_interval(n_called, plan.reps)
+    report: dict[str, Any] = {"probability": n_called / plan.reps, "ci95": [low, high],
+                              "correct": None, "decisions": None, "seconds": None}
+    if n_called:
+        at = fc.call_times(plan.problem)[outcome.call_checkpoint[called]].astype(np.float64)
+        median, p10, p90 = (float(np.quantile(at, q)) for q in (0.5, 0.1, 0.9))
+        report["correct"] = float(outcome.call_correct[called].mean())
+        report["decisions"] = {"median": median, "range80": [p10, p90]}
+        report["seconds"] = {"median": median / plan.rate,
+                             "range80": [p10 / plan.rate, p90 / plan.rate]}
+    return report
+
+
+def _rounded(values: np.ndarray[Any, np.dtype[np.float64]]) -> list[float]:
+    return [round(v, 6) for v in values.tolist()]
