@@ -6,7 +6,7 @@ Pure functions of a posterior summary and the experiment's history samples
 
 from __future__ import annotations
 
-import itertools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,56 +42,95 @@ def winner(summary: PosteriorSummary, arms: Sequence[str], threshold: float,
     return None
 
 
-def sample_ratio(samples: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
-    """Chi-square test of decisions served per arm against what the propensities promised.
+class HealthTracker:
+    """The serving-health checks kept up to date sample by sample.
 
-    Weights change over time, so the expectation is built interval by interval: the decisions
-    served between two history samples, spread over the arms by the average of the two
-    samples' shares. Arms added later count from the sample that first lists them. Served
-    counts are flushed by each process about once a second, so the test is for gross
-    imbalance (a broken client, a caching layer), not for a handful of decisions.
+    The stats endpoint is asked often and a history holds up to a day of samples per arm, so
+    each process keeps these running sums per experiment and reads only the samples that
+    arrived since it last looked. :func:`sample_ratio` and :func:`reward_flow` run the same
+    code over a whole list of samples.
     """
-    if len(samples) < 2:
-        return None
-    arms = samples[-1]["arms"]
-    observed = np.zeros(len(arms))
-    expected = np.zeros(len(arms))
-    for before, after in itertools.pairwise(samples):
-        count = len(before["arms"])
-        served = np.array(after["served"][:count], float) - np.array(before["served"], float)
-        total = served.sum()
-        if total <= 0:
-            continue
-        shares = (np.array(before["share"], float) + np.array(after["share"][:count], float)) / 2
-        observed[:count] += served
-        expected[:count] += total * shares / shares.sum()
-    decisions = float(observed.sum())
-    used = expected > 0
-    if decisions < 1 or used.sum() < 2:
-        return None
-    chi2 = float((((observed - expected) ** 2)[used] / expected[used]).sum())
-    dof = int(used.sum()) - 1
-    p_value = float(scipy_stats.chi2.sf(chi2, dof))
-    return {"decisions": int(decisions), "chi2": chi2, "dof": dof, "p_value": p_value,
-            "ok": p_value >= SAMPLE_RATIO_ALPHA,
-            "expected": [round(e, 1) for e in expected.tolist()],
-            "observed": [int(o) for o in observed.tolist()]}
+
+    def __init__(self) -> None:
+        self.last: dict[str, Any] | None = None
+        self.observed = np.zeros(0)
+        self.expected = np.zeros(0)
+        # The first sample of the run of samples at the current observation count.
+        self.anchor: dict[str, Any] | None = None
+
+    @property
+    def last_t(self) -> float:
+        return -math.inf if self.last is None else float(self.last["t"])
+
+    def add(self, samples: Sequence[dict[str, Any]]) -> None:
+        """Fold in samples newer than the last one seen, oldest first."""
+        for sample in samples:
+            if sample["t"] <= self.last_t:
+                continue
+            before, self.last = self.last, sample
+            if before is None or sum(sample["n"]) != sum(before["n"]):
+                self.anchor = sample
+            if before is None:
+                continue
+            count = len(before["arms"])
+            grow = len(sample["arms"]) - self.observed.shape[0]
+            if grow > 0:  # arms added: they count from the sample that first lists them
+                self.observed = np.concatenate([self.observed, np.zeros(grow)])
+                self.expected = np.concatenate([self.expected, np.zeros(grow)])
+            served = (np.array(sample["served"][:count], float)
+                      - np.array(before["served"], float))
+            total = served.sum()
+            if total <= 0:
+                continue
+            shares = (np.array(before["share"], float)
+                      + np.array(sample["share"][:count], float)) / 2
+            self.observed[:count] += served
+            self.expected[:count] += total * shares / shares.sum()
+
+    def sample_ratio(self) -> dict[str, Any] | None:
+        """Chi-square test of decisions served per arm against what the propensities promised.
+
+        Weights change over time, so the expectation is built interval by interval: the
+        decisions served between two history samples, spread over the arms by the average of
+        the two samples' shares. Served counts are flushed by each process about once a
+        second, so the test is for gross imbalance (a broken client, a caching layer), not
+        for a handful of decisions.
+        """
+        decisions = float(self.observed.sum())
+        used = self.expected > 0
+        if decisions < 1 or used.sum() < 2:
+            return None
+        observed, expected = self.observed, self.expected
+        chi2 = float((((observed - expected) ** 2)[used] / expected[used]).sum())
+        dof = int(used.sum()) - 1
+        p_value = float(scipy_stats.chi2.sf(chi2, dof))
+        return {"decisions": int(decisions), "chi2": chi2, "dof": dof, "p_value": p_value,
+                "ok": p_value >= SAMPLE_RATIO_ALPHA,
+                "expected": [round(e, 1) for e in expected.tolist()],
+                "observed": [int(o) for o in observed.tolist()]}
+
+    def reward_flow(self, interval_s: float) -> dict[str, Any] | None:
+        """When rewards last arrived, and whether they stopped while decisions kept coming."""
+        last, since = self.last, self.anchor
+        if last is None or since is None:
+            return None
+        decisions_since = sum(last["served"]) - sum(since["served"])
+        quiet_for = last["t"] - since["t"]
+        return {"observations": sum(last["n"]), "unchanged_since": since["t"],
+                "decisions_since": decisions_since, "quiet_for_s": quiet_for,
+                "stalled": decisions_since >= STALL_DECISIONS
+                and quiet_for >= STALL_INTERVALS * interval_s}
+
+
+def sample_ratio(samples: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """:meth:`HealthTracker.sample_ratio` over ``samples``."""
+    tracker = HealthTracker()
+    tracker.add(samples)
+    return tracker.sample_ratio()
 
 
 def reward_flow(samples: Sequence[dict[str, Any]], interval_s: float) -> dict[str, Any] | None:
-    """When rewards last arrived, and whether they stopped while decisions kept being served."""
-    if not samples:
-        return None
-    last = samples[-1]
-    observations = sum(last["n"])
-    # The first sample of the run at the current count: rewards last arrived just before it.
-    anchor = len(samples) - 1
-    while anchor > 0 and sum(samples[anchor - 1]["n"]) == observations:
-        anchor -= 1
-    since = samples[anchor]
-    decisions_since = sum(last["served"]) - sum(since["served"])
-    quiet_for = last["t"] - since["t"]
-    return {"observations": observations, "unchanged_since": since["t"],
-            "decisions_since": decisions_since, "quiet_for_s": quiet_for,
-            "stalled": decisions_since >= STALL_DECISIONS
-            and quiet_for >= STALL_INTERVALS * interval_s}
+    """:meth:`HealthTracker.reward_flow` over ``samples``."""
+    tracker = HealthTracker()
+    tracker.add(samples)
+    return tracker.reward_flow(interval_s)

@@ -37,6 +37,9 @@ from bandit.store import APPLIED, DUPLICATE, UNKNOWN_DECISION, EncodedEvent, Red
 
 logger = logging.getLogger(__name__)
 
+#: Experiments whose serving-health sums a process keeps (least recently asked dropped).
+MAX_HEALTH_TRACKERS = 10_000
+
 _STATUS_ERRORS = {
     UNKNOWN_DECISION: "decision_id: unknown, or its attribution window has passed",
     3: "arm: differs from the arm of the decision",
@@ -58,6 +61,7 @@ class BanditService:
         self._served: defaultdict[str, defaultdict[int, int]] = defaultdict(
             lambda: defaultdict(int)
         )
+        self._health: OrderedDict[str, health.HealthTracker] = OrderedDict()
         # One forecast at a time per process: it is CPU work beside the decisions.
         self._advising = asyncio.Lock()
         self._sticky: OrderedDict[tuple[str, str], tuple[list[int], float, list[float]]] = (
@@ -364,7 +368,7 @@ class BanditService:
         max_loss_value = _query_number(max_loss, "max_loss", 0.0, math.inf,
                                        health.default_max_loss(summary))
         [served] = await self.store.served([experiment_id])
-        samples = await self.store.history(experiment_id, 0.0, MAX_HISTORY) or []
+        tracker = await self._health_of(snapshot)
         experiment = snapshot.experiment
         arms = []
         for i, arm in enumerate(experiment.arms):
@@ -383,10 +387,28 @@ class BanditService:
             "experiment": experiment.id, "version": experiment.version,
             "reward": experiment.reward, "arms": arms,
             "winner": health.winner(summary, experiment.arms, threshold_value, max_loss_value),
-            "health": {"sample_ratio": health.sample_ratio(samples),
-                       "rewards": health.reward_flow(samples,
-                                                     self.settings.history_interval_s)},
+            "health": {"sample_ratio": tracker.sample_ratio(),
+                       "rewards": tracker.reward_flow(self.settings.history_interval_s)},
         }
+
+    async def _health_of(self, snapshot: Snapshot) -> health.HealthTracker:
+        """The experiment's health tracker, fed the history samples it has not seen yet.
+
+        The first call reads the whole history; later ones only what arrived since (samples
+        are at least about one interval apart, which bounds how many there can be).
+        """
+        experiment_id = snapshot.experiment.id
+        tracker = self._health.pop(experiment_id, None) or health.HealthTracker()
+        self._health[experiment_id] = tracker
+        if len(self._health) > MAX_HEALTH_TRACKERS:
+            self._health.popitem(last=False)
+        limit = MAX_HISTORY
+        if tracker.last is not None:
+            interval = self.settings.history_interval_s
+            limit = min(MAX_HISTORY, 2 + math.ceil(
+                max(snapshot.server_time - tracker.last_t, 0.0) / (0.9 * interval)))
+        tracker.add(await self.store.history(experiment_id, tracker.last_t, limit) or [])
+        return tracker
 
 
     async def advise(self, experiment_id: str, body: object) -> dict[str, Any]:

@@ -102,3 +102,29 @@ async def test_stats_call_a_winner(client: TestClient[Any, Any]) -> None:
     assert body["health"]["sample_ratio"] is None
     bad = await client.get("/v1/experiments/call/stats", params={"threshold": "0.2"})
     assert bad.status == 422
+
+
+def test_the_tracker_fed_in_pieces_matches_the_whole_history() -> None:
+    """The service feeds its tracker the new samples on each stats call: any split of the
+    history (with overlaps, as `since` windows give) must give the same checks."""
+    rng = np.random.default_rng(8)
+    shares = [[0.5, 0.5]] * 3 + [[0.6, 0.3, 0.1]] * 4 + [[0.2, 0.2, 0.6]] * 5
+    served = [[0, 0]]
+    n = [[0.0, 0.0]]
+    for i, (before, after) in enumerate(itertools.pairwise(shares)):
+        k = len(after)
+        weights = (np.array(before + [0.0] * (k - len(before))) + np.array(after)) / 2
+        total = np.array(served[-1] + [0] * (k - len(served[-1])))
+        served.append((total + rng.multinomial(500, weights / weights.sum())).tolist())
+        n.append([x + (0 if i >= 5 else 10) for x in n[-1] + [0.0] * (k - len(n[-1]))])
+    samples = [{"t": 60.0 * i, "arms": ["a", "b", "c"][:len(s)], "share": s, "served": d,
+                "n": m} for i, (s, d, m) in enumerate(zip(shares, served, n, strict=True))]
+    whole = (health.sample_ratio(samples), health.reward_flow(samples, 60.0))
+    assert whole[0] is not None and whole[1] is not None and whole[1]["stalled"]
+    for cut in ([3], [1, 2, 5, 11], list(range(1, 12))):
+        tracker = health.HealthTracker()
+        start = 0
+        for end in [*cut, len(samples)]:
+            tracker.add(samples[max(0, start - 1):end])  # overlapping pieces
+            start = end
+        assert (tracker.sample_ratio(), tracker.reward_flow(60.0)) == whole, cut
