@@ -1,0 +1,527 @@
+// The operator dashboard: hash routes (#/ the experiments, #/exp/<id> one experiment), data
+// refreshed every few seconds without touching what the operator is typing.
+
+import { api, apiKey, setApiKey } from "./api.js";
+import { $, fill, formatCount, formatInterval, formatNumber, formatPercent, formatSetting,
+  formatTime, h } from "./dom.js";
+import { posteriorDensity } from "./maths.js";
+import { armColour, drawChart, formatDuration, timeTicks, withAlpha } from "./plots.js";
+import { SettingsPanel, changeList } from "./settings.js";
+
+const REFRESH_MS = 5000;
+const MAX_SAMPLES = 20000;
+
+const state = {
+  view: null, // the current view: {kind, id?, refresh(), destroy?(), resize?()}
+  refreshing: false,
+  readOnly: null, // why the key cannot change settings (a 403 said so), or null
+};
+
+// -- header: API key, refresh, messages -----------------------------------------------------
+
+function setupHeader() {
+  const input = $("#api-key");
+  input.value = apiKey();
+  $("#api-key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    setApiKey(input.value.trim());
+    state.readOnly = null;
+    showAuthProblem(null);
+    notify(input.value.trim() ? "API key saved in this browser." : "API key cleared.");
+    refreshNow();
+  });
+  $("#api-key-clear").addEventListener("click", () => {
+    input.value = "";
+    setApiKey("");
+    state.readOnly = null;
+    showAuthProblem(null);
+    notify("API key cleared.");
+    refreshNow();
+  });
+  $("#refresh-now").addEventListener("click", () => refreshNow());
+  $("#auto-refresh").addEventListener("change", () => {
+    if ($("#auto-refresh").checked) refreshNow();
+  });
+}
+
+let toastTimer = null;
+
+function notify(message) {
+  const toast = $("#toast");
+  toast.textContent = message;
+  toast.hidden = false;
+  clearTimeout(toastTimer);
+  toastTimer = setTimeout(() => { toast.hidden = true; }, 6000);
+}
+
+/** A 401/403 (or null to clear): shown at the top, with the key field to fix it. */
+function showAuthProblem(error, action) {
+  const banner = $("#auth-banner");
+  if (!error) {
+    banner.hidden = true;
+    banner.dataset.action = "";
+    applyReadOnly();
+    return;
+  }
+  const wasShown = !banner.hidden;
+  const hint = error.status === 401
+    ? "The service wants an API key: enter one in the field above."
+    : "Your API key lacks the scope for this.";
+  banner.textContent = `${error.status} ${error.status === 401 ? "Unauthorized" : "Forbidden"}` +
+    `${action ? ` (${action})` : ""}: ${error.message}. ${hint}`;
+  banner.hidden = false;
+  banner.dataset.action = action || "read";
+  if (error.status === 403 && (action === "apply" || action === "forecast")) {
+    state.readOnly = `Read-only: your API key may not change settings (${error.message}). ` +
+      "A key with the admin scope can.";
+    applyReadOnly();
+  }
+  if (error.status === 401 && !wasShown) $("#api-key").focus();
+}
+
+/** A read succeeded: a 401/403 banner about reading no longer holds. */
+function readSucceeded() {
+  const banner = $("#auth-banner");
+  if (!banner.hidden && banner.dataset.action === "read") showAuthProblem(null);
+}
+
+function applyReadOnly() {
+  document.body.classList.toggle("read-only", Boolean(state.readOnly));
+  $("#mode").textContent = state.readOnly ? "read-only" : "";
+  $("#mode").hidden = !state.readOnly;
+  state.view?.settings?.setReadOnly(Boolean(state.readOnly), state.readOnly || "");
+}
+
+function showError(element, error) {
+  if (!error) {
+    element.hidden = true;
+    readSucceeded();
+    return;
+  }
+  element.hidden = false;
+  element.textContent = error.status === 404 ? error.message
+    : `Could not load: ${error.status ? `${error.status} ` : ""}${error.message}`;
+  if (error.isAuth) showAuthProblem(error);
+}
+
+// -- routing and refresh ---------------------------------------------------------------------
+
+function route() {
+  const match = /^#\/exp\/(.+)$/.exec(location.hash);
+  const next = match ? { kind: "experiment", id: decodeURIComponent(match[1]) }
+    : { kind: "list" };
+  if (state.view && state.view.kind === next.kind && state.view.id === next.id) return;
+  state.view?.destroy?.();
+  state.view = next.kind === "list" ? listView() : experimentView(next.id);
+  fill($("#main"), state.view.element);
+  applyReadOnly();
+  refreshNow();
+}
+
+async function refreshNow() {
+  if (state.refreshing || !state.view) return;
+  state.refreshing = true;
+  const view = state.view;
+  try {
+    const ok = await view.refresh();
+    const now = formatTime(Date.now() / 1000).slice(11);
+    $("#last-refresh").textContent = ok ? `updated ${now}` : `update failed at ${now}`;
+  } finally {
+    state.refreshing = false;
+  }
+}
+
+function tick() {
+  if ($("#auto-refresh").checked && !document.hidden) refreshNow();
+}
+
+// -- the experiment list --------------------------------------------------------------------
+
+function listView() {
+  const body = h("tbody");
+  const error = h("p", { class: "banner error", hidden: true, "data-testid": "list-error" });
+  const filter = h("input", { type: "search", placeholder: "filter by id", "aria-label":
+    "filter experiments", "data-testid": "list-filter", oninput: () => render() });
+  const count = h("span", { class: "muted" });
+  let experiments = null;
+  const render = () => {
+    if (!experiments) return;
+    const wanted = filter.value.trim().toLowerCase();
+    const shown = experiments.filter((e) => e.id.includes(wanted));
+    count.textContent = `${experiments.length} experiment${experiments.length === 1 ? "" : "s"}`;
+    fill(body, shown.length ? shown.map((e) => h("tr", { "data-id": e.id },
+      h("td", {}, h("a", { href: `#/exp/${encodeURIComponent(e.id)}` }, e.id)),
+      h("td", {}, h("span", { class: `badge ${e.status}`, "data-col": "status" }, e.status)),
+      h("td", { "data-col": "reward" }, e.reward),
+      h("td", { class: "num", "data-col": "arms" }, e.arms),
+      h("td", { class: "num", "data-col": "version" }, e.version)))
+      : h("tr", {}, h("td", { colspan: 5, class: "muted" }, experiments.length
+        ? "No experiment matches the filter." : "No experiments yet. Create one with " +
+          "POST /v1/experiments or `bandit experiments create`.")));
+  };
+  const element = h("div", { class: "list-view" },
+    h("div", { class: "title-row" }, h("h1", {}, "Experiments"), count, filter), error,
+    h("section", { class: "card" },
+      h("table", { id: "experiment-list", class: "table", "data-testid": "experiment-list" },
+        h("thead", {}, h("tr", {}, h("th", {}, "Experiment"), h("th", {}, "Status"),
+          h("th", {}, "Reward"), h("th", { class: "num" }, "Arms"),
+          h("th", { class: "num" }, "Version"))), body)));
+  return {
+    kind: "list", element,
+    async refresh() {
+      try {
+        experiments = (await api.list()).experiments;
+        showError(error, null);
+        render();
+        return true;
+      } catch (problem) {
+        showError(error, problem);
+        return false;
+      }
+    },
+  };
+}
+
+// -- one experiment -------------------------------------------------------------------------
+
+function experimentView(id) {
+  const data = { config: null, stats: null, samples: [], audit: null };
+  const title = h("h1", { "data-testid": "experiment-title" }, id);
+  const meta = h("span", { class: "meta", "data-testid": "experiment-meta" });
+  const error = h("p", { class: "banner error", hidden: true, "data-testid": "experiment-error" });
+  const winner = h("div", { class: "banner", "data-testid": "winner-banner", id: "winner-banner" });
+  const flags = h("div", { class: "flags", "data-testid": "health-flags", id: "health-flags" });
+  const legend = h("div", { class: "legend", id: "arm-legend", "data-testid": "arm-legend" });
+  const allocationCanvas = h("canvas", { id: "allocation-plot", class: "plot",
+    "data-testid": "allocation-plot" });
+  const allocationTip = h("div", { class: "tooltip", hidden: true,
+    "data-testid": "allocation-tooltip" });
+  const allocationNote = h("p", { class: "caption", "data-testid": "allocation-caption" });
+  const range = h("select", { "aria-label": "time range", "data-testid": "allocation-range",
+    onchange: () => drawAllocation() },
+  [["all", "all history"], ["900", "last 15 min"], ["3600", "last hour"],
+    ["21600", "last 6 h"], ["86400", "last 24 h"]]
+    .map(([value, label]) => h("option", { value }, label)));
+  const posteriorCanvas = h("canvas", { id: "posterior-plot", class: "plot",
+    "data-testid": "posterior-plot" });
+  const posteriorNote = h("p", { class: "caption", "data-testid": "posterior-caption" });
+  const statsBody = h("tbody");
+  const auditBody = h("tbody");
+  const settings = new SettingsPanel(id, {
+    onApplied: () => refreshNow(),
+    onAuthError: (problem, action) => showAuthProblem(problem, action),
+    notify,
+  });
+  let hover = null;
+
+  const element = h("div", { class: "experiment-view" },
+    h("div", { class: "title-row" },
+      h("a", { href: "#/", class: "back", "data-testid": "back-link" }, "← Experiments"),
+      title, meta),
+    error, winner, flags,
+    h("div", { class: "plots" },
+      h("section", { class: "card" },
+        h("div", { class: "card-head" }, h("h2", {}, "Allocation over time"), range),
+        h("div", { class: "plot-wrap" }, allocationCanvas, allocationTip), allocationNote),
+      h("section", { class: "card" },
+        h("div", { class: "card-head" }, h("h2", {}, "Posterior of each arm's mean")),
+        posteriorCanvas, posteriorNote)),
+    legend,
+    h("section", { class: "card" }, h("h2", {}, "Arms"),
+      h("table", { id: "stats-table", class: "table", "data-testid": "stats-table" },
+        h("thead", {}, h("tr", {}, ["Arm", "State", "Observations", "Served", "Mean",
+          "95% interval", "P(best)", "Expected loss", "Share"].map((label, i) =>
+          h("th", { class: i >= 2 ? "num" : "" }, label)))), statsBody)),
+    settings.element,
+    h("section", { class: "card" }, h("h2", {}, "Audit log"),
+      h("table", { id: "audit-table", class: "table audit", "data-testid": "audit-table" },
+        h("thead", {}, h("tr", {}, ["Version", "When", "Who", "Action", "Changes", "Reason"]
+          .map((label) => h("th", {}, label)))), auditBody)));
+
+  const armIndex = (arm) => (data.config ? data.config.arms.findIndex((a) => a.id === arm) : -1);
+  const colour = (arm) => armColour(Math.max(0, armIndex(arm)));
+
+  function renderHeader() {
+    const { config } = data;
+    fill(meta, h("span", { class: `badge ${config.status}`, "data-testid": "experiment-status" },
+      config.status),
+    ` ${config.reward} · ${config.arms.length} arms · version ${config.version}`,
+    ` · prior ${formatSetting(config.prior)}`);
+    fill(legend, config.arms.map((arm, i) => h("span", { "data-arm": arm.id,
+      class: arm.state === "paused" ? "paused" : "" },
+    h("i", { class: "swatch", style: `background:${armColour(i)}`,
+      "data-colour": armColour(i) }), arm.id, arm.state === "paused" ? " (paused)" : "")));
+  }
+
+  function renderStats() {
+    const { stats } = data;
+    const leader = stats.arms.reduce((best, arm) =>
+      ((arm.p_best ?? -1) > (best?.p_best ?? -1) ? arm : best), null);
+    fill(statsBody, stats.arms.map((arm) => h("tr", { "data-arm": arm.arm,
+      class: `${arm.state}${stats.winner?.arm === arm.arm ? " winner" : ""}` },
+    h("td", { "data-col": "arm" }, h("i", { class: "swatch",
+      style: `background:${colour(arm.arm)}` }), arm.arm,
+    stats.winner?.arm === arm.arm ? h("span", { class: "badge won" }, "winner") : null),
+    h("td", { "data-col": "state" }, h("span", { class: `badge ${arm.state}` }, arm.state)),
+    h("td", { class: "num", "data-col": "n" }, formatCount(arm.n)),
+    h("td", { class: "num", "data-col": "served" }, formatCount(arm.served)),
+    h("td", { class: "num", "data-col": "mean", title: String(arm.mean) },
+      formatNumber(arm.mean)),
+    h("td", { class: "num", "data-col": "ci95" }, formatInterval(arm.ci95)),
+    h("td", { class: "num", "data-col": "p_best" }, bar(arm.p_best, colour(arm.arm)),
+      formatPercent(arm.p_best)),
+    h("td", { class: "num", "data-col": "expected_loss", title: String(arm.expected_loss) },
+      formatNumber(arm.expected_loss)),
+    h("td", { class: "num", "data-col": "share" }, bar(arm.share, colour(arm.arm)),
+      formatPercent(arm.share)))));
+
+    if (stats.winner) {
+      const w = stats.winner;
+      winner.className = "banner good";
+      fill(winner, h("strong", {}, `Winner: ${w.arm}`),
+        ` — P(best) ${formatPercent(w.p_best)} ≥ ${formatPercent(w.threshold)} and expected ` +
+        `loss ${formatNumber(w.expected_loss)} ≤ ${formatNumber(w.max_loss)}.`);
+    } else {
+      // /stats names the threshold only with a winner; these are its documented defaults.
+      const means = stats.arms.map((a) => a.mean).filter(Number.isFinite);
+      const best = means.length ? Math.max(...means.map(Math.abs)) : 0;
+      const maxLoss = best > 0 ? 0.01 * best : 0.001;
+      winner.className = "banner neutral";
+      fill(winner, h("strong", {}, "No winner yet"), leader && leader.p_best !== null
+        ? ` — leader ${leader.arm} with P(best) ${formatPercent(leader.p_best)} and expected ` +
+          `loss ${formatNumber(leader.expected_loss)}; a call needs P(best) ≥ 95.0% and ` +
+          `expected loss ≤ ${formatNumber(maxLoss)}.` : "");
+    }
+    renderHealth(stats.health);
+  }
+
+  function renderHealth(health) {
+    const chips = [];
+    const ratio = health.sample_ratio;
+    if (!ratio) {
+      chips.push(chip("unknown", "sample-ratio", "Sample ratio: not enough history yet"));
+    } else if (ratio.ok) {
+      chips.push(chip("ok", "sample-ratio", "Sample ratio OK · p = " +
+        `${formatNumber(ratio.p_value)} over ${formatCount(ratio.decisions)} decisions`));
+    } else {
+      chips.push(chip("bad", "sample-ratio", `Sample ratio mismatch · p = ` +
+        `${formatNumber(ratio.p_value)}: served ${ratio.observed.map(formatCount).join(" / ")}` +
+        ` where the propensities promised ${ratio.expected.map(formatCount).join(" / ")}`));
+    }
+    const rewards = health.rewards;
+    if (!rewards) {
+      chips.push(chip("unknown", "rewards", "Rewards: no history yet"));
+    } else if (rewards.stalled) {
+      chips.push(chip("bad", "rewards", `Rewards stalled · no new reward for ` +
+        `${formatDuration(rewards.quiet_for_s)} while ${formatCount(rewards.decisions_since)} ` +
+        "decisions were served"));
+    } else {
+      chips.push(chip("ok", "rewards", `Rewards flowing · ${formatCount(rewards.observations)} ` +
+        `observations, unchanged for ${formatDuration(rewards.quiet_for_s)}`));
+    }
+    fill(flags, chips);
+  }
+
+  function renderAudit() {
+    const entries = [...data.audit.entries].reverse();
+    fill(auditBody, entries.map((entry) => h("tr", { "data-version": entry.version },
+      h("td", { class: "num", "data-col": "version" }, entry.version),
+      h("td", { "data-col": "at", title: String(entry.at) }, formatTime(entry.at)),
+      h("td", { "data-col": "actor" }, entry.actor),
+      h("td", { "data-col": "action" }, h("span", { class: `badge ${entry.action}` },
+        entry.action)),
+      h("td", { "data-col": "changes" }, changeList(Object.entries(entry.changes)
+        .map(([key, change]) => ({ key, ...change })), entry.action === "create")),
+      h("td", { "data-col": "reason" }, entry.reason ?? ""))));
+  }
+
+  function allocationSeries() {
+    const { samples } = data;
+    if (!samples.length) return null;
+    const choice = range.value;
+    const end = samples.at(-1).t;
+    const start = choice === "all" ? samples[0].t : end - Number(choice);
+    const shown = samples.filter((s) => s.t >= start);
+    const arms = data.config.arms.map((arm) => arm.id);
+    for (const sample of shown) {
+      for (const arm of sample.arms) if (!arms.includes(arm)) arms.push(arm);
+    }
+    const series = arms.map((arm, index) => ({
+      arm, colour: armColour(index),
+      points: shown.map((s) => {
+        const i = s.arms.indexOf(arm);
+        return [s.t, i < 0 ? NaN : s.share[i]];
+      }).filter(([, share]) => Number.isFinite(share)),
+    }));
+    const markers = [];
+    for (let i = 1; i < shown.length; i++) {
+      if (shown[i].version !== shown[i - 1].version) {
+        markers.push({ x: shown[i].t, label: `v${shown[i].version}` });
+      }
+    }
+    return { shown, series, markers, domain: [Math.min(start, shown[0].t), end] };
+  }
+
+  function drawAllocation() {
+    if (!data.config) return;
+    const plotted = allocationSeries();
+    if (!plotted) {
+      drawChart(allocationCanvas, { x: { domain: [0, 1], ticks: { ticks: [], format: String } },
+        y: { domain: [0, 1] }, series: [], empty: "No history yet: a sample is taken every " +
+          `${formatDuration(data.interval)}.` });
+      fill(allocationNote, "");
+      return;
+    }
+    let [low, high] = plotted.domain;
+    if (high - low < 1) { low -= 0.5; high += 0.5; }
+    const markers = [...plotted.markers];
+    if (hover !== null) markers.push({ x: hover, label: "" });
+    allocationCanvas.scales = drawChart(allocationCanvas, {
+      x: { domain: [low, high], ticks: timeTicks(low, high, 6) },
+      y: { domain: [0, 1], label: "allocation share", format: (v) => `${Math.round(v * 100)}%` },
+      series: plotted.series, markers,
+    });
+    allocationCanvas.plotted = plotted;
+    fill(allocationNote, `${formatCount(plotted.shown.length)} samples, one every ` +
+      `${formatDuration(data.interval)}; dashed lines mark setting changes (new version).`);
+  }
+
+  function hoverAllocation(event) {
+    const { scales, plotted } = allocationCanvas;
+    if (!scales || !plotted) return;
+    const rect = allocationCanvas.getBoundingClientRect();
+    const x = event.clientX - rect.left;
+    if (x < scales.plot.left || x > scales.plot.right) { leaveAllocation(); return; }
+    const [low, high] = scales.xDomain;
+    const { left, right } = scales.plot;
+    const t = low + ((x - left) / (right - left)) * (high - low);
+    const nearest = plotted.shown.reduce((best, s) =>
+      (Math.abs(s.t - t) < Math.abs(best.t - t) ? s : best));
+    hover = nearest.t;
+    drawAllocation();
+    fill(allocationTip, h("strong", {}, formatTime(nearest.t)), ` · v${nearest.version}`,
+      nearest.arms.map((arm, i) => h("div", {}, h("i", { class: "swatch",
+        style: `background:${colour(arm)}` }), `${arm}: ${formatPercent(nearest.share[i])}`,
+      h("span", { class: "muted" }, ` (n ${formatCount(nearest.n[i])})`))));
+    allocationTip.hidden = false;
+    const tipAt = scales.xScale(nearest.t);
+    allocationTip.style.left = `${Math.min(tipAt + 12, rect.width - 190)}px`;
+  }
+
+  function leaveAllocation() {
+    hover = null;
+    allocationTip.hidden = true;
+    drawAllocation();
+  }
+
+  allocationCanvas.addEventListener("mousemove", hoverAllocation);
+  allocationCanvas.addEventListener("mouseleave", leaveAllocation);
+
+  function drawPosteriors() {
+    const { config, stats } = data;
+    if (!config || !stats) return;
+    const forgetting = config.exploration.half_life_s !== null;
+    const densities = stats.arms.map((arm) => ({
+      arm, density: posteriorDensity(config.reward, config.prior, forgetting, arm),
+    })).filter((d) => d.density);
+    if (!densities.length) {
+      drawChart(posteriorCanvas, { x: { domain: [0, 1] }, y: { domain: [0, 1] }, series: [],
+        empty: "No posterior to draw." });
+      return;
+    }
+    let low = Math.min(...densities.map((d) => d.density.support[0]));
+    let high = Math.max(...densities.map((d) => d.density.support[1]));
+    if (!(high > low)) { low -= 0.5; high += 0.5; }
+    const series = densities.map(({ arm, density }) => {
+      // Each curve on its own fine grid over its support, so a narrow peak is not missed.
+      const [from, to] = density.support;
+      const points = [];
+      for (let i = 0; i <= 240; i++) {
+        const x = from + ((to - from) * i) / 240;
+        points.push([x, density.pdf(x)]);
+      }
+      return { arm, points, colour: colour(arm.arm), fill: withAlpha(colour(arm.arm), 0.12),
+        dash: arm.state === "paused" ? [5, 4] : [] };
+    });
+    const top = Math.max(...series.flatMap((s) => s.points.map(([, y]) => y))
+      .filter(Number.isFinite));
+    drawChart(posteriorCanvas, {
+      x: { domain: [low, high], label: config.reward === "bernoulli" ? "mean reward (rate)"
+        : "mean reward" },
+      y: { domain: [0, top * 1.08 || 1], label: "density" },
+      series,
+    });
+    const kinds = new Set(densities.map((d) => d.density.kind));
+    const method = [];
+    if (kinds.has("beta")) method.push("exact Beta posteriors (prior + observations)");
+    if (kinds.has("beta-fitted")) method.push("Beta posteriors with the mean and 95% interval " +
+      "of /stats (forgetting decays the evidence below n)");
+    if (kinds.has("student-t")) method.push("exact Student-t posteriors of the mean " +
+      "(Normal-Gamma, ν = 2α₀ + n)");
+    if (kinds.has("normal-approx")) method.push("normal approximations from the mean and 95% " +
+      "interval (exact parameters are not reported with forgetting)");
+    fill(posteriorNote, `Drawn as ${method.join("; ")}. Dashed: paused. `,
+      h("span", { class: "muted" }, densities.map((d) => `${d.arm.arm} ${d.density.label}`)
+        .join(" · ")));
+    posteriorCanvas.dataset.kinds = [...kinds].join(" ");
+  }
+
+  async function refresh() {
+    try {
+      const since = data.samples.length ? data.samples.at(-1).t : 0;
+      const [config, stats, history, audit] = await Promise.all([
+        api.show(id), api.stats(id), api.history(id, since), api.audit(id)]);
+      if (state.view?.id !== id) return false; // the operator moved on meanwhile
+      data.config = config;
+      data.stats = stats;
+      data.audit = audit;
+      data.interval = history.interval_s;
+      const fresh = history.samples.filter((s) => !data.samples.length
+        || s.t > data.samples.at(-1).t);
+      data.samples = data.samples.concat(fresh).slice(-MAX_SAMPLES);
+      showError(error, null);
+      renderHeader();
+      renderStats();
+      renderAudit();
+      drawAllocation();
+      drawPosteriors();
+      settings.update(config);
+      return true;
+    } catch (problem) {
+      if (state.view?.id === id) showError(error, problem);
+      return false;
+    }
+  }
+
+  return {
+    kind: "experiment", id, element, settings, refresh,
+    destroy: () => settings.destroy(),
+    resize() {
+      drawAllocation();
+      drawPosteriors();
+      settings.drawForecastPlots();
+    },
+  };
+}
+
+function chip(kind, name, text) {
+  return h("span", { class: `chip ${kind}`, "data-flag": name, "data-state": kind }, text);
+}
+
+function bar(value, colour) {
+  const width = Number.isFinite(value) ? Math.max(0, Math.min(1, value)) * 100 : 0;
+  return h("span", { class: "bar" }, h("span", { style: `width:${width}%;background:${colour}` }));
+}
+
+// -- start ---------------------------------------------------------------------------------
+
+setupHeader();
+window.addEventListener("hashchange", route);
+let resizeTimer = null;
+window.addEventListener("resize", () => {
+  clearTimeout(resizeTimer);
+  resizeTimer = setTimeout(() => state.view?.resize?.(), 100);
+});
+document.addEventListener("visibilitychange", () => { if (!document.hidden) tick(); });
+setInterval(tick, REFRESH_MS);
+route();

@@ -1,0 +1,274 @@
+// Line charts drawn by hand on <canvas>: axes with "nice" ticks, lines, bands, markers.
+// No library: the dashboard loads nothing from the internet.
+
+// Tableau 10 without its grey (grey is for axes): arm i always gets ARM_COLOURS[i].
+const ARM_COLOURS = [
+  "#4e79a7", "#f28e2b", "#e15759", "#59a14f", "#b07aa1", "#edc948", "#76b7b2", "#ff9da7",
+  "#9c755f",
+];
+
+/** An arm's colour from its position in the experiment's arm list (arms are never removed). */
+export function armColour(index) {
+  if (index < ARM_COLOURS.length) return ARM_COLOURS[index];
+  const hue = Math.round((index * 137.508) % 360); // golden angle: far from its neighbours
+  return hslToHex(hue, 0.55, 0.45);
+}
+
+function hslToHex(hue, saturation, lightness) {
+  const chroma = (1 - Math.abs(2 * lightness - 1)) * saturation;
+  const channel = (n) => {
+    const k = (n + hue / 30) % 12;
+    const value = lightness - chroma * Math.max(-1, Math.min(k - 3, 9 - k, 1));
+    return Math.round(255 * value).toString(16).padStart(2, "0");
+  };
+  return `#${channel(0)}${channel(8)}${channel(4)}`;
+}
+
+export function withAlpha(hex, alpha) {
+  const value = parseInt(hex.slice(1), 16);
+  return `rgba(${value >> 16}, ${(value >> 8) & 255}, ${value & 255}, ${alpha})`;
+}
+
+/** About ``count`` round ticks (1, 2 or 5 times a power of ten) covering [low, high]. */
+export function niceTicks(low, high, count = 5) {
+  if (!(high > low)) return [low];
+  const raw = (high - low) / count;
+  const power = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 2.5, 5, 10].map((m) => m * power).find((s) => s >= raw) || 10 * power;
+  const ticks = [];
+  for (let tick = Math.ceil(low / step) * step; tick <= high + step * 1e-9; tick += step) {
+    ticks.push(Math.abs(tick) < step * 1e-9 ? 0 : Number(tick.toPrecision(12)));
+  }
+  return ticks;
+}
+
+const TIME_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800,
+  21600, 43200, 86400, 172800, 604800];
+
+/** Ticks on epoch seconds at round local clock times. */
+export function timeTicks(low, high, count = 6) {
+  const step = TIME_STEPS.find((s) => (high - low) / s <= count) || TIME_STEPS.at(-1);
+  const offset = new Date(low * 1000).getTimezoneOffset() * 60;
+  const ticks = [];
+  for (let tick = Math.ceil((low - offset) / step) * step + offset; tick <= high;
+    tick += step) ticks.push(tick);
+  const format = (t) => {
+    const date = new Date(t * 1000);
+    const pad = (n) => String(n).padStart(2, "0");
+    const clock = `${pad(date.getHours())}:${pad(date.getMinutes())}`;
+    if (step < 60) return `${clock}:${pad(date.getSeconds())}`;
+    if (step >= 86400) return `${date.getMonth() + 1}/${date.getDate()}`;
+    return clock;
+  };
+  return { ticks, format };
+}
+
+/** Ticks on a duration axis (seconds from 0) at round durations. */
+export function durationTicks(low, high, count = 6) {
+  const step = TIME_STEPS.find((s) => (high - low) / s <= count) || TIME_STEPS.at(-1);
+  const ticks = [];
+  for (let tick = Math.ceil(low / step) * step; tick <= high; tick += step) ticks.push(tick);
+  return { ticks, format: formatDuration };
+}
+
+/** "1h 5m", "42 s": a duration for axes and tables. */
+export function formatDuration(seconds) {
+  if (!Number.isFinite(seconds)) return "—";
+  if (seconds < 1) return `${Number(seconds.toPrecision(2))} s`;
+  const whole = Math.round(seconds);
+  if (whole < 60) return `${whole} s`;
+  if (whole < 3600) {
+    const [minutes, rest] = [Math.floor(whole / 60), whole % 60];
+    return rest ? `${minutes}m ${rest}s` : `${minutes} min`;
+  }
+  const totalMinutes = Math.round(whole / 60);
+  if (totalMinutes < 1440) {
+    const [hours, minutes] = [Math.floor(totalMinutes / 60), totalMinutes % 60];
+    return minutes ? `${hours}h ${minutes}m` : `${hours} h`;
+  }
+  const totalHours = Math.round(whole / 3600);
+  const [days, hours] = [Math.floor(totalHours / 24), totalHours % 24];
+  return hours ? `${days}d ${hours}h` : `${days} d`;
+}
+
+export function formatTick(value, step) {
+  if (value === 0) return "0";
+  const magnitude = Math.abs(value);
+  if (magnitude >= 1e5 || magnitude < 1e-4) return value.toExponential(1);
+  // As many decimals as the step needs (0.25 needs 2), so ticks never round alike.
+  let decimals = 0;
+  const unit = step || magnitude;
+  while (decimals < 6 && Math.abs(Math.round(unit * 10 ** decimals) - unit * 10 ** decimals)
+    > 1e-6 * 10 ** decimals * unit) decimals++;
+  return value.toFixed(decimals);
+}
+
+const MARGIN = { top: 12, right: 16, bottom: 34, left: 54 };
+const FONT = "11px system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif";
+
+/**
+ * Draws a chart on ``canvas`` (sized to its CSS box, sharp on high-DPI screens).
+ *
+ * spec: {x: {domain: [lo, hi], ticks?: {ticks, format}, label}, y: {domain, label, format?},
+ *        series: [{colour, points: [[x, y]], width?, dash?, fill?}],
+ *        bands: [{colour, points: [[x, lo, hi]]}], markers: [{x, label}], empty?: string}
+ * Returns the scales, for hover read-outs.
+ */
+export function drawChart(canvas, spec) {
+  const ratio = window.devicePixelRatio || 1;
+  const width = canvas.clientWidth;
+  const height = canvas.clientHeight;
+  if (canvas.width !== Math.round(width * ratio) || canvas.height !== Math.round(height * ratio)) {
+    canvas.width = Math.round(width * ratio);
+    canvas.height = Math.round(height * ratio);
+  }
+  const context = canvas.getContext("2d");
+  context.setTransform(ratio, 0, 0, ratio, 0, 0);
+  context.clearRect(0, 0, width, height);
+  context.font = FONT;
+  const plot = {
+    left: MARGIN.left, top: MARGIN.top,
+    right: width - MARGIN.right, bottom: height - MARGIN.bottom,
+  };
+  const [xLow, xHigh] = spec.x.domain;
+  const [yLow, yHigh] = spec.y.domain;
+  const xScale = (x) => plot.left + ((x - xLow) / (xHigh - xLow || 1)) * (plot.right - plot.left);
+  const yScale = (y) => plot.bottom - ((y - yLow) / (yHigh - yLow || 1)) * (plot.bottom - plot.top);
+  const scales = { xScale, yScale, plot, xDomain: spec.x.domain, yDomain: spec.y.domain };
+
+  drawAxes(context, spec, scales);
+  if (spec.empty) {
+    context.fillStyle = "#6b7280";
+    context.textAlign = "center";
+    context.fillText(spec.empty, (plot.left + plot.right) / 2, (plot.top + plot.bottom) / 2);
+    return scales;
+  }
+  context.save();
+  context.beginPath();
+  context.rect(plot.left, plot.top - 2, plot.right - plot.left, plot.bottom - plot.top + 4);
+  context.clip();
+  for (const band of spec.bands || []) drawBand(context, band, scales);
+  for (const marker of spec.markers || []) drawMarker(context, marker, scales);
+  for (const series of spec.series) drawSeries(context, series, scales);
+  context.restore();
+  return scales;
+}
+
+function drawAxes(context, spec, { xScale, yScale, plot }) {
+  const yTicks = niceTicks(spec.y.domain[0], spec.y.domain[1], 5);
+  const yStep = yTicks.length > 1 ? yTicks[1] - yTicks[0] : 0;
+  const yFormat = spec.y.format || ((v) => formatTick(v, yStep));
+  context.lineWidth = 1;
+  context.textAlign = "right";
+  context.textBaseline = "middle";
+  for (const tick of yTicks) {
+    const y = Math.round(yScale(tick)) + 0.5;
+    context.strokeStyle = "#e5e7eb";
+    context.beginPath();
+    context.moveTo(plot.left, y);
+    context.lineTo(plot.right, y);
+    context.stroke();
+    context.fillStyle = "#4b5563";
+    context.fillText(yFormat(tick), plot.left - 6, y);
+  }
+  const xTicks = spec.x.ticks || (() => {
+    const ticks = niceTicks(spec.x.domain[0], spec.x.domain[1], 6);
+    const step = ticks.length > 1 ? ticks[1] - ticks[0] : 0;
+    return { ticks, format: spec.x.format || ((v) => formatTick(v, step)) };
+  })();
+  context.textAlign = "center";
+  context.textBaseline = "top";
+  for (const tick of xTicks.ticks) {
+    const x = Math.round(xScale(tick)) + 0.5;
+    if (x < plot.left - 1 || x > plot.right + 1) continue;
+    context.strokeStyle = "#9ca3af";
+    context.beginPath();
+    context.moveTo(x, plot.bottom);
+    context.lineTo(x, plot.bottom + 4);
+    context.stroke();
+    context.fillStyle = "#4b5563";
+    context.fillText(xTicks.format(tick), x, plot.bottom + 6);
+  }
+  context.strokeStyle = "#9ca3af";
+  context.beginPath();
+  context.moveTo(plot.left + 0.5, plot.top);
+  context.lineTo(plot.left + 0.5, plot.bottom + 0.5);
+  context.lineTo(plot.right, plot.bottom + 0.5);
+  context.stroke();
+  context.fillStyle = "#374151";
+  if (spec.x.label) {
+    context.textAlign = "right";
+    context.textBaseline = "bottom";
+    context.fillText(spec.x.label, plot.right, plot.bottom + 33);
+  }
+  if (spec.y.label) {
+    context.save();
+    context.translate(12, (plot.top + plot.bottom) / 2);
+    context.rotate(-Math.PI / 2);
+    context.textAlign = "center";
+    context.textBaseline = "middle";
+    context.fillText(spec.y.label, 0, 0);
+    context.restore();
+  }
+}
+
+function drawSeries(context, series, { xScale, yScale, plot }) {
+  const points = series.points.filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y));
+  if (!points.length) return;
+  if (series.fill) {
+    context.fillStyle = series.fill;
+    context.beginPath();
+    context.moveTo(xScale(points[0][0]), plot.bottom);
+    for (const [x, y] of points) context.lineTo(xScale(x), yScale(y));
+    context.lineTo(xScale(points.at(-1)[0]), plot.bottom);
+    context.closePath();
+    context.fill();
+  }
+  context.strokeStyle = series.colour;
+  context.lineWidth = series.width || 2;
+  context.lineJoin = "round";
+  context.setLineDash(series.dash || []);
+  context.beginPath();
+  points.forEach(([x, y], i) => {
+    if (i === 0) context.moveTo(xScale(x), yScale(y));
+    else context.lineTo(xScale(x), yScale(y));
+  });
+  if (points.length === 1) { // a single sample: a dot, so it is not invisible
+    context.arc(xScale(points[0][0]), yScale(points[0][1]), 2.5, 0, 2 * Math.PI);
+    context.fillStyle = series.colour;
+    context.fill();
+  }
+  context.stroke();
+  context.setLineDash([]);
+}
+
+function drawBand(context, band, { xScale, yScale }) {
+  const points = band.points.filter((p) => p.every(Number.isFinite));
+  if (points.length < 2) return;
+  context.fillStyle = band.colour;
+  context.beginPath();
+  points.forEach(([x, , high], i) => {
+    if (i === 0) context.moveTo(xScale(x), yScale(high));
+    else context.lineTo(xScale(x), yScale(high));
+  });
+  for (const [x, low] of [...points].reverse()) context.lineTo(xScale(x), yScale(low));
+  context.closePath();
+  context.fill();
+}
+
+function drawMarker(context, marker, { xScale, plot }) {
+  const x = Math.round(xScale(marker.x)) + 0.5;
+  context.strokeStyle = "#9ca3af";
+  context.lineWidth = 1;
+  context.setLineDash([3, 3]);
+  context.beginPath();
+  context.moveTo(x, plot.top);
+  context.lineTo(x, plot.bottom);
+  context.stroke();
+  context.setLineDash([]);
+  context.fillStyle = "#6b7280";
+  const nearRightEdge = x > plot.right - 30; // keep the label inside the plot
+  context.textAlign = nearRightEdge ? "right" : "left";
+  context.textBaseline = "top";
+  context.fillText(marker.label, nearRightEdge ? x - 3 : x + 3, plot.top + 1);
+}

@@ -1,0 +1,555 @@
+"""The operator dashboard in a real browser against a real service process.
+
+Debian's chromium (never a downloaded browser) is driven by Playwright's sync API; the service
+is ``python -m bandit serve`` on the test Redis, sampling its history every 0.2 s. Plots are
+checked on screenshots, decoded here with zlib: each arm's colour must be on the canvas.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, Page, Request, Route, expect, sync_playwright
+
+from tests.conftest import ServiceProcess
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+HISTORY_INTERVAL_S = "0.2"
+# A small, seeded forecast: the advisor answers in about a second.
+FORECAST_OPTIONS = {"decisions": "400", "reps": "20", "seed": "7"}
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: the dashboard tests need Debian's chromium "
+                    "(apt-get install chromium); they never download a browser")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM),
+                                              args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+class Session:
+    """A page on the dashboard of one service, recording every request the page makes."""
+
+    def __init__(self, browser: Browser, service: ServiceProcess) -> None:
+        self.service = service
+        self.context = browser.new_context(viewport={"width": 1280, "height": 800})
+        self.page: Page = self.context.new_page()
+        self.requests: list[Request] = []
+        self.outside: list[str] = []
+        self.errors: list[str] = []
+        self.page.on("request", self._record)
+        self.page.on("pageerror", lambda error: self.errors.append(str(error)))
+        # Anything not addressed to the service is recorded and never leaves the machine.
+        self.page.route("**/*", self._guard)
+
+    def _record(self, request: Request) -> None:
+        self.requests.append(request)
+
+    def _guard(self, route: Route) -> None:
+        if route.request.url.startswith(f"{self.service.url}/"):
+            route.continue_()
+        else:
+            self.outside.append(route.request.url)
+            route.abort()
+
+    def open(self, fragment: str = "") -> Page:
+        self.page.goto(f"{self.service.url}/{fragment}")
+        return self.page
+
+    def api_calls(self, method: str, path_part: str) -> list[Request]:
+        return [r for r in self.requests if r.method == method and path_part in r.url]
+
+    def close(self) -> None:
+        self.context.close()
+        assert not self.errors, f"JavaScript errors: {self.errors}"
+
+
+@pytest.fixture
+def dashboard(browser: Browser, service_process: Callable[..., ServiceProcess],
+              ) -> Iterator[Session]:
+    service = service_process(extra_env={"BANDIT_HISTORY_INTERVAL_S": HISTORY_INTERVAL_S})
+    session = Session(browser, service)
+    yield session
+    session.close()
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def api(service: ServiceProcess, method: str, path: str,
+        body: object = None) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"{service.url}{path}", data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, json.loads(error.read())
+
+
+def create(service: ServiceProcess, experiment_id: str,
+           rewards: dict[str, tuple[int, int]], **settings: Any) -> None:
+    """An experiment whose arms got ``(successes, observations)``: no decision is served."""
+    status, body = api(service, "POST", "/v1/experiments", {
+        "id": experiment_id, "arms": list(rewards), "reward": "bernoulli", **settings})
+    assert status == 201, body
+    events = [{"id": f"{arm}-{i}", "experiment": experiment_id, "arm": arm,
+               "reward": int(i < successes)}
+              for arm, (successes, observations) in rewards.items()
+              for i in range(observations)]
+    status, body = api(service, "POST", "/v1/events", {"events": events})
+    assert status == 200 and body["accepted"] == len(events), body
+
+
+def wait_for_history(service: ServiceProcess, experiment_id: str, samples: int) -> None:
+    deadline = time.monotonic() + 10
+    while True:
+        _, body = api(service, "GET", f"/v1/experiments/{experiment_id}/history")
+        if len(body["samples"]) >= samples:
+            return
+        assert time.monotonic() < deadline, "no history samples"
+        time.sleep(0.1)
+
+
+def decode_png(data: bytes) -> tuple[int, int, list[bytes]]:
+    """Width, height and RGB rows of an 8-bit, non-interlaced RGB or RGBA PNG."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    position, compressed = 8, b""
+    width = height = channels = 0
+    while position < len(data):
+        length, kind = struct.unpack(">I4s", data[position:position + 8])
+        chunk = data[position + 8:position + 8 + length]
+        position += 12 + length
+        if kind == b"IHDR":
+            width, height, depth, colour_type, _, _, interlace = struct.unpack(">IIBBBBB", chunk)
+            assert depth == 8 and colour_type in (2, 6) and interlace == 0, "unexpected PNG"
+            channels = 3 if colour_type == 2 else 4
+        elif kind == b"IDAT":
+            compressed += chunk
+    raw = zlib.decompress(compressed)
+    stride = width * channels
+    previous = bytearray(stride)
+    rows = []
+    for y in range(height):
+        start = y * (stride + 1)
+        kind, line = raw[start], bytearray(raw[start + 1:start + 1 + stride])
+        for i in range(stride):
+            left = line[i - channels] if i >= channels else 0
+            up = previous[i]
+            if kind == 1:
+                line[i] = (line[i] + left) & 255
+            elif kind == 2:
+                line[i] = (line[i] + up) & 255
+            elif kind == 3:
+                line[i] = (line[i] + (left + up) // 2) & 255
+            elif kind == 4:
+                upper_left = previous[i - channels] if i >= channels else 0
+                guess = left + up - upper_left
+                distances = (abs(guess - left), abs(guess - up), abs(guess - upper_left))
+                nearest = (left, up, upper_left)[distances.index(min(distances))]
+                line[i] = (line[i] + nearest) & 255
+        rgb = line if channels == 3 else bytearray(
+            b for i, b in enumerate(line) if i % 4 != 3)
+        rows.append(bytes(rgb))
+        previous = line
+    return width, height, rows
+
+
+def pixels_of_colour(png: bytes, colour: str, tolerance: int = 16) -> int:
+    """How many pixels of a screenshot are ``colour`` (#rrggbb), within ``tolerance``."""
+    target = bytes.fromhex(colour.lstrip("#"))
+    width, _, rows = decode_png(png)
+    return sum(
+        1 for row in rows for x in range(width)
+        if abs(row[3 * x] - target[0]) <= tolerance and abs(row[3 * x + 1] - target[1])
+        <= tolerance and abs(row[3 * x + 2] - target[2]) <= tolerance
+    )
+
+
+def arm_colours(page: Page) -> dict[str, str]:
+    legend = page.locator("[data-testid=arm-legend] [data-arm]")
+    return {item.get_attribute("data-arm") or "":
+            item.locator(".swatch").get_attribute("data-colour") or ""
+            for item in legend.all()}
+
+
+def number_in(text: str) -> float:
+    match = re.search(r"-?\d[\d,]*\.?\d*(e[-+]?\d+)?", text)
+    assert match, f"no number in {text!r}"
+    return float(match.group(0).replace(",", ""))
+
+
+def shown_percent(text: str, value: float) -> bool:
+    """Whether a cell shows ``value`` as the dashboard writes percentages."""
+    if text == "<0.1%":
+        return 0 < value < 0.0005
+    if text == ">99.9%":
+        return 0.9995 < value < 1
+    return abs(number_in(text) - 100 * value) <= 0.05 + 1e-9
+
+
+def shown_number(text: str, value: float) -> bool:
+    """Whether a cell shows ``value`` to the dashboard's 4 significant digits."""
+    return abs(number_in(text) - value) <= 5e-4 * abs(value) + 1e-12
+
+
+def setting_text(value: Any) -> str:
+    """A setting as the audit log writes it (numbers as JavaScript prints them)."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, list):
+        return ", ".join(
+            (item["id"] if item["state"] == "active" else f"{item['id']} ({item['state']})")
+            if isinstance(item, dict) else setting_text(item) for item in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{key}={setting_text(item)}" for key, item in value.items())
+    return str(value)
+
+
+def fill_forecast_options(page: Page, **extra: str) -> None:
+    page.locator("[data-testid=forecast-options] summary").click()
+    for name, value in {**FORECAST_OPTIONS, **extra}.items():
+        page.fill(f"[data-testid=forecast-{name}]", value)
+
+
+# -- tests ----------------------------------------------------------------------------------
+
+
+def test_list_then_an_experiment_with_its_plots_drawn(dashboard: Session) -> None:
+    service = dashboard.service
+    rewards = {"control": (10, 100), "blue": (20, 100), "green": (14, 100)}
+    create(service, "hero", rewards)
+    create(service, "retired", {"a": (1, 2), "b": (0, 2)})
+    assert api(service, "DELETE", "/v1/experiments/retired")[0] == 200
+    wait_for_history(service, "hero", 3)
+
+    page = dashboard.open()
+    listing = page.locator("[data-testid=experiment-list]")
+    expect(listing.locator("tr[data-id]")).to_have_count(2)
+    for experiment in api(service, "GET", "/v1/experiments")[1]["experiments"]:
+        row = listing.locator(f"tr[data-id='{experiment['id']}']")
+        expect(row.locator("[data-col=status]")).to_have_text(experiment["status"])
+        expect(row.locator("[data-col=reward]")).to_have_text(experiment["reward"])
+        expect(row.locator("[data-col=arms]")).to_have_text(str(experiment["arms"]))
+        expect(row.locator("[data-col=version]")).to_have_text(str(experiment["version"]))
+
+    listing.get_by_role("link", name="hero").click()
+    expect(page).to_have_url(f"{service.url}/#/exp/hero")
+    expect(page.get_by_test_id("experiment-status")).to_have_text("active")
+    expect(page.get_by_test_id("allocation-caption")).to_contain_text("samples")
+    # Exact Beta posteriors: prior Beta(1, 1) plus each arm's successes and failures.
+    caption = page.get_by_test_id("posterior-caption")
+    expect(caption).to_contain_text("exact Beta posteriors")
+    for arm, (successes, observations) in rewards.items():
+        expect(caption).to_contain_text(
+            f"{arm} Beta({1 + successes}, {1 + observations - successes})")
+    assert page.get_by_test_id("posterior-plot").get_attribute("data-kinds") == "beta"
+
+    colours = arm_colours(page)
+    assert list(colours) == list(rewards)
+    assert len(set(colours.values())) == 3
+    unused = "#b07aa1"  # the fifth arm's colour: no arm here has it
+    assert unused not in colours.values()
+    for plot in ("allocation-plot", "posterior-plot"):
+        png = page.get_by_test_id(plot).screenshot()
+        for arm, colour in colours.items():
+            assert pixels_of_colour(png, colour) >= 60, f"{arm}'s line is not on {plot}"
+        assert pixels_of_colour(png, unused) == 0
+    assert not dashboard.outside
+
+
+def test_stats_table_banners_and_audit_log_match_the_api(dashboard: Session) -> None:
+    service = dashboard.service
+    create(service, "shop", {"a": (20, 200), "b": (100, 200), "c": (30, 200)},
+           exploration={"min_share": 0.05})
+    status, changed = api(service, "PATCH", "/v1/experiments/shop", {
+        "version": 1, "exploration": {"epsilon": 0.05},
+        "arms": {"add": ["d"], "pause": ["c", "d"]}, "reason": "c is broken; d not ready"})
+    assert status == 200, changed
+
+    page = dashboard.open("#/exp/shop")
+    rows = page.locator("[data-testid=stats-table] tbody tr")
+    expect(rows).to_have_count(4)
+    stats = api(service, "GET", "/v1/experiments/shop/stats")[1]
+    for arm in stats["arms"]:
+        row = page.locator(f"[data-testid=stats-table] tr[data-arm='{arm['arm']}']")
+        cell = {name: row.locator(f"[data-col={name}]").inner_text().strip()
+                for name in ("state", "n", "served", "mean", "ci95", "p_best",
+                             "expected_loss", "share")}
+        assert cell["state"] == arm["state"]
+        assert cell["n"] == f"{arm['n']:,.0f}"
+        assert cell["served"] == f"{arm['served']:,}"
+        assert shown_number(cell["mean"], arm["mean"])
+        low, high = cell["ci95"].strip("[]").split(", ")
+        assert shown_number(low, arm["ci95"][0]) and shown_number(high, arm["ci95"][1])
+        for name, shown in (("p_best", shown_percent), ("expected_loss", shown_number)):
+            if arm[name] is None:  # paused arms are not in the race
+                assert cell[name] == "—"
+            else:
+                assert shown(cell[name], arm[name]), (name, cell[name], arm[name])
+        assert shown_percent(cell["share"], arm["share"])
+
+    winner = stats["winner"]
+    assert winner is not None and winner["arm"] == "b"
+    expect(page.get_by_test_id("winner-banner")).to_contain_text("Winner: b")
+    expect(page.locator("tr[data-arm=b]")).to_contain_text("winner")
+    flags = page.get_by_test_id("health-flags")
+    ratio = stats["health"]["sample_ratio"]
+    expected_state = "unknown" if ratio is None else "ok" if ratio["ok"] else "bad"
+    expect(flags.locator("[data-flag=sample-ratio]")).to_have_attribute(
+        "data-state", expected_state)
+    rewards = stats["health"]["rewards"]
+    expected_state = "unknown" if rewards is None else "bad" if rewards["stalled"] else "ok"
+    expect(flags.locator("[data-flag=rewards]")).to_have_attribute("data-state", expected_state)
+
+    entries = api(service, "GET", "/v1/experiments/shop/audit")[1]["entries"]
+    assert [entry["action"] for entry in entries] == ["create", "update"]
+    audit_rows = page.locator("[data-testid=audit-table] tbody tr")
+    expect(audit_rows).to_have_count(2)
+    for entry in entries:
+        row = page.locator(f"[data-testid=audit-table] tr[data-version='{entry['version']}']")
+        assert row.locator("[data-col=actor]").inner_text() == entry["actor"]
+        assert row.locator("[data-col=action]").inner_text() == entry["action"]
+        assert row.locator("[data-col=reason]").inner_text() == (entry["reason"] or "")
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry["at"]))
+        assert row.locator("[data-col=at]").inner_text() == when
+        changes = row.locator("[data-col=changes] li")
+        expect(changes).to_have_count(len(entry["changes"]))
+        for key, change in entry["changes"].items():
+            item = row.locator(f"[data-col=changes] li[data-key='{key}']")
+            assert item.locator(".new").inner_text() == setting_text(change["new"])
+            if entry["action"] != "create":
+                old = "(new arm)" if change["old"] is None and key.startswith("arms.") \
+                    else setting_text(change["old"])
+                assert item.locator(".old").inner_text() == old
+    # The newest entry comes first, with the values the PATCH changed.
+    first = audit_rows.first
+    expect(first).to_have_attribute("data-version", "2")
+    expect(first.locator("li[data-key='exploration.epsilon']")).to_have_text(
+        "exploration.epsilon 0 → 0.05")
+    expect(first.locator("li[data-key='arms.c']")).to_have_text("arms.c active → paused")
+    assert not dashboard.outside
+
+
+def test_a_change_is_forecast_confirmed_and_applied(dashboard: Session) -> None:
+    service = dashboard.service
+    create(service, "tune", {"a": (10, 100), "b": (15, 100), "c": (12, 100)})
+    page = dashboard.open("#/exp/tune")
+    epsilon = page.get_by_test_id("setting-epsilon")
+    expect(epsilon).to_have_value("0")
+    epsilon.fill("0.1")
+    expect(page.get_by_test_id("pending-changes")).to_contain_text(
+        "exploration.epsilon 0 → 0.1")
+    fill_forecast_options(page)
+
+    # No decision was served, so there is no measured traffic: the advisor asks for a rate.
+    page.get_by_test_id("forecast-button").click()
+    server_error = page.get_by_test_id("settings-server-error")
+    expect(server_error).to_contain_text("traffic_per_s")
+    expect(page.get_by_test_id("error-forecast-traffic_per_s")).not_to_be_empty()
+    expect(page.get_by_test_id("forecast")).to_be_hidden()
+    page.get_by_test_id("forecast-traffic_per_s").fill("50")
+    with page.expect_response(lambda r: r.url.endswith("/advise")) as answer:
+        page.get_by_test_id("forecast-button").click()
+    assert answer.value.status == 200
+    forecast = answer.value.json()
+    assert forecast["version"] == 1
+    assert forecast["changes"] == {"exploration.epsilon": {"old": 0.0, "new": 0.1}}
+    advise_body = dashboard.api_calls("POST", "/advise")[-1].post_data_json
+    assert advise_body == {"exploration": {"epsilon": 0.1}, "decisions": 400, "reps": 20,
+                           "seed": 7, "traffic_per_s": 50}
+    panel = page.get_by_test_id("forecast")
+    expect(panel).to_be_visible()
+    expect(server_error).to_be_hidden()
+    for scenario in ("current", "proposed"):
+        cell = panel.locator(f"tr[data-row=regret] td[data-scenario={scenario}]")
+        assert shown_number(cell.inner_text(), forecast[scenario]["regret"]["mean"])
+    expect(page.get_by_test_id("forecast-verdict")).to_contain_text("P(proposed better)")
+    assert shown_percent(
+        page.get_by_test_id("forecast-verdict").locator("strong").first.inner_text()
+        .removeprefix("P(proposed better) "), forecast["difference"]["p_proposed_better"])
+    expect(page.get_by_test_id("forecast-assumptions")).to_contain_text("50 decisions/s, given")
+    shares_png = page.get_by_test_id("forecast-shares-plot").screenshot()
+    for arm, colour in arm_colours(page).items():
+        assert pixels_of_colour(shares_png, colour) >= 30, f"{arm} missing on the forecast"
+
+    page.get_by_test_id("apply-button").click()
+    dialog = page.get_by_test_id("confirm-dialog")
+    expect(dialog).to_be_visible()
+    expect(dialog.get_by_test_id("confirm-changes")).to_have_text("exploration.epsilon 0 → 0.1")
+    dialog.get_by_test_id("confirm-reason").fill("more exploration for the new season")
+    with page.expect_response(lambda r: r.request.method == "PATCH") as patched:
+        dialog.get_by_test_id("confirm-apply").click()
+    assert patched.value.status == 200
+    assert dashboard.api_calls("PATCH", "/v1/experiments/tune")[-1].post_data_json == {
+        "version": 1, "exploration": {"epsilon": 0.1},
+        "reason": "more exploration for the new season"}
+    expect(dialog).to_be_hidden()
+    expect(page.get_by_test_id("toast")).to_contain_text("version 2")
+
+    config = api(service, "GET", "/v1/experiments/tune")[1]
+    assert config["exploration"]["epsilon"] == 0.1
+    assert config["version"] == 2
+    newest = page.locator("[data-testid=audit-table] tbody tr").first
+    expect(newest).to_have_attribute("data-version", "2")
+    expect(newest.locator("[data-col=reason]")).to_have_text(
+        "more exploration for the new season")
+    expect(newest.locator("li[data-key='exploration.epsilon']")).to_have_text(
+        "exploration.epsilon 0 → 0.1")
+    expect(epsilon).to_have_value("0.1")
+    expect(page.get_by_test_id("pending-changes")).to_contain_text("No changes")
+    assert not dashboard.outside
+
+
+def test_invalid_settings_are_explained_and_never_sent(dashboard: Session) -> None:
+    service = dashboard.service
+    create(service, "strict", {"a": (1, 10), "b": (2, 10), "c": (3, 10)})
+    page = dashboard.open("#/exp/strict")
+    expect(page.get_by_test_id("setting-min_share")).to_have_value("0")
+
+    cases = [("min_share", "0.6"), ("max_share", "0.2")]
+    for name, value in cases:
+        field = page.get_by_test_id(f"setting-{name}")
+        field.fill(value)
+        # The same words as the service's refusal of this very change.
+        status, refusal = api(service, "PATCH", "/v1/experiments/strict",
+                              {"version": 1, "exploration": {name: float(value)}})
+        assert status == 422
+        expect(page.get_by_test_id(f"error-{name}")).to_have_text(refusal["error"]["message"])
+        expect(page.get_by_test_id("settings-errors")).to_contain_text(
+            refusal["error"]["message"])
+        expect(page.get_by_test_id("forecast-button")).to_be_disabled()
+        field.press("Enter")  # submitting the form must not send it either
+        field.fill(str(api(service, "GET", "/v1/experiments/strict")[1]["exploration"][name]))
+    page.get_by_test_id("setting-epsilon").fill("1.5")
+    expect(page.get_by_test_id("error-epsilon")).to_have_text(
+        "exploration.epsilon: must be <= 1.0, got 1.5")
+    page.get_by_test_id("setting-epsilon").fill("0")
+    page.get_by_test_id("arm-state-a").select_option("paused")
+    page.get_by_test_id("arm-state-b").select_option("paused")
+    page.get_by_test_id("arm-state-c").select_option("paused")
+    expect(page.get_by_test_id("error-arms")).to_have_text(
+        "arms: at least one arm must stay active")
+    expect(page.get_by_test_id("forecast-button")).to_be_disabled()
+
+    assert not dashboard.api_calls("PATCH", "/v1/")
+    assert not dashboard.api_calls("POST", "/advise")
+    config = api(service, "GET", "/v1/experiments/strict")[1]
+    assert config["version"] == 1
+    assert len(api(service, "GET", "/v1/experiments/strict/audit")[1]["entries"]) == 1
+    assert not dashboard.outside
+
+
+def test_a_concurrent_change_gets_a_conflict_and_a_reload(dashboard: Session) -> None:
+    service = dashboard.service
+    create(service, "busy", {"a": (3, 30), "b": (6, 30)})
+    page = dashboard.open("#/exp/busy")
+    page.get_by_test_id("auto-refresh").uncheck()  # the reload must come from the 409
+    page.get_by_test_id("setting-epsilon").fill("0.2")
+    fill_forecast_options(page, traffic_per_s="20")
+    page.get_by_test_id("forecast-button").click()
+    expect(page.get_by_test_id("forecast-table")).to_be_visible(timeout=30_000)
+    status, _ = api(service, "PATCH", "/v1/experiments/busy",
+                    {"version": 1, "exploration": {"min_share": 0.1}, "reason": "someone else"})
+    assert status == 200
+
+    page.get_by_test_id("apply-button").click()
+    with page.expect_response(lambda r: r.request.method == "PATCH") as patched:
+        page.get_by_test_id("confirm-apply").click()
+    assert patched.value.status == 409
+    expect(page.get_by_test_id("settings-server-error")).to_contain_text("Someone else changed")
+    expect(page.get_by_test_id("experiment-meta")).to_contain_text("version 2")
+    # The reload shows the other change and keeps the operator's own edit.
+    expect(page.get_by_test_id("setting-min_share")).to_have_value("0.1")
+    expect(page.get_by_test_id("setting-epsilon")).to_have_value("0.2")
+    expect(page.get_by_test_id("forecast")).to_be_hidden()
+    config = api(service, "GET", "/v1/experiments/busy")[1]
+    assert config["exploration"]["epsilon"] == 0.0 and config["version"] == 2
+    assert not dashboard.outside
+
+
+def test_requests_stay_on_the_service_carry_the_key_and_keep_form_input(
+    dashboard: Session,
+) -> None:
+    service = dashboard.service
+    create(service, "local", {"a": (2, 20), "b": (4, 20)})
+    page = dashboard.open()
+    page.locator("[data-testid=experiment-list] a", has_text="local").click()
+    expect(page.locator("[data-testid=stats-table] tbody tr")).to_have_count(2)
+
+    page.get_by_test_id("api-key").fill("key-for-tests")
+    page.get_by_test_id("api-key-save").click()
+    epsilon = page.get_by_test_id("setting-epsilon")
+    epsilon.fill("0.25")
+    typed_at = len(dashboard.requests)
+    # Auto refresh (every 5 s) fetches the stats again without touching the form.
+    page.wait_for_event("request", lambda r: "/stats" in r.url, timeout=8_000)
+    expect(epsilon).to_have_value("0.25")
+    expect(page.get_by_test_id("pending-changes")).to_contain_text("exploration.epsilon")
+    later = [r for r in dashboard.requests[typed_at:] if "/v1/" in r.url]
+    assert later and all(r.headers.get("authorization") == "Bearer key-for-tests"
+                         for r in later)
+    assert page.evaluate("localStorage.getItem('bandit.apiKey')") == "key-for-tests"
+
+    origins = {f"{parts.scheme}://{parts.netloc}"
+               for parts in (urllib.parse.urlsplit(r.url) for r in dashboard.requests)}
+    assert origins == {service.url}
+    assert not dashboard.outside
+    paths = {r.url.removeprefix(service.url).split("?")[0] for r in dashboard.requests}
+    assert {"/", "/dashboard/app.js", "/dashboard/style.css", "/v1/experiments",
+            "/v1/experiments/local/stats"} <= paths
+
+
+def test_a_refused_change_for_lack_of_scope_makes_the_page_read_only(
+    dashboard: Session,
+) -> None:
+    # API keys do not exist yet: the 403 the service will send is stood in for here.
+    service = dashboard.service
+    create(service, "guarded", {"a": (2, 20), "b": (4, 20)})
+    page = dashboard.open("#/exp/guarded")
+
+    def forbid(route: Route) -> None:
+        if route.request.method != "PATCH":
+            route.fallback()
+            return
+        route.fulfill(status=403, content_type="application/json", body=json.dumps(
+            {"error": {"code": "forbidden", "message": "key 'viewer' lacks the admin scope"}}))
+
+    page.route("**/v1/experiments/guarded", forbid)
+    page.get_by_test_id("setting-warmup").fill("50")
+    fill_forecast_options(page, traffic_per_s="20")
+    page.get_by_test_id("forecast-button").click()
+    expect(page.get_by_test_id("forecast-table")).to_be_visible(timeout=30_000)
+    page.get_by_test_id("apply-button").click()
+    page.get_by_test_id("confirm-apply").click()
+
+    expect(page.get_by_test_id("read-only-notice")).to_contain_text("lacks the admin scope")
+    expect(page.get_by_test_id("auth-banner")).to_contain_text("403")
+    expect(page.get_by_test_id("mode")).to_have_text("read-only")
+    expect(page.get_by_test_id("settings-form")).to_be_hidden()
+    expect(page.get_by_test_id("confirm-dialog")).to_be_hidden()
+    assert api(service, "GET", "/v1/experiments/guarded")[1]["version"] == 1
+    assert not dashboard.outside
