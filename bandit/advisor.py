@@ -38,11 +38,10 @@ DEFAULT_DECISIONS = 10_000
 MIN_DECISIONS = 10
 DEFAULT_REPS = 100
 MAX_REPS = 2000
-#: Bound on simulated arm-decisions (reps x decisions x arms x scenarios): a forecast simulates
-#: about 3 to 5 million decisions of 3 arms per second and thread, so this is seconds of work.
-MAX_WORK = 40_000_000
+#: Bound on a forecast's estimated single-thread run time (see :func:`estimated_seconds`).
+MAX_SECONDS = 10.0
 #: Posterior updates per replication on the probability path (one quadrature each).
-MAX_UPDATES = 250
+MAX_UPDATES = 100
 #: History window the traffic rate and delay are measured over.
 RATE_WINDOW_S = 3600.0
 #: Reward coverage (observations per decision served) within which Little's law is trusted.
@@ -175,9 +174,10 @@ def plan(snapshot: Snapshot, request: Request, samples: list[dict[str, Any]],
         raise InvalidValue("arms: no arm is active in either the current or the proposed "
                            "settings")
     scenarios = (_scenario(current, arms, rate), _scenario(proposed, arms, rate))
-    decisions, reps = _size(request, rate, len(arms), notes)
+    quadrature = sum(s.needs_quadrature for s in scenarios)
+    decisions = _horizon(request, rate, len(arms), quadrature, notes)
     update_every = max(1, round(rate * refresh_interval_s))
-    if any(s.needs_quadrature for s in scenarios):
+    if quadrature:
         coarse = math.ceil(decisions / MAX_UPDATES)
         if coarse > update_every:
             notes.append(f"posteriors are updated every {coarse} decisions in the forecast "
@@ -203,32 +203,51 @@ def plan(snapshot: Snapshot, request: Request, samples: list[dict[str, Any]],
         "delay_source": "given" if request.reward_delay_s is not None
         else "measured" if traffic.delay_s is not None else "assumed",
         "reward_coverage": traffic.coverage, "horizon_s": decisions / rate,
-        "update_every": update_every, "reps": reps, "seed": request.seed,
+        "update_every": update_every, "reps": request.reps, "seed": request.seed,
         "threshold": problem.threshold, "max_loss": problem.max_loss, "notes": notes,
     }
     return Plan(experiment=current, arms=arms, problem=problem, current=scenarios[0],
-                proposed=scenarios[1], reps=reps, seed=request.seed, rate=rate,
+                proposed=scenarios[1], reps=request.reps, seed=request.seed, rate=rate,
                 assumptions=assumptions, changes=request.changes)
 
 
-def _size(request: Request, rate: float, n_arms: int, notes: list[str]) -> tuple[int, int]:
-    """Decisions and replications, within the work bound."""
-    reps = request.reps
+def estimated_seconds(decisions: int, reps: int, n_arms: int, quadrature: int) -> float:
+    """Single-thread run time of a forecast, from ``benchmarks/bench_advisor.py``'s figures.
+
+    Per future and scenario: simulated decisions (about 15 million arm-decisions per second),
+    winner-call looks (one best-arm quadrature each, about 0.2 ms + 15 us per arm), and for
+    the ``quadrature`` scenarios that need it, one quadrature per posterior update.
+    """
+    per_quadrature = 2e-4 + 1.5e-5 * n_arms
+    looks = 2 + fc.CHECKPOINTS // fc.CALL_STRIDE  # now, every third checkpoint, the last
+    simulate = 2 * decisions * n_arms / 15e6
+    return reps * (simulate + (2 * looks + quadrature * MAX_UPDATES) * per_quadrature)
+
+
+def _horizon(request: Request, rate: float, n_arms: int, quadrature: int,
+             notes: list[str]) -> int:
+    """Decisions to forecast, within the run-time bound."""
+    def cost(decisions: int) -> float:
+        return estimated_seconds(decisions, request.reps, n_arms, quadrature)
+
     if request.decisions is not None:
-        decisions = request.decisions
-        if 2 * reps * decisions * n_arms > MAX_WORK:
+        if cost(request.decisions) > MAX_SECONDS:
             raise InvalidValue(
-                f"decisions: {decisions} decisions x {reps} reps x {n_arms} arms is more "
-                f"than the advisor simulates at once ({MAX_WORK // 2:,} arm-decisions per "
-                "scenario); ask for fewer decisions or reps")
-        return decisions, reps
-    decisions = round(rate * DEFAULT_HORIZON_S)
-    limit = MAX_WORK // (2 * reps * n_arms)
-    if decisions > limit:
+                f"decisions: {request.decisions} decisions x {request.reps} reps x {n_arms} "
+                f"arms would take about {cost(request.decisions):.0f} s to forecast (at most "
+                f"{MAX_SECONDS:g} s); ask for fewer decisions or reps")
+        return request.decisions
+    decisions = max(MIN_DECISIONS, round(rate * DEFAULT_HORIZON_S))
+    if cost(decisions) > MAX_SECONDS:
+        fixed = cost(0)
+        if fixed > MAX_SECONDS:
+            raise InvalidValue(f"reps: {request.reps} futures x {n_arms} arms would take about "
+                               f"{fixed:.0f} s to forecast; ask for fewer reps")
+        limit = int((MAX_SECONDS - fixed) / (cost(1_000_000) - fixed) * 1_000_000)
         notes.append(f"horizon shortened from an hour of traffic ({decisions} decisions) to "
                      f"{limit} to bound the work; pass decisions and reps to choose")
-        decisions = limit
-    return max(MIN_DECISIONS, decisions), reps
+        decisions = max(MIN_DECISIONS, limit)
+    return decisions
 
 
 def _servable(experiment: Experiment, arm: str) -> bool:

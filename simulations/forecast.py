@@ -36,6 +36,12 @@ BoolArray = npt.NDArray[np.bool_]
 
 _jit = numba.njit(cache=True, nogil=True)
 
+#: The winner call is looked for at every CALL_STRIDE-th checkpoint (and now): each look is a
+#: best-arm quadrature, which at K=100 costs about as much as simulating 150 decisions.
+CALL_STRIDE = 3
+#: Checkpoints of a forecast (evenly spaced) by default.
+CHECKPOINTS = 60
+
 
 @dataclass(frozen=True)
 class Scenario:
@@ -75,7 +81,7 @@ class Outcome:
     regret: FloatArray  # (R, C) cumulative expected regret: sum of mu* - mu_arm
     best_arm_rate: FloatArray  # (R,) share of decisions on the truly best arm
     shares: FloatArray  # (R, C, K) each arm's share of the decisions since the last checkpoint
-    #: (R,) the first winner call: 0 if one is made now, c + 1 at checkpoint c, or -1 if none
+    #: (R,) index into :func:`call_times` of the first winner call, or -1 if none
     call_checkpoint: IntArray
     call_correct: BoolArray  # (R,) whether that call named the truly best arm
 
@@ -129,6 +135,7 @@ def forecast(problem: Problem, scenarios: Sequence[Scenario], *, reps: int, seed
     seeds = np.random.SeedSequence(seed).spawn(reps)
     initial = np.vstack([problem.stats, problem.counts[None, :]])
     tail_table = student_t_tail_table()
+    call_rows = _call_rows(n_checkpoints)
     no_changes = np.zeros((0, n_arms))
     env_params = np.zeros(env.N_PARAMS)
 
@@ -156,7 +163,7 @@ def forecast(problem: Problem, scenarios: Sequence[Scenario], *, reps: int, seed
             )
             outcome.best_arm_rate[r] = pulls[best] / problem.horizon
             checkpoint, arm = _first_call(
-                problem.family, checkpoint_stats, problem.prior, scenario.active,
+                problem.family, checkpoint_stats[call_rows], problem.prior, scenario.active,
                 problem.threshold, problem.max_loss, tail_table,
                 np.random.default_rng(call_seed))
             outcome.call_checkpoint[r] = checkpoint
@@ -176,12 +183,22 @@ def forecast(problem: Problem, scenarios: Sequence[Scenario], *, reps: int, seed
     return outcomes
 
 
+def _call_rows(n_checkpoints: int) -> IntArray:
+    """Rows of the checkpoint statistics (row 0: now) at which a winner call is looked for:
+    now, every CALL_STRIDE-th checkpoint, and the last."""
+    rows = list(range(CALL_STRIDE, n_checkpoints + 1, CALL_STRIDE))
+    if not rows or rows[-1] != n_checkpoints:
+        rows.append(n_checkpoints)
+    return np.array([0, *rows], dtype=np.int64)
+
+
 def call_times(problem: Problem) -> IntArray:
     """Decisions from now at which :attr:`Outcome.call_checkpoint` indices fall."""
-    return np.concatenate([[0], problem.checkpoints]).astype(np.int64)
+    decisions = np.concatenate([[0], problem.checkpoints]).astype(np.int64)
+    return decisions[_call_rows(problem.checkpoints.shape[0])]
 
 
-def linear_checkpoints(horizon: int, count: int = 60) -> IntArray:
+def linear_checkpoints(horizon: int, count: int = CHECKPOINTS) -> IntArray:
     """About ``count`` evenly spaced decision counts up to ``horizon`` (operators think in time,
     so forecasts are reported on a linear scale)."""
     steps = np.unique(np.round(np.linspace(horizon / count, horizon, count)).astype(np.int64))

@@ -220,7 +220,7 @@ def test_no_traffic_means_no_rate() -> None:
     ({"exploration": {"epsilon": 2}}, "epsilon"),
     ({"arms": {"pause": ["zzz"]}}, "unknown arm"),
     ({"decisions": 5}, "decisions: must be between 10"),
-    ({"decisions": 1_000_000, "reps": 2000}, "more than the advisor simulates"),
+    ({"decisions": 1_000_000, "reps": 2000}, "to forecast (at most 10 s)"),
     ({"reps": 1}, "reps"),
     ({"traffic_per_s": 0}, "traffic_per_s"),
     ({"reward_delay_s": -1}, "reward_delay_s"),
