@@ -332,6 +332,11 @@ def document() -> dict[str, Any]:
                         "winner": {"type": ["object", "null"], "properties": {
                             "arm": _ID, "p_best": _NUMBER, "expected_loss": _NUMBER,
                             "threshold": _NUMBER, "max_loss": _NUMBER}},
+                        "call_rule": {"type": "object", "required": ["threshold", "max_loss"],
+                                      "description": "what a winner call needs (also when "
+                                                     "there is no winner)",
+                                      "properties": {"threshold": _NUMBER,
+                                                     "max_loss": _NUMBER}},
                         "health": {"type": "object", "properties": {
                             "sample_ratio": {"type": ["object", "null"], "description":
                                              "chi-square test of decisions served against "

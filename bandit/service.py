@@ -387,6 +387,7 @@ class BanditService:
             "experiment": experiment.id, "version": experiment.version,
             "reward": experiment.reward, "arms": arms,
             "winner": health.winner(summary, experiment.arms, threshold_value, max_loss_value),
+            "call_rule": {"threshold": threshold_value, "max_loss": max_loss_value},
             "health": {"sample_ratio": tracker.sample_ratio(),
                        "rewards": tracker.reward_flow(self.settings.history_interval_s)},
         }

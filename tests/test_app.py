@@ -459,3 +459,11 @@ async def test_stats_report_decisions_served(client: Client) -> None:
     await asyncio.sleep(0.3)  # the fixture flushes served counts every 0.1 s
     served = [arm["served"] for arm in (await stats(client))["arms"]]
     assert sum(served) == 52  # 50 single decisions and one slate holding both arms
+
+
+async def test_stats_name_the_call_rule_without_a_winner(client: Client) -> None:
+    await create(client, arms=2)
+    body = await stats(client)
+    assert body["winner"] is None  # no data: both arms at P(best) 0.5
+    # Prior means 0.5 each: the default loss bound is 1% of the best mean.
+    assert body["call_rule"] == {"threshold": 0.95, "max_loss": pytest.approx(0.005)}

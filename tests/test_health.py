@@ -98,8 +98,14 @@ async def test_stats_call_a_winner(client: TestClient[Any, Any]) -> None:
     assert body["winner"]["threshold"] == 0.95
     assert body["winner"]["expected_loss"] < body["winner"]["max_loss"] == pytest.approx(
         0.01 * 161 / 202)
+    assert body["call_rule"] == {"threshold": 0.95, "max_loss": body["winner"]["max_loss"]}
     # Without history yet, the health checks have nothing to judge.
     assert body["health"]["sample_ratio"] is None
+    strict = await (await client.get("/v1/experiments/call/stats",
+                                      params={"threshold": "0.999", "max_loss": "0"})).json()
+    assert strict["call_rule"] == {"threshold": 0.999, "max_loss": 0.0}
+    # b is 16 standard deviations behind: P(best) and the expected loss round to 1 and 0.
+    assert strict["winner"]["threshold"] == 0.999
     bad = await client.get("/v1/experiments/call/stats", params={"threshold": "0.2"})
     assert bad.status == 422
 

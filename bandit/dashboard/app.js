@@ -282,15 +282,13 @@ function experimentView(id) {
         ` — P(best) ${formatPercent(w.p_best)} ≥ ${formatPercent(w.threshold)} and expected ` +
         `loss ${formatNumber(w.expected_loss)} ≤ ${formatNumber(w.max_loss)}.`);
     } else {
-      // /stats names the threshold only with a winner; these are its documented defaults.
-      const means = stats.arms.map((a) => a.mean).filter(Number.isFinite);
-      const best = means.length ? Math.max(...means.map(Math.abs)) : 0;
-      const maxLoss = best > 0 ? 0.01 * best : 0.001;
+      const rule = stats.call_rule;
       winner.className = "banner neutral";
       fill(winner, h("strong", {}, "No winner yet"), leader && leader.p_best !== null
         ? ` — leader ${leader.arm} with P(best) ${formatPercent(leader.p_best)} and expected ` +
-          `loss ${formatNumber(leader.expected_loss)}; a call needs P(best) ≥ 95.0% and ` +
-          `expected loss ≤ ${formatNumber(maxLoss)}.` : "");
+          `loss ${formatNumber(leader.expected_loss)}; a call needs P(best) ≥ ` +
+          `${formatPercent(rule.threshold)} and expected loss ≤ ${formatNumber(rule.max_loss)}.`
+        : "");
     }
     renderHealth(stats.health);
   }
