@@ -258,3 +258,32 @@ def test_scenario_settings_follow_the_simulated_arms() -> None:
     assert np.array_equal(scenario.settings[6:], expected[6:])
     assert scenario.active.tolist() == [True, True]
     assert scenario.half_life == math.inf
+
+
+async def test_gaussian_experiments_with_forgetting_and_top_two(client: Client) -> None:
+    response = await client.post("/v1/experiments", json={
+        "id": "adv", "arms": ARMS, "reward": "gaussian",
+        "exploration": {"half_life_s": 600, "warmup": 5}})
+    assert response.status == 201
+    rng = np.random.default_rng(1)
+    events = [{"id": f"g{i}", "experiment": "adv", "arm": ARMS[i % 3],
+               "reward": float(rng.normal([1.0, 1.5, 0.8][i % 3], 2.0))} for i in range(300)]
+    assert (await (await client.post("/v1/events", json={"events": events})).json())[
+        "accepted"] == 300
+    result = await _advise(client, {
+        "exploration": {"top_two": 0.5, "half_life_s": None}, "decisions": 2000,
+        "traffic_per_s": 20, "reward_delay_s": 2, "reps": 40, "seed": 9})
+    assert result["changes"] == {
+        "exploration.half_life_s": {"old": 600.0, "new": None},
+        "exploration.top_two": {"old": None, "new": 0.5}}
+    assert result["assumptions"]["horizon_s"] == pytest.approx(100.0)
+    for scenario in ("current", "proposed"):
+        forecast_regret = result[scenario]["regret"]
+        # Pseudo-regret is a sum of gaps to the best mean: never negative.
+        assert forecast_regret["range80"][0] >= 0
+        assert forecast_regret["ci95"][0] <= forecast_regret["mean"] <= forecast_regret["ci95"][1]
+        shares = result[scenario]["shares"]
+        for total in zip(*(s["mean"] for s in shares.values()), strict=True):
+            assert sum(total) == pytest.approx(1.0, abs=5e-6)
+    # Top-two holds the leader to about half the traffic once it leads.
+    assert max(result["proposed"]["shares"]["b"]["mean"][-10:]) < 0.75
