@@ -277,7 +277,9 @@ def test_list_then_an_experiment_with_its_plots_drawn(dashboard: Session) -> Non
         png = page.get_by_test_id(plot).screenshot()
         for arm, colour in colours.items():
             assert pixels_of_colour(png, colour) >= 60, f"{arm}'s line is not on {plot}"
-        assert pixels_of_colour(png, unused) == 0
+        # A drawn line gives hundreds of pixels; anti-aliased edges of other colours can land
+        # within the tolerance of the unused one now and then, a few pixels at most.
+        assert pixels_of_colour(png, unused) < 10
     assert not dashboard.outside
 
 
@@ -468,6 +470,7 @@ def test_a_concurrent_change_gets_a_conflict_and_a_reload(dashboard: Session) ->
     create(service, "busy", {"a": (3, 30), "b": (6, 30)})
     page = dashboard.open("#/exp/busy")
     page.get_by_test_id("auto-refresh").uncheck()  # the reload must come from the 409
+    expect(page.get_by_test_id("setting-epsilon")).to_have_value("0")  # the form is loaded
     page.get_by_test_id("setting-epsilon").fill("0.2")
     fill_forecast_options(page, traffic_per_s="20")
     page.get_by_test_id("forecast-button").click()
@@ -503,6 +506,7 @@ def test_requests_stay_on_the_service_carry_the_key_and_keep_form_input(
     page.get_by_test_id("api-key").fill("key-for-tests")
     page.get_by_test_id("api-key-save").click()
     epsilon = page.get_by_test_id("setting-epsilon")
+    expect(epsilon).to_have_value("0")  # the form is loaded
     epsilon.fill("0.25")
     typed_at = len(dashboard.requests)
     # Auto refresh (every 5 s) fetches the stats again without touching the form.
@@ -539,6 +543,7 @@ def test_a_refused_change_for_lack_of_scope_makes_the_page_read_only(
             {"error": {"code": "forbidden", "message": "key 'viewer' lacks the admin scope"}}))
 
     page.route("**/v1/experiments/guarded", forbid)
+    expect(page.get_by_test_id("setting-warmup")).to_have_value("0")  # the form is loaded
     page.get_by_test_id("setting-warmup").fill("50")
     fill_forecast_options(page, traffic_per_s="20")
     page.get_by_test_id("forecast-button").click()

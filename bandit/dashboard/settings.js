@@ -132,7 +132,10 @@ export class SettingsPanel {
     for (const field of EXPLORATION_FIELDS) {
       const input = this.inputs[field.name];
       const fresh = inputText(config.exploration[field.name]);
-      if (!old || input.value.trim() === inputText(old.exploration[field.name])) {
+      // Before the first configuration the fields are empty: anything in them was typed.
+      const untouched = old ? input.value.trim() === inputText(old.exploration[field.name])
+        : input.value.trim() === "";
+      if (untouched) {
         input.value = fresh;
       } else if (input.value.trim() !== fresh) {
         kept = true;
