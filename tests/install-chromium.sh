@@ -15,4 +15,4 @@ else
 fi
 echo "install-chromium: installing Debian's chromium package (for the dashboard tests)"
 $run env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-$run env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+$run env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
