@@ -131,45 +131,42 @@ def _arm_list(text: str) -> list[str]:
     return arms
 
 
-def _timeout(text: str) -> float:
-    value = _finite(text, "timeout")
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"timeout: expected seconds > 0, got {text!r}")
-    return value
+def _number_above(low: float, *, inclusive: bool, name: str | None = None,
+                  what: str = "a number") -> Callable[[str], float]:
+    """An argparse type: a finite number above ``low`` (or equal to it, ``inclusive``)."""
+    relation = ">=" if inclusive else ">"
+    prefix = f"{name}: " if name else ""
+
+    def parse(text: str) -> float:
+        value = _finite(text, name or "value")
+        if value < low or (value == low and not inclusive):
+            raise argparse.ArgumentTypeError(
+                f"{prefix}expected {what} {relation} {low:g}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a version number >= 1, got {text!r}")
-    return value
+def _whole_number(low: int, what: str = "a whole number") -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``low``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected {what} >= {low}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    value = _finite(text, "value")
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = _finite(text, "value")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return value
+_timeout = _number_above(0, inclusive=False, name="timeout", what="seconds")
+_version = _whole_number(1, "a version number")
+_positive_int = _whole_number(1)
+_non_negative_int = _whole_number(0)
+_positive_float = _number_above(0, inclusive=False)
+_non_negative_float = _number_above(0, inclusive=True)
 
 
 def _add_connection_options(parser: argparse.ArgumentParser, *, inherited: bool) -> None:
@@ -251,7 +248,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         sub.add_argument("arms", nargs="+", metavar="ARM")
     for sub in (tune, commands.choices["pause"], commands.choices["resume"]):
         sub.add_argument("--reason", metavar="TEXT", help="why, for the audit log")
-        sub.add_argument("--version", type=_positive_int, metavar="N",
+        sub.add_argument("--version", type=_version, metavar="N",
                          help="the version the change is based on (default: the current one, "
                               "read first); a stale version is refused with exit code 4")
     archive = command("archive", "archive an experiment (it stops serving; its data is kept)")
