@@ -555,6 +555,33 @@ def _generators(seed: int, reps: int) -> list[np.random.Generator]:
     return [np.random.default_rng(child) for child in np.random.SeedSequence(seed).spawn(reps)]
 
 
+def run_replications(replicate: Callable[[int], None], reps: int, threads: int | None,
+                     progress: Callable[[int], None] | None) -> None:
+    """``replicate(i)`` for i in 0 .. reps-1 on up to ``threads`` threads (default: all cores).
+
+    Each replication writes its own rows, so the order does not matter. ``progress`` is called
+    from this thread with 1 per finished replication; a failure cancels the ones not started.
+    """
+    workers = min(threads or os.cpu_count() or 1, reps)
+    if workers == 1:
+        for i in range(reps):
+            replicate(i)
+            if progress is not None:
+                progress(1)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(replicate, i) for i in range(reps)]
+        try:
+            for future in as_completed(futures):
+                future.result()
+                if progress is not None:
+                    progress(1)
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+
+
 def simulate(
     policy: PolicySpec,
     environment: Environment,
@@ -594,24 +621,7 @@ def simulate(
                  no_trace, diagnostics[i], final_stats[i])
 
     started = time.perf_counter()
-    workers = min(threads or os.cpu_count() or 1, reps)
-    if workers == 1:
-        for i in range(reps):
-            replicate(i)
-            if progress is not None:
-                progress(1)
-    else:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(replicate, i) for i in range(reps)]
-            try:
-                for future in as_completed(futures):
-                    future.result()
-                    if progress is not None:
-                        progress(1)
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
+    run_replications(replicate, reps, threads, progress)
     return SimulationResult(
         policy=policy.label,
         checkpoints=run.checkpoints,

@@ -14,9 +14,7 @@ above the threshold, expected loss at or below the bound).
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numba
@@ -28,7 +26,7 @@ from bandit.kernels import BERNOULLI
 from bandit.policy import student_t_tail_table
 from simulations import environments as env
 from simulations import policies as pol
-from simulations.engine import N_DIAGNOSTICS, N_TRACE, _replicate
+from simulations.engine import N_DIAGNOSTICS, N_TRACE, _replicate, run_replications
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -138,16 +136,19 @@ def forecast(problem: Problem, scenarios: Sequence[Scenario], *, reps: int, seed
     call_rows = _call_rows(n_checkpoints)
     no_changes = np.zeros((0, n_arms))
     env_params = np.zeros(env.N_PARAMS)
+    extras = []  # the policy's extra parameters of each scenario (read-only in the engine)
+    for scenario in scenarios:
+        extra = np.zeros(pol.N_EXTRA)
+        extra[pol.X_HALF_LIFE] = scenario.half_life
+        extra[pol.X_HORIZON] = problem.horizon
+        extras.append(extra)
 
     def replicate(r: int) -> None:
         truth_seed, run_seed, call_seed = seeds[r].spawn(3)
         means, noise = draw_truths(problem.family, problem.stats, problem.prior,
                                    np.random.default_rng(truth_seed))
         best = int(np.argmax(means))
-        for scenario, outcome in zip(scenarios, outcomes, strict=True):
-            extra = np.zeros(pol.N_EXTRA)
-            extra[pol.X_HALF_LIFE] = scenario.half_life
-            extra[pol.X_HORIZON] = problem.horizon
+        for scenario, extra, outcome in zip(scenarios, extras, outcomes, strict=True):
             pulls = np.zeros(n_arms)
             # Row 0: now; row c + 1: at checkpoint c.
             checkpoint_stats = np.zeros((n_checkpoints + 1, 4, n_arms))
@@ -169,17 +170,7 @@ def forecast(problem: Problem, scenarios: Sequence[Scenario], *, reps: int, seed
             outcome.call_checkpoint[r] = checkpoint
             outcome.call_correct[r] = arm == best
 
-    workers = min(threads or os.cpu_count() or 1, reps)
-    if workers == 1:
-        for r in range(reps):
-            replicate(r)
-            if progress is not None:
-                progress(1)
-    else:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for _ in pool.map(replicate, range(reps)):
-                if progress is not None:
-                    progress(1)
+    run_replications(replicate, reps, threads, progress)
     return outcomes
 
 
