@@ -151,7 +151,8 @@ class Plan:
 
 def plan(snapshot: Snapshot, request: Request, samples: list[dict[str, Any]],
          served: dict[int, int], max_loss: float, refresh_interval_s: float) -> Plan:
-    """Everything the forecast needs, from the live snapshot, the history and the request."""
+    """Everything the forecast needs, from the live snapshot, the history and the request;
+    ``max_loss`` is the winner call's loss bound (the request's, or the stats default)."""
     current = snapshot.experiment
     traffic = measure_traffic(samples, snapshot.server_time, float(sum(served.values())),
                               float(snapshot.counts.sum()))
@@ -195,7 +196,7 @@ def plan(snapshot: Snapshot, request: Request, samples: list[dict[str, Any]],
         family=family_of(current), prior=prior_array(current), stats=stats, counts=counts,
         horizon=decisions, batch=update_every, delay=delay_s * rate,
         checkpoints=fc.linear_checkpoints(decisions), threshold=request.threshold,
-        max_loss=max_loss if request.max_loss is None else request.max_loss)
+        max_loss=max_loss)
     assumptions = {
         "decisions": decisions, "traffic_per_s": rate,
         "traffic_source": "given" if request.traffic_per_s else "measured",

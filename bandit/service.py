@@ -423,7 +423,9 @@ class BanditService:
         samples = await self.store.history(
             experiment_id, snapshot.server_time - advisor.RATE_WINDOW_S, MAX_HISTORY) or []
         [served] = await self.store.served([experiment_id])
-        max_loss = health.default_max_loss(await summary_of(snapshot))
+        max_loss = request.max_loss
+        if max_loss is None:  # the stats endpoint's default: 1% of the best posterior mean
+            max_loss = health.default_max_loss(await summary_of(snapshot))
         plan = advisor.plan(snapshot, request, samples, served, max_loss,
                             self.settings.refresh_interval_s)
         async with self._advising:
