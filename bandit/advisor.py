@@ -167,13 +167,11 @@ def plan(snapshot: Snapshot, request: Request, samples: list[dict[str, Any]],
         if delay_s is None:
             delay_s = 0.0
             notes.append("reward delay assumed 0")
-    # Arms that neither scenario can serve change nothing: leave them out.
+    # Arms that neither scenario can serve change nothing: leave them out. (Both keep at
+    # least one active arm: model.check_consistent refuses anything else.)
     proposed = request.proposed
     arms = tuple(arm for arm in proposed.arms
                  if _servable(current, arm) or _servable(proposed, arm))
-    if len(arms) < 1:
-        raise InvalidValue("arms: no arm is active in either the current or the proposed "
-                           "settings")
     scenarios = (_scenario(current, arms, rate), _scenario(proposed, arms, rate))
     quadrature = sum(s.needs_quadrature for s in scenarios)
     decisions = _horizon(request, rate, len(arms), quadrature, notes)
