@@ -12,11 +12,8 @@ winner-call quadratures. Single-threaded, as the service runs it by default.
 
 from __future__ import annotations
 
-import statistics
-import time
-from collections.abc import Callable
-
 import numpy as np
+from bench_kernels import median_ns
 
 from bandit import advisor
 from bandit.policy import PolicySettings
@@ -27,15 +24,6 @@ from simulations.policies import PolicySpec
 
 DECISIONS = 10_000
 REPS = 100
-
-
-def _best_of(runs: int, work: Callable[[], object]) -> float:
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - started)
-    return min(times)
 
 
 def _problem(n_arms: int, batch: int) -> fc.Problem:
@@ -82,8 +70,8 @@ def main() -> None:
 
             run_forecast()  # JIT warm-up (or numba cache load) of both paths
             run_baseline()
-            forecast_s = statistics.median([_best_of(1, run_forecast) for _ in range(3)])
-            baseline_s = statistics.median([_best_of(1, run_baseline) for _ in range(3)])
+            forecast_s = median_ns(run_forecast, repeats=3) / 1e9
+            baseline_s = median_ns(run_baseline, repeats=3) / 1e9
             estimate = advisor.estimated_seconds(DECISIONS, REPS, n_arms, quadrature)
             print(f"{n_arms:>5} {label:<16} {forecast_s:>8.2f}s {baseline_s:>8.2f}s "
                   f"{forecast_s / baseline_s:>5.2f}x {estimate:>8.2f}s", flush=True)
