@@ -181,9 +181,10 @@ def _add_connection_options(parser: argparse.ArgumentParser, *, inherited: bool)
     group.add_argument("--api-key", default=default(None), metavar="KEY",
                        help="API key sent as 'Authorization: Bearer KEY' "
                             "(default: $BANDIT_API_KEY)")
-    group.add_argument("--timeout", type=_timeout, default=default(DEFAULT_TIMEOUT_S),
+    group.add_argument("--timeout", type=_timeout, default=default(None),
                        metavar="SECONDS",
-                       help=f"seconds to wait for the service (default {DEFAULT_TIMEOUT_S:g})")
+                       help=f"seconds to wait for the service (default {DEFAULT_TIMEOUT_S:g}; "
+                            f"{ADVISE_TIMEOUT_S:g} for advise, which simulates)")
     group.add_argument("--json", action="store_true", default=default(False),
                        help="print the service's JSON instead of tables")
 
@@ -332,7 +333,10 @@ def run(arguments: argparse.Namespace) -> int:
         print(f"{_PROG}: --url must be an http:// or https:// URL, got {url!r}",
               file=sys.stderr)
         return EXIT_USAGE
-    client = _Client(url, timeout_s=arguments.timeout,
+    timeout_s = arguments.timeout
+    if timeout_s is None:
+        timeout_s = ADVISE_TIMEOUT_S if arguments.operation == "advise" else DEFAULT_TIMEOUT_S
+    client = _Client(url, timeout_s=timeout_s,
                      api_key=arguments.api_key or os.environ.get("BANDIT_API_KEY"))
     fetch, render = _COMMANDS[arguments.operation]
     try:
@@ -480,8 +484,6 @@ def _fetch_advise(client: _Client, arguments: argparse.Namespace) -> Any:
                           ("delay", "reward_delay_s"), ("reps", "reps"), ("seed", "seed")):
         if getattr(arguments, option) is not None:
             body[field] = getattr(arguments, option)
-    if client.timeout_s == DEFAULT_TIMEOUT_S:
-        client.timeout_s = ADVISE_TIMEOUT_S
     return client.request("POST", _experiment_path(arguments.id, "/advise"), body)
 
 

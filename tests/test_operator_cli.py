@@ -208,7 +208,7 @@ async def fake_service() -> AsyncIterator[tuple[str, list[dict[str, str]]]]:
             return web.json_response({"experiments": []})
         if "/other-shape" in request.path:
             return web.json_response({"unexpected": True})
-        if request.path.endswith("/slow"):
+        if "/slow" in request.path:
             await asyncio.sleep(5)
         if request.path.startswith("/v1/experiments/down"):
             return web.json_response({"error": {"code": "store_unavailable",
@@ -235,6 +235,11 @@ async def test_5xx_timeouts_and_foreign_answers_exit_5(
     assert await cli(url, "--timeout", "0.3", "show", "slow") == 5
     assert time.monotonic() - started < 3
     assert "no answer" in capsys.readouterr().err
+    # advise waits longer by default, but an explicit --timeout still rules.
+    started = time.monotonic()
+    assert await cli(url, "advise", "slow", "--traffic", "1", "--timeout", "0.3") == 5
+    assert time.monotonic() - started < 3
+    assert "no answer from" in capsys.readouterr().err
 
 
 async def test_environment_gives_url_and_api_key(
