@@ -91,11 +91,18 @@ async def test_forecast_agrees_with_a_direct_simulation(client: Client) -> None:
         regret, best_rate = _direct_simulation(epsilon, reps=4000, seed=5)
         direct_se = regret.std(ddof=1) / math.sqrt(regret.size)
         bound = Z * math.hypot(_standard_error(forecast_regret["ci95"]), direct_se)
+        # Shown by `pytest -rP`: the figures the closing note quotes.
+        low, high = forecast_regret["ci95"]
+        print(f"{scenario}: forecast regret {forecast_regret['mean']:.2f} [{low:.2f}, "
+              f"{high:.2f}], direct {regret.mean():.2f} +- {1.96 * direct_se:.2f}; "
+              f"best-arm rate {result[scenario]['best_arm_rate']['mean']:.4f} against "
+              f"{best_rate.mean():.4f}")
         assert abs(forecast_regret["mean"] - regret.mean()) <= bound, (scenario, bound)
         forecast_best = result[scenario]["best_arm_rate"]
         bound = Z * math.hypot(_standard_error(forecast_best["ci95"]),
                                best_rate.std(ddof=1) / math.sqrt(best_rate.size))
         assert abs(forecast_best["mean"] - best_rate.mean()) <= bound, (scenario, bound)
+    print(f"difference {result['difference']}")
     # Uniform exploration on 30% of traffic costs regret here: the forecast sees it clearly.
     assert result["difference"]["regret"]["ci95"][0] > 0
     assert result["difference"]["p_proposed_better"] < 0.2
