@@ -18,8 +18,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from bandit import openapi, policy
-from bandit.errors import BanditError, MalformedRequest, PayloadTooLarge
+from bandit import openapi, policy, tokens
+from bandit.auth import KEYS_RELOAD_S, KeysFileError, KeysSource, Principal, authorize
+from bandit.errors import BanditError, MalformedRequest, PayloadTooLarge, Unauthorized
 from bandit.history import HistorySampler
 from bandit.metrics import Metrics
 from bandit.service import BanditService
@@ -31,6 +32,11 @@ logger = logging.getLogger(__name__)
 SERVICE = web.AppKey("service", BanditService)
 METRICS = web.AppKey("metrics", Metrics)
 SETTINGS = web.AppKey("settings", Settings)
+KEYS = web.AppKey("keys", KeysSource)
+PRINCIPAL = web.RequestKey("principal", Principal)
+
+#: Route scopes besides the three key scopes: any valid key, or no key at all.
+ANY_KEY, PUBLIC = "any", None
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -60,6 +66,8 @@ async def _body(request: web.Request, *, optional: bool = False) -> Any:
 def _error_response(error: Exception) -> web.Response:
     if isinstance(error, BanditError):
         headers = {"Retry-After": "1"} if error.status == 503 else None
+        if isinstance(error, Unauthorized):
+            headers = {"WWW-Authenticate": 'Bearer realm="bandit"'}
         return _json(error.to_json(), error.status, headers)
     if isinstance(error, web.HTTPException):
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
@@ -69,8 +77,8 @@ def _error_response(error: Exception) -> web.Response:
     return _json({"error": {"code": "internal", "message": "internal error"}}, 500)
 
 
-def _endpoint(route: str, handler: Handler) -> Handler:
-    """Error translation and request metrics around one handler.
+def _endpoint(route: str, handler: Handler, scope: str | None = PUBLIC) -> Handler:
+    """Authentication, error translation and request metrics around one handler.
 
     A decorator per route rather than an aiohttp middleware: aiohttp rebuilds the middleware
     chain on every request, which costs about a quarter of a small request's time.
@@ -79,6 +87,12 @@ def _endpoint(route: str, handler: Handler) -> Handler:
     async def endpoint(request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         try:
+            if scope is not None:
+                principal = request.app[KEYS].ring.authenticate(
+                    request.headers.get("Authorization"))
+                if scope != ANY_KEY:
+                    authorize(principal, scope, f"{request.method} {route}")
+                request[PRINCIPAL] = principal
             response = await handler(request)
         except Exception as error:
             if not isinstance(error, BanditError | web.HTTPException):
@@ -105,7 +119,8 @@ async def _unmatched(request: web.Request) -> web.Response:
 
 
 async def create_experiment(request: web.Request) -> web.Response:
-    return _json(await request.app[SERVICE].create_experiment(await _body(request)), 201)
+    return _json(await request.app[SERVICE].create_experiment(
+        await _body(request), actor=request[PRINCIPAL].name), 201)
 
 
 async def list_experiments(request: web.Request) -> web.Response:
@@ -118,11 +133,19 @@ async def show_experiment(request: web.Request) -> web.Response:
 
 async def patch_experiment(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
-    return _json(await service.patch(request.match_info["id"], await _body(request)))
+    return _json(await service.patch(request.match_info["id"], await _body(request),
+                                     actor=request[PRINCIPAL].name))
 
 
 async def archive_experiment(request: web.Request) -> web.Response:
-    return _json(await request.app[SERVICE].archive(request.match_info["id"]))
+    return _json(await request.app[SERVICE].archive(request.match_info["id"],
+                                                    actor=request[PRINCIPAL].name))
+
+
+async def whoami(request: web.Request) -> web.Response:
+    principal = request[PRINCIPAL]
+    return _json({"name": principal.name, "scopes": sorted(principal.scopes),
+                  "auth": "keys" if request.app[KEYS].ring.enabled else "open"})
 
 
 async def allocate(request: web.Request) -> web.Response:
@@ -181,7 +204,8 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def openapi_document(request: web.Request) -> web.Response:
-    return _json(openapi.document())
+    # Without keys the service answers no 401 or 403: the document says so.
+    return _json(openapi.document(keys=request.app[KEYS].ring.enabled))
 
 
 async def advise(request: web.Request) -> web.Response:
@@ -214,28 +238,33 @@ def create_app(settings: Settings, *, seed: int | None = None) -> web.Applicatio
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
+    # Read now, so a bad keys file stops the service before it binds (KeysFileError).
+    app[KEYS] = KeysSource(settings.api_keys_file, settings.api_keys)
     app.cleanup_ctx.append(_lifecycle(settings, seed))
-    routes: list[tuple[str, str, Handler]] = [
-        ("POST", "/v1/experiments", create_experiment),
-        ("GET", "/v1/experiments", list_experiments),
-        ("GET", "/v1/experiments/{id}", show_experiment),
-        ("PATCH", "/v1/experiments/{id}", patch_experiment),
-        ("DELETE", "/v1/experiments/{id}", archive_experiment),
-        ("POST", "/v1/experiments/{id}/allocate", allocate),
-        ("GET", "/v1/experiments/{id}/stats", stats),
-        ("GET", "/v1/experiments/{id}/audit", audit),
-        ("GET", "/v1/experiments/{id}/history", history),
-        ("POST", "/v1/experiments/{id}/advise", advise),
-        ("POST", "/v1/events", events),
-        ("GET", "/metrics", metrics_endpoint),
-        ("GET", "/healthz", healthz),
-        ("GET", "/readyz", readyz),
-        ("GET", "/openapi.json", openapi_document),
-        ("GET", "/", dashboard),
-        ("GET", "/dashboard/{name}", dashboard),
+    routes: list[tuple[str, str, Handler, str | None]] = [
+        ("POST", "/v1/experiments", create_experiment, "admin"),
+        ("GET", "/v1/experiments", list_experiments, "read"),
+        ("GET", "/v1/experiments/{id}", show_experiment, "read"),
+        ("PATCH", "/v1/experiments/{id}", patch_experiment, "admin"),
+        ("DELETE", "/v1/experiments/{id}", archive_experiment, "admin"),
+        ("POST", "/v1/experiments/{id}/allocate", allocate, "decide"),
+        ("GET", "/v1/experiments/{id}/stats", stats, "read"),
+        ("GET", "/v1/experiments/{id}/audit", audit, "read"),
+        ("GET", "/v1/experiments/{id}/history", history, "read"),
+        # A forecast costs seconds of CPU: only for keys that may apply the change too.
+        ("POST", "/v1/experiments/{id}/advise", advise, "admin"),
+        ("POST", "/v1/events", events, "decide"),
+        ("GET", "/v1/whoami", whoami, ANY_KEY),
+        ("GET", "/metrics", metrics_endpoint, "read"),
+        # Probes, the API description and the dashboard's files carry no data: open.
+        ("GET", "/healthz", healthz, PUBLIC),
+        ("GET", "/readyz", readyz, PUBLIC),
+        ("GET", "/openapi.json", openapi_document, PUBLIC),
+        ("GET", "/", dashboard, PUBLIC),
+        ("GET", "/dashboard/{name}", dashboard, PUBLIC),
     ]
-    for method, path, handler in routes:
-        app.router.add_route(method, path, _endpoint(path, handler))
+    for method, path, handler, scope in routes:
+        app.router.add_route(method, path, _endpoint(path, handler, scope))
     app.router.add_route("*", "/{tail:.*}", _endpoint("unmatched", _unmatched))
     return app
 
@@ -246,16 +275,19 @@ def _lifecycle(settings: Settings,
         assert settings.redis_url is not None
         # Compile (or load from numba's cache) before the first request, not during it.
         await asyncio.to_thread(policy.warm_up_kernels)
+        await asyncio.to_thread(tokens.warm_up)
         store = RedisStore.from_url(settings.redis_url, settings.key_prefix,
                                     timeout_s=settings.redis_timeout_s,
-                                    max_connections=settings.redis_max_connections)
+                                    max_connections=settings.redis_max_connections,
+                                    pool_timeout_s=settings.redis_pool_timeout_s)
         service = BanditService(store, settings, seed=seed)
         app[SERVICE] = service
         app[METRICS].cache_age = lambda: service.cache.age
         sampler = HistorySampler(store, service.cache, settings)
         tasks = [asyncio.create_task(service.cache.run(), name="cache-refresh"),
                  asyncio.create_task(service.run_served_flusher(), name="served-flush"),
-                 asyncio.create_task(sampler.run(), name="history-sampler")]
+                 asyncio.create_task(sampler.run(), name="history-sampler"),
+                 asyncio.create_task(_reload_keys(app[KEYS]), name="keys-reload")]
         yield
         for task in tasks:
             task.cancel()
@@ -267,3 +299,14 @@ def _lifecycle(settings: Settings,
         await store.close()
 
     return lifecycle
+
+
+async def _reload_keys(source: KeysSource) -> None:
+    while True:
+        await asyncio.sleep(KEYS_RELOAD_S)
+        try:
+            if source.reload():
+                logger.info("API keys reloaded from %s: %s", source.path,
+                            ", ".join(source.ring.names))
+        except KeysFileError as error:
+            logger.error("keeping the previous API keys: %s", error)

@@ -13,6 +13,7 @@ from pathlib import Path
 from types import FrameType
 
 from bandit import __version__
+from bandit.auth import KeyRing, KeysFileError, is_loopback
 from bandit.embedded import EmbeddedRedis, EmbeddedRedisError
 from bandit.settings import Settings, SettingsError, environ
 
@@ -36,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", type=Path, help="embedded Redis data (default ./bandit-data)")
     serve.add_argument("--dedup-window", dest="dedup_window_s", type=float, metavar="SECONDS",
                        help="how long reward event ids are remembered (default 3600)")
+    serve.add_argument("--api-keys", dest="api_keys_file", type=Path, metavar="FILE",
+                       help="keys file written by `bandit keys new` (or BANDIT_API_KEYS_FILE); "
+                            "without keys the service only binds a loopback address")
     serve.add_argument("--log-level", default="INFO")
     simulate = commands.add_parser(
         "simulate", help="offline simulations and replay of logged data",
@@ -54,6 +58,15 @@ def _parser() -> argparse.ArgumentParser:
     from bandit.operator import add_arguments as add_operator_arguments
 
     add_operator_arguments(experiments)
+    keys = commands.add_parser(
+        "keys", help="create, list and revoke API keys",
+        description="Manage the keys file that `bandit serve --api-keys FILE` enforces. The "
+                    "file holds names, scopes and hashes, never the keys themselves; a running "
+                    "service re-reads it within a second of a change.",
+    )
+    from bandit.keyscli import add_arguments as add_keys_arguments
+
+    add_keys_arguments(keys)
     return parser
 
 
@@ -67,6 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bandit.operator import run as run_operator
 
         return run_operator(arguments)
+    if arguments.command == "keys":
+        from bandit.keyscli import run as run_keys
+
+        return run_keys(arguments)
     if arguments.command == "simulate":
         from simulations.cli import run
 
@@ -80,10 +97,23 @@ def _serve(arguments: argparse.Namespace) -> int:
             environ(), host=arguments.host, port=arguments.port,
             redis_url=arguments.redis_url, workers=arguments.workers,
             data_dir=arguments.data_dir, dedup_window_s=arguments.dedup_window_s,
+            api_keys_file=arguments.api_keys_file,
         )
-    except SettingsError as error:
+        ring = KeyRing.load(settings.api_keys_file, settings.api_keys)
+    except (SettingsError, KeysFileError) as error:
         print(f"bandit serve: {error}", file=sys.stderr)
         return 2
+    if not ring.enabled:
+        if not is_loopback(settings.host):
+            print(f"bandit serve: refusing to serve {settings.host} without API keys: anyone "
+                  "who can reach it could change experiments. Create keys with `bandit keys "
+                  "new NAME --scopes decide,read,admin --file FILE` and pass --api-keys FILE "
+                  "(or bind 127.0.0.1).", file=sys.stderr)
+            return 2
+        logger.warning("no API keys configured: serving OPEN on loopback %s, every request "
+                       "may decide, read and administer", settings.host)
+    else:
+        logger.info("API keys enforced: %s", ", ".join(ring.names))
     if settings.workers > 1 and settings.port == 0:
         print("bandit serve: --workers > 1 needs a fixed --port", file=sys.stderr)
         return 2

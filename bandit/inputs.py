@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from bandit.errors import InvalidValue, PayloadTooLarge
-from bandit.model import ID_PATTERN, integer, mapping
+from bandit.model import ID_PATTERN, MAX_ABS_REWARD, integer, mapping
+from bandit.tokens import DECISION_ID_PATTERN
 
 MAX_DECISIONS = 10_000
 MAX_EVENTS = 10_000
 MAX_SLATE = 1000
 EVENT_ID_PATTERN = re.compile(r"[\x21-\x7e]{1,128}")
-DECISION_ID_PATTERN = re.compile(r"[dp][0-9a-z]{1,40}")
 MAX_UNIT_LENGTH = 256
 
 
@@ -118,8 +118,8 @@ def parse_event(index: int, raw: object, valid_ids: set[str]) -> RewardEvent:
         if type(reward) is not int:
             raise InvalidValue("reward: expected a number")
         reward = float(reward)
-    if not -math.inf < reward < math.inf:
-        raise InvalidValue("reward: must be finite")
+    if not -MAX_ABS_REWARD <= reward <= MAX_ABS_REWARD:
+        raise InvalidValue(f"reward: must be a finite number within ±{MAX_ABS_REWARD:g}")
     decision_id = raw.get("decision_id")
     if decision_id is not None and (
         type(decision_id) is not str or not DECISION_ID_PATTERN.fullmatch(decision_id)

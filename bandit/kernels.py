@@ -64,7 +64,9 @@ FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
-_jit = numba.njit(cache=True, nogil=True)
+#: The jit options of every kernel in the package (bandit.tokens uses it too).
+jit = numba.njit(cache=True, nogil=True)
+_jit = jit
 
 
 @_jit

@@ -22,10 +22,13 @@ key                       type    contents
 ``P:{E}:history``         list    ``time|sample JSON``: allocation and posteriors over time,
                                   one per history interval, the newest ``history_max_samples``
 ``P:{E}:dedup:<w>:<n>``  set     reward-event ids seen in the n-th time bucket of width w ms
-                                  (a quarter of the dedup window); expires 5 buckets later
+                                  (a quarter of the dedup window), and ``@<decision>:<arm>``
+                                  for each decision rewarded; expires 5 buckets later
 ``P:{E}:dec:<decision>``  string  pending provisional decision: ``arm|served at``, then
                                   ``c`` once converted; expires after the attribution window
 ``P:experiments``         set     ids of all experiments (for listing; not slot-local)
+``P:signing-key``         string  the secret that signs decision ids (``bandit.tokens``),
+                                  created once by the first process that needs it
 ========================  ======  ==========================================================
 """
 
@@ -86,3 +89,8 @@ class Keys:
 def registry(prefix: str) -> str:
     """The set of all experiment ids."""
     return f"{prefix}:experiments"
+
+
+def signing_key(prefix: str) -> str:
+    """The shared secret of decision-id signatures."""
+    return f"{prefix}:signing-key"

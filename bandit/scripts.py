@@ -74,29 +74,37 @@ APPLY_EVENTS = _ARM_STATE + r"""
 -- KEYS[1] meta, KEYS[2] stats.
 -- ARGV[1] the experiment's key prefix (`<prefix>:{<id>}:`), ARGV[2] dedup window in ms,
 --   ARGV[3] the events, one per line: event id, arm index, reward, event time ('-' = now),
---   provisional decision id ('-' = none), separated by tabs (ids never contain white space).
+--   decision id ('-' = none), separated by tabs (ids never contain white space).
 -- Dedup: event ids go into sets of a quarter window each (`dedup:<width>:<n>`), and an id is a
 --   duplicate if any of the last five sets holds it, so an id is remembered for at least the
 --   window and at most 1.25 windows. Two set commands per batch instead of one SET per event.
+--   A decision ('d'/'s' ids; signed, so at most a window old) is rewarded once per arm: the
+--   member `@<decision>:<arm>` joins the same sets. Provisional decisions ('p') convert once
+--   through their pending key instead.
 -- Dedup, bucket and pending-decision keys are built here from ARGV[1] rather than passed as
 --   KEYS: they carry the experiment's hash tag, so they are in this script's slot on a Redis
 --   Cluster, and three arguments instead of thousands keep the client cheap.
 -- Returns {1, statuses}: one character per event: '1' applied, '0' duplicate (event id seen
 --   within the window, or the decision already converted), '2' decision unknown or past its
---   attribution window, '3' arm differs from the decision's arm. {-1}/{-2}: experiment
---   missing/archived.
+--   attribution window, '3' arm differs from the decision's arm, '4' another event already
+--   rewarded this decision and arm within the window. {-1}/{-2}: experiment missing/archived.
 local prefix, window = ARGV[1], tonumber(ARGV[2])
-local ids, arms_of, rewards, times, decisions = {}, {}, {}, {}, {}
+local ids, arms_of, rewards, times, decisions, rewarded = {}, {}, {}, {}, {}, {}
 local n = 0
 for id, arm, reward, ts, decision in string.gmatch(ARGV[3],
     '([^\t\n]+)\t([^\t\n]+)\t([^\t\n]+)\t([^\t\n]+)\t([^\t\n]+)\n') do
   n = n + 1
   ids[n], arms_of[n], rewards[n] = id, arm, tonumber(reward)
   times[n] = tonumber(ts)
-  if decision ~= '-' then decisions[n] = decision end
+  if string.sub(decision, 1, 1) == 'p' then
+    decisions[n] = decision
+  elseif decision ~= '-' then
+    rewarded[n] = '@' .. decision .. ':' .. arm
+  end
 end
 
 local statuses, served_at, candidates, positions, seen, claimed = {}, {}, {}, {}, {}, {}
+local members, member_of, member_found, member_claimed = {}, {}, {}, {}
 for i = 1, n do
   local status = 1
   local decision = decisions[i]
@@ -125,6 +133,10 @@ for i = 1, n do
       seen[ids[i]] = true
       candidates[#candidates + 1] = ids[i]
       positions[#candidates] = i
+      if rewarded[i] then
+        members[#members + 1] = rewarded[i]
+        member_of[#members] = i
+      end
     end
   end
   statuses[i] = status
@@ -143,10 +155,32 @@ if #candidates > 0 then
         if found[k] == 1 then statuses[positions[first + k - 1]] = 0 end
       end
     end
+    for first = 1, #members, chunk do
+      local last = math.min(first + chunk - 1, #members)
+      local found = redis.call('SMISMEMBER', base .. bucket, unpack(members, first, last))
+      for k = 1, #found do
+        if found[k] == 1 then member_found[first + k - 1] = true end
+      end
+    end
+  end
+  -- Only now, with every resent id known as a duplicate: a decision and arm already rewarded
+  -- (in Redis, or by an earlier event of this batch) refuses a new event id.
+  for k = 1, #members do
+    local i = member_of[k]
+    if statuses[i] == 1 then
+      if member_found[k] or member_claimed[members[k]] then
+        statuses[i] = 4
+      else
+        member_claimed[members[k]] = true
+      end
+    end
   end
   local fresh = {}
   for k = 1, #candidates do
     if statuses[positions[k]] == 1 then fresh[#fresh + 1] = candidates[k] end
+  end
+  for k = 1, #members do
+    if statuses[member_of[k]] == 1 then fresh[#fresh + 1] = members[k] end
   end
   for first = 1, #fresh, chunk do
     redis.call('SADD', base .. current, unpack(fresh, first, math.min(first + chunk - 1, #fresh)))

@@ -15,12 +15,12 @@ import secrets
 import time
 from collections import OrderedDict, defaultdict
 from dataclasses import replace
-from itertools import count
 from typing import Any
 
 import numpy as np
 
 from bandit import advisor, health, policy
+from bandit.auth import ANONYMOUS
 from bandit.cache import ExperimentCache, Snapshot, cancelling, summary_of
 from bandit.errors import Conflict, InvalidValue, NotFound, StoreUnavailable
 from bandit.history import MAX_LIMIT as MAX_HISTORY
@@ -34,6 +34,7 @@ from bandit.inputs import (
 from bandit.model import Experiment, check_id, diff, parse_new_experiment, parse_patch
 from bandit.settings import Settings
 from bandit.store import APPLIED, DUPLICATE, UNKNOWN_DECISION, EncodedEvent, RedisStore
+from bandit.tokens import EXPIRED, FORGED, SLATE_ARM, DecisionSigner
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ MAX_HEALTH_TRACKERS = 10_000
 _STATUS_ERRORS = {
     UNKNOWN_DECISION: "decision_id: unknown, or its attribution window has passed",
     3: "arm: differs from the arm of the decision",
+    4: "decision_id: this decision already has a reward for this arm (another event id)",
 }
 
 
@@ -54,10 +56,10 @@ class BanditService:
         seed = secrets.randbits(63) if seed is None else seed
         self._random = random.Random(seed)
         self._rng = np.random.default_rng(seed)
-        # Decision ids: a random per-process prefix and a counter make them unique across
-        # processes without coordination.
-        self._id_prefix = secrets.token_hex(5)
-        self._counter = count(1)
+        # Decision ids: a random per-process number and the signer's counter make them unique
+        # across processes without coordination; the signer (its key is in Redis) loads once.
+        self._process = secrets.randbits(40)
+        self._signer: DecisionSigner | None = None
         self._served: defaultdict[str, defaultdict[int, int]] = defaultdict(
             lambda: defaultdict(int)
         )
@@ -70,17 +72,17 @@ class BanditService:
 
     # -- experiments -------------------------------------------------------------------------
 
-    async def create_experiment(self, body: object) -> dict[str, Any]:
+    async def create_experiment(self, body: object, *, actor: str = ANONYMOUS) -> dict[str, Any]:
         experiment = parse_new_experiment(body, time.time())
         await self.store.create(experiment, _audit_entry(
-            experiment, "create", _initial_settings(experiment), None))
+            experiment, actor, "create", _initial_settings(experiment), None))
         return experiment.to_json()
 
     async def history(self, experiment_id: str, since: str | None,
                       limit: str | None) -> dict[str, Any]:
         check_id(experiment_id, "experiment id")
         since_value = _query_number(since, "since", 0.0, math.inf, 0.0)
-        limit_value = int(_query_number(limit, "limit", 1, MAX_HISTORY, MAX_HISTORY))
+        limit_value = int(_query_number(limit, "limit", 1, MAX_HISTORY, MAX_HISTORY, whole=True))
         samples = await self.store.history(experiment_id, since_value, limit_value)
         if samples is None:
             raise NotFound(f"experiment {experiment_id!r} does not exist")
@@ -107,7 +109,8 @@ class BanditService:
     async def show(self, experiment_id: str) -> dict[str, Any]:
         return (await self._read(experiment_id)).to_json()
 
-    async def patch(self, experiment_id: str, body: object) -> dict[str, Any]:
+    async def patch(self, experiment_id: str, body: object, *,
+                    actor: str = ANONYMOUS) -> dict[str, Any]:
         current = await self._read(experiment_id)
         if current.archived:
             raise InvalidValue(f"experiment {experiment_id!r} is archived")
@@ -119,20 +122,20 @@ class BanditService:
                 f"{patch.version}: reload it and apply your change again"
             )
         await self.store.update(patch.experiment, patch.version, _audit_entry(
-            patch.experiment, "update", patch.changes, patch.reason))
+            patch.experiment, actor, "update", patch.changes, patch.reason))
         self.cache.forget(experiment_id)
         result = patch.experiment.to_json()
         result["changes"] = patch.changes
         return result
 
-    async def archive(self, experiment_id: str) -> dict[str, Any]:
+    async def archive(self, experiment_id: str, *, actor: str = ANONYMOUS) -> dict[str, Any]:
         current = await self._read(experiment_id)
         if current.archived:
             return current.to_json()
         archived = replace(current, archived=True, version=current.version + 1,
                            updated_at=time.time())
         await self.store.update(archived, current.version, _audit_entry(
-            archived, "archive", diff(current, archived), None))
+            archived, actor, "archive", diff(current, archived), None))
         self.cache.forget(experiment_id)
         return archived.to_json()
 
@@ -147,6 +150,10 @@ class BanditService:
 
     async def snapshot(self, experiment_id: str) -> Snapshot:
         snapshot = self.cache.peek(experiment_id) or await self.cache.get(experiment_id)
+        if self.cache.age > self.settings.max_stale_s:
+            raise StoreUnavailable(
+                f"Redis has been unreachable for {self.cache.age:.0f} s, over max_stale_s "
+                f"({self.settings.max_stale_s:g} s): the last known posteriors are too old")
         if snapshot.experiment.archived:
             raise NotFound(f"experiment {experiment_id!r} is archived")
         return snapshot
@@ -155,9 +162,15 @@ class BanditService:
     def stale(self) -> bool:
         return self.cache.age > self.settings.stale_after_s
 
+    async def signer(self) -> DecisionSigner:
+        if self._signer is None:
+            self._signer = DecisionSigner(await self.store.signing_key(), self._process)
+        return self._signer
+
     async def allocate(self, experiment_id: str, body: object) -> dict[str, Any]:
         request = parse_allocate(body)
         snapshot = await self.snapshot(experiment_id)
+        signer = self._signer or await self.signer()
         if request.k is not None and request.k > snapshot.servable:
             raise InvalidValue(
                 f"k: {request.k} is more than the {snapshot.servable} arms that can be served"
@@ -167,11 +180,12 @@ class BanditService:
             raise InvalidValue("provisional: only for single-arm decisions of bernoulli "
                                "experiments")
         if request.sticky:
-            decisions = await self._sticky_decisions(snapshot, request)
+            decisions, snapshot = await self._sticky_decisions(snapshot, request, signer)
         elif request.k is None:
-            decisions = self._decisions(snapshot, request.n, "p" if request.provisional else "d")
+            decisions = self._decisions(snapshot, request.n, "p" if request.provisional else "d",
+                                        signer)
         else:
-            decisions = self._slates(snapshot, request.n, request.k)
+            decisions = self._slates(snapshot, request.n, request.k, signer)
         if request.provisional:
             await self.store.record_provisional(
                 experiment_id, [d["decision_id"] for d in decisions],
@@ -180,28 +194,30 @@ class BanditService:
             )
         return {"decisions": decisions, "version": snapshot.experiment.version}
 
-    def _decisions(self, snapshot: Snapshot, n: int, kind: str) -> list[dict[str, Any]]:
+    def _decisions(self, snapshot: Snapshot, n: int, kind: str,
+                   signer: DecisionSigner) -> list[dict[str, Any]]:
         arms, probabilities = snapshot.arms, snapshot.probability_list
-        served = self._served[snapshot.experiment.id]
-        prefix = f"{kind}{self._id_prefix}"
+        experiment_id = snapshot.experiment.id
+        served = self._served[experiment_id]
+        issued = int(time.time())
         if n == 1:
             index = policy.sample_one(snapshot.cumulative_list, self._random.random())
             served[index] += 1
-            return [{"decision_id": f"{prefix}{next(self._counter):x}", "arm": arms[index],
+            return [{"decision_id": signer.sign_one(experiment_id, kind, issued, index),
+                     "arm": arms[index],
                      "propensity": probabilities[index]}]
         chosen = policy.sample_arms(snapshot.cumulative, n, self._rng)
         for index, times in enumerate(np.bincount(chosen, minlength=len(arms)).tolist()):
             if times:
                 served[index] += times
-        first = next(self._counter)
-        self._counter = count(first + n)
+        ids = signer.sign(experiment_id, kind, issued, chosen)
         return [
-            {"decision_id": f"{prefix}{first + offset:x}", "arm": arms[index],
-             "propensity": probabilities[index]}
-            for offset, index in enumerate(chosen.tolist())
+            {"decision_id": decision_id, "arm": arms[index], "propensity": probabilities[index]}
+            for decision_id, index in zip(ids, chosen.tolist(), strict=True)
         ]
 
-    def _slates(self, snapshot: Snapshot, n: int, k: int) -> list[dict[str, Any]]:
+    def _slates(self, snapshot: Snapshot, n: int, k: int,
+                signer: DecisionSigner) -> list[dict[str, Any]]:
         arms_chosen, slate_propensity, position_propensity = policy.sample_slates(
             snapshot.probabilities, n, k, self._rng
         )
@@ -209,28 +225,34 @@ class BanditService:
         for index in arms_chosen.ravel().tolist():
             served[index] += 1
         arms = snapshot.arms
+        ids = self._slate_ids(snapshot, n, signer)
         return [
-            {"decision_id": f"d{self._id_prefix}{next(self._counter):x}",
-             "arms": [arms[i] for i in slate], "propensity": propensity,
-             "position_propensities": positions}
-            for slate, propensity, positions in zip(
-                arms_chosen.tolist(), slate_propensity.tolist(), position_propensity.tolist(),
-                strict=True,
+            {"decision_id": decision_id, "arms": [arms[i] for i in slate],
+             "propensity": propensity, "position_propensities": positions}
+            for decision_id, slate, propensity, positions in zip(
+                ids, arms_chosen.tolist(), slate_propensity.tolist(),
+                position_propensity.tolist(), strict=True,
             )
         ]
 
-    async def _sticky_decisions(self, snapshot: Snapshot,
-                                request: AllocateRequest) -> list[dict[str, Any]]:
+    def _slate_ids(self, snapshot: Snapshot, n: int, signer: DecisionSigner) -> list[str]:
+        return signer.sign(snapshot.experiment.id, "s", int(time.time()), [SLATE_ARM] * n)
+
+    async def _sticky_decisions(
+        self, snapshot: Snapshot, request: AllocateRequest, signer: DecisionSigner,
+    ) -> tuple[list[dict[str, Any]], Snapshot]:
+        """The unit's decisions, and the snapshot they were made from (a newer one when the
+        unit's stored assignment names an arm this process has not seen yet)."""
         assert request.unit is not None
         experiment = snapshot.experiment
         field = request.unit if request.k is None else f"{request.unit}\x1fk={request.k}"
         key = (experiment.id, field)
         assignment = self._sticky.get(key)
         if assignment is None:
-            proposal = (self._decisions(snapshot, 1, "d")[0] if request.k is None
-                        else self._slates(snapshot, 1, request.k)[0])
-            proposed = _encode_assignment(experiment, proposal)
-            stored = await self.store.sticky_assignment(experiment.id, field, proposed)
+            # Only a candidate: another process may have assigned the unit first. What is
+            # served (and counted) is decided below, from the stored assignment.
+            stored = await self.store.sticky_assignment(experiment.id, field,
+                                                        self._propose(snapshot, request.k))
             assignment = _decode_assignment(stored)
             self._sticky[key] = assignment
             if len(self._sticky) > self.settings.sticky_cache_size:
@@ -238,18 +260,26 @@ class BanditService:
         else:
             self._sticky.move_to_end(key)
         indices, propensity, positions = assignment
-        if any(snapshot.probability_list[i] == 0.0 for i in indices):
+        if max(indices) >= len(snapshot.arms):
+            # Assigned by a process that knows an arm added since this cache was refreshed.
+            snapshot = await self.cache.load(experiment.id)
+            experiment = snapshot.experiment
+        kind = "p" if request.provisional else "d"
+        if max(indices) >= len(snapshot.arms) or any(
+                snapshot.probability_list[i] == 0.0 for i in indices):
             # The unit's arm is paused (or outside the current serving set): it gets a fresh,
             # unstored decision now and its own arm again once that arm is resumed.
-            return (self._decisions(snapshot, request.n, "d") if request.k is None
-                    else self._slates(snapshot, request.n, request.k))
+            return (self._decisions(snapshot, request.n, kind, signer) if request.k is None
+                    else self._slates(snapshot, request.n, request.k, signer)), snapshot
         arms = experiment.arms
         served = self._served[experiment.id]
         decisions: list[dict[str, Any]] = []
-        for _ in range(request.n):
+        ids = (signer.sign(experiment.id, kind, int(time.time()), [indices[0]] * request.n)
+               if request.k is None
+               else self._slate_ids(snapshot, request.n, signer))
+        for decision_id in ids:
             decision: dict[str, Any] = {
-                "decision_id": f"d{self._id_prefix}{next(self._counter):x}",
-                "propensity": propensity, "sticky": True,
+                "decision_id": decision_id, "propensity": propensity, "sticky": True,
             }
             if request.k is None:
                 decision["arm"] = arms[indices[0]]
@@ -259,7 +289,18 @@ class BanditService:
             for i in indices:
                 served[i] += 1
             decisions.append(decision)
-        return decisions
+        return decisions, snapshot
+
+    def _propose(self, snapshot: Snapshot, k: int | None) -> str:
+        """A first assignment for a sticky unit, encoded as ``indices|propensity|positions``."""
+        if k is None:
+            index = policy.sample_one(snapshot.cumulative_list, self._random.random())
+            return f"{index}|{snapshot.probability_list[index]!r}|"
+        arms_chosen, slate_propensity, position_propensity = policy.sample_slates(
+            snapshot.probabilities, 1, k, self._rng)
+        indices = ",".join(str(i) for i in arms_chosen[0].tolist())
+        positions = ",".join(repr(p) for p in position_propensity[0].tolist())
+        return f"{indices}|{slate_propensity.tolist()[0]!r}|{positions}"
 
     async def flush_served(self) -> None:
         """Add this process's served-decision counts to Redis (best effort, periodic)."""
@@ -331,21 +372,30 @@ class BanditService:
         except NotFound as error:
             return [], [], [{"index": e.position, "error": error.message} for e in events]
         if any(snapshot.experiment.arm_index(e.arm) is None for e in events):
-            # An arm added by another process may not have reached this cache yet.
+            # An arm added by another process may not have reached this cache yet; the fresh
+            # read may also find the experiment archived meanwhile.
             self.cache.forget(experiment_id)
-            snapshot = await self.snapshot(experiment_id)
+            try:
+                snapshot = await self.snapshot(experiment_id)
+            except NotFound as error:
+                return [], [], [{"index": e.position, "error": error.message} for e in events]
         experiment = snapshot.experiment
         bernoulli = experiment.reward == "bernoulli"
         encoded: list[EncodedEvent] = []
         indices: list[int] = []
         errors: list[dict[str, Any]] = []
         arm_indices = experiment.arm_indices
+        require = self.settings.require_decision_ids
         for index, event_id, _, arm, reward, decision_id, ts in events:
             arm_index = arm_indices.get(arm)
             if arm_index is not None and (not bernoulli or 0.0 <= reward <= 1.0) and (
-                    decision_id is None or decision_id[0] != "p" or bernoulli):
+                    decision_id is None or decision_id[0] != "p" or bernoulli) and (
+                    decision_id is not None or not require):
                 encoded.append(EncodedEvent(event_id, arm_index, reward, ts, decision_id))
                 indices.append(index)
+            elif decision_id is None and require:
+                errors.append({"index": index, "error": "decision_id: required (this service "
+                               "only counts rewards for decisions it served)"})
             elif arm_index is None:
                 errors.append({"index": index, "error": f"arm: {arm!r} is not an arm of "
                                f"experiment {experiment_id!r}"})
@@ -355,6 +405,21 @@ class BanditService:
             else:
                 errors.append({"index": index, "error": "decision_id: provisional decisions "
                                "exist only for bernoulli experiments"})
+        signed = [i for i, event in enumerate(encoded) if event.decision_id is not None]
+        if signed:
+            signer = self._signer or await self.signer()
+            statuses = signer.verify(
+                experiment_id, [encoded[i].decision_id or "" for i in signed],
+                [encoded[i].arm_index for i in signed], time.time(),
+                self.settings.dedup_window_s)
+            refused = {i: status for i, status in zip(signed, statuses, strict=True) if status}
+            if refused:
+                for i, status in refused.items():
+                    errors.append({"index": indices[i], "error": _token_error(
+                        status, experiment_id, experiment.arms[encoded[i].arm_index],
+                        self.settings.dedup_window_s)})
+                encoded = [e for i, e in enumerate(encoded) if i not in refused]
+                indices = [e for i, e in enumerate(indices) if i not in refused]
         return encoded, indices, errors
 
     # -- statistics --------------------------------------------------------------------------
@@ -434,13 +499,17 @@ class BanditService:
 
 
 def _query_number(raw: str | None, name: str, low: float, high: float,
-                  default: float) -> float:
+                  default: float, *, whole: bool = False) -> float:
     if raw is None:
         return default
     try:
         value = float(raw)
     except ValueError:
         raise InvalidValue(f"{name}: {raw!r} is not a number") from None
+    if not math.isfinite(value):  # "inf" parses, and would be answered as null
+        raise InvalidValue(f"{name}: must be a finite number, got {raw}")
+    if whole and not value.is_integer():
+        raise InvalidValue(f"{name}: expected a whole number, got {raw}")
     if not low <= value <= high:
         raise InvalidValue(f"{name}: must be between {low:g} and {high:g}, got {raw}")
     return value
@@ -452,23 +521,26 @@ def _initial_settings(experiment: Experiment) -> dict[str, dict[str, Any]]:
             for key in ("arms", "reward", "prior", "exploration", "attribution_window_s")}
 
 
-def _audit_entry(experiment: Experiment, action: str, changes: dict[str, Any],
+def _audit_entry(experiment: Experiment, actor: str, action: str, changes: dict[str, Any],
                  reason: str | None) -> dict[str, Any]:
-    # Until API keys exist every change is by "anonymous"; the key's name goes here then.
-    return {"version": experiment.version, "at": time.time(), "actor": "anonymous",
+    # The actor is the API key's name ("anonymous" when the service runs without keys).
+    return {"version": experiment.version, "at": time.time(), "actor": actor,
             "action": action, "changes": changes, "reason": reason}
+
+
+def _token_error(status: int, experiment_id: str, arm: str, window_s: float) -> str:
+    if status == EXPIRED:
+        return (f"decision_id: served more than the dedup window ({window_s:g} s) ago, so a "
+                "reward for it could not be told from a replay; raise --dedup-window for "
+                "longer reward delays")
+    assert status == FORGED
+    return (f"decision_id: not a decision this service served for experiment "
+            f"{experiment_id!r} and arm {arm!r}")
 
 
 def _finite(value: float) -> float | None:
     value = float(value)
     return value if math.isfinite(value) else None
-
-
-def _encode_assignment(experiment: Experiment, decision: dict[str, Any]) -> str:
-    names = decision["arms"] if "arms" in decision else [decision["arm"]]
-    indices = ",".join(str(experiment.arm_index(name)) for name in names)
-    positions = ",".join(repr(p) for p in decision.get("position_propensities", []))
-    return f"{indices}|{decision['propensity']!r}|{positions}"
 
 
 def _decode_assignment(value: str) -> tuple[list[int], float, list[float]]:

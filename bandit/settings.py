@@ -41,8 +41,14 @@ class Settings:
     #: Socket timeout for Redis commands; a slower answer is treated as Redis being unreachable.
     redis_timeout_s: float = 2.0
     redis_max_connections: int = 64
+    #: How long a request waits for a free connection when all are busy, before a 503: a
+    #: stuck or slow Redis makes requests fail fast instead of queueing without end.
+    redis_pool_timeout_s: float = 0.5
     #: Decisions served from a cache older than this are flagged stale.
     stale_after_s: float = 2.0
+    #: Decisions keep coming from memory while Redis is unreachable for up to this long; after
+    #: that allocation answers 503 too (the posteriors may have moved too far).
+    max_stale_s: float = 3600.0
     #: Sticky-unit assignments remembered in process memory (they never change, so caching is safe).
     sticky_cache_size: int = 100_000
     #: How often allocation shares and posteriors are sampled into each experiment's history.
@@ -53,6 +59,14 @@ class Settings:
     advisor_threads: int = 1
     #: ``appendfsync`` of the embedded Redis: ``always`` acknowledges nothing it has not fsynced.
     embedded_appendfsync: str = "always"
+    #: Refuse reward events without a decision_id: every reward must name a signed decision
+    #: this service served (see ``bandit.tokens``).
+    require_decision_ids: bool = False
+    #: Keys file (``bandit keys new`` writes it); with neither this nor ``api_keys`` the service
+    #: runs open, which ``bandit serve`` allows on a loopback address only.
+    api_keys_file: Path | None = None
+    #: Keys-file lines given inline (``BANDIT_API_KEYS``), newline- or ``;``-separated.
+    api_keys: str | None = None
 
     def __post_init__(self) -> None:
         _check(self.port, "port", 0 <= self.port <= 65535)
@@ -68,6 +82,10 @@ class Settings:
         _check(self.redis_timeout_s, "redis_timeout_s", _positive(self.redis_timeout_s))
         _check(self.redis_max_connections, "redis_max_connections", self.redis_max_connections >= 1)
         _check(self.stale_after_s, "stale_after_s", _positive(self.stale_after_s))
+        _check(self.max_stale_s, "max_stale_s", _positive(self.max_stale_s)
+               and self.max_stale_s >= self.stale_after_s)
+        _check(self.redis_pool_timeout_s, "redis_pool_timeout_s",
+               _positive(self.redis_pool_timeout_s))
         _check(self.history_interval_s, "history_interval_s",
                _positive(self.history_interval_s))
         _check(self.history_max_samples, "history_max_samples", self.history_max_samples >= 1)
@@ -112,6 +130,10 @@ def _check(value: object, name: str, ok: bool) -> None:
 
 def _convert(name: str, annotation: object, raw: str) -> Any:
     kind = str(annotation)
+    if kind == "bool":
+        if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+            raise SettingsError(f"BANDIT_{name.upper()}: {raw!r} is not true or false")
+        return raw.lower() in ("1", "true", "yes")
     try:
         if "int" in kind:
             return int(raw)

@@ -9,6 +9,7 @@ see one exception for "Redis cannot be reached".
 from __future__ import annotations
 
 import math
+import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
@@ -22,7 +23,7 @@ from redis.commands.core import AsyncScript
 
 from bandit import scripts
 from bandit.errors import Conflict, NotFound, StoreUnavailable
-from bandit.keys import Keys, registry
+from bandit.keys import Keys, registry, signing_key
 from bandit.model import Experiment
 
 T = TypeVar("T")
@@ -68,14 +69,15 @@ class RedisStore:
         self._history_append = client.register_script(scripts.HISTORY_APPEND)
 
     @classmethod
-    def from_url(cls, url: str, prefix: str, *, timeout_s: float,
-                 max_connections: int) -> RedisStore:
-        # A blocking pool with a timeout: a burst beyond the pool waits briefly, then fails
-        # with a clear error instead of opening unbounded connections.
+    def from_url(cls, url: str, prefix: str, *, timeout_s: float, max_connections: int,
+                 pool_timeout_s: float = 0.5) -> RedisStore:
+        # A blocking pool with a short wait: a burst beyond the pool (or a stuck Redis holding
+        # every connection) waits briefly for a free one, then fails with a clear 503,
+        # instead of opening unbounded connections or queueing requests without end.
         pool = aioredis.BlockingConnectionPool.from_url(
             url,
             max_connections=max_connections,
-            timeout=timeout_s,
+            timeout=pool_timeout_s,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             decode_responses=True,
@@ -91,6 +93,12 @@ class RedisStore:
 
     async def ping(self) -> bool:
         return bool(await _call(self._client.ping))
+
+    async def signing_key(self) -> bytes:
+        """The decision-signing secret every process shares; the first caller creates it."""
+        name = signing_key(self._prefix)
+        await _call(self._client.set, name, secrets.token_hex(32), nx=True)
+        return bytes.fromhex(await _call(self._client.get, name))
 
     async def create(self, experiment: Experiment, audit_entry: dict[str, Any]) -> None:
         keys = self.keys(experiment.id)
@@ -270,6 +278,10 @@ async def _call(function: Callable[..., Awaitable[T]] | AsyncScript, *args: Any,
     try:
         return await function(*args, **kwargs)
     except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as error:
+        if isinstance(error.__cause__, TimeoutError) and "No connection available" in str(error):
+            raise StoreUnavailable("every Redis connection of this process is busy (Redis is "
+                                   "slow or unreachable, or the load is over capacity); retry "
+                                   "shortly") from error
         raise StoreUnavailable(f"Redis is unreachable: {error}") from error
     except redis_errors.BusyLoadingError as error:
         raise StoreUnavailable("Redis is loading its data set; retry shortly") from error
@@ -285,10 +297,9 @@ def _half_life(experiment: Experiment) -> str:
 
 
 def _encode_events(events: list[EncodedEvent]) -> str:
-    # Only provisional decisions ('p...') have a pending key to convert; others are plain.
     return "".join(
         f"{e.event_id}\t{e.arm_index}\t{e.reward!r}\t{'-' if e.ts is None else repr(e.ts)}\t"
-        f"{e.decision_id if e.decision_id is not None and e.decision_id[0] == 'p' else '-'}\n"
+        f"{e.decision_id or '-'}\n"
         for e in events
     )
 

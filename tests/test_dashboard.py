@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, Request, Route, expect, sync_playwright
 
+from bandit.auth import key_line, new_key
 from tests.conftest import ServiceProcess
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -94,10 +95,13 @@ def dashboard(browser: Browser, service_process: Callable[..., ServiceProcess],
 
 
 def api(service: ServiceProcess, method: str, path: str,
-        body: object = None) -> tuple[int, Any]:
+        body: object = None, key: str | None = None) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
     request = urllib.request.Request(f"{service.url}{path}", data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+                                     headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read())
@@ -107,16 +111,17 @@ def api(service: ServiceProcess, method: str, path: str,
 
 
 def create(service: ServiceProcess, experiment_id: str,
-           rewards: dict[str, tuple[int, int]], **settings: Any) -> None:
+           rewards: dict[str, tuple[int, int]], key: str | None = None,
+           **settings: Any) -> None:
     """An experiment whose arms got ``(successes, observations)``: no decision is served."""
     status, body = api(service, "POST", "/v1/experiments", {
-        "id": experiment_id, "arms": list(rewards), "reward": "bernoulli", **settings})
+        "id": experiment_id, "arms": list(rewards), "reward": "bernoulli", **settings}, key)
     assert status == 201, body
     events = [{"id": f"{arm}-{i}", "experiment": experiment_id, "arm": arm,
                "reward": int(i < successes)}
               for arm, (successes, observations) in rewards.items()
               for i in range(observations)]
-    status, body = api(service, "POST", "/v1/events", {"events": events})
+    status, body = api(service, "POST", "/v1/events", {"events": events}, key)
     assert status == 200 and body["accepted"] == len(events), body
 
 
@@ -527,34 +532,49 @@ def test_requests_stay_on_the_service_carry_the_key_and_keep_form_input(
             "/v1/experiments/local/stats"} <= paths
 
 
-def test_a_refused_change_for_lack_of_scope_makes_the_page_read_only(
-    dashboard: Session,
+def test_api_keys_decide_what_the_page_may_do(
+    browser: Browser, service_process: Callable[..., ServiceProcess],
 ) -> None:
-    # API keys do not exist yet: the 403 the service will send is stood in for here.
-    service = dashboard.service
-    create(service, "guarded", {"a": (2, 20), "b": (4, 20)})
-    page = dashboard.open("#/exp/guarded")
+    viewer, operator, loader = new_key(), new_key(), new_key()
+    keys = ";".join([key_line("viewer", ["read"], viewer),
+                     key_line("ops", ["read", "admin"], operator),
+                     key_line("loader", ["decide", "admin"], loader)])
+    service = service_process(extra_env={"BANDIT_API_KEYS": keys,
+                                         "BANDIT_HISTORY_INTERVAL_S": HISTORY_INTERVAL_S})
+    create(service, "guarded", {"a": (2, 20), "b": (4, 20)}, key=loader)
+    session = Session(browser, service)
+    try:
+        page = session.open("#/exp/guarded")
+        expect(page.get_by_test_id("auth-banner")).to_contain_text("401")
 
-    def forbid(route: Route) -> None:
-        if route.request.method != "PATCH":
-            route.fallback()
-            return
-        route.fulfill(status=403, content_type="application/json", body=json.dumps(
-            {"error": {"code": "forbidden", "message": "key 'viewer' lacks the admin scope"}}))
+        page.get_by_test_id("api-key").fill(viewer)
+        page.get_by_test_id("api-key-save").click()
+        expect(page.get_by_test_id("identity")).to_have_text("key viewer: read")
+        expect(page.get_by_test_id("mode")).to_have_text("read-only")
+        expect(page.get_by_test_id("read-only-notice")).to_contain_text("needs the admin scope")
+        expect(page.get_by_test_id("settings-form")).to_be_hidden()
+        expect(page.get_by_test_id("stats-table").locator("tbody tr")).to_have_count(2)
+        expect(page.get_by_test_id("auth-banner")).to_be_hidden()
 
-    page.route("**/v1/experiments/guarded", forbid)
-    expect(page.get_by_test_id("setting-warmup")).to_have_value("0")  # the form is loaded
-    page.get_by_test_id("setting-warmup").fill("50")
-    fill_forecast_options(page, traffic_per_s="20")
-    page.get_by_test_id("forecast-button").click()
-    expect(page.get_by_test_id("forecast-table")).to_be_visible(timeout=30_000)
-    page.get_by_test_id("apply-button").click()
-    page.get_by_test_id("confirm-apply").click()
-
-    expect(page.get_by_test_id("read-only-notice")).to_contain_text("lacks the admin scope")
-    expect(page.get_by_test_id("auth-banner")).to_contain_text("403")
-    expect(page.get_by_test_id("mode")).to_have_text("read-only")
-    expect(page.get_by_test_id("settings-form")).to_be_hidden()
-    expect(page.get_by_test_id("confirm-dialog")).to_be_hidden()
-    assert api(service, "GET", "/v1/experiments/guarded")[1]["version"] == 1
-    assert not dashboard.outside
+        page.get_by_test_id("api-key").fill(operator)
+        page.get_by_test_id("api-key-save").click()
+        expect(page.get_by_test_id("identity")).to_have_text("key ops: admin, read")
+        expect(page.get_by_test_id("mode")).to_be_hidden()
+        warmup = page.get_by_test_id("setting-warmup")
+        expect(warmup).to_be_visible()
+        expect(warmup).to_have_value("0")
+        warmup.fill("50")
+        fill_forecast_options(page, traffic_per_s="20")
+        page.get_by_test_id("forecast-button").click()
+        expect(page.get_by_test_id("forecast-table")).to_be_visible(timeout=30_000)
+        page.get_by_test_id("apply-button").click()
+        with page.expect_response(lambda r: r.request.method == "PATCH") as patched:
+            page.get_by_test_id("confirm-apply").click()
+        assert patched.value.status == 200
+        newest = page.locator("[data-testid=audit-table] tbody tr").first
+        expect(newest).to_have_attribute("data-version", "2")
+        expect(newest.locator("[data-col=actor]")).to_have_text("ops")
+        assert api(service, "GET", "/v1/experiments/guarded", key=viewer)[1]["version"] == 2
+        assert not session.outside
+    finally:
+        session.close()

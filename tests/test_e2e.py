@@ -43,7 +43,7 @@ async def test_traffic_moves_to_the_best_arm(client: Client) -> None:
                  for i, (arm, reward, d) in enumerate(zip(chosen, rewards, decisions,
                                                           strict=True))]
         result = await (await client.post("/v1/events", json={"events": batch})).json()
-        assert result["accepted"] == len(batch)
+        assert result["accepted"] == len(batch), result["rejected"][:3]
         total += len(batch)
         # Wait until this process's cache has seen the round, so the next one adapts to it.
         while True:

@@ -67,6 +67,7 @@ export async function request(method, path, body) {
 const experimentPath = (id) => `/v1/experiments/${encodeURIComponent(id)}`;
 
 export const api = {
+  whoami: () => request("GET", "/v1/whoami"),
   list: () => request("GET", "/v1/experiments"),
   show: (id) => request("GET", experimentPath(id)),
   stats: (id) => request("GET", `${experimentPath(id)}/stats`),

@@ -28,6 +28,7 @@ function setupHeader() {
     state.readOnly = null;
     showAuthProblem(null);
     notify(input.value.trim() ? "API key saved in this browser." : "API key cleared.");
+    checkIdentity();
     refreshNow();
   });
   $("#api-key-clear").addEventListener("click", () => {
@@ -36,6 +37,7 @@ function setupHeader() {
     state.readOnly = null;
     showAuthProblem(null);
     notify("API key cleared.");
+    checkIdentity();
     refreshNow();
   });
   $("#refresh-now").addEventListener("click", () => refreshNow());
@@ -77,6 +79,24 @@ function showAuthProblem(error, action) {
     applyReadOnly();
   }
   if (error.status === 401 && !wasShown) $("#api-key").focus();
+}
+
+/** Ask the service who the key is: name it in the header, and go read-only without admin. */
+async function checkIdentity() {
+  let me;
+  try {
+    me = await api.whoami();
+  } catch (error) {
+    $("#identity").textContent = "";
+    if (error.isAuth) showAuthProblem(error, "read");
+    return;
+  }
+  $("#identity").textContent = me.auth === "open"
+    ? "open service (no API keys)" : `key ${me.name}: ${me.scopes.join(", ")}`;
+  state.readOnly = me.scopes.includes("admin") ? null
+    : `Read-only: key '${me.name}' has the scopes ${me.scopes.join(", ")}; changing settings ` +
+      "needs the admin scope.";
+  applyReadOnly();
 }
 
 /** A read succeeded: a 401/403 banner about reading no longer holds. */
@@ -514,6 +534,7 @@ function bar(value, colour) {
 // -- start ---------------------------------------------------------------------------------
 
 setupHeader();
+checkIdentity();
 window.addEventListener("hashchange", route);
 let resizeTimer = null;
 window.addEventListener("resize", () => {

@@ -205,7 +205,7 @@ function sameValue(a, b) {
 export const FORECAST_FIELDS = [
   { name: "decisions", label: "Horizon (decisions)", integer: true, low: 10, high: 1e6,
     help: "empty = an hour of traffic" },
-  { name: "traffic_per_s", label: "Traffic (decisions/s)", low: 0, lowOpen: true, high: 1e7,
+  { name: "traffic_per_s", label: "Traffic (decisions/s)", low: 1e-6, high: 1e7,
     help: "empty = measured over the last hour" },
   { name: "reward_delay_s", label: "Reward delay (s)", low: 0, high: 30 * 86400,
     help: "empty = measured from the counts" },
