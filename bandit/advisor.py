@@ -44,6 +44,10 @@ MAX_SECONDS = 10.0
 MAX_UPDATES = 100
 #: History window the traffic rate and delay are measured over.
 RATE_WINDOW_S = 3600.0
+#: Traffic rates a request may give (decisions per second); the lower bound keeps a forecast's
+#: horizon in seconds (decisions / rate) finite.
+MIN_TRAFFIC_PER_S = 1e-6
+MAX_TRAFFIC_PER_S = 1e7
 #: Reward coverage (observations per decision served) within which Little's law is trusted.
 COVERAGE_RANGE = (0.8, 1.25)
 
@@ -76,7 +80,7 @@ def parse_request(body: object, current: Experiment) -> Request:
         decisions = integer(decisions, "decisions", low=MIN_DECISIONS, high=MAX_DECISIONS)
     traffic = data.get("traffic_per_s")
     if traffic is not None:
-        traffic = number(traffic, "traffic_per_s", low=0.0, high=1e7, low_open=True)
+        traffic = number(traffic, "traffic_per_s", low=MIN_TRAFFIC_PER_S, high=MAX_TRAFFIC_PER_S)
     delay = data.get("reward_delay_s")
     if delay is not None:
         delay = number(delay, "reward_delay_s", low=0.0, high=30 * 86400.0)

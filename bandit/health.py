@@ -101,7 +101,12 @@ class HealthTracker:
         if decisions < 1 or used.sum() < 2:
             return None
         observed, expected = self.observed, self.expected
-        chi2 = float((((observed - expected) ** 2)[used] / expected[used]).sum())
+        # An arm served while its propensity rounded to almost 0 (its decisions flushed after a
+        # change took its traffic away) makes the statistic overflow: it is as large as a float
+        # goes (p-value 0), not inf, which JSON cannot carry.
+        with np.errstate(over="ignore"):
+            chi2 = float((((observed - expected) ** 2)[used] / expected[used]).sum())
+        chi2 = min(chi2, float(np.finfo(np.float64).max))
         dof = int(used.sum()) - 1
         p_value = float(scipy_stats.chi2.sf(chi2, dof))
         return {"decisions": int(decisions), "chi2": chi2, "dof": dof, "p_value": p_value,

@@ -17,6 +17,15 @@ ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 MIN_ARMS = 2
 MAX_ARMS = 1000
 DEFAULT_ATTRIBUTION_WINDOW_S = 86_400.0
+#: Largest reward (and gaussian prior mean) magnitude: the posterior sums of squares of values
+#: near the float limit overflow to inf and would break the experiment's statistics for good.
+MAX_ABS_REWARD = 1e15
+#: Range of the prior's alpha, beta and kappa: the kernels divide by zero on denormal values.
+MIN_PRIOR_PARAMETER = 1e-6
+MAX_PRIOR_PARAMETER = 1e12
+#: A gaussian alpha (shape of the noise precision) below this makes the advisor's draws of the
+#: precision underflow to 0 (an infinite noise scale).
+MIN_GAUSSIAN_ALPHA = 0.05
 
 Reward = Literal["bernoulli", "gaussian"]
 REWARDS: tuple[Reward, ...] = ("bernoulli", "gaussian")
@@ -143,6 +152,8 @@ def number(value: object, what: str, *, low: float | None = None, high: float | 
 
 
 def integer(value: object, what: str, *, low: int, high: int) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON has one number type: 3.0 is the integer 3 (as JSON Schema says)
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidValue(f"{what}: expected an integer, got {_describe(value)}")
     if not low <= value <= high:
@@ -185,9 +196,11 @@ def parse_prior(reward: Reward, value: object) -> dict[str, float]:
     prior = dict(defaults)
     for name, raw in given.items():
         if name == "mean":
-            prior[name] = number(raw, "prior.mean")
+            prior[name] = number(raw, "prior.mean", low=-MAX_ABS_REWARD, high=MAX_ABS_REWARD)
         else:
-            prior[name] = number(raw, f"prior.{name}", low=0.0, low_open=True, high=1e12)
+            low = MIN_GAUSSIAN_ALPHA if (reward, name) == ("gaussian", "alpha") \
+                else MIN_PRIOR_PARAMETER
+            prior[name] = number(raw, f"prior.{name}", low=low, high=MAX_PRIOR_PARAMETER)
     return prior
 
 

@@ -263,7 +263,9 @@ def _replicate(
     # Delayed rewards: a min-heap on arrival step, grown by doubling when full.
     delayed = delay > 0.0
     arrive = 1.0 / (1.0 + delay)
-    capacity = 16 + (4 * int(delay) if delayed else 0)
+    # Sized for the typical backlog, and never above the horizon (at most one pending reward per
+    # step): a delay far beyond the horizon must not allocate memory for it.
+    capacity = 16 + (4 * int(min(delay, horizon)) if delayed else 0)
     heap_ints = np.zeros((capacity, 4), dtype=np.int64)
     heap_rewards = np.zeros(capacity)
     heap_size = 0

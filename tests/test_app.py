@@ -194,6 +194,13 @@ async def test_sticky_units_keep_their_arm(client: Client) -> None:
                                           json={"unit": f"u{unit}", "sticky": True})).json()
         others.add(result["decisions"][0]["arm"])
     assert len(others) > 1  # stickiness is per unit, not one arm for everyone
+    # Every sticky decision is counted as served once, the first one included (its
+    # assignment is proposed to Redis without being served itself).
+    await client.post("/v1/experiments/homepage/allocate", json={"unit": "k", "sticky": True,
+                                                                "k": 2, "n": 3})
+    served = await wait_for_revision(
+        client, lambda s: sum(a["served"] for a in s["arms"]) >= 1 + 20 + 40 + 6)
+    assert sum(a["served"] for a in served["arms"]) == 1 + 20 + 40 + 6
 
 
 # -- rewards ---------------------------------------------------------------------------------
@@ -299,7 +306,9 @@ async def test_provisional_failure_converts_once(client: Client) -> None:
     other = "arm0" if arm == "arm1" else "arm1"
     wrong = await events(client, [{"id": "c0", "experiment": "homepage", "arm": other,
                                    "reward": 1, "decision_id": decision["decision_id"]}])
-    assert wrong["accepted"] == 0 and "differs" in wrong["rejected"][0]["error"]
+    assert wrong["accepted"] == 0 and wrong["rejected"][0]["error"] == (
+        f"decision_id: not a decision this service served for experiment 'homepage' and arm "
+        f"{other!r}")
     converted = await events(client, [{"id": "c1", "experiment": "homepage", "arm": arm,
                                        "reward": 1, "decision_id": decision["decision_id"]}])
     assert converted["accepted"] == 1
@@ -310,9 +319,9 @@ async def test_provisional_failure_converts_once(client: Client) -> None:
         client, lambda s: s["arms"][index]["mean"] > 0.5)
     assert result["arms"][index]["n"] == 1
     assert result["arms"][index]["mean"] == pytest.approx(2 / 3)  # Beta(2, 1)
-    unknown = await events(client, [{"id": "c3", "experiment": "homepage", "arm": arm,
+    made_up = await events(client, [{"id": "c3", "experiment": "homepage", "arm": arm,
                                      "reward": 1, "decision_id": "p0123abc"}])
-    assert "attribution window" in unknown["rejected"][0]["error"]
+    assert "is not a decision id this service issued" in made_up["rejected"][0]["error"]
 
 
 # -- settings --------------------------------------------------------------------------------
@@ -467,3 +476,85 @@ async def test_stats_name_the_call_rule_without_a_winner(client: Client) -> None
     assert body["winner"] is None  # no data: both arms at P(best) 0.5
     # Prior means 0.5 each: the default loss bound is 1% of the best mean.
     assert body["call_rule"] == {"threshold": 0.95, "max_loss": pytest.approx(0.005)}
+
+
+# -- input hardening (found by tests/test_schemathesis.py) -----------------------------------
+
+
+async def test_integral_numbers_count_as_integers(client: Client) -> None:
+    # JSON has one number type: 3.0 is the integer 3 (as JSON Schema says), 1.5 is not.
+    await create(client)
+    result = await (await client.post("/v1/experiments/homepage/allocate",
+                                      json={"n": 3.0})).json()
+    assert len(result["decisions"]) == 3
+    changed = await client.patch("/v1/experiments/homepage",
+                                 json={"version": 1.0, "exploration": {"warmup": 10.0}})
+    assert changed.status == 200
+    assert (await changed.json())["exploration"]["warmup"] == 10
+
+
+async def test_rewards_too_large_for_the_posterior_are_refused(client: Client) -> None:
+    # 1e200 squared overflows the Normal-Gamma sums: it broke the experiment for good (the
+    # posteriors could not be read back, so every later reward was accepted and ignored).
+    await client.post("/v1/experiments", json={"id": "revenue", "arms": ["a", "b"],
+                                               "reward": "gaussian"})
+    result = await events(client, [
+        {"id": "big", "experiment": "revenue", "arm": "a", "reward": 1e200},
+        {"id": "edge", "experiment": "revenue", "arm": "a", "reward": -1e15},
+        {"id": "ok", "experiment": "revenue", "arm": "b", "reward": 2.5}])
+    assert result["accepted"] == 2
+    assert result["rejected"] == [{"index": 0, "error": "reward: must be a finite number "
+                                                        "within ±1e+15"}]
+    body = await wait_for_revision(client, lambda s: s["arms"][1]["n"] == 1, "revenue")
+    assert [arm["n"] for arm in body["arms"]] == [1, 1]
+    assert all(arm["mean"] is not None for arm in body["arms"])
+
+
+@pytest.mark.parametrize(("reward", "prior", "message"), [
+    # Denormal parameters made the kernels divide by zero: 500 on every decision.
+    ("bernoulli", {"alpha": 5e-324}, "prior.alpha: must be >= 1e-06"),
+    ("gaussian", {"kappa": 1e13}, "prior.kappa: must be <= 1000000000000.0"),
+    ("gaussian", {"mean": 1e308}, "prior.mean: must be <= 1000000000000000.0"),
+    # The advisor's draws of the noise precision underflowed to 0: 500 on advise.
+    ("gaussian", {"alpha": 0.001}, "prior.alpha: must be >= 0.05"),
+])
+async def test_priors_the_kernels_cannot_use_are_refused(
+    client: Client, reward: str, prior: dict[str, float], message: str
+) -> None:
+    response = await client.post("/v1/experiments", json={
+        "id": "e", "arms": ["a", "b"], "reward": reward, "prior": prior})
+    assert response.status == 422
+    assert error_of(await response.json()).startswith(message)
+
+
+@pytest.mark.parametrize(("query", "message"), [
+    # "inf" parsed as a number, and the stats answered "max_loss": null.
+    ("stats?max_loss=inf", "max_loss: must be a finite number, got inf"),
+    ("stats?threshold=nan", "threshold: must be a finite number, got nan"),
+    ("history?since=1e999", "since: must be a finite number, got 1e999"),
+    ("history?limit=1.5", "limit: expected a whole number, got 1.5"),
+])
+async def test_query_numbers_are_finite(client: Client, query: str, message: str) -> None:
+    await create(client)
+    response = await client.get(f"/v1/experiments/homepage/{query}")
+    assert response.status == 422
+    assert error_of(await response.json()) == message
+
+
+async def test_advise_refuses_a_traffic_rate_with_no_finite_horizon(client: Client) -> None:
+    # 5e-324 decisions/s made the horizon in seconds infinite: "horizon_s": null.
+    await create(client)
+    response = await client.post("/v1/experiments/homepage/advise", json={
+        "traffic_per_s": 5e-324, "decisions": 10, "reps": 10})
+    assert response.status == 422
+    assert error_of(await response.json()).startswith("traffic_per_s: must be >= 1e-06")
+
+
+async def test_advise_with_a_reward_delay_far_beyond_the_horizon(client: Client) -> None:
+    # 30 days at 10 million decisions/s: the simulation sized its pending-reward heap for a
+    # delay of 2.6e13 decisions and failed to allocate it (500).
+    await create(client)
+    response = await client.post("/v1/experiments/homepage/advise", json={
+        "traffic_per_s": 1e7, "reward_delay_s": 30 * 86_400, "decisions": 1000, "reps": 10})
+    assert response.status == 200, await response.text()
+    assert (await response.json())["assumptions"]["reward_delay_s"] == 30 * 86_400
