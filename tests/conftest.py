@@ -108,8 +108,9 @@ class ServiceProcess:
     """`python -m bandit serve` as a separate OS process."""
 
     def __init__(self, redis_url: str | None, *, data_dir: Path | None = None,
-                 workers: int = 1, extra_env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
+                 workers: int = 1, extra_env: dict[str, str] | None = None,
+                 port: int | None = None) -> None:
+        self.port = port or free_port()  # a fixed port: a restarted service at the same address
         self.url = f"http://127.0.0.1:{self.port}"
         command = [sys.executable, "-m", "bandit", "serve", "--port", str(self.port),
                    "--workers", str(workers), "--log-level", "WARNING"]
