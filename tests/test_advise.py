@@ -265,6 +265,12 @@ def test_scenario_settings_follow_the_simulated_arms() -> None:
     assert np.array_equal(scenario.settings[6:], expected[6:])
     assert scenario.active.tolist() == [True, True]
     assert scenario.half_life == math.inf
+    assert not scenario.needs_quadrature
+    # Top-two is forecast from allocation probabilities, as the service serves it: drawn
+    # decision by decision, a confident leader makes each challenger cost a quadrature.
+    top_two = parse_new_experiment({"id": "y", "arms": ["p", "q"], "reward": "bernoulli",
+                                    "exploration": {"top_two": 0.01}}, 0.0)
+    assert advisor._scenario(top_two, ("p", "q"), rate=10.0).needs_quadrature
 
 
 async def test_gaussian_experiments_with_forgetting_and_top_two(client: Client) -> None:
