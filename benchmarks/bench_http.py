@@ -8,6 +8,8 @@ and the ratios the allocation-service issue sets as targets:
 - allocate n=1000: decisions/s per process (target >= 1M)
 - events, batches of 1000, dedup on: events/s per process (target >= 100k), against a plain
   redis-py pipeline of HINCRBYFLOAT for the same events (no dedup, no HTTP)
+- allocate n=1 on a second service process that enforces API keys (10 configured), against
+  the open one: what authentication costs per request
 
 Usage: python benchmarks/bench_http.py [--seconds 10] [--connections 16]
 """
@@ -32,6 +34,7 @@ from pathlib import Path
 import redis
 import redis.asyncio as aioredis
 
+from bandit.auth import key_line, new_key
 from bandit.embedded import free_port, redis_server_binary
 
 NOOP_SERVER = textwrap.dedent("""
@@ -77,11 +80,13 @@ def wait_port(port: int, timeout_s: float = 120.0) -> None:
 
 
 def wrk(url: str, seconds: int, connections: int, *, body: str | None = None,
-        script: str | None = None) -> dict[str, float]:
+        script: str | None = None, key: str | None = None) -> dict[str, float]:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
         if script is None:
             script = (f"wrk.method = 'POST'\nwrk.body = {json.dumps(body or '')}\n"
                       "wrk.headers['Content-Type'] = 'application/json'\n")
+            if key is not None:
+                script += f"wrk.headers['Authorization'] = 'Bearer {key}'\n"
         handle.write(script)
         path = handle.name
     try:
@@ -126,6 +131,11 @@ def main() -> None:
         sys.exit("wrk is needed: apt-get install wrk")
     workdir = Path(tempfile.mkdtemp(prefix="bandit-bench-"))
     redis_port, service_port, noop_port = free_port(), free_port(), free_port()
+    keyed_port = free_port()
+    keys = [new_key() for _ in range(10)]
+    keys_file = workdir / "keys"
+    keys_file.write_text("".join(key_line(f"key{i}", ["decide", "admin"], key) + "\n"
+                                 for i, key in enumerate(keys)))
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
     processes = [subprocess.Popen(
         [redis_server_binary(), "--port", str(redis_port), "--save", "", "--appendonly", "no",
@@ -136,8 +146,13 @@ def main() -> None:
             [sys.executable, "-m", "bandit", "serve", "--port", str(service_port),
              "--redis", redis_url, "--log-level", "WARNING"]))
         processes.append(subprocess.Popen([sys.executable, "-c", NOOP_SERVER, str(noop_port)]))
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "bandit", "serve", "--port", str(keyed_port),
+             "--redis", redis_url, "--log-level", "WARNING", "--api-keys", str(keys_file)]))
         wait_port(service_port)
         wait_port(noop_port)
+        wait_port(keyed_port)
+        keyed = f"http://127.0.0.1:{keyed_port}"
         service = f"http://127.0.0.1:{service_port}"
         request = urllib.request.Request(
             f"{service}/v1/experiments", method="POST",
@@ -160,6 +175,17 @@ def main() -> None:
             ))
         pairs.sort(key=lambda pair: pair[1]["rps"] / pair[0]["rps"])
         noop, single = pairs[1]
+        wrk(f"{keyed}/v1/experiments/bench/allocate", 2, connections, body="{}", key=keys[7])
+        auth_pairs = []
+        for _ in range(3):
+            auth_pairs.append((
+                wrk(f"{service}/v1/experiments/bench/allocate", seconds, connections,
+                    body="{}"),
+                wrk(f"{keyed}/v1/experiments/bench/allocate", seconds, connections,
+                    body="{}", key=keys[7]),
+            ))
+        auth_pairs.sort(key=lambda pair: pair[1]["rps"] / pair[0]["rps"])
+        open_single, keyed_single = auth_pairs[1]
         thousand = wrk(f"{service}/v1/experiments/bench/allocate", seconds, connections,
                        body='{"n": 1000}')
         slate = wrk(f"{service}/v1/experiments/bench/allocate", seconds, connections,
@@ -167,6 +193,7 @@ def main() -> None:
         events = wrk(f"{service}/v1/events", seconds, 4, script=EVENTS_SCRIPT)
         baseline = asyncio.run(pipeline_baseline(redis_url, 200))
         rows = [("no-op aiohttp JSON handler", noop, 1), ("allocate n=1", single, 1),
+                ("allocate n=1, API key", keyed_single, 1),
                 ("allocate k=5 slate", slate, 1), ("allocate n=1000", thousand, 1000),
                 ("events, batches of 1000", events, 1000)]
         print(f"{'endpoint':32} {'req/s':>10} {'items/s':>12} {'p50 ms':>8} {'p99 ms':>8}")
@@ -183,6 +210,9 @@ def main() -> None:
         print(f"events/s with dedup:                  {events['rps'] * 1000:,.0f} "
               "(target >= 100,000)")
         print(f"events/s vs HINCRBYFLOAT pipeline:    {events['rps'] * 1000 / baseline:.2f}x")
+        auth_ratios = ", ".join(f"{b['rps'] / a['rps']:.2f}" for a, b in auth_pairs)
+        print(f"allocate n=1 with / without API keys: "
+              f"{keyed_single['rps'] / open_single['rps']:.2f}x (median of {auth_ratios})")
     finally:
         for process in reversed(processes):
             process.terminate()
