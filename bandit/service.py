@@ -164,7 +164,11 @@ class BanditService:
 
     async def signer(self) -> DecisionSigner:
         if self._signer is None:
-            self._signer = DecisionSigner(await self.store.signing_key(), self._process)
+            key = await self.store.signing_key()
+            # Checked again after the wait: concurrent first requests must share one signer,
+            # or each would count decisions from 1 and issue the same ids twice.
+            if self._signer is None:
+                self._signer = DecisionSigner(key, self._process)
         return self._signer
 
     async def allocate(self, experiment_id: str, body: object) -> dict[str, Any]:

@@ -201,3 +201,13 @@ def test_batches_keep_one_id_length_and_never_reuse_a_counter() -> None:
     many = signer.sign("exp", "d", NOW, np.arange(10_000) % 3)
     assert len(set(many)) == 10_000 and all(DECISION_ID_PATTERN.fullmatch(i) for i in many)
     assert signer.verify("exp", many, list(np.arange(10_000) % 3), NOW, 60) == [VALID] * 10_000
+
+
+async def test_concurrent_first_decisions_share_one_signer(client: Client) -> None:
+    """The first requests of a process wait for the signing key together: one counter."""
+    assert (await client.post("/v1/experiments", json={
+        "id": "exp", "arms": ["a", "b"], "reward": "bernoulli"})).status == 201
+    answers = await asyncio.gather(*(client.post("/v1/experiments/exp/allocate")
+                                     for _ in range(20)))
+    ids = [(await answer.json())["decisions"][0]["decision_id"] for answer in answers]
+    assert len(set(ids)) == 20
