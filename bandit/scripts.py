@@ -105,6 +105,7 @@ end
 
 local statuses, served_at, candidates, positions, seen, claimed = {}, {}, {}, {}, {}, {}
 local members, member_of, member_found, member_claimed = {}, {}, {}, {}
+local first_of, copies = {}, {}  -- an id's first position in the batch; later copies of it
 for i = 1, n do
   local status = 1
   local decision = decisions[i]
@@ -128,9 +129,10 @@ for i = 1, n do
   end
   if status == 1 then
     if seen[ids[i]] then
-      status = 0  -- the same id twice in one batch
+      copies[#copies + 1] = i  -- the same id twice in one batch: answered as its first copy
     else
       seen[ids[i]] = true
+      first_of[ids[i]] = i
       candidates[#candidates + 1] = ids[i]
       positions[#candidates] = i
       if rewarded[i] then
@@ -174,6 +176,13 @@ if #candidates > 0 then
         member_claimed[members[k]] = true
       end
     end
+  end
+  -- A later copy of an id is a duplicate of its first copy when that one counts, and refused
+  -- as it was otherwise.
+  for k = 1, #copies do
+    local i = copies[k]
+    local original = statuses[first_of[ids[i]]]
+    statuses[i] = original == 1 and 0 or original
   end
   local fresh = {}
   for k = 1, #candidates do
