@@ -303,9 +303,10 @@ async def test_a_hung_service_costs_a_decision_its_timeout_and_a_reward_nothing(
     assert not (await _decide(client, experiment)).fallback
     assert not client.circuit_open
     stats = client.stats
-    # The service applied the first batch from the requests queued while it was stopped, so
-    # the attempt that got an answer was told "duplicates": the same ids, counted once.
-    assert stats.retries >= 1 and 1 <= stats.duplicates <= 5 and stats.rejected == 0
+    # Requests queued while the service was stopped may or may not be applied when it resumes
+    # (their connections were closed by the client's timeout): when one is, the retry that
+    # gets an answer is told "duplicates". Either way each id counts once.
+    assert stats.retries >= 1 and 0 <= stats.duplicates <= 5 and stats.rejected == 0
     assert (stats.accepted + stats.duplicates, len(set(ids))) == (20, 20)
     assert (stats.fallbacks, stats.buffer_full, stats.decisions) == (4, 1, 2)
     assert _observations(shared_service.url, experiment, 20) == Counter({"blue": 20})
