@@ -376,3 +376,29 @@ async def test_advise_prints_the_forecast_and_changes_nothing(
     # A proposal the service would refuse is refused here too (exit 3), with its message.
     assert await cli(url, "advise", "hero", "--set", "min_share=0.5", "--traffic", "1") == 3
     assert "min_share" in capsys.readouterr().err
+
+
+async def test_the_api_key_is_sent_and_named_in_the_audit(
+        redis_url: str, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from bandit.app import create_app
+    from bandit.auth import key_line, new_key
+    from bandit.settings import Settings
+
+    operator_key, reader_key = new_key(), new_key()
+    keys = ";".join([key_line("ops", ["read", "admin"], operator_key),
+                     key_line("viewer", ["read"], reader_key)])
+    settings = Settings(redis_url=redis_url, refresh_interval_s=0.05, api_keys=keys)
+    async with TestClient(TestServer(create_app(settings))) as keyed:
+        url = str(keyed.make_url("")).rstrip("/")
+        assert await cli(url, "list") != 0
+        assert "401" in capsys.readouterr().err
+        assert await cli(url, "--api-key", reader_key, "create", "hero",
+                         "--arms", "a,b") != 0
+        assert "admin" in capsys.readouterr().err
+        monkeypatch.setenv("BANDIT_API_KEY", operator_key)
+        assert await cli(url, "create", "hero", "--arms", "a,b") == 0
+        capsys.readouterr()
+        assert await cli(url, "--api-key", reader_key, "--json", "audit", "hero") == 0
+        entries = json.loads(capsys.readouterr().out)["entries"]
+        assert [(e["actor"], e["action"]) for e in entries] == [("ops", "create")]
