@@ -74,7 +74,7 @@ def _rounds(v0: np.uint64, v1: np.uint64, v2: np.uint64, v3: np.uint64,
 
 
 @jit
-def _siphash4(k0: np.uint64, k1: np.uint64, w0: np.uint64, w1: np.uint64, w2: np.uint64,
+def siphash4(k0: np.uint64, k1: np.uint64, w0: np.uint64, w1: np.uint64, w2: np.uint64,
               w3: np.uint64) -> np.uint64:
     """SipHash-2-4 of the 32 bytes ``w0 w1 w2 w3`` (little-endian words)."""
     v0 = k0 ^ np.uint64(0x736F6D6570736575)
@@ -91,19 +91,11 @@ def _siphash4(k0: np.uint64, k1: np.uint64, w0: np.uint64, w1: np.uint64, w2: np
 
 
 @jit
-def siphash_words(k0: np.uint64, k1: np.uint64, words: U64) -> U64:
-    """SipHash-2-4 of each row of ``words`` (n, 4), read as 32 little-endian bytes."""
-    out = np.empty(words.shape[0], dtype=np.uint64)
-    for row in range(words.shape[0]):
-        out[row] = _siphash4(k0, k1, words[row, 0], words[row, 1], words[row, 2],
-                             words[row, 3])
-    return out
-
-
-@jit
-def _decision_tag(k0: np.uint64, k1: np.uint64, experiment: int, process_kind: int,
-                  counter: int, issued: int, arm: int) -> np.uint64:
-    return _siphash4(k0, k1, np.uint64(experiment), np.uint64(process_kind),
+def _decision_tag(k0: np.uint64, k1: np.uint64, experiment: int,
+                  process_kind: int | np.uint64, counter: int | np.uint64,
+                  issued: int | np.uint64, arm: int) -> np.uint64:
+    """What a decision's tag covers (signing and ``_verify`` both come here)."""
+    return siphash4(k0, k1, np.uint64(experiment), np.uint64(process_kind),
                      np.uint64(counter),
                      (np.uint64(issued) << np.uint64(32)) | np.uint64(arm))
 
@@ -255,9 +247,9 @@ def _verify(k0: np.uint64, k1: np.uint64, experiment: int, text: npt.NDArray[np.
         counter = _hex_value(text, start + 19, stop - 16)
         tag = _hex_value(text, stop - 16, stop)
         arm = SLATE_ARM if kind_index == 2 else arms[i]
-        expected = _siphash4(k0, k1, np.uint64(experiment),
-                             process | (np.uint64(kind_index) << np.uint64(40)), counter,
-                             (issued << np.uint64(32)) | np.uint64(arm))
+        expected = _decision_tag(k0, k1, experiment,
+                                 process | (np.uint64(kind_index) << np.uint64(40)), counter,
+                                 issued, arm)
         served = float(issued)
         if expected != tag or served > now + CLOCK_SKEW_S:
             statuses[i] = FORGED
