@@ -85,6 +85,12 @@ class RedisStore:
         )
         return cls(aioredis.Redis(connection_pool=pool), prefix)
 
+    @property
+    def client(self) -> aioredis.Redis:
+        """The underlying redis-py client (streams, tooling); writes to experiment keys go
+        through this class's scripts."""
+        return self._client
+
     async def close(self) -> None:
         await self._client.aclose(close_connection_pool=True)
 
