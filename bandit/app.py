@@ -276,10 +276,7 @@ def _lifecycle(settings: Settings,
         # Compile (or load from numba's cache) before the first request, not during it.
         await asyncio.to_thread(policy.warm_up_kernels)
         await asyncio.to_thread(tokens.warm_up)
-        store = RedisStore.from_url(settings.redis_url, settings.key_prefix,
-                                    timeout_s=settings.redis_timeout_s,
-                                    max_connections=settings.redis_max_connections,
-                                    pool_timeout_s=settings.redis_pool_timeout_s)
+        store = RedisStore.from_settings(settings)
         service = BanditService(store, settings, seed=seed)
         app[SERVICE] = service
         app[METRICS].cache_age = lambda: service.cache.age

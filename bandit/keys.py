@@ -26,6 +26,9 @@ key                       type    contents
                                   for each decision rewarded; expires 5 buckets later
 ``P:{E}:dec:<decision>``  string  pending provisional decision: ``arm|served at``, then
                                   ``c`` once converted; expires after the attribution window
+``P:{E}:ack``             string  written before each ``WAIT`` when writes wait for replicas
+                                  (``redis_wait_replicas``), so the wait covers every earlier
+                                  write of the shard
 ``P:experiments``         set     ids of all experiments (for listing; not slot-local)
 ``P:signing-key``         string  the secret that signs decision ids (``bandit.tokens``),
                                   created once by the first process that needs it

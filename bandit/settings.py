@@ -13,6 +13,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from bandit import redisurl
+
 DEFAULT_DEDUP_WINDOW_S = 3600.0
 
 
@@ -24,7 +26,8 @@ class SettingsError(ValueError):
 class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
-    #: ``redis://``, ``rediss://`` or ``unix://`` URL; ``None`` starts an embedded redis-server.
+    #: ``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://`` or ``redis+sentinel://``
+    #: URL (``bandit.redisurl``); ``None`` starts an embedded redis-server.
     redis_url: str | None = None
     workers: int = 1
     data_dir: Path = Path("bandit-data")
@@ -44,6 +47,11 @@ class Settings:
     #: How long a request waits for a free connection when all are busy, before a 503: a
     #: stuck or slow Redis makes requests fail fast instead of queueing without end.
     redis_pool_timeout_s: float = 0.5
+    #: Acknowledge a write (events, sticky units, settings) only once this many replicas have
+    #: it (Redis ``WAIT``), so a failover cannot lose it; 0 = as soon as the primary has it.
+    redis_wait_replicas: int = 0
+    #: How long a write waits for its replicas before answering 503 (retry-safe).
+    redis_wait_timeout_ms: int = 1000
     #: Decisions served from a cache older than this are flagged stale.
     stale_after_s: float = 2.0
     #: Decisions keep coming from memory while Redis is unreachable for up to this long; after
@@ -97,12 +105,15 @@ class Settings:
             self.embedded_appendfsync in ("always", "everysec", "no"),
         )
         _check(self.key_prefix, "key_prefix", bool(self.key_prefix) and "{" not in self.key_prefix)
-        if self.redis_url is not None and not self.redis_url.startswith(
-            ("redis://", "rediss://", "unix://")
-        ):
-            raise SettingsError(
-                f"redis_url: {self.redis_url!r} is not a redis://, rediss:// or unix:// URL"
-            )
+        _check(self.redis_wait_replicas, "redis_wait_replicas",
+               0 <= self.redis_wait_replicas <= 16)
+        _check(self.redis_wait_timeout_ms, "redis_wait_timeout_ms",
+               1 <= self.redis_wait_timeout_ms <= 60_000)
+        if self.redis_url is not None:
+            try:
+                redisurl.parse(self.redis_url)
+            except redisurl.RedisUrlError as error:
+                raise SettingsError(f"redis_url: {error}") from None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:

@@ -10,23 +10,28 @@ from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 import orjson
-import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
-from bandit import scripts
+from bandit import redisurl, scripts
 from bandit.errors import Conflict, NotFound, StoreUnavailable
 from bandit.keys import Keys, registry, signing_key
 from bandit.model import Experiment
+from bandit.redisurl import Client
+from bandit.settings import Settings
 
 T = TypeVar("T")
+#: A script, its keys and its arguments.
+ScriptCall = tuple[AsyncScript, list[str], list[Any]]
 
 APPLIED, DUPLICATE, UNKNOWN_DECISION, WRONG_ARM = 1, 0, 2, 3
 
@@ -57,9 +62,13 @@ class EncodedEvent(NamedTuple):
 
 
 class RedisStore:
-    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+    def __init__(self, client: Client, prefix: str, *, wait_replicas: int = 0,
+                 wait_timeout_ms: int = 1000) -> None:
         self._client = client
         self._prefix = prefix
+        self._cluster = isinstance(client, RedisCluster)
+        self._wait_replicas = wait_replicas
+        self._wait_timeout_ms = wait_timeout_ms
         self._apply_events = client.register_script(scripts.APPLY_EVENTS)
         self._record_provisional = client.register_script(scripts.RECORD_PROVISIONAL)
         self._create = client.register_script(scripts.CREATE)
@@ -70,29 +79,40 @@ class RedisStore:
 
     @classmethod
     def from_url(cls, url: str, prefix: str, *, timeout_s: float, max_connections: int,
-                 pool_timeout_s: float = 0.5) -> RedisStore:
-        # A blocking pool with a short wait: a burst beyond the pool (or a stuck Redis holding
-        # every connection) waits briefly for a free one, then fails with a clear 503,
-        # instead of opening unbounded connections or queueing requests without end.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=pool_timeout_s,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            decode_responses=True,
-            health_check_interval=30,
-        )
-        return cls(aioredis.Redis(connection_pool=pool), prefix)
+                 pool_timeout_s: float = 0.5, wait_replicas: int = 0,
+                 wait_timeout_ms: int = 1000) -> RedisStore:
+        """A store on any URL ``bandit.redisurl`` accepts (one server, cluster, sentinel).
+
+        ``wait_replicas`` > 0: every write batch is acknowledged only once that many replicas
+        have it (Redis ``WAIT``, at most ``wait_timeout_ms``); otherwise the caller gets
+        ``StoreUnavailable`` (the write reached the primary and may survive: retrying an
+        event or a sticky unit is safe, dedup makes the retry count once).
+        """
+        client = redisurl.connect(url, timeout_s=timeout_s, max_connections=max_connections,
+                                  pool_timeout_s=pool_timeout_s)
+        return cls(client, prefix, wait_replicas=wait_replicas, wait_timeout_ms=wait_timeout_ms)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RedisStore:
+        assert settings.redis_url is not None
+        return cls.from_url(settings.redis_url, settings.key_prefix,
+                            timeout_s=settings.redis_timeout_s,
+                            max_connections=settings.redis_max_connections,
+                            pool_timeout_s=settings.redis_pool_timeout_s,
+                            wait_replicas=settings.redis_wait_replicas,
+                            wait_timeout_ms=settings.redis_wait_timeout_ms)
 
     @property
-    def client(self) -> aioredis.Redis:
+    def client(self) -> Client:
         """The underlying redis-py client (streams, tooling); writes to experiment keys go
         through this class's scripts."""
         return self._client
 
     async def close(self) -> None:
-        await self._client.aclose(close_connection_pool=True)
+        if isinstance(self._client, RedisCluster):
+            await self._client.aclose()
+        else:
+            await self._client.aclose(close_connection_pool=True)
 
     def keys(self, experiment_id: str) -> Keys:
         return Keys(self._prefix, experiment_id)
@@ -108,12 +128,10 @@ class RedisStore:
 
     async def create(self, experiment: Experiment, audit_entry: dict[str, Any]) -> None:
         keys = self.keys(experiment.id)
-        created = await _call(
-            self._create,
-            keys=[keys.meta, keys.stats, keys.audit],
-            args=[_config_json(experiment), experiment.reward, _half_life(experiment),
-                  orjson.dumps(audit_entry)],
-        )
+        created = await self._write(
+            self._create, [keys.meta, keys.stats, keys.audit],
+            [_config_json(experiment), experiment.reward, _half_life(experiment),
+             orjson.dumps(audit_entry)])
         # The registry is not in the experiment's slot, so it cannot join the script. A crash
         # between the two leaves an experiment that is not listed; the next create attempt of
         # the same id (refused) adds it, since SADD is idempotent.
@@ -126,12 +144,10 @@ class RedisStore:
         """Store a changed configuration and its audit entry; ``experiment.version`` must be
         expected + 1."""
         keys = self.keys(experiment.id)
-        result = await _call(
-            self._update,
-            keys=[keys.meta, keys.stats, keys.audit],
-            args=[str(expected_version), _config_json(experiment), _half_life(experiment),
-                  "1" if experiment.archived else "0", orjson.dumps(audit_entry)],
-        )
+        result = await self._write(
+            self._update, [keys.meta, keys.stats, keys.audit],
+            [str(expected_version), _config_json(experiment), _half_life(experiment),
+             "1" if experiment.archived else "0", orjson.dumps(audit_entry)])
         if result[0] == -1:
             raise NotFound(f"experiment {experiment.id!r} does not exist")
         if result[0] == 0:
@@ -149,24 +165,25 @@ class RedisStore:
     async def _experiment_list(self, experiment_id: str, key: str,
                                start: int) -> list[str] | None:
         """``LRANGE key start -1`` of an experiment's list, None when the experiment is gone."""
-        async with self._client.pipeline(transaction=True) as pipe:
-            pipe.exists(self.keys(experiment_id).meta)
-            pipe.lrange(key, start, -1)
-            exists, entries = await _call(pipe.execute)
+        with _failures():
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.exists(self.keys(experiment_id).meta)
+                pipe.lrange(key, start, -1)
+                exists, entries = await _call(pipe.execute)
         return list(entries) if exists else None
 
     async def append_history(self, samples: dict[str, dict[str, Any]], interval_s: float,
                              max_samples: int) -> dict[str, int]:
         """Offer one sample per experiment; each lands only if its interval has passed."""
         order = list(samples)
-        async with self._client.pipeline(transaction=False) as pipe:
-            for experiment_id in order:
-                keys = self.keys(experiment_id)
-                await self._history_append(
-                    keys=[keys.history, keys.meta],
-                    args=[repr(interval_s), str(max_samples), orjson.dumps(samples[experiment_id])],
-                    client=pipe)
-            results = await _call(pipe.execute)
+        calls: list[ScriptCall] = []
+        for experiment_id in order:
+            keys = self.keys(experiment_id)
+            calls.append((self._history_append, [keys.history, keys.meta],
+                          [repr(interval_s), str(max_samples),
+                           orjson.dumps(samples[experiment_id])]))
+        # Samples are for plots: they never wait for replicas.
+        results = await self._run_scripts(calls, wait=False)
         return {experiment_id: int(result) for experiment_id, result in zip(order, results,
                                                                              strict=True)}
 
@@ -190,10 +207,11 @@ class RedisStore:
         Snapshots are rebuilt when posteriors change; these counters change without that, so
         readers that report them fetch them fresh.
         """
-        async with self._client.pipeline(transaction=False) as pipe:
-            for experiment_id in experiment_ids:
-                pipe.hgetall(self.keys(experiment_id).served)
-            results = await _call(pipe.execute)
+        with _failures():
+            async with self._client.pipeline(transaction=False) as pipe:
+                for experiment_id in experiment_ids:
+                    pipe.hgetall(self.keys(experiment_id).served)
+                results = await _call(pipe.execute)
         return [{int(k): int(v) for k, v in result.items()} for result in results]
 
     async def list_ids(self) -> list[str]:
@@ -201,25 +219,29 @@ class RedisStore:
 
     async def read(self, experiment_id: str) -> StoredState | None:
         keys = self.keys(experiment_id)
-        result = await _call(self._read, keys=[keys.meta, keys.stats])
+        # Through the pipeline path like every script call: redis-py's cluster client routes a
+        # direct EVALSHA by command policy, not by its keys (a MOVED storm on Redis 6.2).
+        (result,) = await self._run_scripts([(self._read, [keys.meta, keys.stats], [])],
+                                            wait=False)
         if not result:
             return None
         return _decode_state(result)
 
     async def read_many(self, experiment_ids: Sequence[str]) -> list[StoredState | None]:
-        async with self._client.pipeline(transaction=False) as pipe:
-            for experiment_id in experiment_ids:
-                keys = self.keys(experiment_id)
-                await self._read(keys=[keys.meta, keys.stats], client=pipe)
-            results = await _call(pipe.execute)
+        calls: list[ScriptCall] = []
+        for experiment_id in experiment_ids:
+            keys = self.keys(experiment_id)
+            calls.append((self._read, [keys.meta, keys.stats], []))
+        results = await self._run_scripts(calls, wait=False)
         return [_decode_state(result) if result else None for result in results]
 
     async def revisions(self, experiment_ids: Sequence[str]) -> list[int | None]:
         """The change counter of each experiment (None when it no longer exists)."""
-        async with self._client.pipeline(transaction=False) as pipe:
-            for experiment_id in experiment_ids:
-                pipe.hget(self.keys(experiment_id).stats, "rev")
-            results = await _call(pipe.execute)
+        with _failures():
+            async with self._client.pipeline(transaction=False) as pipe:
+                for experiment_id in experiment_ids:
+                    pipe.hget(self.keys(experiment_id).stats, "rev")
+                results = await _call(pipe.execute)
         return [None if value is None else int(value) for value in results]
 
     async def apply_events(
@@ -232,15 +254,13 @@ class RedisStore:
         """
         window_ms = str(max(1, math.ceil(dedup_window_s * 1000)))
         order = list(batches)
-        async with self._client.pipeline(transaction=False) as pipe:
-            for experiment_id in order:
-                keys = self.keys(experiment_id)
-                await self._apply_events(
-                    keys=[keys.meta, keys.stats],
-                    args=[keys.prefix_with_tag, window_ms, _encode_events(batches[experiment_id])],
-                    client=pipe,
-                )
-            results = await _call(pipe.execute)
+        calls: list[ScriptCall] = []
+        for experiment_id in order:
+            keys = self.keys(experiment_id)
+            calls.append((self._apply_events, [keys.meta, keys.stats],
+                          [keys.prefix_with_tag, window_ms,
+                           _encode_events(batches[experiment_id])]))
+        results = await self._run_scripts(calls, wait=True)
         return {
             experiment_id: None if result[0] < 0 else [int(s) for s in result[1]]
             for experiment_id, result in zip(order, results, strict=True)
@@ -249,24 +269,90 @@ class RedisStore:
     async def record_provisional(self, experiment_id: str, decision_ids: Sequence[str],
                                  arm_indices: Sequence[int], window_s: float) -> bool:
         keys = self.keys(experiment_id)
-        result = await _call(
+        result = await self._write(
             self._record_provisional,
-            keys=[keys.meta, keys.stats, *(keys.decision(d) for d in decision_ids)],
-            args=[str(math.ceil(window_s * 1000)), *(str(i) for i in arm_indices)],
-        )
+            [keys.meta, keys.stats, *(keys.decision(d) for d in decision_ids)],
+            [str(math.ceil(window_s * 1000)), *(str(i) for i in arm_indices)])
         return bool(result[0] == 1)
 
     async def sticky_assignment(self, experiment_id: str, unit_field: str, proposed: str) -> str:
-        return str(await _call(self._sticky, keys=[self.keys(experiment_id).units],
-                               args=[unit_field, proposed]))
+        return str(await self._write(self._sticky, [self.keys(experiment_id).units],
+                                     [unit_field, proposed]))
 
     async def add_served(self, served: dict[str, dict[int, int]]) -> None:
-        async with self._client.pipeline(transaction=False) as pipe:
-            for experiment_id, per_arm in served.items():
-                key = self.keys(experiment_id).served
-                for arm_index, count in per_arm.items():
-                    pipe.hincrby(key, str(arm_index), count)
-            await _call(pipe.execute)
+        with _failures():
+            async with self._client.pipeline(transaction=False) as pipe:
+                for experiment_id, per_arm in served.items():
+                    key = self.keys(experiment_id).served
+                    for arm_index, count in per_arm.items():
+                        pipe.hincrby(key, str(arm_index), count)
+                await _call(pipe.execute)
+
+    async def _write(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+        """One script call that changes state, acknowledged by replicas when configured."""
+        return (await self._run_scripts([(script, keys, args)], wait=True))[0]
+
+    async def _run_scripts(self, calls: Sequence[ScriptCall], *, wait: bool) -> list[Any]:
+        """Script calls in one round trip (one per shard in a cluster), by SHA.
+
+        With ``wait`` and replica acknowledgement configured, ``WAIT`` follows the writes on
+        the same connection (Redis counts a client's own writes), per shard in a cluster.
+        Scripts a server does not know (restarted, or a replica promoted since) are loaded
+        and only those calls run again, so nothing runs twice.
+        """
+        wait = wait and self._wait_replicas > 0
+        results = await self._pipeline(calls, wait)
+        missing = [i for i, result in enumerate(results)
+                   if isinstance(result, redis_errors.NoScriptError)]
+        if missing:
+            for script in {id(calls[i][0]): calls[i][0] for i in missing}.values():
+                await _call(self._client.script_load, script.script)
+            retried = await self._pipeline([calls[i] for i in missing], wait)
+            for i, result in zip(missing, retried, strict=True):
+                results[i] = result
+        for result in results:
+            if isinstance(result, Exception):
+                raise _translate(result) from result
+        return results
+
+    async def _pipeline(self, calls: Sequence[ScriptCall], wait: bool) -> list[Any]:
+        targets = await self._shards([keys[0] for _, keys, _ in calls]) if wait else []
+        with _failures():
+            async with self._client.pipeline(transaction=False) as pipe:
+                for script, keys, args in calls:
+                    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                for node, marker in targets:
+                    # WAIT covers what this connection wrote. A call that wrote nothing (a resent
+                    # duplicate) would leave an older offset to wait for; the marker write moves
+                    # it past every write the shard has applied, the earlier attempt's included.
+                    pipe.execute_command("SET", marker, "1")
+                    pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms,
+                                         **({"target_nodes": node} if self._cluster else {}))
+                results = list(await _call(pipe.execute, raise_on_error=False))
+        for acknowledged in results[len(calls) + 1::2]:
+            if isinstance(acknowledged, int) and acknowledged < self._wait_replicas:
+                raise StoreUnavailable(
+                    f"the write reached the primary but only {acknowledged} of "
+                    f"{self._wait_replicas} replicas acknowledged it within "
+                    f"{self._wait_timeout_ms} ms (wait_replicas); retrying is safe: events "
+                    "and sticky units are deduplicated")
+        return results[: len(calls)]
+
+    async def _shards(self, keys: list[str]) -> list[tuple[Any, str]]:
+        """Where ``WAIT`` goes (once on a single server, once per written shard in a
+        cluster), each with a key of that shard for the marker write."""
+        if not self._cluster:
+            return [(None, _ack_marker(keys[0]))]
+        cluster = self._client
+        assert isinstance(cluster, RedisCluster)
+        await _call(cluster.initialize)
+        nodes: dict[str, tuple[Any, str]] = {}
+        for key in keys:
+            node = cluster.get_node_from_key(key)
+            if node is None:
+                raise StoreUnavailable(f"no Redis Cluster node serves {key!r}; retry shortly")
+            nodes.setdefault(node.name, (node, _ack_marker(key)))
+        return list(nodes.values())
 
     async def delete_all(self, experiment_id: str) -> None:
         """Remove every key of an experiment (tests and tooling; archive is the API's delete)."""
@@ -279,18 +365,48 @@ class RedisStore:
         await _call(self._client.srem, registry(self._prefix), experiment_id)
 
 
+_RETRYABLE = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError,
+              redis_errors.BusyLoadingError, redis_errors.ClusterError,
+              redis_errors.TryAgainError, redis_errors.ClusterDownError,
+              redis_errors.MasterDownError)
+
+
 async def _call(function: Callable[..., Awaitable[T]] | AsyncScript, *args: Any,
                 **kwargs: Any) -> Any:
-    try:
+    with _failures():
         return await function(*args, **kwargs)
-    except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as error:
+
+
+@contextmanager
+def _failures() -> Iterator[None]:
+    """Redis being unreachable (or a cluster shard failing over), inside the block, becomes
+    ``StoreUnavailable``: a cluster pipeline already talks to Redis when it is entered."""
+    try:
+        yield
+    except _RETRYABLE as error:
+        raise _translate(error) from error
+
+
+def _translate(error: Exception) -> Exception:
+    """Redis failures the caller should retry become ``StoreUnavailable``; others stay."""
+    if isinstance(error, redis_errors.BusyLoadingError):
+        return StoreUnavailable("Redis is loading its data set; retry shortly")
+    if isinstance(error, (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)):
         if isinstance(error.__cause__, TimeoutError) and "No connection available" in str(error):
-            raise StoreUnavailable("every Redis connection of this process is busy (Redis is "
-                                   "slow or unreachable, or the load is over capacity); retry "
-                                   "shortly") from error
-        raise StoreUnavailable(f"Redis is unreachable: {error}") from error
-    except redis_errors.BusyLoadingError as error:
-        raise StoreUnavailable("Redis is loading its data set; retry shortly") from error
+            return StoreUnavailable("every Redis connection of this process is busy (Redis is "
+                                    "slow or unreachable, or the load is over capacity); "
+                                    "retry shortly")
+        return StoreUnavailable(f"Redis is unreachable: {error}")
+    if isinstance(error, (redis_errors.ClusterError, redis_errors.TryAgainError,
+                          redis_errors.ClusterDownError, redis_errors.MasterDownError)):
+        return StoreUnavailable(f"the Redis Cluster is not serving this experiment's shard "
+                                f"(a failover in progress?): {error}; retry shortly")
+    return error
+
+
+def _ack_marker(key: str) -> str:
+    """``P:{E}:ack`` for any key ``P:{E}:...`` of experiment E: same slot, same shard."""
+    return f"{key[: key.index('}') + 1]}:ack"
 
 
 def _config_json(experiment: Experiment) -> str:
