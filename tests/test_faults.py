@@ -5,15 +5,11 @@ processes and a killed Redis under event load. Nothing acknowledged is lost or c
 from __future__ import annotations
 
 import asyncio
-import random
 import signal
 import time
-from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 import redis
 from aiohttp.test_utils import TestClient, TestServer
@@ -22,26 +18,9 @@ from bandit.app import create_app
 from bandit.keys import Keys
 from bandit.settings import Settings
 from tests.conftest import RedisServer, ServiceProcess
+from tests.load import ARMS, create, event_batches, expected, load
 
 Client = TestClient[Any, Any]
-ARMS = ["a", "b", "c"]
-
-
-def _event_batches(count: int, size: int, seed: int) -> list[list[dict[str, Any]]]:
-    rng = random.Random(seed)
-    return [[{"id": f"e{seed}-{b}-{i}", "experiment": "load", "arm": rng.choice(ARMS),
-              "reward": rng.randint(0, 1)} for i in range(size)] for b in range(count)]
-
-
-def _expected(batches: list[list[dict[str, Any]]]) -> dict[str, tuple[float, float]]:
-    """Per arm index: (successes, failures) of the distinct events."""
-    successes: Counter[int] = Counter()
-    failures: Counter[int] = Counter()
-    for batch in batches:
-        for event in batch:
-            index = ARMS.index(event["arm"])
-            (successes if event["reward"] else failures)[index] += 1
-    return {str(i): (float(successes[i]), float(failures[i])) for i in range(len(ARMS))}
 
 
 def _stored(url: str) -> dict[str, tuple[float, float]]:
@@ -52,55 +31,6 @@ def _stored(url: str) -> dict[str, tuple[float, float]]:
     return {str(i): (float(raw.get(f"{i}:s", 0)), float(raw.get(f"{i}:f", 0)))
             for i in range(len(ARMS))}
 
-
-async def _send_until_acknowledged(session: aiohttp.ClientSession, urls: Callable[[], list[str]],
-                                   batch: list[dict[str, Any]],
-                                   log: list[tuple[float, int]]) -> None:
-    """What a correct client does: resend the same ids until the service answers 200."""
-    while True:
-        candidates = urls()
-        if candidates:
-            try:
-                async with session.post(f"{random.choice(candidates)}/v1/events",
-                                        json={"events": batch},
-                                        timeout=aiohttp.ClientTimeout(total=5)) as response:
-                    if response.status == 200:
-                        body = await response.json()
-                        assert body["rejected"] == [], body
-                        assert body["accepted"] + body["duplicates"] == len(batch)
-                        log.append((time.monotonic(), body["accepted"]))
-                        return
-                    assert response.status == 503, await response.text()
-            except (aiohttp.ClientError, TimeoutError):
-                pass
-        await asyncio.sleep(0.05)
-
-
-async def _load(urls: Callable[[], list[str]], batches: list[list[dict[str, Any]]],
-                senders: int = 4, pause_s: float = 0.04) -> list[tuple[float, int]]:
-    """Send every batch until acknowledged, ``senders`` at a time, each pausing ``pause_s``
-    between batches: a steady stream (about 100 batches/s) that spans the faults."""
-    queue: asyncio.Queue[list[dict[str, Any]]] = asyncio.Queue()
-    for batch in batches:
-        queue.put_nowait(batch)
-    log: list[tuple[float, int]] = []
-
-    async def sender(session: aiohttp.ClientSession) -> None:
-        while not queue.empty():
-            batch = queue.get_nowait()
-            await _send_until_acknowledged(session, urls, batch, log)
-            await asyncio.sleep(pause_s)
-
-    async with aiohttp.ClientSession() as session:
-        await asyncio.gather(*(sender(session) for _ in range(senders)))
-    return log
-
-
-async def _create(url: str) -> None:
-    async with aiohttp.ClientSession() as session, session.post(
-            f"{url}/v1/experiments",
-            json={"id": "load", "arms": ARMS, "reward": "bernoulli"}) as response:
-        assert response.status == 201, await response.text()
 
 
 # -- Redis paused: decisions from memory, writes fail fast, recovery by itself ---------------
@@ -208,8 +138,8 @@ async def test_killed_service_processes_lose_and_double_count_nothing(
     services = [ServiceProcess(redis_url), ServiceProcess(redis_url)]
     for service in services:
         service.wait_ready()
-    await _create(services[0].url)
-    batches = _event_batches(count=240, size=50, seed=1)
+    await create(services[0].url)
+    batches = event_batches(count=240, size=50, seed=1)
 
     async def killer() -> None:
         for round_number in range(3):
@@ -224,13 +154,13 @@ async def test_killed_service_processes_lose_and_double_count_nothing(
 
     try:
         kills = asyncio.create_task(killer())
-        log = await _load(lambda: [s.url for s in services if s.process.poll() is None],
+        log = await load(lambda: [s.url for s in services if s.process.poll() is None],
                           batches)
         await kills
         # Some batches were applied by a process killed before it answered: resent, they
         # came back as duplicates, so fewer than all were "accepted" on their last send.
         assert len(log) == 240
-        assert _stored(redis_url) == _expected(batches)
+        assert _stored(redis_url) == expected(batches)
     finally:
         for service in services:
             service.stop()
@@ -253,11 +183,11 @@ async def test_redis_killed_under_load(tmp_path: Path, fsync: str) -> None:
                          extra=("--appendonly", "yes", "--appendfsync", fsync))
     server.start()
     settings = Settings(redis_url=server.url, refresh_interval_s=0.05, redis_timeout_s=0.5)
-    batches = _event_batches(count=200, size=50, seed=2)
+    batches = event_batches(count=200, size=50, seed=2)
     try:
         async with TestClient(TestServer(create_app(settings, seed=3))) as client:
             url = str(client.make_url("")).rstrip("/")
-            await _create(url)
+            await create(url)
             killed_at: list[float] = []
 
             async def crash() -> None:
@@ -271,14 +201,14 @@ async def test_redis_killed_under_load(tmp_path: Path, fsync: str) -> None:
                 await asyncio.to_thread(server.start)  # same port, same directory: AOF replay
 
             crashing = asyncio.create_task(crash())
-            log = await _load(lambda: [url], batches)
+            log = await load(lambda: [url], batches)
             await crashing
         assert log[0][0] < killed_at[0] < log[-1][0]  # the crash was in the middle of the load
         acknowledged = sum(accepted for _, accepted in log)
         stored = sum(sum(pair) for pair in _stored(server.url).values())
         assert len(log) == 200
         if fsync == "always":
-            assert _stored(server.url) == _expected(batches)
+            assert _stored(server.url) == expected(batches)
         else:
             # Acknowledged events lost in the crash were not resent (they were acknowledged),
             # so the store may hold fewer; never more, and only recent ones are at risk.
