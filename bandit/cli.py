@@ -67,6 +67,19 @@ def _parser() -> argparse.ArgumentParser:
     from bandit.keyscli import add_arguments as add_keys_arguments
 
     add_keys_arguments(keys)
+    worker = commands.add_parser(
+        "worker", help="apply reward events from a Redis Stream",
+        description="Read reward events from a Redis Stream as one consumer of a consumer "
+                    "group and apply them like POST /v1/events (same validation and dedup). "
+                    "Each entry has a field 'event' holding the JSON of one event, e.g. "
+                    "{\"id\": \"e1\", \"experiment\": \"checkout\", \"arm\": \"a\", "
+                    "\"reward\": 1}, or 'events' holding a JSON list of them. Entries are "
+                    "acknowledged once applied; what cannot be applied goes to the dead-letter "
+                    "stream with the reason.",
+    )
+    from bandit.worker import add_arguments as add_worker_arguments
+
+    add_worker_arguments(worker)
     return parser
 
 
@@ -84,6 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bandit.keyscli import run as run_keys
 
         return run_keys(arguments)
+    if arguments.command == "worker":
+        from bandit.worker import run as run_worker
+
+        return run_worker(arguments)
     if arguments.command == "simulate":
         from simulations.cli import run
 
