@@ -7,10 +7,15 @@ import itertools
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +39,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--seed", type=int, default=1)
     run.add_argument("--batch", type=int, help="update posteriors every B steps")
     run.add_argument("--delay", type=float, help="mean reward delay in steps (geometric)")
-    run.add_argument("--threads", type=int, help="worker threads (default: all cores)")
+    run.add_argument("--threads", type=int, help="worker threads (default: all cores); with "
+                                                  "--dask, the local cluster's threads")
+    run.add_argument("--dask", nargs="?", const="local", metavar="ADDRESS",
+                     help="run the replications on a Dask cluster: a local one (processes on "
+                          "this machine) with no ADDRESS, else the scheduler at ADDRESS, e.g. "
+                          "tcp://scheduler:8786 (every worker needs this version of the "
+                          "project installed); the numbers are those of the run without --dask")
     run.add_argument("--sweep", action="append", metavar="NAME=V1,V2,...",
                      help="grid over a setting of the (single) policy, repeatable; 'none' "
                           "for null, e.g. --sweep epsilon=0,0.05,0.1 --sweep half_life=none,1000")
@@ -107,17 +118,28 @@ def _simulate(arguments: argparse.Namespace) -> int:
             raise ValueError("--sweep varies the settings of one --policy")
         names, grid, specs = _sweep_grid(specs[0], arguments.sweep)
     policies = [parse_policy(spec) for spec in specs]
-    total = arguments.reps * len(policies)
-    progress = _progress_bar(total, disabled=arguments.no_progress)
-    results = []
-    try:
-        for policy in policies:
-            progress.set_description(policy.label)
-            results.append(simulate(policy, environment, horizon=horizon, reps=arguments.reps,
-                                    seed=arguments.seed, batch=batch, delay=delay,
-                                    threads=arguments.threads, progress=progress.update))
-    finally:
-        progress.close()
+    with ExitStack() as stack:
+        # The cluster first: a scheduler that cannot be reached is reported before any bar.
+        client = None if arguments.dask is None else stack.enter_context(_dask(arguments))
+        progress = stack.enter_context(
+            _progress_bar(arguments.reps * len(policies), disabled=arguments.no_progress))
+        if client is not None:
+            from simulations.distributed import simulate_policies, worker_threads
+
+            workers = worker_threads(client)
+            progress.set_description(f"dask: {len(workers)} workers, "
+                                     f"{sum(workers.values())} threads")
+            results = simulate_policies(client, policies, environment, horizon=horizon,
+                                        reps=arguments.reps, seed=arguments.seed, batch=batch,
+                                        delay=delay, progress=progress.update)
+        else:
+            results = []
+            for policy in policies:
+                progress.set_description(policy.label)
+                results.append(simulate(policy, environment, horizon=horizon,
+                                        reps=arguments.reps, seed=arguments.seed, batch=batch,
+                                        delay=delay, threads=arguments.threads,
+                                        progress=progress.update))
     settings = {"horizon": horizon, "reps": arguments.reps, "seed": arguments.seed,
                 "batch": batch, "delay": delay, "scenario": arguments.scenario,
                 "reward": environment.reward, "means": [float(m) for m in environment.means],
@@ -137,6 +159,17 @@ def _simulate(arguments: argparse.Namespace) -> int:
     print(f"wrote {arguments.out}/summary.json, regret.csv, metrics.csv, regret.png, "
           "allocation.png")
     return 0
+
+
+@contextmanager
+def _dask(arguments: argparse.Namespace) -> Iterator[Client]:
+    from simulations import distributed
+
+    try:
+        with distributed.connect(arguments.dask, threads=arguments.threads) as client:
+            yield client
+    except distributed.ClusterError as error:
+        raise ValueError(f"--dask: {error}") from error
 
 
 def _sweep_grid(base: str, sweeps: list[str]) -> tuple[list[str], list[dict[str, Any]],
@@ -165,16 +198,16 @@ class _NoProgress:
     def set_description(self, text: str) -> None:
         pass
 
-    def close(self) -> None:
-        pass
 
-
-def _progress_bar(total: int, *, disabled: bool) -> Any:
+@contextmanager
+def _progress_bar(total: int, *, disabled: bool) -> Iterator[Any]:
     if disabled:
-        return _NoProgress()
+        yield _NoProgress()
+        return
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="rep", file=sys.stderr, dynamic_ncols=True)
+    with tqdm(total=total, unit="rep", file=sys.stderr, dynamic_ncols=True) as bar:
+        yield bar
 
 
 def _replay(arguments: argparse.Namespace) -> int:

@@ -22,7 +22,8 @@ whenever the view changes, and each decision is the service's ``sample_arms`` se
 (:func:`simulations.policies.choose_thompson`), which is ~100x cheaper than one quadrature.
 
 Replications get independent generators from ``SeedSequence(seed).spawn(reps)`` and write to
-their own rows, so results do not depend on the number of threads.
+their own rows, so results do not depend on the number of threads, nor on where a chunk of
+replications runs (:func:`simulate_chunk`, what :mod:`simulations.distributed` runs on Dask).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ __all__ = [
     "lai_robbins_constant",
     "log_checkpoints",
     "simulate",
+    "simulate_chunk",
     "trace",
 ]
 
@@ -553,8 +555,11 @@ def _run_one(run: _Run, rng: np.random.Generator, pseudo: FloatArray, regret: Fl
     )
 
 
-def _generators(seed: int, reps: int) -> list[np.random.Generator]:
-    return [np.random.default_rng(child) for child in np.random.SeedSequence(seed).spawn(reps)]
+def _generators(seed: int, stop: int, start: int = 0) -> list[np.random.Generator]:
+    """Generators of replications start .. stop-1: replication i gets child i of
+    ``SeedSequence(seed)`` (what ``spawn`` would give it), whatever the range asked for."""
+    return [np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(i,)))
+            for i in range(start, stop)]
 
 
 def run_replications(replicate: Callable[[int], None], reps: int, threads: int | None,
@@ -602,11 +607,43 @@ def simulate(
     ``threads`` (default: all cores) only changes the speed, never the numbers. ``progress``
     is called from this thread with the number of replications just finished.
     """
-    run = _prepare(policy, environment, horizon, batch, delay, checkpoints)
     if isinstance(reps, bool) or int(reps) != reps or reps < 1:
         raise ValueError(f"reps must be an integer >= 1, got {reps!r}")
+    return simulate_chunk(policy, environment, horizon=horizon, seed=seed, start=0,
+                          stop=int(reps), batch=batch, delay=delay, checkpoints=checkpoints,
+                          threads=threads, progress=progress)
+
+
+def simulate_chunk(
+    policy: PolicySpec,
+    environment: Environment,
+    *,
+    horizon: int,
+    seed: int,
+    start: int,
+    stop: int,
+    batch: int = 1,
+    delay: float = 0.0,
+    checkpoints: npt.ArrayLike | None = None,
+    threads: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> SimulationResult:
+    """Replications ``start`` .. ``stop``-1 of the run :func:`simulate` makes with the same
+    arguments (and any ``reps >= stop``): its rows ``start:stop``, bit for bit.
+
+    Replication i depends only on ``seed`` and i, so a run cut into chunks computed anywhere
+    (threads, processes, machines) and put back in row order is the run itself. An empty
+    chunk (``start == stop``) only validates the arguments.
+    """
+    run = _prepare(policy, environment, horizon, batch, delay, checkpoints)
+    for name, value in (("start", start), ("stop", stop)):
+        if isinstance(value, bool) or int(value) != value or value < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    if stop < start:
+        raise ValueError(f"stop must be >= start, got start={start!r}, stop={stop!r}")
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads!r}")
+    reps = int(stop) - int(start)
     n_checkpoints, n_arms = run.checkpoints.shape[0], environment.n_arms
     pseudo = np.zeros((reps, n_checkpoints))
     regret = np.zeros((reps, n_checkpoints))
@@ -616,14 +653,15 @@ def simulate(
     diagnostics = np.zeros((reps, N_DIAGNOSTICS))
     final_stats = np.zeros((reps, 4, n_arms))
     no_trace = np.zeros((0, N_TRACE))
-    generators = _generators(seed, reps)
+    generators = _generators(seed, int(stop), int(start))
 
     def replicate(i: int) -> None:
         _run_one(run, generators[i], pseudo[i], regret[i], best[i], shares[i], pulls[i],
                  no_trace, diagnostics[i], final_stats[i])
 
     started = time.perf_counter()
-    run_replications(replicate, reps, threads, progress)
+    if reps > 0:
+        run_replications(replicate, reps, threads, progress)
     return SimulationResult(
         policy=policy.label,
         checkpoints=run.checkpoints,
