@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import multiprocessing
 import signal
@@ -15,6 +16,7 @@ from types import FrameType
 from bandit import __version__
 from bandit.auth import KeyRing, KeysFileError, is_loopback
 from bandit.embedded import EmbeddedRedis, EmbeddedRedisError
+from bandit.redisurl import redacted
 from bandit.settings import Settings, SettingsError, environ
 
 logger = logging.getLogger("bandit")
@@ -145,6 +147,13 @@ def _serve(arguments: argparse.Namespace) -> int:
         logger.info("embedded redis-server at %s, data in %s (appendfsync %s)",
                     settings.redis_url, embedded.data_dir, settings.embedded_appendfsync)
     try:
+        from bandit.store import check_deployment
+
+        try:
+            asyncio.run(check_deployment(settings))
+        except SettingsError as error:
+            print(f"bandit serve: {error}", file=sys.stderr)
+            return 2
         if settings.workers == 1:
             _run_worker(settings)
         else:
@@ -165,7 +174,7 @@ def _run_worker(settings: Settings) -> None:
     web.run_app(create_app(settings), host=settings.host, port=settings.port, access_log=None,
                 reuse_port=settings.workers > 1, print=lambda _: logger.info(
                     "serving on http://%s:%d (Redis %s)", settings.host, settings.port,
-                    settings.redis_url))
+                    redacted(settings.redis_url or "")))
 
 
 def _supervise(settings: Settings) -> None:

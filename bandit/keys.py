@@ -30,6 +30,8 @@ key                       type    contents
                                   (``redis_wait_replicas``), so the wait covers every earlier
                                   write of the shard
 ``P:experiments``         set     ids of all experiments (for listing; not slot-local)
+``P:dedup-window``        string  the dedup window (seconds) every process must share, set
+                                  by the first process (``RedisStore.agree_dedup_window``)
 ``P:signing-key``         string  the secret that signs decision ids (``bandit.tokens``),
                                   created once by the first process that needs it
 ========================  ======  ==========================================================
@@ -97,3 +99,8 @@ def registry(prefix: str) -> str:
 def signing_key(prefix: str) -> str:
     """The shared secret of decision-id signatures."""
     return f"{prefix}:signing-key"
+
+
+def dedup_window(prefix: str) -> str:
+    """The dedup window every process of the deployment uses."""
+    return f"{prefix}:dedup-window"

@@ -52,33 +52,44 @@ class ParsedUrl:
 
 
 def parse(url: str) -> ParsedUrl:
-    """Check a Redis URL; raises ``RedisUrlError`` naming the problem."""
+    """Check a Redis URL; raises ``RedisUrlError`` naming the problem (never the password)."""
+    shown = redacted(url)
     if url.startswith(PLAIN_SCHEMES):
         return ParsedUrl("plain")
     if not url.startswith(CLUSTER_SCHEMES + SENTINEL_SCHEMES):
-        raise RedisUrlError(f"{url!r} is not a redis://, rediss://, unix://, redis+cluster:// "
+        raise RedisUrlError(f"{shown!r} is not a redis://, rediss://, unix://, redis+cluster:// "
                             "or redis+sentinel:// URL")
     parts = urlsplit(url)
     credentials, _, hostlist = parts.netloc.rpartition("@")
     username, _, password = credentials.partition(":")
-    hosts = tuple(_host(text, url) for text in hostlist.split(","))
+    hosts = tuple(_host(text, shown) for text in hostlist.split(","))
     common: dict[str, Any] = {"hosts": hosts, "username": unquote(username) or None,
                               "password": unquote(password) or None}
     query = parse_qs(parts.query)
     if parts.scheme.endswith("+cluster"):
         if parts.path not in ("", "/"):
-            raise RedisUrlError(f"{url!r}: a Redis Cluster has only database 0; drop the path")
+            raise RedisUrlError(f"{shown!r}: a Redis Cluster has only database 0; drop the path")
         return ParsedUrl("cluster", tls=parts.scheme == "rediss+cluster", **common)
     path = [segment for segment in parts.path.split("/") if segment]
     if not path or len(path) > 2:
-        raise RedisUrlError(f"{url!r}: name the monitored service, "
+        raise RedisUrlError(f"{shown!r}: name the monitored service, "
                             "redis+sentinel://host:port,.../SERVICE[/DB]")
     db = path[1] if len(path) == 2 else "0"
     if not db.isdigit():
-        raise RedisUrlError(f"{url!r}: database {db!r} is not a number")
+        raise RedisUrlError(f"{shown!r}: database {db!r} is not a number")
     sentinel_password = query.get("sentinel_password", [None])[0]
     return ParsedUrl("sentinel", service=path[0], db=int(db),
                      sentinel_password=sentinel_password, **common)
+
+
+def redacted(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for logs and error messages."""
+    scheme, separator, rest = url.partition("://")
+    credentials, at, hosts = rest.rpartition("@")
+    if not separator or not at or ":" not in credentials:
+        return url
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{hosts}"
 
 
 def _host(text: str, url: str) -> tuple[str, int]:

@@ -8,6 +8,7 @@ see one exception for "Redis cannot be reached".
 
 from __future__ import annotations
 
+import logging
 import math
 import secrets
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -24,12 +25,13 @@ from redis.commands.core import AsyncScript
 
 from bandit import redisurl, scripts
 from bandit.errors import Conflict, NotFound, StoreUnavailable
-from bandit.keys import Keys, registry, signing_key
+from bandit.keys import Keys, dedup_window, registry, signing_key
 from bandit.model import Experiment
 from bandit.redisurl import Client
-from bandit.settings import Settings
+from bandit.settings import Settings, SettingsError
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 #: A script, its keys and its arguments.
 ScriptCall = tuple[AsyncScript, list[str], list[Any]]
 
@@ -125,6 +127,16 @@ class RedisStore:
         name = signing_key(self._prefix)
         await _call(self._client.set, name, secrets.token_hex(32), nx=True)
         return bytes.fromhex(await _call(self._client.get, name))
+
+    async def agree_dedup_window(self, window_s: float) -> float:
+        """Record this deployment's dedup window if none is, and return the recorded one.
+
+        Dedup sets are named after the window's buckets: processes with different windows
+        would not see each other's event ids and would count a resent event twice.
+        """
+        name = dedup_window(self._prefix)
+        await _call(self._client.set, name, repr(float(window_s)), nx=True)
+        return float(await _call(self._client.get, name))
 
     async def create(self, experiment: Experiment, audit_entry: dict[str, Any]) -> None:
         keys = self.keys(experiment.id)
@@ -369,6 +381,27 @@ _RETRYABLE = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError,
               redis_errors.BusyLoadingError, redis_errors.ClusterError,
               redis_errors.TryAgainError, redis_errors.ClusterDownError,
               redis_errors.MasterDownError)
+
+
+async def check_deployment(settings: Settings) -> None:
+    """Before a process starts serving: refuse a dedup window that differs from the one the
+    deployment's other processes use (``SettingsError``). When Redis cannot be reached the
+    check is skipped (the process starts and answers 503 until Redis is back)."""
+    store = RedisStore.from_settings(settings)
+    try:
+        agreed = await store.agree_dedup_window(settings.dedup_window_s)
+    except StoreUnavailable as error:
+        logger.warning("could not check the shared dedup window: %s", error)
+        return
+    finally:
+        await store.close()
+    if agreed != float(settings.dedup_window_s):
+        raise SettingsError(
+            f"dedup_window_s: {settings.dedup_window_s:g} s, but this deployment's processes "
+            f"use {agreed:g} s (recorded in Redis under {dedup_window(settings.key_prefix)!r}): "
+            "processes with different windows would count a resent event twice. Use "
+            f"{agreed:g}, or stop every process and delete that key to change it (the event "
+            "ids remembered so far are then forgotten).")
 
 
 async def _call(function: Callable[..., Awaitable[T]] | AsyncScript, *args: Any,

@@ -37,7 +37,7 @@ from bandit.errors import BanditError, StoreUnavailable
 from bandit.inputs import MAX_EVENTS
 from bandit.service import BanditService
 from bandit.settings import Settings, SettingsError, environ
-from bandit.store import RedisStore
+from bandit.store import RedisStore, check_deployment
 from bandit.stream import Entry, Lag, Outcome, StreamConfig, StreamConsumer, sibling_key
 
 logger = logging.getLogger("bandit.worker")
@@ -79,6 +79,7 @@ def run(arguments: argparse.Namespace) -> int:
     try:
         settings = Settings.from_env(environ(), redis_url=arguments.redis_url)
         config = _config(arguments, settings)
+        asyncio.run(check_deployment(settings))
     except SettingsError as error:
         print(f"bandit worker: {error}", file=sys.stderr)
         return 2

@@ -25,7 +25,7 @@ from redis.crc import key_slot
 
 from bandit.app import create_app
 from bandit.keys import Keys
-from bandit.redisurl import RedisUrlError, parse
+from bandit.redisurl import RedisUrlError, parse, redacted
 from bandit.settings import Settings, SettingsError
 from bandit.topologies import LocalCluster, LocalSentinel, Node
 from tests.conftest import ServiceProcess
@@ -317,6 +317,12 @@ def test_cluster_and_sentinel_urls() -> None:
                            ("memcached://h:1", "is not a redis://")]:
         with pytest.raises(RedisUrlError, match=complaint):
             parse(bad)
+    assert redacted("redis://:s3cret@h:1/0") == "redis://:***@h:1/0"
+    assert redacted("redis+cluster://u:s3cret@a:1,b:2") == "redis+cluster://u:***@a:1,b:2"
+    assert redacted("redis://h:1/0") == "redis://h:1/0"
+    with pytest.raises(RedisUrlError) as refused:
+        parse("redis+sentinel://:s3cret@h:1")
+    assert "s3cret" not in str(refused.value)
     with pytest.raises(SettingsError, match=r"redis_url: .*not host:port"):
         Settings(redis_url="redis+cluster://nohost")
     with pytest.raises(SettingsError, match="redis_wait_replicas"):

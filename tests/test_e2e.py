@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -221,3 +222,20 @@ async def test_concurrent_changes_one_wins_the_other_conflicts(
         assert [e["version"] for e in entries] == [1, 2]
         assert entries[1]["changes"]["exploration.epsilon"]["new"] == shown["exploration"][
             "epsilon"]
+
+
+def test_a_process_with_another_dedup_window_is_refused(
+        service_process: Callable[..., ServiceProcess], redis_url: str) -> None:
+    """Dedup sets are named after the window: a second window would not see the first's
+    event ids, so a process configured with one is refused before it serves anything."""
+    service_process()  # the default window, recorded for the deployment
+    refused = subprocess.run(
+        [sys.executable, "-m", "bandit", "serve", "--port", "0", "--redis", redis_url,
+         "--dedup-window", "600"], capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode == 2
+    assert "dedup_window_s: 600 s, but this deployment's processes use 3600 s" in refused.stderr
+    worker = subprocess.run(
+        [sys.executable, "-m", "bandit", "worker", "--stream", "s", "--redis", redis_url],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "BANDIT_DEDUP_WINDOW_S": "60"})
+    assert worker.returncode == 2 and "use 3600 s" in worker.stderr
