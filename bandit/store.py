@@ -21,6 +21,7 @@ import numpy.typing as npt
 import orjson
 from redis import exceptions as redis_errors
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.commands.core import AsyncScript
 
 from bandit import redisurl, scripts
@@ -113,8 +114,11 @@ class RedisStore:
     async def close(self) -> None:
         if isinstance(self._client, RedisCluster):
             await self._client.aclose()
-        else:
-            await self._client.aclose(close_connection_pool=True)
+            return
+        await self._client.aclose(close_connection_pool=True)
+        if isinstance(self._client.connection_pool, SentinelConnectionPool):
+            # The pool asks these sentinel clients for the primary; they hold connections too.
+            await self._client.connection_pool.sentinel_manager.aclose()
 
     def keys(self, experiment_id: str) -> Keys:
         return Keys(self._prefix, experiment_id)
