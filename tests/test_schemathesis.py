@@ -210,7 +210,11 @@ def _aim(case: Any, service: Service) -> None:
     parameters = case.path_parameters or {}
     if "id" in parameters and _valid_id(parameters["id"]):
         targets = {"DELETE": (RETIRED,), "PATCH": (CHANGED,)}.get(method, tuple(EXPERIMENTS))
-        target = service.pick(f"{method} id", targets)
+        if path.endswith("/advise"):
+            # Only the unchanged experiment keeps settings whose forecast fits the budget,
+            # whatever the changes aimed at the other one did before this case.
+            targets = tuple(name for name in EXPERIMENTS if name != CHANGED)
+        target = service.pick(f"{method} {path} id", targets)
         if target is not None:
             parameters["id"] = target
     if path == "/dashboard/{name}":
