@@ -195,7 +195,7 @@ async def _failover_under_load(url: str, kill: Any, restart: Any, experiments: l
             want = expected(batches, experiment)[arm]
             assert successes <= want[0] and failures <= want[1]
     lost = 300 * 20 - sum(sum(sum(pair) for pair in per.values()) for per in stored.values())
-    at_risk = sum(accepted for at, accepted in log if killed_at[0] - 1.0 <= at <= killed_at[0])
+    at_risk = sum(accepted for at, accepted in log if killed_at[0] - 2.0 <= at <= killed_at[0])
     times = [at for at, _ in log]
     return {"acknowledged": acknowledged, "lost": lost, "at_risk": at_risk,
             "decisions": decisions, "killed_at": killed_at[0], "last_ack": times[-1],
@@ -249,7 +249,7 @@ async def test_cluster_failover_under_load(tmp_path: Path, wait_replicas: int) -
         roles = deployment.roles()
     print(f"cluster failover, wait_replicas={wait_replicas}: {result['lost']} of "
           f"{result['acknowledged']} acknowledged events lost ({result['at_risk']} acknowledged "
-          f"in the second before the kill); writes paused at most "
+          f"in the 2 s before the kill); writes paused at most "
           f"{result['longest_gap_s']:.2f} s")
     # Decisions never stopped: every allocation answered, on the failed shard too.
     assert set(result["decisions"]) == {200}
@@ -263,8 +263,12 @@ async def test_cluster_failover_under_load(tmp_path: Path, wait_replicas: int) -
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("wait_replicas", [0, 1])
+@pytest.mark.parametrize("wait_replicas", [0, 2])
 async def test_sentinel_failover_under_load(tmp_path: Path, wait_replicas: int) -> None:
+    """Two replicas: waiting for both is what makes a failover lossless. Waiting for one is
+    not enough: the sentinels promote the replica they believe most up to date (from INFO
+    they poll), which need not be the one that acknowledged; a CI run lost 1,680 of 6,000
+    events that way with ``wait_replicas=1``, when a replica starved of CPU fell behind."""
     with LocalSentinel(tmp_path / "sentinel", replicas=2) as deployment:
         primary = deployment.primary()
 
@@ -283,7 +287,7 @@ async def test_sentinel_failover_under_load(tmp_path: Path, wait_replicas: int) 
         assert deployment.primary().port != primary.port
     print(f"sentinel failover, wait_replicas={wait_replicas}: {result['lost']} of "
           f"{result['acknowledged']} acknowledged events lost ({result['at_risk']} acknowledged "
-          f"in the second before the kill); writes paused at most "
+          f"in the 2 s before the kill); writes paused at most "
           f"{result['longest_gap_s']:.2f} s")
     assert set(result["decisions"]) == {200}
     assert result["batches"] == 300 and result["last_ack"] > result["killed_at"]
