@@ -1,17 +1,38 @@
 """HTTP throughput of the service against baselines measured in the same run.
 
-Starts its own redis-server, one `bandit serve` process and a no-op aiohttp JSON server, and
-drives them with wrk (Debian package `wrk`) from a separate process. Prints requests/s, latency
-and the ratios the allocation-service issue sets as targets:
+Starts its own redis-server and, for each worker count (`--workers`, default 1 and 2), a
+`bandit serve --workers N` service (N > 1: SO_REUSEPORT, one port) and a no-op aiohttp JSON
+server of as many processes on one port (reuse_port=True), and drives them with wrk (Debian
+package `wrk`) from a separate process. The kernel spreads wrk's connections over the processes
+per connection, not per request, so each row also shows every process's CPU share (and
+redis-server's): a skewed split there explains a weak 2-process figure, and a busy Redis a
+flat one. Rows (names for `--only`):
 
-- allocate n=1: requests/s relative to the no-op aiohttp JSON handler (target >= 0.8x)
-- allocate n=1000: decisions/s per process (target >= 1M)
-- events, batches of 1000, dedup on: events/s per process (target >= 100k), against a plain
-  redis-py pipeline of HINCRBYFLOAT for the same events (no dedup, no HTTP)
-- allocate n=1 on a second service process that enforces API keys (10 configured), against
-  the open one: what authentication costs per request
+- noop: the no-op aiohttp JSON handler, the baseline for allocate n=1
+- allocate-1, allocate-100, allocate-1000: POST allocate with n decisions per request
+- slate-5: POST allocate with k=5 (a slate of 5 arms)
+- events-1, events-100, events-1000: reward event batches, dedup on; every id is distinct
+  across requests, wrk threads and connections and runs, and wrk counts the duplicates the
+  service reports (it must be 0, or dedup did not do real work)
+- stats: GET /v1/experiments/bench/stats
+- api-key: allocate n=1 on a service that enforces API keys (10 configured), alternating with
+  the open one; 1 worker only
+- pipeline: a plain redis-py pipeline of HINCRBYFLOAT for 1000-event batches (no dedup, no
+  HTTP), one process, the baseline for events
 
-Usage: python benchmarks/bench_http.py [--seconds 10] [--connections 16]
+For each worker count it prints a table of req/s, items/s, p50, p99 and CPU per process, then
+the issue's targets as ratios (>= 1.00x meets it):
+
+- allocate n=1 / no-op handler with as many processes: median of 3 alternating pairs
+  (target >= 0.8x)
+- allocate n=1000 decisions/s per process (target >= 1M)
+- events/s per process with dedup (target >= 100k, for batches of 1000) and against the
+  HINCRBYFLOAT pipeline
+- allocate n=1 with / without API keys
+With both worker counts it ends with req/s of 2 processes over 1 per row.
+
+Usage: python benchmarks/bench_http.py [--seconds 5] [--connections 16] [--threads 1]
+                                       [--workers 1,2] [--only allocate-1,events-1000,...]
 """
 
 from __future__ import annotations
@@ -23,12 +44,17 @@ import os
 import re
 import shutil
 import socket
+import string
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
+import urllib.error
 import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
@@ -48,24 +74,88 @@ NOOP_SERVER = textwrap.dedent("""
 
     app = web.Application()
     app.add_routes([web.post("/noop", noop)])
-    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None,
+                reuse_port=sys.argv[2] == "1")
 """)
 
-EVENTS_SCRIPT = textwrap.dedent("""
+# $batch events per request. Ids are "$run-<thread>-<request>-<event>": $run is unique per
+# wrk run, setup() numbers the wrk threads, and the request counter is shared by the connections
+# of a thread (one Lua state per thread). done() prints the duplicates the service reported.
+EVENTS_SCRIPT = string.Template(textwrap.dedent("""
+    local threads = {}
+    function setup(thread)
+      table.insert(threads, thread)
+      thread:set("thread_id", #threads)
+    end
+
     counter = 0
-    prefix = tostring(os.time()) .. tostring(math.random(1, 1000000000))
-    request = function()
+    duplicates = 0
+    function request()
       counter = counter + 1
       local parts = {}
-      for i = 1, 1000 do
+      for i = 1, $batch do
         parts[i] = string.format(
-          '{"id":"%s-%d-%d","experiment":"bench","arm":"arm%d","reward":%d}',
-          prefix, counter, i, i % 10, i % 2)
+          '{"id":"$run-%d-%d-%d","experiment":"bench","arm":"arm%d","reward":%d}',
+          thread_id, counter, i, i % 10, i % 2)
       end
       local body = '{"events":[' .. table.concat(parts, ",") .. ']}'
       return wrk.format("POST", "/v1/events", {["Content-Type"] = "application/json"}, body)
     end
-""")
+
+    function response(status, headers, body)
+      local found = string.match(body, '"duplicates":%s*(%d+)')
+      if found then duplicates = duplicates + tonumber(found) end
+    end
+
+    function done(summary, latency, requests)
+      local total = 0
+      for _, thread in ipairs(threads) do total = total + thread:get("duplicates") end
+      io.write(string.format("duplicates: %d\\n", total))
+    end
+"""))
+
+ROWS = {
+    "noop": "no-op aiohttp JSON handler",
+    "allocate-1": "allocate n=1",
+    "api-key": "allocate n=1, API key",
+    "allocate-100": "allocate n=100",
+    "allocate-1000": "allocate n=1000",
+    "slate-5": "allocate k=5 slate",
+    "events-1": "events, batches of 1",
+    "events-100": "events, batches of 100",
+    "events-1000": "events, batches of 1000",
+    "stats": "stats",
+    "pipeline": "redis-py HINCRBYFLOAT pipeline",
+}
+ALLOCATE_BODIES = {"allocate-100": '{"n": 100}', "allocate-1000": '{"n": 1000}',
+                   "slate-5": '{"k": 5}'}
+ITEMS = {"allocate-100": 100, "allocate-1000": 1000, "events-100": 100, "events-1000": 1000}
+EVENT_BATCHES = {"events-1": 1, "events-100": 100, "events-1000": 1000}
+DECISIONS_TARGET = 1_000_000
+EVENTS_TARGET = 100_000
+NOOP_TARGET = 0.8
+
+
+@dataclass(frozen=True)
+class Run:
+    """One wrk run: rates, latency, and the CPU share (0..1) of each server process and of
+    redis-server."""
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    duplicates: int
+    cpu: tuple[float, ...]
+    redis_cpu: float
+
+
+@dataclass(frozen=True)
+class Target:
+    """What wrk hits: a base URL, the server processes and the redis-server behind them."""
+
+    url: str
+    pids: tuple[int, ...]
+    redis_pid: int
 
 
 def wait_port(port: int, timeout_s: float = 120.0) -> None:
@@ -79,22 +169,59 @@ def wait_port(port: int, timeout_s: float = 120.0) -> None:
     raise RuntimeError(f"nothing listening on {port}")
 
 
-def wrk(url: str, seconds: int, connections: int, *, body: str | None = None,
-        script: str | None = None, key: str | None = None) -> dict[str, float]:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc); 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # After the command name: state is field 3, utime 14 and stime 15 (1-based, man proc).
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _worker_pids(process: subprocess.Popen[bytes], workers: int,
+                 timeout_s: float = 60.0) -> tuple[int, ...]:
+    """The processes serving: the process itself, or the workers its supervisor spawned."""
+    if workers == 1:
+        return (process.pid,)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        # multiprocessing's spawn start method may add a resource tracker: skip it.
+        pids = tuple(int(child) for child in children
+                     if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes())
+        if len(pids) == workers:
+            return pids
+        time.sleep(0.2)
+    raise RuntimeError(f"bandit serve did not start {workers} workers")
+
+
+def wrk(target: Target, path: str, seconds: int, connections: int, threads: int, *,
+        body: str | None = None, script: str | None = None, key: str | None = None,
+        method: str = "POST") -> Run:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
         if script is None:
-            script = (f"wrk.method = 'POST'\nwrk.body = {json.dumps(body or '')}\n"
-                      "wrk.headers['Content-Type'] = 'application/json'\n")
+            script = f"wrk.method = '{method}'\n"
+            if method == "POST":
+                script += (f"wrk.body = {json.dumps(body or '')}\n"
+                           "wrk.headers['Content-Type'] = 'application/json'\n")
             if key is not None:
                 script += f"wrk.headers['Authorization'] = 'Bearer {key}'\n"
         handle.write(script)
-        path = handle.name
+        script_path = handle.name
+    cpu_before = [_cpu_seconds(pid) for pid in (*target.pids, target.redis_pid)]
+    started = time.monotonic()
     try:
         output = subprocess.run(
-            ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", path, url],
+            ["wrk", f"-t{threads}", f"-c{max(connections, threads)}", f"-d{seconds}s",
+             "--latency", "-s", script_path, target.url + path],
             capture_output=True, text=True, check=True).stdout
     finally:
-        os.unlink(path)
+        os.unlink(script_path)
+    elapsed = time.monotonic() - started
+    *cpu, redis_cpu = ((_cpu_seconds(pid) - before) / elapsed
+                       for pid, before in zip((*target.pids, target.redis_pid), cpu_before,
+                                              strict=True))
     if "Non-2xx" in output:
         raise RuntimeError(f"errors during the run:\n{output}")
 
@@ -104,8 +231,11 @@ def wrk(url: str, seconds: int, connections: int, *, body: str | None = None,
         value, unit = float(match.group(1)), match.group(2)
         return value * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
-    requests = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
-    return {"rps": requests, "p50_ms": latency("50"), "p99_ms": latency("99")}
+    requests = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    assert requests, output
+    duplicates = re.search(r"duplicates: (\d+)", output)
+    return Run(float(requests.group(1)), latency("50"), latency("99"),
+               int(duplicates.group(1)) if duplicates else 0, tuple(cpu), redis_cpu)
 
 
 async def pipeline_baseline(url: str, batches: int) -> float:
@@ -122,101 +252,216 @@ async def pipeline_baseline(url: str, batches: int) -> float:
     return batches * 1000 / elapsed
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--connections", type=int, default=16)
-    arguments = parser.parse_args()
-    if shutil.which("wrk") is None:
-        sys.exit("wrk is needed: apt-get install wrk")
-    workdir = Path(tempfile.mkdtemp(prefix="bandit-bench-"))
-    redis_port, service_port, noop_port = free_port(), free_port(), free_port()
-    keyed_port = free_port()
-    keys = [new_key() for _ in range(10)]
-    keys_file = workdir / "keys"
-    keys_file.write_text("".join(key_line(f"key{i}", ["decide", "admin"], key) + "\n"
-                                 for i, key in enumerate(keys)))
-    redis_url = f"redis://127.0.0.1:{redis_port}/0"
-    processes = [subprocess.Popen(
-        [redis_server_binary(), "--port", str(redis_port), "--save", "", "--appendonly", "no",
-         "--dir", str(workdir)], stdout=subprocess.DEVNULL)]
+def _median_pair(pairs: list[tuple[Run, Run]]) -> tuple[tuple[Run, Run], str]:
+    """The pair with the median second/first ratio, and all ratios in the order measured.
+
+    Pairs alternate the two runs, so a burst of load from elsewhere skews one pair, not the
+    result.
+    """
+    ratios = ", ".join(f"{b.rps / a.rps:.2f}" for a, b in pairs)
+    ordered = sorted(pairs, key=lambda pair: pair[1].rps / pair[0].rps)
+    return ordered[len(ordered) // 2], ratios
+
+
+@contextmanager
+def _servers(workers: int, redis_url: str, redis_pid: int, keys_file: Path | None
+             ) -> Iterator[tuple[Target, Target, Target | None]]:
+    """The service, the no-op server and (with a keys file) a keyed service, each of
+    ``workers`` processes on one port; stopped on exit."""
+    service_port, noop_port, keyed_port = free_port(), free_port(), free_port()
+    serve = [sys.executable, "-m", "bandit", "serve", "--redis", redis_url,
+             "--log-level", "WARNING", "--workers", str(workers)]
+    processes: list[subprocess.Popen[bytes]] = []
     try:
-        wait_port(redis_port)
-        processes.append(subprocess.Popen(
-            [sys.executable, "-m", "bandit", "serve", "--port", str(service_port),
-             "--redis", redis_url, "--log-level", "WARNING"]))
-        processes.append(subprocess.Popen([sys.executable, "-c", NOOP_SERVER, str(noop_port)]))
-        processes.append(subprocess.Popen(
-            [sys.executable, "-m", "bandit", "serve", "--port", str(keyed_port),
-             "--redis", redis_url, "--log-level", "WARNING", "--api-keys", str(keys_file)]))
-        wait_port(service_port)
-        wait_port(noop_port)
-        wait_port(keyed_port)
-        keyed = f"http://127.0.0.1:{keyed_port}"
-        service = f"http://127.0.0.1:{service_port}"
-        request = urllib.request.Request(
-            f"{service}/v1/experiments", method="POST",
-            data=json.dumps({"id": "bench", "arms": [f"arm{i}" for i in range(10)],
-                             "reward": "bernoulli"}).encode(),
-            headers={"Content-Type": "application/json"})
-        urllib.request.urlopen(request).read()
-        seconds, connections = arguments.seconds, arguments.connections
-        # Warm-up: JIT paths, connection pools, caches.
-        wrk(f"{service}/v1/experiments/bench/allocate", 2, connections, body="{}")
-        wrk(f"http://127.0.0.1:{noop_port}/noop", 2, connections, body="{}")
-        # The no-op baseline and allocate n=1 alternate three times; the median ratio of the
-        # pairs is reported, so a burst of load from elsewhere skews one pair, not the result.
-        pairs = []
-        for _ in range(3):
-            pairs.append((
-                wrk(f"http://127.0.0.1:{noop_port}/noop", seconds, connections, body="{}"),
-                wrk(f"{service}/v1/experiments/bench/allocate", seconds, connections,
-                    body="{}"),
-            ))
-        pairs.sort(key=lambda pair: pair[1]["rps"] / pair[0]["rps"])
-        noop, single = pairs[1]
-        wrk(f"{keyed}/v1/experiments/bench/allocate", 2, connections, body="{}", key=keys[7])
-        auth_pairs = []
-        for _ in range(3):
-            auth_pairs.append((
-                wrk(f"{service}/v1/experiments/bench/allocate", seconds, connections,
-                    body="{}"),
-                wrk(f"{keyed}/v1/experiments/bench/allocate", seconds, connections,
-                    body="{}", key=keys[7]),
-            ))
-        auth_pairs.sort(key=lambda pair: pair[1]["rps"] / pair[0]["rps"])
-        open_single, keyed_single = auth_pairs[1]
-        thousand = wrk(f"{service}/v1/experiments/bench/allocate", seconds, connections,
-                       body='{"n": 1000}')
-        slate = wrk(f"{service}/v1/experiments/bench/allocate", seconds, connections,
-                    body='{"k": 5}')
-        events = wrk(f"{service}/v1/events", seconds, 4, script=EVENTS_SCRIPT)
-        baseline = asyncio.run(pipeline_baseline(redis_url, 200))
-        rows = [("no-op aiohttp JSON handler", noop, 1), ("allocate n=1", single, 1),
-                ("allocate n=1, API key", keyed_single, 1),
-                ("allocate k=5 slate", slate, 1), ("allocate n=1000", thousand, 1000),
-                ("events, batches of 1000", events, 1000)]
-        print(f"{'endpoint':32} {'req/s':>10} {'items/s':>12} {'p50 ms':>8} {'p99 ms':>8}")
-        for name, result, items in rows:
-            print(f"{name:32} {result['rps']:10.0f} {result['rps'] * items:12.0f} "
-                  f"{result['p50_ms']:8.2f} {result['p99_ms']:8.2f}")
-        print(f"{'redis-py HINCRBYFLOAT pipeline':32} {'':10} {baseline:12.0f}")
-        print()
-        ratios = ", ".join(f"{b['rps'] / a['rps']:.2f}" for a, b in pairs)
-        print(f"allocate n=1 / no-op handler:         {single['rps'] / noop['rps']:.2f}x "
-              f"(median of {ratios}; target >= 0.8x)")
-        print(f"allocate n=1000 decisions/s:          {thousand['rps'] * 1000:,.0f} "
-              "(target >= 1,000,000)")
-        print(f"events/s with dedup:                  {events['rps'] * 1000:,.0f} "
-              "(target >= 100,000)")
-        print(f"events/s vs HINCRBYFLOAT pipeline:    {events['rps'] * 1000 / baseline:.2f}x")
-        auth_ratios = ", ".join(f"{b['rps'] / a['rps']:.2f}" for a, b in auth_pairs)
-        print(f"allocate n=1 with / without API keys: "
-              f"{keyed_single['rps'] / open_single['rps']:.2f}x (median of {auth_ratios})")
+        service = subprocess.Popen([*serve, "--port", str(service_port)])
+        processes.append(service)
+        noops = [subprocess.Popen([sys.executable, "-c", NOOP_SERVER, str(noop_port),
+                                   "1" if workers > 1 else "0"]) for _ in range(workers)]
+        processes.extend(noops)
+        keyed = None
+        if keys_file is not None:
+            keyed = subprocess.Popen([*serve, "--port", str(keyed_port),
+                                      "--api-keys", str(keys_file)])
+            processes.append(keyed)
+        for port in (service_port, noop_port) + ((keyed_port,) if keyed else ()):
+            wait_port(port)
+        yield (Target(f"http://127.0.0.1:{service_port}", _worker_pids(service, workers),
+                      redis_pid),
+               Target(f"http://127.0.0.1:{noop_port}", tuple(noop.pid for noop in noops),
+                      redis_pid),
+               Target(f"http://127.0.0.1:{keyed_port}", _worker_pids(keyed, workers),
+                      redis_pid) if keyed else None)
     finally:
         for process in reversed(processes):
             process.terminate()
             process.wait()
+
+
+def _create_experiment(service: str) -> None:
+    request = urllib.request.Request(
+        f"{service}/v1/experiments", method="POST",
+        data=json.dumps({"id": "bench", "arms": [f"arm{i}" for i in range(10)],
+                         "reward": "bernoulli"}).encode(),
+        headers={"Content-Type": "application/json"})
+    try:
+        urllib.request.urlopen(request).read()
+    except urllib.error.HTTPError as error:
+        if error.code != 409:  # already created for an earlier worker count
+            raise
+
+
+def measure(workers: int, only: set[str], arguments: argparse.Namespace, redis_url: str,
+            redis_pid: int, keys_file: Path, key: str) -> tuple[dict[str, Run], dict[str, str]]:
+    """Every selected row against ``workers`` service and no-op processes; runs and the
+    ratios of the alternating pairs."""
+    seconds, connections, threads = arguments.seconds, arguments.connections, arguments.threads
+    runs: dict[str, Run] = {}
+    pair_ratios: dict[str, str] = {}
+    allocate = "/v1/experiments/bench/allocate"
+    with_keys = "api-key" in only and workers == 1
+    with _servers(workers, redis_url, redis_pid, keys_file if with_keys else None) as (
+            service, noop, keyed):
+        _create_experiment(service.url)
+        # Warm-up: JIT paths, connection pools, caches, in every process.
+        wrk(service, allocate, 2, connections, threads, body="{}")
+        wrk(noop, "/noop", 2, connections, threads, body="{}")
+        if "allocate-1" in only:
+            pairs = [(wrk(noop, "/noop", seconds, connections, threads, body="{}"),
+                      wrk(service, allocate, seconds, connections, threads, body="{}"))
+                     for _ in range(3)]
+            (runs["noop"], runs["allocate-1"]), pair_ratios["allocate-1"] = _median_pair(pairs)
+        elif "noop" in only:
+            runs["noop"] = wrk(noop, "/noop", seconds, connections, threads, body="{}")
+        if keyed is not None:
+            wrk(keyed, allocate, 2, connections, threads, body="{}", key=key)
+            pairs = [(wrk(service, allocate, seconds, connections, threads, body="{}"),
+                      wrk(keyed, allocate, seconds, connections, threads, body="{}", key=key))
+                     for _ in range(3)]
+            (runs["api-key-open"], runs["api-key"]), pair_ratios["api-key"] = _median_pair(
+                pairs)
+        for name, body in ALLOCATE_BODIES.items():
+            if name in only:
+                wrk(service, allocate, 1, connections, threads, body=body)
+                runs[name] = wrk(service, allocate, seconds, connections, threads, body=body)
+        for name, batch in EVENT_BATCHES.items():
+            if name in only:
+                # Fewer connections than for allocate: a batch keeps a process busy longer.
+                events_connections = 4 * workers
+                for label in ("warm", "run"):
+                    script = EVENTS_SCRIPT.substitute(batch=batch,
+                                                      run=f"{label}{time.time_ns()}")
+                    runs[name] = wrk(service, "/v1/events", 1 if label == "warm" else seconds,
+                                     events_connections, threads, script=script)
+                if runs[name].duplicates:
+                    raise RuntimeError(f"{name}: the service reported "
+                                       f"{runs[name].duplicates} duplicate ids")
+        if "stats" in only:
+            stats = "/v1/experiments/bench/stats"
+            wrk(service, stats, 1, connections, threads, method="GET")
+            runs["stats"] = wrk(service, stats, seconds, connections, threads, method="GET")
+    return runs, pair_ratios
+
+
+def report(workers: int, runs: dict[str, Run], pair_ratios: dict[str, str],
+           baseline: float | None) -> None:
+    print(f"\n{workers} service process{'es' if workers > 1 else ''} "
+          f"(no-op handler: {workers} process{'es' if workers > 1 else ''})")
+    print(f"{'endpoint':32} {'req/s':>10} {'items/s':>12} {'p50 ms':>8} {'p99 ms':>8}  "
+          "CPU per process, Redis")
+    for name, label in ROWS.items():
+        if name in runs:
+            run = runs[name]
+            cpu = "/".join(f"{share:.0%}" for share in run.cpu)
+            print(f"{label:32} {run.rps:10.0f} {run.rps * ITEMS.get(name, 1):12.0f} "
+                  f"{run.p50_ms:8.2f} {run.p99_ms:8.2f}  {cpu}, {run.redis_cpu:.0%}")
+    if baseline is not None:
+        print(f"{ROWS['pipeline']:32} {'':10} {baseline:12.0f}  (1 process)")
+    print()
+    per = f" (/ {workers} processes)" if workers > 1 else ""
+    if "noop" in runs and "allocate-1" in runs:
+        ratio = runs["allocate-1"].rps / runs["noop"].rps
+        print(f"allocate n=1 / no-op handler:          {ratio:.2f}x "
+              f"(median of {pair_ratios['allocate-1']}; target >= {NOOP_TARGET}x: "
+              f"{ratio / NOOP_TARGET:.2f}x of target)")
+    if "allocate-1000" in runs:
+        decisions = runs["allocate-1000"].rps * 1000 / workers
+        print(f"allocate n=1000 decisions/s per process: {decisions:,.0f}{per}; "
+              f"target >= {DECISIONS_TARGET:,}: {decisions / DECISIONS_TARGET:.2f}x of target")
+    for name, batch in EVENT_BATCHES.items():
+        if name in runs:
+            events = runs[name].rps * batch / workers
+            parts = [f"events/s per process, batches of {batch:<4}: {events:,.0f}{per}"]
+            if batch == 1000:
+                parts.append(f"target >= {EVENTS_TARGET:,}: {events / EVENTS_TARGET:.2f}x of "
+                             "target")
+            if baseline is not None:
+                parts.append(f"{events / baseline:.2f}x the HINCRBYFLOAT pipeline")
+            print("; ".join(parts))
+    if "api-key" in runs:
+        ratio = runs["api-key"].rps / runs["api-key-open"].rps
+        print(f"allocate n=1 with / without API keys:  {ratio:.2f}x "
+              f"(median of {pair_ratios['api-key']})")
+
+
+def _names(text: str) -> set[str]:
+    names = {name.strip() for name in text.split(",") if name.strip()}
+    unknown = names - set(ROWS)
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown rows {', '.join(sorted(unknown))}; choose from {', '.join(ROWS)}")
+    return names
+
+
+def _worker_counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected e.g. 1,2, got {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"worker counts must be >= 1, got {text!r}")
+    return counts
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
+    parser.add_argument("--seconds", type=int, default=5, help="per measured wrk run")
+    parser.add_argument("--connections", type=int, default=16,
+                        help="wrk connections (events: 4 per worker process)")
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads")
+    parser.add_argument("--workers", type=_worker_counts, default=[1, 2],
+                        help="comma-separated service process counts (default 1,2)")
+    parser.add_argument("--only", type=_names, default=set(ROWS),
+                        help=f"comma-separated rows: {', '.join(ROWS)}")
+    arguments = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is needed: apt-get install wrk")
+    only: set[str] = arguments.only
+    workdir = Path(tempfile.mkdtemp(prefix="bandit-bench-"))
+    keys = [new_key() for _ in range(10)]
+    keys_file = workdir / "keys"
+    keys_file.write_text("".join(key_line(f"key{i}", ["decide", "admin"], key) + "\n"
+                                 for i, key in enumerate(keys)))
+    redis_port = free_port()
+    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    redis_process = subprocess.Popen(
+        [redis_server_binary(), "--port", str(redis_port), "--save", "", "--appendonly", "no",
+         "--dir", str(workdir)], stdout=subprocess.DEVNULL)
+    try:
+        wait_port(redis_port)
+        results = {workers: measure(workers, only, arguments, redis_url,
+                                     redis_process.pid, keys_file, keys[7])
+                   for workers in arguments.workers}
+        baseline = asyncio.run(pipeline_baseline(redis_url, 200)) if "pipeline" in only else None
+        for workers, (runs, pair_ratios) in results.items():
+            report(workers, runs, pair_ratios, baseline)
+        if 1 in results and 2 in results:
+            print("\nreq/s of 2 processes / 1 (the no-op handler shows what the machine allows):")
+            for name, label in ROWS.items():
+                if name in results[1][0] and name in results[2][0]:
+                    print(f"  {label:32} {results[2][0][name].rps / results[1][0][name].rps:.2f}x")
+    finally:
+        redis_process.terminate()
+        redis_process.wait()
         redis.Redis(port=redis_port).close()
         shutil.rmtree(workdir, ignore_errors=True)
 
