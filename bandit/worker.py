@@ -19,7 +19,7 @@ import signal
 import socket
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 
 from aiohttp import web
@@ -268,6 +268,10 @@ async def _consume(consumer: StreamConsumer, metrics: StreamMetrics,
     config = consumer.config
     claim_every = min(max(config.claim_idle_ms / 2000, 0.05), 5.0)
     recover_after: str | None = "0"
+    # Re-reads of this consumer's own entries caused by an outage, per entry: they count as
+    # deliveries in Redis but are not the entry's fault, so they are taken off again.
+    outage_reads: Counter[str] = Counter()
+    after_outage = False
     cursor, next_claim = "0-0", 0.0
     delay = BACKOFF_S[0]
     while not stopping.is_set():
@@ -277,6 +281,13 @@ async def _consume(consumer: StreamConsumer, metrics: StreamMetrics,
             if recover_after is not None:
                 entries, source = await consumer.read_own(recover_after), "recovered"
                 recover_after = entries[-1].entry_id if entries else None
+                if after_outage:
+                    outage_reads.update(entry.entry_id for entry in entries)
+                    entries = [entry._replace(deliveries=max(
+                        1, entry.deliveries - outage_reads[entry.entry_id])) for entry in entries]
+                if recover_after is None:
+                    after_outage = False
+                    outage_reads.clear()
             elif time.monotonic() >= next_claim:
                 entries, cursor = await consumer.claim(cursor)
                 source = "claimed"
@@ -291,6 +302,10 @@ async def _consume(consumer: StreamConsumer, metrics: StreamMetrics,
             metrics.retries += 1
             logger.warning("Redis unavailable, retrying in %.2f s: %s", delay, error)
             delay = await _pause(delay, stopping)
+            # Entries delivered to this consumer may not have reached it (the reply was lost)
+            # or not been acknowledged (the batch failed half-way): read its own pending
+            # entries again first, instead of leaving them to a claim after claim_idle_ms.
+            recover_after, after_outage = "0", True
         except redis_errors.ResponseError as error:
             if "NOGROUP" not in str(error):
                 raise
