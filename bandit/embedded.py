@@ -48,6 +48,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(probe.getsockname()[1])
 
 
+def wait_port(port: int, timeout_s: float = 120.0, host: str = "127.0.0.1") -> None:
+    """Until something accepts connections on ``port`` (a server started in another process);
+    ``RuntimeError`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {host}:{port}")
+
+
 def _terminate_with_parent() -> None:
     """In the child: get SIGTERM (a clean shutdown) if `bandit serve` dies, even by SIGKILL."""
     try:

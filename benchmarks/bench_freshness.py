@@ -30,7 +30,6 @@ import asyncio
 import os
 import random
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,7 +42,7 @@ from typing import Any
 
 import aiohttp
 
-from bandit.embedded import free_port, redis_server_binary
+from bandit.embedded import free_port, redis_server_binary, wait_port
 
 TARGET_S = 1.0
 #: A share of arm ``a`` above this on B means B's allocation took the rewards in.
@@ -52,15 +51,6 @@ CHANGED_SHARE = 0.9
 GIVE_UP_S = 30.0
 
 
-def _wait_port(port: int, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listening on {port}")
 
 
 @contextmanager
@@ -73,7 +63,7 @@ def _deployment(processes: int, refresh_s: float) -> Iterator[list[str]]:
          "--appendonly", "no", "--dir", str(workdir)], stdout=subprocess.DEVNULL)]
     environment = {**os.environ, "BANDIT_REFRESH_INTERVAL_S": repr(refresh_s)}
     try:
-        _wait_port(redis_port)
+        wait_port(redis_port)
         ports = [free_port() for _ in range(processes)]
         for port in ports:
             started.append(subprocess.Popen(
@@ -81,7 +71,7 @@ def _deployment(processes: int, refresh_s: float) -> Iterator[list[str]]:
                  f"redis://127.0.0.1:{redis_port}/0", "--log-level", "WARNING"],
                 env=environment))
         for port in ports:
-            _wait_port(port)
+            wait_port(port)
         yield [f"http://127.0.0.1:{port}" for port in ports]
     finally:
         for process in reversed(started):

@@ -43,7 +43,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import string
 import subprocess
 import sys
@@ -61,7 +60,7 @@ import redis
 import redis.asyncio as aioredis
 
 from bandit.auth import key_line, new_key
-from bandit.embedded import free_port, redis_server_binary
+from bandit.embedded import free_port, redis_server_binary, wait_port
 
 NOOP_SERVER = textwrap.dedent("""
     import sys
@@ -158,15 +157,6 @@ class Target:
     redis_pid: int
 
 
-def wait_port(port: int, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listening on {port}")
 
 
 def _cpu_seconds(pid: int) -> float:

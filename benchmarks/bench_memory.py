@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import functools
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -45,7 +44,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from bandit.cache import summary_of
-from bandit.embedded import free_port, redis_server_binary
+from bandit.embedded import free_port, redis_server_binary, wait_port
 from bandit.history import sample
 from bandit.policy import warm_up_kernels
 from bandit.service import BanditService
@@ -69,15 +68,6 @@ class Row:
     baseline_encoding: str
 
 
-def _wait_port(port: int, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on {port}")
 
 
 async def _used(client: Redis) -> int:
@@ -365,7 +355,7 @@ def main() -> None:
         [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
          "--appendonly", "no", "--dir", str(workdir)], stdout=subprocess.DEVNULL)
     try:
-        _wait_port(port)
+        wait_port(port, timeout_s=60.0)
         rows = asyncio.run(_run(f"redis://127.0.0.1:{port}/0", arguments))
     finally:
         server.terminate()
