@@ -19,7 +19,7 @@ import asyncio
 import math
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -42,6 +42,20 @@ from bandit.settings import Settings
 from bandit.store import RedisStore
 
 T = TypeVar("T")
+
+
+def choose(data: st.DataObject, items: Sequence[T], label: str) -> T | None:
+    """One of items (None when there are none), drawn the same way whatever their number.
+
+    What the service served (decision ids, their arms, the sticky units it assigned) can
+    differ between two runs of the same example: the shares it drew with depend on when
+    its cache refreshed. Hypothesis replays an example by its draws and rejects one whose
+    draws changed shape (FlakyStrategyDefinition), so a choice among those things is an
+    index taken modulo their number, drawn whether or not there are any, never a
+    sampled_from over them or a draw made only when the list is not empty.
+    """
+    index = data.draw(st.integers(0, 63), label=label)
+    return items[index % len(items)] if items else None
 
 PREFIX = "machine"
 PROCESSES = 2
@@ -503,17 +517,17 @@ class BanditMachine(RuleBasedStateMachine):
                 model.arms[arms[0]].n += 1
                 model.arms[arms[0]].failures += 1
 
-    def has_sticky_units(self) -> bool:
-        return any(model.sticky for model in self.experiments.values())
-
-    @precondition(has_sticky_units)
+    @precondition(has_experiments)  # not "has sticky units": what the service served
     @rule(data=st.data(), n=st.sampled_from([1, 2]))
     def allocate_sticky_again(self, data: st.DataObject, n: int) -> None:
         """A unit seen before comes back, to any process (perhaps restarted since)."""
         units = sorted(((model.id, unit, k) for model in self.experiments.values()
                         for unit, k in model.sticky), key=lambda item: (*item[:2], item[2] or 0))
-        experiment_id, unit, k = data.draw(st.sampled_from(units), label="sticky unit")
+        seen = choose(data, units, "sticky unit")
         process = data.draw(st.integers(0, PROCESSES - 1), label="process")
+        if seen is None:
+            return
+        experiment_id, unit, k = seen
         body: dict[str, Any] = {"unit": unit, "sticky": True, "n": n}
         if k is not None:
             body["k"] = k
@@ -612,14 +626,14 @@ class BanditMachine(RuleBasedStateMachine):
         kind = data.draw(st.sampled_from(
             ["fresh", "fresh", "resend", "resend", "decision", "decision", "wrong arm",
              "foreign decision", "other experiment's id", "bad"]), label="event kind")
-        if kind == "resend" and self.sent:
-            return data.draw(st.sampled_from(self.sent), label="resent")  # the same body again
+        resent = choose(data, self.sent, "resent")
+        if kind == "resend" and resent is not None:
+            return resent  # the same body again
         model = self.experiments[data.draw(st.sampled_from(sorted(self.experiments)))]
         event_id = self.fresh_id("ev")
-        if kind == "other experiment's id" and self.accepted_ids:
-            event_id = data.draw(st.sampled_from(self.accepted_ids))
-            if event_id in model.seen:
-                event_id = self.fresh_id("ev")
+        other_id = choose(data, self.accepted_ids, "other experiment's id")
+        if kind == "other experiment's id" and other_id is not None:
+            event_id = other_id if other_id not in model.seen else self.fresh_id("ev")
         if model.reward == "bernoulli":
             reward: Any = data.draw(st.sampled_from(BERNOULLI_REWARDS), label="reward")
         else:
@@ -628,20 +642,25 @@ class BanditMachine(RuleBasedStateMachine):
         arm = data.draw(st.sampled_from(model.config.arms), label="arm")
         event: dict[str, Any] = {"id": event_id, "experiment": model.id, "arm": arm,
                                  "reward": reward}
-        foreign = [d for d in self.decisions if self.decisions[d].experiment != model.id]
-        if kind in ("decision", "wrong arm") and model.decisions:
-            decision_id = data.draw(st.sampled_from(model.decisions), label="decision")
-            decision = self.decisions[decision_id]
+        # Everything below that depends on what was served is drawn every time (see choose).
+        decision_id = choose(data, model.decisions, "decision")
+        decision = None if decision_id is None else self.decisions[decision_id]
+        conversion = data.draw(st.sampled_from(CONVERSION_REWARDS), label="conversion")
+        served_arm = choose(data, decision.arms if decision else (), "served arm")
+        other_arm = choose(data, [a for a in model.config.arms
+                                  if decision is None or a not in decision.arms], "other arm")
+        foreign = choose(data, [d for d in self.decisions
+                                if self.decisions[d].experiment != model.id], "foreign")
+        if kind in ("decision", "wrong arm") and decision is not None:
             event["decision_id"] = decision_id
             if decision.kind == "provisional":
-                event["reward"] = data.draw(st.sampled_from(CONVERSION_REWARDS))
+                event["reward"] = conversion
             if kind == "decision":
-                event["arm"] = data.draw(st.sampled_from(decision.arms))
-            elif decision.kind != "slate":  # a slate's reward may name any arm
-                event["arm"] = data.draw(st.sampled_from(model.config.arms).filter(
-                    lambda a: a not in decision.arms))
-        elif kind == "foreign decision" and foreign:
-            event["decision_id"] = data.draw(st.sampled_from(foreign), label="decision")
+                event["arm"] = served_arm
+            elif decision.kind != "slate" and other_arm is not None:
+                event["arm"] = other_arm  # a slate's reward may name any arm
+        elif kind == "foreign decision" and foreign is not None:
+            event["decision_id"] = foreign
         elif kind == "bad":
             flaw = data.draw(st.sampled_from(["arm", "experiment", "id", "reward", "range",
                                               "decision"]))
