@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from time import perf_counter
 from typing import Any
 
 import orjson
@@ -47,12 +47,19 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
 
 
 async def _body(request: web.Request, *, optional: bool = False) -> Any:
+    payload = request.content
     try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge as error:
-        raise PayloadTooLarge(
-            f"request body over {request.app[SETTINGS].max_body_bytes} bytes"
-        ) from error
+        if payload.is_eof():
+            # The whole body has arrived (any small request): take it without the awaits of
+            # request.read(), a twentieth of an allocate request's time.
+            raw = payload.read_nowait()
+            too_large = len(raw) > request.app[SETTINGS].max_body_bytes
+        else:
+            raw, too_large = await request.read(), False
+    except web.HTTPRequestEntityTooLarge:
+        too_large = True
+    if too_large:
+        raise PayloadTooLarge(f"request body over {request.app[SETTINGS].max_body_bytes} bytes")
     if not raw:
         if optional:
             return None
@@ -84,22 +91,23 @@ def _endpoint(route: str, handler: Handler, scope: str | None = PUBLIC) -> Handl
     chain on every request, which costs about a quarter of a small request's time.
     """
 
+    needs = scope if scope is not None and scope != ANY_KEY else None
+
     async def endpoint(request: web.Request) -> web.StreamResponse:
-        started = time.perf_counter()
+        started = perf_counter()
+        app = request.app
         try:
             if scope is not None:
-                principal = request.app[KEYS].ring.authenticate(
-                    request.headers.get("Authorization"))
-                if scope != ANY_KEY:
-                    authorize(principal, scope, f"{request.method} {route}")
+                principal = app[KEYS].ring.authenticate(request.headers.get("Authorization"))
+                if needs is not None and needs not in principal.scopes:
+                    authorize(principal, needs, f"{request.method} {route}")  # raises
                 request[PRINCIPAL] = principal
             response = await handler(request)
         except Exception as error:
             if not isinstance(error, BanditError | web.HTTPException):
                 logger.exception("unexpected error on %s %s", request.method, request.path)
             response = _error_response(error)
-        request.app[METRICS].observe_request(route, response.status,
-                                             time.perf_counter() - started)
+        app[METRICS].observe_request(route, response.status, perf_counter() - started)
         return response
 
     return endpoint
@@ -149,13 +157,18 @@ async def whoami(request: web.Request) -> web.Response:
 
 
 async def allocate(request: web.Request) -> web.Response:
-    service = request.app[SERVICE]
+    app = request.app
+    service = app[SERVICE]
     experiment_id = request.match_info["id"]
-    result = await service.allocate(experiment_id, await _body(request, optional=True))
-    stale = service.stale
-    request.app[METRICS].count_decisions(experiment_id, len(result["decisions"]), stale=stale)
+    body = await _body(request, optional=True)
+    # Decisions from the cache need no await (most requests); the rest go the long way.
+    result = service.allocate_cached(experiment_id, body) or await service.allocate(
+        experiment_id, body)
+    age = service.cache.age
+    stale = age > service.settings.stale_after_s
+    app[METRICS].count_decisions(experiment_id, len(result["decisions"]), stale=stale)
     if stale:
-        return _json(result, headers={"X-Bandit-Stale": f"{service.cache.age:.1f}"})
+        return _json(result, headers={"X-Bandit-Stale": f"{age:.1f}"})
     return _json(result)
 
 
@@ -242,18 +255,19 @@ def create_app(settings: Settings, *, seed: int | None = None) -> web.Applicatio
     app[KEYS] = KeysSource(settings.api_keys_file, settings.api_keys)
     app.cleanup_ctx.append(_lifecycle(settings, seed))
     routes: list[tuple[str, str, Handler, str | None]] = [
+        # The hot routes first: aiohttp tries the routes under a prefix in this order.
+        ("POST", "/v1/experiments/{id}/allocate", allocate, "decide"),
+        ("POST", "/v1/events", events, "decide"),
         ("POST", "/v1/experiments", create_experiment, "admin"),
         ("GET", "/v1/experiments", list_experiments, "read"),
         ("GET", "/v1/experiments/{id}", show_experiment, "read"),
         ("PATCH", "/v1/experiments/{id}", patch_experiment, "admin"),
         ("DELETE", "/v1/experiments/{id}", archive_experiment, "admin"),
-        ("POST", "/v1/experiments/{id}/allocate", allocate, "decide"),
         ("GET", "/v1/experiments/{id}/stats", stats, "read"),
         ("GET", "/v1/experiments/{id}/audit", audit, "read"),
         ("GET", "/v1/experiments/{id}/history", history, "read"),
         # A forecast costs seconds of CPU: only for keys that may apply the change too.
         ("POST", "/v1/experiments/{id}/advise", advise, "admin"),
-        ("POST", "/v1/events", events, "decide"),
         ("GET", "/v1/whoami", whoami, ANY_KEY),
         ("GET", "/metrics", metrics_endpoint, "read"),
         # Probes, the API description and the dashboard's files carry no data: open.

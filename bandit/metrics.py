@@ -35,7 +35,7 @@ class _Latency:
 class Metrics:
     def __init__(self, cache_age: Callable[[], float] = lambda: 0.0) -> None:
         self.registry = CollectorRegistry()
-        self._latency: defaultdict[tuple[str, str], _Latency] = defaultdict(_Latency)
+        self._latency: defaultdict[tuple[str, int], _Latency] = defaultdict(_Latency)
         self._decisions: defaultdict[str, int] = defaultdict(int)
         self._stale = 0
         self.cache_age = cache_age
@@ -44,7 +44,7 @@ class Metrics:
         self.registry.register(self)
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
-        latency = self._latency[(route, str(status))]
+        latency = self._latency[(route, status)]
         latency.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         latency.count += 1
         latency.total += seconds
@@ -65,7 +65,7 @@ class Metrics:
                                     strict=True):
                 cumulative += count
                 buckets.append((str(bound) if bound != float("inf") else "+Inf", cumulative))
-            histogram.add_metric([route, status], buckets, latency.total)
+            histogram.add_metric([route, str(status)], buckets, latency.total)
         yield histogram
         decisions = CounterMetricFamily("bandit_decisions", "Decisions served",
                                         labels=["experiment"])

@@ -14,7 +14,7 @@ import random
 import secrets
 import time
 from collections import OrderedDict, defaultdict
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -41,11 +41,37 @@ logger = logging.getLogger(__name__)
 #: Experiments whose serving-health sums a process keeps (least recently asked dropped).
 MAX_HEALTH_TRACKERS = 10_000
 
+#: Single decisions asked of one snapshot in one second after which the next are drawn ahead.
+AHEAD_AFTER = 8
+#: Most single decisions drawn ahead at once.
+AHEAD_MAX = 1024
+
 _STATUS_ERRORS = {
     UNKNOWN_DECISION: "decision_id: unknown, or its attribution window has passed",
     3: "arm: differs from the arm of the decision",
     4: "decision_id: this decision already has a reward for this arm (another event id)",
 }
+
+
+@dataclass
+class _DrawnAhead:
+    """Single decisions drawn from one snapshot in one second before they were asked for.
+
+    Each is an independent draw from the snapshot's probabilities, exactly as a draw made on
+    request would be, and is counted as served only when served; those never asked for are
+    dropped with the snapshot (their counters are never used again). Drawing and signing a
+    run of them is one numba call each, where one at a time costs a Python draw and a numba
+    call per decision: about a tenth of an allocate request under load.
+    """
+
+    snapshot: Snapshot
+    issued: int
+    #: Single decisions asked of the snapshot in the second before, when it served this one.
+    before: int = 0
+    asked: int = 0
+    used: int = 0
+    arms: list[int] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
 
 
 class BanditService:
@@ -64,6 +90,7 @@ class BanditService:
             lambda: defaultdict(int)
         )
         self._health: OrderedDict[str, health.HealthTracker] = OrderedDict()
+        self._ahead: dict[str, dict[str, _DrawnAhead]] = {"d": {}, "p": {}}
         # One forecast at a time per process: it is CPU work beside the decisions.
         self._advising = asyncio.Lock()
         self._sticky: OrderedDict[tuple[str, str], tuple[list[int], float, list[float]]] = (
@@ -149,7 +176,11 @@ class BanditService:
     # -- decisions ---------------------------------------------------------------------------
 
     async def snapshot(self, experiment_id: str) -> Snapshot:
-        snapshot = self.cache.peek(experiment_id) or await self.cache.get(experiment_id)
+        return self._usable(self.cache.peek(experiment_id)
+                            or await self.cache.get(experiment_id), experiment_id)
+
+    def _usable(self, snapshot: Snapshot, experiment_id: str) -> Snapshot:
+        """``snapshot``, unless it may not serve decisions (too old, or archived)."""
         if self.cache.age > self.settings.max_stale_s:
             raise StoreUnavailable(
                 f"Redis has been unreachable for {self.cache.age:.0f} s, over max_stale_s "
@@ -157,10 +188,6 @@ class BanditService:
         if snapshot.experiment.archived:
             raise NotFound(f"experiment {experiment_id!r} is archived")
         return snapshot
-
-    @property
-    def stale(self) -> bool:
-        return self.cache.age > self.settings.stale_after_s
 
     async def signer(self) -> DecisionSigner:
         if self._signer is None:
@@ -171,25 +198,30 @@ class BanditService:
                 self._signer = DecisionSigner(key, self._process)
         return self._signer
 
+    def allocate_cached(self, experiment_id: str, body: object) -> dict[str, Any] | None:
+        """``allocate`` without an await where none is needed (the hot path): decisions that
+        are neither sticky nor provisional, for an experiment in the cache. None otherwise:
+        then call ``allocate``."""
+        snapshot, signer = self.cache.peek(experiment_id), self._signer
+        if snapshot is None or signer is None:
+            return None
+        request = parse_allocate(body)
+        if request.sticky or request.provisional:
+            return None
+        snapshot = self._usable(snapshot, experiment_id)
+        self._check_request(snapshot, request)
+        return {"decisions": self._fresh_decisions(snapshot, request, signer),
+                "version": snapshot.experiment.version}
+
     async def allocate(self, experiment_id: str, body: object) -> dict[str, Any]:
         request = parse_allocate(body)
         snapshot = await self.snapshot(experiment_id)
         signer = self._signer or await self.signer()
-        if request.k is not None and request.k > snapshot.servable:
-            raise InvalidValue(
-                f"k: {request.k} is more than the {snapshot.servable} arms that can be served"
-            )
-        if request.provisional and (snapshot.experiment.reward != "bernoulli"
-                                    or request.k is not None):
-            raise InvalidValue("provisional: only for single-arm decisions of bernoulli "
-                               "experiments")
+        self._check_request(snapshot, request)
         if request.sticky:
             decisions, snapshot = await self._sticky_decisions(snapshot, request, signer)
-        elif request.k is None:
-            decisions = self._decisions(snapshot, request.n, "p" if request.provisional else "d",
-                                        signer)
         else:
-            decisions = self._slates(snapshot, request.n, request.k, signer)
+            decisions = self._fresh_decisions(snapshot, request, signer)
         if request.provisional:
             await self.store.record_provisional(
                 experiment_id, [d["decision_id"] for d in decisions],
@@ -198,6 +230,25 @@ class BanditService:
             )
         return {"decisions": decisions, "version": snapshot.experiment.version}
 
+    @staticmethod
+    def _check_request(snapshot: Snapshot, request: AllocateRequest) -> None:
+        if request.k is not None and request.k > snapshot.servable:
+            raise InvalidValue(
+                f"k: {request.k} is more than the {snapshot.servable} arms that can be served"
+            )
+        if request.provisional and (snapshot.experiment.reward != "bernoulli"
+                                    or request.k is not None):
+            raise InvalidValue("provisional: only for single-arm decisions of bernoulli "
+                               "experiments")
+
+    def _fresh_decisions(self, snapshot: Snapshot, request: AllocateRequest,
+                         signer: DecisionSigner) -> list[dict[str, Any]]:
+        """Decisions drawn now (not sticky)."""
+        if request.k is None:
+            return self._decisions(snapshot, request.n, "p" if request.provisional else "d",
+                                   signer)
+        return self._slates(snapshot, request.n, request.k, signer)
+
     def _decisions(self, snapshot: Snapshot, n: int, kind: str,
                    signer: DecisionSigner) -> list[dict[str, Any]]:
         arms, probabilities = snapshot.arms, snapshot.probability_list
@@ -205,10 +256,9 @@ class BanditService:
         served = self._served[experiment_id]
         issued = int(time.time())
         if n == 1:
-            index = policy.sample_one(snapshot.cumulative_list, self._random.random())
+            index, decision_id = self._one(snapshot, kind, issued, signer)
             served[index] += 1
-            return [{"decision_id": signer.sign_one(experiment_id, kind, issued, index),
-                     "arm": arms[index],
+            return [{"decision_id": decision_id, "arm": arms[index],
                      "propensity": probabilities[index]}]
         chosen = policy.sample_arms(snapshot.cumulative, n, self._rng)
         for index, times in enumerate(np.bincount(chosen, minlength=len(arms)).tolist()):
@@ -219,6 +269,33 @@ class BanditService:
             {"decision_id": decision_id, "arm": arms[index], "propensity": probabilities[index]}
             for decision_id, index in zip(ids, chosen.tolist(), strict=True)
         ]
+
+    def _one(self, snapshot: Snapshot, kind: str, issued: int,
+             signer: DecisionSigner) -> tuple[int, str]:
+        """One decision's arm index and id: drawn now, or drawn ahead once the experiment is
+        busy (see ``_DrawnAhead``)."""
+        experiment_id = snapshot.experiment.id
+        runs = self._ahead[kind]
+        ahead = runs.get(experiment_id)
+        if ahead is None or ahead.snapshot is not snapshot or ahead.issued != issued:
+            if len(runs) >= 10_000:
+                runs.clear()
+            before = 0 if ahead is None or ahead.issued < issued - 1 else ahead.asked
+            ahead = runs[experiment_id] = _DrawnAhead(snapshot, issued, before)
+        ahead.asked += 1
+        used = ahead.used
+        if used < len(ahead.arms):
+            ahead.used = used + 1
+            return ahead.arms[used], ahead.ids[used]
+        if ahead.asked > AHEAD_AFTER or ahead.before > AHEAD_AFTER:
+            size = min(AHEAD_MAX, max(AHEAD_AFTER, 2 * len(ahead.arms), ahead.before))
+            chosen = policy.sample_arms(snapshot.cumulative, size, self._rng)
+            ahead.ids = signer.sign(experiment_id, kind, issued, chosen)
+            ahead.arms = chosen.tolist()
+            ahead.used = 1
+            return ahead.arms[0], ahead.ids[0]
+        index = policy.sample_one(snapshot.cumulative_list, self._random.random())
+        return index, signer.sign_one(experiment_id, kind, issued, index)
 
     def _slates(self, snapshot: Snapshot, n: int, k: int,
                 signer: DecisionSigner) -> list[dict[str, Any]]:

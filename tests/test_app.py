@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
+import json
+from collections import Counter
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
+import scipy.stats
+from aiohttp.test_utils import TestClient, TestServer
+
+from bandit.app import SERVICE, create_app
+from bandit.settings import Settings
 
 Client = TestClient[Any, Any]
 
@@ -139,6 +146,30 @@ async def test_body_over_the_configured_size_is_413(client: Client) -> None:
     assert response.status == 413
 
 
+
+async def test_a_small_limit_holds_for_bodies_that_arrive_whole(settings: Settings) -> None:
+    """A body already received when the handler runs is taken without request.read() (the
+    fast path): the size limit must hold there too, and changes nothing."""
+    small = dataclasses.replace(settings, max_body_bytes=1024)
+    async with TestClient(TestServer(create_app(small, seed=1))) as client:
+        await create(client)
+        event = {"id": "e1", "experiment": "homepage", "arm": "arm0", "reward": 1}
+        padded = json.dumps({"events": [event], "pad": "x" * 2000})
+        response = await client.post("/v1/events", data=padded,
+                                     headers={"Content-Type": "application/json"})
+        assert response.status == 413, await response.text()
+        assert "1024 bytes" in error_of(await response.json())
+        # Exactly the limit is read (and its unknown field refused with a 422, not a 413).
+        body = json.dumps({"events": [event]})
+        exact = body[:-1] + ', "pad": "' + "x" * (1024 - len(body) - 11) + '"}'
+        assert len(exact) == 1024
+        response = await client.post("/v1/events", data=exact,
+                                     headers={"Content-Type": "application/json"})
+        assert response.status == 422, await response.text()
+        assert "unknown field" in error_of(await response.json())
+        assert (await stats(client))["arms"][0]["n"] == 0
+
+
 # -- decisions -------------------------------------------------------------------------------
 
 
@@ -160,6 +191,52 @@ async def test_allocate_single_batch_and_slate(client: Client) -> None:
         assert sorted(decision["arms"]) == ["arm0", "arm1", "arm2", "arm3"]
         # Plackett-Luce over equal probabilities: 1/4 * 1/3 * 1/2 * 1.
         assert decision["propensity"] == pytest.approx(1 / 24, rel=1e-6)
+
+
+async def test_single_decisions_drawn_ahead_follow_the_shares_and_take_rewards(
+        client: Client) -> None:
+    """A busy experiment's single decisions are drawn ahead in runs (service._DrawnAhead):
+    they must still follow the shares, carry them as propensities, and each id must take
+    exactly one reward."""
+    await create(client)
+    outcomes = [("arm0", 12), ("arm1", 10), ("arm2", 8)]  # successes of 40 each
+    await events(client, [{"id": f"seed-{arm}-{i}", "experiment": "homepage", "arm": arm,
+                           "reward": int(i < wins)} for arm, wins in outcomes
+                          for i in range(40)])
+    before = await wait_for_revision(client, lambda s: sum(a["n"] for a in s["arms"]) == 120)
+    shares = {arm["arm"]: arm["share"] for arm in before["arms"]}
+    assert min(shares.values()) > 0.01 and max(shares.values()) < 0.99, shares
+
+    async def one() -> dict[str, Any]:
+        response = await client.post("/v1/experiments/homepage/allocate")
+        assert response.status == 200, await response.text()
+        [decision] = (await response.json())["decisions"]
+        return dict(decision)
+
+    decisions: list[dict[str, Any]] = []
+    service = client.app[SERVICE]
+    drew_ahead = False
+    for _ in range(20):
+        decisions += await asyncio.gather(*(one() for _ in range(100)))
+        ahead = service._ahead["d"].get("homepage")
+        drew_ahead = drew_ahead or (ahead is not None and len(ahead.arms) > 0)
+    assert drew_ahead, "no run of decisions was drawn ahead"
+    assert all(d["propensity"] == shares[d["arm"]] for d in decisions)
+    # Counts against the shares: chi-square with 2 degrees of freedom, refused below p = 1e-6
+    # (seeded service, so this cannot flake; a wrong draw or a skipped one fails it).
+    n = len(decisions)
+    counts = Counter(d["arm"] for d in decisions)
+    statistic = sum((counts[arm] - n * p) ** 2 / (n * p) for arm, p in shares.items())
+    assert scipy.stats.chi2.sf(statistic, df=len(shares) - 1) > 1e-6, (counts, shares)
+    # Every id is valid and new: each takes its reward once, and a second time is a duplicate.
+    rewards = [{"id": f"r{i}", "experiment": "homepage", "arm": d["arm"], "reward": 1,
+                "decision_id": d["decision_id"]} for i, d in enumerate(decisions)]
+    assert len({r["decision_id"] for r in rewards}) == n
+    for start in range(0, n, 1000):
+        result = await events(client, rewards[start:start + 1000])
+        assert result["accepted"] == len(rewards[start:start + 1000]), result
+    again = await events(client, [{**rewards[0], "id": "r-again"}])
+    assert again["accepted"] == 0 and len(again["rejected"]) == 1, again
 
 
 @pytest.mark.parametrize(
