@@ -46,20 +46,37 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
                         content_type="application/json")
 
 
-async def _body(request: web.Request, *, optional: bool = False) -> Any:
+#: What ``_body_now`` returns while the body is still arriving.
+_NOT_YET = object()
+
+
+def _body_now(request: web.Request, *, optional: bool = False) -> Any:
+    """The parsed body if all of it has arrived (any small request), else ``_NOT_YET``.
+
+    No await: request.read() costs several microseconds of them, a tenth of an allocate
+    request's time."""
     payload = request.content
+    if not payload.is_eof():
+        return _NOT_YET
+    return _parse_body(request, payload.read_nowait(), optional)
+
+
+async def _body(request: web.Request, *, optional: bool = False) -> Any:
+    body = _body_now(request, optional=optional)
+    if body is not _NOT_YET:
+        return body
     try:
-        if payload.is_eof():
-            # The whole body has arrived (any small request): take it without the awaits of
-            # request.read(), a twentieth of an allocate request's time.
-            raw = payload.read_nowait()
-            too_large = len(raw) > request.app[SETTINGS].max_body_bytes
-        else:
-            raw, too_large = await request.read(), False
+        raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        too_large = True
-    if too_large:
-        raise PayloadTooLarge(f"request body over {request.app[SETTINGS].max_body_bytes} bytes")
+        raw = None
+    return _parse_body(request, raw, optional)
+
+
+def _parse_body(request: web.Request, raw: bytes | None, optional: bool) -> Any:
+    """The JSON in ``raw`` (None: over the size limit)."""
+    limit = request.app[SETTINGS].max_body_bytes
+    if raw is None or len(raw) > limit:
+        raise PayloadTooLarge(f"request body over {limit} bytes")
     if not raw:
         if optional:
             return None
@@ -162,7 +179,9 @@ async def allocate(request: web.Request) -> web.Response:
     app = request.app
     service = app[SERVICE]
     experiment_id = request.match_info["id"]
-    body = await _body(request, optional=True)
+    body = _body_now(request, optional=True)
+    if body is _NOT_YET:
+        body = await _body(request, optional=True)
     # Decisions from the cache need no await (most requests); the rest go the long way.
     result = service.allocate_cached(experiment_id, body) or await service.allocate(
         experiment_id, body)
