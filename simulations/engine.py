@@ -452,6 +452,79 @@ def _replicate(
     final_stats[3] = store_counts
 
 
+@_jit
+def _replicate_plain(
+    settings: FloatArray, prior: FloatArray, means: FloatArray, horizon: int,
+    checkpoints: IntArray, rng: np.random.Generator, pseudo_out: FloatArray,
+    regret_out: FloatArray, best_out: FloatArray, shares_out: FloatArray,
+    pulls_out: FloatArray, diagnostics: FloatArray, final_stats: FloatArray,
+) -> None:
+    """``_replicate`` for its commonest case, draw for draw and number for number: plain
+    Thompson (see ``_is_plain``) on a stationary Bernoulli environment from the prior, every
+    arm active, each reward delivered at once (batch 1, no delay, no forgetting), no trace.
+
+    Per step it only draws, rewards, counts and updates the pulled arm's Beta shapes; the
+    general loop's checks for moving means, refreshes, delays and forgetting, its per-step
+    best-arm and interval counts (taken here from the pull counts at each checkpoint, which
+    are exact integers) and its precomputed gamma constants (faster on one machine, not on
+    another) cost about a sixth of its speed.
+    """
+    n_arms = means.shape[0]
+    inv_temperature = 1.0 / settings[kernels.TEMPERATURE]
+    store = np.zeros((3, n_arms))
+    counts = np.zeros(n_arms)
+    # The posterior's Beta shapes, as pol.posterior_column computes them. Generator.beta
+    # draws what the general loop's pol._beta_draw draws from them, value for value.
+    alpha = np.full(n_arms, prior[0])
+    beta = np.full(n_arms, prior[1])
+    mu_star = means.max()
+    at_last = np.zeros(n_arms)  # pulls at the last checkpoint
+    pseudo = 0.0
+    regret = 0.0
+    checkpoint = 0
+    last_checkpoint = 0
+    next_checkpoint = checkpoints[0]
+    for t in range(horizon):
+        arm = -1
+        best = -math.inf
+        for k in range(n_arms):  # the first maximum wins, as in pol.thompson_argmax
+            draw = rng.beta(alpha[k], beta[k])
+            if draw > best:
+                best = draw
+                arm = k
+        mean = means[arm]
+        reward = 1.0 if rng.random() < mean else 0.0
+        pseudo += mu_star - mean
+        regret += mu_star - reward
+        counts[arm] += 1.0
+        store[0, arm] += reward
+        store[1, arm] += 1.0 - reward
+        alpha[arm] = prior[0] + store[0, arm] * inv_temperature
+        beta[arm] = prior[1] + store[1, arm] * inv_temperature
+        if t + 1 == next_checkpoint:
+            pseudo_out[checkpoint] = pseudo
+            regret_out[checkpoint] = regret
+            best_pulls = 0.0
+            width = t + 1 - last_checkpoint
+            for k in range(n_arms):
+                if means[k] >= mu_star:
+                    best_pulls += counts[k]
+                shares_out[checkpoint, k] = (counts[k] - at_last[k]) / width
+                at_last[k] = counts[k]
+            best_out[checkpoint] = best_pulls / (t + 1)
+            last_checkpoint = t + 1
+            checkpoint += 1
+            next_checkpoint = checkpoints[checkpoint] if checkpoint < checkpoints.shape[0] else -1
+    pulls_out[:] = counts
+    diagnostics[:] = 0.0
+    diagnostics[D_DELIVERED] = horizon
+    diagnostics[D_REVISIONS] = horizon  # the general loop refreshes once per step
+    diagnostics[D_MEAN_MIN] = means.min()
+    diagnostics[D_MEAN_MAX] = mu_star
+    final_stats[:3] = store
+    final_stats[3] = counts
+
+
 @dataclass(frozen=True)
 class SimulationResult:
     """Metrics of ``reps`` replications at the checkpoints (rows: replications)."""
@@ -546,12 +619,34 @@ def _run_one(run: _Run, rng: np.random.Generator, pseudo: FloatArray, regret: Fl
              diagnostics: FloatArray, final_stats: FloatArray) -> None:
     p, e = run.policy, run.environment
     n_arms = e.means.shape[0]
+    if trace_rows.shape[0] == 0 and _is_plain(run):
+        _replicate_plain(p.settings, p.prior, e.means, run.horizon, run.checkpoints, rng,
+                         pseudo, regret, best, shares, pulls, diagnostics, final_stats)
+        return
     _replicate(
         p.code, p.settings, p.prior, p.extra, e.family, e.means, e.change_times, e.change_means,
         e.params, np.full(n_arms, e.params[env.NOISE_SD]), np.zeros((4, n_arms)),
         np.ones(n_arms, dtype=np.bool_), run.horizon, run.batch, run.delay, run.checkpoints,
         student_t_tail_table(), rng, pseudo, regret, best, shares, pulls, trace_rows,
         diagnostics, final_stats, np.zeros((0, 4, n_arms)),
+    )
+
+
+def _is_plain(run: _Run) -> bool:
+    """Whether ``_replicate_plain`` computes this run (the same numbers, faster)."""
+    p, e, settings = run.policy, run.environment, run.policy.settings
+    half_life = p.extra[pol.X_HALF_LIFE]
+    return bool(
+        p.code == pol.THOMPSON and e.family == BERNOULLI
+        and p.extra[pol.X_QUADRATURE] == 0.0
+        and settings[kernels.MIN_SHARE] == 0.0 and settings[kernels.MAX_SHARE] >= 1.0
+        and settings[kernels.EPSILON] == 0.0 and settings[kernels.WARMUP] == 0.0
+        and math.isnan(settings[kernels.TOP_TWO])
+        and not settings[kernels.CONTROL_INDEX] >= 0.0
+        and not (half_life > 0.0 and math.isfinite(half_life))
+        and e.change_times.shape[0] == 0
+        and e.params[env.DRIFT_SD] == 0.0 and e.params[env.CHURN] == 0.0
+        and run.batch == 1 and run.delay == 0.0
     )
 
 

@@ -16,6 +16,7 @@ import scipy.stats
 
 from bandit import policy
 from bandit.policy import BERNOULLI, GAUSSIAN, PolicySettings
+from simulations import engine
 from simulations import policies as pol
 from simulations.engine import (
     Trace,
@@ -245,6 +246,55 @@ def test_same_seed_same_numbers_whatever_the_threads(spec: str, options: dict[st
     first = trace(parse_policy(spec), environment, horizon=2000, seed=42,
                   batch=int(options.get("batch", 1)), delay=options.get("delay", 0.0))
     assert np.array_equal(np.bincount(first.arms, minlength=3), runs[0].pulls[0])
+
+
+@pytest.mark.parametrize(
+    ("spec", "means"),
+    [
+        ("thompson", [0.5, 0.4]),
+        ("thompson", [0.5] + [0.4] * 9),
+        ("thompson:temperature=0.5", [0.1, 0.12, 0.3, 0.3, 0.05]),
+        ("thompson:prior_alpha=2,prior_beta=5", [0.02, 0.03, 0.05]),
+    ],
+)
+def test_plain_loop_is_the_general_loop_number_for_number(spec: str, means: list[float]) -> None:
+    """engine._replicate_plain (plain Thompson, stationary Bernoulli, rewards at once) gives
+    exactly what the general loop gives from the same generator: every output array."""
+    run = engine._prepare(parse_policy(spec), Environment.bernoulli(np.array(means)),
+                          horizon=20_000, batch=1, delay=0.0, checkpoints=None)
+    assert engine._is_plain(run)
+    n_arms, n_checkpoints = len(means), run.checkpoints.shape[0]
+    outputs = []
+    for trace_rows in (np.zeros((0, engine.N_TRACE)), np.zeros((20_000, engine.N_TRACE))):
+        # A trace to fill makes _run_one take the general loop.
+        arrays = (np.zeros(n_checkpoints), np.zeros(n_checkpoints), np.zeros(n_checkpoints),
+                  np.zeros((n_checkpoints, n_arms)), np.zeros(n_arms),
+                  np.zeros(engine.N_DIAGNOSTICS), np.zeros((4, n_arms)))
+        pseudo, regret, best, shares, pulls, diagnostics, final_stats = arrays
+        engine._run_one(run, replication_rng(11), pseudo, regret, best, shares, pulls,
+                        trace_rows, diagnostics, final_stats)
+        outputs.append(arrays)
+    for name, plain, general in zip(("pseudo", "regret", "best", "shares", "pulls",
+                                     "diagnostics", "final_stats"), *outputs, strict=True):
+        assert np.array_equal(plain, general), name
+    assert outputs[0][4].sum() == 20_000
+
+
+@pytest.mark.parametrize(
+    ("spec", "options"),
+    [("thompson:epsilon=0.1", {}), ("thompson:min_share=0.05", {}), ("thompson:half_life=500", {}),
+     ("ucb1", {}), ("thompson", {"batch": 2}), ("thompson", {"delay": 1.0})],
+)
+def test_other_runs_take_the_general_loop(spec: str, options: dict[str, float]) -> None:
+    run = engine._prepare(parse_policy(spec), Environment.bernoulli(np.array([0.5, 0.4])),
+                          horizon=100, batch=int(options.get("batch", 1)),
+                          delay=options.get("delay", 0.0), checkpoints=None)
+    assert not engine._is_plain(run)
+    for environment in (Environment("bernoulli", np.array([0.5, 0.4]), churn=0.01),
+                        Environment("bernoulli", np.array([0.5, 0.4]), drift_sd=0.01),
+                        Environment("gaussian", np.array([0.5, 0.4]), noise_sd=1.0)):
+        assert not engine._is_plain(engine._prepare(parse_policy("thompson"), environment,
+                                                    100, 1, 0.0, None))
 
 
 def test_result_shapes_metrics_and_progress() -> None:
