@@ -45,6 +45,9 @@ MAX_HEALTH_TRACKERS = 10_000
 AHEAD_AFTER = 8
 #: Most single decisions drawn ahead at once.
 AHEAD_MAX = 1024
+#: Experiments with decisions drawn ahead that a process keeps (each holds a snapshot until
+#: that experiment's next decision): past this, all are dropped and drawn afresh when asked.
+AHEAD_EXPERIMENTS = 1000
 
 _STATUS_ERRORS = {
     UNKNOWN_DECISION: "decision_id: unknown, or its attribution window has passed",
@@ -278,7 +281,7 @@ class BanditService:
         runs = self._ahead[kind]
         ahead = runs.get(experiment_id)
         if ahead is None or ahead.snapshot is not snapshot or ahead.issued != issued:
-            if len(runs) >= 10_000:
+            if len(runs) >= AHEAD_EXPERIMENTS:
                 runs.clear()
             before = 0 if ahead is None or ahead.issued < issued - 1 else ahead.asked
             ahead = runs[experiment_id] = _DrawnAhead(snapshot, issued, before)
