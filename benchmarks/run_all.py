@@ -8,7 +8,7 @@ that fails is reported and the others still run; the exit status is 1 if any fai
 Usage: python benchmarks/run_all.py [--quick] [--soak] [--only NAME,...] [--out FILE]
 
 ``--quick`` shortens every script (seconds per measurement, sizes) to check that the suite
-runs (about 10 minutes); the default is the full run (about 40 minutes on 2 cores), and
+runs (about 10 minutes); the default is the full run (about 25 minutes on 2 cores), and
 ``--soak`` adds the 10-minute soak. Run it on a machine with nothing else running.
 """
 
@@ -35,6 +35,7 @@ SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
     "bench_advisor.py": ([], []),
     "bench_dask.py": ([], ["--repeats", "1"]),
     "bench_http.py": (["--seconds", "5"], ["--seconds", "1"]),
+    "bench_layers.py": ([], ["--seconds", "1", "--rounds", "1"]),
     "bench_freshness.py": (["--trials", "50"], ["--trials", "5"]),
     "bench_memory.py": ([], ["--experiments", "200", "--arm-experiments", "20", "--events",
                              "3000", "--units", "2000", "--provisional", "2000",
