@@ -61,6 +61,19 @@ def wait_port(port: int, timeout_s: float = 120.0, host: str = "127.0.0.1") -> N
     raise RuntimeError(f"nothing listening on {host}:{port}")
 
 
+def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:
+    """SIGTERM, and SIGKILL if ``process`` has not exited after ``timeout_s``; its exit code.
+    A process already gone is left as it is."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
 def _terminate_with_parent() -> None:
     """In the child: get SIGTERM (a clean shutdown) if `bandit serve` dies, even by SIGKILL."""
     try:
@@ -138,13 +151,8 @@ class EmbeddedRedis:
     def stop(self) -> None:
         """Shut down cleanly: SIGTERM makes redis-server fsync the AOF before it exits."""
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        if process is not None:
+            stop_process(process)
         if self._lock is not None:
             self._lock.close()
             self._lock = None

@@ -22,7 +22,7 @@ from typing import Any, Self
 
 import redis
 
-from bandit.embedded import free_port, redis_server_binary
+from bandit.embedded import free_port, redis_server_binary, stop_process
 
 CLUSTER_SLOTS = 16384
 
@@ -66,12 +66,7 @@ class Node:
     def stop(self) -> None:
         if self.alive:
             assert self.process is not None
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            stop_process(self.process, timeout_s=10)
 
     def log(self) -> str:
         path = self.directory / "redis.log"

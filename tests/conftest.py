@@ -23,7 +23,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import settings as hypothesis_settings
 
 from bandit.app import create_app
-from bandit.embedded import free_port, redis_server_binary
+from bandit.embedded import free_port, redis_server_binary, stop_process
 from bandit.settings import Settings
 
 # Property tests explore the same examples on every run: CI results cannot flake.
@@ -143,15 +143,9 @@ class ServiceProcess:
         return self.log.read().decode(errors="replace")[-5000:]
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        code = stop_process(self.process)
         self.log.close()
-        return self.process.returncode
+        return code
 
 
 @pytest.fixture

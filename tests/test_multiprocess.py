@@ -38,7 +38,7 @@ import aiohttp
 import pytest
 import redis
 
-from bandit.embedded import free_port, redis_server_binary
+from bandit.embedded import free_port, redis_server_binary, stop_process
 from bandit.keys import Keys
 from bandit.settings import Settings
 from tests.conftest import RedisServer, ServiceProcess
@@ -559,7 +559,7 @@ def _start_redis(directory: Path, binds: list[str], password: str,
          "--requirepass", password, "--dir", str(directory), "--save", "",
          "--appendonly", "no", "--daemonize", "no", "--logfile", str(directory / "redis.log")],
         stdin=subprocess.DEVNULL)
-    cleanup.callback(_stop, process)
+    cleanup.callback(stop_process, process)
     client = redis.Redis(port=port, password=password)
     try:
         deadline = time.monotonic() + 20
@@ -575,16 +575,6 @@ def _start_redis(directory: Path, binds: list[str], password: str,
         client.close()
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def _serve_in(host: _Host, redis_url: str, keys_file: Path, log: IO[bytes],
               cleanup: ExitStack) -> subprocess.Popen[bytes]:
     """``bandit serve`` inside the host's namespace (``ip netns exec`` execs, so the Popen is
@@ -595,7 +585,7 @@ def _serve_in(host: _Host, redis_url: str, keys_file: Path, log: IO[bytes],
          "--host", host.address, "--port", "8080", "--redis", redis_url,
          "--api-keys", str(keys_file), "--log-level", "WARNING"],
         env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-    cleanup.callback(_stop, process)
+    cleanup.callback(stop_process, process)
     return process
 
 

@@ -23,7 +23,7 @@ from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
 from bandit import stream as stream_module
-from bandit.embedded import free_port
+from bandit.embedded import free_port, stop_process
 from bandit.keys import Keys
 from bandit.service import BanditService
 from bandit.settings import Settings
@@ -58,15 +58,9 @@ class Worker:
         self.process.send_signal(signum)
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        code = stop_process(self.process, timeout_s=20)
         self.log.close()
-        return self.process.returncode
+        return code
 
 
 @pytest.fixture
