@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -13,6 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from simulations.data import OBD_ATTRIBUTION, OBD_CAMPAIGNS
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -56,11 +57,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     replay = parser.add_subparsers(dest="simulate_command", metavar="replay")
     replay_parser = replay.add_parser(
         "replay", help="estimate policies' value from logged data (IPS, SNIPS, replay)",
-        description="Off-policy evaluation on the Open Bandit Dataset sample.")
+        description="Off-policy evaluation on the Open Bandit Dataset sample, which ships with "
+                    "the package.",
+        epilog=OBD_ATTRIBUTION)
     replay_parser.add_argument("--data-dir", type=Path,
-                               help="directory with the OBD csv files (default "
-                                    "$BANDIT_OBD_DIR, else ../shared/data/obd)")
-    replay_parser.add_argument("--campaign", choices=["men", "women"], default="men")
+                               help="a directory with OBD csv files laid out as the sample "
+                                    "(random_<campaign>.csv, bts_<campaign>.csv), e.g. the "
+                                    "full dataset (default: the shipped sample)")
+    replay_parser.add_argument("--campaign", choices=OBD_CAMPAIGNS, default="men")
     replay_parser.add_argument("--position", type=int, default=1, choices=[1, 2, 3])
     replay_parser.add_argument("--seed", type=int, default=0)
     replay_parser.add_argument("--out", type=Path, help="also write replay.json here")
@@ -211,15 +215,20 @@ def _progress_bar(total: int, *, disabled: bool) -> Iterator[Any]:
 
 
 def _replay(arguments: argparse.Namespace) -> int:
-    from simulations.replay import evaluate_obd
+    from simulations.obd import evaluate_obd
+    from simulations.replay import LogError
 
-    data_dir = arguments.data_dir or Path(os.environ.get(
-        "BANDIT_OBD_DIR", Path.cwd().parent / "shared" / "data" / "obd"))
-    if not data_dir.is_dir():
-        print(f"bandit simulate replay: no data directory {data_dir}", file=sys.stderr)
+    data_dir: Path | None = arguments.data_dir
+    if data_dir is not None and not data_dir.is_dir():
+        print(f"bandit simulate replay: --data-dir {data_dir} is not a directory",
+              file=sys.stderr)
         return 2
-    result = evaluate_obd(data_dir, campaign=arguments.campaign, position=arguments.position,
-                          seed=arguments.seed)
+    try:
+        result = evaluate_obd(data_dir, campaign=arguments.campaign,
+                              position=arguments.position, seed=arguments.seed)
+    except (FileNotFoundError, LogError) as e:
+        print(f"bandit simulate replay: {e}", file=sys.stderr)
+        return 2
     text = json.dumps(result, indent=2, default=_plain)
     if arguments.json:
         print(text)

@@ -16,11 +16,8 @@ would the *target* policy have earned on the same traffic?" without running it:
 
 Every estimator returns an :class:`Estimate` with a 95% confidence interval.
 
-Open Bandit Dataset (``../shared/data/obd``): each row is one slot (``position`` 1, 2 or 3) of a
-three-item recommendation, and ``propensity_score`` is the probability of that item *in that
-slot*. Click rates differ between slots, so evaluations select one slot (:func:`select_position`,
-``position=1`` by default in :func:`evaluate_obd`) and then treat the rows as independent
-single-slot decisions. :func:`evaluate_obd` is the worked example.
+The Open Bandit Dataset sample ships with the package (:mod:`simulations.obd`, which holds the
+worked example :func:`simulations.obd.evaluate_obd`).
 
 Nothing here prints or reads the environment; randomness comes from an explicit seed.
 """
@@ -30,7 +27,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,11 +53,11 @@ __all__ = [
     "StaticPolicy",
     "TargetProbabilities",
     "ThompsonPolicy",
-    "evaluate_obd",
     "fixed_arm_probabilities",
     "ips",
     "load_log",
     "logged_mean",
+    "read_log",
     "replay",
     "select_position",
     "snips",
@@ -202,44 +199,50 @@ def load_log(path: str | Path, *, n_actions: int | None = None) -> Log:
     """
     path = Path(path)
     with path.open(newline="") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None:
-            raise LogError(f"{path}: empty file")
-        columns = {name.strip(): index for index, name in enumerate(header)}
-        action_col = _column(path, columns, _ACTION_COLUMNS, "action")
-        reward_col = _column(path, columns, _REWARD_COLUMNS, "reward")
-        propensity_col = _column(path, columns, _PROPENSITY_COLUMNS, "propensity")
-        position_col = columns.get(_POSITION_COLUMN)
-        timestamp_col = columns.get(_TIMESTAMP_COLUMN)
+        return read_log(handle, str(path), n_actions=n_actions)
 
-        actions: list[int] = []
-        rewards: list[float] = []
-        propensities: list[float] = []
-        positions: list[int] = []
-        timestamps: list[float] = []
-        for line, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            try:
-                actions.append(int(row[action_col]))
-                rewards.append(float(row[reward_col]))
-                propensities.append(float(row[propensity_col]))
-                if position_col is not None:
-                    positions.append(int(row[position_col]))
-                if timestamp_col is not None:
-                    timestamps.append(_timestamp(row[timestamp_col]))
-            except (ValueError, IndexError) as e:
-                raise LogError(f"{path}, line {line}: {e}") from e
+
+def read_log(handle: Iterable[str], source: str, *, n_actions: int | None = None) -> Log:
+    """:func:`load_log` from lines already open (e.g. a member of an archive); ``source``
+    names them in error messages."""
+    reader = csv.reader(handle)
+    header = next(reader, None)
+    if header is None:
+        raise LogError(f"{source}: empty file")
+    columns = {name.strip(): index for index, name in enumerate(header)}
+    action_col = _column(source, columns, _ACTION_COLUMNS, "action")
+    reward_col = _column(source, columns, _REWARD_COLUMNS, "reward")
+    propensity_col = _column(source, columns, _PROPENSITY_COLUMNS, "propensity")
+    position_col = columns.get(_POSITION_COLUMN)
+    timestamp_col = columns.get(_TIMESTAMP_COLUMN)
+
+    actions: list[int] = []
+    rewards: list[float] = []
+    propensities: list[float] = []
+    positions: list[int] = []
+    timestamps: list[float] = []
+    for line, row in enumerate(reader, start=2):
+        if not row:
+            continue
+        try:
+            actions.append(int(row[action_col]))
+            rewards.append(float(row[reward_col]))
+            propensities.append(float(row[propensity_col]))
+            if position_col is not None:
+                positions.append(int(row[position_col]))
+            if timestamp_col is not None:
+                timestamps.append(_timestamp(row[timestamp_col]))
+        except (ValueError, IndexError) as e:
+            raise LogError(f"{source}, line {line}: {e}") from e
 
     if not actions:
-        raise LogError(f"{path}: no rows")
+        raise LogError(f"{source}: no rows")
     action_array = np.array(actions, dtype=np.int64)
     if action_array.min() < 0:
-        raise LogError(f"{path}: actions must be >= 0, got {action_array.min()}")
+        raise LogError(f"{source}: actions must be >= 0, got {action_array.min()}")
     largest = int(action_array.max())
     if n_actions is not None and n_actions <= largest:
-        raise LogError(f"{path}: n_actions={n_actions} but the log has action {largest}")
+        raise LogError(f"{source}: n_actions={n_actions} but the log has action {largest}")
     try:
         return Log(
             actions=action_array,
@@ -250,15 +253,15 @@ def load_log(path: str | Path, *, n_actions: int | None = None) -> Log:
             timestamps=np.array(timestamps) if timestamp_col is not None else None,
         )
     except LogError as e:
-        raise LogError(f"{path}: {e}") from e
+        raise LogError(f"{source}: {e}") from e
 
 
-def _column(path: Path, columns: dict[str, int], names: Sequence[str], role: str) -> int:
+def _column(source: str, columns: dict[str, int], names: Sequence[str], role: str) -> int:
     for name in names:
         if name in columns:
             return columns[name]
     raise LogError(
-        f"{path}: no {role} column (expected one of {', '.join(names)}); "
+        f"{source}: no {role} column (expected one of {', '.join(names)}); "
         f"columns are {', '.join(sorted(columns)) or 'none'}"
     )
 
@@ -576,53 +579,3 @@ def _matched_estimate(matched: FloatArray, n: int) -> Estimate:
         raise ValueError("one matched non-binary reward: no standard error")
     stderr = float(np.std(matched, ddof=1)) / math.sqrt(m)
     return _normal(value, stderr, n, float(m), "replay")
-
-
-# ----------------------------------------------------------------------- Open Bandit Dataset
-
-
-def evaluate_obd(
-    data_dir: str | Path, campaign: str = "men", position: int = 1, seed: int = 0
-) -> dict[str, Estimate]:
-    """The worked example: policies of the Open Bandit Dataset sample, evaluated at one slot.
-
-    Reads ``random_<campaign>.csv`` (uniform logger) and ``bts_<campaign>.csv`` (Bernoulli
-    Thompson logger, run over the same week) and returns:
-
-    - ``random_on_policy``, ``bts_on_policy``: each logger's own mean click rate at the slot;
-    - ``uniform_ips``: IPS of the uniform policy on the random log (a sanity check: it equals
-      ``random_on_policy`` exactly, with a wider interval);
-    - ``bts_ips``, ``bts_snips``: the BTS logger's value estimated from the *random* log. Its
-      allocation changed during the week, so it is represented by its time-averaged allocation,
-      the item frequencies at this slot in the bts log; these should agree with
-      ``bts_on_policy`` up to their confidence intervals;
-    - ``thompson_static_ips``: IPS on the random log of the service's Thompson allocation
-      frozen at Beta(1 + clicks, 1 + non-clicks) posteriors counted on the bts log (a hold-out:
-      the posteriors never saw the random log);
-    - ``thompson_replay``: replay over the random log of the service's online Thompson sampler
-      starting from Beta(1, 1), seeded by ``seed``.
-    """
-    data_dir = Path(data_dir)
-    paths = {name: data_dir / f"{name}_{campaign}.csv" for name in ("random", "bts")}
-    for path in paths.values():
-        if not path.is_file():
-            raise FileNotFoundError(f"no OBD log for campaign {campaign!r}: {path} is missing")
-    full = {name: load_log(path) for name, path in paths.items()}
-    # Both logs index the same item list; an item may be missing from one of them.
-    n_actions = max(log.n_actions for log in full.values())
-    random_log, bts_log = (
-        select_position(dataclasses.replace(full[name], n_actions=n_actions), position)
-        for name in ("random", "bts")
-    )
-    bts_allocation = np.bincount(bts_log.actions, minlength=n_actions) / bts_log.n
-    clicks = np.bincount(bts_log.actions, weights=bts_log.rewards, minlength=n_actions)
-    shown = np.bincount(bts_log.actions, minlength=n_actions).astype(np.float64)
-    return {
-        "random_on_policy": logged_mean(random_log),
-        "bts_on_policy": logged_mean(bts_log),
-        "uniform_ips": ips(random_log, uniform_probabilities(n_actions)),
-        "bts_ips": ips(random_log, bts_allocation),
-        "bts_snips": snips(random_log, bts_allocation),
-        "thompson_static_ips": ips(random_log, thompson_probabilities(clicks, shown - clicks)),
-        "thompson_replay": replay(random_log, ThompsonPolicy.fresh(n_actions), seed=seed),
-    }

@@ -9,7 +9,7 @@ keep them passing with overwhelming probability.
 from __future__ import annotations
 
 import math
-import os
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +18,14 @@ import pytest
 import scipy.stats
 
 from bandit.policy import BERNOULLI, PolicySettings, allocation_probabilities
+from simulations.data import obd_sample_archive
+from simulations.obd import evaluate_obd, load_obd_log
 from simulations.replay import (
     Estimate,
     Log,
     LogError,
     StaticPolicy,
     ThompsonPolicy,
-    evaluate_obd,
     fixed_arm_probabilities,
     ips,
     load_log,
@@ -309,24 +310,11 @@ def test_bad_targets_are_refused() -> None:
 # ---------------------------------------------------------------------- Open Bandit Dataset
 
 
-@pytest.fixture
-def obd_dir() -> Path:
-    configured = os.environ.get("BANDIT_OBD_DIR")
-    # CI clones the repository with shared/ beside it.
-    path = (
-        Path(configured)
-        if configured
-        else Path(__file__).resolve().parents[2] / "shared" / "data" / "obd"
-    )
-    if not path.is_dir():
-        pytest.skip(f"Open Bandit Dataset sample not found at {path} (set BANDIT_OBD_DIR)")
-    return path
-
-
 @pytest.mark.parametrize(("campaign", "items"), [("men", 34), ("women", 46)])
-def test_obd_logs_load(obd_dir: Path, campaign: str, items: int) -> None:
-    random_log = load_log(obd_dir / f"random_{campaign}.csv")
-    bts_log = load_log(obd_dir / f"bts_{campaign}.csv")
+def test_obd_logs_load(campaign: str, items: int) -> None:
+    """The sample ships inside the package: the logs load from the installed archive."""
+    random_log = load_obd_log(f"random_{campaign}")
+    bts_log = load_obd_log(f"bts_{campaign}")
     for log in (random_log, bts_log):
         assert log.n == 10_000
         assert log.n_actions == items
@@ -348,8 +336,8 @@ def test_obd_logs_load(obd_dir: Path, campaign: str, items: int) -> None:
 
 
 @pytest.mark.parametrize("campaign", ["men", "women"])
-def test_evaluate_obd(obd_dir: Path, campaign: str) -> None:
-    results = evaluate_obd(obd_dir, campaign=campaign, position=1, seed=0)
+def test_evaluate_obd(campaign: str) -> None:
+    results = evaluate_obd(campaign=campaign, position=1, seed=0)
     assert set(results) == {
         "random_on_policy",
         "bts_on_policy",
@@ -378,6 +366,20 @@ def test_evaluate_obd(obd_dir: Path, campaign: str) -> None:
     assert results["thompson_replay"].effective_n > 0
 
 
-def test_evaluate_obd_names_a_missing_campaign(obd_dir: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="kids"):
-        evaluate_obd(obd_dir, campaign="kids")
+def test_evaluate_obd_names_a_missing_campaign(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"'random_kids'.*holds bts_men, bts_women"):
+        evaluate_obd(campaign="kids")
+    with pytest.raises(FileNotFoundError, match=r"random_kids\.csv is missing"):
+        evaluate_obd(tmp_path, campaign="kids")
+
+
+def test_a_directory_laid_out_as_the_sample_is_read_from_disk(tmp_path: Path) -> None:
+    """--data-dir: the full dataset (or any copy laid out the same way) instead of the sample."""
+    with obd_sample_archive().open("rb") as raw, tarfile.open(fileobj=raw, mode="r:gz") as tar:
+        tar.extractall(tmp_path, members=[tar.getmember(f"{name}_men.csv")
+                                          for name in ("random", "bts")], filter="data")
+    (tmp_path / "bts_men.csv").write_text(
+        (tmp_path / "bts_men.csv").read_text().replace(",0.045525,", ",oops,", 1))
+    assert load_obd_log("random_men", tmp_path).n == 10_000
+    with pytest.raises(LogError, match=r"bts_men.csv, line 2: could not convert.*'oops'"):
+        load_obd_log("bts_men", tmp_path)

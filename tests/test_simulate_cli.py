@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +13,6 @@ import pytest
 from bandit.cli import main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-OBD_DIR = Path(os.environ.get("BANDIT_OBD_DIR",
-                              Path(__file__).resolve().parents[2] / "shared" / "data" / "obd"))
 
 
 def simulate(*arguments: str) -> int:
@@ -109,13 +106,30 @@ def test_progress_bar_and_module_entry_point(tmp_path: Path) -> None:
     assert "3/3" in result.stderr  # the progress bar's final state
 
 
-@pytest.mark.skipif(not OBD_DIR.is_dir(), reason=f"Open Bandit Dataset sample not at {OBD_DIR}")
-def test_replay_of_the_open_bandit_dataset(tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["simulate", "replay", "--data-dir", str(OBD_DIR), "--campaign", "women",
-                 "--out", str(tmp_path)]) == 0
+def test_replay_of_the_shipped_open_bandit_dataset_sample(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["simulate", "replay", "--campaign", "women", "--out", str(tmp_path)]) == 0
     table = capsys.readouterr().out
     assert "bts_ips" in table and "95% interval" in table
     estimates = json.loads((tmp_path / "replay.json").read_text())
     for estimate in estimates.values():
         assert estimate["ci_low"] <= estimate["value"] <= estimate["ci_high"]
+
+
+def test_replay_names_the_dataset_and_its_licence(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["simulate", "replay", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "Open Bandit Dataset sample by ZOZO, Inc." in help_text
+    assert "CC BY 4.0 (https://creativecommons.org/licenses/by/4.0/)" in help_text
+
+
+def test_replay_of_a_missing_or_empty_data_dir_is_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["simulate", "replay", "--data-dir", str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().err == (
+        f"bandit simulate replay: --data-dir {tmp_path / 'nowhere'} is not a directory\n")
+    assert main(["simulate", "replay", "--data-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (
+        f"bandit simulate replay: no OBD log 'random_men': {tmp_path / 'random_men.csv'} "
+        "is missing\n")
