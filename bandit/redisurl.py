@@ -127,7 +127,7 @@ def connect(url: str, *, timeout_s: float, max_connections: int,
             max_connections=max_connections, ssl=parsed.tls, require_full_coverage=False,
             retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=3),
             **credentials, **options)
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(
         list(parsed.hosts), min_other_sentinels=0,
         sentinel_kwargs={"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s,
                          "password": parsed.sentinel_password},
