@@ -341,4 +341,5 @@ async def _reload_keys(source: KeysSource) -> None:
                 logger.info("API keys reloaded from %s: %s", source.path,
                             ", ".join(source.ring.names))
         except KeysFileError as error:
-            logger.error("keeping the previous API keys: %s", error)
+            logger.error("API keys: %s; every request that needs a key is refused (401) "
+                         "until the keys file is fixed", error)

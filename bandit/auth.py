@@ -91,14 +91,19 @@ def key_line(name: str, scopes: Iterable[str], key: str) -> str:
 
 
 class KeyRing:
-    """The configured keys; ``authenticate`` turns an Authorization header into a Principal."""
+    """The configured keys; ``authenticate`` turns an Authorization header into a Principal.
 
-    def __init__(self, entries: Iterable[_Entry]) -> None:
+    ``keyed``: the service enforces keys. A keyed ring with no entries (every key revoked, the
+    file emptied or gone) lets nobody in; only a ring that was never keyed is open.
+    """
+
+    def __init__(self, entries: Iterable[_Entry], *, keyed: bool | None = None) -> None:
         self._entries = tuple(entries)
+        self._keyed = bool(self._entries) if keyed is None else keyed
 
     @property
     def enabled(self) -> bool:
-        return bool(self._entries)
+        return self._keyed
 
     @property
     def names(self) -> list[str]:
@@ -156,15 +161,18 @@ class KeyRing:
         return ring
 
     def authenticate(self, header: str | None) -> Principal:
-        """The principal of a ``Bearer`` header; ``OPEN`` when no keys are configured."""
-        if not self._entries:
+        """The principal of a ``Bearer`` header; ``OPEN`` when the service runs without keys."""
+        if not self._keyed:
             return OPEN
         if header is None:
             raise Unauthorized("this endpoint needs an API key: send 'Authorization: Bearer KEY'")
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise Unauthorized("Authorization header must be 'Bearer KEY'")
-        digest = hashlib.sha256(key.strip().encode()).digest()
+        try:
+            digest = hashlib.sha256(key.strip().encode()).digest()
+        except UnicodeEncodeError:  # aiohttp passes undecodable header bytes as surrogates
+            raise Unauthorized("the API key is not valid") from None
         found: Principal | None = None
         for entry in self._entries:  # no early exit: constant time over the key list
             if hmac.compare_digest(digest, entry.digest):
@@ -194,8 +202,10 @@ class KeysSource:
     """The key ring of a running service, re-read when its file changes.
 
     Operators add or revoke a key by editing the file; every process picks the change up within
-    ``KEYS_RELOAD_S`` without a restart. A file that becomes unreadable or invalid keeps the last
-    good ring (and ``reload`` says why), so a bad edit never opens or closes the service.
+    ``KEYS_RELOAD_S`` without a restart. Started with keys, the service stays keyed: a file that
+    becomes empty, unreadable, invalid or goes missing lets nobody in (``reload`` raises, and
+    the ring refuses every key) until it is fixed. It never keeps keys the file no longer
+    holds, and never opens.
     """
 
     def __init__(self, path: Path | None, inline: str | None) -> None:
@@ -214,12 +224,20 @@ class KeysSource:
         return stat.st_mtime, stat.st_size
 
     def reload(self) -> bool:
-        """Re-read the file if it changed; True when the ring changed. Raises KeysFileError."""
+        """Re-read the file if it changed; True when the ring changed.
+
+        Raises KeysFileError when the file can no longer be used; the ring then refuses every
+        key (a keyed service never falls back to earlier keys, nor to running open).
+        """
         stamp = self._stamp()
         if stamp == self._mtime:
             return False
         self._mtime = stamp
-        self.ring = KeyRing.load(self.path, self.inline)
+        try:
+            self.ring = KeyRing.load(self.path, self.inline)
+        except KeysFileError:
+            self.ring = KeyRing((), keyed=True)
+            raise
         return True
 
 

@@ -19,8 +19,13 @@ from bandit.tokens import DECISION_ID_PATTERN
 MAX_DECISIONS = 10_000
 MAX_EVENTS = 10_000
 MAX_SLATE = 1000
-EVENT_ID_PATTERN = re.compile(r"[\x21-\x7e]{1,128}")
+#: Printable ASCII without spaces; never starting with '@', which marks a decision's reward in
+#: the dedup sets (``@<decision>:<arm>``), so no event id can pose as one.
+EVENT_ID_PATTERN = re.compile(r"[\x21-\x3f\x41-\x7e][\x21-\x7e]{0,127}")
 MAX_UNIT_LENGTH = 256
+#: No control characters in a unit, so a unit's stored field (``unit``, or ``unit\x1fk=K`` for
+#: a slate) cannot be spelled by another unit.
+UNIT_PATTERN = re.compile(r"[^\x00-\x1f\x7f]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,9 +51,7 @@ def parse_allocate(body: object) -> AllocateRequest:
     k = data.get("k")
     if k is not None:
         k = integer(k, "k", low=1, high=MAX_SLATE)
-    unit = data.get("unit")
-    if unit is not None and (not isinstance(unit, str) or not 0 < len(unit) <= MAX_UNIT_LENGTH):
-        raise InvalidValue(f"unit: expected a string of 1 to {MAX_UNIT_LENGTH} characters")
+    unit = _unit(data.get("unit"))
     sticky = _flag(data, "sticky")
     if sticky and unit is None:
         raise InvalidValue("sticky: needs a unit")
@@ -57,6 +60,17 @@ def parse_allocate(body: object) -> AllocateRequest:
         raise InvalidValue("context: expected an object")
     return AllocateRequest(n=n, k=k, unit=unit, sticky=sticky, provisional=_flag(data,
                                                                                  "provisional"))
+
+
+def _unit(unit: object) -> str | None:
+    if unit is None:
+        return None
+    if type(unit) is not str or not 0 < len(unit) <= MAX_UNIT_LENGTH:
+        raise InvalidValue(f"unit: expected a string of 1 to {MAX_UNIT_LENGTH} characters")
+    if not UNIT_PATTERN.fullmatch(unit):
+        raise InvalidValue("unit: control characters (U+0000 to U+001F, U+007F) are not "
+                           "allowed")
+    return unit
 
 
 def _flag(data: dict[str, Any], name: str) -> bool:
@@ -102,15 +116,23 @@ def parse_event(index: int, raw: object, valid_ids: set[str]) -> RewardEvent:
         raise InvalidValue(f"unknown field(s) {sorted(raw.keys() - _EVENT_FIELDS)}")
     event_id = raw.get("id")
     if type(event_id) is not str or not EVENT_ID_PATTERN.fullmatch(event_id):
+        if type(event_id) is str and event_id.startswith("@"):
+            raise InvalidValue("id: may not start with '@' (reserved for the service's own "
+                               "records)")
         raise InvalidValue("id: expected 1 to 128 printable ASCII characters without spaces")
+    # Type first: a list or an object is not hashable, so it cannot be looked up in valid_ids.
     experiment = raw.get("experiment")
+    if type(experiment) is not str:
+        raise InvalidValue(f"experiment: expected an experiment id, got {_kind(experiment)}")
     if experiment not in valid_ids:
-        if type(experiment) is not str or not ID_PATTERN.fullmatch(experiment):
+        if not ID_PATTERN.fullmatch(experiment):
             raise InvalidValue(f"experiment: {experiment!r} is not a valid experiment id")
         valid_ids.add(experiment)
     arm = raw.get("arm")
+    if type(arm) is not str:
+        raise InvalidValue(f"arm: expected an arm id, got {_kind(arm)}")
     if arm not in valid_ids:
-        if type(arm) is not str or not ID_PATTERN.fullmatch(arm):
+        if not ID_PATTERN.fullmatch(arm):
             raise InvalidValue(f"arm: {arm!r} is not a valid arm id")
         valid_ids.add(arm)
     reward = raw.get("reward")
@@ -125,12 +147,18 @@ def parse_event(index: int, raw: object, valid_ids: set[str]) -> RewardEvent:
         type(decision_id) is not str or not DECISION_ID_PATTERN.fullmatch(decision_id)
     ):
         raise InvalidValue(f"decision_id: {decision_id!r} is not a decision id this service issued")
-    unit = raw.get("unit")
-    if unit is not None and (type(unit) is not str or not 0 < len(unit) <= MAX_UNIT_LENGTH):
-        raise InvalidValue(f"unit: expected a string of 1 to {MAX_UNIT_LENGTH} characters")
+    _unit(raw.get("unit"))
     ts = raw.get("ts")
     if ts is not None:
         if type(ts) not in (int, float) or not 0 <= ts < math.inf:
             raise InvalidValue("ts: expected a finite, non-negative number of epoch seconds")
         ts = float(ts)
     return RewardEvent(index, event_id, experiment, arm, reward, decision_id, ts)
+
+
+def _kind(value: object) -> str:
+    """How a JSON value is named in a message (never its whole text: it may be huge)."""
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string",
+            list: "a list", dict: "an object"}.get(type(value), type(value).__name__)

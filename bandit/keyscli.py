@@ -96,4 +96,7 @@ def _revoke(name: str, path: Path) -> int:
         keys_file.writelines(kept)
     temporary.replace(path)
     print(f"key {name!r} revoked in {path}", file=sys.stderr)
+    if not KeyRing.parse("".join(kept), str(path)).names:
+        print(f"{path} holds no keys now: services reading it refuse every request (401) until "
+              "a key is added", file=sys.stderr)
     return 0

@@ -26,6 +26,7 @@ from bandit.inputs import (
     MAX_EVENTS,
     MAX_SLATE,
     MAX_UNIT_LENGTH,
+    UNIT_PATTERN,
 )
 from bandit.model import (
     BERNOULLI_PRIOR,
@@ -202,7 +203,9 @@ _ALLOCATE: Schema = {
               "description": "arms per decision (a ranked slate); null = one arm; at most the "
                              "arms that can be served (422)"},
         "unit": {"type": ["string", "null"], "minLength": 1, "maxLength": MAX_UNIT_LENGTH,
-                 "description": "user, session or other unit the decision is for"},
+                 "pattern": _anchored(UNIT_PATTERN),
+                 "description": "user, session or other unit the decision is for (no control "
+                                "characters)"},
         "sticky": {"type": "boolean",
                    "description": "the unit keeps the arm it first received (needs `unit`)"},
         "provisional": {"type": "boolean",
@@ -246,7 +249,8 @@ _EVENT: Schema = _object(["id", "experiment", "arm", "reward"], {
                     "description": "the decision rewarded, as served (converts a provisional "
                                    "one); a service with `require_decision_ids` rejects events "
                                    "without one"},
-    "unit": {"type": ["string", "null"], "minLength": 1, "maxLength": MAX_UNIT_LENGTH},
+    "unit": {"type": ["string", "null"], "minLength": 1, "maxLength": MAX_UNIT_LENGTH,
+             "pattern": _anchored(UNIT_PATTERN)},
     "ts": {"type": ["number", "null"], "minimum": 0,
            "description": "when the reward happened (epoch seconds); with forgetting, older "
                           "rewards weigh less"},

@@ -305,14 +305,13 @@ class StreamConsumer:
                 continue
             parsed.append((entry, events, listed))
         missing = await self._missing_experiments(
-            {event.get("experiment") for _, events, _ in parsed for event in events
-             if isinstance(event, dict)})
+            {_experiment_of(event) for _, events, _ in parsed for event in events})
         deferred: dict[str, str] = {}
         chunk: list[tuple[Entry, list[object], bool]] = []
         chunk_events = 0
         for entry, events, listed in parsed:
-            absent = next((e["experiment"] for e in events
-                           if isinstance(e, dict) and e.get("experiment") in missing), None)
+            absent = next((_experiment_of(e) for e in events if _experiment_of(e) in missing),
+                          None)
             if absent is not None and entry.deliveries < config.max_deliveries:
                 deferred[entry.entry_id] = (f"experiment {absent!r} does not exist (deferred "
                                             f"at delivery {entry.deliveries})")
@@ -351,7 +350,7 @@ class StreamConsumer:
             dead.append(_DeadLetter(entry, "rejected", payload, rejection["error"],
                                     index if listed else None))
 
-    async def _missing_experiments(self, experiment_ids: set[object]) -> set[str]:
+    async def _missing_experiments(self, experiment_ids: set[str | None]) -> set[str]:
         """The well-formed experiment ids that do not exist (invalid ones the HTTP path
         rejects)."""
         missing = set()
@@ -417,6 +416,16 @@ class StreamConsumer:
 
     async def lag(self) -> Lag:
         return await measure_lag(self.client, self.config.stream, self.config.group)
+
+
+def _experiment_of(event: object) -> str | None:
+    """The event's experiment id when it is a string (anything else the validation rejects;
+    a list or an object could not even be looked up in a set)."""
+    if isinstance(event, dict):
+        experiment = event.get("experiment")
+        if isinstance(experiment, str):
+            return experiment
+    return None
 
 
 def _payload(entry: Entry) -> str:

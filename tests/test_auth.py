@@ -170,10 +170,23 @@ async def test_keys_file_is_reloaded_when_it_changes(redis_url: str, tmp_path: P
             await asyncio.sleep(0.1)
         assert (await client.get("/v1/whoami", headers=_bearer("admin"))).status == 200
         assert (await client.get("/v1/whoami", headers=_bearer("reader"))).status == 401
-        path.write_text("this is not a keys file\n")  # a bad edit keeps the last good keys
+        # A bad edit lets nobody in (it never keeps keys the file no longer holds) ...
+        path.write_text("this is not a keys file\n")
         os.utime(path, (2, 2))
-        await asyncio.sleep(1.5)
-        assert (await client.get("/v1/whoami", headers=_bearer("admin"))).status == 200
+        await _until_status(client, "admin", 401)
+        # ... until it is fixed.
+        path.write_text(key_line("second", {"admin"}, KEYS["admin"]) + "\n")
+        os.utime(path, (3, 3))
+        await _until_status(client, "admin", 200)
+
+
+async def _until_status(client: Client, key: str, status: int) -> None:
+    """Ask whoami with ``key`` until it answers ``status`` (a reload takes up to ~1 s)."""
+    for _ in range(60):
+        if (await client.get("/v1/whoami", headers=_bearer(key))).status == status:
+            return
+        await asyncio.sleep(0.1)
+    assert (await client.get("/v1/whoami", headers=_bearer(key))).status == status
 
 
 def test_key_ring_parsing() -> None:

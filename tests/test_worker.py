@@ -285,6 +285,24 @@ async def test_bad_entries_are_dead_lettered_and_the_rest_applied(
     assert len(ids) == 198
 
 
+async def test_fields_of_any_json_type_dead_letter_only_their_own_entry(
+        redis_url: str, client: SyncRedis, workers: Callable[..., Worker]) -> None:
+    """A list or an object where an id belongs once failed the whole batch (unhashable in a
+    set lookup), and every entry read with it was dead-lettered."""
+    await _create(redis_url, "x")
+    good = _events(40, seed=11, experiments=("x",))
+    _produce(client, good[:20])
+    odd = [client.xadd(STREAM, {"event": json.dumps(
+        {"id": f"odd-{field}", "experiment": "x", "arm": "a", "reward": 1, field: value})})
+        for field, value in [("arm", ["a"]), ("experiment", ["x"]), ("experiment", {"x": 1}),
+                             ("unit", ["u"]), ("decision_id", {"d": 1})]]
+    _produce(client, good[20:])
+    worker = workers()
+    _wait(lambda: _drained(client), 20, "the stream to drain", worker)
+    assert _stored(client, {"x"}) == _expected(good)
+    assert {fields["id"] for fields in _dead_letters(client)} == set(odd)
+
+
 async def test_missing_experiment_is_retried_then_dead_lettered(
         redis_url: str, client: SyncRedis, workers: Callable[..., Worker]) -> None:
     late = _events(30, seed=7, experiments=("late",), prefix="late")

@@ -1,0 +1,208 @@
+"""What an attacker or a careless client could do, each through a real server: regressions of
+the adversarial run's findings (one test per defect, each of which failed before its fix)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import urllib3
+from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+
+from bandit.app import create_app
+from bandit.auth import key_line, new_key
+from bandit.cli import main
+from bandit.settings import Settings
+from tests.conftest import ServiceProcess
+
+Client = TestClient[Any, Any]
+
+
+async def _create(client: Client, experiment_id: str = "exp", arms: int = 3,
+                  headers: dict[str, str] | None = None) -> None:
+    response = await client.post("/v1/experiments", headers=headers, json={
+        "id": experiment_id, "arms": [f"a{i}" for i in range(arms)], "reward": "bernoulli"})
+    assert response.status == 201, await response.text()
+
+
+async def _counts(client: Client, experiment_id: str = "exp") -> list[int]:
+    """Observations per arm, once the cache has caught up with every write before the call."""
+    await asyncio.sleep(0.2)  # four refresh intervals of the test settings
+    body = await (await client.get(f"/v1/experiments/{experiment_id}/stats")).json()
+    return [arm["n"] for arm in body["arms"]]
+
+
+# -- 2. revoking the last API key ------------------------------------------------------------
+
+
+async def _status_becomes(client: Client, key: str, status: int) -> int:
+    """whoami's status with ``key`` once it is ``status``, or after 3 s of reloads."""
+    headers = {"Authorization": f"Bearer {key}"}
+    for _ in range(30):
+        answer = (await client.get("/v1/whoami", headers=headers)).status
+        if answer == status:
+            return answer
+        await asyncio.sleep(0.1)
+    return (await client.get("/v1/whoami", headers=headers)).status
+
+
+async def test_revoking_the_last_key_or_deleting_the_file_lets_nobody_in(
+        redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "keys"
+    solo, other = new_key(), new_key()
+    path.write_text(key_line("solo", {"read"}, solo) + "\n" + key_line("other", {"read"}, other)
+                    + "\n")
+    settings = Settings(redis_url=redis_url, api_keys_file=path)
+    async with TestClient(TestServer(create_app(settings))) as client:
+        assert main(["keys", "revoke", "other", "--file", str(path)]) == 0
+        assert await _status_becomes(client, other, 401) == 401
+        assert await _status_becomes(client, solo, 200) == 200
+        # The last key: nobody is let in, neither with the old key nor without one.
+        assert main(["keys", "revoke", "solo", "--file", str(path)]) == 0
+        assert await _status_becomes(client, solo, 401) == 401
+        assert (await client.get("/v1/experiments")).status == 401
+        assert "refused (401) until the keys file is fixed" in caplog.text
+        # A key added again lets its holder in; deleting the file shuts everyone out again.
+        fresh = new_key()
+        path.write_text(key_line("fresh", {"read"}, fresh) + "\n")
+        assert await _status_becomes(client, fresh, 200) == 200
+        path.unlink()
+        assert await _status_becomes(client, fresh, 401) == 401
+        assert (await client.get("/v1/experiments")).status == 401
+
+
+# -- 3. one malformed event must not fail its batch ------------------------------------------
+
+NASTY = [["a"], {"a": 1}, None, 1, 1.5, True, "", "x" * 300, [], {}]
+
+
+async def test_events_with_fields_of_any_json_type_are_rejected_one_by_one(
+        client: Client) -> None:
+    await _create(client)
+    good = [{"id": f"good-{i}", "experiment": "exp", "arm": "a0", "reward": 1}
+            for i in range(3)]
+    batch: list[Any] = list(good)
+    for field in ("id", "experiment", "arm", "reward", "decision_id", "unit", "ts"):
+        for value in NASTY:
+            batch.append({"id": f"bad-{len(batch)}", "experiment": "exp", "arm": "a0",
+                          "reward": 1, field: value})
+    response = await client.post("/v1/events", json={"events": batch})
+    assert response.status == 200, await response.text()
+    result = await response.json()
+    rejected = {item["index"] for item in result["rejected"]}
+    assert not rejected & {0, 1, 2}
+    assert result["accepted"] + result["duplicates"] + len(rejected) == len(batch)
+    assert (await _counts(client))[0] == result["accepted"]
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+    | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(st.text(max_size=5), children, max_size=3),
+    max_leaves=6)
+_FIELDS = ("id", "experiment", "arm", "reward", "decision_id", "unit", "ts")
+
+
+@pytest.fixture(scope="module")
+def open_service(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from tests.conftest import RedisServer
+
+    redis_server = RedisServer(tmp_path_factory.mktemp("hardening-redis"))
+    redis_server.start()
+    service = ServiceProcess(redis_server.url)
+    service.wait_ready()
+    http = urllib3.PoolManager()
+    response = http.request("POST", f"{service.url}/v1/experiments", json={
+        "id": "fuzz", "arms": ["a0", "a1"], "reward": "bernoulli"})
+    assert response.status == 201, response.data
+    yield service, http
+    service.stop()
+    redis_server.stop()
+
+
+_sent = iter(range(10**9))
+
+
+@hypothesis_settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(values=st.dictionaries(st.sampled_from(_FIELDS), _JSON, min_size=1))
+def test_arbitrary_json_in_any_field_never_fails_the_good_events(
+        open_service: Any, values: dict[str, Any]) -> None:
+    service, http = open_service
+    number = next(_sent)
+    good = {"id": f"good-{number}", "experiment": "fuzz", "arm": "a0", "reward": 1}
+    odd = {"id": f"odd-{number}", "experiment": "fuzz", "arm": "a1", "reward": 0, **values}
+    response = http.request("POST", f"{service.url}/v1/events", json={"events": [good, odd]})
+    assert response.status == 200, response.data
+    result = json.loads(response.data)
+    assert result["accepted"] >= 1 and 0 not in {r["index"] for r in result["rejected"]}
+    assert result["accepted"] + result["duplicates"] + len(result["rejected"]) == 2
+
+
+# -- 6. a key that is not UTF-8 --------------------------------------------------------------
+
+
+async def test_a_key_that_is_not_utf8_is_401(redis_url: str) -> None:
+    settings = Settings(redis_url=redis_url, api_keys=key_line("k", {"read"}, new_key()))
+    async with TestClient(TestServer(create_app(settings))) as client:
+        port = client.server.port
+        assert port is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /v1/experiments HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Authorization: Bearer \xff\xfe\xfd\r\nConnection: close\r\n\r\n")
+        answer = await reader.read()
+        writer.close()
+        await writer.wait_closed()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401"), head
+    assert json.loads(body)["error"]["message"] == "the API key is not valid"
+
+
+# -- 7. a unit string that collides with another unit's slate --------------------------------
+
+
+@pytest.mark.parametrize("unit", ["victim\x1fk=2", "tab\tunit", "new\nline", "nul\x00", "del\x7f"])
+async def test_units_with_control_characters_are_refused(client: Client, unit: str) -> None:
+    await _create(client)
+    response = await client.post("/v1/experiments/exp/allocate",
+                                 json={"unit": unit, "sticky": True})
+    assert response.status == 422
+    assert "unit: control characters" in (await response.json())["error"]["message"]
+    events = await (await client.post("/v1/events", json={"events": [
+        {"id": "u1", "experiment": "exp", "arm": "a0", "reward": 1, "unit": unit}]})).json()
+    assert events["accepted"] == 0
+    assert "unit: control characters" in events["rejected"][0]["error"]
+
+
+async def test_a_slate_unit_and_a_single_unit_never_share_an_assignment(client: Client) -> None:
+    await _create(client, arms=4)
+    slate = await (await client.post("/v1/experiments/exp/allocate",
+                                     json={"unit": "victim", "sticky": True, "k": 2})).json()
+    single = await (await client.post("/v1/experiments/exp/allocate",
+                                      json={"unit": "victim", "sticky": True})).json()
+    assert "arms" in slate["decisions"][0] and "arm" in single["decisions"][0]
+    assert single["decisions"][0]["propensity"] == pytest.approx(0.25)
+
+
+# -- 8. an event id that looks like a decision's reward marker -------------------------------
+
+
+async def test_an_event_id_cannot_block_a_decisions_reward(client: Client) -> None:
+    await _create(client)
+    [decision] = (await (await client.post("/v1/experiments/exp/allocate")).json())["decisions"]
+    index = int(decision["arm"][1:])
+    squatter = {"id": f"@{decision['decision_id']}:{index}", "experiment": "exp",
+                "arm": decision["arm"], "reward": 0}
+    squatted = await (await client.post("/v1/events", json={"events": [squatter]})).json()
+    assert squatted["accepted"] == 0
+    assert "id: may not start with '@'" in squatted["rejected"][0]["error"]
+    real = {"id": "click-1", "experiment": "exp", "arm": decision["arm"], "reward": 1,
+            "decision_id": decision["decision_id"]}
+    assert (await (await client.post("/v1/events", json={"events": [real]})).json()) == {
+        "accepted": 1, "duplicates": 0, "rejected": []}
