@@ -24,6 +24,7 @@ from bandit.inputs import (
     EVENT_ID_PATTERN,
     MAX_DECISIONS,
     MAX_EVENTS,
+    MAX_PLACEMENTS,
     MAX_SLATE,
     MAX_UNIT_LENGTH,
     UNIT_PATTERN,
@@ -201,7 +202,8 @@ _ALLOCATE: Schema = {
               "description": "decisions to make (default 1)"},
         "k": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_SLATE,
               "description": "arms per decision (a ranked slate); null = one arm; at most the "
-                             "arms that can be served (422)"},
+                             f"arms that can be served, and n * k at most {MAX_PLACEMENTS} "
+                             "(422)"},
         "unit": {"type": ["string", "null"], "minLength": 1, "maxLength": MAX_UNIT_LENGTH,
                  "pattern": _anchored(UNIT_PATTERN),
                  "description": "user, session or other unit the decision is for (no control "

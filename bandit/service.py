@@ -34,7 +34,7 @@ from bandit.inputs import (
 from bandit.model import Experiment, check_id, diff, parse_new_experiment, parse_patch
 from bandit.settings import Settings
 from bandit.store import APPLIED, DUPLICATE, UNKNOWN_DECISION, EncodedEvent, RedisStore
-from bandit.tokens import EXPIRED, FORGED, SLATE_ARM, DecisionSigner
+from bandit.tokens import EXPIRED, FORGED, DecisionSigner
 
 logger = logging.getLogger(__name__)
 
@@ -309,7 +309,7 @@ class BanditService:
         for index in arms_chosen.ravel().tolist():
             served[index] += 1
         arms = snapshot.arms
-        ids = self._slate_ids(snapshot, n, signer)
+        ids = signer.sign_slates(snapshot.experiment.id, int(time.time()), arms_chosen)
         return [
             {"decision_id": decision_id, "arms": [arms[i] for i in slate],
              "propensity": propensity, "position_propensities": positions}
@@ -318,9 +318,6 @@ class BanditService:
                 position_propensity.tolist(), strict=True,
             )
         ]
-
-    def _slate_ids(self, snapshot: Snapshot, n: int, signer: DecisionSigner) -> list[str]:
-        return signer.sign(snapshot.experiment.id, "s", int(time.time()), [SLATE_ARM] * n)
 
     async def _sticky_decisions(
         self, snapshot: Snapshot, request: AllocateRequest, signer: DecisionSigner,
@@ -358,9 +355,11 @@ class BanditService:
         arms = experiment.arms
         served = self._served[experiment.id]
         decisions: list[dict[str, Any]] = []
-        ids = (signer.sign(experiment.id, kind, int(time.time()), [indices[0]] * request.n)
+        issued = int(time.time())
+        ids = (signer.sign(experiment.id, kind, issued, [indices[0]] * request.n)
                if request.k is None
-               else self._slate_ids(snapshot, request.n, signer))
+               else signer.sign_slates(experiment.id, issued,
+                                       np.tile(np.array(indices, dtype=np.int64), (request.n, 1))))
         for decision_id in ids:
             decision: dict[str, Any] = {
                 "decision_id": decision_id, "propensity": propensity, "sticky": True,

@@ -30,6 +30,7 @@ from bandit.keys import Keys, dedup_window, registry, signing_key
 from bandit.model import Experiment
 from bandit.redisurl import Client
 from bandit.settings import Settings, SettingsError
+from bandit.tokens import decision_key
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -456,9 +457,10 @@ def _half_life(experiment: Experiment) -> str:
 
 
 def _encode_events(events: list[EncodedEvent]) -> str:
+    # A slate's reward marker holds its unique head, not its (up to 3,000-digit) arm list.
     return "".join(
         f"{e.event_id}\t{e.arm_index}\t{e.reward!r}\t{'-' if e.ts is None else repr(e.ts)}\t"
-        f"{e.decision_id or '-'}\n"
+        f"{'-' if e.decision_id is None else decision_key(e.decision_id)}\n"
         for e in events
     )
 

@@ -1,23 +1,30 @@
 """Signed decision ids: a reward can only name a decision this service really served.
 
-A decision id is ``KIND ISSUED PROCESS COUNTER TAG`` in lower-case hex, with no separators:
+A one-arm decision id is ``KIND ISSUED PROCESS COUNTER TAG`` in lower-case hex, with no
+separators:
 
 ========  ===========  ==================================================================
 part      width        meaning
 ========  ===========  ==================================================================
-KIND      1            ``d`` one arm, ``p`` one arm served as a provisional failure,
-                       ``s`` a ranked slate
+KIND      1            ``d`` one arm, ``p`` one arm served as a provisional failure
 ISSUED    8            epoch seconds when it was served
 PROCESS   10           random per service process (ids are unique without coordination)
 COUNTER   1 to 16      the process's decision counter, no leading zeros (one spelling only)
 TAG       16           SipHash-2-4 of (experiment, kind, process, counter, issued, arm)
 ========  ===========  ==================================================================
 
+A ranked slate's id, kind ``r``, lists its arms: ``r ISSUED PROCESS COUNTER ARMS TAG``, with
+the counter in exactly 12 hex digits and each arm index in exactly 3 (arms number at most
+1000), so ``k = (length - 47) / 3``. Its tag chains SipHash over the arm indices too, so a
+reward for a slate must name one of the arms the slate showed.
+
 The tag is keyed with a secret every process shares (kept in Redis, created once), so only the
-service can make a valid id, and a valid id names its experiment and, for one-arm decisions,
-its arm: a reward for another experiment or arm, or for an id nobody served, is refused. A
-slate's tag covers the experiment but not its arms (a reward names one arm of the slate and the
-id cannot list them all); the arm must still be one of the experiment's.
+service can make a valid id, and a valid id names its experiment and its arm (or arms): a
+reward for another experiment or arm, or for an id nobody served, is refused.
+
+Kind ``s``, the slate ids of earlier versions, did not list their arms (any arm of the
+experiment was accepted); they are no longer issued, and are accepted with that rule only for
+the rest of their life (the dedup window), so that a rolling upgrade loses no reward.
 
 SipHash-2-4 is a keyed pseudo-random function designed as a MAC for short inputs (Aumasson and
 Bernstein, 2012); in numba it costs tens of nanoseconds per decision, so a batch of 10000
@@ -36,10 +43,16 @@ import numpy.typing as npt
 
 from bandit.kernels import jit
 
-KINDS = "dps"
+KINDS = "dpsr"
 SLATE_ARM = 0xFFFF_FFFF
-#: Every id this module can issue, and nothing else.
-DECISION_ID_PATTERN = re.compile(r"[dps][0-9a-f]{18}[1-9a-f][0-9a-f]{16,31}")
+#: Hex digits of a slate id's counter and of each of its arm indices.
+_SLATE_COUNTER_DIGITS, _SLATE_ARM_DIGITS = 12, 3
+#: A slate id's length without its arms: kind, issued, process, counter, tag.
+_SLATE_HEAD = 1 + 8 + 10 + _SLATE_COUNTER_DIGITS + 16
+MAX_SLATE_ARM = 16**_SLATE_ARM_DIGITS - 1
+#: Every id this module can issue (and the ``s`` slates of earlier versions), nothing else.
+DECISION_ID_PATTERN = re.compile(
+    r"[dps][0-9a-f]{18}[1-9a-f][0-9a-f]{16,31}|r[0-9a-f]{30}(?:[0-9a-f]{3})+[0-9a-f]{16}")
 VALID, FORGED, EXPIRED = 0, 1, 2
 #: Accepted clock difference between service hosts, in seconds.
 CLOCK_SKEW_S = 300
@@ -98,6 +111,42 @@ def _decision_tag(k0: np.uint64, k1: np.uint64, experiment: int,
     return siphash4(k0, k1, np.uint64(experiment), np.uint64(process_kind),
                      np.uint64(counter),
                      (np.uint64(issued) << np.uint64(32)) | np.uint64(arm))
+
+
+@jit
+def _slate_tag(k0: np.uint64, k1: np.uint64, experiment: int, process_kind: int | np.uint64,
+               counter: int | np.uint64, issued: int | np.uint64,
+               arms: npt.NDArray[np.int64]) -> np.uint64:
+    """A slate's tag: its decision tag, chained through SipHash with every arm index in order."""
+    tag = _decision_tag(k0, k1, experiment, process_kind, counter, issued, SLATE_ARM)
+    for arm in arms:
+        tag = siphash4(k0, k1, tag, np.uint64(arm), np.uint64(arms.shape[0]), np.uint64(0))
+    return tag
+
+
+@jit
+def _write_slate_ids(head: npt.NDArray[np.uint8], k0: np.uint64, k1: np.uint64,
+                     experiment: int, process_kind: int, first: int, issued: int,
+                     arms: npt.NDArray[np.int64], digits: npt.NDArray[np.uint8],
+                     out: npt.NDArray[np.uint8]) -> None:
+    """Row i of ``out``: the id of slate ``arms[i]`` with counter ``first + i``."""
+    start = head.shape[0]
+    k = arms.shape[1]
+    for i in range(arms.shape[0]):
+        out[i, :start] = head
+        counter = first + i
+        for d in range(12):
+            out[i, start + 11 - d] = digits[(counter >> (4 * d)) & 15]
+        position = start + 12
+        for j in range(k):
+            arm = arms[i, j]
+            for d in range(3):
+                out[i, position + 2 - d] = digits[(arm >> (4 * d)) & 15]
+            position += 3
+        tag = _slate_tag(k0, k1, experiment, process_kind, counter, issued, arms[i])
+        for d in range(16):
+            out[i, position + 15 - d] = digits[np.int64((tag >> np.uint64(4 * d))
+                                                        & np.uint64(15))]
 
 
 @jit
@@ -211,10 +260,32 @@ class DecisionSigner:
         text = out.tobytes().decode("ascii")
         return [text[start:start + length] for start in range(0, n * length, length)]
 
+    def sign_slates(self, experiment_id: str, issued: int,
+                    slates: npt.NDArray[np.int64]) -> list[str]:
+        """Ids for new ranked slates, one per row of ``slates`` (arm indices, in order)."""
+        n, k = slates.shape
+        if n == 0:
+            return []
+        if slates.min() < 0 or slates.max() > MAX_SLATE_ARM:
+            raise ValueError(f"slate arm indices must lie in 0..{MAX_SLATE_ARM}")
+        first = self._counter
+        if first + n >= 16**_SLATE_COUNTER_DIGITS:
+            raise OverflowError("the decision counter outgrew a slate id's 12 hex digits")
+        self._counter = first + n
+        head = f"r{issued:08x}{self._head}"
+        length = _SLATE_HEAD + _SLATE_ARM_DIGITS * k
+        out = np.empty((n, length), dtype=np.uint8)
+        _write_slate_ids(np.frombuffer(head.encode(), dtype=np.uint8), self._k0, self._k1,
+                         self.experiment_word(experiment_id), self._process_kind["r"], first,
+                         issued, np.ascontiguousarray(slates, dtype=np.int64), _HEX_DIGITS, out)
+        text = out.tobytes().decode("ascii")
+        return [text[start:start + length] for start in range(0, n * length, length)]
+
     def verify(self, experiment_id: str, decision_ids: list[str], arms: list[int],
                now: float, max_age_s: float) -> list[int]:
         """VALID, FORGED or EXPIRED for each id (which must match ``DECISION_ID_PATTERN``)
-        as a decision of ``experiment_id`` for the arm index beside it."""
+        as a decision of ``experiment_id`` for the arm index beside it (for a slate: one of
+        the slate's arms)."""
         lengths = np.fromiter(map(len, decision_ids), dtype=np.int64, count=len(decision_ids))
         statuses = _verify(self._k0, self._k1, self.experiment_word(experiment_id),
                            np.frombuffer("".join(decision_ids).encode("ascii"), dtype=np.uint8),
@@ -242,17 +313,29 @@ def _verify(k0: np.uint64, k1: np.uint64, experiment: int, text: npt.NDArray[np.
     for i in range(lengths.shape[0]):
         stop = start + lengths[i]
         kind = text[start]
-        kind_index = 0 if kind == 100 else (1 if kind == 112 else 2)  # 'd', 'p', 's'
+        # 'd', 'p', 's', 'r'
+        kind_index = 0 if kind == 100 else (1 if kind == 112 else (2 if kind == 115 else 3))
         issued = _hex_value(text, start + 1, start + 9)
         process = _hex_value(text, start + 9, start + 19)
-        counter = _hex_value(text, start + 19, stop - 16)
+        process_kind = process | (np.uint64(kind_index) << np.uint64(40))
         tag = _hex_value(text, stop - 16, stop)
-        arm = SLATE_ARM if kind_index == 2 else arms[i]
-        expected = _decision_tag(k0, k1, experiment,
-                                 process | (np.uint64(kind_index) << np.uint64(40)), counter,
-                                 issued, arm)
+        if kind_index == 3:
+            counter = _hex_value(text, start + 19, start + 31)
+            k = (stop - 16 - (start + 31)) // 3
+            slate = np.empty(k, dtype=np.int64)
+            shown = False
+            for j in range(k):
+                slate[j] = np.int64(_hex_value(text, start + 31 + 3 * j, start + 34 + 3 * j))
+                shown = shown or slate[j] == arms[i]
+            valid = shown and _slate_tag(k0, k1, experiment, process_kind, counter, issued,
+                                         slate) == tag
+        else:
+            counter = _hex_value(text, start + 19, stop - 16)
+            arm = SLATE_ARM if kind_index == 2 else arms[i]
+            valid = _decision_tag(k0, k1, experiment, process_kind, counter, issued,
+                                  arm) == tag
         served = float(issued)
-        if expected != tag or served > now + CLOCK_SKEW_S:
+        if not valid or served > now + CLOCK_SKEW_S:
             statuses[i] = FORGED
         elif kind_index != 1 and now - served > max_age_s:
             statuses[i] = EXPIRED
@@ -265,3 +348,13 @@ def warm_up() -> None:
     for arms in ([1], [1, 2]):
         ids = signer.sign("warm-up", "d", 1, arms)
         signer.verify("warm-up", ids, arms, 1.0, 10.0)
+    slates = signer.sign_slates("warm-up", 1, np.array([[1, 2]], dtype=np.int64))
+    signer.verify("warm-up", slates, [2], 1.0, 10.0)
+
+
+def decision_key(decision_id: str) -> str:
+    """What identifies a decision in the store's reward markers: the id itself, but for a
+    slate only its unique head (kind, issued, process, counter), not its list of arms."""
+    if decision_id[0] == "r":
+        return decision_id[:_SLATE_HEAD - 16]
+    return decision_id

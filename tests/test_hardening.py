@@ -206,3 +206,50 @@ async def test_an_event_id_cannot_block_a_decisions_reward(client: Client) -> No
             "decision_id": decision["decision_id"]}
     assert (await (await client.post("/v1/events", json={"events": [real]})).json()) == {
         "accepted": 1, "duplicates": 0, "rejected": []}
+
+
+# -- 1. one request's work is bounded --------------------------------------------------------
+
+
+async def test_an_answer_places_at_most_ten_thousand_arms(client: Client) -> None:
+    """1,000 arms of 64 characters and n=10,000 slates of k=1,000 once took 10 s and 885 MB,
+    the event loop blocked throughout."""
+    arms = [f"{i:04d}" + "x" * 60 for i in range(1000)]
+    response = await client.post("/v1/experiments", json={
+        "id": "wide", "arms": arms, "reward": "bernoulli"})
+    assert response.status == 201
+    refused = await client.post("/v1/experiments/wide/allocate", json={"n": 10_000, "k": 1000})
+    assert refused.status == 422
+    assert (await refused.json())["error"]["message"] == (
+        "n * k: 10000 slates of 1000 arms place 10,000,000 arms, over the cap of 10,000 per "
+        "request; ask for fewer slates per request")
+    largest = await client.post("/v1/experiments/wide/allocate", json={"n": 10, "k": 1000})
+    assert largest.status == 200
+    decisions = (await largest.json())["decisions"]
+    assert [len(d["arms"]) for d in decisions] == [1000] * 10
+    assert (await client.post("/v1/experiments/wide/allocate", json={"n": 11, "k": 1000})
+            ).status == 422
+
+
+# -- 9. a slate's reward must name an arm the slate showed -----------------------------------
+
+
+@pytest.mark.parametrize("strict", [False, True])
+async def test_a_slate_reward_names_an_arm_of_the_slate(settings: Settings, strict: bool) -> None:
+    async with TestClient(TestServer(create_app(
+            settings.with_(require_decision_ids=strict), seed=9))) as client:
+        await _create(client, arms=3)
+        answer = await (await client.post("/v1/experiments/exp/allocate",
+                                          json={"n": 1, "k": 1})).json()
+        [slate] = answer["decisions"]
+        [shown] = slate["arms"]
+        others = [arm for arm in ("a0", "a1", "a2") if arm != shown]
+        batch = [{"id": f"r-{arm}", "experiment": "exp", "arm": arm, "reward": 1,
+                  "decision_id": slate["decision_id"]} for arm in [*others, shown]]
+        result = await (await client.post("/v1/events", json={"events": batch})).json()
+        assert result["accepted"] == 1
+        assert [r["index"] for r in result["rejected"]] == [0, 1]
+        assert all("not a decision this service served" in r["error"]
+                   for r in result["rejected"])
+        counts = await _counts(client)
+        assert counts == [1 if arm == shown else 0 for arm in ("a0", "a1", "a2")]

@@ -657,8 +657,8 @@ class BanditMachine(RuleBasedStateMachine):
                 event["reward"] = conversion
             if kind == "decision":
                 event["arm"] = served_arm
-            elif decision.kind != "slate" and other_arm is not None:
-                event["arm"] = other_arm  # a slate's reward may name any arm
+            elif other_arm is not None:
+                event["arm"] = other_arm  # an arm the decision (or slate) did not show
         elif kind == "foreign decision" and foreign is not None:
             event["decision_id"] = foreign
         elif kind == "bad":
@@ -695,9 +695,9 @@ class BanditMachine(RuleBasedStateMachine):
         decision_id = event.get("decision_id")
         decision = None if decision_id is None else self.decisions.get(decision_id)
         if decision_id is not None:
-            # Only a decision served for this experiment (and, unless a slate, this arm).
+            # Only a decision served for this experiment and arm (a slate: one of its arms).
             if decision is None or decision.experiment != model.id or (
-                    decision.kind != "slate" and event["arm"] not in decision.arms):
+                    event["arm"] not in decision.arms):
                 return "rejected"
             if decision_id in model.converted:
                 return "duplicate"  # a provisional decision converts once

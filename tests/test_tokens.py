@@ -21,6 +21,7 @@ from bandit.tokens import (
     SLATE_ARM,
     VALID,
     DecisionSigner,
+    decision_key,
     siphash4,
 )
 
@@ -95,12 +96,24 @@ def test_ids_round_trip_and_bind_experiment_and_arm() -> None:
     assert other_key.verify("exp", ids, [0, 1, 2], NOW, 3600) == [FORGED] * 3
     assert SIGNER.verify("exp", ids, [0, 1, 2], NOW + 3601, 3600) == [EXPIRED] * 3
     assert SIGNER.verify("exp", ids, [0, 1, 2], NOW - 3600, 3600) == [FORGED] * 3  # future
-    # Provisional ids live as long as their pending key; slates bind the experiment only.
+    # Provisional ids live as long as their pending key.
     [provisional] = SIGNER.sign("exp", "p", NOW, [1])
     assert SIGNER.verify("exp", [provisional], [1], NOW + 10**6, 3600) == [VALID]
-    [slate] = SIGNER.sign("exp", "s", NOW, [SLATE_ARM])
-    assert SIGNER.verify("exp", [slate, slate], [0, 9], NOW, 3600) == [VALID, VALID]
-    assert SIGNER.verify("other", [slate], [0], NOW, 3600) == [FORGED]
+    # Slates bind their arms: a reward may name any arm the slate showed, and no other.
+    [slate, other_slate] = SIGNER.sign_slates("exp", NOW, np.array([[7, 0, 999], [1, 2, 3]]))
+    assert SIGNER.verify("exp", [slate] * 4, [7, 0, 999, 1], NOW, 3600) == [VALID] * 3 + [FORGED]
+    assert SIGNER.verify("exp", [other_slate], [3], NOW, 3600) == [VALID]
+    assert SIGNER.verify("other", [slate], [7], NOW, 3600) == [FORGED]
+    assert SIGNER.verify("exp", [slate], [7], NOW + 3601, 3600) == [EXPIRED]
+    # A slate that lists another arm in place of one it showed is a forgery.
+    swapped = slate[:31] + "001" + slate[34:]
+    assert DECISION_ID_PATTERN.fullmatch(swapped)
+    assert SIGNER.verify("exp", [swapped], [1], NOW, 3600) == [FORGED]
+    # Slate ids of earlier versions (kind 's', no arms listed) keep their old rule for the
+    # rest of their life: any arm of the experiment.
+    [legacy] = SIGNER.sign("exp", "s", NOW, [SLATE_ARM])
+    assert SIGNER.verify("exp", [legacy, legacy], [0, 9], NOW, 3600) == [VALID, VALID]
+    assert SIGNER.verify("other", [legacy], [0], NOW, 3600) == [FORGED]
     # A decision of another kind with the same numbers is a different decision.
     assert SIGNER.verify("exp", ["p" + ids[0][1:]], [0], NOW, 3600) == [FORGED]
 
@@ -116,6 +129,20 @@ def test_any_changed_character_is_refused(position: int, digit: int) -> None:
         assert SIGNER.verify("exp", [changed], [4], NOW, 3600) == [FORGED]
     else:  # the kind letter, or a leading zero in the counter (a second spelling)
         assert position in (0, 19)
+
+
+@given(st.integers(min_value=0, max_value=80), st.integers(min_value=0, max_value=15))
+def test_any_changed_character_of_a_slate_id_is_refused(position: int, digit: int) -> None:
+    [slate] = SIGNER.sign_slates("exp", NOW, np.array([[4, 2, 9]]))
+    assert len(slate) == 47 + 3 * 3 and decision_key(slate) == slate[:31]
+    position %= len(slate)
+    changed = slate[:position] + "0123456789abcdef"[digit] + slate[position + 1:]
+    if changed == slate:
+        return
+    if DECISION_ID_PATTERN.fullmatch(changed):
+        assert SIGNER.verify("exp", [changed], [2], NOW, 3600) == [FORGED]
+    else:
+        assert position == 0
 
 
 def test_counters_have_one_spelling() -> None:
@@ -181,7 +208,7 @@ async def test_slate_rewards_once_per_arm(client: Client) -> None:
         "id": "exp", "arms": ["a", "b", "c"], "reward": "bernoulli"})).status == 201
     [slate] = (await (await client.post("/v1/experiments/exp/allocate",
                                         json={"k": 2})).json())["decisions"]
-    assert slate["decision_id"][0] == "s"
+    assert slate["decision_id"][0] == "r"
     events = [{"id": f"e{i}", "experiment": "exp", "arm": arm, "reward": 1,
                "decision_id": slate["decision_id"]} for i, arm in enumerate(slate["arms"])]
     assert (await _post_events(client, *events))["accepted"] == 2

@@ -26,6 +26,7 @@ from bandit.client._events import Backoff, RejectedCallback, RewardPipeline
 from bandit.client._protocol import (
     ID_PATTERN,
     MAX_BATCH,
+    MAX_PLACEMENTS,
     MAX_SLATE,
     ClientStats,
     Counters,
@@ -215,6 +216,9 @@ class ClientBase:
             raise InvalidRequest(f"n: expected a whole number from 1 to {MAX_BATCH}, got {n!r}")
         if k is not None and not (isinstance(k, int) and 1 <= k <= MAX_SLATE):
             raise InvalidRequest(f"k: expected a whole number from 1 to {MAX_SLATE}, got {k!r}")
+        if k is not None and n * k > MAX_PLACEMENTS:
+            raise InvalidRequest(f"n * k: {n} slates of {k} arms is over the service's cap of "
+                                 f"{MAX_PLACEMENTS} arms per request")
         return DecisionCall(
             experiment=experiment, n=n,
             path=f"{self._prefix}/v1/experiments/{experiment}/allocate",

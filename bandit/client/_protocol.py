@@ -22,11 +22,14 @@ from bandit.client.errors import RequestError, request_error
 
 #: Experiment and arm ids (SPEC).
 ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
-EVENT_ID_PATTERN = re.compile(r"[\x21-\x7e]{1,128}")
+EVENT_ID_PATTERN = re.compile(r"[\x21-\x3f\x41-\x7e][\x21-\x7e]{0,127}")
+UNIT_PATTERN = re.compile(r"[^\x00-\x1f\x7f]*")
 MAX_UNIT_LENGTH = 256
-#: Most events, or decisions, the service handles in one call; most arms in a slate.
+#: Most events, or decisions, the service handles in one call; most arms in a slate; most
+#: arms placed in one answer (n * k).
 MAX_BATCH = 10_000
 MAX_SLATE = 1000
+MAX_PLACEMENTS = 10_000
 
 #: Statuses that say "not now" rather than "not this": the same request may succeed later.
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
@@ -73,7 +76,8 @@ def event_problem(event: dict[str, Any]) -> str | None:
     (does the arm exist, is the reward in range) are the service's.
     """
     if not isinstance(event["id"], str) or not EVENT_ID_PATTERN.fullmatch(event["id"]):
-        return f"event_id: {event['id']!r} is not 1 to 128 printable ASCII characters"
+        return (f"event_id: {event['id']!r} is not 1 to 128 printable ASCII characters "
+                "without spaces, not starting with '@'")
     for field in ("experiment", "arm"):
         if not isinstance(event[field], str) or not ID_PATTERN.fullmatch(event[field]):
             return f"{field}: {event[field]!r} is not a valid {field} id"
@@ -82,8 +86,10 @@ def event_problem(event: dict[str, Any]) -> str | None:
     if not isinstance(event["ts"], int | float) or not 0 <= event["ts"] < math.inf:
         return f"ts: expected finite, non-negative epoch seconds, got {event['ts']!r}"
     unit = event.get("unit")
-    if unit is not None and not (isinstance(unit, str) and 0 < len(unit) <= MAX_UNIT_LENGTH):
-        return f"unit: expected a string of 1 to {MAX_UNIT_LENGTH} characters"
+    if unit is not None and not (isinstance(unit, str) and 0 < len(unit) <= MAX_UNIT_LENGTH
+                                 and UNIT_PATTERN.fullmatch(unit)):
+        return (f"unit: expected a string of 1 to {MAX_UNIT_LENGTH} characters, with no control "
+                "characters")
     if not isinstance(event.get("decision_id", ""), str):
         return "decision_id: expected a string"
     return None
