@@ -16,13 +16,20 @@ from time import perf_counter
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import web, web_response
 
 from bandit import openapi, policy, tokens
 from bandit.auth import KEYS_RELOAD_S, OPEN, KeysFileError, KeysSource, Principal, authorize
-from bandit.errors import BanditError, MalformedRequest, PayloadTooLarge, Unauthorized
+from bandit.errors import (
+    BanditError,
+    MalformedRequest,
+    PayloadTooLarge,
+    Unauthorized,
+    UnsupportedMediaType,
+)
 from bandit.history import HistorySampler
 from bandit.metrics import Metrics
+from bandit.origins import OriginPolicy
 from bandit.service import BanditService
 from bandit.settings import Settings
 from bandit.store import RedisStore
@@ -33,7 +40,11 @@ SERVICE = web.AppKey("service", BanditService)
 METRICS = web.AppKey("metrics", Metrics)
 SETTINGS = web.AppKey("settings", Settings)
 KEYS = web.AppKey("keys", KeysSource)
+ORIGINS = web.AppKey("origins", OriginPolicy)
 PRINCIPAL = web.RequestKey("principal", Principal)
+
+#: What the ``Server`` header says: no versions to look vulnerabilities up by.
+SERVER_NAME = "bandit"
 
 #: Route scopes besides the three key scopes: any valid key, or no key at all.
 ANY_KEY, PUBLIC = "any", None
@@ -81,10 +92,21 @@ def _parse_body(request: web.Request, raw: bytes | None, optional: bool) -> Any:
         if optional:
             return None
         raise MalformedRequest("request body is empty; expected a JSON object")
+    media_type = request.headers.get("Content-Type", "")
+    if media_type != "application/json" and not _is_json(media_type):
+        # A page on another site can send text/plain or a form to us without asking first;
+        # application/json takes a CORS preflight, which bandit.origins refuses.
+        raise UnsupportedMediaType(
+            f"Content-Type must be application/json, got {media_type or 'none'!r} (with curl: "
+            "-H 'Content-Type: application/json')")
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as error:
         raise MalformedRequest(f"request body is not valid JSON: {error}") from error
+
+
+def _is_json(media_type: str) -> bool:
+    return media_type.split(";", 1)[0].strip().lower() == "application/json"
 
 
 def _error_response(error: Exception) -> web.Response:
@@ -113,7 +135,12 @@ def _endpoint(route: str, handler: Handler, scope: str | None = PUBLIC) -> Handl
     async def endpoint(request: web.Request) -> web.StreamResponse:
         started = perf_counter()
         app = request.app
+        cors = None
         try:
+            headers = request.headers
+            origins = app[ORIGINS]
+            if origins.allowed_hosts is not None or "Origin" in headers:
+                cors = origins.check(headers.get("Origin"), headers.get("Host"))
             if scope is not None:
                 ring = app[KEYS].ring
                 principal = (ring.authenticate(request.headers.get("Authorization"))
@@ -126,10 +153,27 @@ def _endpoint(route: str, handler: Handler, scope: str | None = PUBLIC) -> Handl
             if not isinstance(error, BanditError | web.HTTPException):
                 logger.exception("unexpected error on %s %s", request.method, request.path)
             response = _error_response(error)
+        if cors is not None:
+            response.headers.update(_cors_headers(cors))
         app[METRICS].observe_request(route, response.status, perf_counter() - started)
         return response
 
     return endpoint
+
+
+def _cors_headers(origin: str) -> dict[str, str]:
+    return {"Access-Control-Allow-Origin": origin, "Vary": "Origin",
+            "Access-Control-Expose-Headers": "Retry-After, X-Bandit-Stale"}
+
+
+async def _preflight(request: web.Request) -> web.Response:
+    """A CORS preflight: allowed origins (checked in ``_endpoint``) may send JSON and keys."""
+    if "Origin" not in request.headers:
+        return await _unmatched(request)
+    return web.Response(status=204, headers={
+        "Access-Control-Allow-Methods": "GET, POST, PATCH, DELETE",
+        "Access-Control-Allow-Headers": "Authorization, Content-Type",
+        "Access-Control-Max-Age": "600"})
 
 
 async def _unmatched(request: web.Request) -> web.Response:
@@ -233,7 +277,9 @@ async def readyz(request: web.Request) -> web.Response:
     try:
         await service.store.ping()
     except BanditError as error:
-        return _json({"status": "unavailable", "reason": error.message}, 503)
+        # Public: the reason names no address; the log (for operators) does.
+        logger.warning("not ready: %s", error.message)
+        return _json({"status": "unavailable", "reason": "Redis is unreachable"}, 503)
     return _json({"status": "ready"})
 
 
@@ -262,7 +308,18 @@ async def dashboard(request: web.Request) -> web.StreamResponse:
             or not path.is_file():
         raise web.HTTPNotFound(reason=f"no dashboard file {name!r}")
     return web.Response(body=path.read_bytes(), content_type=_DASHBOARD_TYPES[path.suffix],
-                        headers={"Cache-Control": "no-cache"})
+                        headers={"Cache-Control": "no-cache", **_DASHBOARD_HEADERS})
+
+
+#: The dashboard loads nothing but its own files and talks to nothing but this service, and no
+#: other site may frame it (clickjacking a PATCH button).
+_DASHBOARD_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; "
+                               "base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 def create_app(settings: Settings, *, seed: int | None = None) -> web.Application:
@@ -274,6 +331,9 @@ def create_app(settings: Settings, *, seed: int | None = None) -> web.Applicatio
     app[METRICS] = Metrics()
     # Read now, so a bad keys file stops the service before it binds (KeysFileError).
     app[KEYS] = KeysSource(settings.api_keys_file, settings.api_keys)
+    app[ORIGINS] = OriginPolicy.of(
+        keyed=app[KEYS].ring.enabled, bind_host=settings.host,
+        cors_origins=settings.cors_origin_list, allowed_hosts=settings.allowed_host_list)
     app.cleanup_ctx.append(_lifecycle(settings, seed))
     routes: list[tuple[str, str, Handler, str | None]] = [
         # The hot routes first: aiohttp tries the routes under a prefix in this order.
@@ -300,6 +360,7 @@ def create_app(settings: Settings, *, seed: int | None = None) -> web.Applicatio
     ]
     for method, path, handler, scope in routes:
         app.router.add_route(method, path, _endpoint(path, handler, scope))
+    app.router.add_route("OPTIONS", "/{tail:.*}", _endpoint("preflight", _preflight))
     app.router.add_route("*", "/{tail:.*}", _endpoint("unmatched", _unmatched))
     return app
 
@@ -308,6 +369,10 @@ def _lifecycle(settings: Settings,
                seed: int | None) -> Callable[[web.Application], AsyncIterator[None]]:
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         assert settings.redis_url is not None
+        # aiohttp names itself and Python's version in every answer's Server header, even its
+        # own 400s for unparseable requests, where no handler of ours runs: the one place to
+        # change that is the module default it falls back to.
+        setattr(web_response, "SERVER_SOFTWARE", SERVER_NAME)  # noqa: B010 (not exported)
         # Compile (or load from numba's cache) before the first request, not during it.
         await asyncio.to_thread(policy.warm_up_kernels)
         await asyncio.to_thread(tokens.warm_up)

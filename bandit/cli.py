@@ -166,15 +166,17 @@ def _serve(arguments: argparse.Namespace) -> int:
 
 
 def _run_worker(settings: Settings) -> None:
-    from aiohttp import web
-
     from bandit.app import create_app
+    from bandit.httpserver import connection_cap, serve
 
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    web.run_app(create_app(settings), host=settings.host, port=settings.port, access_log=None,
-                reuse_port=settings.workers > 1, print=lambda _: logger.info(
-                    "serving on http://%s:%d (Redis %s)", settings.host, settings.port,
-                    redacted(settings.redis_url or "")))
+
+    def announce() -> None:
+        logger.info("serving on http://%s:%d (Redis %s; at most %d open connections)",
+                    settings.host, settings.port, redacted(settings.redis_url or ""),
+                    connection_cap(settings))
+
+    asyncio.run(serve(create_app(settings), settings, announce))
 
 
 def _supervise(settings: Settings) -> None:

@@ -9,11 +9,13 @@ Hierarchy::
     ├── NotFound               404   unknown experiment, arm or route
     ├── Conflict               409   id exists, or a stale configuration version
     ├── PayloadTooLarge        413   body or batch over its limit
+    ├── UnsupportedMediaType   415   a body that is not application/json
     ├── InvalidValue           422   well-formed but impossible values
     └── StoreUnavailable       503   Redis cannot be reached for a write
 
 Lower-level errors (redis-py, JSON decoding) are translated into these at the boundary with
-``raise ... from``, so handlers and the HTTP middleware only ever see this hierarchy.
+``raise ... from``, so handlers and the endpoint wrapper (``bandit.app._endpoint``) only ever
+see this hierarchy.
 """
 
 from __future__ import annotations
@@ -61,6 +63,11 @@ class Conflict(BanditError):
 class PayloadTooLarge(BanditError):
     status = 413
     code = "too_large"
+
+
+class UnsupportedMediaType(BanditError):
+    status = 415
+    code = "unsupported_media_type"
 
 
 class InvalidValue(BanditError):

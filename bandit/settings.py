@@ -75,6 +75,15 @@ class Settings:
     api_keys_file: Path | None = None
     #: Keys-file lines given inline (``BANDIT_API_KEYS``), newline- or ``;``-separated.
     api_keys: str | None = None
+    #: Comma-separated origins (``https://app.example``) whose web pages may call the API
+    #: (CORS); any other page's requests are refused (``bandit.origins``).
+    cors_origins: str | None = None
+    #: Comma-separated host names a service without keys answers besides loopback names and
+    #: its bind address (a check against DNS rebinding).
+    allowed_hosts: str | None = None
+    #: Open connections per process; more are answered 503 and closed. None: the file-
+    #: descriptor limit less a reserve for Redis connections and files.
+    max_connections: int | None = None
 
     def __post_init__(self) -> None:
         _check(self.port, "port", 0 <= self.port <= 65535)
@@ -109,6 +118,13 @@ class Settings:
                0 <= self.redis_wait_replicas <= 16)
         _check(self.redis_wait_timeout_ms, "redis_wait_timeout_ms",
                1 <= self.redis_wait_timeout_ms <= 60_000)
+        if self.max_connections is not None:
+            _check(self.max_connections, "max_connections", self.max_connections >= 1)
+        for name in ("cors_origins", "allowed_hosts"):
+            for item in _items(getattr(self, name)):
+                _check(item, name, " " not in item and "/" not in item.removeprefix("http://")
+                       .removeprefix("https://").rstrip("/") and (
+                           name == "allowed_hosts" or item.startswith(("http://", "https://"))))
         if self.redis_url is not None:
             try:
                 redisurl.parse(self.redis_url)
@@ -128,6 +144,19 @@ class Settings:
 
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return _items(self.cors_origins)
+
+    @property
+    def allowed_host_list(self) -> list[str]:
+        return _items(self.allowed_hosts)
+
+
+def _items(text: str | None) -> list[str]:
+    """The items of a comma-separated setting."""
+    return [item.strip() for item in (text or "").split(",") if item.strip()]
 
 
 def _positive(value: float) -> bool:

@@ -57,6 +57,9 @@ class Session:
         self.errors: list[str] = []
         self.page.on("request", self._record)
         self.page.on("pageerror", lambda error: self.errors.append(str(error)))
+        # The dashboard is served with a Content-Security-Policy: a violation is an error.
+        self.page.on("console", lambda message: self.errors.append(message.text)
+                     if "Content Security Policy" in message.text else None)
         # Anything not addressed to the service is recorded and never leaves the machine.
         self.page.route("**/*", self._guard)
 
@@ -521,7 +524,9 @@ def test_requests_stay_on_the_service_carry_the_key_and_keep_form_input(
     later = [r for r in dashboard.requests[typed_at:] if "/v1/" in r.url]
     assert later and all(r.headers.get("authorization") == "Bearer key-for-tests"
                          for r in later)
-    assert page.evaluate("localStorage.getItem('bandit.apiKey')") == "key-for-tests"
+    # Kept for the tab's life only (sessionStorage), never on disk in localStorage.
+    assert page.evaluate("sessionStorage.getItem('bandit.apiKey')") == "key-for-tests"
+    assert page.evaluate("localStorage.getItem('bandit.apiKey')") is None
 
     origins = {f"{parts.scheme}://{parts.netloc}"
                for parts in (urllib.parse.urlsplit(r.url) for r in dashboard.requests)}

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -253,3 +256,172 @@ async def test_a_slate_reward_names_an_arm_of_the_slate(settings: Settings, stri
                    for r in result["rejected"])
         counts = await _counts(client)
         assert counts == [1 if arm == shown else 0 for arm in ("a0", "a1", "a2")]
+
+
+# -- 4. cross-origin writes and DNS rebinding ------------------------------------------------
+
+EVIL = "https://evil.example"
+
+
+async def test_a_body_that_is_not_json_is_415_and_changes_nothing(client: Client) -> None:
+    """A page on another site can send text/plain or a form to 127.0.0.1 without asking."""
+    await _create(client)
+    event = json.dumps({"events": [{"id": "x1", "experiment": "exp", "arm": "a0",
+                                    "reward": 1}]})
+    for content_type in ("text/plain", "application/x-www-form-urlencoded",
+                         "multipart/form-data; boundary=x"):
+        response = await client.post("/v1/events", data=event,
+                                     headers={"Content-Type": content_type})
+        assert response.status == 415, content_type
+        body = await response.json()
+        assert body["error"]["code"] == "unsupported_media_type"
+        assert "Content-Type must be application/json" in body["error"]["message"]
+    created = await client.post("/v1/experiments", data="id=evil&arms=a&arms=b",
+                                headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert created.status == 415
+    assert [e["id"] for e in (await (await client.get("/v1/experiments")).json())[
+        "experiments"]] == ["exp"]
+    assert await _counts(client) == [0, 0, 0]
+    # JSON with a charset is JSON; an empty allocate body needs no Content-Type at all.
+    response = await client.post("/v1/events", data=event,
+                                 headers={"Content-Type": "application/json; charset=utf-8"})
+    assert (await response.json())["accepted"] == 1
+    assert (await client.post("/v1/experiments/exp/allocate")).status == 200
+
+
+async def test_requests_from_another_origin_are_refused(client: Client) -> None:
+    await _create(client)
+    requests: list[tuple[str, str, Any]] = [("POST", "/v1/events", {"events": []}),
+                                            ("GET", "/v1/experiments", None),
+                                            ("POST", "/v1/experiments/exp/allocate", None),
+                                            ("OPTIONS", "/v1/events", None)]
+    for method, path, body in requests:
+        response = await client.request(method, path, json=body, headers={"Origin": EVIL})
+        assert response.status == 403, (method, path)
+        assert "cross-origin request from 'https://evil.example' refused" in (
+            await response.json())["error"]["message"]
+        assert "Access-Control-Allow-Origin" not in response.headers
+    for origin in ("null", "http://127.0.0.1:1"):
+        assert (await client.get("/v1/experiments", headers={"Origin": origin})).status == 403
+    # The service's own pages (the dashboard) send their own origin.
+    port = client.server.port
+    own = await client.get("/v1/experiments", headers={"Origin": f"http://127.0.0.1:{port}"})
+    assert own.status == 200
+
+
+async def test_an_open_service_answers_only_its_own_host_names(client: Client) -> None:
+    """DNS rebinding: a page at evil.example whose name now resolves to 127.0.0.1."""
+    port = client.server.port
+    response = await client.get("/v1/experiments", headers={"Host": f"evil.example:{port}"})
+    assert response.status == 403
+    assert "Host 'evil.example:" in (await response.json())["error"]["message"]
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", "127.0.0.1", f"[::1]:{port}"):
+        assert (await client.get("/v1/experiments", headers={"Host": host})).status == 200, host
+
+
+async def test_a_keyed_service_answers_any_host_name(redis_url: str) -> None:
+    """Behind a load balancer a keyed service is reached by any name; pages have no key."""
+    key = new_key()
+    settings = Settings(redis_url=redis_url, api_keys=key_line("k", {"read"}, key))
+    async with TestClient(TestServer(create_app(settings))) as client:
+        response = await client.get("/v1/experiments", headers={
+            "Host": "bandit.internal.example", "Authorization": f"Bearer {key}"})
+        assert response.status == 200
+
+
+async def test_allowed_origins_get_cors_headers(settings: Settings) -> None:
+    allowed = "https://app.example"
+    configured = settings.with_(cors_origins=f"{allowed}, https://other.example")
+    async with TestClient(TestServer(create_app(configured))) as client:
+        preflight = await client.options("/v1/events", headers={
+            "Origin": allowed, "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type"})
+        assert preflight.status == 204
+        assert preflight.headers["Access-Control-Allow-Origin"] == allowed
+        assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+        assert "Content-Type" in preflight.headers["Access-Control-Allow-Headers"]
+        response = await client.get("/v1/experiments", headers={"Origin": allowed})
+        assert response.status == 200
+        assert response.headers["Access-Control-Allow-Origin"] == allowed
+        assert response.headers["Vary"] == "Origin"
+        assert (await client.get("/v1/experiments", headers={"Origin": EVIL})).status == 403
+
+
+# -- 10. what the service tells strangers ----------------------------------------------------
+
+
+async def test_the_server_header_names_no_versions(client: Client) -> None:
+    response = await client.get("/healthz")
+    assert response.headers["Server"] == "bandit"
+    port = client.server.port
+    assert port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GARBAGE / HTTP/1.1\r\n\r\n")  # aiohttp's own 400, no handler of ours
+    answer = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    assert answer.startswith(b"HTTP/1.0 400"), answer[:100]
+    assert b"\r\nServer: bandit\r\n" in answer
+    assert b"aiohttp" not in answer and b"Python" not in answer
+
+
+async def test_readyz_names_no_address_when_redis_is_down(settings: Settings) -> None:
+    from bandit.embedded import free_port
+
+    closed = settings.with_(redis_url=f"redis://127.0.0.1:{free_port()}/0",
+                            redis_timeout_s=0.2)
+    async with TestClient(TestServer(create_app(closed))) as client:
+        response = await client.get("/readyz")
+        assert response.status == 503
+        assert await response.json() == {"status": "unavailable",
+                                         "reason": "Redis is unreachable"}
+
+
+async def test_the_dashboard_may_not_be_framed_and_loads_only_its_own_files(
+        client: Client) -> None:
+    for path in ("/", "/dashboard/app.js"):
+        response = await client.get(path)
+        assert response.status == 200
+        policy = response.headers["Content-Security-Policy"]
+        assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
+        assert response.headers["X-Frame-Options"] == "DENY"
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def _healthz(port: int) -> bytes:
+    """The status line of GET /healthz on a new connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+        return sock.recv(4096)
+
+
+def _until(answer: Callable[[], bytes], prefix: bytes, timeout_s: float = 10.0) -> bytes:
+    """``answer()`` until it starts with ``prefix`` (the service's accept loop is async)."""
+    deadline = time.monotonic() + timeout_s
+    while not (latest := answer()).startswith(prefix) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return latest
+
+
+def test_connections_over_the_cap_are_refused_and_logged_once(
+        service_process: Any) -> None:
+    """19,950 slowloris connections once exhausted the file descriptors: /healthz timed out
+    and 62,079 tracebacks filled the log. Over the cap, a connection gets a 503 at once."""
+    service = service_process(extra_env={"BANDIT_MAX_CONNECTIONS": "20"})
+    port = service.port
+    held = []
+    try:
+        for _ in range(20):  # slowloris: a request line, never finished
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\n")
+            held.append(sock)
+        first = _until(lambda: _healthz(port), b"HTTP/1.1 503")
+        assert first.startswith(b"HTTP/1.1 503") and b"too many open connections" in first
+        assert all(_healthz(port).startswith(b"HTTP/1.1 503") for _ in range(50))
+    finally:
+        for sock in held:
+            sock.close()
+    # Once the held connections close, the service answers again.
+    assert _until(lambda: _healthz(port), b"HTTP/1.0 200").startswith(b"HTTP/1.0 200")
+    refusals = [line for line in service.output().splitlines() if "over the cap of 20" in line]
+    assert len(refusals) == 1, refusals

@@ -1,5 +1,7 @@
-// The service's JSON API, as the dashboard uses it: same origin, the operator's API key (kept
-// in localStorage) as a bearer token on every request, errors as ApiError.
+// The service's JSON API, as the dashboard uses it: same origin, the operator's API key as a
+// bearer token on every request, errors as ApiError. The key is kept in sessionStorage: it
+// lasts while the tab is open and is gone when it closes, so a key typed on a shared machine
+// does not stay on its disk as it would in localStorage.
 
 const KEY_STORAGE = "bandit.apiKey";
 
@@ -18,7 +20,7 @@ export class ApiError extends Error {
 
 export function apiKey() {
   try {
-    return localStorage.getItem(KEY_STORAGE) || "";
+    return sessionStorage.getItem(KEY_STORAGE) || "";
   } catch {
     return "";
   }
@@ -26,8 +28,8 @@ export function apiKey() {
 
 export function setApiKey(key) {
   try {
-    if (key) localStorage.setItem(KEY_STORAGE, key);
-    else localStorage.removeItem(KEY_STORAGE);
+    if (key) sessionStorage.setItem(KEY_STORAGE, key);
+    else sessionStorage.removeItem(KEY_STORAGE);
   } catch {
     // Storage disabled (private mode): the key then lasts for this page only.
   }

@@ -9,6 +9,9 @@ export function h(tag, attributes = {}, ...children) {
       element.addEventListener(name.slice(2), value);
     } else if (name === "class") {
       element.className = value;
+    } else if (name === "style") {
+      // Through the CSSOM: the Content-Security-Policy refuses style attributes.
+      element.style.cssText = value;
     } else if (name in element && !name.includes("-") && typeof value !== "string") {
       element[name] = value; // properties such as value, checked, disabled, hidden
     } else {
