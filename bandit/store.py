@@ -329,6 +329,11 @@ class RedisStore:
                 results[i] = result
         for result in results:
             if isinstance(result, Exception):
+                if _on_replica(result) and not isinstance(self._client, RedisCluster):
+                    # A script write on a node that is a replica now (a primary demoted by a
+                    # failover): drop the pool's connections, so the next ones go to the
+                    # primary Sentinel names (a fixed redis:// URL gets the same node again).
+                    await self._client.connection_pool.disconnect(inuse_connections=False)
                 raise _translate(result) from result
         return results
 
@@ -425,8 +430,18 @@ def _failures() -> Iterator[None]:
         raise _translate(error) from error
 
 
+def _on_replica(error: Exception) -> bool:
+    """A write refused because the node is a replica. Inside a script Redis reports it as a
+    script error (a plain ResponseError naming READONLY), not as redis-py's ReadOnlyError."""
+    return isinstance(error, redis_errors.ReadOnlyError) or (
+        isinstance(error, redis_errors.ResponseError) and "-READONLY " in str(error))
+
+
 def _translate(error: Exception) -> Exception:
     """Redis failures the caller should retry become ``StoreUnavailable``; others stay."""
+    if _on_replica(error):
+        return StoreUnavailable("Redis refused a write: the node is a replica (a failover in "
+                                "progress, or a URL that names a replica); retry shortly")
     if isinstance(error, redis_errors.BusyLoadingError):
         return StoreUnavailable("Redis is loading its data set; retry shortly")
     if isinstance(error, (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)):

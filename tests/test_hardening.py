@@ -22,7 +22,7 @@ from bandit.app import create_app
 from bandit.auth import key_line, new_key
 from bandit.cli import main
 from bandit.settings import Settings
-from tests.conftest import ServiceProcess
+from tests.conftest import RedisServer, ServiceProcess
 
 Client = TestClient[Any, Any]
 
@@ -115,8 +115,6 @@ _FIELDS = ("id", "experiment", "arm", "reward", "decision_id", "unit", "ts")
 
 @pytest.fixture(scope="module")
 def open_service(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from tests.conftest import RedisServer
-
     redis_server = RedisServer(tmp_path_factory.mktemp("hardening-redis"))
     redis_server.start()
     service = ServiceProcess(redis_server.url)
@@ -425,3 +423,35 @@ def test_connections_over_the_cap_are_refused_and_logged_once(
     assert _until(lambda: _healthz(port), b"HTTP/1.0 200").startswith(b"HTTP/1.0 200")
     refusals = [line for line in service.output().splitlines() if "over the cap of 20" in line]
     assert len(refusals) == 1, refusals
+
+
+# -- a write that reaches a replica (the sentinel failover test's rare 500) ------------------
+
+
+async def test_a_write_on_a_replica_is_503_not_500(
+        redis_server: RedisServer, redis_url: str, tmp_path: Path) -> None:
+    """A primary demoted by a failover refuses script writes with a script error naming
+    READONLY (not redis-py's ReadOnlyError): that was a 500, and a client stops on a 500."""
+    replica = RedisServer(tmp_path / "replica",
+                          extra=("--replicaof", "127.0.0.1", str(redis_server.port)))
+    replica.start()
+    try:
+        async with TestClient(TestServer(create_app(Settings(redis_url=redis_url)))) as client:
+            await _create(client)
+        on_replica = Settings(redis_url=replica.url, refresh_interval_s=0.05)
+        async with TestClient(TestServer(create_app(on_replica))) as client:
+            deadline = time.monotonic() + 10  # until the replica has synced the experiment
+            while (await client.get("/v1/experiments/exp")).status != 200:
+                assert time.monotonic() < deadline, "the replica did not sync"
+                await asyncio.sleep(0.05)
+            for path, body in [
+                    ("/v1/events", {"events": [{"id": "e1", "experiment": "exp", "arm": "a0",
+                                                "reward": 1}]}),
+                    ("/v1/experiments", {"id": "other", "arms": ["a", "b"],
+                                         "reward": "bernoulli"})]:
+                response = await client.post(path, json=body)
+                assert response.status == 503, await response.text()
+                assert "the node is a replica" in (await response.json())["error"]["message"]
+                assert response.headers["Retry-After"] == "1"
+    finally:
+        replica.stop()
