@@ -195,7 +195,8 @@ async def create_experiment(request: web.Request) -> web.Response:
 
 
 async def list_experiments(request: web.Request) -> web.Response:
-    return _json({"experiments": await request.app[SERVICE].list_experiments()})
+    return _json(await request.app[SERVICE].list_experiments(request.query.get("after"),
+                                                             request.query.get("limit")))
 
 
 async def show_experiment(request: web.Request) -> web.Response:
@@ -380,8 +381,9 @@ def _lifecycle(settings: Settings,
         service = BanditService(store, settings, seed=seed)
         app[SERVICE] = service
         app[METRICS].cache_age = lambda: service.cache.age
-        sampler = HistorySampler(store, service.cache, settings)
-        tasks = [asyncio.create_task(service.cache.run(), name="cache-refresh"),
+        sampler = HistorySampler(store, service.cache, settings, service.take_served_recently)
+        tasks = [asyncio.create_task(service.feed.run(), name="change-feed"),
+                 asyncio.create_task(service.cache.run(), name="cache-refresh"),
                  asyncio.create_task(service.run_served_flusher(), name="served-flush"),
                  asyncio.create_task(sampler.run(), name="history-sampler"),
                  asyncio.create_task(_reload_keys(app[KEYS]), name="keys-reload")]

@@ -2,10 +2,17 @@
 
 A ``Snapshot`` holds an experiment's configuration, its posterior statistics decayed to the
 time of reading, and the allocation probabilities computed from them, so a decision is a
-uniform draw and a binary search: no Redis round trip. A background task polls each cached
-experiment's change counter every ``refresh_interval_s`` (one pipelined round trip for all of
-them) and rebuilds the snapshots that changed, so a reward accepted by any process moves the
-allocations of every process within about one interval plus the time to recompute.
+uniform draw and a binary search: no Redis round trip.
+
+Keeping snapshots fresh costs what changes, not what is cached. Every refresh interval the
+cache re-reads the experiments its change feed (``bandit.changes``) named since the last
+refresh, in one pipelined round trip, and rebuilds their snapshots; a reward accepted by any
+process moves the allocations of every process within about one interval. Two slower loops
+cover the rest: a sweep of the change counters, every cached experiment once per
+``RECONCILE_S``, catches a change whose message was lost on a Redis Cluster's bus; and with
+forgetting on, a snapshot is recomputed locally (no read) as its evidence decays. While the
+feed is not subscribed (Redis unreachable, or just restarted), every refresh polls the change
+counters of everything cached, as a fallback.
 
 Recomputing runs in a worker thread: the numba kernels release the GIL, so the event loop
 keeps answering while a 1000-arm experiment is recomputed.
@@ -14,25 +21,35 @@ keeps answering while a 1000-arm experiment is recomputed.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
 from bandit import policy
+from bandit.changes import ChangeFeed, cancelling
 from bandit.errors import NotFound, StoreUnavailable
 from bandit.model import Experiment, Exploration
 from bandit.store import RedisStore, StoredState
 
 logger = logging.getLogger(__name__)
 
-#: Experiments not asked for in this long stop being polled and are dropped from memory.
+#: Experiments not asked for in this long are dropped from memory.
 IDLE_EVICTION_S = 600.0
-#: With forgetting on, probabilities drift with time alone; recompute at least this often.
-FORGETTING_RECOMPUTE_S = 1.0
+#: How often the cache looks for idle experiments to drop.
+EVICTION_CHECK_S = 10.0
+#: Every cached experiment's change counter is checked once in this many seconds.
+RECONCILE_S = 60.0
+#: With forgetting on, probabilities drift with time alone: a snapshot is recomputed when its
+#: evidence has lost this share of its weight since the last computation (h * log2(1/0.99):
+#: every 52 s for a one-hour half-life), but not more often than ``MIN_RECOMPUTE_S``.
+FORGETTING_DRIFT = 0.01
+MIN_RECOMPUTE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -96,14 +113,21 @@ def prior_array(experiment: Experiment) -> npt.NDArray[np.float64]:
     return np.array([prior["mean"], prior["kappa"], prior["alpha"], prior["beta"]])
 
 
-def build_snapshot(state: StoredState) -> Snapshot:
-    """Decay the statistics to the read time and compute the allocation probabilities."""
+def recompute_interval(half_life_s: float) -> float:
+    """Seconds after which forgetting has moved evidence weights by ``FORGETTING_DRIFT``."""
+    return max(MIN_RECOMPUTE_S, half_life_s * math.log2(1 / (1 - FORGETTING_DRIFT)))
+
+
+def build_snapshot(state: StoredState, at: float | None = None) -> Snapshot:
+    """Decay the statistics to server time ``at`` (default: the read time) and compute the
+    allocation probabilities."""
     experiment = state.experiment
     family = family_of(experiment)
     stats = state.stats
+    now = state.server_time if at is None else at
     half_life = experiment.exploration.half_life_s
     if half_life is not None:
-        elapsed = np.where(state.updated_at > 0, state.server_time - state.updated_at, 0.0)
+        elapsed = np.where(state.updated_at > 0, now - state.updated_at, 0.0)
         stats = policy.forget(family, stats, np.maximum(elapsed, 0.0), half_life)
     active = np.array([arm not in experiment.paused for arm in experiment.arms])
     prior = prior_array(experiment)
@@ -123,7 +147,7 @@ def build_snapshot(state: StoredState) -> Snapshot:
         cumulative_list=cumulative.tolist(),
         probability_list=probabilities.tolist(),
         revision=state.revision,
-        server_time=state.server_time,
+        server_time=now,
         servable=int(np.count_nonzero(probabilities > 0)),
     )
 
@@ -138,32 +162,33 @@ async def summary_of(snapshot: Snapshot) -> policy.PosteriorSummary:
     return summary
 
 
-def cancelling() -> bool:
-    """True once the running task was asked to stop.
-
-    redis-py can swallow a CancelledError delivered mid-command, so background loops check
-    this on every turn: a cancel always ends them.
-    """
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
-
-
 @dataclass
 class _Entry:
     snapshot: Snapshot
-    computed_at: float
+    #: What was read (kept for forgetting: recomputed from it as time passes).
+    state: StoredState
+    #: When it was read, on this process's clock.
+    read_at: float
     used_at: float
+    #: When forgetting next calls for a recomputation (inf: no forgetting).
+    due: float = math.inf
 
 
 class ExperimentCache:
     def __init__(self, store: RedisStore, refresh_interval_s: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 feed: ChangeFeed | None = None) -> None:
         self._store = store
         self._interval = refresh_interval_s
         self._clock = clock
+        self._feed = feed
         self._entries: dict[str, _Entry] = {}
         self._loading: dict[str, asyncio.Future[Snapshot]] = {}
-        #: When the cache last heard from Redis successfully (for the stale flag).
+        #: (due, id): experiments with forgetting, by when they need recomputing.
+        self._due: list[tuple[float, str]] = []
+        self._sweep: list[str] = []
+        self._evicted_at = clock()
+        #: When the cache last confirmed its contents with Redis (for the stale flag).
         self.last_success = clock()
 
     @property
@@ -194,10 +219,7 @@ class ExperimentCache:
             state = await self._store.read(experiment_id)
             if state is None:
                 raise NotFound(f"experiment {experiment_id!r} does not exist")
-            snapshot = await asyncio.to_thread(build_snapshot, state)
-            now = self._clock()
-            self._entries[experiment_id] = _Entry(snapshot, now, now)
-            self.last_success = now
+            [snapshot] = await self._install([state], self._clock())
             future.set_result(snapshot)
             return snapshot
         except BaseException as error:
@@ -207,6 +229,31 @@ class ExperimentCache:
         finally:
             del self._loading[experiment_id]
 
+    async def load_many(self, experiment_ids: Sequence[str]) -> None:
+        """Bring every experiment of ``experiment_ids`` that is not cached into the cache, in
+        one round trip (those that do not exist are left out)."""
+        missing = [i for i in dict.fromkeys(experiment_ids)
+                   if i not in self._entries and i not in self._loading]
+        if missing:
+            read_at = self._clock()
+            states = await self._store.read_many(missing)
+            await self._install([s for s in states if s is not None], read_at)
+
+    async def _install(self, states: list[StoredState], read_at: float) -> list[Snapshot]:
+        snapshots = await asyncio.to_thread(lambda: [build_snapshot(s) for s in states])
+        for state, snapshot in zip(states, snapshots, strict=True):
+            entry = self._entries.get(state.experiment.id)
+            if entry is None:
+                entry = self._entries[state.experiment.id] = _Entry(snapshot, state, read_at,
+                                                                   read_at)
+            entry.snapshot, entry.state, entry.read_at = snapshot, state, read_at
+            half_life = state.experiment.exploration.half_life_s
+            entry.due = math.inf if half_life is None else read_at + recompute_interval(
+                half_life)
+            if half_life is not None:
+                heapq.heappush(self._due, (entry.due, state.experiment.id))
+        return snapshots
+
     def snapshots(self) -> list[Snapshot]:
         """Every snapshot this process holds (the experiments it serves)."""
         return [entry.snapshot for entry in self._entries.values()]
@@ -215,42 +262,92 @@ class ExperimentCache:
         self._entries.pop(experiment_id, None)
 
     async def refresh(self) -> None:
-        """One poll: rebuild every snapshot whose experiment changed in Redis."""
-        now = self._clock()
-        for experiment_id in [k for k, e in self._entries.items()
-                              if now - e.used_at > IDLE_EVICTION_S]:
-            del self._entries[experiment_id]
-        ids = list(self._entries)
-        if not ids:
-            self.last_success = now
+        """One refresh: read what changed, recompute what forgetting moved."""
+        started = self._clock()
+        if started - self._evicted_at >= EVICTION_CHECK_S:
+            self._evicted_at = started
+            for experiment_id in [k for k, e in self._entries.items()
+                                  if started - e.used_at > IDLE_EVICTION_S]:
+                del self._entries[experiment_id]
+        feed = self._feed
+        if feed is None or not feed.subscribed:
+            await self._reread(await self._changed(list(self._entries)), started)
+            await self._recompute_due(started)
+            self.last_success = started
             return
-        revisions = await self._store.revisions(ids)
-        stale: list[str] = []
-        for experiment_id, revision in zip(ids, revisions, strict=True):
+        confirmed = feed.confirmed_at
+        everything, named = feed.take(started)
+        # Sent before the reads, so that a Redis which stopped answering is noticed even
+        # while every read fails.
+        await feed.ping()
+        if everything:
+            stale = list(self._entries)
+        else:
+            stale = [i for i in named if i in self._entries]
+            stale += await self._changed(self._sweep_slice())
+        await self._reread(stale, started)
+        await self._recompute_due(started)
+        # Every change made before `confirmed` was named before `take`, and is read now.
+        self.last_success = max(self.last_success, confirmed)
+
+    def _sweep_slice(self) -> list[str]:
+        """The next experiments whose change counters the sweep checks."""
+        if not self._sweep:
+            self._sweep = list(self._entries)
+        count = math.ceil(len(self._entries) * self._interval / RECONCILE_S)
+        taken, self._sweep = self._sweep[-count:], self._sweep[:-count]
+        return [i for i in taken if i in self._entries]
+
+    async def _changed(self, experiment_ids: list[str]) -> list[str]:
+        """Those of ``experiment_ids`` whose change counter moved (gone ones are dropped)."""
+        if not experiment_ids:
+            return []
+        revisions = await self._store.revisions(experiment_ids)
+        changed = []
+        for experiment_id, revision in zip(experiment_ids, revisions, strict=True):
             entry = self._entries.get(experiment_id)
             if entry is None:
                 continue
             if revision is None:
                 del self._entries[experiment_id]
-                continue
-            forgetting = entry.snapshot.experiment.exploration.half_life_s is not None
-            if revision != entry.snapshot.revision or (
-                forgetting and now - entry.computed_at >= FORGETTING_RECOMPUTE_S
-            ):
-                stale.append(experiment_id)
-        if stale:
-            states = await self._store.read_many(stale)
-            fresh = [state for state in states if state is not None]
-            snapshots = await asyncio.to_thread(lambda: [build_snapshot(s) for s in fresh])
-            done = self._clock()
-            for snapshot in snapshots:
-                entry = self._entries.get(snapshot.experiment.id)
-                if entry is not None:
-                    entry.snapshot, entry.computed_at = snapshot, done
-        self.last_success = now
+            elif revision != entry.snapshot.revision:
+                changed.append(experiment_id)
+        return changed
+
+    async def _reread(self, experiment_ids: list[str], read_at: float) -> None:
+        if not experiment_ids:
+            return
+        states = await self._store.read_many(experiment_ids)
+        for experiment_id, state in zip(experiment_ids, states, strict=True):
+            if state is None:
+                self._entries.pop(experiment_id, None)
+        await self._install([s for s in states if s is not None
+                             and s.experiment.id in self._entries], read_at)
+
+    async def _recompute_due(self, now: float) -> None:
+        """Recompute, from what was read, the snapshots forgetting has moved far enough."""
+        due_now: list[tuple[_Entry, StoredState]] = []
+        while self._due and self._due[0][0] <= now:
+            due, experiment_id = heapq.heappop(self._due)
+            entry = self._entries.get(experiment_id)
+            if entry is not None and entry.due == due:  # else dropped, or read again since
+                due_now.append((entry, entry.state))
+        if not due_now:
+            return
+        snapshots = await asyncio.to_thread(lambda: [
+            build_snapshot(state, at=state.server_time + now - entry.read_at)
+            for entry, state in due_now])
+        for (entry, state), snapshot in zip(due_now, snapshots, strict=True):
+            if entry.state is not state:
+                continue  # read again meanwhile: that read is newer
+            half_life = state.experiment.exploration.half_life_s
+            assert half_life is not None
+            entry.snapshot = snapshot
+            entry.due = now + recompute_interval(half_life)
+            heapq.heappush(self._due, (entry.due, entry.state.experiment.id))
 
     async def run(self) -> None:
-        """Poll forever; Redis outages are logged and the last snapshots kept."""
+        """Refresh forever; Redis outages are logged and the last snapshots kept."""
         while not cancelling():
             started = self._clock()
             try:

@@ -8,7 +8,7 @@ Hierarchy::
     ├── Forbidden              403   the key lacks the scope
     ├── NotFound               404   unknown experiment, arm or route
     ├── Conflict               409   id exists, or a stale configuration version
-    ├── PayloadTooLarge        413   body or batch over its limit
+    ├── PayloadTooLarge        413   a body over the byte limit
     ├── UnsupportedMediaType   415   a body that is not application/json
     ├── InvalidValue           422   well-formed but impossible values
     └── StoreUnavailable       503   Redis cannot be reached for a write

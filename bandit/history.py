@@ -4,6 +4,10 @@ Every service process offers a sample of each experiment it serves once per inte
 ``HISTORY_APPEND`` script keeps the first one of each interval (by server time), so the number
 of processes does not change the sampling rate. Samples are column-oriented per arm. Memory:
 about 60 bytes per arm per sample (six numbers and the arm id), times ``history_max_samples``.
+
+Only experiments where something happened are offered: their posteriors or settings changed
+since this process last offered them, or it served them decisions. An idle experiment's last
+sample holds until then, so an idle service with many experiments cached costs nothing here.
 """
 
 from __future__ import annotations
@@ -11,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
-from bandit.cache import ExperimentCache, Snapshot, cancelling, summary_of
+from bandit.cache import ExperimentCache, Snapshot, summary_of
+from bandit.changes import cancelling
 from bandit.errors import StoreUnavailable
 from bandit.policy import PosteriorSummary
 from bandit.settings import Settings
@@ -44,21 +50,43 @@ def _finite(value: float) -> float | None:
 
 
 class HistorySampler:
-    def __init__(self, store: RedisStore, cache: ExperimentCache, settings: Settings) -> None:
+    def __init__(self, store: RedisStore, cache: ExperimentCache, settings: Settings,
+                 served_recently: Callable[[], set[str]]) -> None:
+        """``served_recently()``: the experiments this process served decisions since the
+        last call."""
         self._store = store
         self._cache = cache
         self._interval = settings.history_interval_s
         self._max_samples = settings.history_max_samples
+        self._served_recently = served_recently
+        #: Experiment id -> the revision and version this process last offered a sample of.
+        self._offered: dict[str, tuple[int, int]] = {}
+        #: Experiments served decisions whose sample has not landed yet.
+        self._active: set[str] = set()
 
     async def offer(self) -> dict[str, int]:
-        """Offer a sample of every experiment this process serves (one round trip)."""
-        snapshots = [s for s in self._cache.snapshots() if not s.experiment.archived]
+        """Offer a sample of every experiment where something happened (one round trip)."""
+        self._active |= self._served_recently()
+        snapshots = [s for s in self._cache.snapshots() if not s.experiment.archived and (
+            s.experiment.id in self._active
+            or self._offered.get(s.experiment.id) != (s.revision, s.experiment.version))]
         if not snapshots:
             return {}
         served = await self._store.served([s.experiment.id for s in snapshots])
         samples = {snapshot.experiment.id: sample(snapshot, await summary_of(snapshot), counts)
                    for snapshot, counts in zip(snapshots, served, strict=True)}
-        return await self._store.append_history(samples, self._interval, self._max_samples)
+        landed = await self._store.append_history(samples, self._interval, self._max_samples)
+        for snapshot in snapshots:
+            # One that came too soon (another sample of the interval landed) is offered again.
+            if landed.get(snapshot.experiment.id) != 0:
+                self._offered[snapshot.experiment.id] = (snapshot.revision,
+                                                         snapshot.experiment.version)
+                self._active.discard(snapshot.experiment.id)
+        if len(self._offered) > 2 * len(self._cache.snapshots()) + 1000:
+            cached = {s.experiment.id for s in self._cache.snapshots()}
+            self._offered = {k: v for k, v in self._offered.items() if k in cached}
+            self._active &= cached
+        return landed
 
     async def run(self) -> None:
         # Offering twice per interval bounds the gap between samples to 1.5 intervals even when

@@ -10,13 +10,14 @@ Per experiment ``E`` (prefix ``P``, default ``bandit``):
 key                       type    contents
 ========================  ======  ==========================================================
 ``P:{E}:meta``            hash    ``config`` (JSON), ``version``, ``reward``, ``half_life``,
-                                  ``narms``, ``archived``
+                                  ``archived``
 ``P:{E}:stats``           hash    posterior sufficient statistics per arm index ``i``:
                                   ``i:s`` ``i:f`` (bernoulli) or ``i:w`` ``i:m`` ``i:q``
                                   (gaussian), ``i:n`` raw count, ``i:t`` last decay time;
                                   ``rev`` bumped on every change
 ``P:{E}:served``          hash    decisions served per arm index (flushed by each process)
-``P:{E}:units``           hash    sticky unit -> ``arm indices|propensity``
+``P:{E}:units``           hash    sticky unit (``unit``, or ``unit\x1fk=K`` for a slate) ->
+                                  ``arm indices|propensity|position propensities``
 ``P:{E}:audit``           list    configuration changes, oldest first (JSON entries), kept for
                                   the experiment's life
 ``P:{E}:history``         list    ``time|sample JSON``: allocation and posteriors over time,
@@ -29,7 +30,13 @@ key                       type    contents
 ``P:{E}:ack``             string  written before each ``WAIT`` when writes wait for replicas
                                   (``redis_wait_replicas``), so the wait covers every earlier
                                   write of the shard
-``P:experiments``         set     ids of all experiments (for listing; not slot-local)
+``P:{E}:notified``        string  set for 100 ms after a change was published on
+                                  ``P:changes`` (holds back further messages meanwhile)
+``P:experiment-index``    zset    ids of all experiments, score 0, for paged listing in id
+                                  order (not slot-local); the set ``P:experiments`` of earlier
+                                  versions is merged into it when a process starts
+``P:changes``             pubsub  a channel: ids of experiments that changed, published by the
+                                  scripts (``bandit.changes``)
 ``P:dedup-window``        string  the dedup window (seconds) every process must share, set
                                   by the first process (``RedisStore.agree_dedup_window``)
 ``P:signing-key``         string  the secret that signs decision ids (``bandit.tokens``),
@@ -92,8 +99,18 @@ class Keys:
 
 
 def registry(prefix: str) -> str:
-    """The set of all experiment ids."""
+    """The sorted set of all experiment ids (score 0: ordered by id)."""
+    return f"{prefix}:experiment-index"
+
+
+def legacy_registry(prefix: str) -> str:
+    """The unordered set of all experiment ids that earlier versions kept."""
     return f"{prefix}:experiments"
+
+
+def changes(prefix: str) -> str:
+    """The pub/sub channel on which the scripts name the experiments they changed."""
+    return f"{prefix}:changes"
 
 
 def signing_key(prefix: str) -> str:

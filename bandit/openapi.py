@@ -21,9 +21,12 @@ from bandit import __version__, advisor, errors
 from bandit.auth import SCOPES
 from bandit.history import MAX_LIMIT as MAX_HISTORY_SAMPLES
 from bandit.inputs import (
+    DEFAULT_LIST_PAGE,
     EVENT_ID_PATTERN,
     MAX_DECISIONS,
+    MAX_EVENT_EXPERIMENTS,
     MAX_EVENTS,
+    MAX_LIST_PAGE,
     MAX_PLACEMENTS,
     MAX_SLATE,
     MAX_UNIT_LENGTH,
@@ -174,13 +177,16 @@ _EXPERIMENT_PROPERTIES: dict[str, Schema] = {
 _EXPERIMENT: Schema = _object(list(_EXPERIMENT_PROPERTIES), _EXPERIMENT_PROPERTIES)
 _PATCHED_EXPERIMENT: Schema = _object(
     [*_EXPERIMENT_PROPERTIES, "changes"], {**_EXPERIMENT_PROPERTIES, "changes": _CHANGES})
-_EXPERIMENT_LIST: Schema = _object(["experiments"], {"experiments": {
-    "type": "array",
-    "items": _object(["id", "reward", "arms", "version", "status"], {
-        "id": _ID, "reward": _REWARD,
-        "arms": {"type": "integer", "minimum": MIN_ARMS, "maximum": MAX_ARMS,
-                 "description": "number of arms"},
-        "version": _VERSION, "status": {"enum": ["active", "archived"]}})}})
+_EXPERIMENT_LIST: Schema = _object(["experiments", "next"], {
+    "experiments": {
+        "type": "array", "maxItems": MAX_LIST_PAGE,
+        "items": _object(["id", "reward", "arms", "version", "status"], {
+            "id": _ID, "reward": _REWARD,
+            "arms": {"type": "integer", "minimum": MIN_ARMS, "maximum": MAX_ARMS,
+                     "description": "number of arms"},
+            "version": _VERSION, "status": {"enum": ["active", "archived"]}})},
+    "next": {**_ID, "type": ["string", "null"],
+             "description": "ask `?after=` this id for the next page; null on the last"}})
 
 _PATCH: Schema = {
     "type": "object", "additionalProperties": False, "required": ["version"],
@@ -261,7 +267,9 @@ _EVENT_BATCH: Schema = {
     "type": "object", "additionalProperties": False, "required": ["events"],
     "properties": {"events": {
         "type": "array", "maxItems": MAX_EVENTS,
-        "description": f"at most {MAX_EVENTS} (413 above); each item is checked on its own: "
+        "description": f"at most {MAX_EVENTS} (422 above), naming at most "
+                       f"{MAX_EVENT_EXPERIMENTS} distinct experiments; each item is checked "
+                       "on its own: "
                        "one that is not a valid RewardEvent, or names an unknown experiment or "
                        "arm, is reported in `rejected` and the others are still applied",
         "items": {"anyOf": [_ref("RewardEvent"), {}]},
@@ -435,7 +443,8 @@ _WHOAMI_PROPERTIES: dict[str, Schema] = {
 _ERRORS: dict[int, type[errors.BanditError]] = {
     error.status: error for error in (
         errors.MalformedRequest, errors.Unauthorized, errors.Forbidden, errors.NotFound,
-        errors.Conflict, errors.PayloadTooLarge, errors.InvalidValue, errors.StoreUnavailable)
+        errors.Conflict, errors.PayloadTooLarge, errors.UnsupportedMediaType,
+        errors.InvalidValue, errors.StoreUnavailable)
 }
 _WHY = {
     400: "the body is not JSON",
@@ -443,7 +452,8 @@ _WHY = {
     403: "the API key lacks the scope this operation needs",
     404: "no such experiment (or, for decisions and forecasts, it is archived)",
     409: "the experiment id exists (create), or `version` is not the current one (change)",
-    413: "the body or the batch is over its limit",
+    413: "the body is over its size limit (BANDIT_MAX_BODY_BYTES)",
+    415: "a body whose Content-Type is not application/json",
     422: "well-formed but invalid values; the message names the field and what is wrong",
     503: "Redis cannot be reached (for decisions: for longer than the service may serve "
          "from its last known posteriors); retry after the given seconds",
@@ -517,7 +527,7 @@ def document(*, keys: bool = True) -> dict[str, Any]:
         result: dict[str, Any] = {"summary": summary, **extra}
         if body is not None:
             result["requestBody"] = body
-            responses = {**responses, **_errors(400, 413)}
+            responses = {**responses, **_errors(400, 413, 415)}
         if redis:
             responses = {**responses, **_errors(503)}
         if scope is not None and keys:
@@ -538,7 +548,16 @@ def document(*, keys: bool = True) -> dict[str, Any]:
                               {**_ok(_ref("Experiment"), 201, "created"),
                                **_errors(409, 422)},
                               body=_body(_ref("NewExperiment"))),
-            "get": operation("List experiments", "read", _ok(_ref("ExperimentList"))),
+            "get": operation("List experiments, a page at a time in id order", "read",
+                             {**_ok(_ref("ExperimentList")), **_errors(422)},
+                             parameters=[
+                                 {"name": "after", "in": "query", "required": False,
+                                  "schema": _ID, "description": "the `next` of the page before"},
+                                 {"name": "limit", "in": "query", "required": False,
+                                  "schema": {"type": "integer", "minimum": 1,
+                                             "maximum": MAX_LIST_PAGE},
+                                  "description": f"experiments per page (default "
+                                                 f"{DEFAULT_LIST_PAGE})"}]),
         },
         "/v1/experiments/{id}": {
             **experiment_path,

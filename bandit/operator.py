@@ -374,7 +374,16 @@ def _valid_url(url: str) -> bool:
 # Each command is a fetch (HTTP; its result is what --json prints) and a pure render to text.
 
 def _fetch_list(client: _Client, arguments: argparse.Namespace) -> Any:
-    return client.get("/v1/experiments")
+    """Every experiment: the list answers a page at a time."""
+    experiments: list[Any] = []
+    after: str | None = None
+    while True:
+        query = "?limit=1000" + ("" if after is None else f"&after={after}")
+        page = client.get(f"/v1/experiments{query}")
+        experiments += page["experiments"]
+        after = page["next"]
+        if after is None:
+            return {"experiments": experiments, "next": None}
 
 
 def _render_list(document: Any) -> str:

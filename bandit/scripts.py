@@ -15,10 +15,22 @@ from Python.
 
 from __future__ import annotations
 
+# Tells every service process that an experiment changed (``bandit.changes``): publishes the
+# id on `<prefix>:changes`, at most once per 100 ms per experiment (a `notified` key with that
+# expiry holds the others back). Expects KEYS[1] = `<prefix>:{<id>}:meta`.
+_NOTIFY = r"""
+local function notify()
+  local prefix, id = string.match(KEYS[1], '^(.*):{(.*)}:meta$')
+  if redis.call('SET', prefix .. ':{' .. id .. '}:notified', '1', 'PX', 100, 'NX') then
+    redis.call('PUBLISH', prefix .. ':changes', id)
+  end
+end
+"""
+
 # Shared helpers, prepended to the scripts that change arm state. Expects KEYS[1] = meta and
 # KEYS[2] = stats; defines `half_life`, `gaussian`, `now`, `load(arm)`, `weight_since(t)`,
 # `save()`; returns -1 / -2 from the script when the experiment is missing / archived.
-_ARM_STATE = r"""
+_ARM_STATE = _NOTIFY + r"""
 local meta = redis.call('HMGET', KEYS[1], 'reward', 'half_life', 'archived')
 if not meta[1] then return {-1} end
 if meta[3] == '1' then return {-2} end
@@ -65,7 +77,10 @@ local function save()
     end
     changed = true
   end
-  if changed then redis.call('HINCRBY', KEYS[2], 'rev', 1) end
+  if changed then
+    redis.call('HINCRBY', KEYS[2], 'rev', 1)
+    notify()
+  end
 end
 """
 
@@ -244,7 +259,7 @@ save()
 return {1}
 """
 
-CREATE = r"""
+CREATE = _NOTIFY + r"""
 -- Create an experiment unless its id is taken, and open its audit log.
 -- KEYS[1] meta, KEYS[2] stats, KEYS[3] audit. ARGV[1] config JSON, ARGV[2] reward type,
 --   ARGV[3] half-life in seconds ('' = no forgetting), ARGV[4] the audit entry (JSON).
@@ -254,10 +269,11 @@ redis.call('HSET', KEYS[1], 'config', ARGV[1], 'version', '1', 'reward', ARGV[2]
            'half_life', ARGV[3], 'archived', '0')
 redis.call('HSET', KEYS[2], 'rev', '1')
 redis.call('RPUSH', KEYS[3], ARGV[4])
+notify()
 return 1
 """
 
-UPDATE = r"""
+UPDATE = _NOTIFY + r"""
 -- Replace an experiment's configuration if nobody changed it since `expected version`.
 -- The audit entry is appended in the same atomic step: no change without its record, and no
 -- record of a change that was refused.
@@ -273,6 +289,7 @@ redis.call('HSET', KEYS[1], 'config', ARGV[2], 'version', tostring(new), 'half_l
            'archived', ARGV[4])
 redis.call('HINCRBY', KEYS[2], 'rev', 1)
 redis.call('RPUSH', KEYS[3], ARGV[5])
+notify()
 return {1, new}
 """
 

@@ -21,10 +21,14 @@ import numpy as np
 
 from bandit import advisor, health, policy
 from bandit.auth import ANONYMOUS
-from bandit.cache import ExperimentCache, Snapshot, cancelling, summary_of
+from bandit.cache import ExperimentCache, Snapshot, summary_of
+from bandit.changes import ChangeFeed, cancelling
 from bandit.errors import Conflict, InvalidValue, NotFound, StoreUnavailable
 from bandit.history import MAX_LIMIT as MAX_HISTORY
 from bandit.inputs import (
+    DEFAULT_LIST_PAGE,
+    MAX_EVENT_EXPERIMENTS,
+    MAX_LIST_PAGE,
     AllocateRequest,
     RewardEvent,
     parse_allocate,
@@ -81,7 +85,9 @@ class BanditService:
     def __init__(self, store: RedisStore, settings: Settings, *, seed: int | None = None) -> None:
         self.store = store
         self.settings = settings
-        self.cache = ExperimentCache(store, settings.refresh_interval_s)
+        #: Run ``feed.run()`` beside ``cache.run()``: without it the cache polls everything.
+        self.feed = ChangeFeed(store, timeout_s=settings.redis_timeout_s)
+        self.cache = ExperimentCache(store, settings.refresh_interval_s, feed=self.feed)
         seed = secrets.randbits(63) if seed is None else seed
         self._random = random.Random(seed)
         self._rng = np.random.default_rng(seed)
@@ -92,6 +98,8 @@ class BanditService:
         self._served: defaultdict[str, defaultdict[int, int]] = defaultdict(
             lambda: defaultdict(int)
         )
+        #: Experiments this process served decisions since the history sampler last asked.
+        self._served_recently: set[str] = set()
         self._health: OrderedDict[str, health.HealthTracker] = OrderedDict()
         self._ahead: dict[str, dict[str, _DrawnAhead]] = {"d": {}, "p": {}}
         # One forecast at a time per process: it is CPU work beside the decisions.
@@ -126,15 +134,23 @@ class BanditService:
             raise NotFound(f"experiment {experiment_id!r} does not exist")
         return {"experiment": experiment_id, "entries": entries}
 
-    async def list_experiments(self) -> list[dict[str, Any]]:
-        ids = await self.store.list_ids()
+    async def list_experiments(self, after: str | None = None,
+                               limit: str | None = None) -> dict[str, Any]:
+        """One page of experiments in id order, and the id to ask for the next page after."""
+        if after is not None:
+            check_id(after, "after")
+        size = int(_query_number(limit, "limit", 1, MAX_LIST_PAGE, DEFAULT_LIST_PAGE,
+                                 whole=True))
+        ids = await self.store.list_ids(after, size)
         states = await self.store.read_many(ids) if ids else []
-        return [
-            {"id": s.experiment.id, "reward": s.experiment.reward,
-             "arms": len(s.experiment.arms), "version": s.experiment.version,
-             "status": "archived" if s.experiment.archived else "active"}
-            for s in states if s is not None
-        ]
+        return {
+            "experiments": [
+                {"id": s.experiment.id, "reward": s.experiment.reward,
+                 "arms": len(s.experiment.arms), "version": s.experiment.version,
+                 "status": "archived" if s.experiment.archived else "active"}
+                for s in states if s is not None],
+            "next": ids[-1] if len(ids) == size else None,
+        }
 
     async def show(self, experiment_id: str) -> dict[str, Any]:
         return (await self._read(experiment_id)).to_json()
@@ -390,6 +406,7 @@ class BanditService:
         if not self._served:
             return
         pending, self._served = self._served, defaultdict(lambda: defaultdict(int))
+        self._served_recently.update(pending)
         try:
             await self.store.add_served({k: dict(v) for k, v in pending.items()})
         except StoreUnavailable:
@@ -397,6 +414,11 @@ class BanditService:
                 for index, times in per_arm.items():
                     self._served[experiment_id][index] += times
             raise
+
+    def take_served_recently(self) -> set[str]:
+        """The experiments served decisions since the last call (for the history sampler)."""
+        taken, self._served_recently = self._served_recently, set()
+        return taken
 
     async def run_served_flusher(self) -> None:
         while not cancelling():
@@ -420,6 +442,11 @@ class BanditService:
                 rejected.append({"index": index, "error": error.message})
                 continue
             grouped[event.experiment].append(event)
+        if len(grouped) > MAX_EVENT_EXPERIMENTS:
+            raise InvalidValue(f"events: name at most {MAX_EVENT_EXPERIMENTS} distinct "
+                                  f"experiments per batch, got {len(grouped)}; split the batch")
+        # The experiments not cached yet, in one round trip (not one each, in turn).
+        await self.cache.load_many(list(grouped))
         batches: dict[str, list[EncodedEvent]] = {}
         positions: dict[str, list[int]] = {}
         for experiment_id, events in grouped.items():

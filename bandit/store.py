@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import secrets
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
@@ -26,7 +26,7 @@ from redis.commands.core import AsyncScript
 
 from bandit import redisurl, scripts
 from bandit.errors import Conflict, NotFound, StoreUnavailable
-from bandit.keys import Keys, dedup_window, registry, signing_key
+from bandit.keys import Keys, changes, dedup_window, legacy_registry, registry, signing_key
 from bandit.model import Experiment
 from bandit.redisurl import Client
 from bandit.settings import Settings, SettingsError
@@ -151,8 +151,8 @@ class RedisStore:
              orjson.dumps(audit_entry)])
         # The registry is not in the experiment's slot, so it cannot join the script. A crash
         # between the two leaves an experiment that is not listed; the next create attempt of
-        # the same id (refused) adds it, since SADD is idempotent.
-        await _call(self._client.sadd, registry(self._prefix), experiment.id)
+        # the same id (refused) adds it, since ZADD is idempotent.
+        await _call(self._client.zadd, registry(self._prefix), {experiment.id: 0})
         if not created:
             raise Conflict(f"experiment {experiment.id!r} already exists")
 
@@ -231,8 +231,31 @@ class RedisStore:
                 results = await _call(pipe.execute)
         return [{int(k): int(v) for k, v in result.items()} for result in results]
 
-    async def list_ids(self) -> list[str]:
-        return sorted(await _call(self._client.smembers, registry(self._prefix)))
+    async def list_ids(self, after: str | None = None, limit: int = 1000) -> list[str]:
+        """Experiment ids in id order, after ``after`` (exclusive), at most ``limit``."""
+        start = "-" if after is None else f"({after}"
+        return list(await _call(self._client.zrange, registry(self._prefix), start, "+",
+                                bylex=True, offset=0, num=limit))
+
+    async def merge_legacy_registry(self) -> int:
+        """Fold the id set of earlier versions into the ordered index (at every start: an
+        older process of a rolling upgrade may still add to it); returns how many were new."""
+        added = 0
+        with _failures():
+            async for chunk in _chunks(self._client.sscan_iter(legacy_registry(self._prefix),
+                                                                count=1000), 1000):
+                added += int(await self._client.zadd(  # type: ignore[arg-type]
+                    registry(self._prefix), dict.fromkeys(chunk, 0)))  # (ZADD: an integer)
+        return added
+
+    @property
+    def changes_channel(self) -> str:
+        return changes(self._prefix)
+
+    def subscriber(self) -> Any:
+        """A pub/sub connection for the change feed (``bandit.changes``); on a cluster, to
+        one node, which hears what every node publishes."""
+        return self._client.pubsub()
 
     async def read(self, experiment_id: str) -> StoredState | None:
         keys = self.keys(experiment_id)
@@ -384,7 +407,7 @@ class RedisStore:
             batch.append(key)
         if batch:
             await _call(self._client.delete, *batch)
-        await _call(self._client.srem, registry(self._prefix), experiment_id)
+        await _call(self._client.zrem, registry(self._prefix), experiment_id)
 
 
 _RETRYABLE = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError,
@@ -400,6 +423,9 @@ async def check_deployment(settings: Settings) -> None:
     store = RedisStore.from_settings(settings)
     try:
         agreed = await store.agree_dedup_window(settings.dedup_window_s)
+        moved = await store.merge_legacy_registry()
+        if moved:
+            logger.info("merged %d experiment ids of an earlier version into the index", moved)
     except StoreUnavailable as error:
         logger.warning("could not check the shared dedup window: %s", error)
         return
@@ -412,6 +438,17 @@ async def check_deployment(settings: Settings) -> None:
             "processes with different windows would count a resent event twice. Use "
             f"{agreed:g}, or stop every process and delete that key to change it (the event "
             "ids remembered so far are then forgotten).")
+
+
+async def _chunks(items: AsyncIterator[str], size: int) -> AsyncIterator[list[str]]:
+    chunk: list[str] = []
+    async for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 async def _call(function: Callable[..., Awaitable[T]] | AsyncScript, *args: Any,

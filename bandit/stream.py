@@ -47,7 +47,7 @@ from redis import exceptions as redis_errors
 from redis.crc import key_slot
 
 from bandit.errors import NotFound, StoreUnavailable
-from bandit.inputs import MAX_EVENTS
+from bandit.inputs import MAX_EVENT_EXPERIMENTS, MAX_EVENTS
 from bandit.model import ID_PATTERN
 from bandit.redisurl import Client
 from bandit.service import BanditService
@@ -309,6 +309,7 @@ class StreamConsumer:
         deferred: dict[str, str] = {}
         chunk: list[tuple[Entry, list[object], bool]] = []
         chunk_events = 0
+        chunk_experiments: set[str | None] = set()
         for entry, events, listed in parsed:
             absent = next((_experiment_of(e) for e in events if _experiment_of(e) in missing),
                           None)
@@ -316,11 +317,19 @@ class StreamConsumer:
                 deferred[entry.entry_id] = (f"experiment {absent!r} does not exist (deferred "
                                             f"at delivery {entry.deliveries})")
                 continue
-            if chunk_events + len(events) > MAX_EVENTS:
+            experiments = {_experiment_of(event) for event in events}
+            if len(experiments) > MAX_EVENT_EXPERIMENTS:
+                dead.append(_DeadLetter(entry, "malformed", _payload(entry), (
+                    f"events: name at most {MAX_EVENT_EXPERIMENTS} distinct experiments per "
+                    f"entry, got {len(experiments)}"), None))
+                continue
+            if chunk_events + len(events) > MAX_EVENTS or len(
+                    chunk_experiments | experiments) > MAX_EVENT_EXPERIMENTS:
                 await self._apply(chunk, outcome, dead)
-                chunk, chunk_events = [], 0
+                chunk, chunk_events, chunk_experiments = [], 0, set()
             chunk.append((entry, events, listed))
             chunk_events += len(events)
+            chunk_experiments |= experiments
             done.append(entry)
         if chunk:
             await self._apply(chunk, outcome, dead)

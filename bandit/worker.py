@@ -211,7 +211,8 @@ async def _main(settings: Settings, config: StreamConfig, metrics_port: int,
     try:
         if not await _start(consumer, stopping):
             return 2
-        tasks = [asyncio.create_task(service.cache.run(), name="cache-refresh"),
+        tasks = [asyncio.create_task(service.feed.run(), name="change-feed"),
+                 asyncio.create_task(service.cache.run(), name="cache-refresh"),
                  asyncio.create_task(_log_throughput(consumer, metrics, log_interval),
                                      name="throughput-log")]
         if metrics_port:

@@ -129,12 +129,15 @@ def create(service: ServiceProcess, experiment_id: str,
 
 
 def wait_for_history(service: ServiceProcess, experiment_id: str, samples: int) -> None:
+    """Serve decisions until the experiment's history holds ``samples`` samples (an idle
+    experiment is not sampled again)."""
     deadline = time.monotonic() + 10
     while True:
         _, body = api(service, "GET", f"/v1/experiments/{experiment_id}/history")
         if len(body["samples"]) >= samples:
             return
         assert time.monotonic() < deadline, "no history samples"
+        api(service, "POST", f"/v1/experiments/{experiment_id}/allocate", {"n": 5})
         time.sleep(0.1)
 
 

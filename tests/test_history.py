@@ -22,7 +22,8 @@ INTERVAL = 0.2
 async def two_processes(redis_url: str) -> AsyncIterator[list[Client]]:
     """Two service instances on one Redis, sampling history every 0.2 s, at most 8 kept."""
     settings = Settings(redis_url=redis_url, refresh_interval_s=0.05,
-                        history_interval_s=INTERVAL, history_max_samples=8)
+                        served_flush_interval_s=0.05, history_interval_s=INTERVAL,
+                        history_max_samples=8)
     async with AsyncExitStack() as stack:
         clients = [await stack.enter_async_context(
             TestClient(TestServer(create_app(settings, seed=seed)))) for seed in (1, 2)]
@@ -46,7 +47,9 @@ async def test_history_is_sampled_once_per_interval_across_processes(
     body = await (await second.get("/v1/experiments/hist/history")).json()
     samples = body["samples"]
     assert body["interval_s"] == INTERVAL
-    assert 4 <= len(samples) <= 8  # 1.4 s of sampling, trimmed to the newest 8
+    # Sampled when first served and after each change (decisions served, rewards): not
+    # while idle, at most once per interval, trimmed to the newest 8.
+    assert 2 <= len(samples) <= 8
     times = [s["t"] for s in samples]
     # Two processes offer samples, but the script keeps one per interval (5% slack on timers).
     assert all(b - a >= 0.95 * INTERVAL for a, b in itertools.pairwise(times))
@@ -62,6 +65,35 @@ async def test_history_is_sampled_once_per_interval_across_processes(
     recent = await (await first.get("/v1/experiments/hist/history",
                                     params={"since": str(times[-3]), "limit": "1"})).json()
     assert [s["t"] for s in recent["samples"]] == [times[-1]]
+
+
+async def test_an_idle_experiment_is_not_sampled(two_processes: list[Client]) -> None:
+    """Sampling costs what happens: 20,000 idle cached experiments once kept a core busy."""
+    first, second = two_processes
+    assert (await first.post("/v1/experiments", json={
+        "id": "idle", "arms": ["a", "b"], "reward": "bernoulli"})).status == 201
+    for client in two_processes:
+        assert (await client.post("/v1/experiments/idle/allocate")).status == 200
+
+    async def samples() -> list[dict[str, Any]]:
+        body = await (await second.get("/v1/experiments/idle/history")).json()
+        return list(body["samples"])
+
+    # Both processes served it: it is sampled (each process offers until one sample lands).
+    deadline = asyncio.get_running_loop().time() + 30 * INTERVAL
+    while not await samples():
+        assert asyncio.get_running_loop().time() < deadline, "never sampled"
+        await asyncio.sleep(INTERVAL / 2)
+    await asyncio.sleep(3 * INTERVAL)  # offers of the served decisions' interval settle
+    settled = await samples()
+    await asyncio.sleep(6 * INTERVAL)  # twelve offer rounds of two processes, nothing new
+    assert await samples() == settled
+    # A change is sampled again.
+    assert (await first.post("/v1/experiments/idle/allocate")).status == 200
+    deadline = asyncio.get_running_loop().time() + 30 * INTERVAL
+    while len(await samples()) == len(settled):
+        assert asyncio.get_running_loop().time() < deadline, "the change was not sampled"
+        await asyncio.sleep(INTERVAL / 2)
 
 
 @pytest.mark.parametrize(("query", "message"), [({"since": "yesterday"}, "since"),

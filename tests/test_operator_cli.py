@@ -205,7 +205,7 @@ async def fake_service() -> AsyncIterator[tuple[str, list[dict[str, str]]]]:
     async def handle(request: web.Request) -> web.Response:
         seen.append(dict(request.headers))
         if request.path == "/v1/experiments":
-            return web.json_response({"experiments": []})
+            return web.json_response({"experiments": [], "next": None})
         if "/other-shape" in request.path:
             return web.json_response({"unexpected": True})
         if "/slow" in request.path:
@@ -253,7 +253,7 @@ async def test_environment_gives_url_and_api_key(
     assert seen[-1]["Authorization"] == "Bearer secret-key"
     assert await asyncio.to_thread(invoke, "list", "--api-key", "other", "--json") == 0
     assert seen[-1]["Authorization"] == "Bearer other"
-    assert json.loads(capsys.readouterr().out) == {"experiments": []}
+    assert json.loads(capsys.readouterr().out) == {"experiments": [], "next": None}
 
 
 @pytest.mark.parametrize("setting", [
@@ -402,3 +402,26 @@ async def test_the_api_key_is_sent_and_named_in_the_audit(
         assert await cli(url, "--api-key", reader_key, "--json", "audit", "hero") == 0
         entries = json.loads(capsys.readouterr().out)["entries"]
         assert [(e["actor"], e["action"]) for e in entries] == [("ops", "create")]
+
+
+async def test_list_follows_every_page(capsys: pytest.CaptureFixture[str]) -> None:
+    """The service answers the list a page at a time; the command shows all of them."""
+    pages = {None: ([f"e{i:04d}" for i in range(1000)], "e0999"), "e0999": (["e1000"], None)}
+    asked: list[str | None] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        after = request.query.get("after")
+        asked.append(after)
+        ids, following = pages[after]
+        return web.json_response({"experiments": [
+            {"id": i, "reward": "bernoulli", "arms": 2, "version": 1, "status": "active"}
+            for i in ids], "next": following})
+
+    app = web.Application()
+    app.router.add_get("/v1/experiments", handle)
+    async with TestServer(app) as server:
+        url = str(server.make_url("")).rstrip("/")
+        assert await asyncio.to_thread(invoke, "--url", url, "list", "--json") == 0
+    assert asked == [None, "e0999"]
+    listed = json.loads(capsys.readouterr().out)
+    assert [e["id"] for e in listed["experiments"]] == [f"e{i:04d}" for i in range(1001)]

@@ -70,7 +70,8 @@ const experimentPath = (id) => `/v1/experiments/${encodeURIComponent(id)}`;
 
 export const api = {
   whoami: () => request("GET", "/v1/whoami"),
-  list: () => request("GET", "/v1/experiments"),
+  // The first page of experiments in id order (the list answers a page at a time).
+  list: () => request("GET", "/v1/experiments?limit=1000"),
   show: (id) => request("GET", experimentPath(id)),
   stats: (id) => request("GET", `${experimentPath(id)}/stats`),
   history: (id, since) => request("GET",

@@ -164,11 +164,13 @@ function listView() {
     "filter experiments", "data-testid": "list-filter", oninput: () => render() });
   const count = h("span", { class: "muted" });
   let experiments = null;
+  let more = false;
   const render = () => {
     if (!experiments) return;
     const wanted = filter.value.trim().toLowerCase();
     const shown = experiments.filter((e) => e.id.includes(wanted));
-    count.textContent = `${experiments.length} experiment${experiments.length === 1 ? "" : "s"}`;
+    count.textContent = more ? `the first ${experiments.length} experiments (by id)`
+      : `${experiments.length} experiment${experiments.length === 1 ? "" : "s"}`;
     fill(body, shown.length ? shown.map((e) => h("tr", { "data-id": e.id },
       h("td", {}, h("a", { href: `#/exp/${encodeURIComponent(e.id)}` }, e.id)),
       h("td", {}, h("span", { class: `badge ${e.status}`, "data-col": "status" }, e.status)),
@@ -190,7 +192,9 @@ function listView() {
     kind: "list", element,
     async refresh() {
       try {
-        experiments = (await api.list()).experiments;
+        const page = await api.list();
+        experiments = page.experiments;
+        more = page.next !== null;
         showError(error, null);
         render();
         return true;
