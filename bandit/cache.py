@@ -8,9 +8,11 @@ Keeping snapshots fresh costs what changes, not what is cached. Every refresh in
 cache re-reads the experiments its change feed (``bandit.changes``) named since the last
 refresh, in one pipelined round trip, and rebuilds their snapshots; a reward accepted by any
 process moves the allocations of every process within about one interval. Two slower loops
-cover the rest: a sweep of the change counters, every cached experiment once per
-``RECONCILE_S``, catches a change whose message was lost on a Redis Cluster's bus; and with
-forgetting on, a snapshot is recomputed locally (no read) as its evidence decays. While the
+cover the rest: on a Redis Cluster, a sweep of the change counters, every cached experiment
+once per ``RECONCILE_S``, catches a change whose message was lost on the cluster's bus (on one
+server or with Sentinel a message is delivered or the subscription drops, which the feed
+notices); and with forgetting on, a snapshot is recomputed locally (no read) as its evidence
+decays. While the
 feed is not subscribed (Redis unreachable, or just restarted), every refresh polls the change
 counters of everything cached, as a fallback.
 
@@ -43,7 +45,7 @@ logger = logging.getLogger(__name__)
 IDLE_EVICTION_S = 600.0
 #: How often the cache looks for idle experiments to drop.
 EVICTION_CHECK_S = 10.0
-#: Every cached experiment's change counter is checked once in this many seconds.
+#: On a Redis Cluster, every cached experiment's change counter is checked once in this long.
 RECONCILE_S = 60.0
 #: With forgetting on, probabilities drift with time alone: a snapshot is recomputed when its
 #: evidence has lost this share of its weight since the last computation (h * log2(1/0.99):
@@ -284,7 +286,8 @@ class ExperimentCache:
             stale = list(self._entries)
         else:
             stale = [i for i in named if i in self._entries]
-            stale += await self._changed(self._sweep_slice())
+            if self._store.is_cluster:  # only there can a message go missing unnoticed
+                stale += await self._changed(self._sweep_slice())
         await self._reread(stale, started)
         await self._recompute_due(started)
         # Every change made before `confirmed` was named before `take`, and is read now.

@@ -5,9 +5,10 @@ Every service process offers a sample of each experiment it serves once per inte
 of processes does not change the sampling rate. Samples are column-oriented per arm. Memory:
 about 60 bytes per arm per sample (six numbers and the arm id), times ``history_max_samples``.
 
-Only experiments where something happened are offered: their posteriors or settings changed
-since this process last offered them, or it served them decisions. An idle experiment's last
-sample holds until then, so an idle service with many experiments cached costs nothing here.
+Only experiments where something happened are offered: this process served them decisions,
+or their posteriors or settings changed since it first saw or last offered them. An idle
+experiment's last sample holds until then, so an idle service with many experiments cached
+costs nothing here.
 """
 
 from __future__ import annotations
@@ -67,9 +68,15 @@ class HistorySampler:
     async def offer(self) -> dict[str, int]:
         """Offer a sample of every experiment where something happened (one round trip)."""
         self._active |= self._served_recently()
-        snapshots = [s for s in self._cache.snapshots() if not s.experiment.archived and (
-            s.experiment.id in self._active
-            or self._offered.get(s.experiment.id) != (s.revision, s.experiment.version))]
+        snapshots = []
+        for snapshot in self._cache.snapshots():
+            experiment = snapshot.experiment
+            state = (snapshot.revision, experiment.version)
+            # One first seen is sampled when something happens to it, not for being cached:
+            # a process that starts (or loads 100,000 experiments) samples nothing at once.
+            last = self._offered.setdefault(experiment.id, state)
+            if not experiment.archived and (experiment.id in self._active or last != state):
+                snapshots.append(snapshot)
         if not snapshots:
             return {}
         served = await self._store.served([s.experiment.id for s in snapshots])

@@ -249,6 +249,10 @@ class RedisStore:
         return added
 
     @property
+    def is_cluster(self) -> bool:
+        return self._cluster
+
+    @property
     def changes_channel(self) -> str:
         return changes(self._prefix)
 

@@ -7,7 +7,9 @@ idle CPU at most 5% of a core at 100,000 experiments, allocate p99 within 2x of 
 
 For each size: a fresh redis-server (no persistence), the experiments created through
 ``RedisStore.create``, one `bandit serve` process, and every experiment brought into its cache
-by event batches naming 1,000 experiments each. Then, after ``--settle`` seconds:
+by event batches naming 1,000 experiments each. Those events changed every experiment, which
+the history sampler records within the next minute (once each); the measures start after
+``--settle`` seconds (75), when that is done:
 
 - idle CPU: the process's user + system CPU time over ``--idle`` seconds, as a share of one
   core (from /proc, so it includes the numba threads);
@@ -140,7 +142,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="100,10000,100000")
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle measured")
-    parser.add_argument("--settle", type=float, default=3.0,
+    parser.add_argument("--settle", type=float, default=75.0,
                         help="seconds after warming before measuring")
     parser.add_argument("--requests", type=int, default=5000)
     arguments = parser.parse_args()
