@@ -156,12 +156,37 @@ def build_snapshot(state: StoredState, at: float | None = None) -> Snapshot:
 
 async def summary_of(snapshot: Snapshot) -> policy.PosteriorSummary:
     """The snapshot's posterior summary (means, intervals, P(best)), computed once, in a thread."""
-    summary = snapshot.summary_cache.get("summary")
-    if summary is None:
-        summary = await asyncio.to_thread(policy.posterior_summary, snapshot.family,
-                                          snapshot.stats, snapshot.prior, snapshot.active)
-        snapshot.summary_cache["summary"] = summary
+    [summary] = await summaries_of([snapshot])
     return summary
+
+
+async def summaries_of(snapshots: Sequence[Snapshot]) -> list[policy.PosteriorSummary]:
+    """``summary_of`` for many snapshots, those not computed yet in one worker-thread call."""
+    missing = [s for s in snapshots if "summary" not in s.summary_cache]
+    if missing:
+        def compute() -> None:
+            for snapshot in missing:
+                snapshot.summary_cache["summary"] = policy.posterior_summary(
+                    snapshot.family, snapshot.stats, snapshot.prior, snapshot.active)
+        await asyncio.to_thread(compute)
+    return [s.summary_cache["summary"] for s in snapshots]
+
+
+class _Rotation:
+    """Goes through every cached experiment once per ``period`` seconds, a slice each
+    refresh."""
+
+    def __init__(self, interval_s: float) -> None:
+        self._interval = interval_s
+        self._pending: list[str] = []
+
+    def next(self, entries: dict[str, _Entry], period_s: float) -> list[str]:
+        """The next slice: ids still in ``entries``."""
+        if not self._pending:
+            self._pending = list(entries)
+        count = math.ceil(len(entries) * self._interval / period_s)
+        taken, self._pending = self._pending[-count:], self._pending[:-count]
+        return [i for i in taken if i in entries]
 
 
 @dataclass
@@ -188,8 +213,10 @@ class ExperimentCache:
         self._loading: dict[str, asyncio.Future[Snapshot]] = {}
         #: (due, id): experiments with forgetting, by when they need recomputing.
         self._due: list[tuple[float, str]] = []
-        self._sweep: list[str] = []
-        self._evicted_at = clock()
+        # Checked a slice per refresh, not all at once: 100,000 entries would hold the event
+        # loop for milliseconds.
+        self._sweep = _Rotation(refresh_interval_s)
+        self._eviction = _Rotation(refresh_interval_s)
         #: When the cache last confirmed its contents with Redis (for the stale flag).
         self.last_success = clock()
 
@@ -266,10 +293,8 @@ class ExperimentCache:
     async def refresh(self) -> None:
         """One refresh: read what changed, recompute what forgetting moved."""
         started = self._clock()
-        if started - self._evicted_at >= EVICTION_CHECK_S:
-            self._evicted_at = started
-            for experiment_id in [k for k, e in self._entries.items()
-                                  if started - e.used_at > IDLE_EVICTION_S]:
+        for experiment_id in self._eviction.next(self._entries, EVICTION_CHECK_S):
+            if started - self._entries[experiment_id].used_at > IDLE_EVICTION_S:
                 del self._entries[experiment_id]
         feed = self._feed
         if feed is None or not feed.subscribed:
@@ -287,19 +312,11 @@ class ExperimentCache:
         else:
             stale = [i for i in named if i in self._entries]
             if self._store.is_cluster:  # only there can a message go missing unnoticed
-                stale += await self._changed(self._sweep_slice())
+                stale += await self._changed(self._sweep.next(self._entries, RECONCILE_S))
         await self._reread(stale, started)
         await self._recompute_due(started)
         # Every change made before `confirmed` was named before `take`, and is read now.
         self.last_success = max(self.last_success, confirmed)
-
-    def _sweep_slice(self) -> list[str]:
-        """The next experiments whose change counters the sweep checks."""
-        if not self._sweep:
-            self._sweep = list(self._entries)
-        count = math.ceil(len(self._entries) * self._interval / RECONCILE_S)
-        taken, self._sweep = self._sweep[-count:], self._sweep[:-count]
-        return [i for i in taken if i in self._entries]
 
     async def _changed(self, experiment_ids: list[str]) -> list[str]:
         """Those of ``experiment_ids`` whose change counter moved (gone ones are dropped)."""

@@ -19,7 +19,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from bandit.cache import ExperimentCache, Snapshot, summary_of
+from bandit.cache import ExperimentCache, Snapshot, summaries_of
 from bandit.changes import cancelling
 from bandit.errors import StoreUnavailable
 from bandit.policy import PosteriorSummary
@@ -29,6 +29,8 @@ from bandit.store import RedisStore
 logger = logging.getLogger(__name__)
 
 MAX_LIMIT = 10_000
+#: Experiments sampled per round trip (and per turn of the event loop).
+OFFER_CHUNK = 200
 
 
 def sample(snapshot: Snapshot, summary: PosteriorSummary,
@@ -77,12 +79,11 @@ class HistorySampler:
             last = self._offered.setdefault(experiment.id, state)
             if not experiment.archived and (experiment.id in self._active or last != state):
                 snapshots.append(snapshot)
-        if not snapshots:
-            return {}
-        served = await self._store.served([s.experiment.id for s in snapshots])
-        samples = {snapshot.experiment.id: sample(snapshot, await summary_of(snapshot), counts)
-                   for snapshot, counts in zip(snapshots, served, strict=True)}
-        landed = await self._store.append_history(samples, self._interval, self._max_samples)
+        landed: dict[str, int] = {}
+        # In chunks: a thousand experiments' samples at once would hold the event loop (and
+        # the decisions waiting on it) for tens of milliseconds.
+        for start in range(0, len(snapshots), OFFER_CHUNK):
+            landed.update(await self._offer(snapshots[start:start + OFFER_CHUNK]))
         for snapshot in snapshots:
             # One that came too soon (another sample of the interval landed) is offered again.
             if landed.get(snapshot.experiment.id) != 0:
@@ -94,6 +95,14 @@ class HistorySampler:
             self._offered = {k: v for k, v in self._offered.items() if k in cached}
             self._active &= cached
         return landed
+
+    async def _offer(self, snapshots: list[Snapshot]) -> dict[str, int]:
+        served = await self._store.served([s.experiment.id for s in snapshots])
+        summaries = await summaries_of(snapshots)
+        samples = {snapshot.experiment.id: sample(snapshot, summary, counts)
+                   for snapshot, summary, counts in zip(snapshots, summaries, served,
+                                                        strict=True)}
+        return await self._store.append_history(samples, self._interval, self._max_samples)
 
     async def run(self) -> None:
         # Offering twice per interval bounds the gap between samples to 1.5 intervals even when

@@ -407,10 +407,11 @@ class BanditService:
             return
         pending, self._served = self._served, defaultdict(lambda: defaultdict(int))
         self._served_recently.update(pending)
+        unsent = {k: dict(v) for k, v in pending.items()}
         try:
-            await self.store.add_served({k: dict(v) for k, v in pending.items()})
+            await self.store.add_served(unsent)
         except StoreUnavailable:
-            for experiment_id, per_arm in pending.items():  # keep them for the next flush
+            for experiment_id, per_arm in unsent.items():  # kept for the next flush
                 for index, times in per_arm.items():
                     self._served[experiment_id][index] += times
             raise

@@ -324,13 +324,21 @@ class RedisStore:
                                      [unit_field, proposed]))
 
     async def add_served(self, served: dict[str, dict[int, int]]) -> None:
-        with _failures():
-            async with self._client.pipeline(transaction=False) as pipe:
-                for experiment_id, per_arm in served.items():
-                    key = self.keys(experiment_id).served
-                    for arm_index, count in per_arm.items():
-                        pipe.hincrby(key, str(arm_index), count)
-                await _call(pipe.execute)
+        """Add served-decision counts; a pipeline per 500 experiments, so that a second of
+        decisions spread over many experiments never holds the event loop for long. Raises
+        StoreUnavailable with the counts of the chunks not stored yet left in ``served``."""
+        order = list(served)
+        for start in range(0, len(order), 500):
+            chunk = order[start:start + 500]
+            with _failures():
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for experiment_id in chunk:
+                        key = self.keys(experiment_id).served
+                        for arm_index, count in served[experiment_id].items():
+                            pipe.hincrby(key, str(arm_index), count)
+                    await _call(pipe.execute)
+            for experiment_id in chunk:
+                del served[experiment_id]
 
     async def _write(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
         """One script call that changes state, acknowledged by replicas when configured."""
