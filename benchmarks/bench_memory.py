@@ -16,7 +16,8 @@ measure at the sizes you run at.
 - arm: experiments of 2, 10 and 100 arms after a reward on every arm (so the stats hash has
   every per-arm field; their dedup sets are deleted before measuring): the growth per arm;
 - dedup entry: ``--events`` (100,000) distinct events with 36-character UUID ids, then with
-  short ids (``e<number>``), into one experiment's bucketed dedup sets (``bandit/keys.py``);
+  short ids (``e<number>``), 64- and 128-character ids, into one experiment's bucketed dedup
+  sets (``bandit/keys.py``);
 - sticky unit: ``--units`` (100,000) sticky decisions for units ``user-<6 digits>``;
 - provisional decision: ``--provisional`` (10,000) pending decisions (a key each, with expiry);
 - history sample: ``--samples`` (200) samples of each of 10 experiments of 10 arms.
@@ -188,11 +189,15 @@ async def _per_arm(service: BanditService, client: Redis, count: int) -> list[Ro
 
 async def _dedup(service: BanditService, client: Redis, count: int) -> list[Row]:
     rows = []
+    makers = {"dedup-uuid": lambda i: str(uuid.uuid4()), "dedup-short": lambda i: f"e{i}",
+              "dedup-64": lambda i: f"{i:064d}", "dedup-128": lambda i: f"{i:0128d}"}
     for label, name in (("dedup entry, UUID id", "dedup-uuid"),
-                        ("dedup entry, short id", "dedup-short")):
+                        ("dedup entry, short id", "dedup-short"),
+                        ("dedup entry, 64-char id", "dedup-64"),
+                        ("dedup entry, 128-char id", "dedup-128")):
         await _create(service, [name], 2)
         await _reward_every_arm(service, [name], 2)  # the stats hash exists before measuring
-        ids = [str(uuid.uuid4()) if name == "dedup-uuid" else f"e{i}" for i in range(count)]
+        ids = [makers[name](i) for i in range(count)]
 
         async def ours(ids: list[str] = ids, name: str = name) -> None:
             for start in range(0, len(ids), CHUNK):
