@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -377,6 +378,11 @@ def _lifecycle(settings: Settings,
         # Compile (or load from numba's cache) before the first request, not during it.
         await asyncio.to_thread(policy.warm_up_kernels)
         await asyncio.to_thread(tokens.warm_up)
+        # What start-up made (numba's compiler, modules, kernels) lives as long as the
+        # process: frozen out of the collector, a full collection triggered by a large request
+        # no longer walks it (it held the event loop for tens of milliseconds).
+        gc.collect()
+        gc.freeze()
         store = RedisStore.from_settings(settings)
         service = BanditService(store, settings, seed=seed)
         app[SERVICE] = service

@@ -41,6 +41,8 @@ from bandit.store import RedisStore, StoredState
 
 logger = logging.getLogger(__name__)
 
+#: Experiments read (and decoded) per round trip: a turn of the event loop each.
+READ_CHUNK = 200
 #: Experiments not asked for in this long are dropped from memory.
 IDLE_EVICTION_S = 600.0
 #: How often the cache looks for idle experiments to drop.
@@ -263,9 +265,9 @@ class ExperimentCache:
         one round trip (those that do not exist are left out)."""
         missing = [i for i in dict.fromkeys(experiment_ids)
                    if i not in self._entries and i not in self._loading]
-        if missing:
+        for start in range(0, len(missing), READ_CHUNK):
             read_at = self._clock()
-            states = await self._store.read_many(missing)
+            states = await self._store.read_many(missing[start:start + READ_CHUNK])
             await self._install([s for s in states if s is not None], read_at)
 
     async def _install(self, states: list[StoredState], read_at: float) -> list[Snapshot]:
@@ -335,14 +337,14 @@ class ExperimentCache:
         return changed
 
     async def _reread(self, experiment_ids: list[str], read_at: float) -> None:
-        if not experiment_ids:
-            return
-        states = await self._store.read_many(experiment_ids)
-        for experiment_id, state in zip(experiment_ids, states, strict=True):
-            if state is None:
-                self._entries.pop(experiment_id, None)
-        await self._install([s for s in states if s is not None
-                             and s.experiment.id in self._entries], read_at)
+        for start in range(0, len(experiment_ids), READ_CHUNK):
+            chunk = experiment_ids[start:start + READ_CHUNK]
+            states = await self._store.read_many(chunk)
+            for experiment_id, state in zip(chunk, states, strict=True):
+                if state is None:
+                    self._entries.pop(experiment_id, None)
+            await self._install([s for s in states if s is not None
+                                 and s.experiment.id in self._entries], read_at)
 
     async def _recompute_due(self, now: float) -> None:
         """Recompute, from what was read, the snapshots forgetting has moved far enough."""

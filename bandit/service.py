@@ -21,7 +21,7 @@ import numpy as np
 
 from bandit import advisor, health, policy
 from bandit.auth import ANONYMOUS
-from bandit.cache import ExperimentCache, Snapshot, summary_of
+from bandit.cache import READ_CHUNK, ExperimentCache, Snapshot, summary_of
 from bandit.changes import ChangeFeed, cancelling
 from bandit.errors import Conflict, InvalidValue, NotFound, StoreUnavailable
 from bandit.history import MAX_LIMIT as MAX_HISTORY
@@ -41,6 +41,11 @@ from bandit.store import APPLIED, DUPLICATE, UNKNOWN_DECISION, EncodedEvent, Red
 from bandit.tokens import EXPIRED, FORGED, DecisionSigner
 
 logger = logging.getLogger(__name__)
+
+#: A large request gives the event loop back every this many events (a few milliseconds of
+#: work), so that no request holds the other requests of the process for long (a batch of
+#: 10,000 events held them for 170 ms in benchmarks/bench_loop.py).
+YIELD_EVERY = 2000
 
 #: Experiments whose serving-health sums a process keeps (least recently asked dropped).
 MAX_HEALTH_TRACKERS = 10_000
@@ -142,7 +147,9 @@ class BanditService:
         size = int(_query_number(limit, "limit", 1, MAX_LIST_PAGE, DEFAULT_LIST_PAGE,
                                  whole=True))
         ids = await self.store.list_ids(after, size)
-        states = await self.store.read_many(ids) if ids else []
+        states = []
+        for start in range(0, len(ids), READ_CHUNK):  # a turn of the loop each
+            states += await self.store.read_many(ids[start:start + READ_CHUNK])
         return {
             "experiments": [
                 {"id": s.experiment.id, "reward": s.experiment.reward,
@@ -437,6 +444,8 @@ class BanditService:
         grouped: defaultdict[str, list[RewardEvent]] = defaultdict(list)
         valid_ids: set[str] = set()
         for index, raw in enumerate(raw_events):
+            if index % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)  # let other requests in (see YIELD_EVERY)
             try:
                 event = parse_event(index, raw, valid_ids)
             except InvalidValue as error:
@@ -450,7 +459,12 @@ class BanditService:
         await self.cache.load_many(list(grouped))
         batches: dict[str, list[EncodedEvent]] = {}
         positions: dict[str, list[int]] = {}
+        since_yield = 0
         for experiment_id, events in grouped.items():
+            since_yield += len(events) + YIELD_EVERY // 100  # an experiment weighs 20 events
+            if since_yield >= YIELD_EVERY:
+                await asyncio.sleep(0)
+                since_yield = 0
             encoded, indices, errors = await self._encode_events(experiment_id, events)
             rejected.extend(errors)
             if encoded:

@@ -298,13 +298,15 @@ class RedisStore:
         """
         window_ms = str(max(1, math.ceil(dedup_window_s * 1000)))
         order = list(batches)
-        calls: list[ScriptCall] = []
-        for experiment_id in order:
-            keys = self.keys(experiment_id)
-            calls.append((self._apply_events, [keys.meta, keys.stats],
-                          [keys.prefix_with_tag, window_ms,
-                           _encode_events(batches[experiment_id])]))
-        results = await self._run_scripts(calls, wait=True)
+        results: list[Any] = []
+        for start in range(0, len(order), 200):  # a round trip (and a loop turn) per 200
+            calls: list[ScriptCall] = []
+            for experiment_id in order[start:start + 200]:
+                keys = self.keys(experiment_id)
+                calls.append((self._apply_events, [keys.meta, keys.stats],
+                              [keys.prefix_with_tag, window_ms,
+                               _encode_events(batches[experiment_id])]))
+            results += await self._run_scripts(calls, wait=True)
         return {
             experiment_id: None if result[0] < 0 else [int(s) for s in result[1]]
             for experiment_id, result in zip(order, results, strict=True)

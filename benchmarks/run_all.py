@@ -42,6 +42,8 @@ SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
                              "--samples", "20"]),
     "bench_cluster.py": (["--seconds", "5"], ["--seconds", "1"]),
     "bench_stream.py": ([], ["--events", "20000", "--seconds", "3"]),
+    "bench_loop.py": ([], ["--repeat", "2"]),
+    "bench_scale.py": ([], ["--sizes", "100,10000", "--idle", "3", "--settle", "3"]),
 }
 SOAK = ("bench_soak.py", ["--duration", "630"])
 PACKAGES = ("numpy", "numba", "scipy", "aiohttp", "redis", "hiredis", "orjson", "distributed",

@@ -73,7 +73,8 @@ async def test_a_change_no_message_announced_is_found_by_the_sweep(
     from bandit import cache as cache_module
 
     monkeypatch.setattr(cache_module, "RECONCILE_S", 1.0)
-    settings = Settings(redis_url=cluster.url, refresh_interval_s=0.05)
+    # Its own key prefix: the other tests share this cluster and list its experiments.
+    settings = Settings(redis_url=cluster.url, refresh_interval_s=0.05, key_prefix="sweep")
     async with TestClient(TestServer(create_app(settings, seed=3))) as client:
         service = client.app[SERVICE]
         deadline = time.monotonic() + 10
@@ -91,7 +92,7 @@ async def test_a_change_no_message_announced_is_found_by_the_sweep(
         before = revision()
         # A change to the counter that published nothing (as if its message were lost).
         connection = _cluster_client(cluster)
-        connection.hincrby(Keys("bandit", "swept").stats, "rev", 1)
+        connection.hincrby(Keys("sweep", "swept").stats, "rev", 1)
         connection.close()
         deadline = time.monotonic() + 3
         while revision() == before:
