@@ -1,5 +1,5 @@
 """``python -m bandit`` does what the ``bandit`` command does."""
 
-from bandit.cli import main
+from bandit.ops.cli import main
 
 raise SystemExit(main())

@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from bandit import redisurl
+from bandit.store import redisurl
 
 DEFAULT_DEDUP_WINDOW_S = 3600.0
 
@@ -27,7 +27,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     #: ``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://`` or ``redis+sentinel://``
-    #: URL (``bandit.redisurl``); ``None`` starts an embedded redis-server.
+    #: URL (``bandit.store.redisurl``); ``None`` starts an embedded redis-server.
     redis_url: str | None = None
     workers: int = 1
     data_dir: Path = Path("bandit-data")
@@ -76,7 +76,7 @@ class Settings:
     #: Keys-file lines given inline (``BANDIT_API_KEYS``), newline- or ``;``-separated.
     api_keys: str | None = None
     #: Comma-separated origins (``https://app.example``) whose web pages may call the API
-    #: (CORS); any other page's requests are refused (``bandit.origins``).
+    #: (CORS); any other page's requests are refused (``bandit.api.origins``).
     cors_origins: str | None = None
     #: Comma-separated host names a service without keys answers besides loopback names and
     #: its bind address (a check against DNS rebinding).

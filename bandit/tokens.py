@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from bandit.kernels import jit
+from bandit.policy.kernels import jit
 
 KINDS = "dpsr"
 SLATE_ARM = 0xFFFF_FFFF

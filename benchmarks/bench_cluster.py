@@ -30,12 +30,12 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
-from bandit.embedded import free_port
 from bandit.policy import warm_up_kernels
-from bandit.service import BanditService
+from bandit.serving.service import BanditService
 from bandit.settings import Settings
-from bandit.store import RedisStore
-from bandit.topologies import LocalCluster, Node
+from bandit.store.embedded import free_port
+from bandit.store.redis_store import RedisStore
+from tests.support.topologies import LocalCluster, Node
 
 EXPERIMENTS = [f"bench-{i}" for i in range(30)]
 ARMS = ["a", "b", "c", "d"]

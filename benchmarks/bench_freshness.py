@@ -42,7 +42,7 @@ from typing import Any
 
 import aiohttp
 
-from bandit.embedded import free_port, redis_server_binary, wait_port
+from bandit.store.embedded import free_port, redis_server_binary, wait_port
 
 TARGET_S = 1.0
 #: A share of arm ``a`` above this on B means B's allocation took the rewards in.

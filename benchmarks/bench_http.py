@@ -59,8 +59,8 @@ from pathlib import Path
 import redis
 import redis.asyncio as aioredis
 
-from bandit.auth import key_line, new_key
-from bandit.embedded import free_port, redis_server_binary, wait_port
+from bandit.api.auth import key_line, new_key
+from bandit.store.embedded import free_port, redis_server_binary, wait_port
 
 NOOP_SERVER = textwrap.dedent("""
     import sys

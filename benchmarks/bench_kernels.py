@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bandit import kernels, policy
-from bandit.policy import BERNOULLI, PolicySettings
+from bandit import policy
+from bandit.policy import BERNOULLI, PolicySettings, kernels
 
 FloatArray = npt.NDArray[np.float64]
 PRIOR = np.array([1.0, 1.0, 0.0, 0.0])

@@ -26,13 +26,13 @@ import urllib.request
 
 from bench_http import NOOP_SERVER, Target, wrk
 
-from bandit.embedded import free_port, redis_server_binary, wait_port
+from bandit.store.embedded import free_port, redis_server_binary, wait_port
 
 LAYERS_SERVER = textwrap.dedent("""
     import sys
     import orjson
     from aiohttp import web
-    from bandit import app as bandit_app
+    from bandit.api import app as bandit_app
     from bandit.settings import Settings
 
     app = bandit_app.create_app(Settings(redis_url=sys.argv[2]))

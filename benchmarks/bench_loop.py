@@ -33,7 +33,7 @@ from typing import Any
 
 import aiohttp
 
-from bandit.embedded import free_port, redis_server_binary, stop_process, wait_port
+from bandit.store.embedded import free_port, redis_server_binary, stop_process, wait_port
 
 ARMS = [f"{i:04d}" + "x" * 60 for i in range(1000)]
 TARGET_MS = 50.0

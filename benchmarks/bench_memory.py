@@ -17,7 +17,7 @@ measure at the sizes you run at.
   every per-arm field; their dedup sets are deleted before measuring): the growth per arm;
 - dedup entry: ``--events`` (100,000) distinct events with 36-character UUID ids, then with
   short ids (``e<number>``), 64- and 128-character ids, into one experiment's bucketed dedup
-  sets (``bandit/keys.py``);
+  sets (``bandit/store/keys.py``);
 - sticky unit: ``--units`` (100,000) sticky decisions for units ``user-<6 digits>``;
 - provisional decision: ``--provisional`` (10,000) pending decisions (a key each, with expiry);
 - history sample: ``--samples`` (200) samples of each of 10 experiments of 10 arms.
@@ -44,13 +44,13 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from bandit.cache import summary_of
-from bandit.embedded import free_port, redis_server_binary, wait_port
-from bandit.history import sample
 from bandit.policy import warm_up_kernels
-from bandit.service import BanditService
+from bandit.serving.cache import summary_of
+from bandit.serving.history import sample
+from bandit.serving.service import BanditService
 from bandit.settings import Settings
-from bandit.store import RedisStore
+from bandit.store.embedded import free_port, redis_server_binary, wait_port
+from bandit.store.redis_store import RedisStore
 
 Redis = aioredis.Redis
 #: Items written per call (events per batch, decisions per request, concurrent requests).

@@ -38,9 +38,9 @@ from typing import Any
 
 import aiohttp
 
-from bandit.embedded import free_port, redis_server_binary, stop_process, wait_port
 from bandit.model import parse_new_experiment
-from bandit.store import RedisStore
+from bandit.store.embedded import free_port, redis_server_binary, stop_process, wait_port
+from bandit.store.redis_store import RedisStore
 
 IDLE_TARGET = 0.05
 P99_TARGET = 2.0

@@ -16,7 +16,8 @@ kind, the resident memory (VmRSS) of every service process, Redis' used_memory a
 memory (number of remembered ids and MEMORY USAGE of the dedup sets). The baseline is the first
 interval: at the end it prints p99 of the last interval / p99 of the first per kind, the RSS
 growth of each process from the end of the first interval, and the dedup bytes per remembered
-id against the figure expected from the design in `bandit/keys.py` and `bandit/scripts.py`.
+id against the figure expected from the design in `bandit/store/keys.py` and
+`bandit/store/scripts.py`.
 The dedup window is short (120 s, --dedup-window) so the dedup sets reach their steady size
 within the run.
 
@@ -48,7 +49,7 @@ from typing import Any
 import numpy as np
 import redis
 
-from bandit.embedded import free_port, redis_server_binary
+from bandit.store.embedded import free_port, redis_server_binary
 
 PREFIX = "bandit"  # the services' default key prefix
 EXPERIMENT = "soak"

@@ -32,11 +32,11 @@ from typing import Any
 import orjson
 import redis
 
-from bandit.embedded import free_port, redis_server_binary
-from bandit.service import BanditService
+from bandit.ops.stream import measure_lag
+from bandit.serving.service import BanditService
 from bandit.settings import Settings
-from bandit.store import RedisStore
-from bandit.stream import measure_lag
+from bandit.store.embedded import free_port, redis_server_binary
+from bandit.store.redis_store import RedisStore
 
 EXPERIMENTS = [f"bench{i}" for i in range(5)]
 ARMS = [f"arm{i}" for i in range(10)]

@@ -17,7 +17,7 @@ import secrets
 import numpy as np
 from bench_kernels import median_ns
 
-from bandit.auth import KeyRing, key_line, new_key
+from bandit.api.auth import KeyRing, key_line, new_key
 from bandit.inputs import parse_event
 from bandit.tokens import DecisionSigner, warm_up
 

@@ -71,7 +71,7 @@ def describe_machine() -> str:
             versions.append(f"{package} {metadata.version(package)}")
         except metadata.PackageNotFoundError:
             versions.append(f"{package} absent")
-    from bandit.embedded import redis_server_binary
+    from bandit.store.embedded import redis_server_binary
 
     redis_version = subprocess.run([redis_server_binary(), "--version"], capture_output=True,
                                    text=True, check=False).stdout.split()[2].removeprefix("v=")

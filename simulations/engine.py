@@ -39,9 +39,8 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
-from bandit import kernels
-from bandit.kernels import BERNOULLI
-from bandit.policy import student_t_tail_table
+from bandit.policy import kernels, student_t_tail_table
+from bandit.policy.kernels import BERNOULLI
 from simulations import environments as env
 from simulations import policies as pol
 from simulations.environments import Environment, lai_robbins_bound, lai_robbins_constant

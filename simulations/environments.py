@@ -24,7 +24,7 @@ from typing import Literal, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from bandit.kernels import BERNOULLI, GAUSSIAN
+from bandit.policy.kernels import BERNOULLI, GAUSSIAN
 
 __all__ = [
     "REWARDS",

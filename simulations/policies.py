@@ -43,9 +43,8 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
-from bandit import kernels
-from bandit.kernels import BERNOULLI
-from bandit.policy import PolicySettings
+from bandit.policy import PolicySettings, kernels
+from bandit.policy.kernels import BERNOULLI
 
 __all__ = [
     "POLICIES",

@@ -22,9 +22,9 @@ import redis
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import settings as hypothesis_settings
 
-from bandit.app import create_app
-from bandit.embedded import free_port, redis_server_binary, stop_process
+from bandit.api.app import create_app
 from bandit.settings import Settings
+from bandit.store.embedded import free_port, redis_server_binary, stop_process
 
 # Property tests explore the same examples on every run: CI results cannot flake.
 hypothesis_settings.register_profile("deterministic", derandomize=True, deadline=None,

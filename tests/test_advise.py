@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient
 
-from bandit import advisor
-from bandit.kernels import BERNOULLI
 from bandit.policy import PolicySettings, student_t_tail_table
+from bandit.policy.kernels import BERNOULLI
+from bandit.serving import advisor
 from simulations import forecast
 
 Client = TestClient[Any, Any]

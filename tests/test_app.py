@@ -13,7 +13,7 @@ import pytest
 import scipy.stats
 from aiohttp.test_utils import TestClient, TestServer
 
-from bandit.app import SERVICE, create_app
+from bandit.api.app import SERVICE, create_app
 from bandit.settings import Settings
 
 Client = TestClient[Any, Any]

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from bandit.app import create_app
-from bandit.auth import KeyRing, KeysFileError, hash_key, is_loopback, key_line, new_key
+from bandit.api.app import create_app
+from bandit.api.auth import KeyRing, KeysFileError, hash_key, is_loopback, key_line, new_key
 from bandit.errors import Unauthorized
 from bandit.settings import Settings
 

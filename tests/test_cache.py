@@ -13,9 +13,9 @@ import pytest
 import redis
 from aiohttp.test_utils import TestClient, TestServer
 
-from bandit.app import SERVICE, create_app
-from bandit.cache import recompute_interval
-from bandit.service import BanditService
+from bandit.api.app import SERVICE, create_app
+from bandit.serving.cache import recompute_interval
+from bandit.serving.service import BanditService
 from bandit.settings import Settings
 from tests.conftest import RedisServer
 

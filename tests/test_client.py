@@ -38,7 +38,7 @@ from bandit.client import (
     Rejected,
     Unavailable,
 )
-from bandit.embedded import free_port
+from bandit.store.embedded import free_port
 from tests.conftest import RedisServer, ServiceProcess
 
 StartService = Callable[..., ServiceProcess]

@@ -25,13 +25,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
-from bandit.app import SERVICE, create_app
-from bandit.keys import Keys
-from bandit.redisurl import RedisUrlError, parse, redacted
+from bandit.api.app import SERVICE, create_app
 from bandit.settings import Settings, SettingsError
-from bandit.topologies import LocalCluster, LocalSentinel, Node
+from bandit.store.keys import Keys
+from bandit.store.redisurl import RedisUrlError, parse, redacted
 from tests.conftest import ServiceProcess
 from tests.load import ARMS, create, event_batches, expected, load
+from tests.support.topologies import LocalCluster, LocalSentinel, Node
 
 EXPERIMENTS = [f"exp-{i}" for i in range(12)]
 
@@ -70,7 +70,7 @@ async def test_a_change_no_message_announced_is_found_by_the_sweep(
     """On a cluster a change's message crosses the bus to the node a process listens on, and
     can be lost there without the subscription dropping: the sweep of change counters finds
     the change anyway (here within 1 s instead of a minute)."""
-    from bandit import cache as cache_module
+    from bandit.serving import cache as cache_module
 
     monkeypatch.setattr(cache_module, "RECONCILE_S", 1.0)
     # Its own key prefix: the other tests share this cluster and list its experiments.

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, Request, Route, expect, sync_playwright
 
-from bandit.auth import key_line, new_key
+from bandit.api.auth import key_line, new_key
 from tests.conftest import ServiceProcess
 
 CHROMIUM = Path("/usr/bin/chromium")

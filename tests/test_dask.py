@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from distributed import LocalCluster
 
-from bandit.cli import main
+from bandit.ops.cli import main
 from simulations import distributed
 from simulations.engine import SimulationResult, simulate, simulate_chunk
 from simulations.environments import Environment

@@ -14,9 +14,9 @@ import pytest
 import redis
 from aiohttp.test_utils import TestClient, TestServer
 
-from bandit.app import create_app
-from bandit.keys import Keys
+from bandit.api.app import create_app
 from bandit.settings import Settings
+from bandit.store.keys import Keys
 from tests.conftest import RedisServer, ServiceProcess
 from tests.load import ARMS, create, event_batches, expected, load
 

@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from bandit.app import create_app
-from bandit.auth import key_line, new_key
-from bandit.cli import main
+from bandit.api.app import create_app
+from bandit.api.auth import key_line, new_key
+from bandit.ops.cli import main
 from bandit.settings import Settings
 from tests.conftest import RedisServer, ServiceProcess
 
@@ -364,7 +364,7 @@ async def test_the_server_header_names_no_versions(client: Client) -> None:
 
 
 async def test_readyz_names_no_address_when_redis_is_down(settings: Settings) -> None:
-    from bandit.embedded import free_port
+    from bandit.store.embedded import free_port
 
     closed = settings.with_(redis_url=f"redis://127.0.0.1:{free_port()}/0",
                             redis_timeout_s=0.2)

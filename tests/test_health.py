@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient
 
-from bandit import health
 from bandit.policy import PosteriorSummary
+from bandit.serving import health
 
 
 def summary(p_best: list[float], loss: list[float], mean: list[float]) -> PosteriorSummary:

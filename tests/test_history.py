@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from bandit.app import create_app
+from bandit.api.app import create_app
 from bandit.settings import Settings
 
 Client = TestClient[Any, Any]

@@ -8,9 +8,8 @@ import pytest
 import scipy.integrate
 import scipy.stats
 
-from bandit import kernels
-from bandit.kernels import BERNOULLI, GAUSSIAN
-from bandit.policy import student_t_tail_table
+from bandit.policy import kernels, student_t_tail_table
+from bandit.policy.kernels import BERNOULLI, GAUSSIAN
 
 FloatArray = npt.NDArray[np.float64]
 

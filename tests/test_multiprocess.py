@@ -38,9 +38,9 @@ import aiohttp
 import pytest
 import redis
 
-from bandit.embedded import free_port, redis_server_binary, stop_process
-from bandit.keys import Keys
 from bandit.settings import Settings
+from bandit.store.embedded import free_port, redis_server_binary, stop_process
+from bandit.store.keys import Keys
 from tests.conftest import RedisServer, ServiceProcess
 
 #: The SPEC's bound: a reward or a settings change reaches every process within 1 s.

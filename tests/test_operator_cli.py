@@ -18,8 +18,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from bandit import operator
-from bandit.embedded import free_port
+from bandit.ops import operator
+from bandit.store.embedded import free_port
 from tests.conftest import ServiceProcess
 
 Client = TestClient[Any, Any]
@@ -381,8 +381,8 @@ async def test_advise_prints_the_forecast_and_changes_nothing(
 async def test_the_api_key_is_sent_and_named_in_the_audit(
         redis_url: str, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from bandit.app import create_app
-    from bandit.auth import key_line, new_key
+    from bandit.api.app import create_app
+    from bandit.api.auth import key_line, new_key
     from bandit.settings import Settings
 
     operator_key, reader_key = new_key(), new_key()

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from bandit.app import create_app
+from bandit.api.app import create_app
 from bandit.settings import Settings
 from tests.conftest import RedisServer
 

@@ -91,7 +91,7 @@ def test_the_wheel_carries_its_data(tmp_path: Path) -> None:
                     "--target", str(target), str(wheel)], check=True, capture_output=True,
                    timeout=240)
     for shipped in ("simulations/data/obd/obd-sample.tar.gz", "simulations/data/obd/README.md",
-                    "bandit/py.typed", "bandit/dashboard/index.html"):
+                    "bandit/py.typed", "bandit/api/dashboard/index.html"):
         assert (target / shipped).is_file(), f"the wheel does not ship {shipped}"
     script = (
         "import json, sys; sys.path.insert(0, sys.argv[1]); import simulations;"

@@ -11,8 +11,8 @@ import scipy.stats
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bandit import kernels, policy
-from bandit.policy import BERNOULLI, GAUSSIAN, PolicySettings
+from bandit import policy
+from bandit.policy import BERNOULLI, GAUSSIAN, PolicySettings, kernels
 
 FloatArray = npt.NDArray[np.float64]
 

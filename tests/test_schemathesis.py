@@ -33,12 +33,13 @@ import schemathesis
 from aiohttp import web
 from schemathesis.checks import not_a_server_error
 
-from bandit import advisor, openapi
-from bandit.app import DASHBOARD_DIR, create_app
-from bandit.auth import SCOPES, hash_key
-from bandit.embedded import free_port
+from bandit.api import openapi
+from bandit.api.app import DASHBOARD_DIR, create_app
+from bandit.api.auth import SCOPES, hash_key
 from bandit.model import ID_PATTERN
+from bandit.serving import advisor
 from bandit.settings import Settings
+from bandit.store.embedded import free_port
 from tests.conftest import RedisServer
 
 SEED = 20_240_605

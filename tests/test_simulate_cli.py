@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bandit.cli import main
+from bandit.ops.cli import main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

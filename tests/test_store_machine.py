@@ -10,7 +10,7 @@ cache lost). A plain Python model predicts every answer, and after every step Re
 with it: observation counts, posterior sums, versions, configurations, the audit log.
 
 The machine runs on an event loop it owns (the service is async); the background tasks of
-``bandit.app`` are not started: the poller's tick is a rule, so runs are deterministic.
+``bandit.api.app`` are not started: the poller's tick is a rule, so runs are deterministic.
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ from hypothesis.stateful import (
 
 from bandit import policy
 from bandit.errors import BanditError, Conflict, InvalidValue, NotFound
-from bandit.service import BanditService
+from bandit.serving.service import BanditService
 from bandit.settings import Settings
-from bandit.store import RedisStore
+from bandit.store.redis_store import RedisStore
 
 T = TypeVar("T")
 

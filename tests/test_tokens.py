@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bandit.app import create_app
+from bandit.api.app import create_app
 from bandit.settings import Settings
 from bandit.tokens import (
     DECISION_ID_PATTERN,

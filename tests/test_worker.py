@@ -22,15 +22,15 @@ import redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
-from bandit import stream as stream_module
-from bandit.embedded import free_port, stop_process
-from bandit.keys import Keys
-from bandit.service import BanditService
+from bandit.ops import stream as stream_module
+from bandit.ops.stream import measure_lag, sibling_key
+from bandit.serving.service import BanditService
 from bandit.settings import Settings
-from bandit.store import RedisStore
-from bandit.stream import measure_lag, sibling_key
-from bandit.topologies import LocalCluster
+from bandit.store.embedded import free_port, stop_process
+from bandit.store.keys import Keys
+from bandit.store.redis_store import RedisStore
 from tests.conftest import RedisServer
+from tests.support.topologies import LocalCluster
 
 STREAM = "rewards"
 DEAD = "{rewards}:dead"

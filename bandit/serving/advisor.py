@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from bandit.cache import Snapshot, family_of, policy_settings, prior_array
 from bandit.errors import InvalidValue
 from bandit.model import Experiment, integer, mapping, number, parse_patch
+from bandit.serving.cache import Snapshot, family_of, policy_settings, prior_array
 from simulations import forecast as fc
 
 #: Decisions per forecast (upper bound) and the default when the traffic rate is unknown.

@@ -1,8 +1,8 @@
 """What the service does, apart from HTTP: create and change experiments, decide, learn.
 
 Handlers parse and answer; this module holds the logic between them and the store. Decisions
-come from the process's cached snapshots (``bandit.cache``); rewards go to Redis in one script
-call per experiment per batch.
+come from the process's cached snapshots (``bandit.serving.cache``); rewards go to Redis in
+one script call per experiment per batch.
 """
 
 from __future__ import annotations
@@ -19,12 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from bandit import advisor, health, policy
-from bandit.auth import ANONYMOUS
-from bandit.cache import READ_CHUNK, ExperimentCache, Snapshot, summary_of
-from bandit.changes import ChangeFeed, cancelling
+from bandit import policy
+from bandit.api.auth import ANONYMOUS
 from bandit.errors import Conflict, InvalidValue, NotFound, StoreUnavailable
-from bandit.history import MAX_LIMIT as MAX_HISTORY
 from bandit.inputs import (
     DEFAULT_LIST_PAGE,
     MAX_EVENT_EXPERIMENTS,
@@ -36,8 +33,12 @@ from bandit.inputs import (
     parse_event_batch,
 )
 from bandit.model import Experiment, check_id, diff, parse_new_experiment, parse_patch
+from bandit.serving import advisor, health
+from bandit.serving.cache import READ_CHUNK, ExperimentCache, Snapshot, summary_of
+from bandit.serving.changes import ChangeFeed, cancelling
+from bandit.serving.history import MAX_LIMIT as MAX_HISTORY
 from bandit.settings import Settings
-from bandit.store import APPLIED, DUPLICATE, UNKNOWN_DECISION, EncodedEvent, RedisStore
+from bandit.store.redis_store import APPLIED, DUPLICATE, UNKNOWN_DECISION, EncodedEvent, RedisStore
 from bandit.tokens import EXPIRED, FORGED, DecisionSigner
 
 logger = logging.getLogger(__name__)
@@ -603,7 +604,7 @@ class BanditService:
 
 
     async def advise(self, experiment_id: str, body: object) -> dict[str, Any]:
-        """Forecast the current settings against a proposed change (see bandit.advisor)."""
+        """Forecast the current settings against a proposed change (see bandit.serving.advisor)."""
         check_id(experiment_id, "experiment id")
         # Read fresh: a forecast is worth a round trip, and must not start from a stale cache.
         snapshot = await self.cache.load(experiment_id)

@@ -2,7 +2,7 @@
 
 Producers ``XADD`` entries with a field ``event`` (the JSON of one reward event, as an item of
 ``POST /v1/events``) or ``events`` (a JSON list of them); workers of one consumer group apply
-each event's effect once. ``bandit.stream`` describes the entry format, the dead-letter stream
+each event's effect once. ``bandit.ops.stream`` describes the entry format, the dead-letter stream
 and the guarantees; this module is the process around it: options, signals, the read / claim
 loop with backoff, the periodic throughput line and the Prometheus endpoint.
 """
@@ -35,12 +35,12 @@ from redis import exceptions as redis_errors
 from bandit import policy, tokens
 from bandit.errors import BanditError, StoreUnavailable
 from bandit.inputs import MAX_EVENTS
-from bandit.service import BanditService
+from bandit.ops.stream import Entry, Lag, Outcome, StreamConfig, StreamConsumer, sibling_key
+from bandit.serving.service import BanditService
 from bandit.settings import Settings, SettingsError, environ
-from bandit.store import RedisStore, check_deployment
-from bandit.stream import Entry, Lag, Outcome, StreamConfig, StreamConsumer, sibling_key
+from bandit.store.redis_store import RedisStore, check_deployment
 
-logger = logging.getLogger("bandit.worker")
+logger = logging.getLogger("bandit.ops.worker")
 
 #: Upper bounds of the batch-apply latency buckets, in seconds.
 APPLY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)

@@ -5,7 +5,7 @@ time of reading, and the allocation probabilities computed from them, so a decis
 uniform draw and a binary search: no Redis round trip.
 
 Keeping snapshots fresh costs what changes, not what is cached. Every refresh interval the
-cache re-reads the experiments its change feed (``bandit.changes``) named since the last
+cache re-reads the experiments its change feed (``bandit.serving.changes``) named since the last
 refresh, in one pipelined round trip, and rebuilds their snapshots; a reward accepted by any
 process moves the allocations of every process within about one interval. Two slower loops
 cover the rest: on a Redis Cluster, a sweep of the change counters, every cached experiment
@@ -34,10 +34,10 @@ import numpy as np
 import numpy.typing as npt
 
 from bandit import policy
-from bandit.changes import ChangeFeed, cancelling
 from bandit.errors import NotFound, StoreUnavailable
 from bandit.model import Experiment, Exploration
-from bandit.store import RedisStore, StoredState
+from bandit.serving.changes import ChangeFeed, cancelling
+from bandit.store.redis_store import RedisStore, StoredState
 
 logger = logging.getLogger(__name__)
 

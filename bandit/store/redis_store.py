@@ -1,6 +1,6 @@
 """The Redis store: experiments, posterior statistics, sticky units, event dedup.
 
-All writes go through the Lua scripts in ``bandit.scripts`` (registered once, called by SHA),
+All writes go through the Lua scripts in ``bandit.store.scripts`` (registered once, called by SHA),
 so that concurrent processes never lose an update: no count is ever read into Python, changed
 and written back. Connection and timeout errors become ``StoreUnavailable`` here, so callers
 see one exception for "Redis cannot be reached".
@@ -24,12 +24,12 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.commands.core import AsyncScript
 
-from bandit import redisurl, scripts
 from bandit.errors import Conflict, NotFound, StoreUnavailable
-from bandit.keys import Keys, changes, dedup_window, legacy_registry, registry, signing_key
 from bandit.model import Experiment
-from bandit.redisurl import Client
 from bandit.settings import Settings, SettingsError
+from bandit.store import redisurl, scripts
+from bandit.store.keys import Keys, changes, dedup_window, legacy_registry, registry, signing_key
+from bandit.store.redisurl import Client
 from bandit.tokens import decision_key
 
 T = TypeVar("T")
@@ -85,7 +85,7 @@ class RedisStore:
     def from_url(cls, url: str, prefix: str, *, timeout_s: float, max_connections: int,
                  pool_timeout_s: float = 0.5, wait_replicas: int = 0,
                  wait_timeout_ms: int = 1000) -> RedisStore:
-        """A store on any URL ``bandit.redisurl`` accepts (one server, cluster, sentinel).
+        """A store on any URL ``bandit.store.redisurl`` accepts (one server, cluster, sentinel).
 
         ``wait_replicas`` > 0: every write batch is acknowledged only once that many replicas
         have it (Redis ``WAIT``, at most ``wait_timeout_ms``); otherwise the caller gets
@@ -257,7 +257,7 @@ class RedisStore:
         return changes(self._prefix)
 
     def subscriber(self) -> Any:
-        """A pub/sub connection for the change feed (``bandit.changes``); on a cluster, to
+        """A pub/sub connection for the change feed (``bandit.serving.changes``); on a cluster, to
         one node, which hears what every node publishes."""
         return self._client.pubsub()
 

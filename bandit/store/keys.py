@@ -36,7 +36,7 @@ key                       type    contents
                                   order (not slot-local); the set ``P:experiments`` of earlier
                                   versions is merged into it when a process starts
 ``P:changes``             pubsub  a channel: ids of experiments that changed, published by the
-                                  scripts (``bandit.changes``)
+                                  scripts (``bandit.serving.changes``)
 ``P:dedup-window``        string  the dedup window (seconds) every process must share, set
                                   by the first process (``RedisStore.agree_dedup_window``)
 ``P:signing-key``         string  the secret that signs decision ids (``bandit.tokens``),

@@ -1,7 +1,7 @@
 """Which experiments changed in Redis, told by Redis: the cache's change feed.
 
 Every script that changes an experiment's posteriors or settings publishes the experiment's id
-on ``<prefix>:changes`` (``bandit.scripts``), at most once per ``NOTIFY_WINDOW_MS`` per
+on ``<prefix>:changes`` (``bandit.store.scripts``), at most once per ``NOTIFY_WINDOW_MS`` per
 experiment: a busy experiment sends ten messages a second, not one per event batch. Each
 service process subscribes, and its cache re-reads only the experiments named, so the cost of
 keeping a cache fresh follows what changes, not how many experiments are cached.
@@ -19,7 +19,7 @@ What can go missing, and how it is recovered:
 - Redis drops a subscriber that falls too far behind: the same (it is a disconnection).
 - On a Redis Cluster, a message crosses the cluster bus to the node this process listens on;
   a bus outage can lose one without disconnecting us. The cache's slow sweep of change
-  counters (``bandit.cache``) catches those within a minute.
+  counters (``bandit.serving.cache``) catches those within a minute.
 
 Freshness: the feed sends a PING on its connection at every refresh; Redis answers it after
 every message published before it, so when its PONG arrives the feed has heard of every change
@@ -40,7 +40,7 @@ from typing import Any
 from redis import exceptions as redis_errors
 
 from bandit.errors import StoreUnavailable
-from bandit.store import RedisStore
+from bandit.store.redis_store import RedisStore
 
 __all__ = ["NOTIFY_WINDOW_MS", "ChangeFeed", "cancelling"]
 

@@ -49,8 +49,8 @@ from redis.crc import key_slot
 from bandit.errors import NotFound, StoreUnavailable
 from bandit.inputs import MAX_EVENT_EXPERIMENTS, MAX_EVENTS
 from bandit.model import ID_PATTERN
-from bandit.redisurl import Client
-from bandit.service import BanditService
+from bandit.serving.service import BanditService
+from bandit.store.redisurl import Client
 
 logger = logging.getLogger(__name__)
 

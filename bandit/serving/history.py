@@ -19,12 +19,12 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from bandit.cache import ExperimentCache, Snapshot, summaries_of
-from bandit.changes import cancelling
 from bandit.errors import StoreUnavailable
 from bandit.policy import PosteriorSummary
+from bandit.serving.cache import ExperimentCache, Snapshot, summaries_of
+from bandit.serving.changes import cancelling
 from bandit.settings import Settings
-from bandit.store import RedisStore
+from bandit.store.redis_store import RedisStore
 
 logger = logging.getLogger(__name__)
 

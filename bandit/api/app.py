@@ -19,8 +19,11 @@ from typing import Any
 import orjson
 from aiohttp import web, web_response
 
-from bandit import openapi, policy, tokens
-from bandit.auth import KEYS_RELOAD_S, OPEN, KeysFileError, KeysSource, Principal, authorize
+from bandit import policy, tokens
+from bandit.api import openapi
+from bandit.api.auth import KEYS_RELOAD_S, OPEN, KeysFileError, KeysSource, Principal, authorize
+from bandit.api.metrics import Metrics
+from bandit.api.origins import OriginPolicy
 from bandit.errors import (
     BanditError,
     MalformedRequest,
@@ -28,12 +31,10 @@ from bandit.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from bandit.history import HistorySampler
-from bandit.metrics import Metrics
-from bandit.origins import OriginPolicy
-from bandit.service import BanditService
+from bandit.serving.history import HistorySampler
+from bandit.serving.service import BanditService
 from bandit.settings import Settings
-from bandit.store import RedisStore
+from bandit.store.redis_store import RedisStore
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def _parse_body(request: web.Request, raw: bytes | None, optional: bool) -> Any:
     media_type = request.headers.get("Content-Type", "")
     if media_type != "application/json" and not _is_json(media_type):
         # A page on another site can send text/plain or a form to us without asking first;
-        # application/json takes a CORS preflight, which bandit.origins refuses.
+        # application/json takes a CORS preflight, which bandit.api.origins refuses.
         raise UnsupportedMediaType(
             f"Content-Type must be application/json, got {media_type or 'none'!r} (with curl: "
             "-H 'Content-Type: application/json')")

@@ -10,7 +10,7 @@
 =============================================================  ==================================
 
 In a cluster every key of one experiment carries the hash tag ``{<experiment id>}``
-(``bandit.keys``), so each Lua script runs on one shard and experiments spread over all of
+(``bandit.store.keys``), so each Lua script runs on one shard and experiments spread over all of
 them.
 """
 

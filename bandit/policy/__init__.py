@@ -1,4 +1,4 @@
-"""Public face of the allocation maths: validated wrappers around :mod:`bandit.kernels`.
+"""Public face of the allocation maths: validated wrappers around :mod:`bandit.policy.kernels`.
 
 The service imports only this module. Arrays are checked and converted here (contiguous
 float64 / bool / int64) so the jitted kernels never see surprises; bad input raises ValueError.
@@ -15,8 +15,8 @@ import numpy as np
 import numpy.typing as npt
 import scipy.stats
 
-from bandit import kernels
-from bandit.kernels import BERNOULLI, GAUSSIAN
+from bandit.policy import kernels
+from bandit.policy.kernels import BERNOULLI, GAUSSIAN
 
 __all__ = [
     "BERNOULLI",

@@ -15,7 +15,7 @@ from Python.
 
 from __future__ import annotations
 
-# Tells every service process that an experiment changed (``bandit.changes``): publishes the
+# Tells every service process that an experiment changed (``bandit.serving.changes``): publishes the
 # id on `<prefix>:changes`, at most once per 100 ms per experiment (a `notified` key with that
 # expiry holds the others back). Expects KEYS[1] = `<prefix>:{<id>}:meta`.
 _NOTIFY = r"""

@@ -1,4 +1,4 @@
-"""``bandit keys``: create, list and revoke the API keys in a keys file (see bandit.auth)."""
+"""``bandit keys``: create, list and revoke the API keys in a keys file (see bandit.api.auth)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from bandit.auth import SCOPES, KeyRing, KeysFileError, key_line, new_key, parse_scopes
+from bandit.api.auth import SCOPES, KeyRing, KeysFileError, key_line, new_key, parse_scopes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

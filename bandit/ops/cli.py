@@ -14,10 +14,10 @@ from pathlib import Path
 from types import FrameType
 
 from bandit import __version__
-from bandit.auth import KeyRing, KeysFileError, is_loopback
-from bandit.embedded import EmbeddedRedis, EmbeddedRedisError
-from bandit.redisurl import redacted
+from bandit.api.auth import KeyRing, KeysFileError, is_loopback
 from bandit.settings import Settings, SettingsError, environ
+from bandit.store.embedded import EmbeddedRedis, EmbeddedRedisError
+from bandit.store.redisurl import redacted
 
 logger = logging.getLogger("bandit")
 
@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
         description="List, show, create and tune experiments, pause and resume arms, read "
                     "the audit log, against a running service (--url).",
     )
-    from bandit.operator import add_arguments as add_operator_arguments
+    from bandit.ops.operator import add_arguments as add_operator_arguments
 
     add_operator_arguments(experiments)
     keys = commands.add_parser(
@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
                     "file holds names, scopes and hashes, never the keys themselves; a running "
                     "service re-reads it within a second of a change.",
     )
-    from bandit.keyscli import add_arguments as add_keys_arguments
+    from bandit.ops.keyscli import add_arguments as add_keys_arguments
 
     add_keys_arguments(keys)
     worker = commands.add_parser(
@@ -79,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
                     "acknowledged once applied; what cannot be applied goes to the dead-letter "
                     "stream with the reason.",
     )
-    from bandit.worker import add_arguments as add_worker_arguments
+    from bandit.ops.worker import add_arguments as add_worker_arguments
 
     add_worker_arguments(worker)
     return parser
@@ -92,15 +92,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if arguments.command == "serve":
         return _serve(arguments)
     if arguments.command == "experiments":
-        from bandit.operator import run as run_operator
+        from bandit.ops.operator import run as run_operator
 
         return run_operator(arguments)
     if arguments.command == "keys":
-        from bandit.keyscli import run as run_keys
+        from bandit.ops.keyscli import run as run_keys
 
         return run_keys(arguments)
     if arguments.command == "worker":
-        from bandit.worker import run as run_worker
+        from bandit.ops.worker import run as run_worker
 
         return run_worker(arguments)
     if arguments.command == "simulate":
@@ -147,7 +147,7 @@ def _serve(arguments: argparse.Namespace) -> int:
         logger.info("embedded redis-server at %s, data in %s (appendfsync %s)",
                     settings.redis_url, embedded.data_dir, settings.embedded_appendfsync)
     try:
-        from bandit.store import check_deployment
+        from bandit.store.redis_store import check_deployment
 
         try:
             asyncio.run(check_deployment(settings))
@@ -166,8 +166,8 @@ def _serve(arguments: argparse.Namespace) -> int:
 
 
 def _run_worker(settings: Settings) -> None:
-    from bandit.app import create_app
-    from bandit.httpserver import connection_cap, serve
+    from bandit.api.app import create_app
+    from bandit.api.httpserver import connection_cap, serve
 
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 

@@ -1,8 +1,9 @@
 """The OpenAPI 3.1 document served at ``/openapi.json``: the API as it really is.
 
 Limits and patterns come from the modules that enforce them (``bandit.inputs``,
-``bandit.model``, ``bandit.advisor``, ``bandit.history``, ``bandit.auth``), so the document
-follows them when they change; ``tests/test_schemathesis.py`` fuzzes a real service against it.
+``bandit.model``, ``bandit.serving.advisor``, ``bandit.serving.history``,
+``bandit.api.auth``), so the document follows them when they change;
+``tests/test_schemathesis.py`` fuzzes a real service against it.
 
 Two variants: with API keys configured every ``/v1`` operation and ``/metrics`` declare the
 bearer scheme, the scope they need (``x-scopes``) and their 401/403 answers; a service running
@@ -17,9 +18,8 @@ from typing import Any
 
 import orjson
 
-from bandit import __version__, advisor, errors
-from bandit.auth import SCOPES
-from bandit.history import MAX_LIMIT as MAX_HISTORY_SAMPLES
+from bandit import __version__, errors
+from bandit.api.auth import SCOPES
 from bandit.inputs import (
     DEFAULT_LIST_PAGE,
     EVENT_ID_PATTERN,
@@ -44,6 +44,8 @@ from bandit.model import (
     MIN_PRIOR_PARAMETER,
     REWARDS,
 )
+from bandit.serving import advisor
+from bandit.serving.history import MAX_LIMIT as MAX_HISTORY_SAMPLES
 from bandit.tokens import DECISION_ID_PATTERN
 
 Schema = dict[str, Any]

@@ -22,7 +22,7 @@ from typing import Any, Self
 
 import redis
 
-from bandit.embedded import free_port, redis_server_binary, stop_process
+from bandit.store.embedded import free_port, redis_server_binary, stop_process
 
 CLUSTER_SLOTS = 16384
 

@@ -1,7 +1,7 @@
 """Calls on an experiment: is there a winner, is traffic served as promised, do rewards arrive.
 
 Pure functions of a posterior summary and the experiment's history samples
-(:mod:`bandit.history`); the service fetches those and reports the results in the stats.
+(:mod:`bandit.serving.history`); the service fetches those and reports the results in the stats.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""What tests and benchmarks share: local Redis deployments started from the shipped binary."""
