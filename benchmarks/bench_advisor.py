@@ -15,9 +15,9 @@ from __future__ import annotations
 import numpy as np
 from bench_kernels import median_ns
 
+from bandit.forecast import forecast as fc
 from bandit.policy import PolicySettings
 from bandit.serving import advisor
-from simulations import forecast as fc
 from simulations.engine import simulate
 from simulations.environments import Environment
 from simulations.policies import PolicySpec

@@ -1,7 +1,8 @@
 """Simulated environments: what the arms pay, and how that changes over time.
 
 An :class:`Environment` is a frozen description (validated once); :meth:`Environment.arrays`
-turns it into the plain arrays the jitted engine reads. Time is counted in decisions ("steps").
+turns it into the plain arrays the replication loop (:mod:`bandit.forecast.replicate`) reads.
+Time is counted in decisions ("steps").
 
 - Stationary: the means never change.
 - Piecewise-stationary: ``changes`` lists ``(t, means)``; from step ``t`` on (0-based, before the
@@ -24,6 +25,7 @@ from typing import Literal, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from bandit.forecast.codes import CHURN, CHURN_ALPHA, CHURN_BETA, DRIFT_SD, N_ENV_PARAMS, NOISE_SD
 from bandit.policy.kernels import BERNOULLI, GAUSSIAN
 
 __all__ = [
@@ -41,23 +43,15 @@ IntArray = npt.NDArray[np.int64]
 Reward = Literal["bernoulli", "gaussian"]
 REWARDS: tuple[Reward, ...] = ("bernoulli", "gaussian")
 
-# Layout of EnvironmentArrays.params, read by the engine kernel.
-NOISE_SD = 0
-DRIFT_SD = 1
-CHURN = 2
-CHURN_ALPHA = 3
-CHURN_BETA = 4
-N_PARAMS = 5
-
 
 class EnvironmentArrays(NamedTuple):
-    """What the jitted engine reads: family code, arrays, and the scalar parameters."""
+    """What the replication loop reads: family code, arrays, and the scalar parameters."""
 
     family: int
     means: FloatArray  # (K,) initial means
     change_times: IntArray  # (n,) strictly increasing steps
     change_means: FloatArray  # (n, K)
-    params: FloatArray  # (N_PARAMS,) indexed by NOISE_SD ... CHURN_BETA
+    params: FloatArray  # (N_ENV_PARAMS,) indexed by NOISE_SD ... CHURN_BETA
 
 
 def _means(name: str, values: npt.ArrayLike, reward: str, n_arms: int | None) -> FloatArray:
@@ -149,7 +143,7 @@ class Environment:
         change_means = np.zeros((len(self.changes), n_arms))
         for row, (_, values) in enumerate(self.changes):
             change_means[row] = values
-        params = np.zeros(N_PARAMS)
+        params = np.zeros(N_ENV_PARAMS)
         params[NOISE_SD] = self.noise_sd
         params[DRIFT_SD] = self.drift_sd
         params[CHURN] = self.churn

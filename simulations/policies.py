@@ -2,8 +2,9 @@
 
 A :class:`PolicySpec` names a policy and its parameters; :func:`parse_policy` reads the command
 line form ``name:key=value,...``. Every name maps to one kernel code and arrays
-(:meth:`PolicySpec.arrays`); the index-policy kernels live here, the loop in
-:mod:`simulations.engine`.
+(:meth:`PolicySpec.arrays`, laid out as :mod:`bandit.forecast.codes` says); the decision
+kernels are :mod:`bandit.forecast.thompson` and :mod:`bandit.forecast.index_policies`, the
+loop :mod:`bandit.forecast.replicate`, which the advisor's forecasts run too.
 
 Names, parameters (defaults) and the rewards they support:
 
@@ -39,11 +40,28 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import NamedTuple
 
-import numba
 import numpy as np
 import numpy.typing as npt
 
-from bandit.policy import PolicySettings, kernels
+from bandit.forecast.codes import (
+    BAYES_UCB,
+    EPSILON_GREEDY,
+    KL_UCB,
+    N_EXTRA,
+    SW_UCB,
+    THOMPSON,
+    UCB1,
+    UNIFORM,
+    X_C,
+    X_EPSILON,
+    X_HALF_LIFE,
+    X_HORIZON,
+    X_QUADRATURE,
+    X_SCALE,
+    X_TAU,
+    X_XI,
+)
+from bandit.policy import PolicySettings
 from bandit.policy.kernels import BERNOULLI
 
 __all__ = [
@@ -54,26 +72,6 @@ __all__ = [
 ]
 
 FloatArray = npt.NDArray[np.float64]
-
-# Kernel codes.
-UNIFORM = 0
-EPSILON_GREEDY = 1
-UCB1 = 2
-KL_UCB = 3
-BAYES_UCB = 4
-SW_UCB = 5
-THOMPSON = 6
-
-# Layout of PolicyArrays.extra.
-X_EPSILON = 0
-X_SCALE = 1
-X_C = 2
-X_TAU = 3
-X_XI = 4
-X_HALF_LIFE = 5
-X_HORIZON = 6
-X_QUADRATURE = 7
-N_EXTRA = 8
 
 _PRIOR = {"prior_alpha": 1.0, "prior_beta": 1.0, "prior_mean": 0.0, "prior_kappa": 0.01}
 _THOMPSON = {
@@ -129,7 +127,7 @@ _NONE_ALLOWED = {"half_life", "top_two", "control"}
 
 
 class PolicyArrays(NamedTuple):
-    """What the jitted engine reads for one policy."""
+    """What the replication loop reads for one policy."""
 
     code: int
     settings: FloatArray  # (kernels.N_SETTINGS,), the service's settings array
@@ -282,375 +280,3 @@ def parse_policy(text: str) -> PolicySpec:
         except ValueError as error:
             raise ValueError(f"{name}: {key} must be a number, got {raw!r}") from error
     return PolicySpec(name, params)
-
-
-# ---------------------------------------------------------------------------------------------
-# Decision kernels. ``view`` holds the statistics the policy has seen, in the service's layout
-# (Bernoulli: successes, failures; Gaussian: weight, mean, squared deviations), except for
-# SW-UCB whose rows are the windowed count and reward sum.
-
-_jit = numba.njit(cache=True, nogil=True)
-_QUANTILE_ITERATIONS = 48
-_KL_ITERATIONS = 40
-_CF_ITERATIONS = 10_000
-_TINY = 1e-300
-
-
-@_jit
-def _better(index: float, best: float, ties: int, rng: np.random.Generator) -> tuple[bool, int]:
-    """Running argmax with uniform tie-breaking (reservoir sampling over equal maxima)."""
-    if index > best:
-        return True, 1
-    if index == best:
-        ties += 1
-        return rng.random() * ties < 1.0, ties
-    return False, ties
-
-
-@_jit
-def _observed(family: int, view: FloatArray, k: int) -> tuple[float, float]:
-    """(weight n, mean) of arm k's observations; the Bernoulli mean is s / (s + f)."""
-    if family == BERNOULLI:
-        n = view[0, k] + view[1, k]
-        return n, view[0, k] / n if n > 0.0 else 0.0
-    return view[0, k], view[1, k]
-
-
-@_jit
-def bernoulli_kl_scalar(p: float, q: float) -> float:
-    """KL(Bernoulli(p) || Bernoulli(q)) with q clipped into (0, 1)."""
-    q = min(max(q, 1e-15), 1.0 - 1e-15)
-    kl = 0.0
-    if p > 0.0:
-        kl += p * math.log(p / q)
-    if p < 1.0:
-        kl += (1.0 - p) * math.log((1.0 - p) / (1.0 - q))
-    return kl
-
-
-@_jit
-def kl_ucb_index(mean: float, n: float, level: float) -> float:
-    """max{q in [mean, 1] : n kl(mean, q) <= level}, by bisection to ~1e-12."""
-    low, high = mean, 1.0
-    if n * bernoulli_kl_scalar(mean, high) <= level:
-        return 1.0
-    for _ in range(_KL_ITERATIONS):
-        middle = 0.5 * (low + high)
-        if n * bernoulli_kl_scalar(mean, middle) > level:
-            high = middle
-        else:
-            low = middle
-    return low
-
-
-@_jit
-def _beta_cf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz)."""
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c = 1.0
-    d = 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > _TINY else _TINY)
-    h = d
-    for m in range(1, _CF_ITERATIONS):
-        m2 = 2.0 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > _TINY else _TINY)
-        c = 1.0 + aa / c
-        c = c if abs(c) > _TINY else _TINY
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > _TINY else _TINY)
-        c = 1.0 + aa / c
-        c = c if abs(c) > _TINY else _TINY
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < 1e-14:
-            break
-    return h
-
-
-@_jit
-def beta_upper_tail(a: float, b: float, x: float) -> float:
-    """P(X > x) for X ~ Beta(a, b), accurate when small (1 - I_x(a, b) = I_{1-x}(b, a))."""
-    if x <= 0.0:
-        return 1.0
-    if x >= 1.0:
-        return 0.0
-    log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
-                 + a * math.log(x) + b * math.log1p(-x))
-    if x < (a + 1.0) / (a + b + 2.0):
-        return 1.0 - math.exp(log_front) * _beta_cf(a, b, x) / a
-    return math.exp(log_front) * _beta_cf(b, a, 1.0 - x) / b
-
-
-@_jit
-def beta_upper_quantile(a: float, b: float, tail: float) -> float:
-    """x with P(X > x) = tail for X ~ Beta(a, b): Newton on log P(X > x), kept inside a
-    bisection bracket (~6 tail evaluations instead of ~48 for bisection alone)."""
-    if tail >= 1.0:
-        return 0.0
-    if tail <= 0.0:
-        return 1.0
-    log_target = math.log(tail)
-    log_norm = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
-    low, high = 0.0, 1.0
-    x = a / (a + b)
-    for _ in range(_QUANTILE_ITERATIONS):
-        upper = beta_upper_tail(a, b, x)
-        if upper > tail:
-            low = x
-        else:
-            high = x
-        density = math.exp(log_norm + (a - 1.0) * math.log(x) + (b - 1.0) * math.log1p(-x))
-        following = 0.5 * (low + high)
-        if upper > 0.0 and density > 0.0:
-            # d/dx log P(X > x) = -density / P(X > x)
-            newton = x + (math.log(upper) - log_target) * upper / density
-            if low < newton < high:
-                following = newton
-        if abs(following - x) <= 1e-14 or high - low <= 1e-15:
-            return following
-        x = following
-    return x
-
-
-@_jit
-def choose_index_policy(
-    code: int,
-    family: int,
-    view: FloatArray,
-    prior: FloatArray,
-    extra: FloatArray,
-    t: int,
-    rng: np.random.Generator,
-) -> int:
-    """Decision of a non-Thompson policy at step ``t`` (0-based: ``t`` plays so far)."""
-    n_arms = view.shape[1]
-    if code == UNIFORM:
-        return int(rng.integers(0, n_arms))
-    greedy_only = False
-    if code == EPSILON_GREEDY:
-        if rng.random() < extra[X_EPSILON]:
-            return int(rng.integers(0, n_arms))
-        greedy_only = True
-    log_t = math.log(max(t, 1))
-    level = log_t
-    if code == KL_UCB and log_t > 1.0:
-        level += extra[X_C] * math.log(log_t)
-    tail = 1.0
-    if code == BAYES_UCB:
-        tail = 1.0 / ((t + 1) * math.log(max(extra[X_HORIZON], 2.0)) ** extra[X_C])
-    window_log = math.log(max(min(t, extra[X_TAU]), 1.0))
-    best = -math.inf
-    winner = 0
-    ties = 0
-    for k in range(n_arms):
-        if code == SW_UCB:
-            n = view[0, k]
-            mean = view[1, k] / n if n > 0.0 else 0.0
-        else:
-            n, mean = _observed(family, view, k)
-        if code == BAYES_UCB:
-            index = beta_upper_quantile(prior[0] + view[0, k], prior[1] + view[1, k], tail)
-        elif n <= 0.0:
-            index = math.inf
-        elif greedy_only:
-            index = mean
-        elif code == UCB1:
-            index = mean + extra[X_SCALE] * math.sqrt(2.0 * log_t / n)
-        elif code == KL_UCB:
-            index = kl_ucb_index(mean, n, level)
-        else:
-            index = mean + extra[X_SCALE] * math.sqrt(extra[X_XI] * window_log / n)
-        take, ties = _better(index, best, ties, rng)
-        if take:
-            best = index
-            winner = k
-    return winner
-
-
-# Thompson draw parameters ("params", float64 (N_PARAMS, K)): rows 0-3 are those of
-# kernels.posterior_parameters; for Bernoulli arms rows 2-5 cache the Marsaglia-Tsang constants
-# (d = shape - 1/3, c = 1/sqrt(9 d)) of alpha and of beta, which change only with the posterior.
-N_PARAMS = 6
-
-
-@_jit
-def posterior_column(
-    family: int, view: FloatArray, prior: FloatArray, inv_temperature: float, k: int,
-    params: FloatArray,
-) -> None:
-    """Column k of kernels.posterior_parameters, in place (same floating-point operations)."""
-    if family == BERNOULLI:
-        for row in range(2):
-            shape = prior[row] + view[row, k] * inv_temperature
-            params[row, k] = shape
-            d = shape - 1. / 3.
-            params[2 + 2 * row, k] = d
-            params[3 + 2 * row, k] = 1. / np.sqrt(9 * d) if shape > 1.0 else 0.0
-        return
-    kernels.normal_gamma_column(prior, view, inv_temperature, k, params)
-
-
-@numba.njit(inline="always")
-def _standard_gamma(shape: float, d: float, c: float, rng: np.random.Generator) -> float:
-    """Generator.standard_gamma(shape), with its constants d, c precomputed when shape > 1.
-
-    numba's port of numpy's Marsaglia-Tsang loop statement for statement, so the same random
-    numbers give the same value; without its sqrt and division per draw, and inlined, a Beta
-    draw costs about half of Generator.beta.
-    """
-    if shape <= 1.0:
-        return float(rng.standard_gamma(shape))
-    while True:
-        while True:
-            x = rng.standard_normal()
-            v = 1.0 + c * x
-            if v > 0.0:
-                break
-        v = v * v * v
-        u = rng.random()
-        if u < 1.0 - 0.0331 * (x * x) * (x * x):
-            return d * v
-        if np.log(u) < 0.5 * x * x + d * (1. - v + np.log(v)):
-            return d * v
-
-
-@numba.njit(inline="always")
-def _beta_draw(params: FloatArray, k: int, rng: np.random.Generator) -> float:
-    """Generator.beta(params[0, k], params[1, k]), value for value (numba's random_beta)."""
-    a = params[0, k]
-    b = params[1, k]
-    if a <= 1.0 and b <= 1.0:
-        return float(rng.beta(a, b))
-    gamma_a = _standard_gamma(a, params[2, k], params[3, k], rng)
-    gamma_b = _standard_gamma(b, params[4, k], params[5, k], rng)
-    return gamma_a / (gamma_a + gamma_b)
-
-
-@_jit
-def _draw_mean(family: int, params: FloatArray, k: int, rng: np.random.Generator) -> float:
-    """One posterior draw of arm k's mean: the same draws, in the same order, as the service."""
-    if family == BERNOULLI:
-        return _beta_draw(params, k, rng)
-    precision = rng.gamma(params[2, k], 1.0 / params[3, k])
-    return float(rng.normal(params[0, k], 1.0 / math.sqrt(params[1, k] * precision)))
-
-
-@_jit
-def thompson_argmax(family: int, params: FloatArray, control: int,
-                    rng: np.random.Generator) -> int:
-    """Plain Thompson decision: argmax of one posterior draw over the arms but ``control``."""
-    # One loop per family: a family test inside the loop costs ~25% of the Bernoulli speed.
-    # Draws are finite, so the first arm beats -inf: the first maximum wins, as in the service.
-    winner = -1
-    best = -math.inf
-    if family == BERNOULLI:
-        for k in range(params.shape[1]):
-            if k != control:
-                draw = _beta_draw(params, k, rng)
-                if draw > best:
-                    best = draw
-                    winner = k
-        return winner
-    for k in range(params.shape[1]):
-        if k != control:
-            draw = _draw_mean(family, params, k, rng)
-            if winner < 0 or draw > best:
-                best = draw
-                winner = k
-    return winner
-
-
-@_jit
-def _uniform_bandit_arm(n_arms: int, control: int, rng: np.random.Generator) -> int:
-    arm = int(rng.integers(0, n_arms - 1 if control >= 0 else n_arms))
-    return arm + 1 if 0 <= control <= arm else arm
-
-
-# Top-two challenger: resampling attempts before switching to the exact conditional law from
-# the quadrature. Rejection sampling is memoryless, so the switch does not bias the law.
-_CHALLENGER_ATTEMPTS = 64
-
-
-@_jit
-def choose_thompson(
-    family: int,
-    view: FloatArray,
-    counts: FloatArray,
-    params: FloatArray,
-    prior: FloatArray,
-    settings: FloatArray,
-    racing: npt.NDArray[np.bool_],
-    tail_table: FloatArray,
-    rng: np.random.Generator,
-) -> int:
-    """One decision distributed exactly as kernels.fold_exploration's probabilities.
-
-    Valid when floors and caps are off (MIN_SHARE 0, MAX_SHARE 1; then the projection is the
-    identity) and every arm is active. ``params`` is posterior_parameters(view) (tempered).
-    Matching fold_exploration term by term:
-
-    - control arm: probability CONTROL_SHARE, held out of the race;
-    - epsilon: with probability EPSILON a uniform bandit arm (the eps / n mixture term);
-    - warm-up: while any bandit arm has fewer than WARMUP observations, uniform;
-    - otherwise the argmax of one tempered posterior draw over the bandit arms: arm i wins with
-      probability p_best[i], which is what best_arm_probabilities integrates;
-    - top-two (leader probability beta): with probability 1 - beta the draw is repeated until a
-      different arm wins, so given leader j arm i != j comes with probability p_i / (1 - p_j),
-      and overall psi_i = beta p_i + (1 - beta) p_i sum_{j != i} p_j / (1 - p_j) (_top_two).
-
-    With no exploration setting on, it makes exactly the draws of kernels.thompson_choices.
-    """
-    n_arms = view.shape[1]
-    control = int(settings[kernels.CONTROL_INDEX]) if settings[kernels.CONTROL_INDEX] >= 0 else -1
-    share = settings[kernels.CONTROL_SHARE]
-    if control >= 0 and share > 0.0 and rng.random() < share:
-        return control
-    if settings[kernels.EPSILON] > 0.0 and rng.random() < settings[kernels.EPSILON]:
-        return _uniform_bandit_arm(n_arms, control, rng)
-    if settings[kernels.WARMUP] > 0.0:
-        for k in range(n_arms):
-            if k != control and counts[k] < settings[kernels.WARMUP]:
-                return _uniform_bandit_arm(n_arms, control, rng)
-    leader = thompson_argmax(family, params, control, rng)
-    leader_share = settings[kernels.TOP_TWO]
-    if math.isnan(leader_share) or n_arms - (control >= 0) == 1 or rng.random() < leader_share:
-        return leader
-    for _ in range(_CHALLENGER_ATTEMPTS):
-        challenger = thompson_argmax(family, params, control, rng)
-        if challenger != leader:
-            return challenger
-    # The leader wins almost surely: draw the challenger from p_i / (1 - p_leader) directly,
-    # with fold_exploration's normalisation and its convention when p_leader rounds to 1.
-    p_best, _ = kernels.best_arm_probabilities(
-        family, view, prior, settings[kernels.TEMPERATURE], racing, tail_table, rng
-    )
-    total = 0.0
-    for k in range(n_arms):
-        if racing[k]:
-            total += max(p_best[k], 0.0)
-    others = 0.0
-    for k in range(n_arms):
-        if k != leader and racing[k]:
-            others += max(p_best[k], 0.0)
-    if not (total > 0.0 and others > 0.0 and max(p_best[leader], 0.0) / total < 1.0):
-        # As _top_two when p_leader is 1: a uniform challenger.
-        arm = int(rng.integers(0, n_arms - 2 if control >= 0 else n_arms - 1))
-        for k in range(n_arms):
-            if k not in (leader, control):
-                if arm == 0:
-                    return k
-                arm -= 1
-    target = rng.random() * others
-    acc = 0.0
-    last = leader
-    for k in range(n_arms):
-        if k != leader and racing[k] and p_best[k] > 0.0:
-            acc += p_best[k]
-            last = k
-            if acc > target:
-                return k
-    return last

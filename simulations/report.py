@@ -19,8 +19,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from simulations.engine import SimulationResult, lai_robbins_constant
-from simulations.environments import Environment
+from simulations.engine import SimulationResult
+from simulations.environments import Environment, lai_robbins_constant
 
 
 def _mean_and_stderr(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient
 
+from bandit.forecast import forecast
 from bandit.policy import PolicySettings, student_t_tail_table
 from bandit.policy.kernels import BERNOULLI
 from bandit.serving import advisor
-from simulations import forecast
 
 Client = TestClient[Any, Any]
 
@@ -177,16 +179,28 @@ def test_first_call_needs_both_the_probability_and_the_loss_bound() -> None:
     active = np.ones(2, dtype=np.bool_)
     rng = np.random.default_rng(0)
     table = student_t_tail_table()
-    assert forecast._first_call(BERNOULLI, clear, prior, active, 0.95, 0.001, table, rng) == (
+    assert forecast.first_call(BERNOULLI, clear, prior, active, 0.95, 0.001, table, rng) == (
         0, 0)
-    assert forecast._first_call(BERNOULLI, tied, prior, active, 0.95, 1.0, table, rng) == (
+    assert forecast.first_call(BERNOULLI, tied, prior, active, 0.95, 1.0, table, rng) == (
         -1, -1)
     # Loss bound of 0: even a clear leader has some posterior expected loss.
-    assert forecast._first_call(BERNOULLI, clear, prior, active, 0.95, 0.0, table, rng) == (
+    assert forecast.first_call(BERNOULLI, clear, prior, active, 0.95, 0.0, table, rng) == (
         -1, -1)
     only_second = np.array([False, True])
-    assert forecast._first_call(BERNOULLI, clear, prior, only_second, 0.95, 1.0, table,
-                                rng) == (0, 1)
+    assert forecast.first_call(BERNOULLI, clear, prior, only_second, 0.95, 1.0, table,
+                               rng) == (0, 1)
+
+
+def test_the_service_never_imports_the_simulator() -> None:
+    """The advisor's forecasts run bandit.forecast: the service (the HTTP app, with the advisor
+    behind its advise endpoint) loads nothing of the researchers' simulations package.
+
+    A fresh interpreter, since this one has imported simulations for other tests."""
+    script = ("import sys, bandit.api.app, bandit.serving.advisor; "
+              "print(sorted(m for m in sys.modules if m.split('.')[0] == 'simulations'))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            check=True, timeout=60)
+    assert result.stdout.strip() == "[]", result.stdout
 
 
 def _samples(rate: float, delay_s: float, coverage: float = 1.0) -> list[dict[str, Any]]:

@@ -15,19 +15,18 @@ import pytest
 import scipy.stats
 
 from bandit import policy
+from bandit.forecast import index_policies, thompson
+from bandit.forecast.codes import N_DIAGNOSTICS, N_TRACE
+from bandit.forecast.thompson import sample_from_cdf
 from bandit.policy import BERNOULLI, GAUSSIAN, PolicySettings
 from simulations import engine
-from simulations import policies as pol
-from simulations.engine import (
-    Trace,
+from simulations.engine import Trace, log_checkpoints, simulate, trace
+from simulations.environments import (
+    Environment,
+    bernoulli_kl,
     lai_robbins_bound,
     lai_robbins_constant,
-    log_checkpoints,
-    sample_from_cdf,
-    simulate,
-    trace,
 )
-from simulations.environments import Environment, bernoulli_kl
 from simulations.policies import POLICIES, PolicySpec, parse_policy
 
 FloatArray = npt.NDArray[np.float64]
@@ -162,16 +161,16 @@ def test_fast_path_frequencies_match_policy_probabilities(
     counts = view[0] + view[1]
     settings_array = settings.as_array()
     expected = policy.allocation_probabilities(family, view, counts, PRIOR, settings)
-    params = np.zeros((pol.N_PARAMS, n_arms))
+    params = np.zeros((thompson.N_PARAMS, n_arms))
     for k in range(n_arms):
-        pol.posterior_column(family, view, PRIOR, 1.0 / settings.temperature, k, params)
+        thompson.posterior_column(family, view, PRIOR, 1.0 / settings.temperature, k, params)
     racing = np.ones(n_arms, dtype=np.bool_)
     if settings.control_index is not None:
         racing[settings.control_index] = False
     rng = np.random.default_rng(2024)
     tail = policy.student_t_tail_table()
-    decisions = [pol.choose_thompson(family, view, counts, params, PRIOR, settings_array,
-                                     racing, tail, rng) for _ in range(n)]
+    decisions = [thompson.choose_thompson(family, view, counts, params, PRIOR, settings_array,
+                                          racing, tail, rng) for _ in range(n)]
     observed = np.bincount(decisions, minlength=n_arms)
     assert np.all(observed[expected == 0.0] == 0)
     cells = expected * n > 0.0
@@ -186,14 +185,15 @@ def test_gaussian_fast_path_frequencies_match_policy_probabilities() -> None:
     counts = np.array([20.0, 25.0, 15.0])
     settings = PolicySettings(top_two=0.6, epsilon=0.05)
     expected = policy.allocation_probabilities(GAUSSIAN, view, counts, GAUSSIAN_PRIOR, settings)
-    params = np.zeros((pol.N_PARAMS, 3))
+    params = np.zeros((thompson.N_PARAMS, 3))
     for k in range(3):
-        pol.posterior_column(GAUSSIAN, view, GAUSSIAN_PRIOR, 1.0, k, params)
+        thompson.posterior_column(GAUSSIAN, view, GAUSSIAN_PRIOR, 1.0, k, params)
     rng = np.random.default_rng(7)
     racing = np.ones(3, dtype=np.bool_)
     tail = policy.student_t_tail_table()
-    decisions = [pol.choose_thompson(GAUSSIAN, view, counts, params, GAUSSIAN_PRIOR,
-                                     settings.as_array(), racing, tail, rng) for _ in range(n)]
+    decisions = [thompson.choose_thompson(GAUSSIAN, view, counts, params, GAUSSIAN_PRIOR,
+                                          settings.as_array(), racing, tail, rng)
+                 for _ in range(n)]
     observed = np.bincount(decisions, minlength=3)
     statistic = float(np.sum((observed - n * expected) ** 2 / (n * expected)))
     assert scipy.stats.chi2.sf(statistic, 2) > P_VALUE_FLOOR, (observed / n, expected)
@@ -258,18 +258,19 @@ def test_same_seed_same_numbers_whatever_the_threads(spec: str, options: dict[st
     ],
 )
 def test_plain_loop_is_the_general_loop_number_for_number(spec: str, means: list[float]) -> None:
-    """engine._replicate_plain (plain Thompson, stationary Bernoulli, rewards at once) gives
-    exactly what the general loop gives from the same generator: every output array."""
+    """simulations.plain.replicate_plain (plain Thompson, stationary Bernoulli, rewards at
+    once) gives exactly what the general loop gives from the same generator: every output
+    array."""
     run = engine._prepare(parse_policy(spec), Environment.bernoulli(np.array(means)),
                           horizon=20_000, batch=1, delay=0.0, checkpoints=None)
     assert engine._is_plain(run)
     n_arms, n_checkpoints = len(means), run.checkpoints.shape[0]
     outputs = []
-    for trace_rows in (np.zeros((0, engine.N_TRACE)), np.zeros((20_000, engine.N_TRACE))):
+    for trace_rows in (np.zeros((0, N_TRACE)), np.zeros((20_000, N_TRACE))):
         # A trace to fill makes _run_one take the general loop.
         arrays = (np.zeros(n_checkpoints), np.zeros(n_checkpoints), np.zeros(n_checkpoints),
                   np.zeros((n_checkpoints, n_arms)), np.zeros(n_arms),
-                  np.zeros(engine.N_DIAGNOSTICS), np.zeros((4, n_arms)))
+                  np.zeros(N_DIAGNOSTICS), np.zeros((4, n_arms)))
         pseudo, regret, best, shares, pulls, diagnostics, final_stats = arrays
         engine._run_one(run, replication_rng(11), pseudo, regret, best, shares, pulls,
                         trace_rows, diagnostics, final_stats)
@@ -507,10 +508,10 @@ def test_parse_policy() -> None:
 
 def test_index_helpers_against_scipy() -> None:
     for a, b, tail in ((3.0, 9.0, 1e-3), (40.0, 2.0, 0.2), (1.0, 1.0, 1e-5), (200.0, 800.0, 1e-4)):
-        assert pol.beta_upper_quantile(a, b, tail) == pytest.approx(
+        assert index_policies.beta_upper_quantile(a, b, tail) == pytest.approx(
             scipy.stats.beta.isf(tail, a, b), abs=1e-9)
     # KL-UCB: the largest q with n kl(mean, q) <= level.
-    q = pol.kl_ucb_index(0.3, 50.0, math.log(1000.0))
+    q = index_policies.kl_ucb_index(0.3, 50.0, math.log(1000.0))
     assert 50.0 * float(bernoulli_kl(0.3, q)) == pytest.approx(math.log(1000.0), rel=1e-6)
 
 

@@ -3,7 +3,7 @@
 ``POST /v1/experiments/{id}/advise`` takes a proposal in the PATCH body's format (validated by
 the same code, so a proposal the advisor accepts is one PATCH accepts) and forecasts, from the
 live posteriors, the current settings against the proposed ones with
-:func:`simulations.forecast.forecast`: expected regret, share trajectories and time to a winner
+:func:`bandit.forecast.forecast.forecast`: expected regret, share trajectories and time to a winner
 call, with intervals.
 
 The service's traffic and feedback enter the forecast as measured from the experiment's
@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 
 from bandit.errors import InvalidValue
+from bandit.forecast import forecast as fc
 from bandit.model import Experiment, integer, mapping, number, parse_patch
 from bandit.serving.cache import Snapshot, family_of, policy_settings, prior_array
-from simulations import forecast as fc
 
 #: Decisions per forecast (upper bound) and the default when the traffic rate is unknown.
 MAX_DECISIONS = 1_000_000

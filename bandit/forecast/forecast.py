@@ -1,14 +1,16 @@
 """Forecasts for the tuning advisor: the next N decisions of a live experiment, simulated.
 
 Each replication draws one plausible truth from the live posterior (every arm's mean, and for
-Gaussian rewards its noise), then runs the simulation engine's replication loop, the
-service's own policy code, from the live statistics under every scenario (the current
-settings, a proposed change) with the same random numbers, so that scenario differences are
-paired: what differs between two scenarios' results is the settings, not the luck.
+Gaussian rewards its noise), then runs the replication loop
+(:func:`bandit.forecast.replicate.replicate`, the service's own policy code) from the live
+statistics under every scenario (the current settings, a proposed change) with the same random
+numbers, so that scenario differences are paired: what differs between two scenarios' results
+is the settings, not the luck.
 
-At every checkpoint the engine hands back the statistics the service would hold; from them
-:func:`_first_call` finds when the stats endpoint would first call a winner (P(best) at or
-above the threshold, expected loss at or below the bound).
+At every checkpoint the loop hands back the statistics the service would hold; from them
+:func:`first_call` finds when the stats endpoint would first call a winner (P(best) at or
+above the threshold, expected loss at or below the bound). The advisor reports the results
+with :func:`mean_interval` and :func:`wilson_interval`.
 """
 
 from __future__ import annotations
@@ -17,21 +19,42 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 import numpy.typing as npt
 
+from bandit.forecast.codes import (
+    N_DIAGNOSTICS,
+    N_ENV_PARAMS,
+    N_EXTRA,
+    N_TRACE,
+    THOMPSON,
+    X_HALF_LIFE,
+    X_HORIZON,
+    X_QUADRATURE,
+)
+from bandit.forecast.parallel import run_replications
+from bandit.forecast.replicate import replicate
 from bandit.policy import kernels, student_t_tail_table
-from bandit.policy.kernels import BERNOULLI
-from simulations import environments as env
-from simulations import policies as pol
-from simulations.engine import N_DIAGNOSTICS, N_TRACE, _replicate, run_replications
+from bandit.policy.kernels import BERNOULLI, jit
+
+__all__ = [
+    "CALL_STRIDE",
+    "CHECKPOINTS",
+    "Outcome",
+    "Problem",
+    "Scenario",
+    "call_times",
+    "draw_truths",
+    "first_call",
+    "forecast",
+    "linear_checkpoints",
+    "mean_interval",
+    "wilson_interval",
+]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
-
-_jit = numba.njit(cache=True, nogil=True)
 
 #: The winner call is looked for at every CALL_STRIDE-th checkpoint (and now): each look is a
 #: best-arm quadrature, which at K=100 costs about as much as simulating 150 decisions.
@@ -50,7 +73,7 @@ class Scenario:
 
     @property
     def needs_quadrature(self) -> bool:
-        """Whether the engine takes the probability path (one quadrature per update).
+        """Whether the replication loop takes the probability path (one quadrature per update).
 
         Top-two goes there too: drawn decision by decision, a confident leader makes nearly
         every challenger draw fail and fall back to a quadrature of its own (measured: 39 s
@@ -101,8 +124,8 @@ def draw_truths(family: int, stats: FloatArray, prior: FloatArray,
     return means, 1.0 / np.sqrt(precision)
 
 
-@_jit
-def _first_call(family: int, checkpoint_stats: FloatArray, prior: FloatArray,
+@jit
+def first_call(family: int, checkpoint_stats: FloatArray, prior: FloatArray,
                 active: BoolArray, threshold: float, max_loss: float, tail_table: FloatArray,
                 rng: np.random.Generator) -> tuple[int, int]:
     """(checkpoint, arm) of the first winner call the stats endpoint would make, or (-1, -1)."""
@@ -141,16 +164,16 @@ def forecast(problem: Problem, scenarios: Sequence[Scenario], *, reps: int, seed
     tail_table = student_t_tail_table()
     call_rows = _call_rows(n_checkpoints)
     no_changes = np.zeros((0, n_arms))
-    env_params = np.zeros(env.N_PARAMS)
-    extras = []  # the policy's extra parameters of each scenario (read-only in the engine)
+    env_params = np.zeros(N_ENV_PARAMS)
+    extras = []  # the policy's extra parameters of each scenario (read-only in the loop)
     for scenario in scenarios:
-        extra = np.zeros(pol.N_EXTRA)
-        extra[pol.X_HALF_LIFE] = scenario.half_life
-        extra[pol.X_HORIZON] = problem.horizon
-        extra[pol.X_QUADRATURE] = 1.0 if scenario.needs_quadrature else 0.0
+        extra = np.zeros(N_EXTRA)
+        extra[X_HALF_LIFE] = scenario.half_life
+        extra[X_HORIZON] = problem.horizon
+        extra[X_QUADRATURE] = 1.0 if scenario.needs_quadrature else 0.0
         extras.append(extra)
 
-    def replicate(r: int) -> None:
+    def future(r: int) -> None:
         truth_seed, run_seed, call_seed = seeds[r].spawn(3)
         means, noise = draw_truths(problem.family, problem.stats, problem.prior,
                                    np.random.default_rng(truth_seed))
@@ -160,8 +183,8 @@ def forecast(problem: Problem, scenarios: Sequence[Scenario], *, reps: int, seed
             # Row 0: now; row c + 1: at checkpoint c.
             checkpoint_stats = np.zeros((n_checkpoints + 1, 4, n_arms))
             checkpoint_stats[0] = initial
-            _replicate(
-                pol.THOMPSON, scenario.settings, problem.prior, extra, problem.family, means,
+            replicate(
+                THOMPSON, scenario.settings, problem.prior, extra, problem.family, means,
                 np.zeros(0, dtype=np.int64), no_changes, env_params, noise, initial,
                 scenario.active, problem.horizon, problem.batch, problem.delay,
                 problem.checkpoints, tail_table, np.random.default_rng(run_seed),
@@ -170,14 +193,14 @@ def forecast(problem: Problem, scenarios: Sequence[Scenario], *, reps: int, seed
                 np.zeros((4, n_arms)), checkpoint_stats[1:],
             )
             outcome.best_arm_rate[r] = pulls[best] / problem.horizon
-            checkpoint, arm = _first_call(
+            checkpoint, arm = first_call(
                 problem.family, checkpoint_stats[call_rows], problem.prior, scenario.active,
                 problem.threshold, problem.max_loss, tail_table,
                 np.random.default_rng(call_seed))
             outcome.call_checkpoint[r] = checkpoint
             outcome.call_correct[r] = arm == best
 
-    run_replications(replicate, reps, threads, progress)
+    run_replications(future, reps, threads, progress)
     return outcomes
 
 
