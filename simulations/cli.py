@@ -215,8 +215,8 @@ def _progress_bar(total: int, *, disabled: bool) -> Iterator[Any]:
 
 
 def _replay(arguments: argparse.Namespace) -> int:
+    from simulations.logs import LogError
     from simulations.obd import evaluate_obd
-    from simulations.replay import LogError
 
     data_dir: Path | None = arguments.data_dir
     if data_dir is not None and not data_dir.is_dir():

@@ -7,7 +7,7 @@ licence and columns; :mod:`simulations.data` names it.
 
 Each row is one slot (``position`` 1, 2 or 3) of a three-item recommendation, and
 ``propensity_score`` is the probability of that item *in that slot*. Click rates differ between
-slots, so evaluations select one slot (:func:`~simulations.replay.select_position`) and then
+slots, so evaluations select one slot (:func:`~simulations.logs.select_position`) and then
 treat the rows as independent single-slot decisions.
 """
 
@@ -21,19 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from simulations.data import obd_sample_archive
-from simulations.replay import (
-    Estimate,
-    Log,
-    ThompsonPolicy,
-    ips,
-    logged_mean,
-    read_log,
-    replay,
-    select_position,
-    snips,
-    thompson_probabilities,
-    uniform_probabilities,
-)
+from simulations.logs import Log, read_log, select_position
+from simulations.replay import Estimate, ips, logged_mean, replay, snips
+from simulations.targets import ThompsonPolicy, thompson_probabilities, uniform_probabilities
 
 __all__ = ["evaluate_obd", "load_obd_log"]
 

@@ -19,20 +19,13 @@ import scipy.stats
 
 from bandit.policy import BERNOULLI, PolicySettings, allocation_probabilities
 from simulations.data import obd_sample_archive
+from simulations.logs import Log, LogError, load_log, select_position
 from simulations.obd import evaluate_obd, load_obd_log
-from simulations.replay import (
-    Estimate,
-    Log,
-    LogError,
+from simulations.replay import Estimate, ips, logged_mean, replay, snips
+from simulations.targets import (
     StaticPolicy,
     ThompsonPolicy,
     fixed_arm_probabilities,
-    ips,
-    load_log,
-    logged_mean,
-    replay,
-    select_position,
-    snips,
     thompson_probabilities,
     uniform_probabilities,
 )
