@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from bandit.api.app import SERVICE, create_app
 from bandit.serving.cache import recompute_interval
+from bandit.serving.changes import Dirty
 from bandit.serving.service import BanditService
 from bandit.settings import Settings
 from tests.conftest import RedisServer
@@ -239,3 +240,31 @@ async def test_ids_listed_by_an_earlier_version_are_merged(
     assert await _service(client).store.merge_legacy_registry() == 1
     listed = await (await client.get("/v1/experiments")).json()
     assert [e["id"] for e in listed["experiments"]] == ["exp-0000", "exp-0001", "exp-0002"]
+
+
+def test_a_dirty_experiment_is_read_until_its_window_has_passed() -> None:
+    """The window's unannounced changes are read: at every refresh up to the window's end
+    and once after it."""
+    dirty = Dirty()
+    dirty.note("e", until=1.1)
+    assert dirty.take(started=1.05) == (False, {"e"})
+    assert dirty.take(started=1.10) == (False, {"e"})
+    assert dirty.take(started=1.15) == (False, {"e"})  # the last read, after the window
+    assert dirty.take(started=1.20) == (False, set())
+    dirty.note("e", until=2.1)  # named again: a new window
+    dirty.note("f", until=2.05)
+    assert dirty.take(started=2.08) == (False, {"e", "f"})
+    assert dirty.take(started=2.2) == (False, {"e"})
+    assert dirty.take(started=2.3) == (False, set())
+
+
+def test_a_subscription_makes_everything_dirty_for_a_window() -> None:
+    """A message sent just before the subscription was not heard, and the changes its window
+    held back are never announced: everything is read until the window after the
+    subscription has passed (a test once read the experiment only before such a change)."""
+    dirty = Dirty()
+    dirty.note_everything(until=5.1)
+    assert dirty.take(started=5.0) == (True, set())
+    assert dirty.take(started=5.1) == (True, set())
+    assert dirty.take(started=5.2) == (True, set())  # once after the window
+    assert dirty.take(started=5.3) == (False, set())

@@ -307,9 +307,11 @@ async def test_sentinel_failover_under_load(tmp_path: Path, wait_replicas: int) 
     events that way with ``wait_replicas=1``, when a replica starved of CPU fell behind."""
     with LocalSentinel(tmp_path / "sentinel", replicas=2) as deployment:
         primary = deployment.primary()
+        promotions: list[int] = []
 
         def restart() -> None:
             promoted = deployment.wait_failover(primary)
+            promotions.append(promoted.port)
             # The sentinels reconfigure it as a replica once it is back.
             primary.arguments += ["--replicaof", "127.0.0.1", str(promoted.port)]
             primary.start()
@@ -320,7 +322,9 @@ async def test_sentinel_failover_under_load(tmp_path: Path, wait_replicas: int) 
         result = await _failover_under_load(
             deployment.url, primary.kill, restart, ["s-0", "s-1"], current,
             wait_replicas=wait_replicas)
-        assert deployment.primary().port != primary.port
+        # A replica took over. (Which node is primary at the end is not asserted: on a starved
+        # machine the sentinels have failed over a second time, back to the restarted node.)
+        assert promotions and promotions[0] != primary.port
     print(f"sentinel failover, wait_replicas={wait_replicas}: {result['lost']} of "
           f"{result['acknowledged']} acknowledged events lost ({result['at_risk']} acknowledged "
           f"in the 2 s before the kill); writes paused at most "

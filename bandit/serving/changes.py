@@ -42,7 +42,7 @@ from redis import exceptions as redis_errors
 from bandit.errors import StoreUnavailable
 from bandit.store.redis_store import RedisStore
 
-__all__ = ["NOTIFY_WINDOW_MS", "ChangeFeed", "cancelling"]
+__all__ = ["NOTIFY_WINDOW_MS", "ChangeFeed", "Dirty", "cancelling"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,39 @@ def cancelling() -> bool:
     return task is not None and task.cancelling() > 0
 
 
+class Dirty:
+    """The experiments to read again, each until the notify window after its last message.
+
+    An experiment named at ``t`` (local time of arrival) may change again, unannounced, until
+    ``t + window``: it is read at every refresh that starts by then, and once more at the
+    first refresh that starts after, which reads what the window's last change left.
+
+    A (re)subscription is the same for every experiment at once: a message sent just before
+    it was not heard, and the changes its window held back would never be announced.
+    """
+
+    def __init__(self) -> None:
+        self._until: dict[str, float] = {}
+        self._everything_until: float | None = None
+
+    def note(self, experiment_id: str, until: float) -> None:
+        self._until[experiment_id] = until
+
+    def note_everything(self, until: float) -> None:
+        self._everything_until = until
+
+    def take(self, started: float) -> tuple[bool, set[str]]:
+        """(everything?, the experiments named) to read at a refresh starting at
+        ``started``; what is past its window is returned one last time and forgotten."""
+        until = self._everything_until
+        if until is not None and until < started:
+            self._everything_until = None
+        everything = until is not None
+        named = set(self._until)
+        self._until = {k: until for k, until in self._until.items() if until >= started}
+        return everything, named
+
+
 class ChangeFeed:
     """The experiments named on the change channel since the cache last took them."""
 
@@ -70,10 +103,7 @@ class ChangeFeed:
         self._store = store
         self._timeout_s = timeout_s
         self._clock = clock
-        #: Experiment id -> when its window closes (local clock).
-        self._dirty: dict[str, float] = {}
-        #: Everything is dirty: set by every (re)subscription.
-        self._everything = False
+        self._dirty = Dirty()
         self._pings: deque[float] = deque()
         self._pubsub: Any = None
         #: Set when the connection looks dead: the listener subscribes again.
@@ -84,12 +114,8 @@ class ChangeFeed:
 
     def take(self, started: float) -> tuple[bool, set[str]]:
         """(everything?, the dirty experiments) to read at a refresh that started at
-        ``started``; an experiment whose window closed before then is read one last time and
-        forgotten."""
-        everything, self._everything = self._everything, False
-        dirty = set(self._dirty)
-        self._dirty = {k: until for k, until in self._dirty.items() if until >= started}
-        return everything, dirty
+        ``started`` (see ``Dirty``)."""
+        return self._dirty.take(started)
 
     async def ping(self) -> None:
         """Ask for a PONG behind every message published so far (``confirmed_at``)."""
@@ -136,14 +162,15 @@ class ChangeFeed:
     def _note(self, message: dict[str, Any]) -> None:
         kind = message["type"]
         if kind == "message":
-            self._dirty[message["data"]] = self._clock() + NOTIFY_WINDOW_MS / 1000
+            self._dirty.note(message["data"], self._clock() + NOTIFY_WINDOW_MS / 1000)
         elif kind == "pong":
             if self._pings:
                 self.confirmed_at = self._pings.popleft()
         elif kind == "subscribe":
             # A first subscription, or one renewed after a reconnection: what was published
-            # in between is lost, so everything is read again once.
-            self._everything = True
+            # in between is lost, so everything is read again, as if every experiment had
+            # just been named.
+            self._dirty.note_everything(self._clock() + NOTIFY_WINDOW_MS / 1000)
             self._pings.clear()
             self.subscribed = True
             logger.info("change feed subscribed to %s", message["channel"])
