@@ -27,6 +27,9 @@ MAX_PRIOR_PARAMETER = 1e12
 #: precision underflow to 0 (an infinite noise scale).
 MIN_GAUSSIAN_ALPHA = 0.05
 
+#: The actor recorded in the audit log when the service runs without API keys.
+ANONYMOUS = "anonymous"
+
 Reward = Literal["bernoulli", "gaussian"]
 REWARDS: tuple[Reward, ...] = ("bernoulli", "gaussian")
 

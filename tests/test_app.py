@@ -195,7 +195,7 @@ async def test_allocate_single_batch_and_slate(client: Client) -> None:
 
 async def test_single_decisions_drawn_ahead_follow_the_shares_and_take_rewards(
         client: Client) -> None:
-    """A busy experiment's single decisions are drawn ahead in runs (service._DrawnAhead):
+    """A busy experiment's single decisions are drawn ahead in runs (decisions._DrawnAhead):
     they must still follow the shares, carry them as propensities, and each id must take
     exactly one reward."""
     await create(client)
@@ -218,7 +218,7 @@ async def test_single_decisions_drawn_ahead_follow_the_shares_and_take_rewards(
     drew_ahead = False
     for _ in range(20):
         decisions += await asyncio.gather(*(one() for _ in range(100)))
-        ahead = service._ahead["d"].get("homepage")
+        ahead = service.decisions._ahead["d"].get("homepage")
         drew_ahead = drew_ahead or (ahead is not None and len(ahead.arms) > 0)
     assert drew_ahead, "no run of decisions was drawn ahead"
     assert all(d["propensity"] == shares[d["arm"]] for d in decisions)

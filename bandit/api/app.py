@@ -230,7 +230,7 @@ async def allocate(request: web.Request) -> web.Response:
     if body is _NOT_YET:
         body = await _body(request, optional=True)
     # Decisions from the cache need no await (most requests); the rest go the long way.
-    result = service.allocate_cached(experiment_id, body) or await service.allocate(
+    result = service.decisions.allocate_cached(experiment_id, body) or await service.allocate(
         experiment_id, body)
     age = service.cache.age
     stale = age > service.settings.stale_after_s
@@ -388,10 +388,11 @@ def _lifecycle(settings: Settings,
         service = BanditService(store, settings, seed=seed)
         app[SERVICE] = service
         app[METRICS].cache_age = lambda: service.cache.age
-        sampler = HistorySampler(store, service.cache, settings, service.take_served_recently)
+        sampler = HistorySampler(store, service.cache, settings,
+                                 service.decisions.take_served_recently)
         tasks = [asyncio.create_task(service.feed.run(), name="change-feed"),
                  asyncio.create_task(service.cache.run(), name="cache-refresh"),
-                 asyncio.create_task(service.run_served_flusher(), name="served-flush"),
+                 asyncio.create_task(service.decisions.run_served_flusher(), name="served-flush"),
                  asyncio.create_task(sampler.run(), name="history-sampler"),
                  asyncio.create_task(_reload_keys(app[KEYS]), name="keys-reload")]
         yield

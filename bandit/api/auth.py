@@ -33,13 +33,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bandit.errors import Forbidden, Unauthorized
+from bandit.model import ANONYMOUS
 
 SCOPES = ("decide", "read", "admin")
 KEY_PREFIX = "bk_"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 _HASH_PATTERN = re.compile(r"sha256:([0-9a-f]{64})")
-#: The actor recorded in the audit log when the service runs without keys.
-ANONYMOUS = "anonymous"
 
 
 class KeysFileError(ValueError):

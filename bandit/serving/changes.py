@@ -15,7 +15,7 @@ after every change of the window.
 What can go missing, and how it is recovered:
 
 - The subscription drops (Redis restarts, a failover, a network cut): redis-py reconnects and
-  subscribes again, and every (re)subscription marks the whole cache dirty, once.
+  subscribes again, and every (re)subscription marks the whole cache dirty for a window.
 - Redis drops a subscriber that falls too far behind: the same (it is a disconnection).
 - On a Redis Cluster, a message crosses the cluster bus to the node this process listens on;
   a bus outage can lose one without disconnecting us. The cache's slow sweep of change

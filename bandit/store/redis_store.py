@@ -37,7 +37,8 @@ logger = logging.getLogger(__name__)
 #: A script, its keys and its arguments.
 ScriptCall = tuple[AsyncScript, list[str], list[Any]]
 
-APPLIED, DUPLICATE, UNKNOWN_DECISION, WRONG_ARM = 1, 0, 2, 3
+#: Statuses of the APPLY_EVENTS script (``bandit.store.scripts``), one per event.
+APPLIED, DUPLICATE, UNKNOWN_DECISION, WRONG_ARM, REWARDED = 1, 0, 2, 3, 4
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,163 @@
+"""Reward events: checked one by one, verified against the decisions they name, applied to
+Redis in one script call per experiment (dedup and increments in the same atomic step)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from typing import Any
+
+from bandit.errors import InvalidValue, NotFound
+from bandit.inputs import MAX_EVENT_EXPERIMENTS, RewardEvent, parse_event, parse_event_batch
+from bandit.serving.decisions import Decider
+from bandit.settings import Settings
+from bandit.store.redis_store import (
+    APPLIED,
+    DUPLICATE,
+    REWARDED,
+    UNKNOWN_DECISION,
+    WRONG_ARM,
+    EncodedEvent,
+    RedisStore,
+)
+from bandit.tokens import EXPIRED, FORGED
+
+#: A large request gives the event loop back every this many events (a few milliseconds of
+#: work), so that no request holds the other requests of the process for long (a batch of
+#: 10,000 events held them for 170 ms in benchmarks/bench_loop.py).
+YIELD_EVERY = 2000
+
+_STATUS_ERRORS = {
+    UNKNOWN_DECISION: "decision_id: unknown, or its attribution window has passed",
+    WRONG_ARM: "arm: differs from the arm of the decision",
+    REWARDED: "decision_id: this decision already has a reward for this arm (another event id)",
+}
+
+
+class Rewards:
+    """Reward events of one process: each checked on its own, the good ones applied."""
+
+    def __init__(self, store: RedisStore, settings: Settings, decisions: Decider) -> None:
+        self._store = store
+        self._settings = settings
+        self._decisions = decisions
+
+    async def apply_events(self, body: object) -> dict[str, Any]:
+        raw_events = parse_event_batch(body)
+        rejected: list[dict[str, Any]] = []
+        grouped: defaultdict[str, list[RewardEvent]] = defaultdict(list)
+        valid_ids: set[str] = set()
+        for index, raw in enumerate(raw_events):
+            if index % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)  # let other requests in (see YIELD_EVERY)
+            try:
+                event = parse_event(index, raw, valid_ids)
+            except InvalidValue as error:
+                rejected.append({"index": index, "error": error.message})
+                continue
+            grouped[event.experiment].append(event)
+        if len(grouped) > MAX_EVENT_EXPERIMENTS:
+            raise InvalidValue(f"events: name at most {MAX_EVENT_EXPERIMENTS} distinct "
+                                  f"experiments per batch, got {len(grouped)}; split the batch")
+        # The experiments not cached yet, in one round trip (not one each, in turn).
+        await self._decisions.cache.load_many(list(grouped))
+        batches: dict[str, list[EncodedEvent]] = {}
+        positions: dict[str, list[int]] = {}
+        since_yield = 0
+        for experiment_id, events in grouped.items():
+            since_yield += len(events) + YIELD_EVERY // 100  # an experiment weighs 20 events
+            if since_yield >= YIELD_EVERY:
+                await asyncio.sleep(0)
+                since_yield = 0
+            encoded, indices, errors = await self._encode_events(experiment_id, events)
+            rejected.extend(errors)
+            if encoded:
+                batches[experiment_id] = encoded
+                positions[experiment_id] = indices
+        accepted = duplicates = 0
+        if batches:
+            results = await self._store.apply_events(batches, self._settings.dedup_window_s)
+            for experiment_id, statuses in results.items():
+                indices = positions[experiment_id]
+                if statuses is None:
+                    rejected.extend({"index": i, "error": f"experiment {experiment_id!r} is "
+                                     "archived"} for i in indices)
+                    continue
+                for index, status in zip(indices, statuses, strict=True):
+                    if status == APPLIED:
+                        accepted += 1
+                    elif status == DUPLICATE:
+                        duplicates += 1
+                    else:
+                        rejected.append({"index": index, "error": _STATUS_ERRORS[status]})
+        rejected.sort(key=lambda item: int(item["index"]))
+        return {"accepted": accepted, "duplicates": duplicates, "rejected": rejected}
+
+    async def _encode_events(
+        self, experiment_id: str, events: list[RewardEvent]
+    ) -> tuple[list[EncodedEvent], list[int], list[dict[str, Any]]]:
+        try:
+            snapshot = await self._decisions.snapshot(experiment_id)
+        except NotFound as error:
+            return [], [], [{"index": e.position, "error": error.message} for e in events]
+        if any(snapshot.experiment.arm_index(e.arm) is None for e in events):
+            # An arm added by another process may not have reached this cache yet; the fresh
+            # read may also find the experiment archived meanwhile.
+            self._decisions.cache.forget(experiment_id)
+            try:
+                snapshot = await self._decisions.snapshot(experiment_id)
+            except NotFound as error:
+                return [], [], [{"index": e.position, "error": error.message} for e in events]
+        experiment = snapshot.experiment
+        bernoulli = experiment.reward == "bernoulli"
+        encoded: list[EncodedEvent] = []
+        indices: list[int] = []
+        errors: list[dict[str, Any]] = []
+        arm_indices = experiment.arm_indices
+        require = self._settings.require_decision_ids
+        for index, event_id, _, arm, reward, decision_id, ts in events:
+            arm_index = arm_indices.get(arm)
+            if arm_index is not None and (not bernoulli or 0.0 <= reward <= 1.0) and (
+                    decision_id is None or decision_id[0] != "p" or bernoulli) and (
+                    decision_id is not None or not require):
+                encoded.append(EncodedEvent(event_id, arm_index, reward, ts, decision_id))
+                indices.append(index)
+            elif decision_id is None and require:
+                errors.append({"index": index, "error": "decision_id: required (this service "
+                               "only counts rewards for decisions it served)"})
+            elif arm_index is None:
+                errors.append({"index": index, "error": f"arm: {arm!r} is not an arm of "
+                               f"experiment {experiment_id!r}"})
+            elif bernoulli:
+                errors.append({"index": index, "error": f"reward: {reward!r} is outside [0, 1] "
+                               "for a bernoulli experiment"})
+            else:
+                errors.append({"index": index, "error": "decision_id: provisional decisions "
+                               "exist only for bernoulli experiments"})
+        signed = [i for i, event in enumerate(encoded) if event.decision_id is not None]
+        if signed:
+            signer = await self._decisions.signer()
+            statuses = signer.verify(
+                experiment_id, [encoded[i].decision_id or "" for i in signed],
+                [encoded[i].arm_index for i in signed], time.time(),
+                self._settings.dedup_window_s)
+            refused = {i: status for i, status in zip(signed, statuses, strict=True) if status}
+            if refused:
+                for i, status in refused.items():
+                    errors.append({"index": indices[i], "error": _token_error(
+                        status, experiment_id, experiment.arms[encoded[i].arm_index],
+                        self._settings.dedup_window_s)})
+                encoded = [e for i, e in enumerate(encoded) if i not in refused]
+                indices = [e for i, e in enumerate(indices) if i not in refused]
+        return encoded, indices, errors
+
+
+def _token_error(status: int, experiment_id: str, arm: str, window_s: float) -> str:
+    if status == EXPIRED:
+        return (f"decision_id: served more than the dedup window ({window_s:g} s) ago, so a "
+                "reward for it could not be told from a replay; raise --dedup-window for "
+                "longer reward delays")
+    assert status == FORGED
+    return (f"decision_id: not a decision this service served for experiment "
+            f"{experiment_id!r} and arm {arm!r}")
