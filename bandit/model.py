@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 from bandit.errors import InvalidValue
@@ -46,7 +46,7 @@ class Control:
 
 @dataclass(frozen=True)
 class Exploration:
-    """The operator-tunable settings of the SPEC, with its defaults."""
+    """The operator-tunable settings, with their defaults (bounds: ``EXPLORATION_SETTINGS``)."""
 
     epsilon: float = 0.0
     min_share: float = 0.0
@@ -59,6 +59,50 @@ class Exploration:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One exploration setting as every interface presents it: its value's kind and bounds,
+    a title and what it means. The validation here, the OpenAPI schema, the operator CLI's
+    ``--set`` and the dashboard's form (which reads the OpenAPI document) all take it from
+    ``EXPLORATION_SETTINGS``."""
+
+    name: str
+    title: str
+    description: str
+    #: "number", "integer", or "control" (``{arm, share}``).
+    kind: str
+    low: float = 0.0
+    high: float = 1.0
+    low_open: bool = False
+    high_open: bool = False
+    #: What null means, for a setting that may be null (None: it may not).
+    null: str | None = None
+
+
+EXPLORATION_SETTINGS: tuple[Setting, ...] = (
+    Setting("epsilon", "Epsilon", "share of decisions drawn uniformly at random", "number"),
+    Setting("min_share", "Min share", "floor on every active arm's allocation probability",
+            "number"),
+    Setting("max_share", "Max share", "cap on any arm's allocation probability", "number",
+            low_open=True),
+    Setting("temperature", "Temperature",
+            "posterior tempering: >1 explores more, <1 exploits more", "number",
+            low=0.01, high=100.0),
+    Setting("half_life_s", "Half-life (s)",
+            "exponential forgetting of evidence for drifting rewards, in seconds", "number",
+            low=1.0, high=1e10, null="never"),
+    Setting("warmup", "Warm-up", "observations every arm needs before allocation adapts",
+            "integer", low=0, high=1_000_000),
+    Setting("top_two", "Top-two", "top-two Thompson sampling's leader probability", "number",
+            low_open=True, high_open=True, null="plain Thompson"),
+    Setting("control", "Control", "a fixed share kept on a control or holdout arm",
+            "control", low_open=True, high_open=True, null="no control share"),
+)
+SETTINGS_BY_NAME = {setting.name: setting for setting in EXPLORATION_SETTINGS}
+if list(SETTINGS_BY_NAME) != [f.name for f in fields(Exploration)]:  # pragma: no cover
+    raise AssertionError("EXPLORATION_SETTINGS and Exploration name different settings")
 
 
 @dataclass(frozen=True)
@@ -207,42 +251,29 @@ def parse_prior(reward: Reward, value: object) -> dict[str, float]:
     return prior
 
 
-_EXPLORATION_FIELDS = {
-    "epsilon", "min_share", "max_share", "temperature", "half_life_s", "warmup", "top_two",
-    "control",
-}
-
-
 def parse_exploration(value: object, base: Exploration) -> Exploration:
     """Apply a (possibly partial) exploration object onto ``base``; checks each value alone."""
-    given = mapping(value, "exploration", _EXPLORATION_FIELDS)
+    given = mapping(value, "exploration", set(SETTINGS_BY_NAME))
     changes: dict[str, Any] = {}
     for name, raw in given.items():
+        setting = SETTINGS_BY_NAME[name]
         what = f"exploration.{name}"
-        if name in {"epsilon", "min_share"}:
-            changes[name] = number(raw, what, low=0.0, high=1.0)
-        elif name == "max_share":
-            changes[name] = number(raw, what, low=0.0, high=1.0, low_open=True)
-        elif name == "temperature":
-            changes[name] = number(raw, what, low=0.01, high=100.0)
-        elif name == "half_life_s":
-            changes[name] = None if raw is None else number(raw, what, low=1.0, high=1e10)
-        elif name == "warmup":
-            changes[name] = integer(raw, what, low=0, high=1_000_000)
-        elif name == "top_two":
-            changes[name] = None if raw is None else number(
-                raw, what, low=0.0, high=1.0, low_open=True, high_open=True
-            )
-        elif raw is None:  # control
+        if raw is None and setting.null is not None:
             changes[name] = None
-        else:
+        elif setting.kind == "integer":
+            changes[name] = integer(raw, what, low=int(setting.low), high=int(setting.high))
+        elif setting.kind == "number":
+            changes[name] = number(raw, what, low=setting.low, high=setting.high,
+                                   low_open=setting.low_open, high_open=setting.high_open)
+        else:  # control: the share's bounds are the setting's
             control = mapping(raw, what, {"arm", "share"})
             if set(control) != {"arm", "share"}:
                 raise InvalidValue(f"{what}: needs both 'arm' and 'share'")
             changes[name] = Control(
                 arm=check_id(control["arm"], f"{what}.arm"),
-                share=number(control["share"], f"{what}.share", low=0.0, high=1.0,
-                             low_open=True, high_open=True),
+                share=number(control["share"], f"{what}.share", low=setting.low,
+                             high=setting.high, low_open=setting.low_open,
+                             high_open=setting.high_open),
             )
     return replace(base, **changes)
 

@@ -9,9 +9,9 @@ turn, ``--rounds`` times, so a burst of load from elsewhere touches every row al
 the median requests/s per row, microseconds per request, the step from the row above, and the
 ratio to the no-op.
 
-The handlers reuse the application's own private pieces (``_endpoint``, ``_body_now``): this
+The handlers reuse the application's own pieces (``_endpoint``, ``body_now``): this
 is a profile of them, not an API. The request.read() row is how the service took bodies before
-``_body_now``; the row after it replaces that read rather than adding to it.
+``body_now``; the row after it replaces that read rather than adding to it.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ LAYERS_SERVER = textwrap.dedent("""
     import orjson
     from aiohttp import web
     from bandit.api import app as bandit_app
+    from bandit.api.bodies import body_now
+    from bandit.api.context import SERVICE
     from bandit.settings import Settings
 
     app = bandit_app.create_app(Settings(redis_url=sys.argv[2]))
@@ -40,13 +42,13 @@ LAYERS_SERVER = textwrap.dedent("""
     async def bare(request):
         return web.Response(body=orjson.dumps({"ok": True}), content_type="application/json")
 
-    async def body_read(request):  # what the service did before _body_now
+    async def body_read(request):  # what the service did before body_now
         orjson.loads(await request.read() or b"null")
         return await bare(request)
 
     async def cache_lookup(request):
-        bandit_app._body_now(request, optional=True)
-        request.app[bandit_app.SERVICE].cache.peek(request.match_info["id"])
+        body_now(request, optional=True)
+        request.app[SERVICE].cache.peek(request.match_info["id"])
         return await bare(request)
 
     # Each under its own first path segment, so each is the first route aiohttp tries.
@@ -68,7 +70,7 @@ ROWS = (
     ("... on a route with a parameter", "app", "/param/bench/allocate"),
     ("... inside the endpoint wrapper", "app", "/wrapped/bench/allocate"),
     ("... awaiting request.read(), parsing the body", "app", "/body/bench/allocate"),
-    ("... instead: _body_now, a cache lookup", "app", "/cache/bench/allocate"),
+    ("... instead: body_now, a cache lookup", "app", "/cache/bench/allocate"),
     ("allocate n=1", "app", "/v1/experiments/bench/allocate"),
 )
 

@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from bandit.ops import operator
+from bandit.ops import operator, operator_args
 from bandit.store.embedded import free_port
 from tests.conftest import ServiceProcess
 
@@ -28,7 +28,7 @@ Client = TestClient[Any, Any]
 def invoke(*arguments: str) -> int:
     """Parse as `bandit experiments ...` would and run; the exit code (argparse's included)."""
     parser = argparse.ArgumentParser(prog="bandit experiments")
-    operator.add_arguments(parser)
+    operator_args.add_arguments(parser)
     try:
         namespace = parser.parse_args(arguments)
     except SystemExit as exit_:
@@ -276,8 +276,8 @@ def test_bad_settings_are_usage_errors_and_send_nothing(
     ("control=none", ("control", None)), ("temperature=2", ("temperature", 2.0)),
 ])
 def test_setting_values(text: str, expected: tuple[str, Any]) -> None:
-    assert operator.parse_setting(text) == expected
-    assert type(operator.parse_setting(text)[1]) is type(expected[1])
+    assert operator_args.parse_setting(text) == expected
+    assert type(operator_args.parse_setting(text)[1]) is type(expected[1])
 
 
 @pytest.mark.parametrize("arguments", [

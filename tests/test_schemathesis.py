@@ -34,8 +34,9 @@ from aiohttp import web
 from schemathesis.checks import not_a_server_error
 
 from bandit.api import openapi
-from bandit.api.app import DASHBOARD_DIR, create_app
+from bandit.api.app import create_app
 from bandit.api.auth import SCOPES, hash_key
+from bandit.api.handlers import DASHBOARD_DIR
 from bandit.model import ID_PATTERN
 from bandit.serving import advisor
 from bandit.settings import Settings

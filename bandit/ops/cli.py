@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
         description="List, show, create and tune experiments, pause and resume arms, read "
                     "the audit log, against a running service (--url).",
     )
-    from bandit.ops.operator import add_arguments as add_operator_arguments
+    from bandit.ops.operator_args import add_arguments as add_operator_arguments
 
     add_operator_arguments(experiments)
     keys = commands.add_parser(

@@ -21,7 +21,7 @@ import numpy as np
 
 from bandit import policy
 from bandit.errors import InvalidValue, NotFound, StoreUnavailable
-from bandit.inputs import AllocateRequest, parse_allocate
+from bandit.inputs import AllocateRequest
 from bandit.serving.cache import ExperimentCache, Snapshot
 from bandit.serving.changes import cancelling
 from bandit.settings import Settings
@@ -107,14 +107,14 @@ class Decider:
                 self._signer = DecisionSigner(key, self._process)
         return self._signer
 
-    def allocate_cached(self, experiment_id: str, body: object) -> dict[str, Any] | None:
+    def allocate_cached(self, experiment_id: str,
+                        request: AllocateRequest) -> dict[str, Any] | None:
         """``allocate`` without an await where none is needed (the hot path): decisions that
         are neither sticky nor provisional, for an experiment in the cache. None otherwise:
         then call ``allocate``."""
         snapshot, signer = self.cache.peek(experiment_id), self._signer
         if snapshot is None or signer is None:
             return None
-        request = parse_allocate(body)
         if request.sticky or request.provisional:
             return None
         snapshot = self.usable(snapshot, experiment_id)
@@ -122,8 +122,7 @@ class Decider:
         return {"decisions": self._fresh_decisions(snapshot, request, signer),
                 "version": snapshot.experiment.version}
 
-    async def allocate(self, experiment_id: str, body: object) -> dict[str, Any]:
-        request = parse_allocate(body)
+    async def allocate(self, experiment_id: str, request: AllocateRequest) -> dict[str, Any]:
         snapshot = await self.snapshot(experiment_id)
         signer = self._signer or await self.signer()
         self._check_request(snapshot, request)

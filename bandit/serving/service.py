@@ -22,6 +22,7 @@ from bandit.errors import Conflict, InvalidValue, NotFound
 from bandit.inputs import (
     DEFAULT_LIST_PAGE,
     MAX_LIST_PAGE,
+    parse_allocate,
 )
 from bandit.model import (
     ANONYMOUS,
@@ -154,7 +155,9 @@ class BanditService:
         return snapshot
 
     async def allocate(self, experiment_id: str, body: object) -> dict[str, Any]:
-        answer: dict[str, Any] = await self.decisions.allocate(experiment_id, body)
+        """Decisions for an allocate request's body (see ``Decider.allocate``)."""
+        answer: dict[str, Any] = await self.decisions.allocate(experiment_id,
+                                                                parse_allocate(body))
         return answer
 
     async def apply_events(self, body: object) -> dict[str, Any]:

@@ -70,6 +70,7 @@ const experimentPath = (id) => `/v1/experiments/${encodeURIComponent(id)}`;
 
 export const api = {
   whoami: () => request("GET", "/v1/whoami"),
+  openapi: () => request("GET", "/openapi.json"),
   // The first page of experiments in id order (the list answers a page at a time).
   list: () => request("GET", "/v1/experiments?limit=1000"),
   show: (id) => request("GET", experimentPath(id)),

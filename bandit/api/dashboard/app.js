@@ -7,6 +7,7 @@ import { $, fill, formatCount, formatInterval, formatNumber, formatPercent, form
 import { posteriorDensity } from "./maths.js";
 import { armColour, drawChart, formatDuration, timeTicks, withAlpha } from "./plots.js";
 import { SettingsPanel, changeList } from "./settings.js";
+import { loadRules } from "./validate.js";
 
 const REFRESH_MS = 5000;
 const MAX_SAMPLES = 20000;
@@ -539,6 +540,8 @@ function bar(value, colour) {
 
 setupHeader();
 checkIdentity();
+// The settings form's bounds and words are the service's own (its OpenAPI document).
+loadRules(await api.openapi());
 window.addEventListener("hashchange", route);
 let resizeTimer = null;
 window.addEventListener("resize", () => {

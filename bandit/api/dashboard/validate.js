@@ -3,26 +3,41 @@
 // learns what is wrong before anything is sent. The service checks again; its 422 message is
 // always shown too.
 
-export const ID_PATTERN = /^[a-z0-9][a-z0-9_.-]{0,63}$/;
-export const MAX_ARMS = 1000;
+// The rules come from the service's OpenAPI document (loadRules), where the service writes
+// each setting's bounds and words from its one declaration (bandit/model.py): nothing here is
+// a copy that could drift from it.
 
-/** The exploration settings in form order, with the service's bounds. */
-export const EXPLORATION_FIELDS = [
-  { name: "epsilon", label: "Epsilon", low: 0, high: 1,
-    help: "share of decisions drawn uniformly at random" },
-  { name: "min_share", label: "Min share", low: 0, high: 1,
-    help: "floor on every active arm's allocation probability" },
-  { name: "max_share", label: "Max share", low: 0, lowOpen: true, high: 1,
-    help: "cap on any arm's allocation probability" },
-  { name: "temperature", label: "Temperature", low: 0.01, high: 100,
-    help: "posterior tempering: >1 explores more, <1 exploits more" },
-  { name: "half_life_s", label: "Half-life (s)", low: 1, high: 1e10, nullable: "never",
-    help: "forgetting of evidence for drifting rewards; empty = never" },
-  { name: "warmup", label: "Warm-up", low: 0, high: 1e6, integer: true,
-    help: "observations every arm needs before allocation adapts" },
-  { name: "top_two", label: "Top-two", low: 0, lowOpen: true, high: 1, highOpen: true,
-    nullable: "plain Thompson", help: "leader probability of top-two sampling; empty = off" },
-];
+/** Arm ids, the most arms an experiment may have, and the exploration settings in form
+ *  order with their bounds: set by loadRules before any form is built. */
+export let ID_PATTERN = /^$/;
+export let MAX_ARMS = 0;
+export let EXPLORATION_FIELDS = [];
+let CONTROL_SHARE = null;
+
+/** The form's rules from GET /openapi.json. */
+export function loadRules(openapi) {
+  const schemas = openapi.components.schemas;
+  ID_PATTERN = new RegExp(schemas.NewExperiment.properties.id.pattern);
+  MAX_ARMS = schemas.NewExperiment.properties.arms.maxItems;
+  const settings = schemas.ExperimentChange.properties.exploration.properties;
+  EXPLORATION_FIELDS = Object.entries(settings).filter(([name]) => name !== "control")
+    .map(([name, schema]) => field(name, schema));
+  const control = settings.control.anyOf.find((choice) => choice.type === "object");
+  CONTROL_SHARE = field("share", control.properties.share);
+}
+
+function field(name, schema) {
+  const types = [].concat(schema.type);
+  const nullable = types.includes("null") ? schema["x-null"] : undefined;
+  const meaning = (schema.description || "").replace(/; null = .*$/, "");
+  return {
+    name, label: schema.title,
+    low: schema.minimum ?? schema.exclusiveMinimum, lowOpen: "exclusiveMinimum" in schema,
+    high: schema.maximum ?? schema.exclusiveMaximum, highOpen: "exclusiveMaximum" in schema,
+    integer: types.includes("integer"), nullable,
+    help: nullable ? `${meaning}; empty = ${nullable}` : meaning,
+  };
+}
 
 /** How a setting's value is written into its input ("" for null). */
 export function inputText(value) {
@@ -61,8 +76,6 @@ export function parseNumber(text, field, what) {
   }
   return { value };
 }
-
-const CONTROL_SHARE = { low: 0, lowOpen: true, high: 1, highOpen: true };
 
 /**
  * What the form asks for, checked against ``config`` (GET /v1/experiments/{id}).

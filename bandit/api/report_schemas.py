@@ -1,0 +1,179 @@
+"""JSON Schemas of what the service reports: statistics, history, the audit log, the tuning
+advisor's requests and forecasts."""
+
+from __future__ import annotations
+
+from bandit.api.schemas import (
+    ARM_CHANGES,
+    ARM_STATE,
+    CHANGES,
+    COUNT,
+    EXPLORATION_CHANGE,
+    ID,
+    INTERVAL,
+    NULLABLE_NUMBER,
+    NUMBER,
+    REWARD,
+    SHARE,
+    VERSION,
+    Schema,
+    closed_object,
+    nullable,
+)
+from bandit.serving import advisor
+from bandit.serving.history import MAX_LIMIT as MAX_HISTORY_SAMPLES
+
+_STATS: Schema = closed_object(
+    ["experiment", "version", "reward", "arms", "winner", "call_rule", "health"], {
+        "experiment": ID, "version": VERSION, "reward": REWARD,
+        "arms": {"type": "array", "items": closed_object(
+            ["arm", "state", "n", "served", "mean", "ci95", "p_best", "expected_loss", "share"],
+            {"arm": ID, "state": ARM_STATE,
+             "n": {"type": "number", "minimum": 0,
+                   "description": "observations (fractional with forgetting)"},
+             "served": {**COUNT, "description": "decisions served"},
+             "mean": NULLABLE_NUMBER,
+             "ci95": {"type": "array", "items": NULLABLE_NUMBER, "minItems": 2, "maxItems": 2},
+             "p_best": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+             "expected_loss": NULLABLE_NUMBER,
+             "share": {**SHARE, "description": "current allocation probability"}})},
+        "winner": nullable(closed_object(
+            ["arm", "p_best", "expected_loss", "threshold", "max_loss"], {
+                "arm": ID, "p_best": SHARE, "expected_loss": NUMBER, "threshold": SHARE,
+                "max_loss": NUMBER})),
+        "call_rule": closed_object(["threshold", "max_loss"], {
+            "threshold": SHARE, "max_loss": {"type": "number", "minimum": 0}},
+            description="what a winner call needs (also when there is no winner)"),
+        "health": closed_object(["sample_ratio", "rewards"], {
+            "sample_ratio": nullable(closed_object(
+                ["decisions", "chi2", "dof", "p_value", "ok", "expected", "observed"], {
+                    "decisions": COUNT, "chi2": NUMBER, "dof": COUNT, "p_value": SHARE,
+                    "ok": {"type": "boolean"},
+                    "expected": {"type": "array", "items": NUMBER},
+                    "observed": {"type": "array", "items": COUNT}},
+                description="chi-square test of decisions served against the propensities, "
+                            "interval by interval")),
+            "rewards": nullable(closed_object(
+                ["observations", "unchanged_since", "decisions_since", "quiet_for_s", "stalled"], {
+                    "observations": NUMBER, "unchanged_since": NUMBER,
+                    "decisions_since": NUMBER, "quiet_for_s": NUMBER,
+                    "stalled": {"type": "boolean"}},
+                description="when rewards last arrived; stalled if decisions kept being served "
+                            "without them")),
+        }),
+    })
+
+_NUMBERS: Schema = {"type": "array", "items": NUMBER}
+_NULLABLE_NUMBERS: Schema = {"type": "array", "items": NULLABLE_NUMBER}
+_HISTORY: Schema = closed_object(["experiment", "interval_s", "samples"], {
+    "experiment": ID,
+    "interval_s": {"type": "number", "description": "sampling interval"},
+    "samples": {"type": "array", "maxItems": MAX_HISTORY_SAMPLES, "items": closed_object(
+        ["t", "version", "arms", "share", "mean", "ci_low", "ci_high", "n", "served"], {
+            "t": {"type": "number", "description": "server time of the sample, epoch seconds"},
+            "version": VERSION,
+            "arms": {"type": "array", "items": ID},
+            "share": _NUMBERS, "mean": _NULLABLE_NUMBERS, "ci_low": _NULLABLE_NUMBERS,
+            "ci_high": _NULLABLE_NUMBERS, "n": _NUMBERS,
+            "served": {"type": "array", "items": COUNT,
+                       "description": "decisions served so far (cumulative)"}})},
+})
+
+_AUDIT: Schema = closed_object(["experiment", "entries"], {
+    "experiment": ID,
+    "entries": {"type": "array", "items": closed_object(
+        ["version", "at", "actor", "action", "changes", "reason"], {
+            "version": {**VERSION, "description": "the version the change produced"},
+            "at": {"type": "number", "description": "epoch seconds"},
+            "actor": {"type": "string", "description": "the API key's name, or `anonymous`"},
+            "action": {"enum": ["create", "update", "archive"]},
+            "changes": CHANGES,
+            "reason": {"type": ["string", "null"]}})},
+})
+
+_ADVISE: Schema = {
+    "type": ["object", "null"], "additionalProperties": False,
+    "description": "a proposal in the PATCH body's format (checked by the same code) and the "
+                   "forecast's parameters",
+    "properties": {
+        "exploration": EXPLORATION_CHANGE,
+        "arms": ARM_CHANGES,
+        "decisions": {"type": ["integer", "null"], "minimum": advisor.MIN_DECISIONS,
+                      "maximum": advisor.MAX_DECISIONS,
+                      "description": "horizon; default an hour of the measured traffic. A "
+                                     f"forecast may take at most about {advisor.MAX_SECONDS:g} "
+                                     "s of CPU (422 above)"},
+        "traffic_per_s": {"type": ["number", "null"], "minimum": advisor.MIN_TRAFFIC_PER_S,
+                          "maximum": advisor.MAX_TRAFFIC_PER_S,
+                          "description": "default: measured (422 when nothing was served)"},
+        "reward_delay_s": {"type": ["number", "null"], "minimum": 0, "maximum": 30 * 86_400,
+                           "description": "default: measured"},
+        "reps": {"type": "integer", "minimum": 10, "maximum": advisor.MAX_REPS,
+                 "description": f"simulated futures (default {advisor.DEFAULT_REPS})"},
+        "seed": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+        "threshold": {"type": "number", "minimum": 0.5, "maximum": 1,
+                      "description": "P(best) a winner call needs (default 0.95)"},
+        "max_loss": {"type": ["number", "null"], "minimum": 0,
+                     "description": "largest expected loss of a winner (default: as in stats)"},
+    },
+}
+_BAND: Schema = closed_object(
+    ["mean", "low", "high"], dict.fromkeys(("mean", "low", "high"), _NUMBERS),
+    description="per checkpoint: mean over the simulated futures, 10th and 90th percentiles")
+_MEDIAN_RANGE: Schema = nullable(closed_object(["median", "range80"],
+                                          {"median": NUMBER, "range80": INTERVAL}))
+_FORECAST_SCENARIO: Schema = closed_object(
+    ["regret", "regret_curve", "shares", "best_arm_rate", "winner_call"], {
+        "regret": closed_object(["mean", "ci95", "range80"],
+                          {"mean": NUMBER, "ci95": INTERVAL, "range80": INTERVAL},
+                          description="expected regret (reward units) over the horizon: mean, "
+                                      "its 95% Monte Carlo interval, 10th-90th percentile"),
+        "regret_curve": _BAND,
+        "shares": {"type": "object", "additionalProperties": _BAND,
+                   "description": "each arm's share of the decisions between checkpoints"},
+        "best_arm_rate": closed_object(["mean", "ci95"], {"mean": NUMBER, "ci95": INTERVAL}),
+        "winner_call": closed_object(["probability", "ci95", "correct", "decisions", "seconds"], {
+            "probability": {**SHARE, "description": "P(a winner is called in the horizon)"},
+            "ci95": INTERVAL,
+            "correct": {"type": ["number", "null"], "minimum": 0, "maximum": 1,
+                        "description": "P(the called arm is the truly best | a call)"},
+            "decisions": _MEDIAN_RANGE, "seconds": _MEDIAN_RANGE}),
+    })
+_ADVICE: Schema = closed_object(
+    ["experiment", "version", "changes", "assumptions", "checkpoints", "arms", "current",
+     "proposed", "difference"], {
+        "experiment": ID,
+        "version": {**VERSION, "description": "the version the forecast started from"},
+        "changes": CHANGES,
+        "assumptions": closed_object(
+            ["decisions", "traffic_per_s", "traffic_source", "reward_delay_s", "delay_source",
+             "reward_coverage", "horizon_s", "update_every", "reps", "seed", "threshold",
+             "max_loss", "notes"], {
+                "decisions": {"type": "integer", "minimum": advisor.MIN_DECISIONS},
+                "traffic_per_s": NUMBER,
+                "traffic_source": {"enum": ["given", "measured"]},
+                "reward_delay_s": NUMBER,
+                "delay_source": {"enum": ["given", "measured", "assumed"]},
+                "reward_coverage": NULLABLE_NUMBER,
+                "horizon_s": NUMBER,
+                "update_every": {"type": "integer", "minimum": 1},
+                "reps": {"type": "integer"}, "seed": {"type": "integer"},
+                "threshold": NUMBER, "max_loss": NUMBER,
+                "notes": {"type": "array", "items": {"type": "string"}}}),
+        "checkpoints": closed_object(["decisions", "seconds"], {
+            "decisions": {"type": "array", "items": {"type": "integer"}},
+            "seconds": _NUMBERS}),
+        "arms": {"type": "array", "items": ID},
+        "current": _FORECAST_SCENARIO,
+        "proposed": _FORECAST_SCENARIO,
+        "difference": closed_object(["regret", "p_proposed_better"], {
+            "regret": closed_object(["mean", "ci95"], {"mean": NUMBER, "ci95": INTERVAL}),
+            "p_proposed_better": SHARE}),
+    })
+
+
+#: The named schemas of this module, for the document's ``components``.
+COMPONENTS: dict[str, Schema] = {
+    "Stats": _STATS, "History": _HISTORY, "Audit": _AUDIT, "AdviseRequest": _ADVISE,
+    "Advice": _ADVICE,
+}

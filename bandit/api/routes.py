@@ -1,0 +1,147 @@
+"""The route table: every route's method, path, handler, the key scope it needs and what it
+answers. The application registers the routes and checks their scopes from it, and the OpenAPI
+document describes them from it, so none of these is written twice."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from bandit.api import handlers
+from bandit.api.auth import SCOPES
+from bandit.api.schemas import (
+    ID,
+    closed_object,
+    errors_for,
+    json_body,
+    ok,
+    ref,
+    text,
+)
+from bandit.inputs import DEFAULT_LIST_PAGE, MAX_LIST_PAGE
+from bandit.serving.history import MAX_LIMIT as MAX_HISTORY_SAMPLES
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: What an operation answers besides its common errors; a function of ``keys`` (whether the
+#: service enforces API keys) where the answer depends on it.
+Responses = dict[str, Any] | Callable[[bool], dict[str, Any]]
+
+#: Scopes besides the three key scopes: any valid key, or no key at all.
+ANY_KEY, PUBLIC = "any", None
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    #: A key scope (``decide``, ``read``, ``admin``), ``ANY_KEY`` or ``PUBLIC``.
+    scope: str | None
+    summary: str
+    responses: Responses
+    body: dict[str, Any] | None = None
+    #: Query parameters (path parameters come from the path).
+    query: tuple[dict[str, Any], ...] = ()
+    #: Whether the operation talks to Redis (and so may answer 503).
+    redis: bool = True
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema,
+            "description": description}
+
+
+def _whoami(keys: bool) -> dict[str, Any]:
+    return ok(closed_object(["name", "scopes", "auth"], {
+        "name": {"type": "string", "description": "the key's name (`anonymous` when open)"},
+        "scopes": {"type": "array", "uniqueItems": True, "items": {"enum": list(SCOPES)}},
+        "auth": {"const": "keys" if keys else "open",
+                 "description": "`open`: the service runs without API keys"}}))
+
+
+_STALE = {"X-Bandit-Stale": {
+    "description": "seconds since the posteriors were refreshed, when they are stale (Redis "
+                   "unreachable)",
+    "schema": {"type": "string", "pattern": "^[0-9]+\\.[0-9]$"}}}
+_READY = {**ok(closed_object(["status"], {"status": {"const": "ready"}})),
+          "503": {"description": "Redis cannot be reached",
+                  "content": {"application/json": {"schema": closed_object(
+                      ["status", "reason"], {"status": {"const": "unavailable"},
+                                             "reason": {"type": "string"}})}}}}
+
+#: In the order aiohttp tries them under a prefix: the hot routes first.
+ROUTES: tuple[Route, ...] = (
+    Route("POST", "/v1/experiments/{id}/allocate", handlers.allocate, "decide",
+          "Decisions: arms (or ranked slates of k arms) with propensities",
+          {**ok(ref("Allocation"), headers=_STALE), **errors_for(404, 422)},
+          body={"required": False,
+                "content": {"application/json": {"schema": ref("AllocateRequest")}}}),
+    Route("POST", "/v1/events", handlers.events, "decide",
+          "Report reward events (idempotent by event id)",
+          {**ok(ref("EventResult")), **errors_for(422)}, body=json_body(ref("EventBatch"))),
+    Route("POST", "/v1/experiments", handlers.create_experiment, "admin",
+          "Create an experiment",
+          {**ok(ref("Experiment"), 201, "created"), **errors_for(409, 422)},
+          body=json_body(ref("NewExperiment"))),
+    Route("GET", "/v1/experiments", handlers.list_experiments, "read",
+          "List experiments, a page at a time in id order",
+          {**ok(ref("ExperimentList")), **errors_for(422)},
+          query=(_query("after", ID, "the `next` of the page before"),
+                 _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIST_PAGE},
+                        f"experiments per page (default {DEFAULT_LIST_PAGE})"))),
+    Route("GET", "/v1/experiments/{id}", handlers.show_experiment, "read",
+          "Show an experiment", {**ok(ref("Experiment")), **errors_for(404, 422)}),
+    Route("PATCH", "/v1/experiments/{id}", handlers.patch_experiment, "admin",
+          "Change settings, add, pause or resume arms (audited)",
+          {**ok(ref("ChangedExperiment"), description="the changed experiment and what "
+                                                      "changed"),
+           **errors_for(404, 409, 422)},
+          body=json_body(ref("ExperimentChange"))),
+    Route("DELETE", "/v1/experiments/{id}", handlers.archive_experiment, "admin",
+          "Archive an experiment (archiving twice is no change)",
+          {**ok(ref("Experiment")), **errors_for(404, 422)}),
+    Route("GET", "/v1/experiments/{id}/stats", handlers.stats, "read",
+          "Per-arm statistics, shares, a winner call and serving health",
+          {**ok(ref("Stats")), **errors_for(404, 422)},
+          query=(_query("threshold", {"type": "number", "minimum": 0.5, "maximum": 1},
+                        "P(best) a winner needs (default 0.95)"),
+                 _query("max_loss", {"type": "number", "minimum": 0},
+                        "largest expected loss of a winner, in reward units (default 1% of "
+                        "the best mean)"))),
+    Route("GET", "/v1/experiments/{id}/audit", handlers.audit, "read",
+          "Configuration changes, oldest first (who, when, old and new)",
+          {**ok(ref("Audit")), **errors_for(404, 422)}),
+    Route("GET", "/v1/experiments/{id}/history", handlers.history, "read",
+          "Allocation shares, posteriors and traffic sampled over time",
+          {**ok(ref("History")), **errors_for(404, 422)},
+          query=(_query("since", {"type": "number", "minimum": 0},
+                        "only samples after this epoch time"),
+                 _query("limit", {"type": "integer", "minimum": 1,
+                                  "maximum": MAX_HISTORY_SAMPLES},
+                        "at most this many of the newest samples"))),
+    # A forecast costs seconds of CPU: only for keys that may apply the change too.
+    Route("POST", "/v1/experiments/{id}/advise", handlers.advise, "admin",
+          "Tuning advisor: forecast the current settings against a proposed change (nothing "
+          "is changed)", {**ok(ref("Advice")), **errors_for(404, 422)},
+          body=json_body(ref("AdviseRequest"))),
+    Route("GET", "/v1/whoami", handlers.whoami, ANY_KEY, "The API key's name and scopes",
+          _whoami, redis=False),
+    Route("GET", "/metrics", handlers.metrics, "read", "Prometheus metrics",
+          text(["text/plain"], "text exposition format"), redis=False),
+    # Probes, the API description and the dashboard's files carry no data: open.
+    Route("GET", "/healthz", handlers.healthz, PUBLIC, "Liveness",
+          ok(closed_object(["status"], {"status": {"const": "ok"}})), redis=False),
+    Route("GET", "/readyz", handlers.readyz, PUBLIC, "Readiness (Redis reachable)", _READY,
+          redis=False),
+    Route("GET", "/openapi.json", handlers.openapi_document, PUBLIC, "This document",
+          ok({"type": "object"}), redis=False),
+    Route("GET", "/", handlers.dashboard, PUBLIC, "The operator dashboard",
+          text(["text/html"], "the dashboard's page"), redis=False),
+    Route("GET", "/dashboard/{name}", handlers.dashboard, PUBLIC,
+          "The dashboard's scripts, styles and images",
+          {**text(["text/html", "text/javascript", "text/css", "image/svg+xml"],
+                  "a static file"), **errors_for(404)}, redis=False),
+)

@@ -1,0 +1,328 @@
+"""JSON Schemas of the API's requests and experiments, and the helpers every schema and route
+uses: one place for the shapes ``bandit.api.openapi`` assembles into the OpenAPI document.
+
+Limits and patterns come from the modules that enforce them (``bandit.inputs``,
+``bandit.model``), so the document follows them when they change.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from bandit import errors
+from bandit.inputs import (
+    EVENT_ID_PATTERN,
+    MAX_DECISIONS,
+    MAX_EVENT_EXPERIMENTS,
+    MAX_EVENTS,
+    MAX_LIST_PAGE,
+    MAX_PLACEMENTS,
+    MAX_SLATE,
+    MAX_UNIT_LENGTH,
+    UNIT_PATTERN,
+)
+from bandit.model import (
+    BERNOULLI_PRIOR,
+    EXPLORATION_SETTINGS,
+    GAUSSIAN_PRIOR,
+    ID_PATTERN,
+    MAX_ABS_REWARD,
+    MAX_ARMS,
+    MAX_PRIOR_PARAMETER,
+    MIN_ARMS,
+    MIN_GAUSSIAN_ALPHA,
+    MIN_PRIOR_PARAMETER,
+    REWARDS,
+    Setting,
+)
+from bandit.tokens import DECISION_ID_PATTERN
+
+Schema = dict[str, Any]
+
+_BEARER = "bearerAuth"
+
+
+def anchored(pattern: re.Pattern[str]) -> str:
+    """A Python ``fullmatch`` pattern as a JSON Schema (ECMA 262, unanchored) pattern."""
+    return f"^(?:{pattern.pattern})$"
+
+
+def ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def closed_object(required: list[str], properties: dict[str, Any], **extra: Any) -> Schema:
+    """A closed object: every field a response has is documented, and only those."""
+    return {"type": "object", "additionalProperties": False, "required": required,
+            "properties": properties, **extra}
+
+
+def nullable(schema: Schema) -> Schema:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+ID: Schema = {"type": "string", "pattern": anchored(ID_PATTERN),
+               "description": "experiment or arm id"}
+NUMBER: Schema = {"type": "number"}
+NULLABLE_NUMBER: Schema = {"type": ["number", "null"]}
+COUNT: Schema = {"type": "integer", "minimum": 0}
+SHARE: Schema = {"type": "number", "minimum": 0, "maximum": 1}
+INTERVAL: Schema = {"type": "array", "items": NUMBER, "minItems": 2, "maxItems": 2}
+ARM_STATE: Schema = {"enum": ["active", "paused"]}
+REWARD: Schema = {"enum": list(REWARDS)}
+_PRIOR_VALUE: Schema = {"type": "number", "minimum": MIN_PRIOR_PARAMETER,
+                        "maximum": MAX_PRIOR_PARAMETER}
+_REWARD_VALUE: Schema = {"type": "number", "minimum": -MAX_ABS_REWARD, "maximum": MAX_ABS_REWARD}
+VERSION: Schema = {"type": "integer", "minimum": 1}
+CHANGES: Schema = {
+    "type": "object",
+    "description": "what changed, by setting: `exploration.epsilon`, `arms.<id>` (arm state), "
+                   "`prior.<name>`, `attribution_window_s`, `status`",
+    "additionalProperties": closed_object(["old", "new"], {"old": {}, "new": {}}),
+}
+
+def _bounds(setting: Setting) -> Schema:
+    """A number's (or integer's) bounds as JSON Schema keywords."""
+    low = {"exclusiveMinimum" if setting.low_open else "minimum": setting.low}
+    high = {"exclusiveMaximum" if setting.high_open else "maximum": setting.high}
+    return {**low, **high}
+
+
+def _setting(setting: Setting) -> Schema:
+    """An exploration setting's schema, from its declaration (``bandit.model``)."""
+    if setting.kind == "control":
+        value = closed_object(["arm", "share"], {"arm": ID, "share": {"type": "number",
+                                                                     **_bounds(setting)}})
+    else:
+        value = {"type": "integer" if setting.kind == "integer" else "number",
+                 **_bounds(setting)}
+    description = setting.description + (f"; null = {setting.null}" if setting.null else "")
+    if setting.null is not None:
+        value = nullable(value) if setting.kind == "control" else {
+            **value, "type": [value["type"], "null"]}
+        # What null means, for forms (the dashboard's placeholder).
+        value["x-null"] = setting.null
+    return {**value, "title": setting.title, "description": description}
+
+
+_EXPLORATION_PROPERTIES: dict[str, Schema] = {
+    setting.name: _setting(setting) for setting in EXPLORATION_SETTINGS}
+EXPLORATION_CHANGE: Schema = {
+    "type": "object", "additionalProperties": False, "properties": _EXPLORATION_PROPERTIES,
+    "description": "settings to change (the others keep their values); combinations are "
+                   "checked too (422), e.g. `min_share` times the active arms must not exceed 1",
+}
+
+_ARM_IDS: Schema = {"type": "array", "items": ID, "uniqueItems": True}
+ARM_CHANGES: Schema = {
+    "type": "object", "additionalProperties": False,
+    "properties": {
+        "add": {**_ARM_IDS, "maxItems": MAX_ARMS - MIN_ARMS,
+                "description": f"new arms (an experiment has at most {MAX_ARMS})"},
+        "pause": {**_ARM_IDS, "description": "paused arms get no traffic, keep their posterior"},
+        "resume": _ARM_IDS,
+    },
+}
+
+_PRIOR_FIELDS = {"bernoulli": BERNOULLI_PRIOR, "gaussian": GAUSSIAN_PRIOR}
+
+
+def _prior(reward: str, fields: dict[str, float]) -> Schema:
+    def value(name: str) -> Schema:
+        if name == "mean":
+            return _REWARD_VALUE
+        if (reward, name) == ("gaussian", "alpha"):
+            return {**_PRIOR_VALUE, "minimum": MIN_GAUSSIAN_ALPHA}
+        return _PRIOR_VALUE
+
+    return {"type": "object", "additionalProperties": False,
+            "properties": {name: value(name) for name in fields}}
+
+
+_NEW_EXPERIMENT: Schema = {
+    "type": "object", "additionalProperties": False,
+    "required": ["id", "arms", "reward"],
+    "properties": {
+        "id": ID,
+        "arms": {**_ARM_IDS, "minItems": MIN_ARMS, "maxItems": MAX_ARMS},
+        "reward": REWARD,
+        "prior": {"type": ["object", "null"],
+                  "description": "bernoulli: Beta `alpha`, `beta`; gaussian: Normal-Gamma "
+                                 "`mean`, `kappa`, `alpha`, `beta`; missing ones take their "
+                                 "defaults"},
+        "exploration": EXPLORATION_CHANGE,
+        "attribution_window_s": {"type": "number", "minimum": 1, "maximum": 90 * 86_400,
+                                 "description": "how long a provisional decision can convert"},
+    },
+    # Which prior fields exist depends on the reward type.
+    "allOf": [{"if": {"required": ["reward"], "properties": {"reward": {"const": reward}}},
+               "then": {"properties": {"prior": nullable(_prior(reward, fields))}}}
+              for reward, fields in _PRIOR_FIELDS.items()],
+}
+
+_EXPERIMENT_PROPERTIES: dict[str, Schema] = {
+    "id": ID,
+    "arms": {"type": "array", "minItems": MIN_ARMS, "maxItems": MAX_ARMS,
+             "items": closed_object(["id", "state"], {"id": ID, "state": ARM_STATE})},
+    "reward": REWARD,
+    "prior": {"type": "object", "additionalProperties": NUMBER},
+    "exploration": closed_object(list(_EXPLORATION_PROPERTIES), _EXPLORATION_PROPERTIES),
+    "attribution_window_s": NUMBER,
+    "version": VERSION,
+    "created_at": {"type": "number", "description": "epoch seconds"},
+    "updated_at": {"type": "number", "description": "epoch seconds"},
+    "status": {"enum": ["active", "archived"]},
+}
+_EXPERIMENT: Schema = closed_object(list(_EXPERIMENT_PROPERTIES), _EXPERIMENT_PROPERTIES)
+_PATCHED_EXPERIMENT: Schema = closed_object(
+    [*_EXPERIMENT_PROPERTIES, "changes"], {**_EXPERIMENT_PROPERTIES, "changes": CHANGES})
+_EXPERIMENT_LIST: Schema = closed_object(["experiments", "next"], {
+    "experiments": {
+        "type": "array", "maxItems": MAX_LIST_PAGE,
+        "items": closed_object(["id", "reward", "arms", "version", "status"], {
+            "id": ID, "reward": REWARD,
+            "arms": {"type": "integer", "minimum": MIN_ARMS, "maximum": MAX_ARMS,
+                     "description": "number of arms"},
+            "version": VERSION, "status": {"enum": ["active", "archived"]}})},
+    "next": {**ID, "type": ["string", "null"],
+             "description": "ask `?after=` this id for the next page; null on the last"}})
+
+_PATCH: Schema = {
+    "type": "object", "additionalProperties": False, "required": ["version"],
+    "properties": {
+        "version": {"type": "integer", "minimum": 1, "maximum": 2**53,
+                    "description": "the version the change is based on (409 if not current)"},
+        "exploration": EXPLORATION_CHANGE,
+        "arms": ARM_CHANGES,
+        "reason": {"type": ["string", "null"], "maxLength": 1000,
+                   "description": "recorded in the audit log"},
+    },
+}
+
+_ALLOCATE: Schema = {
+    "type": ["object", "null"], "additionalProperties": False,
+    "description": "an empty body or null is one decision",
+    "properties": {
+        "n": {"type": "integer", "minimum": 1, "maximum": MAX_DECISIONS,
+              "description": "decisions to make (default 1)"},
+        "k": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_SLATE,
+              "description": "arms per decision (a ranked slate); null = one arm; at most the "
+                             f"arms that can be served, and n * k at most {MAX_PLACEMENTS} "
+                             "(422)"},
+        "unit": {"type": ["string", "null"], "minLength": 1, "maxLength": MAX_UNIT_LENGTH,
+                 "pattern": anchored(UNIT_PATTERN),
+                 "description": "user, session or other unit the decision is for (no control "
+                                "characters)"},
+        "sticky": {"type": "boolean",
+                   "description": "the unit keeps the arm it first received (needs `unit`)"},
+        "provisional": {"type": "boolean",
+                        "description": "count as a failure now, convertible by a reward event "
+                                       "naming the decision (bernoulli, single arm)"},
+        "context": {"type": ["object", "null"], "description": "accepted, not used yet"},
+    },
+    "if": {"type": "object", "required": ["sticky"], "properties": {"sticky": {"const": True}}},
+    "then": {"required": ["unit"], "properties": {"unit": {"type": "string"}}},
+}
+
+_DECISION_ID: Schema = {"type": "string", "pattern": anchored(DECISION_ID_PATTERN)}
+_PROPENSITY: Schema = {**SHARE, "description": "probability the policy gave this arm (or this "
+                                                 "ranked slate) when deciding"}
+_DECISION: Schema = {"oneOf": [
+    closed_object(["decision_id", "arm", "propensity"],
+            {"decision_id": _DECISION_ID, "arm": ID, "propensity": _PROPENSITY,
+             "sticky": {"const": True, "description": "the unit's stored arm"}}),
+    closed_object(["decision_id", "arms", "propensity", "position_propensities"],
+            {"decision_id": _DECISION_ID,
+             "arms": {"type": "array", "items": ID, "minItems": 1, "maxItems": MAX_SLATE},
+             "propensity": _PROPENSITY,
+             "position_propensities": {
+                 "type": "array", "items": SHARE, "minItems": 1, "maxItems": MAX_SLATE,
+                 "description": "probability of each position's arm given the arms above it"},
+             "sticky": {"const": True}}),
+]}
+_ALLOCATION: Schema = closed_object(["decisions", "version"], {
+    "decisions": {"type": "array", "items": _DECISION, "minItems": 1, "maxItems": MAX_DECISIONS},
+    "version": {**VERSION, "description": "the configuration version that decided"},
+})
+
+_EVENT: Schema = closed_object(["id", "experiment", "arm", "reward"], {
+    "id": {"type": "string", "pattern": anchored(EVENT_ID_PATTERN),
+           "description": "idempotency key: the same id counts once within the dedup window"},
+    "experiment": ID,
+    "arm": ID,
+    "reward": {**_REWARD_VALUE, "description": "in [0, 1] for bernoulli (else rejected in "
+                                               "`rejected`)"},
+    "decision_id": {**_DECISION_ID, "type": ["string", "null"],
+                    "description": "the decision rewarded, as served (converts a provisional "
+                                   "one); a service with `require_decision_ids` rejects events "
+                                   "without one"},
+    "unit": {"type": ["string", "null"], "minLength": 1, "maxLength": MAX_UNIT_LENGTH,
+             "pattern": anchored(UNIT_PATTERN)},
+    "ts": {"type": ["number", "null"], "minimum": 0,
+           "description": "when the reward happened (epoch seconds); with forgetting, older "
+                          "rewards weigh less"},
+})
+_EVENT_BATCH: Schema = {
+    "type": "object", "additionalProperties": False, "required": ["events"],
+    "properties": {"events": {
+        "type": "array", "maxItems": MAX_EVENTS,
+        "description": f"at most {MAX_EVENTS} (422 above), naming at most "
+                       f"{MAX_EVENT_EXPERIMENTS} distinct experiments; each item is checked "
+                       "on its own: "
+                       "one that is not a valid RewardEvent, or names an unknown experiment or "
+                       "arm, is reported in `rejected` and the others are still applied",
+        "items": {"anyOf": [ref("RewardEvent"), {}]},
+    }},
+}
+_EVENT_RESULT: Schema = closed_object(["accepted", "duplicates", "rejected"], {
+    "accepted": {**COUNT, "maximum": MAX_EVENTS},
+    "duplicates": {**COUNT, "maximum": MAX_EVENTS,
+                   "description": "events whose id was seen before (counted once)"},
+    "rejected": {"type": "array", "maxItems": MAX_EVENTS,
+                 "items": closed_object(["index", "error"], {
+                     "index": {**COUNT, "description": "position in `events`"},
+                     "error": {"type": "string"}})},
+})
+
+
+# -- responses -------------------------------------------------------------------------------
+
+ERROR_CLASSES: dict[int, type[errors.BanditError]] = {
+    error.status: error for error in (
+        errors.MalformedRequest, errors.Unauthorized, errors.Forbidden, errors.NotFound,
+        errors.Conflict, errors.PayloadTooLarge, errors.UnsupportedMediaType,
+        errors.InvalidValue, errors.StoreUnavailable)
+}
+def errors_for(*statuses: int) -> dict[str, Any]:
+    return {str(status): {"$ref": f"#/components/responses/{ERROR_CLASSES[status].__name__}"}
+            for status in statuses}
+
+
+def ok(schema: Schema, status: int = 200, description: str = "success",
+        headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {"description": description,
+                                "content": {"application/json": {"schema": schema}}}
+    if headers:
+        response["headers"] = headers
+    return {str(status): response}
+
+
+def text(media_types: list[str], description: str) -> dict[str, Any]:
+    return {"200": {"description": description,
+                    "content": {media: {"schema": {"type": "string"}} for media in media_types}}}
+
+
+def json_body(schema: Schema) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+
+
+#: The named schemas of this module, for the document's ``components``.
+COMPONENTS: dict[str, Schema] = {
+    "Experiment": _EXPERIMENT, "ChangedExperiment": _PATCHED_EXPERIMENT,
+    "ExperimentList": _EXPERIMENT_LIST, "NewExperiment": _NEW_EXPERIMENT,
+    "ExperimentChange": _PATCH, "AllocateRequest": _ALLOCATE, "Allocation": _ALLOCATION,
+    "RewardEvent": _EVENT, "EventBatch": _EVENT_BATCH, "EventResult": _EVENT_RESULT,
+}

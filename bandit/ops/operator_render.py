@@ -1,0 +1,236 @@
+"""``bandit experiments``' tables: each service answer rendered for people (``--json`` prints
+the answer itself)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+
+def render_list(document: Any) -> str:
+    experiments = document["experiments"]
+    if not experiments:
+        return "no experiments"
+    return _table(["id", "reward", "arms", "version", "status"],
+                  [[e["id"], e["reward"], e["arms"], e["version"], e["status"]]
+                   for e in experiments], numeric={2, 3})
+
+
+def render_show(document: Any) -> str:
+    fields = [
+        ("experiment", document["id"]),
+        ("status", document["status"]),
+        ("reward", document["reward"]),
+        ("prior", _value(document.get("prior"))),
+        ("version", f"{document['version']} (updated {_when(document.get('updated_at'))})"),
+        ("created", _when(document.get("created_at"))),
+        ("attribution window", f"{_value(document.get('attribution_window_s'))} s"),
+    ]
+    fields += [(name, _value(value)) for name, value in document["exploration"].items()]
+    width = max(len(name) for name, _ in fields)
+    lines = [f"{name:<{width}}  {text}" for name, text in fields]
+    arms = document["stats"]["arms"]
+    # One number of decimals per column, so values line up on the decimal point.
+    mean_decimals = _decimals([arm["mean"] for arm in arms]
+                              + [bound for arm in arms for bound in arm["ci95"]])
+    loss_decimals = _decimals([arm["expected_loss"] for arm in arms])
+    rows = [[arm["arm"], arm["state"], _count(arm["n"]), arm["served"],
+             _fixed(arm["mean"], mean_decimals), _interval(arm["ci95"], mean_decimals),
+             _fixed(arm["p_best"], 4), _fixed(arm["expected_loss"], loss_decimals),
+             _fixed(arm["share"], 4)]
+            for arm in arms]
+    table = _table(["arm", "state", "n", "served", "mean", "95% CI", "P(best)",
+                    "expected loss", "share"], rows, numeric={2, 3, 4, 6, 7, 8})
+    return "\n".join([*lines, "", table])
+
+
+def render_create(document: Any) -> str:
+    lines = [f"created {document['id']}: {document['reward']}, {len(document['arms'])} arms, "
+             f"version {document['version']}"]
+    lines += [f"  {name} = {_value(value)}" for name, value in document["exploration"].items()]
+    return "\n".join(lines)
+
+
+def render_archive(document: Any) -> str:
+    return f"{document['id']}: {document['status']} (version {document['version']})"
+
+
+def render_advise(document: Any) -> str:
+    assumed = document["assumptions"]
+    lines = [
+        f"{document['experiment']} (version {document['version']}): the next "
+        f"{assumed['decisions']:,} decisions, {_duration(assumed['horizon_s'])} at "
+        f"{assumed['traffic_per_s']:.4g}/s ({assumed['traffic_source']}), reward delay "
+        f"{_duration(assumed['reward_delay_s'])} ({assumed['delay_source']}); "
+        f"{assumed['reps']} simulated futures, seed {assumed['seed']}",
+    ]
+    lines += [f"note: {note}" for note in assumed["notes"]]
+    changes = _change_lines(document["changes"], created=False)
+    lines.append("change: " + ("; ".join(changes) if changes else "none (current settings)"))
+    current, proposed = document["current"], document["proposed"]
+    difference = document["difference"]["regret"]
+
+    def regret(scenario: dict[str, Any]) -> str:
+        value = scenario["regret"]
+        return f"{value['mean']:.4g} [{value['ci95'][0]:.4g}, {value['ci95'][1]:.4g}]"
+
+    def futures(scenario: dict[str, Any]) -> str:
+        low, high = scenario["regret"]["range80"]
+        return f"{low:.4g} to {high:.4g}"
+
+    def call(scenario: dict[str, Any]) -> str:
+        winner = scenario["winner_call"]
+        return f"{winner['probability']:.0%}"
+
+    def call_time(scenario: dict[str, Any]) -> str:
+        seconds = scenario["winner_call"]["seconds"]
+        if seconds is None:
+            return "-"
+        low, high = seconds["range80"]
+        return f"{_duration(seconds['median'])} ({_duration(low)} to {_duration(high)})"
+
+    def correct(scenario: dict[str, Any]) -> str:
+        value = scenario["winner_call"]["correct"]
+        return "-" if value is None else f"{value:.0%}"
+
+    rows = [
+        ["expected regret [95% CI]", regret(current), regret(proposed),
+         f"{difference['mean']:+.4g} [{difference['ci95'][0]:+.4g}, "
+         f"{difference['ci95'][1]:+.4g}]"],
+        ["  80% of futures", futures(current), futures(proposed), ""],
+        ["decisions on the best arm", f"{current['best_arm_rate']['mean']:.1%}",
+         f"{proposed['best_arm_rate']['mean']:.1%}", ""],
+        ["winner called", call(current), call(proposed), ""],
+        ["  time to the call (80%)", call_time(current), call_time(proposed), ""],
+        ["  called arm truly best", correct(current), correct(proposed), ""],
+    ]
+    lines += ["", _table(["", "current", "proposed", "difference"], rows)]
+    share_rows = [[arm, _percent(current["shares"][arm]["mean"][-1]),
+                   _percent(proposed["shares"][arm]["mean"][-1])] for arm in document["arms"]]
+    lines += ["", "share of the last decisions of the horizon:",
+              _table(["arm", "current", "proposed"], share_rows, numeric={1, 2})]
+    better = document["difference"]["p_proposed_better"]
+    lines += ["", f"the proposal has less regret in {better:.0%} of the simulated futures"]
+    return "\n".join(lines)
+
+
+def _percent(value: float) -> str:
+    return f"{value:.1%}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.3g} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.3g} min"
+    if seconds < 172_800:
+        return f"{seconds / 3600:.3g} h"
+    return f"{seconds / 86400:.3g} d"
+
+
+def render_patch(document: Any) -> str:
+    # Every accepted change moves the version by exactly one.
+    lines = [f"{document['id']}: version {document['version'] - 1} -> {document['version']}"]
+    changes = document["changes"]
+    width = max((len(key) for key in changes), default=0)
+    lines += [f"  {key:<{width}}  {_value(change['old'])} -> {_value(change['new'])}"
+              for key, change in changes.items()] or ["  nothing changed"]
+    return "\n".join(lines)
+
+
+def render_audit(document: Any) -> str:
+    rows: list[list[Any]] = []
+    for entry in document["entries"]:
+        changes = _change_lines(entry["changes"], created=entry["action"] == "create") or ["-"]
+        # Reasons are free text: keep each on its row.
+        reason = " ".join((entry.get("reason") or "-").split())
+        rows.append([entry["version"], _when(entry["at"]), entry["actor"], entry["action"],
+                     changes[0], reason])
+        rows += [["", "", "", "", line, ""] for line in changes[1:]]
+    if not rows:
+        return "no audit entries"
+    return _table(["version", "at", "actor", "action", "changes", "reason"], rows, numeric={0})
+
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *,
+           numeric: Collection[int] = ()) -> str:
+    """Aligned columns: numeric ones right-aligned, the rest left-aligned."""
+    cells = [[str(cell) for cell in row] for row in rows]
+    widths = [max([len(header)] + [len(row[i]) for row in cells])
+              for i, header in enumerate(headers)]
+
+    def line(row: Sequence[str]) -> str:
+        parts = [cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i])
+                 for i, cell in enumerate(row)]
+        return "  ".join(parts).rstrip()
+
+    return "\n".join([line(headers), *(line(row) for row in cells)])
+
+
+def _decimals(values: Sequence[float | None], digits: int = 4) -> int:
+    """Decimals that give the largest of ``values`` ``digits`` significant digits."""
+    largest = max((abs(v) for v in values if v is not None and math.isfinite(v)), default=0.0)
+    if largest == 0:
+        return digits
+    return min(max(digits - 1 - math.floor(math.log10(largest)), 0), 8)
+
+
+def _fixed(value: float | None, decimals: int) -> str:
+    return "-" if value is None else f"{value:.{decimals}f}"
+
+
+def _count(value: float) -> str:
+    # With forgetting on, observation counts are fractional.
+    return str(int(value)) if float(value).is_integer() else f"{value:.1f}"
+
+
+def _interval(bounds: Sequence[float | None], decimals: int) -> str:
+    if len(bounds) != 2 or None in bounds:
+        return "-"
+    return f"[{_fixed(bounds[0], decimals)}, {_fixed(bounds[1], decimals)}]"
+
+
+def _when(epoch_s: float | None) -> str:
+    if epoch_s is None:
+        return "-"
+    moment = datetime.fromtimestamp(epoch_s, tz=UTC)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _value(value: Any) -> str:
+    """A setting's value as an operator would type it."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.10g}"
+    if isinstance(value, dict):
+        if set(value) == {"id", "state"}:  # an arm
+            return value["id"] if value["state"] == "active" else f"{value['id']} (paused)"
+        if set(value) == {"arm", "share"}:  # the control setting, as --set takes it
+            return f"{value['arm']}:{_value(value['share'])}"
+        return ", ".join(f"{key}={_value(item)}" for key, item in value.items())
+    if isinstance(value, list):
+        return ", ".join(_value(item) for item in value)
+    return str(value)
+
+
+def _change_lines(changes: dict[str, Any], *, created: bool) -> list[str]:
+    """One line per changed setting: ``old -> new``; a creation lists its initial settings."""
+    lines = []
+    for key, change in changes.items():
+        if not isinstance(change, dict):
+            lines.append(f"{key}: {_value(change)}")
+        elif created:
+            new = change.get("new")
+            if isinstance(new, dict) and key in ("exploration", "prior"):
+                lines += [f"{key}.{name}: {_value(value)}" for name, value in new.items()]
+            else:
+                lines.append(f"{key}: {_value(new)}")
+        else:
+            lines.append(f"{key}: {_value(change.get('old'))} -> {_value(change.get('new'))}")
+    return lines
