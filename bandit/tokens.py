@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from bandit.policy.kernels import jit
+from bandit.jit import jit
 
 KINDS = "dpsr"
 SLATE_ARM = 0xFFFF_FFFF

@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bandit import policy
-from bandit.policy import BERNOULLI, PolicySettings, kernels
+from bandit.policy import BERNOULLI, PolicySettings, allocation, posteriors, sampling
 
 FloatArray = npt.NDArray[np.float64]
 PRIOR = np.array([1.0, 1.0, 0.0, 0.0])
@@ -62,10 +62,10 @@ def per_decision(rng: np.random.Generator) -> None:
     uniform = random.Random(1).random
 
     rows = {
-        "cached, batch of 10000 in numba": median_ns(lambda: kernels.sample_arms(cdf, BATCH, rng))
+        "cached, batch of 10000 in numba": median_ns(lambda: sampling.sample_arms(cdf, BATCH, rng))
         / BATCH,
-        "cached, kernels.sample_arms(n=1)": median_ns(
-            lambda: kernels.sample_arms(cdf, 1, rng), inner=1000
+        "cached, sampling.sample_arms(n=1)": median_ns(
+            lambda: sampling.sample_arms(cdf, 1, rng), inner=1000
         ),
         "cached, policy.sample_arms(n=1)": median_ns(
             lambda: policy.sample_arms(cdf, 1, rng), inner=1000
@@ -76,12 +76,12 @@ def per_decision(rng: np.random.Generator) -> None:
     }
     baseline_batch = (
         median_ns(
-            lambda: kernels.thompson_choices(BERNOULLI, stats, PRIOR, 1.0, BATCH, rng, active)
+            lambda: posteriors.thompson_choices(BERNOULLI, stats, PRIOR, 1.0, BATCH, rng, active)
         )
         / BATCH
     )
     baseline_call = median_ns(
-        lambda: kernels.thompson_choices(BERNOULLI, stats, PRIOR, 1.0, 1, rng, active),
+        lambda: posteriors.thompson_choices(BERNOULLI, stats, PRIOR, 1.0, 1, rng, active),
         inner=1000,
     )
     print("(1) one decision, K=10: cached probabilities vs 10 Beta draws + argmax")
@@ -145,15 +145,15 @@ def measure_k(n_arms: int, rng: np.random.Generator) -> dict[str, Row]:
     return {
         "single": (
             median_ns(lambda: policy.sample_one(cdf_list, uniform()), inner=1000),
-            median_ns(lambda: kernels.thompson_choices(BERNOULLI, stats, PRIOR, 1.0, 1, rng,
+            median_ns(lambda: posteriors.thompson_choices(BERNOULLI, stats, PRIOR, 1.0, 1, rng,
                                                        active), inner=inner),
             median_ns(functools.partial(numpy_single, rng, alpha, beta), inner=inner),
             None if model is None else median_ns(model.predict, repeats=5,
                                                  inner=5 if big else 50),
         ),
         "batch": (
-            median_ns(functools.partial(kernels.sample_arms, cdf, BATCH, rng)) / BATCH,
-            median_ns(lambda: kernels.thompson_choices(BERNOULLI, stats, PRIOR, 1.0, BATCH, rng,
+            median_ns(functools.partial(sampling.sample_arms, cdf, BATCH, rng)) / BATCH,
+            median_ns(lambda: posteriors.thompson_choices(BERNOULLI, stats, PRIOR, 1.0, BATCH, rng,
                                                        active), repeats=5 if big else 21)
             / BATCH,
             median_ns(functools.partial(numpy_thompson, rng, alpha, beta),
@@ -200,7 +200,7 @@ def recompute(rng: np.random.Generator) -> None:
             times.append(
                 median_ns(
                     functools.partial(
-                        kernels.policy_probabilities,
+                        allocation.policy_probabilities,
                         BERNOULLI,
                         stats,
                         counts,

@@ -49,8 +49,8 @@ from bandit.forecast.codes import (
 )
 from bandit.forecast.parallel import run_replications
 from bandit.forecast.replicate import replicate
-from bandit.policy import kernels, student_t_tail_table
-from bandit.policy.kernels import BERNOULLI
+from bandit.policy import layout, student_t_tail_table
+from bandit.policy.layout import BERNOULLI
 from simulations.environments import Environment, EnvironmentArrays
 from simulations.plain import replicate_plain
 from simulations.policies import PolicyArrays, PolicySpec
@@ -182,10 +182,10 @@ def _is_plain(run: _Run) -> bool:
     return bool(
         p.code == THOMPSON and e.family == BERNOULLI
         and p.extra[X_QUADRATURE] == 0.0
-        and settings[kernels.MIN_SHARE] == 0.0 and settings[kernels.MAX_SHARE] >= 1.0
-        and settings[kernels.EPSILON] == 0.0 and settings[kernels.WARMUP] == 0.0
-        and math.isnan(settings[kernels.TOP_TWO])
-        and not settings[kernels.CONTROL_INDEX] >= 0.0
+        and settings[layout.MIN_SHARE] == 0.0 and settings[layout.MAX_SHARE] >= 1.0
+        and settings[layout.EPSILON] == 0.0 and settings[layout.WARMUP] == 0.0
+        and math.isnan(settings[layout.TOP_TWO])
+        and not settings[layout.CONTROL_INDEX] >= 0.0
         and not (half_life > 0.0 and math.isfinite(half_life))
         and e.change_times.shape[0] == 0
         and e.params[DRIFT_SD] == 0.0 and e.params[CHURN] == 0.0

@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bandit.forecast.codes import CHURN, CHURN_ALPHA, CHURN_BETA, DRIFT_SD, N_ENV_PARAMS, NOISE_SD
-from bandit.policy.kernels import BERNOULLI, GAUSSIAN
+from bandit.policy.layout import BERNOULLI, GAUSSIAN
 
 __all__ = [
     "REWARDS",

@@ -17,8 +17,8 @@ import numpy as np
 import numpy.typing as npt
 
 from bandit.forecast.codes import D_DELIVERED, D_MEAN_MAX, D_MEAN_MIN, D_REVISIONS
-from bandit.policy import kernels
-from bandit.policy.kernels import jit
+from bandit.jit import jit
+from bandit.policy import layout
 
 __all__ = ["replicate_plain"]
 
@@ -45,7 +45,7 @@ def replicate_plain(
     another) cost about a sixth of its speed.
     """
     n_arms = means.shape[0]
-    inv_temperature = 1.0 / settings[kernels.TEMPERATURE]
+    inv_temperature = 1.0 / settings[layout.TEMPERATURE]
     store = np.zeros((3, n_arms))
     counts = np.zeros(n_arms)
     # The posterior's Beta shapes, as thompson.posterior_column computes them. Generator.beta

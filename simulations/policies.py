@@ -62,7 +62,7 @@ from bandit.forecast.codes import (
     X_XI,
 )
 from bandit.policy import PolicySettings
-from bandit.policy.kernels import BERNOULLI
+from bandit.policy.layout import BERNOULLI
 
 __all__ = [
     "POLICIES",

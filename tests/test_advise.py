@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient
 
 from bandit.forecast import forecast
 from bandit.policy import PolicySettings, student_t_tail_table
-from bandit.policy.kernels import BERNOULLI
+from bandit.policy.layout import BERNOULLI
 from bandit.serving import advisor
 
 Client = TestClient[Any, Any]

@@ -8,8 +8,8 @@ import pytest
 import scipy.integrate
 import scipy.stats
 
-from bandit.policy import kernels, student_t_tail_table
-from bandit.policy.kernels import BERNOULLI, GAUSSIAN
+from bandit.policy import best_arm, layout, posteriors, sampling, student_t_tail_table
+from bandit.policy.layout import BERNOULLI, GAUSSIAN
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -31,8 +31,8 @@ def _gaussian(weight: list[float], mean: list[float], sq_dev: list[float]) -> Fl
 
 
 def _laws(family: int, stats: FloatArray, prior: FloatArray, temperature: float) -> list[object]:
-    params = kernels.posterior_parameters(family, stats, prior, temperature)
-    marginals = kernels.marginal_parameters(family, params)
+    params = posteriors.posterior_parameters(family, stats, prior, temperature)
+    marginals = posteriors.marginal_parameters(family, params)
     if family == BERNOULLI:
         return [scipy.stats.beta(a, b) for a, b in zip(marginals[0], marginals[1], strict=True)]
     return [
@@ -60,7 +60,7 @@ def _best(
     family: int, stats: FloatArray, prior: FloatArray, temperature: float = 1.0
 ) -> tuple[FloatArray, float]:
     active = np.ones(stats.shape[1], dtype=np.bool_)
-    return kernels.best_arm_probabilities(
+    return best_arm.best_arm_probabilities(
         family, stats, prior, temperature, active, student_t_tail_table(), np.random.default_rng(0)
     )
 
@@ -130,7 +130,7 @@ def test_identical_arms_share_exactly() -> None:
 def test_paused_arms_excluded() -> None:
     stats = _bernoulli([10, 50, 12], [20, 1, 18])
     active = np.array([True, False, True])
-    p_best, _ = kernels.best_arm_probabilities(
+    p_best, _ = best_arm.best_arm_probabilities(
         BERNOULLI,
         stats,
         BERNOULLI_PRIOR,
@@ -154,7 +154,7 @@ def test_paused_arms_excluded() -> None:
 def test_best_arm_and_expected_max_match_monte_carlo(
     family: int, stats: FloatArray, prior: FloatArray
 ) -> None:
-    draws = kernels.thompson_draws(family, stats, prior, 1.0, 200_000, np.random.default_rng(7))
+    draws = posteriors.thompson_draws(family, stats, prior, 1.0, 200_000, np.random.default_rng(7))
     frequency = np.bincount(draws.argmax(axis=1), minlength=stats.shape[1]) / draws.shape[0]
     p_best, expected_max = _best(family, stats, prior)
     # 5 binomial standard errors: a miss means a real bias, not bad luck.
@@ -166,10 +166,10 @@ def test_best_arm_and_expected_max_match_monte_carlo(
 
 def test_monte_carlo_fallback_agrees_with_quadrature() -> None:
     stats = _bernoulli([3, 4, 5.5], [5, 4, 7])
-    params = kernels.posterior_parameters(BERNOULLI, stats, BERNOULLI_PRIOR, 1.0)
+    params = posteriors.posterior_parameters(BERNOULLI, stats, BERNOULLI_PRIOR, 1.0)
     relevant = np.ones(3, dtype=np.bool_)
-    draws = kernels.MONTE_CARLO_DRAWS
-    estimate, _ = kernels._monte_carlo_best(
+    draws = layout.MONTE_CARLO_DRAWS
+    estimate, _ = best_arm._monte_carlo_best(
         BERNOULLI, params, relevant, draws, np.random.default_rng(3)
     )
     p_best, _ = _best(BERNOULLI, stats, BERNOULLI_PRIOR)
@@ -182,9 +182,9 @@ def test_many_distinct_arms_stay_accurate() -> None:
     successes = 100.0 + np.arange(300) * 0.2
     stats = _bernoulli(list(successes), list(200.0 - successes))
     p_best, _ = _best(BERNOULLI, stats, BERNOULLI_PRIOR)
-    params = kernels.posterior_parameters(BERNOULLI, stats, BERNOULLI_PRIOR, 1.0)
+    params = posteriors.posterior_parameters(BERNOULLI, stats, BERNOULLI_PRIOR, 1.0)
     draws = 40_000
-    estimate, _ = kernels._monte_carlo_best(
+    estimate, _ = best_arm._monte_carlo_best(
         BERNOULLI, params, np.ones(300, dtype=np.bool_), draws, np.random.default_rng(11)
     )
     sigma = np.sqrt(np.maximum(p_best * (1 - p_best), 1e-6) / draws)
@@ -193,7 +193,7 @@ def test_many_distinct_arms_stay_accurate() -> None:
 
 def test_beta_draws_follow_beta() -> None:
     stats = _bernoulli([3, 40], [7, 10])
-    draws = kernels.thompson_draws(
+    draws = posteriors.thompson_draws(
         BERNOULLI, stats, BERNOULLI_PRIOR, 2.0, 20_000, np.random.default_rng(1)
     )
     for arm, (alpha, beta) in enumerate([(1 + 1.5, 1 + 3.5), (1 + 20, 1 + 5)]):
@@ -203,7 +203,7 @@ def test_beta_draws_follow_beta() -> None:
 
 def test_gaussian_draws_follow_student_t_marginal() -> None:
     stats = _gaussian([4, 60], [1.0, -0.5], [3.0, 80.0])
-    draws = kernels.thompson_draws(
+    draws = posteriors.thompson_draws(
         GAUSSIAN, stats, GAUSSIAN_PRIOR, 1.0, 20_000, np.random.default_rng(2)
     )
     for arm, law in enumerate(_laws(GAUSSIAN, stats, GAUSSIAN_PRIOR, 1.0)):
@@ -214,7 +214,8 @@ def test_gaussian_draws_follow_student_t_marginal() -> None:
 def test_gaussian_posterior_parameters_by_hand() -> None:
     stats = _gaussian([4.0], [2.0], [6.0])
     prior = np.array([1.0, 2.0, 3.0, 4.0])
-    mu_n, kappa_n, alpha_n, beta_n = kernels.posterior_parameters(GAUSSIAN, stats, prior, 2.0)[:, 0]
+    mu_n, kappa_n, alpha_n, beta_n = posteriors.posterior_parameters(
+        GAUSSIAN, stats, prior, 2.0)[:, 0]
     # Tempered evidence W' = 2, q' = 3.
     assert kappa_n == pytest.approx(4.0)
     assert mu_n == pytest.approx((2 * 1 + 2 * 2) / 4)
@@ -225,7 +226,7 @@ def test_gaussian_posterior_parameters_by_hand() -> None:
 def test_thompson_choices_only_active() -> None:
     stats = _bernoulli([50, 1, 30], [1, 50, 30])
     active = np.array([False, True, True])
-    choices = kernels.thompson_choices(
+    choices = posteriors.thompson_choices(
         BERNOULLI, stats, BERNOULLI_PRIOR, 1.0, 2000, np.random.default_rng(4), active
     )
     assert set(np.unique(choices)) <= {1, 2}
@@ -233,10 +234,10 @@ def test_thompson_choices_only_active() -> None:
 
 def test_forget_halves_at_one_half_life() -> None:
     bern = _bernoulli([8, 4], [2, 6])
-    out = kernels.forget(BERNOULLI, bern, np.array([10.0, 20.0]), 10.0)
+    out = posteriors.forget(BERNOULLI, bern, np.array([10.0, 20.0]), 10.0)
     np.testing.assert_allclose(out[:2], bern[:2] * np.array([0.5, 0.25]), rtol=1e-14)
     gauss = _gaussian([8, 4], [1.5, -2.0], [3, 5])
-    out = kernels.forget(GAUSSIAN, gauss, np.array([10.0, 0.0]), 10.0)
+    out = posteriors.forget(GAUSSIAN, gauss, np.array([10.0, 0.0]), 10.0)
     np.testing.assert_allclose(out[0], [4.0, 4.0], rtol=1e-14)
     np.testing.assert_array_equal(out[1], gauss[1])
     np.testing.assert_allclose(out[2], [1.5, 5.0], rtol=1e-14)
@@ -245,17 +246,17 @@ def test_forget_halves_at_one_half_life() -> None:
 @pytest.mark.parametrize("half_life", [np.nan, np.inf])
 def test_forget_without_half_life_is_a_copy(half_life: float) -> None:
     stats = _bernoulli([8, 4], [2, 6])
-    out = kernels.forget(BERNOULLI, stats, np.array([1e9, 1e9]), half_life)
+    out = posteriors.forget(BERNOULLI, stats, np.array([1e9, 1e9]), half_life)
     np.testing.assert_array_equal(out, stats)
     assert out is not stats
 
 
 def test_sample_arms_frequencies_and_zero_arms() -> None:
     probabilities = np.array([0.0, 0.1, 0.0, 0.45, 0.3, 0.15, 0.0])
-    cdf = kernels.cumulative(probabilities)
+    cdf = sampling.cumulative(probabilities)
     assert cdf[-1] == 1.0
     n = 200_000
-    arms = kernels.sample_arms(cdf, n, np.random.default_rng(5))
+    arms = sampling.sample_arms(cdf, n, np.random.default_rng(5))
     observed = np.bincount(arms, minlength=probabilities.shape[0])
     assert np.all(observed[probabilities == 0.0] == 0)
     positive = probabilities > 0.0
@@ -265,10 +266,10 @@ def test_sample_arms_frequencies_and_zero_arms() -> None:
 
 def test_cumulative_never_exposes_trailing_zero_arm() -> None:
     probabilities = np.array([0.1] * 10 + [0.0])
-    cdf = kernels.cumulative(probabilities)
+    cdf = sampling.cumulative(probabilities)
     # 0.1 summed ten times is 0.9999999999999999 in floating point; the tail is forced to 1.
     assert cdf[9] == 1.0
-    assert np.all(kernels.sample_arms(cdf, 10_000, np.random.default_rng(6)) < 10)
+    assert np.all(sampling.sample_arms(cdf, 10_000, np.random.default_rng(6)) < 10)
 
 
 @pytest.mark.parametrize(
@@ -277,7 +278,7 @@ def test_cumulative_never_exposes_trailing_zero_arm() -> None:
 def test_slates_follow_plackett_luce(probabilities: list[float]) -> None:
     p = np.array(probabilities)
     n, k = 100_000, 2
-    arms, slate, positions = kernels.sample_slates(p, n, k, np.random.default_rng(8))
+    arms, slate, positions = sampling.sample_slates(p, n, k, np.random.default_rng(8))
     assert np.all(arms[:, 0] != arms[:, 1])
     assert np.all(p[arms] > 0.0)
     expected_positions = np.stack([p[arms[:, 0]], p[arms[:, 1]] / (1 - p[arms[:, 0]])], axis=1)

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bandit import policy
-from bandit.policy import BERNOULLI, GAUSSIAN, PolicySettings, kernels
+from bandit.policy import BERNOULLI, GAUSSIAN, PolicySettings, allocation
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -52,7 +52,7 @@ def test_fold_exploration_invariants(
     case: tuple[FloatArray, FloatArray, PolicySettings, npt.NDArray[np.bool_]],
 ) -> None:
     p_best, counts, chosen, active = case
-    out = kernels.fold_exploration(p_best, counts, chosen.as_array(), active)
+    out = allocation.fold_exploration(p_best, counts, chosen.as_array(), active)
     assert np.all(out[~active] == 0.0)
     assert np.all(out >= 0.0)
     assert out.sum() == pytest.approx(1.0, abs=EXACT)
@@ -82,7 +82,7 @@ def test_fold_exploration_invariants(
 def test_epsilon_mixture(weights: list[float], epsilon: float) -> None:
     p_best = np.array(weights) / sum(weights)
     active = np.ones(p_best.shape[0], dtype=np.bool_)
-    out = kernels.fold_exploration(
+    out = allocation.fold_exploration(
         p_best, np.zeros_like(p_best), PolicySettings(epsilon=epsilon).as_array(), active
     )
     expected = (1 - epsilon) * p_best + epsilon / p_best.shape[0]
@@ -106,7 +106,7 @@ def test_floors_and_caps_keep_free_arms_proportional(
     n_arms = p_best.shape[0]
     min_share = min(min_share, 1.0 / n_arms)
     chosen = PolicySettings(min_share=min_share, max_share=max_share).as_array()
-    out = kernels.fold_exploration(
+    out = allocation.fold_exploration(
         p_best, np.zeros(n_arms), chosen, np.ones(n_arms, dtype=np.bool_)
     )
     free = (out > min_share + 1e-9) & (out < max_share - 1e-9) & (p_best > 0)
@@ -116,7 +116,7 @@ def test_floors_and_caps_keep_free_arms_proportional(
 
 
 def test_caps_with_zero_probability_arms_spread_the_rest() -> None:
-    out = kernels.fold_exploration(
+    out = allocation.fold_exploration(
         np.array([1.0, 0.0, 0.0]),
         np.zeros(3),
         PolicySettings(max_share=0.5).as_array(),
@@ -128,7 +128,7 @@ def test_caps_with_zero_probability_arms_spread_the_rest() -> None:
 def test_top_two_formula_matches_simulation() -> None:
     p = np.array([0.5, 0.3, 0.15, 0.05])
     leader_probability = 0.6
-    out = kernels.fold_exploration(
+    out = allocation.fold_exploration(
         p,
         np.zeros(4),
         PolicySettings(top_two=leader_probability).as_array(),
@@ -148,7 +148,7 @@ def test_top_two_formula_matches_simulation() -> None:
 
 
 def test_top_two_with_certain_leader() -> None:
-    out = kernels.fold_exploration(
+    out = allocation.fold_exploration(
         np.array([0.0, 1.0, 0.0]),
         np.zeros(3),
         PolicySettings(top_two=0.7).as_array(),

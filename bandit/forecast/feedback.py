@@ -16,7 +16,8 @@ import numpy as np
 import numpy.typing as npt
 
 from bandit.forecast.codes import SW_UCB
-from bandit.policy.kernels import BERNOULLI, jit
+from bandit.jit import jit
+from bandit.policy.layout import BERNOULLI
 
 __all__ = [
     "H_ARM",

@@ -34,8 +34,9 @@ from bandit.forecast.codes import (
 )
 from bandit.forecast.parallel import run_replications
 from bandit.forecast.replicate import replicate
-from bandit.policy import kernels, student_t_tail_table
-from bandit.policy.kernels import BERNOULLI, jit
+from bandit.jit import jit
+from bandit.policy import best_arm, layout, posteriors, student_t_tail_table
+from bandit.policy.layout import BERNOULLI
 
 __all__ = [
     "CALL_STRIDE",
@@ -67,7 +68,7 @@ CHECKPOINTS = 60
 class Scenario:
     """One way of running the experiment: settings and which arms may be served."""
 
-    settings: FloatArray  # (kernels.N_SETTINGS,), as the service computes them
+    settings: FloatArray  # (layout.N_SETTINGS,), as the service computes them
     active: BoolArray  # (K,)
     half_life: float  # forgetting half-life in decisions; inf: never forget
 
@@ -80,9 +81,9 @@ class Scenario:
         for a forecast estimated at 0.2 s), while the service itself serves top-two from its
         allocation probabilities, which is what the probability path does.
         """
-        return bool(self.settings[kernels.MIN_SHARE] > 0.0
-                    or self.settings[kernels.MAX_SHARE] < 1.0 or not self.active.all()
-                    or not np.isnan(self.settings[kernels.TOP_TWO]))
+        return bool(self.settings[layout.MIN_SHARE] > 0.0
+                    or self.settings[layout.MAX_SHARE] < 1.0 or not self.active.all()
+                    or not np.isnan(self.settings[layout.TOP_TWO]))
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ class Outcome:
 def draw_truths(family: int, stats: FloatArray, prior: FloatArray,
                 rng: np.random.Generator) -> tuple[FloatArray, FloatArray]:
     """One plausible truth from the (untempered) posterior: each arm's mean and noise sd."""
-    params = kernels.posterior_parameters(family, stats, prior, 1.0)
+    params = posteriors.posterior_parameters(family, stats, prior, 1.0)
     if family == BERNOULLI:
         return rng.beta(params[0], params[1]), np.ones(stats.shape[1])
     precision = rng.gamma(params[2], 1.0 / params[3])
@@ -131,7 +132,7 @@ def first_call(family: int, checkpoint_stats: FloatArray, prior: FloatArray,
     """(checkpoint, arm) of the first winner call the stats endpoint would make, or (-1, -1)."""
     for c in range(checkpoint_stats.shape[0]):
         stats = checkpoint_stats[c, :3]
-        p_best, expected_max = kernels.best_arm_probabilities(
+        p_best, expected_max = best_arm.best_arm_probabilities(
             family, stats, prior, 1.0, active, tail_table, rng)
         leader = -1
         for k in range(p_best.shape[0]):
@@ -139,8 +140,8 @@ def first_call(family: int, checkpoint_stats: FloatArray, prior: FloatArray,
                 leader = k
         if leader < 0 or p_best[leader] < threshold:
             continue
-        params = kernels.posterior_parameters(family, stats, prior, 1.0)
-        means = kernels.posterior_means(family, kernels.marginal_parameters(family, params))
+        params = posteriors.posterior_parameters(family, stats, prior, 1.0)
+        means = posteriors.posterior_means(family, posteriors.marginal_parameters(family, params))
         if max(expected_max - means[leader], 0.0) <= max_loss:
             return c, leader
     return -1, -1

@@ -31,7 +31,8 @@ from bandit.forecast.codes import (
     X_TAU,
     X_XI,
 )
-from bandit.policy.kernels import BERNOULLI, jit
+from bandit.jit import jit
+from bandit.policy.layout import BERNOULLI
 
 __all__ = [
     "bernoulli_kl_scalar",

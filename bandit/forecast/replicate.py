@@ -13,10 +13,10 @@ One replication (:func:`replicate`, jitted, ``nogil``) is, for t = 0 .. T-1:
    keeps the old arm's statistics until the next refresh, as the service's cache would);
 5. with forgetting (a half-life h in steps) the store decays by 2^(-1/h) at the end of the step,
    and a delayed reward is back-dated to the step it happened, as the service's Lua does with an
-   event's ``ts``: the ``bandit.policy.kernels.forget`` semantics one step at a time.
+   event's ``ts``: the ``bandit.policy.posteriors.forget`` semantics one step at a time.
 
 Thompson sampling runs the service's code: with floors or caps on, paused arms (or
-``quadrature=1``), the allocation probabilities are ``kernels.policy_probabilities`` of the
+``quadrature=1``), the allocation probabilities are ``allocation.policy_probabilities`` of the
 view, recomputed whenever the view changes, and each decision is the service's ``sample_arms``
 search of their ``cumulative``; otherwise decisions are drawn by sampling with the exact same
 distribution (:func:`bandit.forecast.thompson.choose_thompson`), which is ~100x cheaper than
@@ -82,8 +82,9 @@ from bandit.forecast.thompson import (
     sample_from_cdf,
     thompson_argmax,
 )
-from bandit.policy import kernels
-from bandit.policy.kernels import BERNOULLI, jit
+from bandit.jit import jit
+from bandit.policy import allocation, layout, sampling
+from bandit.policy.layout import BERNOULLI
 
 __all__ = ["replicate"]
 
@@ -134,21 +135,21 @@ def replicate(
     quadrature = thompson and (
         extra[X_QUADRATURE] > 0.0
         or not all_active
-        or settings[kernels.MIN_SHARE] > 0.0
-        or settings[kernels.MAX_SHARE] < 1.0
+        or settings[layout.MIN_SHARE] > 0.0
+        or settings[layout.MAX_SHARE] < 1.0
     )
     plain = thompson and not quadrature and (
-        settings[kernels.EPSILON] == 0.0
-        and settings[kernels.WARMUP] == 0.0
-        and math.isnan(settings[kernels.TOP_TWO])
-        and not settings[kernels.CONTROL_INDEX] >= 0.0
+        settings[layout.EPSILON] == 0.0
+        and settings[layout.WARMUP] == 0.0
+        and math.isnan(settings[layout.TOP_TWO])
+        and not settings[layout.CONTROL_INDEX] >= 0.0
     )
-    inv_temperature = 1.0 / settings[kernels.TEMPERATURE]
+    inv_temperature = 1.0 / settings[layout.TEMPERATURE]
     params = np.zeros((N_PARAMS, n_arms))
     active = active_in.copy()
     racing = active_in.copy()
-    if thompson and settings[kernels.CONTROL_INDEX] >= 0.0:
-        racing[int(settings[kernels.CONTROL_INDEX])] = False
+    if thompson and settings[layout.CONTROL_INDEX] >= 0.0:
+        racing[int(settings[layout.CONTROL_INDEX])] = False
     probabilities = np.zeros(n_arms)
     cdf = np.ones(n_arms)
     half_life = extra[X_HALF_LIFE]
@@ -245,10 +246,10 @@ def replicate(
                 changed[k] = False
             n_changed = 0
             if quadrature:
-                probabilities = kernels.policy_probabilities(
+                probabilities = allocation.policy_probabilities(
                     family, view, view_counts, prior, settings, active, tail_table, rng
                 )
-                cdf = kernels.cumulative(probabilities)
+                cdf = sampling.cumulative(probabilities)
                 diagnostics[D_QUADRATURES] += 1.0
 
         # 3. Decide and draw the reward.

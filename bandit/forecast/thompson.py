@@ -1,7 +1,7 @@
 """Thompson-sampling decision kernels: the service's policy, one decision at a time.
 
 The replication loop decides either from allocation probabilities it has computed with the
-service's ``kernels.policy_probabilities`` (:func:`sample_from_cdf`, the service's own
+service's ``allocation.policy_probabilities`` (:func:`sample_from_cdf`, the service's own
 search), or, when no floor, cap or paused arm calls for them, by drawing the decision itself
 with exactly the same distribution (:func:`choose_thompson`, ~100x cheaper than one
 quadrature; :func:`thompson_argmax` when no exploration setting is on). The draws are those
@@ -16,8 +16,9 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
-from bandit.policy import kernels
-from bandit.policy.kernels import BERNOULLI, jit
+from bandit.jit import jit
+from bandit.policy import best_arm, layout, posteriors
+from bandit.policy.layout import BERNOULLI
 
 __all__ = [
     "N_PARAMS",
@@ -32,12 +33,12 @@ FloatArray = npt.NDArray[np.float64]
 
 @jit
 def sample_from_cdf(cdf: FloatArray, uniform: float) -> int:
-    """The decision of kernels.sample_arms for the uniform it draws, without allocating."""
+    """The decision of sampling.sample_arms for the uniform it draws, without allocating."""
     return int(np.searchsorted(cdf, uniform, side="right"))
 
 
 # Thompson draw parameters ("params", float64 (N_PARAMS, K)): rows 0-3 are those of
-# kernels.posterior_parameters; for Bernoulli arms rows 2-5 cache the Marsaglia-Tsang constants
+# posteriors.posterior_parameters; for Bernoulli arms rows 2-5 cache the Marsaglia-Tsang constants
 # (d = shape - 1/3, c = 1/sqrt(9 d)) of alpha and of beta, which change only with the posterior.
 N_PARAMS = 6
 
@@ -47,7 +48,7 @@ def posterior_column(
     family: int, view: FloatArray, prior: FloatArray, inv_temperature: float, k: int,
     params: FloatArray,
 ) -> None:
-    """Column k of kernels.posterior_parameters, in place (same floating-point operations)."""
+    """Column k of posteriors.posterior_parameters, in place (same floating-point operations)."""
     if family == BERNOULLI:
         for row in range(2):
             shape = prior[row] + view[row, k] * inv_temperature
@@ -56,7 +57,7 @@ def posterior_column(
             params[2 + 2 * row, k] = d
             params[3 + 2 * row, k] = 1. / np.sqrt(9 * d) if shape > 1.0 else 0.0
         return
-    kernels.normal_gamma_column(prior, view, inv_temperature, k, params)
+    posteriors.normal_gamma_column(prior, view, inv_temperature, k, params)
 
 
 @numba.njit(inline="always")
@@ -152,7 +153,7 @@ def choose_thompson(
     tail_table: FloatArray,
     rng: np.random.Generator,
 ) -> int:
-    """One decision distributed exactly as kernels.fold_exploration's probabilities.
+    """One decision distributed exactly as allocation.fold_exploration's probabilities.
 
     Valid when floors and caps are off (MIN_SHARE 0, MAX_SHARE 1; then the projection is the
     identity) and every arm is active. ``params`` is posterior_parameters(view) (tempered).
@@ -167,21 +168,21 @@ def choose_thompson(
       different arm wins, so given leader j arm i != j comes with probability p_i / (1 - p_j),
       and overall psi_i = beta p_i + (1 - beta) p_i sum_{j != i} p_j / (1 - p_j) (_top_two).
 
-    With no exploration setting on, it makes exactly the draws of kernels.thompson_choices.
+    With no exploration setting on, it makes exactly the draws of posteriors.thompson_choices.
     """
     n_arms = view.shape[1]
-    control = int(settings[kernels.CONTROL_INDEX]) if settings[kernels.CONTROL_INDEX] >= 0 else -1
-    share = settings[kernels.CONTROL_SHARE]
+    control = int(settings[layout.CONTROL_INDEX]) if settings[layout.CONTROL_INDEX] >= 0 else -1
+    share = settings[layout.CONTROL_SHARE]
     if control >= 0 and share > 0.0 and rng.random() < share:
         return control
-    if settings[kernels.EPSILON] > 0.0 and rng.random() < settings[kernels.EPSILON]:
+    if settings[layout.EPSILON] > 0.0 and rng.random() < settings[layout.EPSILON]:
         return _uniform_bandit_arm(n_arms, control, rng)
-    if settings[kernels.WARMUP] > 0.0:
+    if settings[layout.WARMUP] > 0.0:
         for k in range(n_arms):
-            if k != control and counts[k] < settings[kernels.WARMUP]:
+            if k != control and counts[k] < settings[layout.WARMUP]:
                 return _uniform_bandit_arm(n_arms, control, rng)
     leader = thompson_argmax(family, params, control, rng)
-    leader_share = settings[kernels.TOP_TWO]
+    leader_share = settings[layout.TOP_TWO]
     if math.isnan(leader_share) or n_arms - (control >= 0) == 1 or rng.random() < leader_share:
         return leader
     for _ in range(_CHALLENGER_ATTEMPTS):
@@ -190,8 +191,8 @@ def choose_thompson(
             return challenger
     # The leader wins almost surely: draw the challenger from p_i / (1 - p_leader) directly,
     # with fold_exploration's normalisation and its convention when p_leader rounds to 1.
-    p_best, _ = kernels.best_arm_probabilities(
-        family, view, prior, settings[kernels.TEMPERATURE], racing, tail_table, rng
+    p_best, _ = best_arm.best_arm_probabilities(
+        family, view, prior, settings[layout.TEMPERATURE], racing, tail_table, rng
     )
     total = 0.0
     for k in range(n_arms):

@@ -1,4 +1,4 @@
-"""Public face of the allocation maths: validated wrappers around :mod:`bandit.policy.kernels`.
+"""Public face of the allocation maths: validated wrappers around :mod:`bandit.policy`.
 
 The service imports only this module. Arrays are checked and converted here (contiguous
 float64 / bool / int64) so the jitted kernels never see surprises; bad input raises ValueError.
@@ -15,8 +15,8 @@ import numpy as np
 import numpy.typing as npt
 import scipy.stats
 
-from bandit.policy import kernels
-from bandit.policy.kernels import BERNOULLI, GAUSSIAN
+from bandit.policy import allocation, best_arm, layout, posteriors, sampling
+from bandit.policy.layout import BERNOULLI, GAUSSIAN
 
 __all__ = [
     "BERNOULLI",
@@ -58,15 +58,15 @@ class PolicySettings:
     control_share: float = 0.0
 
     def as_array(self) -> FloatArray:
-        out = np.zeros(kernels.N_SETTINGS)
-        out[kernels.EPSILON] = self.epsilon
-        out[kernels.MIN_SHARE] = self.min_share
-        out[kernels.MAX_SHARE] = self.max_share
-        out[kernels.TEMPERATURE] = self.temperature
-        out[kernels.WARMUP] = self.warmup
-        out[kernels.TOP_TWO] = np.nan if self.top_two is None else self.top_two
-        out[kernels.CONTROL_INDEX] = -1.0 if self.control_index is None else self.control_index
-        out[kernels.CONTROL_SHARE] = self.control_share
+        out = np.zeros(layout.N_SETTINGS)
+        out[layout.EPSILON] = self.epsilon
+        out[layout.MIN_SHARE] = self.min_share
+        out[layout.MAX_SHARE] = self.max_share
+        out[layout.TEMPERATURE] = self.temperature
+        out[layout.WARMUP] = self.warmup
+        out[layout.TOP_TWO] = np.nan if self.top_two is None else self.top_two
+        out[layout.CONTROL_INDEX] = -1.0 if self.control_index is None else self.control_index
+        out[layout.CONTROL_SHARE] = self.control_share
         return out
 
 
@@ -85,7 +85,7 @@ class PosteriorSummary:
 def student_t_tail_table() -> FloatArray:
     """Upper quantiles t.isf(TAIL_PROBABILITY, dof) on a dof grid, for the quadrature kernel."""
     dof = np.concatenate([np.geomspace(0.05, 1e6, 96), [np.inf]])
-    table = np.vstack([dof, scipy.stats.t.isf(kernels.TAIL_PROBABILITY, dof)])
+    table = np.vstack([dof, scipy.stats.t.isf(layout.TAIL_PROBABILITY, dof)])
     # Absurd priors (dof -> 0) have astronomically heavy tails; cap to keep the grid finite.
     table[1] = np.minimum(table[1], 1e12)
     table.setflags(write=False)
@@ -158,7 +158,7 @@ def allocation_probabilities(
         raise ValueError(f"temperature must be > 0, got {settings.temperature!r}")
     if settings.control_index is not None and not 0 <= settings.control_index < n_arms:
         raise ValueError(f"control_index {settings.control_index} is not an arm index")
-    return kernels.policy_probabilities(
+    return allocation.policy_probabilities(
         _family(family),
         stats_array,
         _floats("counts", counts, (n_arms,)),
@@ -182,15 +182,15 @@ def posterior_summary(
     n_arms = stats_array.shape[1]
     prior_array = _floats("prior", prior, (4,))
     active_array = _active(active, n_arms)
-    params = kernels.posterior_parameters(family, stats_array, prior_array, 1.0)
-    marginals = kernels.marginal_parameters(family, params)
-    mean = kernels.posterior_means(family, marginals)
+    params = posteriors.posterior_parameters(family, stats_array, prior_array, 1.0)
+    marginals = posteriors.marginal_parameters(family, params)
+    mean = posteriors.posterior_means(family, marginals)
     if family == BERNOULLI:
         law = scipy.stats.beta(marginals[0], marginals[1])
     else:
         law = scipy.stats.t(marginals[0], loc=marginals[1], scale=marginals[2])
     ci_low, ci_high = law.ppf(0.025), law.ppf(0.975)
-    p_best, expected_max = kernels.best_arm_probabilities(
+    p_best, expected_max = best_arm.best_arm_probabilities(
         family,
         stats_array,
         prior_array,
@@ -217,7 +217,7 @@ def forget(
     elapsed_array = _floats("elapsed", elapsed, (stats_array.shape[1],))
     if half_life is not None and not half_life > 0.0:
         raise ValueError(f"half_life must be > 0 or None, got {half_life!r}")
-    return kernels.forget(
+    return posteriors.forget(
         _family(family), stats_array, elapsed_array, math.nan if half_life is None else half_life
     )
 
@@ -235,7 +235,7 @@ def thompson_choices(
     stats_array = _stats(stats)
     if not temperature > 0.0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
-    return kernels.thompson_choices(
+    return posteriors.thompson_choices(
         _family(family),
         stats_array,
         _floats("prior", prior, (4,)),
@@ -248,7 +248,7 @@ def thompson_choices(
 
 def cumulative(probabilities: npt.ArrayLike) -> FloatArray:
     """CDF to cache next to the probabilities; feed it to :func:`sample_arms`."""
-    return kernels.cumulative(_probabilities(probabilities))
+    return sampling.cumulative(_probabilities(probabilities))
 
 
 def sample_arms(cdf: npt.ArrayLike, n: int, rng: np.random.Generator) -> IntArray:
@@ -256,7 +256,7 @@ def sample_arms(cdf: npt.ArrayLike, n: int, rng: np.random.Generator) -> IntArra
     array = np.ascontiguousarray(cdf, dtype=np.float64)
     if array.ndim != 1 or array.shape[0] < 1 or array[-1] != 1.0:
         raise ValueError("cdf must be a non-empty 1-d array ending at 1.0 (see cumulative)")
-    return kernels.sample_arms(array, _count("n", n), rng)
+    return sampling.sample_arms(array, _count("n", n), rng)
 
 
 def sample_one(cdf_list: list[float], uniform: float) -> int:
@@ -275,11 +275,12 @@ def sample_slates(
     positive = int(np.count_nonzero(array > 0.0))
     if not 1 <= k <= positive:
         raise ValueError(f"k must be in [1, {positive}] (arms with positive probability), got {k}")
-    return kernels.sample_slates(array, _count("n", n), int(k), rng)
+    return sampling.sample_slates(array, _count("n", n), int(k), rng)
 
 
 def warm_up_kernels() -> None:
-    """Compile (or load from the numba cache) every kernel now, not on the first request."""
+    """Compile (or load from the numba cache) every kernel the service uses now, not on the
+    first request (the Thompson draws of the simulator and the tests are left to them)."""
     rng = np.random.default_rng(0)
     counts = np.array([5.0, 5.0])
     active = np.ones(2, dtype=np.bool_)
@@ -289,8 +290,6 @@ def warm_up_kernels() -> None:
         (GAUSSIAN, [[5.0, 5.0], [0.1, 0.2], [4.0, 5.0]], [0.0, 1.0, 1.0, 1.0]),
     ):
         forget(family, stats, [1.0, 2.0], 10.0)
-        thompson_choices(family, stats, prior, 2, rng, active)
-        kernels.thompson_draws(family, np.asarray(stats), np.asarray(prior), 1.0, 2, rng)
         posterior_summary(family, stats, prior, active)
         probabilities = allocation_probabilities(family, stats, counts, prior, settings, active)
     cdf = cumulative(probabilities)

@@ -1,0 +1,234 @@
+"""Allocation probabilities: P(best) folded with every exploration setting (epsilon, floors
+and caps, temperature, warm-up, top-two, a control share)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from bandit.jit import jit
+from bandit.policy.best_arm import best_arm_probabilities
+from bandit.policy.layout import (
+    CONTROL_INDEX,
+    CONTROL_SHARE,
+    EPSILON,
+    MAX_SHARE,
+    MIN_SHARE,
+    TEMPERATURE,
+    TOP_TWO,
+    WARMUP,
+    BoolArray,
+    FloatArray,
+)
+
+
+@jit
+def _clipped_sum(psi: FloatArray, scale: float, low: float, high: float) -> float:
+    total = 0.0
+    for value in psi:
+        total += min(max(scale * value, low), high)
+    return total
+
+
+@jit
+def _project_shares(psi: FloatArray, low: float, high: float) -> FloatArray:
+    """Water-filling: solve g(c) = sum_i clip(c psi_i, low, high) = 1 for the scale c, exactly.
+
+    g is piecewise linear and non-decreasing with breakpoints low/psi_i and high/psi_i: bisect
+    them for the crossing segment, then solve the linear piece with sums recomputed from scratch
+    (running sums lose psi values 1e200 times smaller than others). Free arms keep their ratios.
+    When even the largest finite breakpoint is not enough (caps hit while zero-psi arms, or
+    arms so small that high / psi overflows, sit near the floor), those arms share the rest
+    evenly (they cannot pass the cap then). A last pass hands the
+    rounding residual to the free arms so the sum is 1 to ~1e-16.
+    """
+    n_arms = psi.shape[0]
+    if n_arms * low >= 1.0 or n_arms * high <= 1.0:
+        return np.full(n_arms, 1.0 / n_arms)
+    breaks = np.empty(2 * n_arms)
+    n_breaks = 0
+    for value in psi:
+        # Subnormal psi overflow high / psi to inf: such arms never reach a cap at finite scale.
+        for bound in (low, high):
+            if value > 0.0 and math.isfinite(bound / value):
+                breaks[n_breaks] = bound / value
+                n_breaks += 1
+    breaks = np.sort(breaks[:n_breaks])
+    scale = 0.0
+    if n_breaks > 0:
+        scale = breaks[-1]
+        if _clipped_sum(psi, scale, low, high) > 1.0:
+            lo, hi = -1, n_breaks - 1
+            while hi - lo > 1:
+                middle = (lo + hi) // 2
+                if _clipped_sum(psi, breaks[middle], low, high) >= 1.0:
+                    hi = middle
+                else:
+                    lo = middle
+            left = breaks[lo] if lo >= 0 else 0.0
+            right = breaks[hi]
+            middle_scale = 0.5 * (left + right)
+            slope = 0.0
+            constant = 0.0
+            for value in psi:
+                clipped = min(max(middle_scale * value, low), high)
+                if low < clipped < high:
+                    slope += value
+                else:
+                    constant += clipped
+            scale = right
+            if slope > 0.0:
+                scale = min(max((1.0 - constant) / slope, left), right)
+    out = np.empty(n_arms)
+    stalled = np.empty(n_arms, dtype=np.bool_)
+    for i in range(n_arms):
+        out[i] = min(max(scale * psi[i], low), high)
+        stalled[i] = not (psi[i] > 0.0 and math.isfinite(high / psi[i]))
+    n_stalled = stalled.sum()
+    residual = 1.0 - out.sum()
+    if residual > 0.0 and n_stalled > 0:
+        for i in range(n_arms):
+            if stalled[i]:
+                out[i] = min(out[i] + residual / n_stalled, high)
+        residual = 1.0 - out.sum()
+    free = 0.0
+    for i in range(n_arms):
+        if low < out[i] < high:
+            free += out[i]
+    # Below ~1e-300 the proportional split itself would be dominated by subnormal rounding.
+    if free > 1e-300:
+        for i in range(n_arms):
+            if low < out[i] < high:
+                out[i] += residual * out[i] / free
+    return out
+
+
+@jit
+def _top_two(p: FloatArray, leader: float) -> FloatArray:
+    """Top-two Thompson (Russo 2016): leader ~ p with prob beta, else a challenger ~ p != leader.
+
+    psi_i = beta p_i + (1 - beta) p_i sum_{j != i} p_j / (1 - p_j). When some p_j is exactly 1
+    the challenger law p_i / (1 - p_j) is 0/0; it is taken uniform over the other arms.
+    """
+    n_arms = p.shape[0]
+    psi = np.empty(n_arms)
+    if n_arms == 1:
+        psi[0] = 1.0
+        return psi
+    ratio_sum = 0.0
+    for j in range(n_arms):
+        if p[j] < 1.0:
+            ratio_sum += p[j] / (1.0 - p[j])
+    for i in range(n_arms):
+        own = p[i] / (1.0 - p[i]) if p[i] < 1.0 else 0.0
+        psi[i] = leader * p[i] + (1.0 - leader) * p[i] * (ratio_sum - own)
+    for j in range(n_arms):
+        if p[j] >= 1.0:
+            for i in range(n_arms):
+                if i != j:
+                    psi[i] += (1.0 - leader) * p[j] / (n_arms - 1)
+    out: FloatArray = psi / psi.sum()
+    return out
+
+
+@jit
+def _control_arm(settings: FloatArray, active: BoolArray) -> int:
+    control = settings[CONTROL_INDEX]
+    if not control >= 0.0:
+        return -1
+    index = int(control)
+    # A paused control arm cannot hold its share; the bandit arms get all traffic then.
+    if index >= active.shape[0] or not active[index]:
+        return -1
+    return index
+
+
+@jit
+def fold_exploration(
+    p_best: FloatArray, counts: FloatArray, settings: FloatArray, active: BoolArray
+) -> FloatArray:
+    """Allocation probabilities (the propensity of every decision) from best-arm probabilities.
+
+    Over the active non-control ("bandit") arms, in order: warm-up (uniform while any bandit arm
+    has fewer than WARMUP observations), top-two Thompson, epsilon mixing, then floors and caps
+    (MIN_SHARE, MAX_SHARE relative to the bandit traffic). Finally the control arm, if any, gets
+    exactly CONTROL_SHARE and the bandit arms share the rest. Paused arms get exactly 0. If no
+    arm is active the result is all zeros.
+    """
+    n_arms = p_best.shape[0]
+    out = np.zeros(n_arms)
+    control = _control_arm(settings, active)
+    bandit = np.empty(n_arms, dtype=np.int64)
+    n_bandit = 0
+    for k in range(n_arms):
+        if active[k] and k != control:
+            bandit[n_bandit] = k
+            n_bandit += 1
+    bandit = bandit[:n_bandit]
+    if n_bandit == 0:
+        if control >= 0:
+            out[control] = 1.0
+        return out
+
+    warming = False
+    for arm in bandit:
+        warming = warming or counts[arm] < settings[WARMUP]
+    psi = np.empty(n_bandit)
+    total = 0.0
+    for i in range(n_bandit):
+        psi[i] = max(p_best[bandit[i]], 0.0)
+        total += psi[i]
+    if warming or not total > 0.0:
+        psi[:] = 1.0 / n_bandit
+    else:
+        psi /= total
+        leader = settings[TOP_TWO]
+        if not math.isnan(leader):
+            psi = _top_two(psi, leader)
+
+    epsilon = settings[EPSILON]
+    psi = (1.0 - epsilon) * psi + epsilon / n_bandit
+    psi = _project_shares(psi, settings[MIN_SHARE], settings[MAX_SHARE])
+
+    bandit_share = 1.0
+    if control >= 0:
+        bandit_share = 1.0 - settings[CONTROL_SHARE]
+        out[control] = settings[CONTROL_SHARE]
+    for i in range(n_bandit):
+        out[bandit[i]] = bandit_share * psi[i]
+    return out
+
+
+@jit
+def policy_probabilities(
+    family: int,
+    stats: FloatArray,
+    counts: FloatArray,
+    prior: FloatArray,
+    settings: FloatArray,
+    active: BoolArray,
+    tail_table: FloatArray,
+    rng: np.random.Generator,
+) -> FloatArray:
+    """THE policy: allocation probabilities from the posterior statistics and the settings.
+
+    The control arm is held out of the best-arm race (it is allocated a fixed share), and the
+    quadrature is skipped while warm-up forces uniform allocation. ``rng`` is used only by the
+    Monte Carlo fallback of :func:`best_arm_probabilities`.
+    """
+    control = _control_arm(settings, active)
+    racing = active.copy()
+    warming = False
+    for k in range(active.shape[0]):
+        if k == control:
+            racing[k] = False
+        elif active[k] and counts[k] < settings[WARMUP]:
+            warming = True
+    if warming:
+        p_best = racing.astype(np.float64)
+    else:
+        p_best, _ = best_arm_probabilities(
+            family, stats, prior, settings[TEMPERATURE], racing, tail_table, rng
+        )
+    return fold_exploration(p_best, counts, settings, active)
