@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from bandit.store import redisurl
+from bandit import redisurl
 
 DEFAULT_DEDUP_WINDOW_S = 3600.0
 
@@ -27,7 +27,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     #: ``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://`` or ``redis+sentinel://``
-    #: URL (``bandit.store.redisurl``); ``None`` starts an embedded redis-server.
+    #: URL (``bandit.redisurl``); ``None`` starts an embedded redis-server.
     redis_url: str | None = None
     workers: int = 1
     data_dir: Path = Path("bandit-data")

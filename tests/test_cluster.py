@@ -26,9 +26,9 @@ from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
 from bandit.api.app import SERVICE, create_app
+from bandit.redisurl import RedisUrlError, parse, redacted
 from bandit.settings import Settings, SettingsError
 from bandit.store.keys import Keys
-from bandit.store.redisurl import RedisUrlError, parse, redacted
 from tests.conftest import ServiceProcess
 from tests.load import ARMS, create, event_batches, expected, load
 from tests.support.topologies import LocalCluster, LocalSentinel, Node

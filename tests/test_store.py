@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bandit.model import Experiment, parse_new_experiment
-from bandit.store.redis_store import APPLIED, DUPLICATE, EncodedEvent, RedisStore
+from bandit.store.codec import EncodedEvent
+from bandit.store.redis_store import APPLIED, DUPLICATE, RedisStore
 
 PROPERTY = settings(max_examples=25, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])

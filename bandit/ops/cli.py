@@ -15,9 +15,9 @@ from types import FrameType
 
 from bandit import __version__
 from bandit.api.auth import KeyRing, KeysFileError, is_loopback
+from bandit.redisurl import redacted
 from bandit.settings import Settings, SettingsError, environ
 from bandit.store.embedded import EmbeddedRedis, EmbeddedRedisError
-from bandit.store.redisurl import redacted
 
 logger = logging.getLogger("bandit")
 
@@ -147,7 +147,7 @@ def _serve(arguments: argparse.Namespace) -> int:
         logger.info("embedded redis-server at %s, data in %s (appendfsync %s)",
                     settings.redis_url, embedded.data_dir, settings.embedded_appendfsync)
     try:
-        from bandit.store.redis_store import check_deployment
+        from bandit.store.deployment import check_deployment
 
         try:
             asyncio.run(check_deployment(settings))

@@ -50,7 +50,7 @@ from bandit.errors import NotFound, StoreUnavailable
 from bandit.inputs import MAX_EVENT_EXPERIMENTS, MAX_EVENTS
 from bandit.model import ID_PATTERN
 from bandit.serving.service import BanditService
-from bandit.store.redisurl import Client
+from bandit.store.connection import Client
 
 logger = logging.getLogger(__name__)
 

@@ -38,7 +38,8 @@ from bandit.inputs import MAX_EVENTS
 from bandit.ops.stream import Entry, Lag, Outcome, StreamConfig, StreamConsumer, sibling_key
 from bandit.serving.service import BanditService
 from bandit.settings import Settings, SettingsError, environ
-from bandit.store.redis_store import RedisStore, check_deployment
+from bandit.store.deployment import check_deployment
+from bandit.store.redis_store import RedisStore
 
 logger = logging.getLogger("bandit.ops.worker")
 

@@ -37,7 +37,8 @@ from bandit import policy
 from bandit.errors import NotFound, StoreUnavailable
 from bandit.model import Experiment, Exploration
 from bandit.serving.changes import ChangeFeed, cancelling
-from bandit.store.redis_store import RedisStore, StoredState
+from bandit.store.codec import StoredState
+from bandit.store.redis_store import RedisStore
 
 logger = logging.getLogger(__name__)
 

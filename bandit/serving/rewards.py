@@ -12,13 +12,13 @@ from bandit.errors import InvalidValue, NotFound
 from bandit.inputs import MAX_EVENT_EXPERIMENTS, RewardEvent, parse_event, parse_event_batch
 from bandit.serving.decisions import Decider
 from bandit.settings import Settings
+from bandit.store.codec import EncodedEvent
 from bandit.store.redis_store import (
     APPLIED,
     DUPLICATE,
     REWARDED,
     UNKNOWN_DECISION,
     WRONG_ARM,
-    EncodedEvent,
     RedisStore,
 )
 from bandit.tokens import EXPIRED, FORGED

@@ -10,8 +10,9 @@
 =============================================================  ==================================
 
 In a cluster every key of one experiment carries the hash tag ``{<experiment id>}``
-(``bandit.store.keys``), so each Lua script runs on one shard and experiments spread over all of
-them.
+(``bandit.store.keys``), so each Lua script runs on one shard and experiments spread over all
+of them. This module is the grammar (pure, for settings to check a URL at start);
+``bandit.store.connection`` makes the clients.
 """
 
 from __future__ import annotations
@@ -20,19 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-import redis.asyncio as aioredis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
-from redis.backoff import ExponentialWithJitterBackoff
-
-#: What the store talks to: a single-node client (also Sentinel's) or a cluster client.
-Client = aioredis.Redis | RedisCluster
-
 PLAIN_SCHEMES = ("redis://", "rediss://", "unix://")
 CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 SENTINEL_SCHEMES = ("redis+sentinel://",)
-SCHEMES = PLAIN_SCHEMES + CLUSTER_SCHEMES + SENTINEL_SCHEMES
 
 
 class RedisUrlError(ValueError):
@@ -97,41 +88,3 @@ def _host(text: str, url: str) -> tuple[str, int]:
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise RedisUrlError(f"{url!r}: {text!r} is not host:port")
     return host.strip("[]"), int(port)
-
-
-def connect(url: str, *, timeout_s: float, max_connections: int,
-            pool_timeout_s: float) -> Client:
-    """A redis-py asyncio client for ``url``, with the service's timeouts and pool bounds.
-
-    Every kind answers with ``decode_responses=True`` and fails within ``timeout_s`` when its
-    server does not answer, so the service can fall back to cached posteriors and 503.
-    """
-    parsed = parse(url)
-    options: dict[str, Any] = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s,
-                               "decode_responses": True}
-    if parsed.kind == "plain":
-        # A blocking pool with a short wait: a burst beyond the pool (or a stuck Redis holding
-        # every connection) waits briefly for a free one, then fails with a clear 503,
-        # instead of opening unbounded connections or queueing requests without end.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=pool_timeout_s,
-            health_check_interval=30, **options)
-        return aioredis.Redis(connection_pool=pool)
-    credentials: dict[str, Any] = {"username": parsed.username, "password": parsed.password}
-    if parsed.kind == "cluster":
-        # A few quick retries ride over a MOVED storm or a node restart; a failover (the
-        # replica is promoted after cluster-node-timeout) outlasts them, and the request
-        # answers 503 (decisions keep coming from cached posteriors) until it is over.
-        return RedisCluster(
-            startup_nodes=[ClusterNode(host, port) for host, port in parsed.hosts],
-            max_connections=max_connections, ssl=parsed.tls, require_full_coverage=False,
-            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=3),
-            **credentials, **options)
-    sentinel = Sentinel(
-        list(parsed.hosts), min_other_sentinels=0,
-        sentinel_kwargs={"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s,
-                         "password": parsed.sentinel_password},
-        **options)
-    client: aioredis.Redis = sentinel.master_for(
-        parsed.service, db=parsed.db, max_connections=max_connections, **credentials)
-    return client
