@@ -32,7 +32,7 @@ from typing import Any
 import orjson
 import redis
 
-from bandit.ops.stream import measure_lag
+from bandit.ops.stream_entries import measure_lag
 from bandit.serving.service import BanditService
 from bandit.settings import Settings
 from bandit.store.embedded import free_port, redis_server_binary

@@ -22,8 +22,8 @@ import redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
-from bandit.ops import stream as stream_module
-from bandit.ops.stream import measure_lag, sibling_key
+from bandit.ops import stream_entries as stream_module
+from bandit.ops.stream_entries import measure_lag, sibling_key
 from bandit.serving.service import BanditService
 from bandit.settings import Settings
 from bandit.store.embedded import free_port, stop_process

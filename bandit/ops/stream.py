@@ -38,7 +38,7 @@ Redis Cluster a dead-letter XADD and its XACK run in one MULTI.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 
@@ -46,141 +46,29 @@ import orjson
 from redis import exceptions as redis_errors
 from redis.crc import key_slot
 
-from bandit.errors import NotFound, StoreUnavailable
+from bandit.errors import NotFound
 from bandit.inputs import MAX_EVENT_EXPERIMENTS, MAX_EVENTS
 from bandit.model import ID_PATTERN
+from bandit.ops.stream_entries import (
+    Entry,
+    Lag,
+    MalformedEntry,
+    StreamConfig,
+    entry_order,
+    experiment_of,
+    measure_lag,
+    parse_entry,
+    payload,
+    redis_call,
+    server_millis,
+    stream_millis,
+)
 from bandit.serving.service import BanditService
 from bandit.store.connection import Client
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-#: Lag in entries is counted with an XRANGE capped at this many entries (Redis 6.2 keeps no
-#: count; Redis >= 7 reports it exactly in XINFO GROUPS, which is used when present).
-LAG_COUNT_CAP = 10_000
-
-
-def sibling_key(stream: str, suffix: str) -> str:
-    """A key in the stream's hash slot: ``{s}:suffix`` (``s:suffix`` when ``s`` has a tag)."""
-    start = stream.find("{")
-    end = stream.find("}", start + 1) if start >= 0 else -1
-    if end > start + 1:
-        return f"{stream}:{suffix}"
-    return f"{{{stream}}}:{suffix}"
-
-
-@dataclass(frozen=True)
-class StreamConfig:
-    stream: str
-    group: str
-    consumer: str
-    dead_letter: str
-    batch: int = 500
-    block_ms: int = 1000
-    claim_idle_ms: int = 30_000
-    max_deliveries: int = 5
-
-    @property
-    def failures(self) -> str:
-        return sibling_key(self.stream, "failures")
-
-
-class Entry(NamedTuple):
-    entry_id: str
-    fields: dict[str, str]
-    deliveries: int
-
-
-class MalformedEntry(ValueError):
-    """An entry that holds no event list we can read (dead-lettered whole)."""
-
-
-def parse_entry(fields: dict[str, str]) -> tuple[list[object], bool]:
-    """The raw events of an entry, and whether they came as an ``events`` list."""
-    if "event" in fields:
-        try:
-            return [orjson.loads(fields["event"])], False
-        except orjson.JSONDecodeError as error:
-            raise MalformedEntry(f"event: not valid JSON: {error}") from None
-    if "events" in fields:
-        try:
-            events = orjson.loads(fields["events"])
-        except orjson.JSONDecodeError as error:
-            raise MalformedEntry(f"events: not valid JSON: {error}") from None
-        if not isinstance(events, list) or not 0 < len(events) <= MAX_EVENTS:
-            raise MalformedEntry(f"events: expected a list of 1 to {MAX_EVENTS} reward events")
-        return events, True
-    raise MalformedEntry(f"no 'event' or 'events' field (fields: {sorted(fields)})")
-
-
-async def server_millis(client: Client) -> int:
-    """Redis's clock, which stamps stream entry ids (a worker's clock may differ)."""
-    seconds, micros = await redis_call(client.time())
-    return int(seconds) * 1000 + int(micros) // 1000
-
-
-def stream_millis(entry_id: str) -> int:
-    return int(entry_id.partition("-")[0])
-
-
-def _id_key(entry_id: str) -> tuple[int, int]:
-    millis, _, sequence = entry_id.partition("-")
-    return int(millis), int(sequence or 0)
-
-
-async def redis_call(awaitable: Awaitable[T]) -> T:
-    """Await a redis-py call; connection trouble becomes StoreUnavailable (as in the store)."""
-    try:
-        return await awaitable
-    except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as error:
-        raise StoreUnavailable(f"Redis is unreachable: {error}") from error
-    except redis_errors.BusyLoadingError as error:
-        raise StoreUnavailable("Redis is loading its data set") from error
-
-
-@dataclass(frozen=True)
-class Lag:
-    #: Entries not yet delivered to any consumer of the group (at most LAG_COUNT_CAP on
-    #: Redis 6.2 when the count had to be made by XRANGE: ``capped`` is then True).
-    entries: int
-    capped: bool
-    #: Age of the oldest undelivered entry (from its id's milliseconds and Redis TIME).
-    seconds: float
-    #: Delivered but not acknowledged (in flight, deferred, or held by a dead consumer).
-    pending: int
-    oldest_pending_seconds: float
-
-
-async def measure_lag(client: Client, stream: str, group: str) -> Lag:
-    async with client.pipeline(transaction=False) as pipe:
-        pipe.xinfo_groups(stream)
-        pipe.xinfo_stream(stream)
-        pipe.xpending(stream, group)
-        groups, info, pending = await redis_call(pipe.execute())
-    now_ms = await server_millis(client)
-    [state] = [g for g in groups if g["name"] == group]
-    last = state["last-delivered-id"]
-    exact = state.get("lag")  # Redis >= 7 only
-    first = info["first-entry"]
-    entries, capped, oldest = 0, False, None
-    if info["length"] and _id_key(last) < _id_key(first[0]):
-        entries, oldest = int(info["length"]), first[0]  # nothing delivered yet: all of it
-    elif info["length"]:
-        rows: Any = await redis_call(client.xrange(
-            stream, f"({last}", "+", count=1 if exact is not None else LAG_COUNT_CAP))
-        oldest = rows[0][0] if rows else None
-        entries = int(exact) if exact is not None else len(rows)
-        capped = exact is None and len(rows) == LAG_COUNT_CAP
-    oldest_pending = pending["min"] if pending["pending"] else None
-    return Lag(
-        entries=entries, capped=capped,
-        seconds=0.0 if oldest is None else max(0, now_ms - stream_millis(oldest)) / 1000,
-        pending=int(pending["pending"]),
-        oldest_pending_seconds=(0.0 if oldest_pending is None
-                                else max(0, now_ms - stream_millis(oldest_pending)) / 1000),
-    )
-
 
 @dataclass
 class Outcome:
@@ -260,7 +148,7 @@ class StreamConsumer:
         if not rows:
             return []
         ids = [entry_id for entry_id, _ in rows]
-        low, high = min(ids, key=_id_key), max(ids, key=_id_key)
+        low, high = min(ids, key=entry_order), max(ids, key=entry_order)
         found = {row["message_id"]: int(row["times_delivered"]) for row in await redis_call(
             self.client.xpending_range(self.config.stream, self.config.group, low, high,
                                        count=2 * len(ids) + 100,
@@ -288,12 +176,12 @@ class StreamConsumer:
             if entry.deliveries > config.max_deliveries:
                 last = last_failures.get(entry.entry_id) or (
                     "none recorded (a consumer stopped while handling it)")
-                dead.append(_DeadLetter(entry, "max_deliveries", _payload(entry), (
+                dead.append(_DeadLetter(entry, "max_deliveries", payload(entry), (
                     f"delivered {entry.deliveries} times, over --max-deliveries "
                     f"{config.max_deliveries}; last failure: {last}"), None))
                 continue
             if entry.deliveries > 1 and now_ms - stream_millis(entry.entry_id) > window_ms:
-                dead.append(_DeadLetter(entry, "expired", _payload(entry), (
+                dead.append(_DeadLetter(entry, "expired", payload(entry), (
                     "re-delivered after the dedup window "
                     f"({self.service.settings.dedup_window_s:g} s): it may have been applied "
                     "already, and applying it again could count it twice"), None))
@@ -301,25 +189,25 @@ class StreamConsumer:
             try:
                 events, listed = parse_entry(entry.fields)
             except MalformedEntry as error:
-                dead.append(_DeadLetter(entry, "malformed", _payload(entry), str(error), None))
+                dead.append(_DeadLetter(entry, "malformed", payload(entry), str(error), None))
                 continue
             parsed.append((entry, events, listed))
         missing = await self._missing_experiments(
-            {_experiment_of(event) for _, events, _ in parsed for event in events})
+            {experiment_of(event) for _, events, _ in parsed for event in events})
         deferred: dict[str, str] = {}
         chunk: list[tuple[Entry, list[object], bool]] = []
         chunk_events = 0
         chunk_experiments: set[str | None] = set()
         for entry, events, listed in parsed:
-            absent = next((_experiment_of(e) for e in events if _experiment_of(e) in missing),
+            absent = next((experiment_of(e) for e in events if experiment_of(e) in missing),
                           None)
             if absent is not None and entry.deliveries < config.max_deliveries:
                 deferred[entry.entry_id] = (f"experiment {absent!r} does not exist (deferred "
                                             f"at delivery {entry.deliveries})")
                 continue
-            experiments = {_experiment_of(event) for event in events}
+            experiments = {experiment_of(event) for event in events}
             if len(experiments) > MAX_EVENT_EXPERIMENTS:
-                dead.append(_DeadLetter(entry, "malformed", _payload(entry), (
+                dead.append(_DeadLetter(entry, "malformed", payload(entry), (
                     f"events: name at most {MAX_EVENT_EXPERIMENTS} distinct experiments per "
                     f"entry, got {len(experiments)}"), None))
                 continue
@@ -425,20 +313,3 @@ class StreamConsumer:
 
     async def lag(self) -> Lag:
         return await measure_lag(self.client, self.config.stream, self.config.group)
-
-
-def _experiment_of(event: object) -> str | None:
-    """The event's experiment id when it is a string (anything else the validation rejects;
-    a list or an object could not even be looked up in a set)."""
-    if isinstance(event, dict):
-        experiment = event.get("experiment")
-        if isinstance(experiment, str):
-            return experiment
-    return None
-
-
-def _payload(entry: Entry) -> str:
-    for name in ("event", "events"):
-        if name in entry.fields:
-            return entry.fields[name]
-    return orjson.dumps(entry.fields).decode()

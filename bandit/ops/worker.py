@@ -35,7 +35,8 @@ from redis import exceptions as redis_errors
 from bandit import policy, tokens
 from bandit.errors import BanditError, StoreUnavailable
 from bandit.inputs import MAX_EVENTS
-from bandit.ops.stream import Entry, Lag, Outcome, StreamConfig, StreamConsumer, sibling_key
+from bandit.ops.stream import Outcome, StreamConsumer
+from bandit.ops.stream_entries import Entry, Lag, StreamConfig, sibling_key
 from bandit.serving.service import BanditService
 from bandit.settings import Settings, SettingsError, environ
 from bandit.store.deployment import check_deployment
