@@ -1,7 +1,9 @@
 #!/bin/sh
 # Writes the locks from pyproject.toml and the *.in files here:
 #   requirements/runtime.txt  what `bandit serve` needs, and the build backend;
-#   requirements/dev.txt      the same pins, plus the test and dev toolchain.
+#   requirements/dev.txt      the same pins, plus the research extra (simulations), the Python
+#                             client's dependencies (clients/python) and the test and dev
+#                             toolchain.
 # Both are universal (any OS, Python >= 3.11) and carry every file's sha256, so pip installs
 # exactly these files or nothing (`--require-hashes`).
 #
@@ -18,5 +20,6 @@ compile() {
 }
 compile pyproject.toml requirements/build.in -o requirements/runtime.txt "$@"
 # The dev lock is constrained to the runtime lock, so the two never pin different versions.
-compile pyproject.toml requirements/build.in requirements/dev.in --extra test \
+compile pyproject.toml clients/python/pyproject.toml requirements/build.in requirements/dev.in \
+    --extra test \
     -c requirements/runtime.txt -o requirements/dev.txt "$@"

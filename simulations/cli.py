@@ -81,6 +81,13 @@ def run(arguments: argparse.Namespace) -> int:
             print(f"{scenario.name:26} T={scenario.horizon:<9,} {scenario.description}")
             print(f"{'':26} {scenario.reference}")
         return 0
+    missing = _missing_research_modules(["matplotlib", "tqdm"]
+                                        + (["distributed"] if arguments.dask else []))
+    if missing:
+        print(f"bandit simulate: {', '.join(missing)} not installed: simulations need the "
+              "research extra, pip install 'bandit-service[research]' (from a checkout: "
+              "pip install '.[research]')", file=sys.stderr)
+        return 2
     try:
         return _simulate(arguments)
     except ValueError as error:
@@ -212,6 +219,13 @@ def _progress_bar(total: int, *, disabled: bool) -> Iterator[Any]:
 
     with tqdm(total=total, unit="rep", file=sys.stderr, dynamic_ncols=True) as bar:
         yield bar
+
+
+def _missing_research_modules(names: list[str]) -> list[str]:
+    """Those of ``names`` that cannot be imported (they come with the research extra)."""
+    import importlib.util
+
+    return [name for name in names if importlib.util.find_spec(name) is None]
 
 
 def _replay(arguments: argparse.Namespace) -> int:

@@ -24,8 +24,7 @@ from typing import Any, Unpack
 
 import pytest
 import urllib3
-
-from bandit.client import (
+from bandit_client import (
     AsyncBanditClient,
     AuthError,
     BanditClient,
@@ -38,6 +37,7 @@ from bandit.client import (
     Rejected,
     Unavailable,
 )
+
 from bandit.store.embedded import free_port
 from tests.conftest import RedisServer, ServiceProcess
 
@@ -376,7 +376,7 @@ async def test_close_delivers_what_is_buffered(
 def test_the_sync_client_delivers_at_interpreter_exit(
     shared_service: ServiceProcess, experiment: str
 ) -> None:
-    script = ("import sys\nfrom bandit.client import BanditClient\n"
+    script = ("import sys\nfrom bandit_client import BanditClient\n"
               "client = BanditClient(sys.argv[1], flush_interval=60)\n"
               "for i in range(7):\n    client.reward(sys.argv[2], 'green', i % 2)\n")
     subprocess.run([sys.executable, "-c", script, shared_service.url, experiment], check=True,
@@ -476,3 +476,18 @@ async def test_refused_requests_raise_and_are_never_masked_by_the_fallback(
         assert await _flush(anonymous, 10)
         assert [r.status for r in rejected] == [401]
         assert (anonymous.stats.rejected, anonymous.stats.retries) == (1, 0)
+
+
+def test_the_clients_copies_of_the_services_limits_are_equal_to_them() -> None:
+    """The client is its own distribution and imports nothing of the service, so it keeps
+    copies of the limits it checks before sending; they must say what the service says."""
+    from bandit import inputs, model
+    from bandit_client import _protocol
+
+    assert _protocol.ID_PATTERN.pattern == model.ID_PATTERN.pattern
+    assert _protocol.EVENT_ID_PATTERN.pattern == inputs.EVENT_ID_PATTERN.pattern
+    assert _protocol.UNIT_PATTERN.pattern == inputs.UNIT_PATTERN.pattern
+    assert _protocol.MAX_UNIT_LENGTH == inputs.MAX_UNIT_LENGTH
+    assert _protocol.MAX_BATCH == inputs.MAX_EVENTS == inputs.MAX_DECISIONS
+    assert _protocol.MAX_SLATE == inputs.MAX_SLATE
+    assert _protocol.MAX_PLACEMENTS == inputs.MAX_PLACEMENTS

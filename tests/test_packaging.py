@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -34,19 +35,37 @@ def _pins(lock: Path) -> dict[str, Version]:
     return pins
 
 
-def _requirements(*extras: str) -> list[Requirement]:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+def _requirements(*extras: str, pyproject: Path = ROOT / "pyproject.toml") -> list[Requirement]:
+    """A project's dependencies and those of ``extras``, its extras that name the project
+    itself (``bandit-service[research]``) expanded."""
+    project = tomllib.loads(pyproject.read_text())["project"]
     texts = list(project["dependencies"])
-    for extra in extras:
-        texts += project["optional-dependencies"][extra]
+    wanted, seen = list(extras), set()
+    while wanted:
+        extra = wanted.pop()
+        if extra in seen:
+            continue
+        seen.add(extra)
+        for text in project["optional-dependencies"][extra]:
+            requirement = Requirement(text)
+            if canonicalize_name(requirement.name) == canonicalize_name(project["name"]):
+                wanted += sorted(requirement.extras)
+            else:
+                texts.append(text)
     return [Requirement(text) for text in texts]
+
+
+CLIENT = ROOT / "clients" / "python"
 
 
 @pytest.mark.parametrize(("lock", "extras"), [("runtime.txt", ()), ("dev.txt", ("test",))])
 def test_each_lock_pins_every_dependency_within_its_range(lock: str, extras: tuple[str]) -> None:
     """A dependency added to pyproject.toml without `sh requirements/lock.sh` fails here."""
     pins = _pins(LOCKS / lock)
-    for requirement in _requirements(*extras):
+    wanted = _requirements(*extras)
+    if lock == "dev.txt":  # the tests run the client too
+        wanted += _requirements(pyproject=CLIENT / "pyproject.toml")
+    for requirement in wanted:
         name = canonicalize_name(requirement.name)
         assert name in pins, f"{lock} does not pin {name}: run sh requirements/lock.sh"
         assert requirement.specifier.contains(pins[name], prereleases=True), (
@@ -105,3 +124,47 @@ def test_the_wheel_carries_its_data(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=240, check=False)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == dict.fromkeys(logs, 10_000)
+
+
+def test_research_dependencies_are_an_extra_not_the_service() -> None:
+    """Plotting, progress bars and Dask serve simulations, not decisions."""
+    names = {canonicalize_name(r.name) for r in _requirements()}
+    assert not names & {"matplotlib", "tqdm", "distributed", "urllib3"}, names
+    research = {canonicalize_name(r.name) for r in _requirements("research")} - names
+    assert research == {"matplotlib", "tqdm", "distributed"}
+
+
+@pytest.mark.timeout(300)
+def test_the_client_installs_on_its_own_and_imports_nothing_of_the_service(
+        tmp_path: Path) -> None:
+    """A ranking service that wants only the client gets urllib3 and aiohttp, nothing else."""
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                    "--no-build-isolation", "--wheel-dir", str(tmp_path / "wheel"),
+                    str(CLIENT)], check=True, capture_output=True, timeout=240)
+    (wheel,) = (tmp_path / "wheel").glob("*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        metadata = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+        requires = [line.split(":", 1)[1].strip() for line in
+                    archive.read(metadata).decode().splitlines()
+                    if line.startswith("Requires-Dist:")]
+        assert all(not n.startswith("bandit/") for n in archive.namelist())
+    assert {canonicalize_name(Requirement(r).name) for r in requires} == {"urllib3", "aiohttp"}
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                    "--target", str(target), str(wheel)], check=True, capture_output=True,
+                   timeout=240)
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); import bandit_client;"
+              "client = bandit_client.BanditClient('http://127.0.0.1:9'); client.close();"
+              "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+              "{'bandit', 'numba', 'numpy', 'scipy', 'redis', 'orjson'}))")
+    result = subprocess.run([sys.executable, "-c", script, str(target)], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_simulate_names_the_research_extra_when_it_is_missing() -> None:
+    from simulations.cli import _missing_research_modules
+
+    assert _missing_research_modules(["json", "no_such_research_module"]) == [
+        "no_such_research_module"]

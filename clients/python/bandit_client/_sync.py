@@ -13,11 +13,11 @@ from typing import Unpack
 import urllib3
 from urllib3.exceptions import HTTPError
 
-from bandit.client._common import ClientBase, DecisionOptions
-from bandit.client._decisions import CIRCUIT_OPEN, Decision
-from bandit.client._events import EVENTS_PATH, Batch
+from bandit_client._common import ClientBase, DecisionOptions
+from bandit_client._decisions import CIRCUIT_OPEN, Decision
+from bandit_client._events import EVENTS_PATH, Batch
 
-logger = logging.getLogger("bandit.client")
+logger = logging.getLogger("bandit_client")
 
 #: Connecting to the service is quick or it is down: a batch does not wait longer for it.
 EVENTS_CONNECT_TIMEOUT_S = 2.0

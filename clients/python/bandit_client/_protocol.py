@@ -8,6 +8,7 @@ so the few field rules it checks before sending are the SPEC's, restated here.
 from __future__ import annotations
 
 import email.utils
+import json
 import math
 import re
 import threading
@@ -16,9 +17,13 @@ from collections import Counter
 from dataclasses import dataclass, fields
 from typing import Any
 
-import orjson
+from bandit_client.errors import RequestError, request_error
 
-from bandit.client.errors import RequestError, request_error
+
+def dumps(data: Any) -> bytes:
+    """Compact UTF-8 JSON (the standard library's: the client depends on nothing else)."""
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode()
 
 #: Experiment and arm ids (SPEC).
 ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
@@ -47,9 +52,9 @@ def refusal(status: int, body: bytes, what: str) -> RequestError:
     """The exception for a 4xx answer, with the service's own message when it sent one."""
     code, message = "http_error", body[:200].decode(errors="replace")
     try:
-        error = orjson.loads(body)["error"]
+        error = json.loads(body)["error"]
         code, message = str(error["code"]), str(error["message"])
-    except (orjson.JSONDecodeError, KeyError, TypeError):
+    except (json.JSONDecodeError, KeyError, TypeError):
         pass
     return request_error(status, code, f"{what}: {status} {code}: {message}")
 
@@ -97,7 +102,7 @@ def event_problem(event: dict[str, Any]) -> str | None:
 
 def json_object(body: bytes) -> dict[str, Any]:
     """A JSON object from a response body; ValueError if it is not one."""
-    data = orjson.loads(body)  # JSONDecodeError is a ValueError
+    data = json.loads(body)  # JSONDecodeError is a ValueError
     if not isinstance(data, dict):
         raise ValueError(f"expected a JSON object, got {type(data).__name__}")
     return data

@@ -11,11 +11,11 @@ from typing import Unpack
 
 import aiohttp
 
-from bandit.client._common import ClientBase, DecisionOptions
-from bandit.client._decisions import CIRCUIT_OPEN, Decision
-from bandit.client._events import EVENTS_PATH, Batch
+from bandit_client._common import ClientBase, DecisionOptions
+from bandit_client._decisions import CIRCUIT_OPEN, Decision
+from bandit_client._events import EVENTS_PATH, Batch
 
-logger = logging.getLogger("bandit.client")
+logger = logging.getLogger("bandit_client")
 
 
 class AsyncBanditClient(ClientBase):

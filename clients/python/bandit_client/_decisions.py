@@ -14,10 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
-from bandit.client._protocol import ID_PATTERN, Counters, is_retryable, json_object, refusal
-from bandit.client.errors import InvalidRequest, Unavailable
+from bandit_client._protocol import ID_PATTERN, Counters, dumps, is_retryable, json_object, refusal
+from bandit_client.errors import InvalidRequest, Unavailable
 
 #: What a fallback decision says when the circuit breaker kept the call from being made.
 CIRCUIT_OPEN = "circuit open: the service failed repeatedly; not asked"
@@ -69,7 +67,7 @@ def allocate_body(n: int, k: int | None, unit: str | None, sticky: bool,
             body[name] = value
     if context is not None:
         body["context"] = dict(context)
-    return orjson.dumps(body)
+    return dumps(body)
 
 
 def fallback_slate(fallback: str | Sequence[str] | None, k: int | None) -> tuple[str, ...] | None:

@@ -14,16 +14,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TypedDict
 from urllib.parse import urlsplit
 
-from bandit import __version__
-from bandit.client._decisions import (
+from bandit_client._decisions import (
     CircuitBreaker,
     DecisionCall,
     allocate_body,
     fallback_slate,
     validate_experiment,
 )
-from bandit.client._events import Backoff, RejectedCallback, RewardPipeline
-from bandit.client._protocol import (
+from bandit_client._events import Backoff, RejectedCallback, RewardPipeline
+from bandit_client._protocol import (
     ID_PATTERN,
     MAX_BATCH,
     MAX_PLACEMENTS,
@@ -32,7 +31,8 @@ from bandit.client._protocol import (
     Counters,
     event_problem,
 )
-from bandit.client.errors import ClientClosed, InvalidRequest
+from bandit_client._version import __version__
+from bandit_client.errors import ClientClosed, InvalidRequest
 
 
 class DecisionOptions(TypedDict, total=False):

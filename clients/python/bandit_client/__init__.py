@@ -2,7 +2,7 @@
 
 ::
 
-    from bandit.client import BanditClient
+    from bandit_client import BanditClient
 
     client = BanditClient("http://127.0.0.1:8080", fallbacks={"homepage-hero": "control"})
     decision = client.decide("homepage-hero", unit="user-42")  # at most 0.2 s; in an
@@ -18,12 +18,12 @@ event ids, which the service counts once.
 
 from typing import TYPE_CHECKING, Any
 
-from bandit.client._common import DecisionOptions
-from bandit.client._decisions import Decision
-from bandit.client._events import Rejected
-from bandit.client._protocol import ClientStats
-from bandit.client._sync import BanditClient
-from bandit.client.errors import (
+from bandit_client._common import DecisionOptions
+from bandit_client._decisions import Decision
+from bandit_client._events import Rejected
+from bandit_client._protocol import ClientStats
+from bandit_client._sync import BanditClient
+from bandit_client.errors import (
     AuthError,
     BanditClientError,
     BufferFull,
@@ -36,13 +36,13 @@ from bandit.client.errors import (
 )
 
 if TYPE_CHECKING:
-    from bandit.client._async import AsyncBanditClient
+    from bandit_client._async import AsyncBanditClient
 
 
 def __getattr__(name: str) -> Any:
     # Imported on first use: a sync-only program never loads aiohttp.
     if name == "AsyncBanditClient":
-        from bandit.client._async import AsyncBanditClient
+        from bandit_client._async import AsyncBanditClient
 
         return AsyncBanditClient
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

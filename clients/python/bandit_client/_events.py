@@ -19,12 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
+from bandit_client._protocol import Counters, dumps, is_retryable, json_object, refusal, retry_after
+from bandit_client.errors import BufferFull, ClientClosed
 
-from bandit.client._protocol import Counters, is_retryable, json_object, refusal, retry_after
-from bandit.client.errors import BufferFull, ClientClosed
-
-logger = logging.getLogger("bandit.client")
+logger = logging.getLogger("bandit_client")
 
 EVENTS_PATH = "/v1/events"
 
@@ -203,7 +201,7 @@ class RewardPipeline:
         events = [self._buffer.popleft() for _ in range(count)]
         self._taken += count
         self._oldest_at = now
-        self._current = Batch(events, orjson.dumps({"events": events}))
+        self._current = Batch(events, dumps({"events": events}))
         return self._attempt(self._current, now)
 
     def _attempt(self, batch: Batch, now: float) -> Batch:
