@@ -1,6 +1,6 @@
 """Tuning-advisor forecast cost: what a POST .../advise asks of one service process.
 
-Run: ``python benchmarks/bench_advisor.py``.
+Run: ``python -m benchmarks.bench_advisor``.
 
 A forecast runs two paired scenarios of ``reps`` replications from a live posterior (K arms,
 200 observations each) and looks for the first winner call at 60 checkpoints. The baseline,
@@ -13,11 +13,11 @@ winner-call quadratures. Single-threaded, as the service runs it by default.
 from __future__ import annotations
 
 import numpy as np
-from bench_kernels import median_ns
 
 from bandit.forecast import forecast as fc
 from bandit.policy import PolicySettings
 from bandit.serving import advisor
+from benchmarks.bench_kernels import median_ns
 from simulations.engine import simulate
 from simulations.environments import Environment
 from simulations.policies import PolicySpec

@@ -14,7 +14,7 @@ On a machine with few cores the client processes, not Redis, are the ceiling: sh
 Redis capacity that only shows when the clients can use it. The script prints the CPU the
 Redis servers used during each run, so the table says which side was the limit.
 
-Usage: python benchmarks/bench_cluster.py [--seconds 5] [--clients 2] [--concurrency 32]
+Usage: python -m benchmarks.bench_cluster [--seconds 5] [--clients 2] [--concurrency 32]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Sweeps on Dask: arm-pulls per second of a local Dask cluster against the threaded engine.
 
-Run: ``python benchmarks/bench_dask.py [--threads N] [--horizon T] [--reps R] [--repeats N]``.
+Run: ``python -m benchmarks.bench_dask [--threads N] [--horizon T] [--reps R] [--repeats N]``.
 
 Two Thompson-sampling sweeps over epsilon x temperature on K=10 Bernoulli arms (best 0.5, the
 others 0.4), each run (a) on this machine the way ``bandit simulate`` runs it without ``--dask``

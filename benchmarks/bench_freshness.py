@@ -20,7 +20,7 @@ Each poll is a request on a kept-alive connection followed by a ``--poll-ms`` (2
 delay is counted up to the arrival of the first answer that shows the change, so it is late by
 at most one poll interval plus one request (the table prints both, measured).
 
-Usage: python benchmarks/bench_freshness.py [--trials 50] [--processes 3] [--refresh 0.2]
+Usage: python -m benchmarks.bench_freshness [--trials 50] [--processes 3] [--refresh 0.2]
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ from typing import Any
 
 import aiohttp
 
-from bandit.store.embedded import free_port, redis_server_binary, wait_port
+from bandit.store.embedded import free_port, wait_port
+from tests.support.redis import RedisServer
 
 TARGET_S = 1.0
 #: A share of arm ``a`` above this on B means B's allocation took the rewards in.
@@ -57,18 +58,17 @@ GIVE_UP_S = 30.0
 def _deployment(processes: int, refresh_s: float) -> Iterator[list[str]]:
     """A redis-server and ``processes`` services on it; yields the services' base URLs."""
     workdir = Path(tempfile.mkdtemp(prefix="bench-freshness-"))
-    redis_port = free_port()
-    started = [subprocess.Popen(
-        [redis_server_binary(), "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(workdir)], stdout=subprocess.DEVNULL)]
+    redis_server = RedisServer(workdir / "redis")
+    redis_server.start()
+    assert redis_server.process is not None
+    started = [redis_server.process]
     environment = {**os.environ, "BANDIT_REFRESH_INTERVAL_S": repr(refresh_s)}
     try:
-        wait_port(redis_port)
         ports = [free_port() for _ in range(processes)]
         for port in ports:
             started.append(subprocess.Popen(
                 [sys.executable, "-m", "bandit", "serve", "--port", str(port), "--redis",
-                 f"redis://127.0.0.1:{redis_port}/0", "--log-level", "WARNING"],
+                 redis_server.url, "--log-level", "WARNING"],
                 env=environment))
         for port in ports:
             wait_port(port)

@@ -31,7 +31,7 @@ the issue's targets as ratios (>= 1.00x meets it):
 - allocate n=1 with / without API keys
 With both worker counts it ends with req/s of 2 processes over 1 per row.
 
-Usage: python benchmarks/bench_http.py [--seconds 5] [--connections 16] [--threads 1]
+Usage: python -m benchmarks.bench_http [--seconds 5] [--connections 16] [--threads 1]
                                        [--workers 1,2] [--only allocate-1,events-1000,...]
 """
 
@@ -56,11 +56,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import redis
 import redis.asyncio as aioredis
 
 from bandit.api.auth import key_line, new_key
-from bandit.store.embedded import free_port, redis_server_binary, wait_port
+from bandit.store.embedded import free_port, wait_port
+from tests.support.redis import RedisServer
 
 NOOP_SERVER = textwrap.dedent("""
     import sys
@@ -431,15 +431,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     keys_file = workdir / "keys"
     keys_file.write_text("".join(key_line(f"key{i}", ["decide", "admin"], key) + "\n"
                                  for i, key in enumerate(keys)))
-    redis_port = free_port()
-    redis_url = f"redis://127.0.0.1:{redis_port}/0"
-    redis_process = subprocess.Popen(
-        [redis_server_binary(), "--port", str(redis_port), "--save", "", "--appendonly", "no",
-         "--dir", str(workdir)], stdout=subprocess.DEVNULL)
+    redis_server = RedisServer(workdir / "redis")
+    redis_server.start()
+    assert redis_server.process is not None
+    redis_url = redis_server.url
     try:
-        wait_port(redis_port)
         results = {workers: measure(workers, only, arguments, redis_url,
-                                     redis_process.pid, keys_file, keys[7])
+                                     redis_server.process.pid, keys_file, keys[7])
                    for workers in arguments.workers}
         baseline = asyncio.run(pipeline_baseline(redis_url, 200)) if "pipeline" in only else None
         for workers, (runs, pair_ratios) in results.items():
@@ -450,9 +448,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 if name in results[1][0] and name in results[2][0]:
                     print(f"  {label:32} {results[2][0][name].rps / results[1][0][name].rps:.2f}x")
     finally:
-        redis_process.terminate()
-        redis_process.wait()
-        redis.Redis(port=redis_port).close()
+        redis_server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -1,6 +1,6 @@
 """Decision cost from cached probabilities versus fresh Thompson draws, and policy recompute time.
 
-Run: ``python benchmarks/bench_kernels.py``. Every ratio is against a baseline measured in the
+Run: ``python -m benchmarks.bench_kernels``. Every ratio is against a baseline measured in the
 same run, after the JIT has been warmed up. For K in {2, 10, 100, 1000}, single decisions and
 batches of 10000 are timed from the cached allocation probabilities, by drawing K Betas in
 numba (the baseline) and in numpy, and with MABWiser's ThompsonSampling when it is installed

@@ -1,6 +1,6 @@
 """Where an allocate request's time goes: the same server answering through fewer and fewer layers.
 
-Run: ``python benchmarks/bench_layers.py [--seconds 2] [--rounds 5]`` (needs wrk).
+Run: ``python -m benchmarks.bench_layers [--seconds 2] [--rounds 5]`` (needs wrk).
 
 One process serves the real application (``bandit.app.create_app``) plus handlers that stop
 after each layer an allocate request passes through; a second process is bench_http's no-op
@@ -24,9 +24,9 @@ import sys
 import textwrap
 import urllib.request
 
-from bench_http import NOOP_SERVER, Target, wrk
-
-from bandit.store.embedded import free_port, redis_server_binary, wait_port
+from bandit.store.embedded import free_port, wait_port
+from benchmarks.bench_http import NOOP_SERVER, Target, wrk
+from tests.support.redis import RedisServer
 
 LAYERS_SERVER = textwrap.dedent("""
     import sys
@@ -82,14 +82,15 @@ def main(argv: list[str] | None = None) -> None:
     arguments = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
-    redis_port, app_port, noop_port = free_port(), free_port(), free_port()
-    processes = [subprocess.Popen([redis_server_binary(), "--port", str(redis_port), "--save",
-                                   "", "--appendonly", "no"], stdout=subprocess.DEVNULL)]
+    app_port, noop_port = free_port(), free_port()
+    redis_server = RedisServer()
+    redis_server.start()
+    assert redis_server.process is not None
+    processes = [redis_server.process]
     try:
-        wait_port(redis_port)
         processes.append(subprocess.Popen(
-            [sys.executable, "-c", LAYERS_SERVER, str(app_port),
-             f"redis://127.0.0.1:{redis_port}/0"], stderr=subprocess.DEVNULL))
+            [sys.executable, "-c", LAYERS_SERVER, str(app_port), redis_server.url],
+            stderr=subprocess.DEVNULL))
         processes.append(subprocess.Popen([sys.executable, "-c", NOOP_SERVER, str(noop_port),
                                            "0"]))
         wait_port(app_port, timeout_s=120)

@@ -16,7 +16,7 @@ persistence), an experiment of 1,000 arms of 64 characters:
 
 Prints the worst probe delay per row and its ratio to idle.
 
-Usage: python benchmarks/bench_loop.py [--repeat 5]
+Usage: python -m benchmarks.bench_loop [--repeat 5]
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from typing import Any
 
 import aiohttp
 
-from bandit.store.embedded import free_port, redis_server_binary, stop_process, wait_port
+from bandit.store.embedded import free_port, stop_process, wait_port
+from tests.support.redis import RedisServer
 
 ARMS = [f"{i:04d}" + "x" * 60 for i in range(1000)]
 TARGET_MS = 50.0
@@ -120,22 +121,20 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     arguments = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-loop-"))
-    redis_port, port = free_port(), free_port()
-    redis_process = subprocess.Popen(
-        [redis_server_binary(), "--port", str(redis_port), "--save", "", "--appendonly", "no",
-         "--dir", str(workdir)], stdout=subprocess.DEVNULL)
+    port = free_port()
+    redis_server = RedisServer(workdir / "redis")
+    redis_server.start()
     service = None
     try:
-        wait_port(redis_port)
         service = subprocess.Popen(
             [sys.executable, "-m", "bandit", "serve", "--port", str(port), "--redis",
-             f"redis://127.0.0.1:{redis_port}/0", "--log-level", "WARNING"])
+             redis_server.url, "--log-level", "WARNING"])
         wait_port(port, timeout_s=120)
         rows = asyncio.run(_run(f"http://127.0.0.1:{port}", arguments.repeat))
     finally:
         if service is not None:
             stop_process(service)
-        stop_process(redis_process)
+        redis_server.stop()
     idle = rows[0][1]
     print(f"{'request':50} {'worst /healthz delay':>21} {'vs idle':>8}")
     for name, worst in rows:

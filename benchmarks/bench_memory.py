@@ -22,7 +22,7 @@ measure at the sizes you run at.
 - provisional decision: ``--provisional`` (10,000) pending decisions (a key each, with expiry);
 - history sample: ``--samples`` (200) samples of each of 10 experiments of 10 arms.
 
-Usage: python benchmarks/bench_memory.py [--experiments 1000] [--events 100000]
+Usage: python -m benchmarks.bench_memory [--experiments 1000] [--events 100000]
        [--units 100000] [--provisional 10000] [--samples 200]
 """
 
@@ -32,7 +32,6 @@ import argparse
 import asyncio
 import functools
 import shutil
-import subprocess
 import tempfile
 import time
 import uuid
@@ -49,8 +48,8 @@ from bandit.serving.cache import summary_of
 from bandit.serving.history import sample
 from bandit.serving.service import BanditService
 from bandit.settings import Settings
-from bandit.store.embedded import free_port, redis_server_binary, wait_port
 from bandit.store.redis_store import RedisStore
+from tests.support.redis import RedisServer
 
 Redis = aioredis.Redis
 #: Items written per call (events per batch, decisions per request, concurrent requests).
@@ -355,16 +354,10 @@ def main() -> None:
     arguments = parser.parse_args()
     warm_up_kernels()
     workdir = Path(tempfile.mkdtemp(prefix="bench-memory-"))
-    port = free_port()
-    server = subprocess.Popen(
-        [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(workdir)], stdout=subprocess.DEVNULL)
     try:
-        wait_port(port, timeout_s=60.0)
-        rows = asyncio.run(_run(f"redis://127.0.0.1:{port}/0", arguments))
+        with RedisServer(workdir / "redis") as server:
+            rows = asyncio.run(_run(server.url, arguments))
     finally:
-        server.terminate()
-        server.wait()
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"\n{'item':30} {'count':>9} {'bytes/item':>11} {'baseline':>9} {'ratio':>7}   "
           f"{'encoding':26} {'baseline encoding':18}")

@@ -19,7 +19,7 @@ the history sampler records within the next minute (once each); the measures sta
 
 Ratios are against the first size (100 experiments), measured in the same run.
 
-Usage: python benchmarks/bench_scale.py [--sizes 100,10000,100000] [--idle 10]
+Usage: python -m benchmarks.bench_scale [--sizes 100,10000,100000] [--idle 10]
 """
 
 from __future__ import annotations
@@ -39,8 +39,9 @@ from typing import Any
 import aiohttp
 
 from bandit.model import parse_new_experiment
-from bandit.store.embedded import free_port, redis_server_binary, stop_process, wait_port
+from bandit.store.embedded import free_port, stop_process, wait_port
 from bandit.store.redis_store import RedisStore
+from tests.support.redis import RedisServer
 
 IDLE_TARGET = 0.05
 P99_TARGET = 2.0
@@ -105,14 +106,12 @@ def _rss_mb(pid: int) -> float:
 
 def measure(size: int, arguments: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="bench-scale-"))
-    redis_port, port = free_port(), free_port()
-    redis_process = subprocess.Popen(
-        [redis_server_binary(), "--port", str(redis_port), "--save", "", "--appendonly", "no",
-         "--dir", str(workdir)], stdout=subprocess.DEVNULL)
+    port = free_port()
+    redis_server = RedisServer(workdir / "redis")
+    redis_server.start()
     service = None
     try:
-        wait_port(redis_port)
-        url = f"redis://127.0.0.1:{redis_port}/0"
+        url = redis_server.url
         started = time.monotonic()
         ids = asyncio.run(_create(url, size))
         created_s = time.monotonic() - started
@@ -135,7 +134,7 @@ def measure(size: int, arguments: argparse.Namespace) -> dict[str, Any]:
     finally:
         if service is not None:
             stop_process(service)
-        stop_process(redis_process)
+        redis_server.stop()
 
 
 def main() -> None:

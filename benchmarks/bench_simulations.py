@@ -1,6 +1,6 @@
 """Simulation speed: arm-pulls per second of the engine's Thompson sampling against baselines.
 
-Run: ``python benchmarks/bench_simulations.py [--skip-peers] [--skip-large]``.
+Run: ``python -m benchmarks.bench_simulations [--skip-peers] [--skip-large]``.
 
 1. K=10, T=100,000, Bernoulli (best arm 0.5, the others 0.4): the engine's Thompson sampling
    (sequential, fast path) against a minimal hand-written numba Thompson loop (Beta draws,

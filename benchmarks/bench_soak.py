@@ -21,7 +21,7 @@ id against the figure expected from the design in `bandit/store/keys.py` and
 The dedup window is short (120 s, --dedup-window) so the dedup sets reach their steady size
 within the run.
 
-Usage: python benchmarks/bench_soak.py [--duration 600] [--interval 60] [--services 2]
+Usage: python -m benchmarks.bench_soak [--duration 600] [--interval 60] [--services 2]
        [--dedup-window 120] [--png bench_soak.png]
 """
 
@@ -49,7 +49,8 @@ from typing import Any
 import numpy as np
 import redis
 
-from bandit.store.embedded import free_port, redis_server_binary
+from bandit.store.embedded import free_port
+from tests.support.redis import RedisServer
 
 PREFIX = "bandit"  # the services' default key prefix
 EXPERIMENT = "soak"
@@ -393,19 +394,13 @@ def main() -> None:
     if arguments.duration < 2 * arguments.interval:
         parser.error("--duration must cover at least two intervals (the first is the baseline)")
     workdir = Path(tempfile.mkdtemp(prefix="bandit-soak-"))
-    redis_port = free_port()
-    redis_url = f"redis://127.0.0.1:{redis_port}/0"
-    processes: list[subprocess.Popen[bytes]] = [subprocess.Popen(
-        [redis_server_binary(), "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(workdir)], stdout=subprocess.DEVNULL)]
+    redis_server = RedisServer(workdir / "redis")
+    redis_server.start()
+    assert redis_server.process is not None
+    redis_port, redis_url = redis_server.port, redis_server.url
+    processes: list[subprocess.Popen[bytes]] = [redis_server.process]
     client = redis.Redis(port=redis_port)
     try:
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.1)
         env = {**os.environ, "BANDIT_DEDUP_WINDOW_S": repr(arguments.dedup_window)}
         env.pop("BANDIT_REDIS_URL", None)
         urls, services = [], []

@@ -12,7 +12,7 @@ Starts its own redis-server (no persistence) and creates 5 bernoulli experiments
 
 Prints events/s and the ratios to the baseline measured in the same run.
 
-Usage: python benchmarks/bench_stream.py [--events 200000] [--rate 20000] [--seconds 10]
+Usage: python -m benchmarks.bench_stream [--events 200000] [--rate 20000] [--seconds 10]
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ import redis
 from bandit.ops.stream_entries import measure_lag
 from bandit.serving.service import BanditService
 from bandit.settings import Settings
-from bandit.store.embedded import free_port, redis_server_binary
 from bandit.store.redis_store import RedisStore
+from tests.support.redis import RedisServer
 
 EXPERIMENTS = [f"bench{i}" for i in range(5)]
 ARMS = [f"arm{i}" for i in range(10)]
@@ -155,19 +155,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the lag run")
     arguments = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bandit-bench-stream-"))
-    port = free_port()
-    url = f"redis://127.0.0.1:{port}/0"
-    server = subprocess.Popen(
-        [redis_server_binary(), "--port", str(port), "--save", "", "--appendonly", "no",
-         "--dir", str(workdir)], stdout=subprocess.DEVNULL)
-    client = redis.Redis(port=port, decode_responses=True)
+    server = RedisServer(workdir / "redis")
+    server.start()
+    url = server.url
+    client = redis.Redis(port=server.port, decode_responses=True)
     try:
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
         baseline = asyncio.run(_setup_and_baseline(
             url, _events(arguments.events, "base", 1), arguments.batch))
         _produce(client, "one", _events(arguments.events, "one", 2))
@@ -190,8 +182,7 @@ def main() -> None:
               f"max {max(lag_entries)}")
     finally:
         client.close()
-        server.terminate()
-        server.wait()
+        server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
 

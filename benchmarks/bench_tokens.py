@@ -7,7 +7,7 @@
 - API keys: ``KeyRing.authenticate`` with 10 keys configured, against one dict lookup of the
   header (what an unhashed, non-constant-time check would cost).
 
-Usage: python benchmarks/bench_tokens.py
+Usage: python -m benchmarks.bench_tokens
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from __future__ import annotations
 import secrets
 
 import numpy as np
-from bench_kernels import median_ns
 
 from bandit.api.auth import KeyRing, key_line, new_key
 from bandit.inputs import parse_event
 from bandit.tokens import DecisionSigner, warm_up
+from benchmarks.bench_kernels import median_ns
 
 NOW = 1_800_000_000
 

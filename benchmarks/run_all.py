@@ -5,7 +5,8 @@ Each script runs in its own process with this interpreter (they start their own 
 servers and services); their output is shown as it comes and written to ``--out``. A script
 that fails is reported and the others still run; the exit status is 1 if any failed.
 
-Usage: python benchmarks/run_all.py [--quick] [--soak] [--only NAME,...] [--out FILE]
+Usage (from the repository root): python -m benchmarks.run_all [--quick] [--soak] [--only NAME,...]
+[--out FILE]
 
 ``--quick`` shortens every script (seconds per measurement, sizes) to check that the suite
 runs (about 10 minutes); the default is the full run (about 25 minutes on 2 cores), and
@@ -106,13 +107,14 @@ def main() -> int:
         print(header, end="", flush=True)
         out.write(header)
         for name, args in plan:
-            command = [sys.executable, str(HERE / name), *args]
-            title = f"\n## {' '.join(['python', f'benchmarks/{name}', *args])}\n"
+            module = f"benchmarks.{name.removesuffix('.py')}"
+            command = [sys.executable, "-m", module, *args]
+            title = f"\n## {' '.join(['python', '-m', module, *args])}\n"
             print(title, end="", flush=True)
             out.write(title)
             started = time.monotonic()
             with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True) as process:
+                                  text=True, cwd=HERE.parent) as process:
                 assert process.stdout is not None
                 for line in process.stdout:
                     print(line, end="", flush=True)

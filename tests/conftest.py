@@ -24,53 +24,13 @@ from hypothesis import settings as hypothesis_settings
 
 from bandit.api.app import create_app
 from bandit.settings import Settings
-from bandit.store.embedded import free_port, redis_server_binary, stop_process
+from bandit.store.embedded import free_port, stop_process
+from tests.support.redis import RedisServer
 
 # Property tests explore the same examples on every run: CI results cannot flake.
 hypothesis_settings.register_profile("deterministic", derandomize=True, deadline=None,
                                      print_blob=True)
 hypothesis_settings.load_profile("deterministic")
-
-
-class RedisServer:
-    """A redis-server process owned by the tests."""
-
-    def __init__(self, directory: Path, port: int | None = None,
-                 extra: tuple[str, ...] = ()) -> None:
-        self.directory = directory
-        self.port = port or free_port()
-        self.extra = extra
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--dir", str(self.directory), "--save", "", "--appendonly", "no",
-             "--daemonize", "no", "--logfile", str(self.directory / "redis.log"), *self.extra],
-            stdin=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise RuntimeError("test redis-server did not start") from None
-                time.sleep(0.02)
-        client.close()
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=20)
-            self.process = None
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from bandit.serving.cache import recompute_interval
 from bandit.serving.changes import Dirty
 from bandit.serving.service import BanditService
 from bandit.settings import Settings
-from tests.conftest import RedisServer
+from tests.support.redis import RedisServer
 
 Client = TestClient[Any, Any]
 EXPERIMENTS = 300

@@ -39,7 +39,8 @@ from bandit_client import (
 )
 
 from bandit.store.embedded import free_port
-from tests.conftest import RedisServer, ServiceProcess
+from tests.conftest import ServiceProcess
+from tests.support.redis import RedisServer
 
 StartService = Callable[..., ServiceProcess]
 AnyClient = BanditClient | AsyncBanditClient
@@ -481,8 +482,9 @@ async def test_refused_requests_raise_and_are_never_masked_by_the_fallback(
 def test_the_clients_copies_of_the_services_limits_are_equal_to_them() -> None:
     """The client is its own distribution and imports nothing of the service, so it keeps
     copies of the limits it checks before sending; they must say what the service says."""
-    from bandit import inputs, model
     from bandit_client import _protocol
+
+    from bandit import inputs, model
 
     assert _protocol.ID_PATTERN.pattern == model.ID_PATTERN.pattern
     assert _protocol.EVENT_ID_PATTERN.pattern == inputs.EVENT_ID_PATTERN.pattern

@@ -17,8 +17,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from bandit.api.app import create_app
 from bandit.settings import Settings
 from bandit.store.keys import Keys
-from tests.conftest import RedisServer, ServiceProcess
+from tests.conftest import ServiceProcess
 from tests.load import ARMS, create, event_batches, expected, load
+from tests.support.redis import RedisServer
 
 Client = TestClient[Any, Any]
 

@@ -22,7 +22,8 @@ from bandit.api.app import create_app
 from bandit.api.auth import key_line, new_key
 from bandit.ops.cli import main
 from bandit.settings import Settings
-from tests.conftest import RedisServer, ServiceProcess
+from tests.conftest import ServiceProcess
+from tests.support.redis import RedisServer
 
 Client = TestClient[Any, Any]
 

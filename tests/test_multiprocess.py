@@ -39,11 +39,12 @@ import pytest
 import redis
 
 from bandit.settings import Settings
-from bandit.store.embedded import free_port, redis_server_binary, stop_process
+from bandit.store.embedded import stop_process
 from bandit.store.keys import Keys
-from tests.conftest import RedisServer, ServiceProcess
+from tests.conftest import ServiceProcess
+from tests.support.redis import RedisServer
 
-#: The SPEC's bound: a reward or a settings change reaches every process within 1 s.
+#: The product's promise: a reward or a settings change reaches every process within 1 s.
 PROPAGATION_BOUND_S = 1.0
 #: The service's own defaults, not conftest's shorter refresh: we measure what operators get.
 DEFAULTS = Settings()
@@ -553,26 +554,10 @@ def _make_hosts(count: int, cleanup: ExitStack) -> list[_Host]:
 def _start_redis(directory: Path, binds: list[str], password: str,
                  cleanup: ExitStack) -> int:
     """A password-protected redis-server listening on ``binds``; returns its port."""
-    port = free_port()
-    process = subprocess.Popen(
-        [redis_server_binary(), "--port", str(port), "--bind", *binds,
-         "--requirepass", password, "--dir", str(directory), "--save", "",
-         "--appendonly", "no", "--daemonize", "no", "--logfile", str(directory / "redis.log")],
-        stdin=subprocess.DEVNULL)
-    cleanup.callback(stop_process, process)
-    client = redis.Redis(port=port, password=password)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                client.ping()
-                return port
-            except redis.ConnectionError:
-                assert process.poll() is None and time.monotonic() < deadline, (
-                    "redis-server did not start")
-                time.sleep(0.02)
-    finally:
-        client.close()
+    server = RedisServer(directory, binds=tuple(binds), password=password)
+    server.start()
+    cleanup.callback(server.stop)
+    return server.port
 
 
 def _serve_in(host: _Host, redis_url: str, keys_file: Path, log: IO[bytes],

@@ -10,7 +10,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from bandit.api.app import create_app
 from bandit.settings import Settings
-from tests.conftest import RedisServer
+from tests.support.redis import RedisServer
 
 
 async def test_decisions_survive_a_redis_outage_and_writes_are_refused(

@@ -41,7 +41,7 @@ from bandit.model import ID_PATTERN
 from bandit.serving import advisor
 from bandit.settings import Settings
 from bandit.store.embedded import free_port
-from tests.conftest import RedisServer
+from tests.support.redis import RedisServer
 
 SEED = 20_240_605
 #: The key the keyed run sends: it holds every scope.

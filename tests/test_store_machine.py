@@ -162,7 +162,7 @@ class ExperimentModel:
 
 
 def _in_range(name: str, value: Any) -> bool:
-    """Is ``value`` a valid exploration setting ``name`` (SPEC's table, ranges of bandit.model)."""
+    """Is ``value`` a valid exploration setting ``name`` (bandit.model.EXPLORATION_SETTINGS)."""
     if name in ("half_life_s", "top_two") and value is None:
         return True
     if name == "warmup":

@@ -29,7 +29,7 @@ from bandit.settings import Settings
 from bandit.store.embedded import free_port, stop_process
 from bandit.store.keys import Keys
 from bandit.store.redis_store import RedisStore
-from tests.conftest import RedisServer
+from tests.support.redis import RedisServer
 from tests.support.topologies import LocalCluster
 
 STREAM = "rewards"

@@ -46,7 +46,8 @@ _MONTE_CARLO_SEED = 20_240_601
 
 @dataclass(frozen=True)
 class PolicySettings:
-    """Exploration settings (see SPEC); ``control_share`` applies only with ``control_index``."""
+    """Exploration settings as the kernels take them (``bandit.model.EXPLORATION_SETTINGS``
+    says what each means); ``control_share`` applies only with ``control_index``."""
 
     epsilon: float = 0.0
     min_share: float = 0.0

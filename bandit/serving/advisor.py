@@ -31,10 +31,9 @@ from bandit.forecast import forecast as fc
 from bandit.model import Experiment, integer, mapping, number, parse_patch
 from bandit.serving.cache import Snapshot, family_of, policy_settings, prior_array
 
-#: Decisions per forecast (upper bound) and the default when the traffic rate is unknown.
+#: Decisions per forecast, at most; the default horizon when the request names none.
 MAX_DECISIONS = 1_000_000
 DEFAULT_HORIZON_S = 3600.0
-DEFAULT_DECISIONS = 10_000
 MIN_DECISIONS = 10
 DEFAULT_REPS = 100
 MAX_REPS = 2000

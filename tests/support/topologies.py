@@ -219,16 +219,6 @@ class LocalCluster(_Deployment):
             client.close()
         raise TopologyError(f"no live node serves slot {slot}")
 
-    def replica_of(self, master: Node) -> Node:
-        for node in self.nodes:
-            if node.alive and node is not master:
-                client = node.client()
-                info = client.info("replication")
-                client.close()
-                if info["role"] == "slave" and int(info["master_port"]) == master.port:
-                    return node
-        raise TopologyError(f"the master on port {master.port} has no live replica")
-
     def wait_promoted(self, old_master: Node, timeout_s: float = 30.0) -> Node:
         """After ``old_master`` died: wait until its slots are served by a promoted replica."""
         slot = self._first_slot_of(old_master)

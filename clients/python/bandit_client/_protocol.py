@@ -2,7 +2,8 @@
 
 Pure functions and a lock-guarded counter: no I/O, so both transports use them unchanged.
 Nothing here imports the service's modules: the client must stay light (no numpy or numba),
-so the few field rules it checks before sending are the SPEC's, restated here.
+so the few field rules it checks before sending are the service's, restated here (a test of
+the service's repository proves them equal).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def dumps(data: Any) -> bytes:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False,
                       allow_nan=False).encode()
 
-#: Experiment and arm ids (SPEC).
+#: Experiment and arm ids.
 ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 EVENT_ID_PATTERN = re.compile(r"[\x21-\x3f\x41-\x7e][\x21-\x7e]{0,127}")
 UNIT_PATTERN = re.compile(r"[^\x00-\x1f\x7f]*")
