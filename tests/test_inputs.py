@@ -66,10 +66,14 @@ _JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | s
 @given(st.dictionaries(st.sampled_from(["id", "experiment", "arm", "reward", "decision_id",
                                         "unit", "ts", "other"]), _JSON))
 def test_an_event_of_any_json_is_parsed_or_refused_never_crashes(fields: dict[str, Any]) -> None:
+    """Anything but a clean refusal (InvalidValue) would fail the event's whole batch."""
+    raw = {**GOOD, **fields}
     try:
-        parse_event(0, {**GOOD, **fields}, set())
-    except InvalidValue:
-        pass
+        event = parse_event(0, raw, set())
+    except InvalidValue as refusal:
+        assert refusal.message
+        return
+    assert (event.id, event.experiment, event.arm) == (raw["id"], raw["experiment"], raw["arm"])
 
 
 def test_a_batch_is_a_list_of_at_most_the_limit() -> None:
