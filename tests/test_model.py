@@ -19,11 +19,10 @@ from bandit.model import (
     Experiment,
     Exploration,
     check_consistent,
-    diff,
     parse_exploration,
     parse_new_experiment,
-    parse_patch,
 )
+from bandit.patches import diff, parse_patch
 
 NOW = 1_800_000_000.0
 

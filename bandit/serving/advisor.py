@@ -28,7 +28,8 @@ import numpy as np
 
 from bandit.errors import InvalidValue
 from bandit.forecast import forecast as fc
-from bandit.model import Experiment, integer, mapping, number, parse_patch
+from bandit.model import Experiment, integer, mapping, number
+from bandit.patches import parse_patch
 from bandit.serving.cache import Snapshot, family_of, policy_settings, prior_array
 
 #: Decisions per forecast, at most; the default horizon when the request names none.

@@ -28,10 +28,9 @@ from bandit.model import (
     ANONYMOUS,
     Experiment,
     check_id,
-    diff,
     parse_new_experiment,
-    parse_patch,
 )
+from bandit.patches import diff, parse_patch
 from bandit.serving import advisor, health
 from bandit.serving.cache import READ_CHUNK, ExperimentCache, Snapshot, summary_of
 from bandit.serving.changes import ChangeFeed

@@ -1,0 +1,90 @@
+"""Changes to an experiment: a PATCH body applied to the current experiment (not yet stored),
+and what changed between two versions, for the audit log (pure functions)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from bandit.errors import InvalidValue
+from bandit.model import (
+    MAX_ARMS,
+    Experiment,
+    check_consistent,
+    integer,
+    mapping,
+    parse_arm_list,
+    parse_exploration,
+)
+
+
+@dataclass(frozen=True)
+class Patch:
+    version: int
+    experiment: Experiment
+    reason: str | None
+    changes: dict[str, Any]
+
+
+_PATCH_FIELDS = {"version", "exploration", "arms", "reason"}
+
+
+def parse_patch(body: object, current: Experiment, now: float) -> Patch:
+    """The experiment a PATCH body would produce from ``current`` (not yet stored)."""
+    data = mapping(body, "body", _PATCH_FIELDS)
+    if "version" not in data:
+        raise InvalidValue("version: required (the version your change is based on)")
+    version = integer(data["version"], "version", low=1, high=2**53)
+    reason = data.get("reason")
+    if reason is not None and (not isinstance(reason, str) or len(reason) > 1000):
+        raise InvalidValue("reason: expected a string of at most 1000 characters")
+    updated = current
+    if "exploration" in data:
+        updated = replace(updated, exploration=parse_exploration(data["exploration"],
+                                                                 updated.exploration))
+    if "arms" in data:
+        updated = _apply_arm_changes(updated, mapping(data["arms"], "arms",
+                                                      {"add", "pause", "resume"}))
+    check_consistent(updated)
+    updated = replace(updated, version=current.version + 1, updated_at=now)
+    return Patch(version=version, experiment=updated, reason=reason,
+                 changes=diff(current, updated))
+
+
+def _apply_arm_changes(experiment: Experiment, arms: dict[str, Any]) -> Experiment:
+    added = parse_arm_list(arms.get("add", []), "arms.add")
+    existing = [arm for arm in added if experiment.arm_index(arm) is not None]
+    if existing:
+        raise InvalidValue(f"arms.add: {existing} already exist")
+    if len(experiment.arms) + len(added) > MAX_ARMS:
+        raise InvalidValue(f"arms.add: an experiment has at most {MAX_ARMS} arms")
+    paused = set(experiment.paused)
+    for action in ("pause", "resume"):
+        named = parse_arm_list(arms.get(action, []), f"arms.{action}")
+        unknown = [arm for arm in named if experiment.arm_index(arm) is None and arm not in added]
+        if unknown:
+            raise InvalidValue(f"arms.{action}: unknown arm(s) {unknown}")
+        if action == "pause":
+            paused.update(named)
+        else:
+            paused.difference_update(named)
+    return replace(experiment, arms=experiment.arms + added, paused=frozenset(paused))
+
+
+def diff(old: Experiment, new: Experiment) -> dict[str, dict[str, Any]]:
+    """What changed, for the audit log: ``{"exploration.epsilon": {"old": 0, "new": 0.1},
+    "arms.blue": {"old": "active", "new": "paused"}, ...}``."""
+    before, after = _flat(old), _flat(new)
+    return {key: {"old": before.get(key), "new": after.get(key)}
+            for key in sorted(before.keys() | after.keys())
+            if before.get(key) != after.get(key)}
+
+
+def _flat(experiment: Experiment) -> dict[str, Any]:
+    document = experiment.to_json()
+    flat: dict[str, Any] = {f"exploration.{k}": v for k, v in document["exploration"].items()}
+    flat.update({f"arms.{arm['id']}": arm["state"] for arm in document["arms"]})
+    flat.update({f"prior.{k}": v for k, v in document["prior"].items()})
+    flat["attribution_window_s"] = document["attribution_window_s"]
+    flat["status"] = document["status"]
+    return flat
