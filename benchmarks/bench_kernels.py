@@ -18,12 +18,11 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from bandit import policy
 from bandit.policy import BERNOULLI, PolicySettings, allocation, posteriors, sampling
+from bandit.policy.layout import FloatArray
 
-FloatArray = npt.NDArray[np.float64]
 PRIOR = np.array([1.0, 1.0, 0.0, 0.0])
 BATCH = 10_000
 

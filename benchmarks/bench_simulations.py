@@ -27,13 +27,11 @@ from collections.abc import Callable
 
 import numba
 import numpy as np
-import numpy.typing as npt
 
+from bandit.policy.layout import FloatArray
 from simulations.engine import simulate
 from simulations.environments import Environment
 from simulations.policies import PolicySpec
-
-FloatArray = npt.NDArray[np.float64]
 
 N_ARMS = 10
 HORIZON = 100_000

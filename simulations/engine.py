@@ -50,7 +50,7 @@ from bandit.forecast.codes import (
 from bandit.forecast.parallel import run_replications
 from bandit.forecast.replicate import replicate
 from bandit.policy import layout, student_t_tail_table
-from bandit.policy.layout import BERNOULLI
+from bandit.policy.layout import BERNOULLI, FloatArray, IntArray
 from simulations.environments import Environment, EnvironmentArrays
 from simulations.plain import replicate_plain
 from simulations.policies import PolicyArrays, PolicySpec
@@ -63,9 +63,6 @@ __all__ = [
     "simulate_chunk",
     "trace",
 ]
-
-FloatArray = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bandit.forecast.codes import CHURN, CHURN_ALPHA, CHURN_BETA, DRIFT_SD, N_ENV_PARAMS, NOISE_SD
-from bandit.policy.layout import BERNOULLI, GAUSSIAN
+from bandit.policy.layout import BERNOULLI, GAUSSIAN, FloatArray, IntArray
 
 __all__ = [
     "REWARDS",
@@ -37,8 +37,6 @@ __all__ = [
     "lai_robbins_constant",
 ]
 
-FloatArray = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.int64]
 
 Reward = Literal["bernoulli", "gaussian"]
 REWARDS: tuple[Reward, ...] = ("bernoulli", "gaussian")

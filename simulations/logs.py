@@ -18,10 +18,10 @@ from typing import TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from bandit.policy.layout import FloatArray, IntArray
+
 __all__ = ["Log", "LogError", "load_log", "read_log", "select_position"]
 
-FloatArray = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.int64]
 _ArrayT = TypeVar("_ArrayT", bound=npt.NDArray[np.generic])
 
 # Accepted column names, first match wins: OBD's names first, then generic ones.

@@ -14,16 +14,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import numpy.typing as npt
 
 from bandit.forecast.codes import D_DELIVERED, D_MEAN_MAX, D_MEAN_MIN, D_REVISIONS
 from bandit.jit import jit
 from bandit.policy import layout
+from bandit.policy.layout import FloatArray, IntArray
 
 __all__ = ["replicate_plain"]
-
-FloatArray = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.int64]
 
 
 @jit

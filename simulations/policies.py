@@ -41,7 +41,6 @@ from types import MappingProxyType
 from typing import NamedTuple
 
 import numpy as np
-import numpy.typing as npt
 
 from bandit.forecast.codes import (
     BAYES_UCB,
@@ -62,7 +61,7 @@ from bandit.forecast.codes import (
     X_XI,
 )
 from bandit.policy import PolicySettings
-from bandit.policy.layout import BERNOULLI
+from bandit.policy.layout import BERNOULLI, FloatArray
 
 __all__ = [
     "POLICIES",
@@ -71,7 +70,6 @@ __all__ = [
     "parse_policy",
 ]
 
-FloatArray = npt.NDArray[np.float64]
 
 _PRIOR = {"prior_alpha": 1.0, "prior_beta": 1.0, "prior_mean": 0.0, "prior_kappa": 0.01}
 _THOMPSON = {

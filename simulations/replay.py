@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from statistics import NormalDist
 
 import numpy as np
-import numpy.typing as npt
 
 from bandit.policy import cumulative, sample_one
+from bandit.policy.layout import FloatArray
 from simulations.logs import Log, LogError
 from simulations.targets import ReplayPolicy, TargetProbabilities, ThompsonPolicy
 
@@ -44,7 +44,6 @@ __all__ = [
     "snips",
 ]
 
-FloatArray = npt.NDArray[np.float64]
 
 # Two-sided 95% normal quantile (1.959964...).
 _Z95 = NormalDist().inv_cdf(0.975)

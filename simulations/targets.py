@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bandit.policy import BERNOULLI, PolicySettings, allocation_probabilities
+from bandit.policy.layout import FloatArray
 from simulations.logs import Log
 
 __all__ = [
@@ -37,7 +38,6 @@ __all__ = [
     "uniform_probabilities",
 ]
 
-FloatArray = npt.NDArray[np.float64]
 
 _DEFAULT_SETTINGS = PolicySettings()
 

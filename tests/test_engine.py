@@ -19,6 +19,7 @@ from bandit.forecast import index_policies, thompson
 from bandit.forecast.codes import N_DIAGNOSTICS, N_TRACE
 from bandit.forecast.thompson import sample_from_cdf
 from bandit.policy import BERNOULLI, GAUSSIAN, PolicySettings
+from bandit.policy.layout import FloatArray
 from simulations import engine
 from simulations.engine import Trace, log_checkpoints, simulate, trace
 from simulations.environments import (
@@ -28,8 +29,6 @@ from simulations.environments import (
     lai_robbins_constant,
 )
 from simulations.policies import POLICIES, PolicySpec, parse_policy
-
-FloatArray = npt.NDArray[np.float64]
 
 PRIOR = np.array([1.0, 1.0, 0.0, 0.0])
 GAUSSIAN_PRIOR = np.array([0.0, 0.01, 1.0, 1.0])

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-import numpy.typing as npt
 import pytest
 import scipy.integrate
 import scipy.stats
 
 from bandit.policy import best_arm, layout, posteriors, sampling, student_t_tail_table
-from bandit.policy.layout import BERNOULLI, GAUSSIAN
-
-FloatArray = npt.NDArray[np.float64]
+from bandit.policy.layout import BERNOULLI, GAUSSIAN, FloatArray
 
 # Fixed significance level of the goodness-of-fit tests; with fixed seeds the outcome is
 # deterministic, this only says how surprising a pass/fail boundary we accept.

@@ -13,8 +13,7 @@ from hypothesis import strategies as st
 
 from bandit import policy
 from bandit.policy import BERNOULLI, GAUSSIAN, PolicySettings, allocation
-
-FloatArray = npt.NDArray[np.float64]
+from bandit.policy.layout import FloatArray
 
 # Water-filling and the control split are exact up to a few rounding errors.
 EXACT = 1e-12

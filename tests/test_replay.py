@@ -13,11 +13,11 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 import pytest
 import scipy.stats
 
 from bandit.policy import BERNOULLI, PolicySettings, allocation_probabilities
+from bandit.policy.layout import FloatArray
 from simulations.data import obd_sample_archive
 from simulations.logs import Log, LogError, load_log, select_position
 from simulations.obd import evaluate_obd, load_obd_log
@@ -29,8 +29,6 @@ from simulations.targets import (
     thompson_probabilities,
     uniform_probabilities,
 )
-
-FloatArray = npt.NDArray[np.float64]
 
 DATA = Path(__file__).parent / "data"
 CLICK_RATES = np.array([0.05, 0.10, 0.20, 0.35, 0.50])

@@ -12,12 +12,10 @@
 from __future__ import annotations
 
 import numba
-import numpy as np
-import numpy.typing as npt
 
 from bandit.forecast.codes import SW_UCB
 from bandit.jit import jit
-from bandit.policy.layout import BERNOULLI
+from bandit.policy.layout import BERNOULLI, BoolArray, FloatArray, IntArray
 
 __all__ = [
     "H_ARM",
@@ -32,9 +30,6 @@ __all__ = [
     "slide_window",
 ]
 
-FloatArray = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.int64]
-BoolArray = npt.NDArray[np.bool_]
 
 # Pending delayed rewards: int columns of the heap.
 H_ARRIVAL = 0

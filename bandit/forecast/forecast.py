@@ -20,7 +20,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 
 from bandit.forecast.codes import (
     N_DIAGNOSTICS,
@@ -36,7 +35,7 @@ from bandit.forecast.parallel import run_replications
 from bandit.forecast.replicate import replicate
 from bandit.jit import jit
 from bandit.policy import best_arm, layout, posteriors, student_t_tail_table
-from bandit.policy.layout import BERNOULLI
+from bandit.policy.layout import BERNOULLI, BoolArray, FloatArray, IntArray
 
 __all__ = [
     "CALL_STRIDE",
@@ -53,9 +52,6 @@ __all__ = [
     "wilson_interval",
 ]
 
-FloatArray = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.int64]
-BoolArray = npt.NDArray[np.bool_]
 
 #: The winner call is looked for at every CALL_STRIDE-th checkpoint (and now): each look is a
 #: best-arm quadrature, which at K=100 costs about as much as simulating 150 decisions.

@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import numpy.typing as npt
 
 from bandit.forecast.codes import (
     BAYES_UCB,
@@ -32,7 +31,7 @@ from bandit.forecast.codes import (
     X_XI,
 )
 from bandit.jit import jit
-from bandit.policy.layout import BERNOULLI
+from bandit.policy.layout import BERNOULLI, FloatArray
 
 __all__ = [
     "bernoulli_kl_scalar",
@@ -42,7 +41,6 @@ __all__ = [
     "kl_ucb_index",
 ]
 
-FloatArray = npt.NDArray[np.float64]
 
 # Iteration caps. Bayes-UCB's quantile: Newton inside a bisection bracket takes about 6 steps,
 # the cap is what bisection alone would take. KL-UCB's bisection: 2^-40 ~ 1e-12. The continued

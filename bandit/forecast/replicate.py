@@ -33,7 +33,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import numpy.typing as npt
 
 from bandit.forecast.codes import (
     CHURN,
@@ -84,13 +83,9 @@ from bandit.forecast.thompson import (
 )
 from bandit.jit import jit
 from bandit.policy import allocation, layout, sampling
-from bandit.policy.layout import BERNOULLI
+from bandit.policy.layout import BERNOULLI, BoolArray, FloatArray, IntArray
 
 __all__ = ["replicate"]
-
-FloatArray = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.int64]
-BoolArray = npt.NDArray[np.bool_]
 
 
 @jit

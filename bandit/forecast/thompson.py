@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from bandit.jit import jit
 from bandit.policy import best_arm, layout, posteriors
-from bandit.policy.layout import BERNOULLI
+from bandit.policy.layout import BERNOULLI, FloatArray
 
 __all__ = [
     "N_PARAMS",
@@ -27,8 +27,6 @@ __all__ = [
     "sample_from_cdf",
     "thompson_argmax",
 ]
-
-FloatArray = npt.NDArray[np.float64]
 
 
 @jit

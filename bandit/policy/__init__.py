@@ -16,7 +16,7 @@ import numpy.typing as npt
 import scipy.stats
 
 from bandit.policy import allocation, best_arm, layout, posteriors, sampling
-from bandit.policy.layout import BERNOULLI, GAUSSIAN
+from bandit.policy.layout import BERNOULLI, GAUSSIAN, BoolArray, FloatArray, IntArray
 
 __all__ = [
     "BERNOULLI",
@@ -34,10 +34,6 @@ __all__ = [
     "thompson_choices",
     "warm_up_kernels",
 ]
-
-FloatArray = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.int64]
-BoolArray = npt.NDArray[np.bool_]
 
 # The Monte Carlo fallback of the best-arm kernel (many distinct posteriors) is seeded afresh on
 # every call so the same statistics always give the same probabilities on every process.
