@@ -325,7 +325,7 @@ def test_lai_robbins_constant() -> None:
         0.45 * math.log(0.45 / 0.5) + 0.55 * math.log(0.55 / 0.5)), rel=1e-12)
     assert lai_robbins_constant([0.5, 0.45]) == pytest.approx(9.983, abs=1e-3)
     assert lai_robbins_constant([1.0, 0.5]) == 0.0  # kl(., 1) is infinite
-    np.testing.assert_allclose(lai_robbins_bound([0.5, 0.45], [1, np.e, 100]),
+    np.testing.assert_allclose(lai_robbins_bound([0.5, 0.45], [1, math.e, 100]),
                                lai_robbins_constant([0.5, 0.45]) * np.array([0, 1, np.log(100)]))
     assert bernoulli_kl(0.2, 0.2) == 0.0
 
