@@ -26,6 +26,12 @@ MAX_PRIOR_PARAMETER = 1e12
 #: A gaussian alpha (shape of the noise precision) below this makes the advisor's draws of the
 #: precision underflow to 0 (an infinite noise scale).
 MIN_GAUSSIAN_ALPHA = 0.05
+#: Metadata bounds: an owner is a name or an address, a hypothesis a paragraph, tags are short.
+MAX_OWNER_LENGTH = 200
+MAX_HYPOTHESIS_LENGTH = 2000
+MAX_TAGS = 20
+TAG_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.:/-]{0,63}")
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 #: The actor recorded in the audit log when the service runs without API keys.
 ANONYMOUS = "anonymous"
@@ -118,6 +124,10 @@ class Experiment:
     created_at: float = 0.0
     updated_at: float = 0.0
     archived: bool = False
+    #: Metadata for people (never read by the policy): who runs it, why, and labels to filter by.
+    owner: str | None = None
+    hypothesis: str | None = None
+    tags: tuple[str, ...] = ()
 
     @property
     def active_arms(self) -> tuple[str, ...]:
@@ -151,6 +161,9 @@ class Experiment:
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "status": "archived" if self.archived else "active",
+            "owner": self.owner,
+            "hypothesis": self.hypothesis,
+            "tags": list(self.tags),
         }
 
     @classmethod
@@ -172,7 +185,17 @@ class Experiment:
             created_at=float(data["created_at"]),
             updated_at=float(data["updated_at"]),
             archived=data["status"] == "archived",
+            # Experiments stored before metadata existed have none.
+            owner=data.get("owner"),
+            hypothesis=data.get("hypothesis"),
+            tags=tuple(data.get("tags", ())),
         )
+
+
+def archived_message(experiment_id: str) -> str:
+    """What a request that needs a live experiment is told about an archived one (404)."""
+    return (f"experiment {experiment_id!r} is archived: it serves no decisions and takes no "
+            f"changes until it is unarchived (POST /v1/experiments/{experiment_id}/unarchive)")
 
 
 def check_id(value: object, what: str) -> str:
@@ -291,7 +314,10 @@ def check_consistent(experiment: Experiment) -> None:
         if experiment.arm_index(control.arm) is None:
             raise InvalidValue(f"exploration.control.arm: {control.arm!r} is not an arm")
         if control.arm in experiment.paused:
-            raise InvalidValue(f"exploration.control.arm: {control.arm!r} is paused")
+            raise InvalidValue(
+                f"exploration.control: the control arm {control.arm!r} holds a fixed share "
+                f"({control.share:g}) of the traffic, so it cannot be paused (a paused arm "
+                f"gets none): set exploration.control to null or to another arm first")
         control_share = control.share
         bandit_arms -= 1
         if bandit_arms < 1:
@@ -314,7 +340,52 @@ def check_consistent(experiment: Experiment) -> None:
         )
 
 
-_CREATE_FIELDS = {"id", "arms", "reward", "prior", "exploration", "attribution_window_s"}
+def parse_text(value: object, what: str, max_length: int) -> str | None:
+    """Free text for people (null or a string): tabs and newlines are kept, other control
+    characters refused, surrounding blanks trimmed; an empty string clears it (null)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidValue(f"{what}: expected a string or null, got {_describe(value)}")
+    if _CONTROL_CHARACTERS.search(value):
+        raise InvalidValue(f"{what}: control characters are not allowed (tab and newline are)")
+    text = value.strip()
+    if len(text) > max_length:
+        raise InvalidValue(f"{what}: at most {max_length} characters, got {len(text)}")
+    return text or None
+
+
+def parse_tags(value: object) -> tuple[str, ...]:
+    """Distinct tags, in the order given: lower case, digits and ``_.:/-``, 1 to 64 characters."""
+    if not isinstance(value, list):
+        raise InvalidValue(f"tags: expected a list of strings, got {_describe(value)}")
+    if len(value) > MAX_TAGS:
+        raise InvalidValue(f"tags: at most {MAX_TAGS} tags, got {len(value)}")
+    for i, tag in enumerate(value):
+        if not isinstance(tag, str) or not TAG_PATTERN.fullmatch(tag):
+            raise InvalidValue(f"tags[{i}]: {_describe(tag)} does not match the pattern "
+                               f"[a-z0-9][a-z0-9_.:/-]{{0,63}}")
+    return tuple(dict.fromkeys(value))
+
+
+METADATA_FIELDS = ("owner", "hypothesis", "tags")
+
+
+def parse_metadata(data: dict[str, Any]) -> dict[str, Any]:
+    """The metadata fields present in a create or PATCH body, validated."""
+    parsed: dict[str, Any] = {}
+    if "owner" in data:
+        parsed["owner"] = parse_text(data["owner"], "owner", MAX_OWNER_LENGTH)
+    if "hypothesis" in data:
+        parsed["hypothesis"] = parse_text(data["hypothesis"], "hypothesis",
+                                          MAX_HYPOTHESIS_LENGTH)
+    if "tags" in data:
+        parsed["tags"] = () if data["tags"] is None else parse_tags(data["tags"])
+    return parsed
+
+
+_CREATE_FIELDS = {"id", "arms", "reward", "prior", "exploration", "attribution_window_s",
+                  *METADATA_FIELDS}
 
 
 def parse_new_experiment(body: object, now: float) -> Experiment:
@@ -340,6 +411,7 @@ def parse_new_experiment(body: object, now: float) -> Experiment:
         attribution_window_s=window,
         created_at=now,
         updated_at=now,
+        **parse_metadata(data),
     )
     check_consistent(experiment)
     return experiment

@@ -9,12 +9,14 @@ from typing import Any
 from bandit.errors import InvalidValue
 from bandit.model import (
     MAX_ARMS,
+    METADATA_FIELDS,
     Experiment,
     check_consistent,
     integer,
     mapping,
     parse_arm_list,
     parse_exploration,
+    parse_metadata,
 )
 
 
@@ -23,10 +25,11 @@ class Patch:
     version: int
     experiment: Experiment
     reason: str | None
+    #: Empty when the body changes nothing (``experiment`` is then the current one).
     changes: dict[str, Any]
 
 
-_PATCH_FIELDS = {"version", "exploration", "arms", "reason"}
+_PATCH_FIELDS = {"version", "exploration", "arms", "reason", *METADATA_FIELDS}
 
 
 def parse_patch(body: object, current: Experiment, now: float) -> Patch:
@@ -45,10 +48,13 @@ def parse_patch(body: object, current: Experiment, now: float) -> Patch:
     if "arms" in data:
         updated = _apply_arm_changes(updated, mapping(data["arms"], "arms",
                                                       {"add", "pause", "resume"}))
+    updated = replace(updated, **parse_metadata(data))
     check_consistent(updated)
+    changes = diff(current, updated)
+    if not changes:  # nothing changes: the version stays, so no one else's edit turns stale
+        return Patch(version=version, experiment=current, reason=reason, changes={})
     updated = replace(updated, version=current.version + 1, updated_at=now)
-    return Patch(version=version, experiment=updated, reason=reason,
-                 changes=diff(current, updated))
+    return Patch(version=version, experiment=updated, reason=reason, changes=changes)
 
 
 def _apply_arm_changes(experiment: Experiment, arms: dict[str, Any]) -> Experiment:
@@ -87,4 +93,5 @@ def _flat(experiment: Experiment) -> dict[str, Any]:
     flat.update({f"prior.{k}": v for k, v in document["prior"].items()})
     flat["attribution_window_s"] = document["attribution_window_s"]
     flat["status"] = document["status"]
+    flat.update({name: document[name] for name in METADATA_FIELDS})
     return flat

@@ -64,13 +64,15 @@ async def test_create_then_list_and_show_print_tables(
 
     assert await cli(url, "list") == 0
     header, row = capsys.readouterr().out.splitlines()
-    assert header.split() == ["id", "reward", "arms", "version", "status"]
-    assert row.split() == ["hero", "bernoulli", "3", "1", "active"]
+    assert header.split() == ["id", "status", "reward", "arms", "version", "owner", "tags",
+                              "changed"]
+    assert row.split()[:7] == ["hero", "active", "bernoulli", "3", "1", "-", "-"]
 
     assert await cli(url, "show", "hero") == 0
     out = capsys.readouterr().out
     assert "min_share           0.05" in out
-    table = out[out.index("arm "):].splitlines()
+    table = out[out.index("arm "):].split("\n\n")[0].splitlines()
+    assert out.rstrip().endswith("rewards: not checked yet (no history samples)")
     assert table[0].split() == ["arm", "state", "n", "served", "mean", "95%", "CI", "P(best)",
                                 "expected", "loss", "share"]
     assert [line.split()[:3] for line in table[1:]] == [
@@ -78,6 +80,70 @@ async def test_create_then_list_and_show_print_tables(
     assert "0.3333" in table[1]  # a uniform share, rounded
     # Aligned columns: every row's state starts where the header's does.
     assert {line.index("active") for line in table[1:]} == {table[0].index("state")}
+
+
+async def test_show_and_stats_print_the_winner_call_and_health(
+        url: str, client: Client, capsys: pytest.CaptureFixture[str]) -> None:
+    await create(url)
+    assert await cli(url, "stats", "hero", "--threshold", "0.99", "--max-loss", "0.001") == 0
+    assert "winner: none yet (needs P(best) >= 0.99 and expected loss <= 0.001)" in \
+        capsys.readouterr().out
+    events = [{"id": f"e{i}", "experiment": "hero", "arm": "blue", "reward": 1}
+              for i in range(300)]
+    events += [{"id": f"{arm}{i}", "experiment": "hero", "arm": arm, "reward": 0}
+               for i in range(300) for arm in ("control", "green")]
+    answer = await (await client.post("/v1/events", json={"events": events})).json()
+    assert answer["accepted"] == 900
+    await asyncio.sleep(0.2)  # the cache catches up (test refresh interval 0.05 s)
+    capsys.readouterr()
+    assert await cli(url, "stats", "hero") == 0
+    out = capsys.readouterr().out
+    assert "winner: blue (P(best) 1.0000" in out
+    # No decisions served and no history yet: the checks say so rather than pass or fail.
+    assert "sample ratio: not checked yet" in out and "rewards: not checked yet" in out
+    assert await cli(url, "stats", "hero", "--threshold", "0.2") == 2
+    assert await cli(url, "show", "hero") == 0
+    shown = capsys.readouterr().out
+    assert "winner: blue" in shown and "sample ratio:" in shown and "owner" in shown
+
+
+async def test_create_sets_prior_window_and_metadata_and_tune_changes_them(
+        url: str, client: Client, capsys: pytest.CaptureFixture[str]) -> None:
+    await create(url, "hero", "--prior", "alpha=2", "--prior", "beta=8",
+                 "--attribution-window", "3600", "--owner", "growth", "--hypothesis",
+                 "blue sells more", "--tags", "homepage,q4")
+    document = await current(client)
+    assert document["prior"] == {"alpha": 2.0, "beta": 8.0}
+    assert document["attribution_window_s"] == 3600.0
+    assert (document["owner"], document["hypothesis"], document["tags"]) == (
+        "growth", "blue sells more", ["homepage", "q4"])
+    capsys.readouterr()
+    assert await cli(url, "tune", "hero", "--owner", "", "--tags", "homepage") == 0
+    assert capsys.readouterr().out.splitlines()[0] == "hero: version 1 -> 2"
+    document = await current(client)
+    assert (document["owner"], document["tags"]) == (None, ["homepage"])
+    # A change that changes nothing says so and leaves the version alone.
+    assert await cli(url, "resume", "hero", "blue") == 0
+    assert capsys.readouterr().out.strip() == (
+        "hero: nothing changed (the settings already were so); version 2")
+    assert (await current(client))["version"] == 2
+    assert await cli(url, "create", "bad", "--arms", "a,b", "--prior", "alpha") == 2
+    assert await cli(url, "create", "bad", "--arms", "a,b", "--prior", "gamma=1") == 3
+    assert "prior: unknown field(s) ['gamma']" in capsys.readouterr().err
+
+
+async def test_archive_and_unarchive(url: str, client: Client,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    await create(url)
+    capsys.readouterr()
+    assert await cli(url, "archive", "hero") == 0
+    assert capsys.readouterr().out.strip() == "hero: archived (version 2)"
+    assert await cli(url, "tune", "hero", "--set", "epsilon=0.1") == 3
+    assert "unarchive" in capsys.readouterr().err
+    assert await cli(url, "unarchive", "hero") == 0
+    assert capsys.readouterr().out.strip() == "hero: active (version 3)"
+    assert await cli(url, "unarchive", "hero") == 0
+    assert capsys.readouterr().out.strip() == "hero: active (version 3, unchanged)"
 
 
 async def test_tune_prints_old_and_new_and_json_parses(
@@ -321,8 +387,8 @@ def test_against_a_real_service_process(service_process: Callable[..., ServicePr
     assert invoke("--url", service.url, "show", "live") == 0
     out = capsys.readouterr().out
     assert "reward              gaussian" in out and "top_two             0.5" in out
-    assert [line.split()[:2] for line in out.splitlines()[-2:]] == [["a", "active"],
-                                                                   ["b", "active"]]
+    table = out[out.index("arm "):].split("\n\n")[0].splitlines()
+    assert [line.split()[:2] for line in table[1:]] == [["a", "active"], ["b", "active"]]
 
 
 async def test_tune_adds_arms_and_needs_something_to_change(
@@ -376,6 +442,27 @@ async def test_advise_prints_the_forecast_and_changes_nothing(
     # A proposal the service would refuse is refused here too (exit 3), with its message.
     assert await cli(url, "advise", "hero", "--set", "min_share=0.5", "--traffic", "1") == 3
     assert "min_share" in capsys.readouterr().err
+
+
+async def test_advise_names_its_options_and_a_call_already_made(
+        url: str, client: Client, capsys: pytest.CaptureFixture[str]) -> None:
+    await create(url)
+    capsys.readouterr()
+    # In the first minute no traffic is measured yet: the message names the option to give.
+    assert await cli(url, "advise", "hero", "--set", "epsilon=0.1") == 3
+    assert "(on the command line, traffic_per_s is --traffic)" in capsys.readouterr().err
+    events = [{"id": f"{arm}{i}", "experiment": "hero", "arm": arm,
+               "reward": 1 if arm == "blue" else 0}
+              for i in range(400) for arm in ("control", "blue", "green")]
+    answer = await (await client.post("/v1/events", json={"events": events})).json()
+    assert answer["accepted"] == 1200
+    await asyncio.sleep(0.2)
+    assert await cli(url, "advise", "hero", "--set", "epsilon=0.1", "--traffic", "10",
+                     "--decisions", "200", "--reps", "10", "--seed", "1") == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if "time to the call" in line)
+    assert row.split() == ["time", "to", "the", "call", "(80%)", "now", "(already", "called)",
+                           "now", "(already", "called)"]
 
 
 async def test_the_api_key_is_sent_and_named_in_the_audit(

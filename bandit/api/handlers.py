@@ -54,6 +54,11 @@ async def archive_experiment(request: web.Request) -> web.Response:
         request.match_info["id"], actor=request[PRINCIPAL].name))
 
 
+async def unarchive_experiment(request: web.Request) -> web.Response:
+    return json_response(await request.app[SERVICE].unarchive(
+        request.match_info["id"], actor=request[PRINCIPAL].name))
+
+
 async def whoami(request: web.Request) -> web.Response:
     principal = request[PRINCIPAL]
     return json_response({"name": principal.name, "scopes": sorted(principal.scopes),

@@ -26,7 +26,9 @@ _BEARER = "bearerAuth"
 _WHY = {
     400: "the body is not JSON",
     401: "no valid API key (`Authorization: Bearer KEY`)",
-    403: "the API key lacks the scope this operation needs",
+    403: "the API key lacks the scope this operation needs; or the request comes from a web "
+         "page of another origin (`Origin` not the service's own nor in BANDIT_CORS_ORIGINS); "
+         "or, on a service without keys, it names a `Host` the service does not answer",
     404: "no such experiment (or, for decisions and forecasts, it is archived)",
     409: "the experiment id exists (create), or `version` is not the current one (change)",
     413: "the body is over its size limit (BANDIT_MAX_BODY_BYTES)",
@@ -79,9 +81,11 @@ def _operation(route: Route, keys: bool) -> dict[str, Any]:
         result["x-scopes"] = [] if scope == ANY_KEY else [scope]
         result["description"] = ("Needs an API key." if scope == ANY_KEY else
                                  f"Needs an API key with the `{scope}` scope.")
-        responses = {**responses, **errors_for(*(401,) if scope == ANY_KEY else (401, 403))}
+        responses = {**responses, **errors_for(401)}
     else:
         result["security"] = []
+    # Scopes aside, every route refuses foreign origins and (open) unknown Host names.
+    responses = {**responses, **errors_for(403)}
     result["responses"] = dict(sorted(responses.items()))
     return result
 
@@ -106,7 +110,7 @@ def document(*, keys: bool = True) -> dict[str, Any]:
             "schemas": {**schemas.COMPONENTS, **report_schemas.COMPONENTS},
             "responses": {error.__name__: _error_response(status)
                           for status, error in ERROR_CLASSES.items()
-                          if keys or status not in (401, 403)},
+                          if keys or status != 401},
         },
     }
     if keys:

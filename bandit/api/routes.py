@@ -101,8 +101,13 @@ ROUTES: tuple[Route, ...] = (
            **errors_for(404, 409, 422)},
           body=json_body(ref("ExperimentChange"))),
     Route("DELETE", "/v1/experiments/{id}", handlers.archive_experiment, "admin",
-          "Archive an experiment (archiving twice is no change)",
-          {**ok(ref("Experiment")), **errors_for(404, 422)}),
+          "Archive an experiment: it stops serving, its data is kept (audited; archiving "
+          "twice is no change)",
+          {**ok(ref("ArchiveState")), **errors_for(404, 422)}),
+    Route("POST", "/v1/experiments/{id}/unarchive", handlers.unarchive_experiment, "admin",
+          "Serve an archived experiment again, from the posteriors it had (audited; an "
+          "active experiment is no change)",
+          {**ok(ref("ArchiveState")), **errors_for(404, 422)}),
     Route("GET", "/v1/experiments/{id}/stats", handlers.stats, "read",
           "Per-arm statistics, shares, a winner call and serving health",
           {**ok(ref("Stats")), **errors_for(404, 422)},

@@ -29,11 +29,15 @@ from bandit.model import (
     ID_PATTERN,
     MAX_ABS_REWARD,
     MAX_ARMS,
+    MAX_HYPOTHESIS_LENGTH,
+    MAX_OWNER_LENGTH,
     MAX_PRIOR_PARAMETER,
+    MAX_TAGS,
     MIN_ARMS,
     MIN_GAUSSIAN_ALPHA,
     MIN_PRIOR_PARAMETER,
     REWARDS,
+    TAG_PATTERN,
     Setting,
 )
 from bandit.tokens import DECISION_ID_PATTERN
@@ -140,6 +144,18 @@ def _prior(reward: str, fields: dict[str, float]) -> Schema:
             "properties": {name: value(name) for name in fields}}
 
 
+#: Free text: no control characters other than tab and newline.
+_TEXT_PATTERN = "^[^\\u0000-\\u0008\\u000b-\\u001f\\u007f]*$"
+TAG_LIST: Schema = {"type": "array", "maxItems": MAX_TAGS, "description": "labels to filter by",
+                    "items": {"type": "string", "pattern": anchored(TAG_PATTERN)}}
+_METADATA_CHANGE: dict[str, Schema] = {
+    "owner": {"type": ["string", "null"], "maxLength": MAX_OWNER_LENGTH,
+              "pattern": _TEXT_PATTERN, "description": "who runs the experiment"},
+    "hypothesis": {"type": ["string", "null"], "maxLength": MAX_HYPOTHESIS_LENGTH,
+                   "pattern": _TEXT_PATTERN, "description": "what it is expected to show"},
+    "tags": {**TAG_LIST, "type": ["array", "null"]},
+}
+
 _NEW_EXPERIMENT: Schema = {
     "type": "object", "additionalProperties": False,
     "required": ["id", "arms", "reward"],
@@ -154,6 +170,7 @@ _NEW_EXPERIMENT: Schema = {
         "exploration": EXPLORATION_CHANGE,
         "attribution_window_s": {"type": "number", "minimum": 1, "maximum": 90 * 86_400,
                                  "description": "how long a provisional decision can convert"},
+        **_METADATA_CHANGE,
     },
     # Which prior fields exist depends on the reward type.
     "allOf": [{"if": {"required": ["reward"], "properties": {"reward": {"const": reward}}},
@@ -173,18 +190,31 @@ _EXPERIMENT_PROPERTIES: dict[str, Schema] = {
     "created_at": {"type": "number", "description": "epoch seconds"},
     "updated_at": {"type": "number", "description": "epoch seconds"},
     "status": {"enum": ["active", "archived"]},
+    "owner": {"type": ["string", "null"], "maxLength": MAX_OWNER_LENGTH},
+    "hypothesis": {"type": ["string", "null"], "maxLength": MAX_HYPOTHESIS_LENGTH},
+    "tags": TAG_LIST,
 }
 _EXPERIMENT: Schema = closed_object(list(_EXPERIMENT_PROPERTIES), _EXPERIMENT_PROPERTIES)
+_CHANGED: Schema = {"type": "boolean",
+                    "description": "false when the request changed nothing (the version stays)"}
 _PATCHED_EXPERIMENT: Schema = closed_object(
-    [*_EXPERIMENT_PROPERTIES, "changes"], {**_EXPERIMENT_PROPERTIES, "changes": CHANGES})
+    [*_EXPERIMENT_PROPERTIES, "changes", "changed"],
+    {**_EXPERIMENT_PROPERTIES, "changes": CHANGES, "changed": _CHANGED})
+_ARCHIVE_STATE: Schema = closed_object(
+    [*_EXPERIMENT_PROPERTIES, "changed"], {**_EXPERIMENT_PROPERTIES, "changed": _CHANGED})
 _EXPERIMENT_LIST: Schema = closed_object(["experiments", "next"], {
     "experiments": {
         "type": "array", "maxItems": MAX_LIST_PAGE,
-        "items": closed_object(["id", "reward", "arms", "version", "status"], {
-            "id": ID, "reward": REWARD,
-            "arms": {"type": "integer", "minimum": MIN_ARMS, "maximum": MAX_ARMS,
-                     "description": "number of arms"},
-            "version": VERSION, "status": {"enum": ["active", "archived"]}})},
+        "items": closed_object(
+            ["id", "reward", "arms", "version", "status", "owner", "tags", "created_at",
+             "updated_at"], {
+                "id": ID, "reward": REWARD,
+                "arms": {"type": "integer", "minimum": MIN_ARMS, "maximum": MAX_ARMS,
+                         "description": "number of arms"},
+                "version": VERSION, "status": {"enum": ["active", "archived"]},
+                "owner": _EXPERIMENT_PROPERTIES["owner"], "tags": TAG_LIST,
+                "created_at": _EXPERIMENT_PROPERTIES["created_at"],
+                "updated_at": _EXPERIMENT_PROPERTIES["updated_at"]})},
     "next": {**ID, "type": ["string", "null"],
              "description": "ask `?after=` this id for the next page; null on the last"}})
 
@@ -197,6 +227,7 @@ _PATCH: Schema = {
         "arms": ARM_CHANGES,
         "reason": {"type": ["string", "null"], "maxLength": 1000,
                    "description": "recorded in the audit log"},
+        **_METADATA_CHANGE,
     },
 }
 
@@ -322,6 +353,7 @@ def json_body(schema: Schema) -> dict[str, Any]:
 #: The named schemas of this module, for the document's ``components``.
 COMPONENTS: dict[str, Schema] = {
     "Experiment": _EXPERIMENT, "ChangedExperiment": _PATCHED_EXPERIMENT,
+    "ArchiveState": _ARCHIVE_STATE,
     "ExperimentList": _EXPERIMENT_LIST, "NewExperiment": _NEW_EXPERIMENT,
     "ExperimentChange": _PATCH, "AllocateRequest": _ALLOCATE, "Allocation": _ALLOCATION,
     "RewardEvent": _EVENT, "EventBatch": _EVENT_BATCH, "EventResult": _EVENT_RESULT,

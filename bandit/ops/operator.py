@@ -1,8 +1,9 @@
 """``bandit experiments``: operator commands against a running service.
 
-Commands: ``list``, ``show ID``, ``create ID --arms a,b,c``, ``tune ID --set name=value
-[--add-arm ARM]``, ``pause ID ARM...``, ``resume ID ARM...``, ``archive ID``, ``audit ID``,
-``advise ID --set name=value ...`` (the tuning advisor's forecast; nothing is changed).
+Commands: ``list``, ``show ID``, ``stats ID``, ``create ID --arms a,b,c``, ``tune ID --set
+name=value [--add-arm ARM]``, ``pause ID ARM...``, ``resume ID ARM...``, ``archive ID``,
+``unarchive ID``, ``audit ID``, ``advise ID --set name=value ...`` (the tuning advisor's
+forecast; nothing is changed).
 Tables are for people; ``--json`` prints the service's JSON as it answered (``show --json``
 adds the stats response under ``"stats"``), for scripts.
 
@@ -46,6 +47,7 @@ from bandit.ops.operator_render import (
     render_list,
     render_patch,
     render_show,
+    render_stats,
 )
 
 EXIT_OK = 0
@@ -193,11 +195,34 @@ def _fetch_show(client: _Client, arguments: argparse.Namespace) -> Any:
     return {**experiment, "stats": client.get(_experiment_path(arguments.id, "/stats"))}
 
 
+def _fetch_stats(client: _Client, arguments: argparse.Namespace) -> Any:
+    query = urllib.parse.urlencode({name: value for name, value in (
+        ("threshold", arguments.threshold), ("max_loss", arguments.max_loss))
+        if value is not None})
+    return client.get(_experiment_path(arguments.id, "/stats") + (f"?{query}" if query else ""))
+
+
+def _metadata(arguments: argparse.Namespace) -> dict[str, Any]:
+    """``--owner``, ``--hypothesis``, ``--tags`` as given ('' clears: null, or no tags)."""
+    metadata: dict[str, Any] = {}
+    for name in ("owner", "hypothesis"):
+        value = getattr(arguments, name)
+        if value is not None:
+            metadata[name] = value or None
+    if arguments.tags is not None:
+        metadata["tags"] = arguments.tags
+    return metadata
+
+
 def _fetch_create(client: _Client, arguments: argparse.Namespace) -> Any:
     body: dict[str, Any] = {"id": arguments.id, "arms": arguments.arms,
-                            "reward": arguments.reward}
+                            "reward": arguments.reward, **_metadata(arguments)}
     if arguments.settings:
         body["exploration"] = dict(arguments.settings)
+    if arguments.prior:
+        body["prior"] = dict(arguments.prior)
+    if arguments.attribution_window is not None:
+        body["attribution_window_s"] = arguments.attribution_window
     return client.request("POST", "/v1/experiments", body)
 
 
@@ -231,9 +256,10 @@ def _proposal(arguments: argparse.Namespace) -> dict[str, Any]:
 
 
 def _fetch_tune(client: _Client, arguments: argparse.Namespace) -> Any:
-    change = _proposal(arguments)
+    change = {**_proposal(arguments), **_metadata(arguments)}
     if not change:
-        raise _Failure(EXIT_USAGE, "nothing to change: give --set NAME=VALUE or --add-arm ARM")
+        raise _Failure(EXIT_USAGE, "nothing to change: give --set NAME=VALUE, --add-arm ARM, "
+                                   "--owner, --hypothesis or --tags")
     return _patch(client, arguments, change)
 
 
@@ -241,13 +267,30 @@ def _fetch_archive(client: _Client, arguments: argparse.Namespace) -> Any:
     return client.request("DELETE", _experiment_path(arguments.id))
 
 
+def _fetch_unarchive(client: _Client, arguments: argparse.Namespace) -> Any:
+    return client.request("POST", _experiment_path(arguments.id, "/unarchive"))
+
+
+#: The advise request's fields and the ``advise`` options that set them.
+_ADVISE_OPTIONS = (("decisions", "decisions"), ("traffic", "traffic_per_s"),
+                   ("delay", "reward_delay_s"), ("reps", "reps"), ("seed", "seed"))
+
+
 def _fetch_advise(client: _Client, arguments: argparse.Namespace) -> Any:
     body = _proposal(arguments)
-    for option, field in (("decisions", "decisions"), ("traffic", "traffic_per_s"),
-                          ("delay", "reward_delay_s"), ("reps", "reps"), ("seed", "seed")):
+    for option, field in _ADVISE_OPTIONS:
         if getattr(arguments, option) is not None:
             body[field] = getattr(arguments, option)
-    return client.request("POST", _experiment_path(arguments.id, "/advise"), body)
+    try:
+        return client.request("POST", _experiment_path(arguments.id, "/advise"), body)
+    except _Failure as failure:
+        # The service names its request's field first; say which option sets it.
+        field = failure.message.partition("): ")[2].partition(":")[0]
+        options = {field: option for option, field in _ADVISE_OPTIONS}
+        if failure.exit_code != EXIT_REFUSED or field not in options:
+            raise
+        raise _Failure(failure.exit_code, f"{failure.message}\n(on the command line, "
+                                          f"{field} is --{options[field]})") from None
 
 
 def _fetch_pause(client: _Client, arguments: argparse.Namespace) -> Any:
@@ -266,11 +309,13 @@ _Fetch = Callable[[_Client, argparse.Namespace], Any]
 _COMMANDS: dict[str, tuple[_Fetch, Callable[[Any], str]]] = {
     "list": (_fetch_list, render_list),
     "show": (_fetch_show, render_show),
+    "stats": (_fetch_stats, render_stats),
     "create": (_fetch_create, render_create),
     "tune": (_fetch_tune, render_patch),
     "pause": (_fetch_pause, render_patch),
     "resume": (_fetch_resume, render_patch),
     "archive": (_fetch_archive, render_archive),
+    "unarchive": (_fetch_unarchive, render_archive),
     "audit": (_fetch_audit, render_audit),
     "advise": (_fetch_advise, render_advise),
 }

@@ -81,6 +81,17 @@ def _arm_list(text: str) -> list[str]:
     return arms
 
 
+def _tag_list(text: str) -> list[str]:
+    return [tag.strip() for tag in text.split(",") if tag.strip()]
+
+
+def _prior_value(text: str) -> tuple[str, float]:
+    name, separator, raw = text.partition("=")
+    if not separator or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE (e.g. alpha=2), got {text!r}")
+    return name.strip(), _finite(raw.strip(), name.strip())
+
+
 def _number_above(low: float, *, inclusive: bool, name: str | None = None,
                   what: str = "a number") -> Callable[[str], float]:
     """An argparse type: a finite number above ``low`` (or equal to it, ``inclusive``)."""
@@ -155,9 +166,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         _add_connection_options(sub, inherited=True)
         return sub
 
-    command("list", "list experiments (id, reward, arms, version, status)")
-    show = command("show", "settings, arm states and per-arm statistics of one experiment")
+    command("list", "list experiments (id, status, owner, tags, version, last change)")
+    show = command("show", "settings, metadata, per-arm statistics, the winner call and "
+                           "serving health of one experiment")
     show.add_argument("id", metavar="ID")
+    stats = command("stats", "per-arm statistics, the winner call and serving health")
+    stats.add_argument("id", metavar="ID")
+    stats.add_argument("--threshold", type=_number_above(0.5, inclusive=True,
+                                                         name="threshold"),
+                       metavar="P", help="P(best) a winner needs (default 0.95)")
+    stats.add_argument("--max-loss", type=_non_negative_float, metavar="LOSS",
+                       help="largest expected loss of a winner, in reward units (default 1%% "
+                            "of the best mean)")
     create = command("create", "create an experiment")
     create.add_argument("id", metavar="ID")
     create.add_argument("--arms", type=_arm_list, required=True, metavar="A,B,C",
@@ -168,6 +188,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     create.add_argument("--set", dest="settings", type=parse_setting, action="append",
                         default=[], metavar="NAME=VALUE",
                         help="an exploration setting (repeatable), e.g. min_share=0.05")
+    create.add_argument("--prior", type=_prior_value, action="append", default=[],
+                        metavar="NAME=VALUE",
+                        help="a prior parameter (repeatable): alpha, beta for bernoulli; "
+                             "mean, kappa, alpha, beta for gaussian (default: uniform Beta(1, "
+                             "1), a weak Normal-Gamma)")
+    create.add_argument("--attribution-window", type=_positive_float, metavar="SECONDS",
+                        help="how long a provisional decision can convert (default 86400)")
     tune = command("tune", "change exploration settings live, add arms")
     advise = command("advise", "forecast a change against the current settings (the tuning "
                                "advisor; nothing is changed)")
@@ -202,7 +229,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         sub.add_argument("--version", type=_version, metavar="N",
                          help="the version the change is based on (default: the current one, "
                               "read first); a stale version is refused with exit code 4")
+    for sub in (create, tune):
+        sub.add_argument("--owner", metavar="TEXT", help="who runs the experiment ('' clears)")
+        sub.add_argument("--hypothesis", metavar="TEXT",
+                         help="what the experiment is expected to show ('' clears)")
+        sub.add_argument("--tags", type=_tag_list, metavar="A,B",
+                         help="labels to filter by, comma-separated (replaces the tags; '' "
+                              "clears)")
     archive = command("archive", "archive an experiment (it stops serving; its data is kept)")
     archive.add_argument("id", metavar="ID")
+    unarchive = command("unarchive", "serve an archived experiment again, from the posteriors "
+                                     "it had")
+    unarchive.add_argument("id", metavar="ID")
     audit = command("audit", "the audit log of configuration changes")
     audit.add_argument("id", metavar="ID")

@@ -13,15 +13,20 @@ def render_list(document: Any) -> str:
     experiments = document["experiments"]
     if not experiments:
         return "no experiments"
-    return _table(["id", "reward", "arms", "version", "status"],
-                  [[e["id"], e["reward"], e["arms"], e["version"], e["status"]]
-                   for e in experiments], numeric={2, 3})
+    return _table(["id", "status", "reward", "arms", "version", "owner", "tags", "changed"],
+                  [[e["id"], e["status"], e["reward"], e["arms"], e["version"],
+                    e.get("owner") or "-", ",".join(e.get("tags") or []) or "-",
+                    _when(e.get("updated_at"))]
+                   for e in experiments], numeric={3, 4})
 
 
 def render_show(document: Any) -> str:
     fields = [
         ("experiment", document["id"]),
         ("status", document["status"]),
+        ("owner", document.get("owner") or "-"),
+        ("hypothesis", " ".join((document.get("hypothesis") or "-").split())),
+        ("tags", ", ".join(document.get("tags") or []) or "-"),
         ("reward", document["reward"]),
         ("prior", _value(document.get("prior"))),
         ("version", f"{document['version']} (updated {_when(document.get('updated_at'))})"),
@@ -31,7 +36,12 @@ def render_show(document: Any) -> str:
     fields += [(name, _value(value)) for name, value in document["exploration"].items()]
     width = max(len(name) for name, _ in fields)
     lines = [f"{name:<{width}}  {text}" for name, text in fields]
-    arms = document["stats"]["arms"]
+    return "\n".join([*lines, "", render_stats(document["stats"])])
+
+
+def render_stats(document: Any) -> str:
+    """The per-arm table, then the winner call and the serving-health checks."""
+    arms = document["arms"]
     # One number of decimals per column, so values line up on the decimal point.
     mean_decimals = _decimals([arm["mean"] for arm in arms]
                               + [bound for arm in arms for bound in arm["ci95"]])
@@ -43,7 +53,42 @@ def render_show(document: Any) -> str:
             for arm in arms]
     table = _table(["arm", "state", "n", "served", "mean", "95% CI", "P(best)",
                     "expected loss", "share"], rows, numeric={2, 3, 4, 6, 7, 8})
-    return "\n".join([*lines, "", table])
+    return "\n".join([table, "", *_call_lines(document)])
+
+
+def _call_lines(document: Any) -> list[str]:
+    rule = document["call_rule"]
+    winner = document["winner"]
+    if winner is None:
+        call = (f"winner: none yet (needs P(best) >= {rule['threshold']:g} and expected loss "
+                f"<= {rule['max_loss']:.4g})")
+    else:
+        call = (f"winner: {winner['arm']} (P(best) {winner['p_best']:.4f}, expected loss "
+                f"{winner['expected_loss']:.4g})")
+    health = document["health"]
+    return [call, _sample_ratio_line(health.get("sample_ratio")),
+            _reward_flow_line(health.get("rewards"))]
+
+
+def _sample_ratio_line(check: dict[str, Any] | None) -> str:
+    if check is None:
+        return "sample ratio: not checked yet (too few decisions served)"
+    over = f"p = {check['p_value']:.3g} over {check['decisions']:,} decisions"
+    if check["ok"]:
+        return f"sample ratio: ok ({over})"
+    return (f"sample ratio: FAILED ({over}): the arms were served in other proportions than "
+            f"their propensities promised; expected {_value(check['expected'])}, served "
+            f"{_value(check['observed'])}")
+
+
+def _reward_flow_line(check: dict[str, Any] | None) -> str:
+    if check is None:
+        return "rewards: not checked yet (no history samples)"
+    quiet = (f"no new reward for {_duration(check['quiet_for_s'])} while "
+             f"{check['decisions_since']:,} decisions were served")
+    if check["stalled"]:
+        return f"rewards: STALLED: {quiet}"
+    return f"rewards: ok ({_count(check['observations'])} observations; {quiet})"
 
 
 def render_create(document: Any) -> str:
@@ -54,7 +99,8 @@ def render_create(document: Any) -> str:
 
 
 def render_archive(document: Any) -> str:
-    return f"{document['id']}: {document['status']} (version {document['version']})"
+    unchanged = "" if document.get("changed", True) else ", unchanged"
+    return f"{document['id']}: {document['status']} (version {document['version']}{unchanged})"
 
 
 def render_advise(document: Any) -> str:
@@ -89,6 +135,8 @@ def render_advise(document: Any) -> str:
         if seconds is None:
             return "-"
         low, high = seconds["range80"]
+        if high == 0:  # the call is made before the first simulated decision
+            return "now (already called)"
         return f"{_duration(seconds['median'])} ({_duration(low)} to {_duration(high)})"
 
     def correct(scenario: dict[str, Any]) -> str:
@@ -131,6 +179,9 @@ def _duration(seconds: float) -> str:
 
 
 def render_patch(document: Any) -> str:
+    if not document.get("changed", True):
+        return (f"{document['id']}: nothing changed (the settings already were so); version "
+                f"{document['version']}")
     # Every accepted change moves the version by exactly one.
     lines = [f"{document['id']}: version {document['version'] - 1} -> {document['version']}"]
     changes = document["changes"]

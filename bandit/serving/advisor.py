@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -37,6 +38,7 @@ MAX_DECISIONS = 1_000_000
 DEFAULT_HORIZON_S = 3600.0
 MIN_DECISIONS = 10
 DEFAULT_REPS = 100
+MIN_REPS = 10
 MAX_REPS = 2000
 #: Bound on a forecast's estimated single-thread run time (see :func:`estimated_seconds`).
 MAX_SECONDS = 10.0
@@ -90,7 +92,7 @@ def parse_request(body: object, current: Experiment) -> Request:
     return Request(
         proposed=proposal.experiment, changes=proposal.changes, decisions=decisions,
         traffic_per_s=traffic, reward_delay_s=delay,
-        reps=integer(data.get("reps", DEFAULT_REPS), "reps", low=10, high=MAX_REPS),
+        reps=integer(data.get("reps", DEFAULT_REPS), "reps", low=MIN_REPS, high=MAX_REPS),
         seed=integer(data.get("seed", secrets.randbits(31)), "seed", low=0, high=2**63 - 1),
         threshold=number(data.get("threshold", 0.95), "threshold", low=0.5, high=1.0),
         max_loss=max_loss,
@@ -236,21 +238,40 @@ def _horizon(request: Request, rate: float, n_arms: int, quadrature: int,
     if request.decisions is not None:
         if cost(request.decisions) > MAX_SECONDS:
             raise InvalidValue(
-                f"decisions: {request.decisions} decisions x {request.reps} reps x {n_arms} "
+                f"decisions: {request.decisions:,} decisions x {request.reps} reps x {n_arms} "
                 f"arms would take about {cost(request.decisions):.0f} s to forecast (at most "
-                f"{MAX_SECONDS:g} s); ask for fewer decisions or reps")
+                f"{MAX_SECONDS:g} s); {_what_fits(request.decisions, request.reps, cost)}")
         return request.decisions
     decisions = max(MIN_DECISIONS, round(rate * DEFAULT_HORIZON_S))
     if cost(decisions) > MAX_SECONDS:
         fixed = cost(0)
         if fixed > MAX_SECONDS:
             raise InvalidValue(f"reps: {request.reps} futures x {n_arms} arms would take about "
-                               f"{fixed:.0f} s to forecast; ask for fewer reps")
+                               f"{fixed:.0f} s to forecast (at most {MAX_SECONDS:g} s); "
+                               f"{_what_fits(None, request.reps, cost)}")
         limit = int((MAX_SECONDS - fixed) / (cost(1_000_000) - fixed) * 1_000_000)
         notes.append(f"horizon shortened from an hour of traffic ({decisions} decisions) to "
                      f"{limit} to bound the work; pass decisions and reps to choose")
         decisions = max(MIN_DECISIONS, limit)
     return decisions
+
+
+def _what_fits(decisions: int | None, reps: int, cost: Callable[[int], float]) -> str:
+    """The largest ``decisions`` (at these reps) and ``reps`` (at these decisions) that fit
+    the run-time bound: the cost is affine in decisions and proportional to reps."""
+    fixed, slope = cost(0), cost(1) - cost(0)
+    options = []
+    if decisions is not None and fixed < MAX_SECONDS and slope > 0:
+        most = int((MAX_SECONDS - fixed) / slope)
+        if most >= MIN_DECISIONS:
+            options.append(f"decisions {most:,} or fewer (at {reps} reps)")
+    fitting_reps = int(reps * MAX_SECONDS / cost(decisions or 0))
+    if fitting_reps >= MIN_REPS:
+        at = f" (at {decisions:,} decisions)" if decisions is not None else ""
+        options.append(f"reps {fitting_reps} or fewer{at}")
+    if not options:
+        return "ask for fewer decisions and reps"
+    return "it fits with " + ", or ".join(options)
 
 
 def _servable(experiment: Experiment, arm: str) -> bool:

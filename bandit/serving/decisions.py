@@ -22,6 +22,7 @@ import numpy as np
 from bandit import policy
 from bandit.errors import InvalidValue, NotFound, StoreUnavailable
 from bandit.inputs import AllocateRequest
+from bandit.model import archived_message
 from bandit.serving.cache import ExperimentCache, Snapshot
 from bandit.serving.changes import cancelling
 from bandit.settings import Settings
@@ -95,7 +96,7 @@ class Decider:
                 f"Redis has been unreachable for {self.cache.age:.0f} s, over max_stale_s "
                 f"({self._settings.max_stale_s:g} s): the last known posteriors are too old")
         if snapshot.experiment.archived:
-            raise NotFound(f"experiment {experiment_id!r} is archived")
+            raise NotFound(archived_message(experiment_id))
         return snapshot
 
     async def signer(self) -> DecisionSigner:

@@ -26,7 +26,9 @@ from bandit.inputs import (
 )
 from bandit.model import (
     ANONYMOUS,
+    METADATA_FIELDS,
     Experiment,
+    archived_message,
     check_id,
     parse_new_experiment,
 )
@@ -100,10 +102,7 @@ class BanditService:
             states += await self.store.read_many(ids[start:start + READ_CHUNK])
         return {
             "experiments": [
-                {"id": s.experiment.id, "reward": s.experiment.reward,
-                 "arms": len(s.experiment.arms), "version": s.experiment.version,
-                 "status": "archived" if s.experiment.archived else "active"}
-                for s in states if s is not None],
+                _list_entry(s.experiment) for s in states if s is not None],
             "next": ids[-1] if len(ids) == size else None,
         }
 
@@ -112,9 +111,11 @@ class BanditService:
 
     async def patch(self, experiment_id: str, body: object, *,
                     actor: str = ANONYMOUS) -> dict[str, Any]:
+        """Apply a change (audited, version + 1); one that changes nothing leaves the version
+        alone and answers ``changed: false``, so no one else's pending edit turns stale."""
         current = await self._read(experiment_id)
         if current.archived:
-            raise InvalidValue(f"experiment {experiment_id!r} is archived")
+            raise NotFound(archived_message(experiment_id))
         patch = parse_patch(body, current, time.time())
         if patch.version != current.version:
             # The script checks again atomically; this gives the common case a clear message.
@@ -122,23 +123,33 @@ class BanditService:
                 f"experiment {experiment_id!r} is at version {current.version}, not "
                 f"{patch.version}: reload it and apply your change again"
             )
-        await self.store.update(patch.experiment, patch.version, _audit_entry(
-            patch.experiment, actor, "update", patch.changes, patch.reason))
-        self.cache.forget(experiment_id)
-        result = patch.experiment.to_json()
-        result["changes"] = patch.changes
-        return result
+        if patch.changes:
+            await self.store.update(patch.experiment, patch.version, _audit_entry(
+                patch.experiment, actor, "update", patch.changes, patch.reason))
+            self.cache.forget(experiment_id)
+        return {**patch.experiment.to_json(), "changes": patch.changes,
+                "changed": bool(patch.changes)}
 
     async def archive(self, experiment_id: str, *, actor: str = ANONYMOUS) -> dict[str, Any]:
+        """Stop serving (audited); archiving an archived experiment changes nothing."""
+        return await self._set_archived(experiment_id, True, actor)
+
+    async def unarchive(self, experiment_id: str, *, actor: str = ANONYMOUS) -> dict[str, Any]:
+        """Serve an archived experiment again, from the posteriors it had (audited)."""
+        return await self._set_archived(experiment_id, False, actor)
+
+    async def _set_archived(self, experiment_id: str, archived: bool,
+                            actor: str) -> dict[str, Any]:
         current = await self._read(experiment_id)
-        if current.archived:
-            return current.to_json()
-        archived = replace(current, archived=True, version=current.version + 1,
-                           updated_at=time.time())
-        await self.store.update(archived, current.version, _audit_entry(
-            archived, actor, "archive", diff(current, archived), None))
+        if current.archived == archived:
+            return {**current.to_json(), "changed": False}
+        changed = replace(current, archived=archived, version=current.version + 1,
+                          updated_at=time.time())
+        await self.store.update(changed, current.version, _audit_entry(
+            changed, actor, "archive" if archived else "unarchive", diff(current, changed),
+            None))
         self.cache.forget(experiment_id)
-        return archived.to_json()
+        return {**changed.to_json(), "changed": True}
 
     async def _read(self, experiment_id: str) -> Experiment:
         check_id(experiment_id, "experiment id")
@@ -226,7 +237,7 @@ class BanditService:
         # Read fresh: a forecast is worth a round trip, and must not start from a stale cache.
         snapshot = await self.cache.load(experiment_id)
         if snapshot.experiment.archived:
-            raise NotFound(f"experiment {experiment_id!r} is archived")
+            raise NotFound(archived_message(experiment_id))
         request = advisor.parse_request(body, snapshot.experiment)
         samples = await self.store.history(
             experiment_id, snapshot.server_time - advisor.RATE_WINDOW_S, MAX_HISTORY) or []
@@ -258,10 +269,19 @@ def _query_number(raw: str | None, name: str, low: float, high: float,
     return value
 
 
+def _list_entry(experiment: Experiment) -> dict[str, Any]:
+    return {"id": experiment.id, "reward": experiment.reward, "arms": len(experiment.arms),
+            "version": experiment.version,
+            "status": "archived" if experiment.archived else "active",
+            "owner": experiment.owner, "tags": list(experiment.tags),
+            "created_at": experiment.created_at, "updated_at": experiment.updated_at}
+
+
 def _initial_settings(experiment: Experiment) -> dict[str, dict[str, Any]]:
     document = experiment.to_json()
     return {key: {"old": None, "new": document[key]}
-            for key in ("arms", "reward", "prior", "exploration", "attribution_window_s")}
+            for key in ("arms", "reward", "prior", "exploration", "attribution_window_s",
+                        *METADATA_FIELDS)}
 
 
 def _audit_entry(experiment: Experiment, actor: str, action: str, changes: dict[str, Any],
