@@ -25,7 +25,23 @@ from simulations.logs import Log, read_log, select_position
 from simulations.replay import Estimate, ips, logged_mean, replay, snips
 from simulations.targets import ThompsonPolicy, thompson_probabilities, uniform_probabilities
 
-__all__ = ["evaluate_obd", "load_obd_log"]
+__all__ = ["ESTIMATES", "evaluate_obd", "load_obd_log"]
+
+#: What each row of :func:`evaluate_obd` estimates, one line each (printed under the table).
+ESTIMATES = {
+    "random_on_policy": "click rate the uniform-random logger got (its own log's mean)",
+    "bts_on_policy": "click rate ZOZO's Bernoulli Thompson logger got (its own log's mean)",
+    "uniform_ips": "IPS of the uniform policy on the random log: a sanity check, equal to "
+                   "random_on_policy",
+    "bts_ips": "IPS on the random log of the BTS logger's week-average allocation; should "
+               "agree with bts_on_policy",
+    "bts_snips": "the same, self-normalised (less variable)",
+    "thompson_static_ips": "IPS on the random log of this service's Thompson allocation, frozen "
+                           "at posteriors counted on the bts log",
+    "thompson_replay": "replay (Li et al. 2011) of this service's Thompson sampler learning from "
+                       "Beta(1, 1) on the random log; only rows where it picked the logged item "
+                       "count, so its n is small",
+}
 
 
 def load_obd_log(name: str, data_dir: Path | None = None) -> Log:

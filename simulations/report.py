@@ -63,9 +63,23 @@ def summary(results: Sequence[SimulationResult], environment: Environment,
         constant = lai_robbins_constant(np.asarray(environment.means))
         document["lai_robbins"] = {
             "constant": constant,
-            "bound_at_horizon": constant * math.log(settings["horizon"]),
+            "meaning": "asymptotic slope: every consistent policy has lim inf R(T) / log T >= "
+                       "constant; not a bound on the regret at any finite T",
+            "per_decade": constant * math.log(10),
+            "last_decade": {result.policy: _last_decade(result) for result in results},
         }
     return document
+
+
+def _last_decade(result: SimulationResult) -> float | None:
+    """Mean regret added from T/10 to T (log-interpolated between checkpoints): what the
+    asymptotic slope bounds from below, per decade of t, as T grows."""
+    t = result.checkpoints.astype(float)
+    horizon = t[-1]
+    if horizon / 10 < t[0]:
+        return None
+    mean, _ = _mean_and_stderr(result.pseudo_regret)
+    return float(mean[-1] - np.interp(math.log(horizon / 10), np.log(t), mean))
 
 
 def write_outputs(directory: Path, results: Sequence[SimulationResult],
@@ -106,9 +120,7 @@ def plot_regret(path: Path, results: Sequence[SimulationResult],
         axes.fill_between(t, mean - 1.96 * stderr, mean + 1.96 * stderr, alpha=0.2,
                           color=line.get_color(), linewidth=0)
     if results and lai_robbins_applies(environment):
-        t = results[0].checkpoints.astype(float)
-        constant = lai_robbins_constant(np.asarray(environment.means))
-        axes.plot(t, constant * np.log(t), "k--", label=f"Lai-Robbins bound ({constant:.3g} log t)")
+        _draw_lai_robbins_slope(axes, results, environment)
     axes.set_xscale("log")
     axes.set_xlabel("t (pulls)")
     axes.set_ylabel("mean cumulative regret")
@@ -118,6 +130,25 @@ def plot_regret(path: Path, results: Sequence[SimulationResult],
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def _draw_lai_robbins_slope(axes: Any, results: Sequence[SimulationResult],
+                            environment: Environment) -> None:
+    """The Lai-Robbins constant as what it is, an asymptotic slope in log t: a line of slope C
+    per unit of log t from the best policy's curve at T/10 to T. A policy's curve flatter than
+    it for ever would contradict the theorem; at finite t any curve may lie above or below."""
+    best = min(results, key=lambda result: float(result.pseudo_regret[:, -1].mean()))
+    t = best.checkpoints.astype(float)
+    start = t[-1] / 10
+    if start < t[0]:
+        return
+    mean, _ = _mean_and_stderr(best.pseudo_regret)
+    anchor = float(np.interp(math.log(start), np.log(t), mean))
+    constant = lai_robbins_constant(np.asarray(environment.means))
+    span = np.geomspace(start, t[-1], 20)
+    axes.plot(span, anchor + constant * np.log(span / start), "k--",
+              label=f"Lai-Robbins asymptotic slope, {constant:.3g}·log t "
+                    f"(from {best.policy} at T/10)")
 
 
 def plot_allocation(path: Path, results: Sequence[SimulationResult]) -> None:

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib.pyplot as plt
+import numpy as np
 import pytest
 
 from bandit.ops.cli import main
+from simulations import report
+from simulations.engine import simulate as simulation
+from simulations.environments import Environment, lai_robbins_constant
+from simulations.policies import PolicySpec
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -41,7 +48,37 @@ def test_compares_policies_and_writes_every_output(tmp_path: Path,
     for picture in ("regret.png", "allocation.png"):
         assert (out / picture).read_bytes().startswith(PNG_SIGNATURE)
     printed = capsys.readouterr().out
-    assert "thompson" in printed and "Lai-Robbins lower bound" in printed
+    assert "thompson" in printed and "Lai-Robbins asymptotic slope" in printed
+
+
+def test_lai_robbins_is_an_asymptotic_slope_never_a_finite_time_bound(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The run a user reported: Thompson's regret (~150) far under C log T (575 at T=100,000),
+    # which the old output called a "lower bound". Here a shorter run of the same problem.
+    out = tmp_path / "run"
+    means = [0.5, 0.48, 0.48]
+    assert simulate("--means", ",".join(map(str, means)), "--horizon", "20000", "--reps", "8",
+                    "--policy", "thompson", "--seed", "1", "--out", str(out)) == 0
+    printed = capsys.readouterr().out
+    assert "lower bound" not in printed
+    assert "not a bound on regret at a finite T" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    lai_robbins = summary["lai_robbins"]
+    constant = lai_robbins_constant(means)
+    assert "bound_at_horizon" not in lai_robbins
+    assert lai_robbins["per_decade"] == pytest.approx(constant * math.log(10))
+    added = lai_robbins["last_decade"]["thompson"]
+    assert f"{added:.2f}" in printed
+    # The drawn line: slope C per unit of log t, from the best curve at T/10, not from t=1.
+    figure, axes = plt.subplots()
+    result = simulation(PolicySpec("thompson"), Environment.bernoulli(means), horizon=20000,
+                        reps=4, seed=1)
+    report._draw_lai_robbins_slope(axes, [result], Environment.bernoulli(means))
+    [line] = axes.get_lines()
+    x, y = (np.asarray(values, float) for values in line.get_data())
+    plt.close(figure)
+    assert x[0] == pytest.approx(2000) and x[-1] == pytest.approx(20000)
+    np.testing.assert_allclose(np.diff(y) / np.diff(np.log(x)), constant, rtol=1e-9)
 
 
 def test_same_seed_same_numbers(tmp_path: Path) -> None:
@@ -111,7 +148,10 @@ def test_replay_of_the_shipped_open_bandit_dataset_sample(
     assert main(["simulate", "replay", "--campaign", "women", "--out", str(tmp_path)]) == 0
     table = capsys.readouterr().out
     assert "bts_ips" in table and "95% interval" in table
+    # Every row is explained under the table, by its name.
+    legend = table[table.index("eff. n: log rows"):].splitlines()[1:]
     estimates = json.loads((tmp_path / "replay.json").read_text())
+    assert [line.split()[0] for line in legend] == list(estimates)
     for estimate in estimates.values():
         assert estimate["ci_low"] <= estimate["value"] <= estimate["ci_high"]
 
