@@ -64,7 +64,7 @@ class AsyncBanditClient(ClientBase):
                     self._origin + call.path, data=call.body, allow_redirects=False) as response:
                 body = await response.read()
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
-            return call.failed(f"no answer: {error!r}", error)
+            return call.unanswered(error)
         return call.answered(response.status, body, "X-Bandit-Stale" in response.headers)
 
     # -- rewards ----------------------------------------------------------------------------

@@ -8,6 +8,8 @@ they send.
 
 from __future__ import annotations
 
+import os
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -160,6 +162,39 @@ class CircuitBreaker:
                 self._open_until = self._clock() + self._cooldown_s
 
 
+def why_unanswered(error: BaseException, timeout: float) -> str:
+    """Why a call got no answer, in words: the timeout, or the operating system's reason for a
+    refused or broken connection. (The transports' own reprs name internal objects such as
+    aiohttp's ``ConnectionKey(...)``.)"""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno and not isinstance(cause, TimeoutError):
+            return f"cannot connect: {os.strerror(cause.errno).lower()}"
+        # aiohttp keeps the OSError in os_error, urllib3 in reason; both chain it too.
+        cause = (getattr(cause, "os_error", None) or getattr(cause, "reason", None)
+                 or cause.__cause__ or cause.__context__)
+        if not isinstance(cause, BaseException):
+            cause = None
+    if _timed_out(error):
+        return f"timed out after {timeout:g} s"
+    text = _OBJECT_REPRS.sub("", str(error)).strip(" :")
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+#: ``<... object at 0x...>`` and ``Name(field=..., ...)`` reprs inside exception messages.
+_OBJECT_REPRS = re.compile(r"<[^<>]* at 0x[0-9a-f]+>|\b[A-Z]\w*\((?:\w+=[^()]*,? ?)+\)")
+
+
+def _timed_out(error: BaseException) -> bool:
+    # TimeoutError covers asyncio and sockets; urllib3's read/connect timeouts are its own
+    # TimeoutError class, which is not the builtin one.
+    return isinstance(error, TimeoutError) or any(
+        kind.__name__ in ("TimeoutError", "ReadTimeoutError", "ConnectTimeoutError")
+        for kind in type(error).__mro__)
+
+
 @dataclass(frozen=True, slots=True)
 class DecisionCall:
     """One allocate call, prepared: what to send, and what to make of the answer."""
@@ -187,6 +222,10 @@ class DecisionCall:
             return self.failed(f"HTTP {status}")
         self.breaker.success()  # the service is up; the request is what is wrong
         raise refusal(status, body, f"POST {self.path}")
+
+    def unanswered(self, error: BaseException) -> list[Decision]:
+        """The call got no answer: fall back, with a reason a person can read."""
+        return self.failed(f"no answer: {why_unanswered(error, self.timeout)}", error)
 
     def failed(self, reason: str, cause: BaseException | None = None) -> list[Decision]:
         """No usable answer: count it against the service, and fall back."""

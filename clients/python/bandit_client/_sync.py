@@ -77,7 +77,7 @@ class BanditClient(ClientBase):
                 "POST", call.path, body=call.body, timeout=urllib3.Timeout(total=call.timeout),
                 retries=False, redirect=False)
         except (HTTPError, OSError) as error:
-            return call.failed(f"no answer: {error!r}", error)
+            return call.unanswered(error)
         return call.answered(response.status, response.data,
                              "X-Bandit-Stale" in response.headers)
 
