@@ -48,14 +48,17 @@ P99_TARGET = 2.0
 
 
 async def _create(url: str, count: int) -> list[str]:
-    store = RedisStore.from_url(url, "bandit", timeout_s=30, max_connections=64)
+    connections = 64
+    store = RedisStore.from_url(url, "bandit", timeout_s=30, max_connections=connections)
     ids = [f"exp-{i:06d}" for i in range(count)]
     entry = {"version": 1, "at": 0.0, "actor": "bench", "action": "create", "changes": {},
              "reason": None}
-    for start in range(0, count, 500):
+    # No more at once than there are connections: on a loaded machine, creations waiting for
+    # a connection past the pool timeout failed the run ("every Redis connection ... is busy").
+    for start in range(0, count, connections):
         await asyncio.gather(*(store.create(parse_new_experiment(
             {"id": i, "arms": ["a", "b"], "reward": "bernoulli"}, 0.0), entry)
-            for i in ids[start:start + 500]))
+            for i in ids[start:start + connections]))
     await store.close()
     return ids
 
