@@ -1,0 +1,165 @@
+"""Alerts: a webhook when the sample ratio fails, rewards stall or a winner is called.
+
+Every ``alert_interval_s`` each process reads the stats of the experiments it serves (the
+stats endpoint's own answer: ``health.sample_ratio.ok``, ``health.rewards.stalled``,
+``winner``) and tells the shared episode state (``bandit.store.episodes``) what it saw. An
+episode begins when a condition starts to hold and ends when it clears; a winner call is an
+episode per winning arm. The process whose observation begins an episode delivers its one
+alert; the others see it under way. A check with nothing to judge yet (no history) changes no
+episode.
+
+Delivery is at least once per episode while the episode lasts: a delivery that fails every
+attempt is counted and tried again at the next check by whichever process makes it; a process
+that dies between the receiver's answer and recording it makes another send it again (the
+body's ``episode`` id tells a receiver it has seen it). An episode that ends before its alert
+got through is not sent any more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import orjson
+
+from bandit.errors import NotFound, StoreUnavailable
+from bandit.serving.changes import cancelling
+from bandit.serving.service import BanditService
+from bandit.serving.webhooks import Webhooks
+from bandit.settings import Settings, redacted_webhook
+from bandit.store.episodes import AlertEpisodes, Claim
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATIO, REWARDS_STALLED, WINNER = "sample_ratio", "rewards_stalled", "winner"
+KINDS = (SAMPLE_RATIO, REWARDS_STALLED, WINNER)
+#: The subject of a condition that holds and has no subject of its own (a winner's is its arm).
+HOLDS = "1"
+#: Deliveries of one check at once.
+PARALLEL_DELIVERIES = 8
+#: Added to the longest a delivery can take: how long its lease outlives it.
+LEASE_MARGIN_S = 10.0
+
+#: Called with (kind, outcome) per webhook per delivery: ``delivered`` or ``failed``.
+Count = Callable[[str, str], None]
+
+
+def subjects(stats: dict[str, Any]) -> dict[str, str | None]:
+    """What a stats answer says of each condition: the subject of one that holds, None for
+    one that does not; a condition with nothing to judge yet is left out."""
+    seen: dict[str, str | None] = {}
+    sample_ratio = stats["health"]["sample_ratio"]
+    if sample_ratio is not None:
+        seen[SAMPLE_RATIO] = None if sample_ratio["ok"] else HOLDS
+    rewards = stats["health"]["rewards"]
+    if rewards is not None:
+        seen[REWARDS_STALLED] = HOLDS if rewards["stalled"] else None
+    winner = stats["winner"]
+    seen[WINNER] = None if winner is None else str(winner["arm"])
+    return seen
+
+
+def payload(kind: str, stats: dict[str, Any], claim: Claim, *, public_url: str | None,
+            now: float) -> dict[str, Any]:
+    """The alert's JSON: Slack shows ``text`` and ignores the other fields."""
+    experiment = stats["experiment"]
+    details = {SAMPLE_RATIO: stats["health"]["sample_ratio"],
+               REWARDS_STALLED: stats["health"]["rewards"], WINNER: stats["winner"]}[kind]
+    text = _text(kind, experiment, details)
+    dashboard = None
+    if public_url is not None:
+        dashboard = f"{public_url.rstrip('/')}/#/exp/{experiment}"
+        text += f"\n<{dashboard}|Dashboard>"
+    return {"text": text, "experiment": experiment, "kind": kind, "episode": claim.episode,
+            "started_at": claim.since, "sent_at": now, "details": details,
+            "dashboard": dashboard}
+
+
+def _text(kind: str, experiment: str, details: dict[str, Any]) -> str:
+    if kind == SAMPLE_RATIO:
+        return (f"Sample ratio mismatch in experiment *{experiment}*: the "
+                f"{details['decisions']:,} decisions served per arm {details['observed']} are "
+                f"not what the allocation promised {details['expected']} "
+                f"(chi-square {details['chi2']:.4g}, {details['dof']} dof, "
+                f"p = {details['p_value']:.3g}).")
+    if kind == REWARDS_STALLED:
+        return (f"Rewards stalled in experiment *{experiment}*: no new reward for "
+                f"{details['quiet_for_s']:,.0f} s while {details['decisions_since']:,} decisions "
+                f"were served ({details['observations']:,.0f} observations so far).")
+    return (f"Winner called in experiment *{experiment}*: arm *{details['arm']}*, P(best) "
+            f"{details['p_best']:.4f} >= {details['threshold']:g}, expected loss "
+            f"{details['expected_loss']:.3g} <= {details['max_loss']:.3g}.")
+
+
+class Alerts:
+    """The periodic check of one process, and the deliveries it claims."""
+
+    def __init__(self, service: BanditService, settings: Settings, count: Count) -> None:
+        self._service = service
+        self._settings = settings
+        self._count = count
+        self._episodes = AlertEpisodes(service.store.client, settings.key_prefix)
+        self._webhooks = Webhooks.from_settings(settings)
+        self._lease_s = self._webhooks.longest_delivery_s + LEASE_MARGIN_S
+        self._parallel = asyncio.Semaphore(PARALLEL_DELIVERIES)
+
+    async def check(self, session: aiohttp.ClientSession) -> None:
+        """Judge every experiment this process serves once, and deliver what it claims."""
+        deliveries = []
+        for snapshot in self._service.cache.snapshots():
+            experiment_id = snapshot.experiment.id
+            if snapshot.experiment.archived:
+                continue
+            try:
+                stats = await self._service.stats(experiment_id)
+            except NotFound:
+                continue
+            for kind, subject in subjects(stats).items():
+                observed = await self._episodes.observe(
+                    experiment_id, kind, subject, secrets.token_hex(8), self._lease_s,
+                    list(self._webhooks.targets))
+                if observed.ended is not None:
+                    logger.info("alert episode %s (%s of %s) ended", observed.ended, kind,
+                                experiment_id)
+                if observed.claim is not None:
+                    deliveries.append(self._deliver(session, kind, stats, observed.claim))
+        await asyncio.gather(*deliveries)
+
+    async def _deliver(self, session: aiohttp.ClientSession, kind: str,
+                       stats: dict[str, Any], claim: Claim) -> None:
+        experiment_id = stats["experiment"]
+        body = orjson.dumps(payload(kind, stats, claim, public_url=self._settings.public_url,
+                                    now=time.time()))
+        delivered = []
+        async with self._parallel:
+            for target in claim.targets:
+                url = self._webhooks.targets.get(target)
+                if url is None:
+                    continue
+                if await self._webhooks.post(session, url, body):
+                    delivered.append(target)
+                    self._count(kind, "delivered")
+                else:
+                    self._count(kind, "failed")
+                    logger.error("alert %s (%s of %s) not delivered to %s; tried again at "
+                                 "the next check while the episode lasts", claim.episode, kind,
+                                 experiment_id, redacted_webhook(url))
+        try:
+            await self._episodes.delivered(experiment_id, kind, claim.episode, delivered)
+        except StoreUnavailable as error:
+            # The lease runs out: the next check after it sends the alert again.
+            logger.warning("alert %s: delivery not recorded: %s", claim.episode, error)
+
+    async def run(self) -> None:
+        async with aiohttp.ClientSession() as session:
+            while not cancelling():
+                await asyncio.sleep(self._settings.alert_interval_s)
+                try:
+                    await self.check(session)
+                except StoreUnavailable as error:
+                    logger.warning("alert check skipped: %s", error)
