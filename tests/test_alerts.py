@@ -333,6 +333,11 @@ async def test_episodes_begin_end_and_follow_the_winner(client: Client,
         assert (await episodes.observe("ep", "winner", None, "x", 30.0, ["t1"])).ended == "ep2"
         assert (await episodes.observe("ep", "winner", None, "x", 30.0, ["t1"])).ended is None
         assert not await episodes.delivered("ep", "winner", "ep2", ["t1"])
+        # Past a check's delivery budget an episode begins unclaimed; a later check claims it.
+        deferred = await episodes.observe("ep", "rewards_stalled", "1", "ep4", 30.0, [])
+        assert deferred == type(first)()
+        late = await episodes.observe("ep", "rewards_stalled", "1", "x", 30.0, ["t1"])
+        assert late.claim is not None and late.claim.episode == "ep4" and not late.claim.began
         # A process that dies mid-delivery holds the lease until it runs out.
         held = await episodes.observe("ep", "sample_ratio", "1", "ep3", 0.2, ["t1"])
         assert held.claim is not None

@@ -40,7 +40,7 @@ SAMPLE_RATIO, REWARDS_STALLED, WINNER = "sample_ratio", "rewards_stalled", "winn
 KINDS = (SAMPLE_RATIO, REWARDS_STALLED, WINNER)
 #: The subject of a condition that holds and has no subject of its own (a winner's is its arm).
 HOLDS = "1"
-#: Deliveries of one check at once.
+#: Deliveries claimed per check (and made at once).
 PARALLEL_DELIVERIES = 8
 #: Added to the longest a delivery can take: how long its lease outlives it.
 LEASE_MARGIN_S = 10.0
@@ -105,30 +105,39 @@ class Alerts:
         self._count = count
         self._episodes = AlertEpisodes(service.store.client, settings.key_prefix)
         self._webhooks = Webhooks.from_settings(settings)
-        self._lease_s = self._webhooks.longest_delivery_s + LEASE_MARGIN_S
-        self._parallel = asyncio.Semaphore(PARALLEL_DELIVERIES)
+        self._lease_s = self._webhooks.longest_delivery_s * len(
+            self._webhooks.targets) + LEASE_MARGIN_S
 
     async def check(self, session: aiohttp.ClientSession) -> None:
-        """Judge every experiment this process serves once, and deliver what it claims."""
-        deliveries = []
-        for snapshot in self._service.cache.snapshots():
-            experiment_id = snapshot.experiment.id
-            if snapshot.experiment.archived:
-                continue
-            try:
-                stats = await self._service.stats(experiment_id)
-            except NotFound:
-                continue
-            for kind, subject in subjects(stats).items():
-                observed = await self._episodes.observe(
-                    experiment_id, kind, subject, secrets.token_hex(8), self._lease_s,
-                    list(self._webhooks.targets))
-                if observed.ended is not None:
-                    logger.info("alert episode %s (%s of %s) ended", observed.ended, kind,
-                                experiment_id)
-                if observed.claim is not None:
-                    deliveries.append(self._deliver(session, kind, stats, observed.claim))
-        await asyncio.gather(*deliveries)
+        """Judge every experiment this process serves once, and deliver what it claims.
+
+        Deliveries start as they are claimed (a claim's lease counts from then), at most
+        ``PARALLEL_DELIVERIES`` per check: past that, observations still begin and end
+        episodes but claim none, and the next checks deliver them.
+        """
+        targets = list(self._webhooks.targets)
+        deliveries: list[asyncio.Task[None]] = []
+        try:
+            for snapshot in self._service.cache.snapshots():
+                experiment_id = snapshot.experiment.id
+                if snapshot.experiment.archived:
+                    continue
+                try:
+                    stats = await self._service.stats(experiment_id)
+                except NotFound:
+                    continue
+                for kind, subject in subjects(stats).items():
+                    observed = await self._episodes.observe(
+                        experiment_id, kind, subject, secrets.token_hex(8), self._lease_s,
+                        targets if len(deliveries) < PARALLEL_DELIVERIES else [])
+                    if observed.ended is not None:
+                        logger.info("alert episode %s (%s of %s) ended", observed.ended, kind,
+                                    experiment_id)
+                    if observed.claim is not None:
+                        deliveries.append(asyncio.create_task(
+                            self._deliver(session, kind, stats, observed.claim)))
+        finally:
+            await asyncio.gather(*deliveries)
 
     async def _deliver(self, session: aiohttp.ClientSession, kind: str,
                        stats: dict[str, Any], claim: Claim) -> None:
@@ -136,19 +145,16 @@ class Alerts:
         body = orjson.dumps(payload(kind, stats, claim, public_url=self._settings.public_url,
                                     now=time.time()))
         delivered = []
-        async with self._parallel:
-            for target in claim.targets:
-                url = self._webhooks.targets.get(target)
-                if url is None:
-                    continue
-                if await self._webhooks.post(session, url, body):
-                    delivered.append(target)
-                    self._count(kind, "delivered")
-                else:
-                    self._count(kind, "failed")
-                    logger.error("alert %s (%s of %s) not delivered to %s; tried again at "
-                                 "the next check while the episode lasts", claim.episode, kind,
-                                 experiment_id, redacted_webhook(url))
+        for target in claim.targets:
+            url = self._webhooks.targets[target]
+            if await self._webhooks.post(session, url, body):
+                delivered.append(target)
+                self._count(kind, "delivered")
+            else:
+                self._count(kind, "failed")
+                logger.error("alert %s (%s of %s) not delivered to %s; tried again at the "
+                             "next check while the episode lasts", claim.episode, kind,
+                             experiment_id, redacted_webhook(url))
         try:
             await self._episodes.delivered(experiment_id, kind, claim.episode, delivered)
         except StoreUnavailable as error:
@@ -163,3 +169,6 @@ class Alerts:
                     await self.check(session)
                 except StoreUnavailable as error:
                     logger.warning("alert check skipped: %s", error)
+                except Exception:
+                    # A webhook or an answer nobody foresaw must not end the checks for good.
+                    logger.exception("alert check failed")
