@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from bandit.api.app import create_app
+from bandit.api.app import SERVICE, create_app
 from bandit.serving import alerts, webhooks
 from bandit.settings import Settings, SettingsError
 from bandit.store.episodes import AlertEpisodes, Claim
@@ -300,6 +300,35 @@ async def test_an_archived_experiment_stops_alerting(services: Services,
     assert len(receiver.requests) == tried
     assert {r.json["kind"] for r in receiver.requests} == {"winner"}
     assert len({r.json["episode"] for r in receiver.requests}) == 1
+
+
+async def test_only_active_experiments_are_checked(services: Services) -> None:
+    """Checking marks an experiment used in the cache: idle ones must be left to expire."""
+    [client] = await services(1, alert_webhook_urls=None)
+    service = client.app[SERVICE]
+    checker = alerts.Alerts(service, service.settings.with_(alert_webhook_urls="http://h/x"),
+                            lambda kind, outcome: None)
+    linger = 4 * INTERVAL  # two history and two alert intervals
+    for name in ("busy", "idle"):
+        await create(client, name)
+        assert (await client.get(f"/v1/experiments/{name}/stats")).status == 200
+    assert sorted(await checker.due()) == ["busy", "idle"]  # first seen
+    deadline = time.monotonic() + linger + 0.5
+    while time.monotonic() < deadline:
+        await serve([client], "busy", INTERVAL)  # served: the counts flushed move
+        await checker.due()
+    assert await checker.due() == ["busy"]
+    # A change (a reward) makes it due again.
+    events = [{"id": "r", "experiment": "idle", "arm": "a", "reward": 1}]
+    assert (await (await client.post("/v1/events", json={"events": events})).json())[
+        "accepted"] == 1
+
+    def rewarded() -> bool:
+        snapshot = service.cache.peek("idle")
+        return snapshot is not None and float(snapshot.counts.sum()) == 1.0
+
+    await eventually(rewarded)
+    assert "idle" in await checker.due()
 
 
 # -- episodes in Redis ------------------------------------------------------------------------

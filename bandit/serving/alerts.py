@@ -1,18 +1,19 @@
 """Alerts: a webhook when the sample ratio fails, rewards stall or a winner is called.
 
-Every ``alert_interval_s`` each process reads the stats of the experiments it serves (the
-stats endpoint's own answer: ``health.sample_ratio.ok``, ``health.rewards.stalled``,
-``winner``) and tells the shared episode state (``bandit.store.episodes``) what it saw. An
-episode begins when a condition starts to hold and ends when it clears; a winner call is an
-episode per winning arm. The process whose observation begins an episode delivers its one
-alert; the others see it under way. A check with nothing to judge yet (no history) changes no
-episode.
+Every ``alert_interval_s`` each process reads the stats of the experiments it serves that are
+active (changed or served decisions lately; :meth:`Alerts.due`): the stats endpoint's own
+answer, ``health.sample_ratio.ok``, ``health.rewards.stalled`` and ``winner``. It tells the
+shared episode state (``bandit.store.episodes``) what it saw. An episode begins when a
+condition starts to hold and ends when it clears; a winner call is an episode per winning arm.
+The process whose observation begins an episode delivers its one alert; the others see it
+under way. A check with nothing to judge yet (no history) changes no episode.
 
 Delivery is at least once per episode while the episode lasts: a delivery that fails every
-attempt is counted and tried again at the next check by whichever process makes it; a process
-that dies between the receiver's answer and recording it makes another send it again (the
-body's ``episode`` id tells a receiver it has seen it). An episode that ends before its alert
-got through is not sent any more.
+attempt is counted and tried again at the next check by whichever process makes it (a process
+keeps checking an experiment whose alert it failed to send); a process that dies between the
+receiver's answer and recording it makes another send it again (the body's ``episode`` id
+tells a receiver it has seen it). An episode that ends before its alert got through is not
+sent any more.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ KINDS = (SAMPLE_RATIO, REWARDS_STALLED, WINNER)
 HOLDS = "1"
 #: Deliveries claimed per check (and made at once).
 PARALLEL_DELIVERIES = 8
+#: Experiments whose served counts are read in one round trip.
+SERVED_CHUNK = 1000
 #: Added to the longest a delivery can take: how long its lease outlives it.
 LEASE_MARGIN_S = 10.0
 
@@ -107,9 +110,44 @@ class Alerts:
         self._webhooks = Webhooks.from_settings(settings)
         self._lease_s = self._webhooks.longest_delivery_s * len(
             self._webhooks.targets) + LEASE_MARGIN_S
+        # A change shows in the health checks once the next history sample lands (within 1.5
+        # intervals): an experiment is checked until a while after its last sign of activity.
+        self._linger_s = 2 * settings.history_interval_s + 2 * settings.alert_interval_s
+        #: Experiment id -> its snapshot's state and its served total, as last seen.
+        self._seen: dict[str, tuple[int, int, float, int]] = {}
+        #: Experiment id -> until when (monotonic) it is checked.
+        self._watched: dict[str, float] = {}
+
+    async def due(self) -> list[str]:
+        """The cached experiments to check: those that changed, or were served decisions by
+        any process, lately, and those with an alert to send still.
+
+        Only those: checking reads the stats, which marks an experiment used, and would keep
+        every experiment in the cache for good (one round trip per 1,000 experiments).
+        """
+        snapshots = [s for s in self._service.cache.snapshots() if not s.experiment.archived]
+        now = time.monotonic()
+        for start in range(0, len(snapshots), SERVED_CHUNK):
+            chunk = snapshots[start:start + SERVED_CHUNK]
+            served = await self._service.store.served([s.experiment.id for s in chunk])
+            for snapshot, counts in zip(chunk, served, strict=True):
+                experiment_id = snapshot.experiment.id
+                state = (snapshot.revision, snapshot.experiment.version, snapshot.server_time,
+                         sum(counts.values()))
+                if self._seen.get(experiment_id) != state:
+                    self._seen[experiment_id] = state
+                    self._watched[experiment_id] = now + self._linger_s
+        cached = {s.experiment.id for s in snapshots}
+        self._seen = {k: v for k, v in self._seen.items() if k in cached}
+        self._watched = {k: t for k, t in self._watched.items() if k in cached and t >= now}
+        return list(self._watched)
+
+    def _keep_watching(self, experiment_id: str) -> None:
+        """Check it again until a while from now (an alert of it is still to be sent)."""
+        self._watched[experiment_id] = time.monotonic() + self._linger_s
 
     async def check(self, session: aiohttp.ClientSession) -> None:
-        """Judge every experiment this process serves once, and deliver what it claims.
+        """Judge the experiments :meth:`due` names once, and deliver what this claims.
 
         Deliveries start as they are claimed (a claim's lease counts from then), at most
         ``PARALLEL_DELIVERIES`` per check: past that, observations still begin and end
@@ -118,24 +156,24 @@ class Alerts:
         targets = list(self._webhooks.targets)
         deliveries: list[asyncio.Task[None]] = []
         try:
-            for snapshot in self._service.cache.snapshots():
-                experiment_id = snapshot.experiment.id
-                if snapshot.experiment.archived:
-                    continue
+            for experiment_id in await self.due():
                 try:
                     stats = await self._service.stats(experiment_id)
                 except NotFound:
                     continue
                 for kind, subject in subjects(stats).items():
+                    claiming = len(deliveries) < PARALLEL_DELIVERIES
                     observed = await self._episodes.observe(
                         experiment_id, kind, subject, secrets.token_hex(8), self._lease_s,
-                        targets if len(deliveries) < PARALLEL_DELIVERIES else [])
+                        targets if claiming else [])
                     if observed.ended is not None:
                         logger.info("alert episode %s (%s of %s) ended", observed.ended, kind,
                                     experiment_id)
                     if observed.claim is not None:
                         deliveries.append(asyncio.create_task(
                             self._deliver(session, kind, stats, observed.claim)))
+                    elif subject is not None and not claiming:
+                        self._keep_watching(experiment_id)
         finally:
             await asyncio.gather(*deliveries)
 
@@ -152,6 +190,7 @@ class Alerts:
                 self._count(kind, "delivered")
             else:
                 self._count(kind, "failed")
+                self._keep_watching(experiment_id)
                 logger.error("alert %s (%s of %s) not delivered to %s; tried again at the "
                              "next check while the episode lasts", claim.episode, kind,
                              experiment_id, redacted_webhook(url))
