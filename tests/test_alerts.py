@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 import redis.asyncio as aioredis
@@ -27,6 +28,7 @@ from bandit.serving import alerts, webhooks
 from bandit.settings import Settings, SettingsError
 from bandit.store.episodes import AlertEpisodes, Claim
 from bandit.store.redis_store import RedisStore
+from tests.conftest import ServiceProcess
 
 Client = TestClient[Any, Any]
 INTERVAL = 0.2
@@ -211,6 +213,32 @@ async def test_a_winner_call_is_signed_and_alerted_once(services: Services,
     verify_signature = documented_verifier()
     assert verify_signature(SECRET, header, request.body)
     assert not verify_signature("another-secret", header, request.body)
+
+
+async def test_two_bandit_serve_processes_send_one_alert(
+    service_process: Callable[..., ServiceProcess], receiver: Receiver,
+) -> None:
+    """`bandit serve` configured by its environment, twice on one Redis: one alert."""
+    env = {"BANDIT_ALERT_WEBHOOK_URLS": receiver.url, "BANDIT_ALERT_SECRET": SECRET,
+           "BANDIT_ALERT_INTERVAL_S": str(INTERVAL), "BANDIT_HISTORY_INTERVAL_S": str(INTERVAL)}
+    processes = [await asyncio.to_thread(service_process, extra_env=env) for _ in range(2)]
+    async with aiohttp.ClientSession() as http:
+        created = await http.post(f"{processes[0].url}/v1/experiments", json={
+            "id": "procs", "arms": ["a", "b"], "reward": "bernoulli"})
+        assert created.status == 201
+        events = [{"id": f"e{i}", "experiment": "procs", "arm": "a" if i % 2 else "b",
+                   "reward": int(i % 10 != 1 if i % 2 else i % 10 == 0)} for i in range(400)]
+        applied = await http.post(f"{processes[1].url}/v1/events", json={"events": events})
+        assert (await applied.json())["accepted"] == 400
+        for process in processes:
+            stats = await http.get(f"{process.url}/v1/experiments/procs/stats")
+            assert stats.status == 200
+        await eventually(lambda: len(receiver.alerts("winner")) >= 1)
+        await asyncio.sleep(5 * INTERVAL)
+    assert len(receiver.requests) == 1
+    [request] = receiver.requests
+    assert request.json["kind"] == "winner" and request.json["details"]["arm"] == "a"
+    assert webhooks.verify(SECRET, request.headers[webhooks.SIGNATURE_HEADER], request.body)
 
 
 async def test_a_receiver_that_fails_twice_gets_the_alert_once_with_retries(

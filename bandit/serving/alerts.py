@@ -38,7 +38,6 @@ from bandit.store.episodes import AlertEpisodes, Claim
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATIO, REWARDS_STALLED, WINNER = "sample_ratio", "rewards_stalled", "winner"
-KINDS = (SAMPLE_RATIO, REWARDS_STALLED, WINNER)
 #: The subject of a condition that holds and has no subject of its own (a winner's is its arm).
 HOLDS = "1"
 #: Deliveries claimed per check (and made at once).
@@ -170,12 +169,17 @@ class Alerts:
                         logger.info("alert episode %s (%s of %s) ended", observed.ended, kind,
                                     experiment_id)
                     if observed.claim is not None:
+                        if observed.claim.began:
+                            logger.info("alert episode %s (%s of %s) began",
+                                        observed.claim.episode, kind, experiment_id)
                         deliveries.append(asyncio.create_task(
                             self._deliver(session, kind, stats, observed.claim)))
                     elif subject is not None and not claiming:
                         self._keep_watching(experiment_id)
         finally:
-            await asyncio.gather(*deliveries)
+            for outcome in await asyncio.gather(*deliveries, return_exceptions=True):
+                if isinstance(outcome, Exception):
+                    logger.error("alert delivery failed", exc_info=outcome)
 
     async def _deliver(self, session: aiohttp.ClientSession, kind: str,
                        stats: dict[str, Any], claim: Claim) -> None:
