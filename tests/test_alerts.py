@@ -159,7 +159,7 @@ async def test_stalled_rewards_alert_once_per_episode_across_two_processes(
     [first] = receiver.alerts("rewards_stalled")
     assert first["experiment"] == "stall"
     assert first["details"]["stalled"] and first["details"]["decisions_since"] >= 100
-    assert "Rewards stalled in experiment *stall*" in first["text"]
+    assert first["text"].startswith("Rewards stalled in experiment *stall*")
     assert first["text"].endswith("<https://bandit.example/#/exp/stall|Dashboard>")
     assert first["dashboard"] == "https://bandit.example/#/exp/stall"
     assert first["started_at"] <= first["sent_at"] <= time.time()
@@ -199,7 +199,7 @@ async def test_a_winner_call_is_signed_and_alerted_once(services: Services,
     await asyncio.sleep(5 * INTERVAL)
     [alert] = receiver.alerts("winner")
     assert alert["details"]["arm"] == "a" and alert["details"]["p_best"] >= 0.95
-    assert alert["text"].startswith("Winner called in experiment *call*: arm *a*")
+    assert alert["text"].startswith("Winner called in experiment *call*: arm *a* (P(best) ")
     assert len(alert["episode"]) == 16
     [request] = [r for r in receiver.requests if r.json["kind"] == "winner"]
     assert request.headers["Content-Type"] == "application/json"
@@ -440,19 +440,24 @@ def test_payload_texts() -> None:
     claim = Claim("0123456789abcdef", 100.0, True, ("t",))
     ratio = alerts.payload("sample_ratio", stats(RATIO), claim, public_url=None, now=101.0)
     assert ratio == {
-        "text": "Sample ratio mismatch in experiment *x*: the 12,000 decisions served per arm "
-                "[6700, 5300] are not what the allocation promised [6000.0, 6000.0] "
-                "(chi-square 35.25, 1 dof, p = 2.9e-09).",
+        "text": "Sample ratio mismatch in experiment *x*: decisions served per arm are not what "
+                "the allocation promised (decisions 12,000, observed [6700, 5300], expected "
+                "[6000.0, 6000.0], chi-square 35.25, dof 1, p 2.9e-09).",
         "experiment": "x", "kind": "sample_ratio", "episode": "0123456789abcdef",
         "started_at": 100.0, "sent_at": 101.0, "details": RATIO, "dashboard": None}
     flow = alerts.payload("rewards_stalled", stats(rewards=FLOW), claim,
                           public_url="https://b.example", now=101.0)
-    assert flow["text"] == ("Rewards stalled in experiment *x*: no new reward for 300 s while "
-                            "1,250 decisions were served (812 observations so far).\n"
-                            "<https://b.example/#/exp/x|Dashboard>")
+    assert flow["text"] == ("Rewards stalled in experiment *x*: decisions are served, no new "
+                            "reward arrives (quiet for 300 s, decisions since 1,250, "
+                            "observations 812).\n<https://b.example/#/exp/x|Dashboard>")
     won = alerts.payload("winner", stats(winner=WINNER), claim, public_url=None, now=101.0)
-    assert won["text"] == ("Winner called in experiment *x*: arm *b*, P(best) 0.9700 >= 0.95, "
-                           "expected loss 0.0003 <= 0.008.")
+    assert won["text"] == ("Winner called in experiment *x*: arm *b* (P(best) 0.9700, threshold "
+                           "0.95, expected loss 0.0003, max loss 0.008).")
+    # The health checks' answers may change shape: an alert quotes what it finds.
+    bare = alerts.payload("sample_ratio", stats({"ok": False, "chi2": None}), claim,
+                          public_url=None, now=101.0)
+    assert bare["text"] == ("Sample ratio mismatch in experiment *x*: decisions served per arm "
+                            "are not what the allocation promised.")
 
 
 def test_signature_round_trip() -> None:

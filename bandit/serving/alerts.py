@@ -55,13 +55,14 @@ def subjects(stats: dict[str, Any]) -> dict[str, str | None]:
     """What a stats answer says of each condition: the subject of one that holds, None for
     one that does not; a condition with nothing to judge yet is left out."""
     seen: dict[str, str | None] = {}
-    sample_ratio = stats["health"]["sample_ratio"]
+    health = stats.get("health") or {}
+    sample_ratio = health.get("sample_ratio")
     if sample_ratio is not None:
         seen[SAMPLE_RATIO] = None if sample_ratio["ok"] else HOLDS
-    rewards = stats["health"]["rewards"]
+    rewards = health.get("rewards")
     if rewards is not None:
         seen[REWARDS_STALLED] = HOLDS if rewards["stalled"] else None
-    winner = stats["winner"]
+    winner = stats.get("winner")
     seen[WINNER] = None if winner is None else str(winner["arm"])
     return seen
 
@@ -82,20 +83,36 @@ def payload(kind: str, stats: dict[str, Any], claim: Claim, *, public_url: str |
             "dashboard": dashboard}
 
 
+#: Per kind: the headline, and the figures of ``details`` quoted after it (label, field,
+#: format). Only the fields present are quoted: the health checks' answers may grow or change,
+#: and an alert must never fail for a missing number.
+_TEXTS: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
+    SAMPLE_RATIO: ("Sample ratio mismatch in experiment *{experiment}*: decisions served per "
+                   "arm are not what the allocation promised",
+                   [("decisions", "decisions", "{:,}"), ("observed", "observed", "{}"),
+                    ("expected", "expected", "{}"), ("chi-square", "chi2", "{:.4g}"),
+                    ("dof", "dof", "{}"), ("p", "p_value", "{:.3g}")]),
+    REWARDS_STALLED: ("Rewards stalled in experiment *{experiment}*: decisions are served, no "
+                      "new reward arrives",
+                      [("quiet for", "quiet_for_s", "{:,.0f} s"),
+                       ("decisions since", "decisions_since", "{:,}"),
+                       ("observations", "observations", "{:,.0f}")]),
+    WINNER: ("Winner called in experiment *{experiment}*: arm *{arm}*",
+             [("P(best)", "p_best", "{:.4f}"), ("threshold", "threshold", "{:g}"),
+              ("expected loss", "expected_loss", "{:.3g}"), ("max loss", "max_loss", "{:.3g}")]),
+}
+
+
 def _text(kind: str, experiment: str, details: dict[str, Any]) -> str:
-    if kind == SAMPLE_RATIO:
-        return (f"Sample ratio mismatch in experiment *{experiment}*: the "
-                f"{details['decisions']:,} decisions served per arm {details['observed']} are "
-                f"not what the allocation promised {details['expected']} "
-                f"(chi-square {details['chi2']:.4g}, {details['dof']} dof, "
-                f"p = {details['p_value']:.3g}).")
-    if kind == REWARDS_STALLED:
-        return (f"Rewards stalled in experiment *{experiment}*: no new reward for "
-                f"{details['quiet_for_s']:,.0f} s while {details['decisions_since']:,} decisions "
-                f"were served ({details['observations']:,.0f} observations so far).")
-    return (f"Winner called in experiment *{experiment}*: arm *{details['arm']}*, P(best) "
-            f"{details['p_best']:.4f} >= {details['threshold']:g}, expected loss "
-            f"{details['expected_loss']:.3g} <= {details['max_loss']:.3g}.")
+    headline, quoted = _TEXTS[kind]
+    figures = []
+    for label, field, form in quoted:
+        try:
+            figures.append(f"{label} {form.format(details[field])}")
+        except (KeyError, TypeError, ValueError):
+            continue
+    text = headline.format(experiment=experiment, arm=details.get("arm"))
+    return f"{text} ({', '.join(figures)})." if figures else f"{text}."
 
 
 class Alerts:
