@@ -289,7 +289,7 @@ async def test_a_failing_sample_ratio_is_alerted(services: Services, receiver: R
     await serve([client], "ratio", 2 * INTERVAL)
     await eventually(lambda: len(receiver.alerts("sample_ratio")) >= 1)
     [alert] = receiver.alerts("sample_ratio")
-    assert alert["details"]["ok"] is False and alert["details"]["p_value"] < 0.001
+    assert alert["details"]["ok"] is False  # (only `ok`: how the test is made may change)
     assert alert["text"].startswith("Sample ratio mismatch in experiment *ratio*")
 
 
