@@ -84,6 +84,22 @@ class Settings:
     #: Open connections per process; more are answered 503 and closed. None: the file-
     #: descriptor limit less a reserve for Redis connections and files.
     max_connections: int | None = None
+    #: Comma-separated webhook URLs (``http(s)://``) that alerts are posted to (Slack-compatible
+    #: JSON, ``bandit.serving.alerts``); none: no alerts.
+    alert_webhook_urls: str | None = None
+    #: Secret the ``X-Bandit-Signature`` header of every alert is an HMAC-SHA256 with; none:
+    #: alerts are sent unsigned.
+    alert_secret: str | None = None
+    #: How often each process checks the experiments it serves for alert conditions.
+    alert_interval_s: float = 60.0
+    #: Attempts per alert and check (the first included), ``alert_backoff_s`` apart, doubling.
+    alert_attempts: int = 4
+    alert_backoff_s: float = 1.0
+    #: How long one delivery attempt may take.
+    alert_timeout_s: float = 5.0
+    #: The service's address as people reach it (``https://bandit.example``): alerts link to
+    #: the experiment's page of the dashboard there.
+    public_url: str | None = None
 
     def __post_init__(self) -> None:
         _check(self.port, "port", 0 <= self.port <= 65535)
@@ -125,11 +141,26 @@ class Settings:
                 _check(item, name, " " not in item and "/" not in item.removeprefix("http://")
                        .removeprefix("https://").rstrip("/") and (
                            name == "allowed_hosts" or item.startswith(("http://", "https://"))))
+        self._check_alerts()
         if self.redis_url is not None:
             try:
                 redisurl.parse(self.redis_url)
             except redisurl.RedisUrlError as error:
                 raise SettingsError(f"redis_url: {error}") from None
+
+    def _check_alerts(self) -> None:
+        for url in _items(self.alert_webhook_urls):
+            _check(redacted_webhook(url), "alert_webhook_urls", _is_http_url(url))
+        if self.public_url is not None:
+            _check(self.public_url, "public_url", _is_http_url(self.public_url))
+        _check(self.alert_secret, "alert_secret", self.alert_secret is None
+               or bool(self.alert_secret.strip()))
+        _check(self.alert_interval_s, "alert_interval_s", _positive(self.alert_interval_s))
+        _check(self.alert_attempts, "alert_attempts", 1 <= self.alert_attempts <= 10)
+        _check(self.alert_backoff_s, "alert_backoff_s",
+               _positive(self.alert_backoff_s) and self.alert_backoff_s <= 60)
+        _check(self.alert_timeout_s, "alert_timeout_s",
+               _positive(self.alert_timeout_s) and self.alert_timeout_s <= 60)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
@@ -153,10 +184,29 @@ class Settings:
     def allowed_host_list(self) -> list[str]:
         return _items(self.allowed_hosts)
 
+    @property
+    def alert_webhook_list(self) -> list[str]:
+        return _items(self.alert_webhook_urls)
+
 
 def _items(text: str | None) -> list[str]:
     """The items of a comma-separated setting."""
     return [item.strip() for item in (text or "").split(",") if item.strip()]
+
+
+def _is_http_url(url: str) -> bool:
+    scheme, _, rest = url.partition("://")
+    return scheme in ("http", "https") and bool(rest) and not rest.startswith("/") and not any(
+        c.isspace() for c in url)
+
+
+def redacted_webhook(url: str) -> str:
+    """Scheme and host only: a webhook's path is often its secret (Slack's are)."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        scheme, rest = "", url
+    host = rest.split("/", 1)[0].split("?", 1)[0].rpartition("@")[2]
+    return f"{scheme}{separator}{host}/..."
 
 
 def _positive(value: float) -> bool:

@@ -2,8 +2,9 @@
 translation and request metrics around every handler.
 
 ``create_app(settings)`` builds an app for the given settings; the Redis client, the cache
-refresher, the change feed, the served-count flusher, the history sampler and the keys
-reloader are owned by ``cleanup_ctx``: created on start, cancelled and awaited on shutdown.
+refresher, the change feed, the served-count flusher, the history sampler, the alert check
+(when webhooks are set) and the keys reloader are owned by ``cleanup_ctx``: created on start,
+cancelled and awaited on shutdown.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from bandit.api.metrics import Metrics
 from bandit.api.origins import OriginPolicy
 from bandit.api.routes import ANY_KEY, PUBLIC, ROUTES, Handler
 from bandit.errors import BanditError, Unauthorized
+from bandit.serving.alerts import Alerts
 from bandit.serving.history import HistorySampler
 from bandit.serving.service import BanditService
 from bandit.settings import Settings
@@ -145,6 +147,9 @@ def _lifecycle(settings: Settings,
                  asyncio.create_task(service.decisions.run_served_flusher(), name="served-flush"),
                  asyncio.create_task(sampler.run(), name="history-sampler"),
                  asyncio.create_task(_reload_keys(app[KEYS]), name="keys-reload")]
+        if settings.alert_webhook_list:
+            alerts = Alerts(service, settings, app[METRICS].count_alert)
+            tasks.append(asyncio.create_task(alerts.run(), name="alerts"))
         yield
         for task in tasks:
             task.cancel()

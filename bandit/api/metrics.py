@@ -41,6 +41,10 @@ class Metrics:
         self.cache_age = cache_age
         self.events = Counter("bandit_events_total", "Reward events by outcome",
                               ["outcome"], registry=self.registry)
+        self.alerts = Counter("bandit_alerts_total",
+                              "Alert deliveries to one webhook by kind and outcome (delivered, "
+                              "or failed after every attempt of one check)",
+                              ["kind", "outcome"], registry=self.registry)
         self.registry.register(self)
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
@@ -53,6 +57,9 @@ class Metrics:
         self._decisions[experiment] += decisions
         if stale:
             self._stale += decisions
+
+    def count_alert(self, kind: str, outcome: str) -> None:
+        self.alerts.labels(kind=kind, outcome=outcome).inc()
 
     def collect(self) -> Iterator[Metric]:
         """Called by the registry at scrape time."""

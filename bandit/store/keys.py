@@ -41,6 +41,10 @@ key                       type    contents
                                   by the first process (``RedisStore.agree_dedup_window``)
 ``P:signing-key``         string  the secret that signs decision ids (``bandit.tokens``),
                                   created once by the first process that needs it
+``P:{E}:alert:<kind>``    hash    the alert episode under way of one kind (``episode``,
+                                  ``subject``, ``since``, ``lease``, ``d:<target>`` per
+                                  webhook delivered to); deleted when the episode ends
+                                  (``bandit.store.episodes``)
 ========================  ======  ==========================================================
 """
 
@@ -121,3 +125,8 @@ def signing_key(prefix: str) -> str:
 def dedup_window(prefix: str) -> str:
     """The dedup window every process of the deployment uses."""
     return f"{prefix}:dedup-window"
+
+
+def alert_episode(keys: Keys, kind: str) -> str:
+    """The alert episode of one kind of an experiment (``bandit.store.episodes``)."""
+    return f"{keys.prefix_with_tag}alert:{kind}"
