@@ -143,3 +143,12 @@ async def test_the_list_summarises_each_experiment_as_its_stats_do(client: Clien
 
     error = await get(client, "/v1/experiments?summary=yes", 422)
     assert "summary" in error["error"]["message"]
+
+
+async def test_no_leader_before_the_first_observation(client: Client) -> None:
+    response = await client.post("/v1/experiments", json={
+        "id": "fresh", "arms": ["control", "b"], "reward": "bernoulli"})
+    assert response.status == 201
+    [entry] = (await get(client, "/v1/experiments?summary=true"))["experiments"]
+    assert entry["summary"]["leader"] is None and entry["summary"]["lift"] is None
+    assert entry["summary"]["winner"] is None

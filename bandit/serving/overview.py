@@ -102,8 +102,9 @@ def list_summary(snapshot: Snapshot, summary: PosteriorSummary,
                  lifts: Sequence[dict[str, Any] | None],
                  traffic: dict[str, Any] | None) -> dict[str, Any]:
     """An experiment at a glance: its leader and winner, the leader's lift (of ``lifts``, every
-    arm's), health flags and traffic."""
-    leader = leader_of(summary)
+    arm's), health flags and traffic. No leader (nor lift) before the first observation: the
+    priors alone would name one at random."""
+    leader = leader_of(summary) if snapshot.counts.sum() > 0 else None
     ratio, rewards = health["sample_ratio"], health["rewards"]
     return {
         "leader": None if leader is None else {
