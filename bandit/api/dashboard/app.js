@@ -461,11 +461,11 @@ function experimentView(id) {
     const control = stats.control;
     liftCanvas.dataset.control = control ? control.arm : "";
     fill(liftNote, control
-      ? `Each arm's mean against the control, ${control.arm} (${control.chosen_by === "setting"
-        ? "the control setting's arm" : "the arm named control"}), with its 95% interval ` +
-        "from posterior draws."
-      : "No control arm: each arm against the best other active arm (the leader against " +
-        "the runner-up), with its 95% interval from posterior draws.");
+      ? `Reference: ${control.arm} (${control.chosen_by === "setting"
+        ? "the control setting's arm" : "named control"}). Each arm's lift of the mean against ` +
+        "it, with its 95% interval from posterior draws."
+      : "Reference: no control arm, so each arm is compared with the best other active arm " +
+        "(the leader with the runner-up). 95% intervals from posterior draws.");
   }
 
   function hoverAllocation(event) {
