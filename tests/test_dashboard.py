@@ -742,3 +742,36 @@ def test_the_dashboard_fits_a_420_px_screen(dashboard: Session) -> None:
     page.set_viewport_size({"width": 1280, "height": 800})
     expect(page.get_by_test_id("allocation-plot")).not_to_have_js_property("width", narrow)
     assert not dashboard.outside
+
+
+def test_owner_tags_and_hypothesis_are_shown_when_the_service_has_them(
+    dashboard: Session,
+) -> None:
+    """Metadata comes with another change: the answers are given it here, on their way."""
+    service = dashboard.service
+    create(service, "tagged", {"control": (5, 50), "b": (8, 50)})
+    create(service, "plain", {"control": (5, 50), "b": (8, 50)})
+    metadata = {"owner": "growth-team", "tags": ["checkout", "q4"],
+                "hypothesis": "a bolder button lifts conversion"}
+
+    def with_metadata(route: Route) -> None:
+        answer = route.fetch()
+        body = answer.json()
+        for entry in body.get("experiments", [body]):
+            if entry.get("id") == "tagged":
+                entry.update(metadata)
+        route.fulfill(response=answer, json=body)
+
+    page = dashboard.page
+    page.route(re.compile(r".*/v1/experiments(\?.*|/tagged)$"), with_metadata)
+    dashboard.open()
+    row = page.locator("[data-testid=experiment-list] tr[data-id=tagged]")
+    expect(row.locator("[data-col=owner]")).to_have_text("growth-team")
+    expect(row.locator("[data-tag]")).to_have_text(["checkout", "q4"])
+    expect(page.locator("tr[data-id=plain] [data-col=owner]")).to_have_count(0)
+    page.get_by_test_id("list-filter").fill("q4")  # the filter matches tags and owners
+    expect(page.locator("[data-testid=experiment-list] tr[data-id]")).to_have_count(1)
+    row.get_by_role("link", name="tagged").click()
+    expect(page.get_by_test_id("experiment-owner")).to_have_text("growth-team")
+    expect(page.get_by_test_id("experiment-hypothesis")).to_have_text(metadata["hypothesis"])
+    assert not dashboard.outside

@@ -13,6 +13,7 @@ import { loadRules } from "./validate.js";
 
 const REFRESH_MS = 5000;
 const MAX_SAMPLES = 20000;
+const MAX_LIFT_ROWS = 30;
 
 const state = {
   view: null, // the current view: {kind, id?, refresh(), destroy?(), resize?()}
@@ -245,7 +246,13 @@ function experimentView(id) {
     fill(meta, h("span", { class: `badge ${config.status}`, "data-testid": "experiment-status" },
       config.status),
     ` ${config.reward} · ${config.arms.length} arms · version ${config.version}`,
-    ` · prior ${formatSetting(config.prior)}`);
+    ` · prior ${formatSetting(config.prior)}`,
+    // Metadata, when the service has it.
+    config.owner ? [" · owner ", h("span", { "data-testid": "experiment-owner" }, config.owner)]
+      : null,
+    (config.tags || []).map((tag) => [" ", h("span", { class: "tag", "data-tag": tag }, tag)]),
+    config.hypothesis ? h("div", { class: "hypothesis", "data-testid": "experiment-hypothesis" },
+      config.hypothesis) : null);
     fill(legend, config.arms.map((arm) => h("span", { "data-arm": arm.id,
       class: arm.state === "paused" ? "paused" : "" },
     h("i", { class: "swatch", style: `background:${colour(arm.id)}`,
@@ -450,7 +457,14 @@ function experimentView(id) {
     const { stats } = data;
     if (!stats) return;
     const relative = stats.arms.every((arm) => !arm.lift || arm.lift.kind === "relative");
-    const rows = stats.arms.map((arm) => ({
+    // A row per arm, up to MAX_LIFT_ROWS: then the control and the arms with the best means.
+    let shown = stats.arms;
+    if (shown.length > MAX_LIFT_ROWS) {
+      const best = [...shown].sort((a, b) => (b.mean ?? -Infinity) - (a.mean ?? -Infinity))
+        .slice(0, MAX_LIFT_ROWS - (stats.control ? 1 : 0)).map((arm) => arm.arm);
+      shown = shown.filter((arm) => best.includes(arm.arm) || arm.arm === stats.control?.arm);
+    }
+    const rows = shown.map((arm) => ({
       label: arm.arm, colour: colour(arm.arm),
       mean: arm.lift?.mean, low: arm.lift?.ci95[0], high: arm.lift?.ci95[1],
       note: stats.control?.arm === arm.arm ? "control" : "no lift",
@@ -460,7 +474,8 @@ function experimentView(id) {
       label: relative ? "relative lift of the mean" : "difference of the means" });
     const control = stats.control;
     liftCanvas.dataset.control = control ? control.arm : "";
-    fill(liftNote, control
+    fill(liftNote, shown.length < stats.arms.length
+      ? `${shown.length} of ${stats.arms.length} arms (the best means). ` : "", control
       ? `Reference: ${control.arm} (${control.chosen_by === "setting"
         ? "the control setting's arm" : "named control"}). Each arm's lift of the mean against ` +
         "it, with its 95% interval from posterior draws."
