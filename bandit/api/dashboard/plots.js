@@ -23,19 +23,10 @@ const PALETTE = [
   ["#9c755f", "brown"],
 ];
 
-/** The colour an arm's name asks for ("blue", "big-red-button"), or null. */
-export function namedColour(arm) {
-  for (const word of [arm, ...arm.split(/[-_.]/)]) {
-    if (Object.hasOwn(NAMED_COLOURS, word)) return NAMED_COLOURS[word][0];
-  }
-  return null;
-}
-
-function namedFamily(arm) {
-  for (const word of [arm, ...arm.split(/[-_.]/)]) {
-    if (Object.hasOwn(NAMED_COLOURS, word)) return NAMED_COLOURS[word][1];
-  }
-  return null;
+/** [colour, hue family] that an arm's name asks for ("blue", "big-red-button"), or null. */
+function namedColour(arm) {
+  const word = [arm, ...arm.split(/[-_.]/)].find((w) => Object.hasOwn(NAMED_COLOURS, w));
+  return word === undefined ? null : NAMED_COLOURS[word];
 }
 
 /**
@@ -43,13 +34,13 @@ function namedFamily(arm) {
  * colour-named arms get their colour, the others the palette minus the named arms' families.
  */
 export function armColours(arms) {
-  const families = new Set(arms.map(namedFamily).filter(Boolean));
+  const families = new Set(arms.map(namedColour).filter(Boolean).map(([, family]) => family));
   const free = PALETTE.filter(([, family]) => !families.has(family)).map(([colour]) => colour);
   const colours = new Map();
   let next = 0;
   for (const arm of arms) {
     if (colours.has(arm)) continue;
-    const named = namedColour(arm);
+    const named = namedColour(arm)?.[0];
     colours.set(arm, named || (next < free.length ? free[next]
       : hslToHex(Math.round((next * 137.508) % 360), 0.55, 0.45))); // golden angle
     if (!named) next += 1;
