@@ -586,3 +586,192 @@ def test_api_keys_decide_what_the_page_may_do(
         assert not session.outside
     finally:
         session.close()
+
+
+def lift_text(value: float) -> str:
+    """A relative lift as the dashboard writes it: +12.3%, \N{MINUS SIGN}4.0%, +250%."""
+    percent = 100 * value
+    sign = "+" if percent > 0 else "\N{MINUS SIGN}" if percent < 0 else ""
+    return f"{sign}{abs(percent):.{0 if abs(percent) >= 100 else 1}f}%"
+
+
+def serve_until_stalled(service: ServiceProcess, experiment_id: str) -> dict[str, Any]:
+    """Serve decisions without rewards over several history intervals, until the stats call the
+    reward flow stalled (at least 100 decisions and 5 intervals without a new observation)."""
+    deadline = time.monotonic() + 20
+    while True:
+        api(service, "POST", f"/v1/experiments/{experiment_id}/allocate", {"n": 20})
+        stats = api(service, "GET", f"/v1/experiments/{experiment_id}/stats")[1]
+        rewards = stats["health"]["rewards"]
+        if rewards is not None and rewards["stalled"]:
+            return dict(stats)
+        assert time.monotonic() < deadline, f"the reward flow never stalled: {rewards}"
+        time.sleep(0.1)
+
+
+def test_the_list_shows_each_experiment_at_a_glance_and_flags_problems(
+    dashboard: Session,
+) -> None:
+    service = dashboard.service
+    create(service, "quiet", {"control": (20, 200), "blue": (40, 200)})
+    create(service, "steady", {"control": (20, 200), "green": (22, 200), "large": (18, 200)})
+    wait_for_history(service, "steady", 3)
+    stalled = serve_until_stalled(service, "quiet")
+
+    page = dashboard.open()
+    listing = page.locator("[data-testid=experiment-list]")
+    quiet = listing.locator("tr[data-id=quiet]")
+    expect(quiet).to_have_class(re.compile(r"\bproblem\b"))
+    expect(quiet.locator("[data-flag=rewards]")).to_have_attribute("data-state", "bad")
+    expect(quiet.locator("[data-flag=rewards]")).to_have_text("rewards stalled")
+    attention = page.get_by_test_id("attention")
+    expect(attention).to_contain_text("1 experiment needs attention")
+    expect(attention.locator("a[data-id=quiet]")).to_have_text("quiet")
+    steady = listing.locator("tr[data-id=steady]")
+    expect(steady.locator("[data-flag=health]")).to_have_attribute("data-state", "ok")
+    expect(steady).not_to_have_class(re.compile(r"\bproblem\b"))
+
+    page.get_by_test_id("refresh-now").click()  # the stats above and the list, side by side
+    summaries = {entry["id"]: entry["summary"] for entry in api(
+        service, "GET", "/v1/experiments?summary=true")[1]["experiments"]}
+    assert summaries["quiet"]["health"]["rewards_stalled"] is True
+    assert summaries["quiet"]["leader"]["arm"] == "blue"
+    assert summaries["quiet"]["lift"] == next(
+        arm["lift"] for arm in stalled["arms"] if arm["arm"] == "blue")
+    for experiment_id, summary in summaries.items():
+        row = listing.locator(f"tr[data-id={experiment_id}]")
+        leader = summary["leader"]
+        expect(row.locator("[data-col=leader]")).to_contain_text(leader["arm"])
+        lift = summary["lift"]
+        expect(row.locator("[data-col=lift] strong")).to_have_text(lift_text(lift["mean"]))
+        expect(row.locator("[data-col=lift]")).to_contain_text(
+            f"[{lift_text(lift['ci95'][0])}, {lift_text(lift['ci95'][1])}] vs control")
+        expect(row.locator("[data-col=winner]")).to_have_text(summary["winner"] or "none")
+        assert number_in(row.locator("[data-col=traffic]").inner_text()) == pytest.approx(
+            summary["traffic_last_hour"]["decisions"], abs=100)  # still being served
+    assert summaries["quiet"]["traffic_last_hour"]["decisions"] >= 100
+    assert dashboard.api_calls("GET", "/v1/experiments?limit=1000&summary=true")
+    assert not dashboard.outside
+
+
+def test_lifts_colour_named_arms_and_setting_changes_on_the_experiment_view(
+    dashboard: Session,
+) -> None:
+    service = dashboard.service
+    # Shares apart (blue and green lead; red and the control on the floor, red drawn last),
+    # so that no arm's line hides another's.
+    rewards = {"control": (10, 200), "blue": (40, 200), "green": (36, 200), "red": (20, 200)}
+    create(service, "palette", rewards, exploration={"min_share": 0.1})
+    wait_for_history(service, "palette", 3)
+    status, _ = api(service, "PATCH", "/v1/experiments/palette", {
+        "version": 1, "exploration": {"epsilon": 0.1}, "reason": "wider net"})
+    assert status == 200
+    wait_for_history(service, "palette", 8)
+
+    page = dashboard.open("#/exp/palette")
+    expect(page.get_by_test_id("reward-caption")).to_contain_text("samples")
+    colours = arm_colours(page)
+    # Named after a colour, drawn in it; the control takes a palette colour of another hue.
+    assert {arm: colours[arm] for arm in ("blue", "green", "red")} == {
+        "blue": "#2563eb", "green": "#16a34a", "red": "#dc2626"}
+    assert colours["control"] == "#f28e2b"
+
+    stats = api(service, "GET", "/v1/experiments/palette/stats")[1]
+    assert stats["control"] == {"arm": "control", "chosen_by": "name"}
+    lift_plot = page.get_by_test_id("lift-plot")
+    expect(lift_plot).to_have_attribute("data-control", "control")
+    for arm in stats["arms"]:
+        cell = page.locator(f"[data-testid=stats-table] tr[data-arm='{arm['arm']}'] "
+                            "[data-col=lift]")
+        if arm["lift"] is None:
+            expect(cell).to_have_text("control")
+            continue
+        lift = arm["lift"]
+        expect(cell.locator("strong")).to_have_text(lift_text(lift["mean"]))
+        expect(cell).to_contain_text(f"[{lift_text(lift['ci95'][0])}, "
+                                     f"{lift_text(lift['ci95'][1])}]")
+    png = lift_plot.screenshot()
+    for arm in ("blue", "green", "red"):  # each interval drawn as a bar in its arm's colour
+        assert pixels_of_colour(png, colours[arm]) >= 60, f"{arm}'s interval is not drawn"
+
+    for plot in ("allocation-plot", "reward-plot"):
+        canvas = page.get_by_test_id(plot)
+        png = canvas.screenshot()
+        for arm in ("blue", "green", "red"):
+            assert pixels_of_colour(png, colours[arm]) >= 60, f"{arm}'s line is not on {plot}"
+        # The setting change (version 2, from the audit log) is a dashed line at its time.
+        markers = json.loads(canvas.get_attribute("data-markers") or "[]")
+        assert [marker["version"] for marker in markers] == [2]
+        _, height, rows = decode_png(png)
+        column = markers[0]["x"]
+        marker = bytes.fromhex("6b7280")
+        dashes = sum(1 for row in rows[:height - 40] for x in (column - 1, column, column + 1)
+                     if all(abs(row[3 * x + i] - marker[i]) <= 24 for i in range(3)))
+        assert dashes >= 40, f"no change marker on {plot}"
+    assert not dashboard.outside
+
+
+def test_the_dashboard_fits_a_420_px_screen(dashboard: Session) -> None:
+    service = dashboard.service
+    create(service, "narrow-screen-with-a-long-experiment-id",
+           {"control": (20, 200), "blue": (40, 200), "green-with-a-long-name": (30, 200)})
+    wait_for_history(service, "narrow-screen-with-a-long-experiment-id", 3)
+    page = dashboard.page
+    page.set_viewport_size({"width": 420, "height": 800})
+
+    def fits() -> None:
+        assert page.evaluate("document.documentElement.scrollWidth") <= 420
+
+    dashboard.open()
+    expect(page.locator("[data-testid=experiment-list] [data-col=leader]")).to_contain_text(
+        "blue")
+    fits()
+    page.locator("[data-testid=experiment-list] a").first.click()
+    expect(page.get_by_test_id("reward-caption")).to_contain_text("samples")
+    expect(page.locator("[data-testid=stats-table] tbody tr")).to_have_count(3)
+    fits()
+    for plot in ("allocation-plot", "reward-plot", "lift-plot", "posterior-plot"):
+        box = page.get_by_test_id(plot).bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 420, plot
+    # Wide tables scroll inside their box, not the page.
+    table = page.get_by_test_id("stats-table")
+    scroller = table.locator("xpath=..")
+    assert scroller.evaluate("e => getComputedStyle(e).overflowX") == "auto"
+    # Plots follow the window: back to a wide screen, the canvas is redrawn wider.
+    narrow = page.get_by_test_id("allocation-plot").evaluate("c => c.width")
+    page.set_viewport_size({"width": 1280, "height": 800})
+    expect(page.get_by_test_id("allocation-plot")).not_to_have_js_property("width", narrow)
+    assert not dashboard.outside
+
+
+def test_owner_tags_and_hypothesis_are_shown_when_the_service_has_them(
+    dashboard: Session,
+) -> None:
+    """Metadata comes with another change: the answers are given it here, on their way."""
+    service = dashboard.service
+    create(service, "tagged", {"control": (5, 50), "b": (8, 50)})
+    create(service, "plain", {"control": (5, 50), "b": (8, 50)})
+    metadata = {"owner": "growth-team", "tags": ["checkout", "q4"],
+                "hypothesis": "a bolder button lifts conversion"}
+
+    def with_metadata(route: Route) -> None:
+        answer = route.fetch()
+        body = answer.json()
+        for entry in body.get("experiments", [body]):
+            if entry.get("id") == "tagged":
+                entry.update(metadata)
+        route.fulfill(response=answer, json=body)
+
+    page = dashboard.page
+    page.route(re.compile(r".*/v1/experiments(\?.*|/tagged)$"), with_metadata)
+    dashboard.open()
+    row = page.locator("[data-testid=experiment-list] tr[data-id=tagged]")
+    expect(row.locator("[data-col=owner]")).to_have_text("growth-team")
+    expect(row.locator("[data-tag]")).to_have_text(["checkout", "q4"])
+    expect(page.locator("tr[data-id=plain] [data-col=owner]")).to_have_count(0)
+    page.get_by_test_id("list-filter").fill("q4")  # the filter matches tags and owners
+    expect(page.locator("[data-testid=experiment-list] tr[data-id]")).to_have_count(1)
+    row.get_by_role("link", name="tagged").click()
+    expect(page.get_by_test_id("experiment-owner")).to_have_text("growth-team")
+    expect(page.get_by_test_id("experiment-hypothesis")).to_have_text(metadata["hypothesis"])
+    assert not dashboard.outside

@@ -3,7 +3,9 @@ page, top to bottom, against a fresh service, each answer checked against what t
 
 Each page's shell blocks that talk to the service (those naming ``localhost:8080``) are joined
 into one bash script, in page order, so variables one example sets (``ANSWER=$(curl ...)``)
-are there for the next, as in a reader's terminal. The only edit is the port. ``curl`` is
+are there for the next, as in a reader's terminal. The only edits are the port, and a pause
+between blocks, as a reader takes: the history example needs samples, which the service takes
+twice per history interval (0.5 s here) once it has served or learnt something. ``curl`` is
 wrapped by a shell function that records the status and body of every call, in order; then,
 call by call:
 
@@ -36,6 +38,8 @@ PAGES = [ROOT / "README.md", ROOT / "docs" / "api.md"]
 DOCUMENTED_HOST = "localhost:8080"
 #: A ``curl`` command at the start of a line, after a pipe, or in ``$(...)``.
 CURL = re.compile(r"(?:^|[|(]\s*)curl\s")
+#: Seconds between blocks: two history intervals of the service under test.
+READER_PAUSE_S = 1.0
 FIELD = re.compile(r'"([A-Za-z_][A-Za-z0-9_]*)"\s*:')
 
 #: The wrapper: each call's status and body land in $LOG, named by the time of the call.
@@ -91,7 +95,8 @@ def examples(path: Path) -> Example:
 
 
 def run(example: Example, port: int, log: Path) -> subprocess.CompletedProcess[str]:
-    script = PRELUDE + "\n".join(example.script).replace(DOCUMENTED_HOST, f"localhost:{port}")
+    pause = f"\nsleep {READER_PAUSE_S}\n"
+    script = PRELUDE + pause.join(example.script).replace(DOCUMENTED_HOST, f"localhost:{port}")
     return subprocess.run(["bash", "-c", script], env={"LOG": str(log), "PATH": _path()},
                           capture_output=True, text=True, timeout=300, check=False)
 
@@ -148,7 +153,8 @@ def test_the_examples_run_top_to_bottom(path: Path, tmp_path: Path,
     example = examples(path)
     assert example.calls, f"{example.page} has no curl example against {DOCUMENTED_HOST}"
     # History samples every half second, so the history example has some to show.
-    service = service_process(extra_env={"BANDIT_HISTORY_INTERVAL_S": "0.5"})
+    service = service_process(extra_env={"BANDIT_HISTORY_INTERVAL_S": "0.5",
+                                         "BANDIT_SERVED_FLUSH_INTERVAL_S": "0.1"})
     result = run(example, service.port, tmp_path)
     answers = recorded(tmp_path)
     assert len(answers) == len(example.calls), (

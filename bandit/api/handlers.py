@@ -37,7 +37,7 @@ async def create_experiment(request: web.Request) -> web.Response:
 
 async def list_experiments(request: web.Request) -> web.Response:
     return json_response(await request.app[SERVICE].list_experiments(
-        request.query.get("after"), request.query.get("limit")))
+        request.query.get("after"), request.query.get("limit"), request.query.get("summary")))
 
 
 async def show_experiment(request: web.Request) -> web.Response:

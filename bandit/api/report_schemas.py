@@ -11,6 +11,7 @@ from bandit.api.schemas import (
     EXPLORATION_CHANGE,
     ID,
     INTERVAL,
+    LIFT,
     NULLABLE_NUMBER,
     NUMBER,
     REWARD,
@@ -24,10 +25,11 @@ from bandit.serving import advisor
 from bandit.serving.history import MAX_LIMIT as MAX_HISTORY_SAMPLES
 
 _STATS: Schema = closed_object(
-    ["experiment", "version", "reward", "arms", "winner", "call_rule", "health"], {
+    ["experiment", "version", "reward", "arms", "control", "winner", "call_rule", "health"], {
         "experiment": ID, "version": VERSION, "reward": REWARD,
         "arms": {"type": "array", "items": closed_object(
-            ["arm", "state", "n", "served", "mean", "ci95", "p_best", "expected_loss", "share"],
+            ["arm", "state", "n", "served", "mean", "ci95", "p_best", "expected_loss", "share",
+             "lift"],
             {"arm": ID, "state": ARM_STATE,
              "n": {"type": "number", "minimum": 0,
                    "description": "observations (fractional with forgetting)"},
@@ -36,7 +38,15 @@ _STATS: Schema = closed_object(
              "ci95": {"type": "array", "items": NULLABLE_NUMBER, "minItems": 2, "maxItems": 2},
              "p_best": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
              "expected_loss": NULLABLE_NUMBER,
-             "share": {**SHARE, "description": "current allocation probability"}})},
+             "share": {**SHARE, "description": "current allocation probability"},
+             "lift": LIFT})},
+        "control": nullable(closed_object(["arm", "chosen_by"], {
+            "arm": ID,
+            "chosen_by": {"enum": ["setting", "name"],
+                          "description": "the `control` exploration setting's arm, else an "
+                                         "arm named `control`"}},
+            description="the arm every lift is against; null: each arm's lift is against the "
+                        "best other active arm")),
         "winner": nullable(closed_object(
             ["arm", "p_best", "expected_loss", "threshold", "max_loss"], {
                 "arm": ID, "p_best": SHARE, "expected_loss": NUMBER, "threshold": SHARE,

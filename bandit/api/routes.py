@@ -91,7 +91,11 @@ ROUTES: tuple[Route, ...] = (
           {**ok(ref("ExperimentList")), **errors_for(422)},
           query=(_query("after", ID, "the `next` of the page before"),
                  _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIST_PAGE},
-                        f"experiments per page (default {DEFAULT_LIST_PAGE})"))),
+                        f"experiments per page (default {DEFAULT_LIST_PAGE})"),
+                 _query("summary", {"type": "boolean"},
+                        "true: each experiment at a glance (`summary`: leader, winner, the "
+                        "leader's lift, health flags, decisions in the last hour), computed "
+                        "as the stats are"))),
     Route("GET", "/v1/experiments/{id}", handlers.show_experiment, "read",
           "Show an experiment", {**ok(ref("Experiment")), **errors_for(404, 422)}),
     Route("PATCH", "/v1/experiments/{id}", handlers.patch_experiment, "admin",

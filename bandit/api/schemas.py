@@ -197,6 +197,38 @@ _EXPERIMENT_PROPERTIES: dict[str, Schema] = {
 _EXPERIMENT: Schema = closed_object(list(_EXPERIMENT_PROPERTIES), _EXPERIMENT_PROPERTIES)
 _CHANGED: Schema = {"type": "boolean",
                     "description": "false when the request changed nothing (the version stays)"}
+LIFT: Schema = nullable(closed_object(["against", "kind", "mean", "ci95", "p_better"], {
+    "against": {**ID, "description": "the reference arm: the control, else the best other "
+                                     "active arm"},
+    "kind": {"enum": ["relative", "absolute"],
+             "description": "relative: mean / reference mean - 1; absolute (a reference mean "
+                            "that may be <= 0): mean - reference mean"},
+    "mean": {**NUMBER, "description": "the lift of the posterior means"},
+    "ci95": {**INTERVAL, "description": "central 95% of the lift over posterior draws"},
+    "p_better": {**SHARE, "description": "posterior probability the arm's mean is above the "
+                                         "reference's"}},
+    description="the arm's lift against its reference (null for the control itself)"))
+_LIST_SUMMARY: Schema = closed_object(
+    ["leader", "winner", "lift", "health", "traffic_last_hour"], {
+        "leader": nullable(closed_object(["arm", "p_best"], {"arm": ID, "p_best": SHARE},
+                                         description="the arm with the highest P(best); "
+                                                     "null before any observation")),
+        "winner": {**ID, "type": ["string", "null"],
+                   "description": "the winner call of the stats with their default rule"},
+        "lift": LIFT,
+        "health": closed_object(["sample_ratio_ok", "rewards_stalled"], {
+            "sample_ratio_ok": {"type": ["boolean", "null"],
+                                "description": "the stats' `health.sample_ratio.ok`"},
+            "rewards_stalled": {"type": ["boolean", "null"],
+                                "description": "the stats' `health.rewards.stalled`"}}),
+        "traffic_last_hour": nullable(closed_object(["decisions", "seconds"], {
+            "decisions": COUNT,
+            "seconds": {"type": "number", "minimum": 0,
+                        "description": "the span counted: an hour (up to a minute more), or "
+                                       "since creation"}},
+            description="decisions served in the last hour; null when the history does not "
+                        "reach back that far")),
+    }, description="with `summary=true`: the experiment at a glance")
 _PATCHED_EXPERIMENT: Schema = closed_object(
     [*_EXPERIMENT_PROPERTIES, "changes", "changed"],
     {**_EXPERIMENT_PROPERTIES, "changes": CHANGES, "changed": _CHANGED})
@@ -214,7 +246,8 @@ _EXPERIMENT_LIST: Schema = closed_object(["experiments", "next"], {
                 "version": VERSION, "status": {"enum": ["active", "archived"]},
                 "owner": _EXPERIMENT_PROPERTIES["owner"], "tags": TAG_LIST,
                 "created_at": _EXPERIMENT_PROPERTIES["created_at"],
-                "updated_at": _EXPERIMENT_PROPERTIES["updated_at"]})},
+                "updated_at": _EXPERIMENT_PROPERTIES["updated_at"],
+                "summary": _LIST_SUMMARY})},
     "next": {**ID, "type": ["string", "null"],
              "description": "ask `?after=` this id for the next page; null on the last"}})
 

@@ -33,8 +33,15 @@ from bandit.model import (
     parse_new_experiment,
 )
 from bandit.patches import diff, parse_patch
-from bandit.serving import advisor, health
-from bandit.serving.cache import READ_CHUNK, ExperimentCache, Snapshot, summary_of
+from bandit.policy import PosteriorSummary
+from bandit.serving import advisor, health, overview
+from bandit.serving.cache import (
+    READ_CHUNK,
+    ExperimentCache,
+    Snapshot,
+    summaries_of,
+    summary_of,
+)
 from bandit.serving.changes import ChangeFeed
 from bandit.serving.decisions import Decider
 from bandit.serving.history import MAX_LIMIT as MAX_HISTORY
@@ -47,6 +54,14 @@ logger = logging.getLogger(__name__)
 
 #: Experiments whose serving-health sums a process keeps (least recently asked dropped).
 MAX_HEALTH_TRACKERS = 10_000
+#: The P(best) a winner call needs unless the stats request says otherwise.
+DEFAULT_THRESHOLD = 0.95
+#: Experiments of a list page summarised at once (their history reads overlap).
+SUMMARY_CHUNK = 50
+#: The list reuses an experiment's lifts for this long while its posteriors move (the stats
+#: recompute them on every change): a page of a thousand busy experiments would otherwise cost
+#: 20 million posterior draws per refresh.
+LIST_LIFT_MAX_AGE_S = 30.0
 
 
 class BanditService:
@@ -60,6 +75,11 @@ class BanditService:
                                  secrets.randbits(63) if seed is None else seed)
         self.rewards = Rewards(store, settings, self.decisions)
         self._health: OrderedDict[str, health.HealthTracker] = OrderedDict()
+        #: Beside each health tracker, fed the same samples: decisions in the last hour.
+        self._traffic: dict[str, overview.TrafficWindow] = {}
+        #: Each experiment's arm lifts, with the snapshot they are of (recomputed when it
+        #: changes: thousands of posterior draws per arm).
+        self._lifts: OrderedDict[str, tuple[Snapshot, float, dict[str, Any]]] = OrderedDict()
         # One forecast at a time per process: it is CPU work beside the decisions.
         self._advising = asyncio.Lock()
 
@@ -89,22 +109,52 @@ class BanditService:
             raise NotFound(f"experiment {experiment_id!r} does not exist")
         return {"experiment": experiment_id, "entries": entries}
 
-    async def list_experiments(self, after: str | None = None,
-                               limit: str | None = None) -> dict[str, Any]:
-        """One page of experiments in id order, and the id to ask for the next page after."""
+    async def list_experiments(self, after: str | None = None, limit: str | None = None,
+                               summary: str | None = None) -> dict[str, Any]:
+        """One page of experiments in id order, and the id to ask for the next page after;
+        with ``summary=true`` each at a glance (``_summarise``)."""
         if after is not None:
             check_id(after, "after")
         size = int(_query_number(limit, "limit", 1, MAX_LIST_PAGE, DEFAULT_LIST_PAGE,
                                  whole=True))
+        summarise = _query_flag(summary, "summary")
         ids = await self.store.list_ids(after, size)
         states = []
         for start in range(0, len(ids), READ_CHUNK):  # a turn of the loop each
             states += await self.store.read_many(ids[start:start + READ_CHUNK])
-        return {
+        page: dict[str, Any] = {
             "experiments": [
                 _list_entry(s.experiment) for s in states if s is not None],
             "next": ids[-1] if len(ids) == size else None,
         }
+        if summarise:
+            await self._summarise(page["experiments"])
+        return page
+
+    async def _summarise(self, entries: list[dict[str, Any]]) -> None:
+        """Add each entry's ``summary``: what its stats would say, computed by the same code
+        (the winner call with the default rule, the health report), its leader's lift and the
+        decisions served in the last hour."""
+        ids = [entry["id"] for entry in entries]
+        await self.cache.load_many(ids)
+        for start in range(0, len(entries), SUMMARY_CHUNK):
+            chunk = entries[start:start + SUMMARY_CHUNK]
+            snapshots = await asyncio.gather(*(self.cache.get(e["id"]) for e in chunk))
+            summaries = await summaries_of(snapshots)
+            served = await self.store.served([e["id"] for e in chunk])
+            trackers = await asyncio.gather(*(self._health_of(s) for s in snapshots))
+            lifts = await asyncio.gather(*(
+                self._lifts_of(snapshot, summary, max_age_s=LIST_LIFT_MAX_AGE_S)
+                for snapshot, summary in zip(snapshots, summaries, strict=True)))
+            now = time.time()
+            for entry, snapshot, summary, counts, tracker, (_, arm_lifts) in zip(
+                    chunk, snapshots, summaries, served, trackers, lifts, strict=True):
+                winner = health.winner(summary, snapshot.experiment.arms, DEFAULT_THRESHOLD,
+                                       health.default_max_loss(summary))
+                traffic = self._traffic[snapshot.experiment.id].last_hour(
+                    now, snapshot.experiment.created_at, sum(counts.values()))
+                entry["summary"] = overview.list_summary(
+                    snapshot, summary, winner, self._health_report(tracker), arm_lifts, traffic)
 
     async def show(self, experiment_id: str) -> dict[str, Any]:
         return (await self._read(experiment_id)).to_json()
@@ -181,13 +231,14 @@ class BanditService:
     async def stats(self, experiment_id: str, threshold: str | None = None,
                     max_loss: str | None = None) -> dict[str, Any]:
         check_id(experiment_id, "experiment id")
-        threshold_value = _query_number(threshold, "threshold", 0.5, 1.0, 0.95)
+        threshold_value = _query_number(threshold, "threshold", 0.5, 1.0, DEFAULT_THRESHOLD)
         snapshot = await self.cache.get(experiment_id)
         summary = await summary_of(snapshot)
         max_loss_value = _query_number(max_loss, "max_loss", 0.0, math.inf,
                                        health.default_max_loss(summary))
         [served] = await self.store.served([experiment_id])
         tracker = await self._health_of(snapshot)
+        control, lifts = await self._lifts_of(snapshot, summary)
         experiment = snapshot.experiment
         arms = []
         for i, arm in enumerate(experiment.arms):
@@ -201,15 +252,40 @@ class BanditService:
                 "p_best": _finite(summary.p_best[i]),
                 "expected_loss": _finite(summary.expected_loss[i]),
                 "share": snapshot.probability_list[i],
+                "lift": lifts[i],
             })
         return {
             "experiment": experiment.id, "version": experiment.version,
-            "reward": experiment.reward, "arms": arms,
+            "reward": experiment.reward, "arms": arms, "control": control,
             "winner": health.winner(summary, experiment.arms, threshold_value, max_loss_value),
             "call_rule": {"threshold": threshold_value, "max_loss": max_loss_value},
-            "health": {"sample_ratio": tracker.sample_ratio(),
-                       "rewards": tracker.reward_flow(self.settings.history_interval_s)},
+            "health": self._health_report(tracker),
         }
+
+    def _health_report(self, tracker: health.HealthTracker) -> dict[str, Any]:
+        """The stats' ``health``; the list's flags are read from it."""
+        return {"sample_ratio": tracker.sample_ratio(),
+                "rewards": tracker.reward_flow(self.settings.history_interval_s)}
+
+    async def _lifts_of(self, snapshot: Snapshot, summary: PosteriorSummary, *,
+                        max_age_s: float = 0.0,
+                        ) -> tuple[dict[str, Any] | None, list[dict[str, Any] | None]]:
+        """The control (arm and how it was chosen) and every arm's lift: computed once per
+        snapshot, or reused for ``max_age_s`` if the experiment's arms are the same."""
+        experiment = snapshot.experiment
+        cached = self._lifts.pop(experiment.id, None)
+        now = time.monotonic()
+        if cached is None or not (cached[0] is snapshot or (
+                now - cached[1] < max_age_s and cached[0].experiment.arms == experiment.arms
+                and cached[0].experiment.exploration == experiment.exploration)):
+            control, lifts = await asyncio.to_thread(overview.arm_lifts, snapshot, summary)
+            cached = (snapshot, now, {"control": None if control is None else {
+                "arm": experiment.arms[control.index], "chosen_by": control.source},
+                "lifts": lifts})
+        self._lifts[experiment.id] = cached
+        if len(self._lifts) > MAX_HEALTH_TRACKERS:
+            self._lifts.popitem(last=False)
+        return cached[2]["control"], cached[2]["lifts"]
 
     async def _health_of(self, snapshot: Snapshot) -> health.HealthTracker:
         """The experiment's health tracker, fed the history samples it has not seen yet.
@@ -220,14 +296,18 @@ class BanditService:
         experiment_id = snapshot.experiment.id
         tracker = self._health.pop(experiment_id, None) or health.HealthTracker()
         self._health[experiment_id] = tracker
+        traffic = self._traffic.setdefault(experiment_id, overview.TrafficWindow())
         if len(self._health) > MAX_HEALTH_TRACKERS:
-            self._health.popitem(last=False)
+            dropped, _ = self._health.popitem(last=False)
+            self._traffic.pop(dropped, None)
         limit = MAX_HISTORY
         if tracker.last is not None:
             interval = self.settings.history_interval_s
             limit = min(MAX_HISTORY, 2 + math.ceil(
                 max(snapshot.server_time - tracker.last_t, 0.0) / (0.9 * interval)))
-        tracker.add(await self.store.history(experiment_id, tracker.last_t, limit) or [])
+        samples = await self.store.history(experiment_id, tracker.last_t, limit) or []
+        tracker.add(samples)
+        traffic.add(samples)
         return tracker
 
 
@@ -275,6 +355,14 @@ def _list_entry(experiment: Experiment) -> dict[str, Any]:
             "status": "archived" if experiment.archived else "active",
             "owner": experiment.owner, "tags": list(experiment.tags),
             "created_at": experiment.created_at, "updated_at": experiment.updated_at}
+
+
+def _query_flag(raw: str | None, name: str) -> bool:
+    if raw is None or raw == "false":
+        return False
+    if raw == "true":
+        return True
+    raise InvalidValue(f"{name}: expected true or false, got {raw!r}")
 
 
 def _initial_settings(experiment: Experiment) -> dict[str, dict[str, Any]]:

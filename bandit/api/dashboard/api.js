@@ -71,8 +71,9 @@ const experimentPath = (id) => `/v1/experiments/${encodeURIComponent(id)}`;
 export const api = {
   whoami: () => request("GET", "/v1/whoami"),
   openapi: () => request("GET", "/openapi.json"),
-  // The first page of experiments in id order (the list answers a page at a time).
-  list: () => request("GET", "/v1/experiments?limit=1000"),
+  // The first page of experiments in id order (the list answers a page at a time), each with
+  // its summary: leader, winner, lift, health flags, traffic.
+  list: () => request("GET", "/v1/experiments?limit=1000&summary=true"),
   show: (id) => request("GET", experimentPath(id)),
   stats: (id) => request("GET", `${experimentPath(id)}/stats`),
   history: (id, since) => request("GET",

@@ -2,15 +2,18 @@
 // refreshed every few seconds without touching what the operator is typing.
 
 import { api, apiKey, setApiKey } from "./api.js";
-import { $, fill, formatCount, formatInterval, formatNumber, formatPercent, formatSetting,
-  formatTime, h } from "./dom.js";
+import { $, chip, fill, formatCount, formatInterval, formatNumber, formatPercent,
+  formatSetting, formatTime, h, liftText } from "./dom.js";
+import { listView } from "./list.js";
 import { posteriorDensity } from "./maths.js";
-import { armColour, drawChart, formatDuration, timeTicks, withAlpha } from "./plots.js";
+import { armColours, drawChart, drawIntervals, formatDuration, timeTicks, withAlpha }
+  from "./plots.js";
 import { SettingsPanel, changeList } from "./settings.js";
 import { loadRules } from "./validate.js";
 
 const REFRESH_MS = 5000;
 const MAX_SAMPLES = 20000;
+const MAX_LIFT_ROWS = 30;
 
 const state = {
   view: null, // the current view: {kind, id?, refresh(), destroy?(), resize?()}
@@ -133,7 +136,7 @@ function route() {
     : { kind: "list" };
   if (state.view && state.view.kind === next.kind && state.view.id === next.id) return;
   state.view?.destroy?.();
-  state.view = next.kind === "list" ? listView() : experimentView(next.id);
+  state.view = next.kind === "list" ? listView({ showError }) : experimentView(next.id);
   fill($("#main"), state.view.element);
   applyReadOnly();
   refreshNow();
@@ -156,57 +159,6 @@ function tick() {
   if ($("#auto-refresh").checked && !document.hidden) refreshNow();
 }
 
-// -- the experiment list --------------------------------------------------------------------
-
-function listView() {
-  const body = h("tbody");
-  const error = h("p", { class: "banner error", hidden: true, "data-testid": "list-error" });
-  const filter = h("input", { type: "search", placeholder: "filter by id", "aria-label":
-    "filter experiments", "data-testid": "list-filter", oninput: () => render() });
-  const count = h("span", { class: "muted" });
-  let experiments = null;
-  let more = false;
-  const render = () => {
-    if (!experiments) return;
-    const wanted = filter.value.trim().toLowerCase();
-    const shown = experiments.filter((e) => e.id.includes(wanted));
-    count.textContent = more ? `the first ${experiments.length} experiments (by id)`
-      : `${experiments.length} experiment${experiments.length === 1 ? "" : "s"}`;
-    fill(body, shown.length ? shown.map((e) => h("tr", { "data-id": e.id },
-      h("td", {}, h("a", { href: `#/exp/${encodeURIComponent(e.id)}` }, e.id)),
-      h("td", {}, h("span", { class: `badge ${e.status}`, "data-col": "status" }, e.status)),
-      h("td", { "data-col": "reward" }, e.reward),
-      h("td", { class: "num", "data-col": "arms" }, e.arms),
-      h("td", { class: "num", "data-col": "version" }, e.version)))
-      : h("tr", {}, h("td", { colspan: 5, class: "muted" }, experiments.length
-        ? "No experiment matches the filter." : "No experiments yet. Create one with " +
-          "POST /v1/experiments or `bandit experiments create`.")));
-  };
-  const element = h("div", { class: "list-view" },
-    h("div", { class: "title-row" }, h("h1", {}, "Experiments"), count, filter), error,
-    h("section", { class: "card" },
-      h("table", { id: "experiment-list", class: "table", "data-testid": "experiment-list" },
-        h("thead", {}, h("tr", {}, h("th", {}, "Experiment"), h("th", {}, "Status"),
-          h("th", {}, "Reward"), h("th", { class: "num" }, "Arms"),
-          h("th", { class: "num" }, "Version"))), body)));
-  return {
-    kind: "list", element,
-    async refresh() {
-      try {
-        const page = await api.list();
-        experiments = page.experiments;
-        more = page.next !== null;
-        showError(error, null);
-        render();
-        return true;
-      } catch (problem) {
-        showError(error, problem);
-        return false;
-      }
-    },
-  };
-}
-
 // -- one experiment -------------------------------------------------------------------------
 
 function experimentView(id) {
@@ -222,11 +174,17 @@ function experimentView(id) {
   const allocationTip = h("div", { class: "tooltip", hidden: true,
     "data-testid": "allocation-tooltip" });
   const allocationNote = h("p", { class: "caption", "data-testid": "allocation-caption" });
+  // One time range for both time plots.
   const range = h("select", { "aria-label": "time range", "data-testid": "allocation-range",
-    onchange: () => drawAllocation() },
-  [["all", "all history"], ["900", "last 15 min"], ["3600", "last hour"],
-    ["21600", "last 6 h"], ["86400", "last 24 h"]]
+    onchange: () => { drawAllocation(); drawRewards(); } },
+  [["3600", "last hour"], ["86400", "last day"], ["all", "all history"]]
     .map(([value, label]) => h("option", { value }, label)));
+  const rewardCanvas = h("canvas", { id: "reward-plot", class: "plot",
+    "data-testid": "reward-plot" });
+  const rewardNote = h("p", { class: "caption", "data-testid": "reward-caption" });
+  const liftCanvas = h("canvas", { id: "lift-plot", class: "plot intervals",
+    "data-testid": "lift-plot" });
+  const liftNote = h("p", { class: "caption", "data-testid": "lift-caption" });
   const posteriorCanvas = h("canvas", { id: "posterior-plot", class: "plot",
     "data-testid": "posterior-plot" });
   const posteriorNote = h("p", { class: "caption", "data-testid": "posterior-caption" });
@@ -249,33 +207,56 @@ function experimentView(id) {
         h("div", { class: "card-head" }, h("h2", {}, "Allocation over time"), range),
         h("div", { class: "plot-wrap" }, allocationCanvas, allocationTip), allocationNote),
       h("section", { class: "card" },
+        h("div", { class: "card-head" }, h("h2", {}, "Mean reward over time")),
+        rewardCanvas, rewardNote),
+      h("section", { class: "card" },
+        h("div", { class: "card-head" }, h("h2", { "data-testid": "lift-title" }, "Lift")),
+        liftCanvas, liftNote),
+      h("section", { class: "card" },
         h("div", { class: "card-head" }, h("h2", {}, "Posterior of each arm's mean")),
         posteriorCanvas, posteriorNote)),
     legend,
     h("section", { class: "card" }, h("h2", {}, "Arms"),
-      h("table", { id: "stats-table", class: "table", "data-testid": "stats-table" },
-        h("thead", {}, h("tr", {}, ["Arm", "State", "Observations", "Served", "Mean",
-          "95% interval", "P(best)", "Expected loss", "Share"].map((label, i) =>
-          h("th", { class: i >= 2 ? "num" : "" }, label)))), statsBody)),
+      h("div", { class: "table-scroll" },
+        h("table", { id: "stats-table", class: "table", "data-testid": "stats-table" },
+          h("thead", {}, h("tr", {}, ["Arm", "State", "Observations", "Served", "Mean",
+            "95% interval", "Lift [95% interval]", "P(best)", "Expected loss", "Share"]
+            .map((label, i) => h("th", { class: i >= 2 ? "num" : "" }, label)))), statsBody))),
     settings.element,
     h("section", { class: "card" }, h("h2", {}, "Audit log"),
-      h("table", { id: "audit-table", class: "table audit", "data-testid": "audit-table" },
-        h("thead", {}, h("tr", {}, ["Version", "When", "Who", "Action", "Changes", "Reason"]
-          .map((label) => h("th", {}, label)))), auditBody)));
+      h("div", { class: "table-scroll" },
+        h("table", { id: "audit-table", class: "table audit", "data-testid": "audit-table" },
+          h("thead", {}, h("tr", {}, ["Version", "When", "Who", "Action", "Changes", "Reason"]
+            .map((label) => h("th", {}, label)))), auditBody))));
 
-  const armIndex = (arm) => (data.config ? data.config.arms.findIndex((a) => a.id === arm) : -1);
-  const colour = (arm) => armColour(Math.max(0, armIndex(arm)));
+  // Colours by name (arms named after a colour are drawn in it): the experiment's arms, then
+  // any only the history knows.
+  let colours = new Map();
+  const colour = (arm) => colours.get(arm) || "#9ca3af";
+  const updateColours = () => {
+    const arms = data.config.arms.map((arm) => arm.id);
+    for (const sample of data.samples) {
+      for (const arm of sample.arms) if (!arms.includes(arm)) arms.push(arm);
+    }
+    colours = armColours(arms);
+  };
 
   function renderHeader() {
     const { config } = data;
     fill(meta, h("span", { class: `badge ${config.status}`, "data-testid": "experiment-status" },
       config.status),
     ` ${config.reward} · ${config.arms.length} arms · version ${config.version}`,
-    ` · prior ${formatSetting(config.prior)}`);
-    fill(legend, config.arms.map((arm, i) => h("span", { "data-arm": arm.id,
+    ` · prior ${formatSetting(config.prior)}`,
+    // Metadata, when the service has it.
+    config.owner ? [" · owner ", h("span", { "data-testid": "experiment-owner" }, config.owner)]
+      : null,
+    (config.tags || []).map((tag) => [" ", h("span", { class: "tag", "data-tag": tag }, tag)]),
+    config.hypothesis ? h("div", { class: "hypothesis", "data-testid": "experiment-hypothesis" },
+      config.hypothesis) : null);
+    fill(legend, config.arms.map((arm) => h("span", { "data-arm": arm.id,
       class: arm.state === "paused" ? "paused" : "" },
-    h("i", { class: "swatch", style: `background:${armColour(i)}`,
-      "data-colour": armColour(i) }), arm.id, arm.state === "paused" ? " (paused)" : "")));
+    h("i", { class: "swatch", style: `background:${colour(arm.id)}`,
+      "data-colour": colour(arm.id) }), arm.id, arm.state === "paused" ? " (paused)" : "")));
   }
 
   function renderStats() {
@@ -293,6 +274,8 @@ function experimentView(id) {
     h("td", { class: "num", "data-col": "mean", title: String(arm.mean) },
       formatNumber(arm.mean)),
     h("td", { class: "num", "data-col": "ci95" }, formatInterval(arm.ci95)),
+    h("td", { class: "num", "data-col": "lift" }, arm.lift ? liftText(arm.lift)
+      : h("span", { class: "muted" }, stats.control?.arm === arm.arm ? "control" : "—")),
     h("td", { class: "num", "data-col": "p_best" }, bar(arm.p_best, colour(arm.arm)),
       formatPercent(arm.p_best)),
     h("td", { class: "num", "data-col": "expected_loss", title: String(arm.expected_loss) },
@@ -358,55 +341,146 @@ function experimentView(id) {
       h("td", { "data-col": "reason" }, entry.reason ?? ""))));
   }
 
-  function allocationSeries() {
+  /** The samples in the chosen time range, and the range (by each sample's own time: the
+   * history is finer for the last hour than before it, so no spacing is assumed). */
+  function timeWindow() {
     const { samples } = data;
     if (!samples.length) return null;
+    const changes = (data.audit?.entries || []).map((entry) => entry.at);
+    const end = Math.max(samples.at(-1).t, ...changes.filter((t) => t > samples.at(-1).t
+      && t - samples.at(-1).t < 3600));
     const choice = range.value;
-    const end = samples.at(-1).t;
     const start = choice === "all" ? samples[0].t : end - Number(choice);
     const shown = samples.filter((s) => s.t >= start);
-    const arms = data.config.arms.map((arm) => arm.id);
-    for (const sample of shown) {
-      for (const arm of sample.arms) if (!arms.includes(arm)) arms.push(arm);
-    }
-    const series = arms.map((arm, index) => ({
-      arm, colour: armColour(index),
+    if (!shown.length) return null;
+    // A range longer than the history shows the history: it is an upper bound.
+    let [low, high] = [Math.max(start, shown[0].t), end];
+    if (high - low < 1) { low -= 0.5; high += 0.5; }
+    return { shown, domain: [low, high] };
+  }
+
+  /** The audit log's setting changes in [low, high], as dashed lines labelled by version. */
+  function changeMarkers([low, high]) {
+    return (data.audit?.entries || [])
+      .filter((entry) => entry.action !== "create" && entry.at >= low && entry.at <= high)
+      .map((entry) => ({ x: entry.at, label: `v${entry.version}`, version: entry.version }));
+  }
+
+  /** Marks a time plot's setting changes on the canvas, for tests and tools. */
+  function recordMarkers(canvas, markers, scales) {
+    canvas.dataset.markers = JSON.stringify(markers.map((marker) => ({
+      version: marker.version, x: Math.round(scales.xScale(marker.x)) })));
+  }
+
+  function seriesOf(shown, field) {
+    return [...colours.keys()].map((arm) => ({
+      arm, colour: colour(arm),
       points: shown.map((s) => {
         const i = s.arms.indexOf(arm);
-        return [s.t, i < 0 ? NaN : s.share[i]];
-      }).filter(([, share]) => Number.isFinite(share)),
-    }));
-    const markers = [];
-    for (let i = 1; i < shown.length; i++) {
-      if (shown[i].version !== shown[i - 1].version) {
-        markers.push({ x: shown[i].t, label: `v${shown[i].version}` });
-      }
-    }
-    return { shown, series, markers, domain: [Math.min(start, shown[0].t), end] };
+        return [s.t, i < 0 ? NaN : s[field][i]];
+      }).filter(([, value]) => Number.isFinite(value)),
+    })).filter((series) => series.points.length);
+  }
+
+  function noHistory(canvas, note) {
+    drawChart(canvas, { x: { domain: [0, 1], ticks: { ticks: [], format: String } },
+      y: { domain: [0, 1] }, series: [], empty: data.samples.length
+        ? "No samples in this time range." : "No history yet: a sample is taken every " +
+          `${formatDuration(data.interval)} while decisions are served.` });
+    canvas.dataset.markers = "[]";
+    fill(note, "");
+  }
+
+  function spanText(shown) {
+    return `${formatCount(shown.length)} samples over ` +
+      `${formatDuration(shown.at(-1).t - shown[0].t)}; dashed lines: setting changes ` +
+      "(audit log).";
   }
 
   function drawAllocation() {
     if (!data.config) return;
-    const plotted = allocationSeries();
-    if (!plotted) {
-      drawChart(allocationCanvas, { x: { domain: [0, 1], ticks: { ticks: [], format: String } },
-        y: { domain: [0, 1] }, series: [], empty: "No history yet: a sample is taken every " +
-          `${formatDuration(data.interval)}.` });
-      fill(allocationNote, "");
+    const timed = timeWindow();
+    if (!timed) {
+      noHistory(allocationCanvas, allocationNote);
+      allocationCanvas.plotted = null;
       return;
     }
-    let [low, high] = plotted.domain;
-    if (high - low < 1) { low -= 0.5; high += 0.5; }
-    const markers = [...plotted.markers];
-    if (hover !== null) markers.push({ x: hover, label: "" });
+    const [low, high] = timed.domain;
+    const changes = changeMarkers(timed.domain);
+    const markers = [...changes];
+    if (hover !== null) markers.push({ x: hover, label: "", colour: "#c4c9d0" });
     allocationCanvas.scales = drawChart(allocationCanvas, {
-      x: { domain: [low, high], ticks: timeTicks(low, high, 6) },
+      x: { domain: [low, high], ticks: timeTicks(low, high, tickCount(allocationCanvas)) },
       y: { domain: [0, 1], label: "allocation share", format: (v) => `${Math.round(v * 100)}%` },
-      series: plotted.series, markers,
+      series: seriesOf(timed.shown, "share"), markers,
     });
-    allocationCanvas.plotted = plotted;
-    fill(allocationNote, `${formatCount(plotted.shown.length)} samples, one every ` +
-      `${formatDuration(data.interval)}; dashed lines mark setting changes (new version).`);
+    recordMarkers(allocationCanvas, changes, allocationCanvas.scales);
+    allocationCanvas.plotted = timed;
+    fill(allocationNote, spanText(timed.shown));
+  }
+
+  function drawRewards() {
+    if (!data.config) return;
+    const timed = timeWindow();
+    if (!timed) {
+      noHistory(rewardCanvas, rewardNote);
+      return;
+    }
+    const [low, high] = timed.domain;
+    const series = seriesOf(timed.shown, "mean");
+    const bands = [...colours.keys()].map((arm) => ({
+      colour: withAlpha(colour(arm), 0.13),
+      points: timed.shown.map((s) => {
+        const i = s.arms.indexOf(arm);
+        return i < 0 ? [s.t, NaN, NaN] : [s.t, s.ci_low[i], s.ci_high[i]];
+      }),
+    }));
+    const values = timed.shown.flatMap((s) => [...s.ci_low, ...s.ci_high])
+      .filter(Number.isFinite);
+    let [bottom, top] = values.length ? [Math.min(...values), Math.max(...values)] : [0, 1];
+    const pad = (top - bottom) * 0.05 || 0.05;
+    [bottom, top] = [bottom - pad, top + pad];
+    if (data.config.reward === "bernoulli") [bottom, top] = [Math.max(0, bottom), Math.min(1, top)];
+    const changes = changeMarkers(timed.domain);
+    const scales = drawChart(rewardCanvas, {
+      x: { domain: [low, high], ticks: timeTicks(low, high, tickCount(rewardCanvas)) },
+      y: { domain: [bottom, top], label: data.config.reward === "bernoulli" ? "reward rate"
+        : "mean reward" },
+      series, bands, markers: changes,
+    });
+    recordMarkers(rewardCanvas, changes, scales);
+    fill(rewardNote, "Each arm's posterior mean of all its rewards so far, with its 95% " +
+      `interval as a band. ${spanText(timed.shown)}`);
+  }
+
+  function drawLift() {
+    const { stats } = data;
+    if (!stats) return;
+    const relative = stats.arms.every((arm) => !arm.lift || arm.lift.kind === "relative");
+    // A row per arm, up to MAX_LIFT_ROWS: then the control and the arms with the best means.
+    let shown = stats.arms;
+    if (shown.length > MAX_LIFT_ROWS) {
+      const best = [...shown].sort((a, b) => (b.mean ?? -Infinity) - (a.mean ?? -Infinity))
+        .slice(0, MAX_LIFT_ROWS - (stats.control ? 1 : 0)).map((arm) => arm.arm);
+      shown = shown.filter((arm) => best.includes(arm.arm) || arm.arm === stats.control?.arm);
+    }
+    const rows = shown.map((arm) => ({
+      label: arm.arm, colour: colour(arm.arm),
+      mean: arm.lift?.mean, low: arm.lift?.ci95[0], high: arm.lift?.ci95[1],
+      note: stats.control?.arm === arm.arm ? "control" : "no lift",
+    }));
+    const percent = (v) => `${Math.round(v * 1000) / 10}%`;
+    drawIntervals(liftCanvas, { rows, format: relative ? percent : undefined,
+      label: relative ? "relative lift of the mean" : "difference of the means" });
+    const control = stats.control;
+    liftCanvas.dataset.control = control ? control.arm : "";
+    fill(liftNote, shown.length < stats.arms.length
+      ? `${shown.length} of ${stats.arms.length} arms (the best means). ` : "", control
+      ? `Reference: ${control.arm} (${control.chosen_by === "setting"
+        ? "the control setting's arm" : "named control"}). Each arm's lift of the mean against ` +
+        "it, with its 95% interval from posterior draws."
+      : "Reference: no control arm, so each arm is compared with the best other active arm " +
+        "(the leader with the runner-up). 95% intervals from posterior draws.");
   }
 
   function hoverAllocation(event) {
@@ -428,7 +502,7 @@ function experimentView(id) {
       h("span", { class: "muted" }, ` (n ${formatCount(nearest.n[i])})`))));
     allocationTip.hidden = false;
     const tipAt = scales.xScale(nearest.t);
-    allocationTip.style.left = `${Math.min(tipAt + 12, rect.width - 190)}px`;
+    allocationTip.style.left = `${Math.max(0, Math.min(tipAt + 12, rect.width - 190))}px`;
   }
 
   function leaveAllocation() {
@@ -503,10 +577,13 @@ function experimentView(id) {
         || s.t > data.samples.at(-1).t);
       data.samples = data.samples.concat(fresh).slice(-MAX_SAMPLES);
       showError(error, null);
+      updateColours();
       renderHeader();
       renderStats();
       renderAudit();
       drawAllocation();
+      drawRewards();
+      drawLift();
       drawPosteriors();
       settings.update(config);
       return true;
@@ -521,14 +598,17 @@ function experimentView(id) {
     destroy: () => settings.destroy(),
     resize() {
       drawAllocation();
+      drawRewards();
+      drawLift();
       drawPosteriors();
       settings.drawForecastPlots();
     },
   };
 }
 
-function chip(kind, name, text) {
-  return h("span", { class: `chip ${kind}`, "data-flag": name, "data-state": kind }, text);
+/** About one time tick per 90 px of plot, so clock labels never overlap. */
+function tickCount(canvas) {
+  return Math.max(2, Math.min(6, Math.floor((canvas.clientWidth - 70) / 90)));
 }
 
 function bar(value, colour) {

@@ -92,3 +92,42 @@ export function formatSetting(value) {
   }
   return String(value);
 }
+
+/** A health flag: kind ok, bad or unknown; ``name`` says which check. */
+export function chip(kind, name, text) {
+  return h("span", { class: `chip ${kind}`, "data-flag": name, "data-state": kind }, text);
+}
+
+/**
+ * A lift as "+12.3% [−1.0%, +25.9%]" (relative) or "+0.5 [−0.1, +1.2]" (absolute), green when
+ * its interval is above 0, red when below; ``withReference`` adds "vs <arm>".
+ */
+export function liftText(lift, withReference = false) {
+  if (!lift) return h("span", { class: "muted" }, "—");
+  const format = lift.kind === "relative" ? formatLiftPercent : formatSigned;
+  const sure = lift.ci95[0] > 0 ? "up" : lift.ci95[1] < 0 ? "down" : "";
+  return h("span", { class: `lift ${sure}`, "data-kind": lift.kind,
+    title: `P(better than ${lift.against}) ${formatPercent(lift.p_better)}` },
+  h("strong", {}, format(lift.mean)), ` [${format(lift.ci95[0])}, ${format(lift.ci95[1])}]`,
+  withReference ? h("span", { class: "muted" }, ` vs ${lift.against}`) : null);
+}
+
+function formatLiftPercent(value) {
+  const percent = value * 100;
+  const digits = Math.abs(percent) >= 100 ? 0 : 1;
+  return `${percent > 0 ? "+" : percent < 0 ? "−" : ""}${Math.abs(percent).toFixed(digits)}%`;
+}
+
+function formatSigned(value) {
+  const text = formatNumber(Math.abs(value));
+  return `${value > 0 ? "+" : value < 0 ? "−" : ""}${text}`;
+}
+
+/** "5 min ago", "3 h ago", "12 d ago". */
+export function formatAge(epochSeconds) {
+  const seconds = Math.max(0, Date.now() / 1000 - epochSeconds);
+  if (seconds < 60) return "just now";
+  if (seconds < 3600) return `${Math.floor(seconds / 60)} min ago`;
+  if (seconds < 86400 * 2) return `${Math.floor(seconds / 3600)} h ago`;
+  return `${Math.floor(seconds / 86400)} d ago`;
+}

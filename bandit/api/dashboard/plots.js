@@ -1,17 +1,51 @@
 // Line charts drawn by hand on <canvas>: axes with "nice" ticks, lines, bands, markers.
 // No library: the dashboard loads nothing from the internet.
 
-// Tableau 10 without its grey (grey is for axes): arm i always gets ARM_COLOURS[i].
-const ARM_COLOURS = [
-  "#4e79a7", "#f28e2b", "#e15759", "#59a14f", "#b07aa1", "#edc948", "#76b7b2", "#ff9da7",
-  "#9c755f",
+// Arms named after a colour are drawn in it ("blue", "green-button", "cta_red"); the others
+// take Tableau 10 (without its grey: grey is for axes) in order, leaving out the colours whose
+// hue family a colour-named arm of the experiment already shows, so no two arms look alike.
+const NAMED_COLOURS = {
+  red: ["#dc2626", "red"], crimson: ["#be123c", "red"], maroon: ["#7f1d1d", "red"],
+  orange: ["#f97316", "orange"], amber: ["#f59e0b", "orange"],
+  yellow: ["#eab308", "yellow"], gold: ["#ca8a04", "yellow"],
+  green: ["#16a34a", "green"], lime: ["#65a30d", "green"], olive: ["#6b7d1e", "green"],
+  teal: ["#0d9488", "teal"], cyan: ["#0891b2", "teal"], turquoise: ["#14b8a6", "teal"],
+  blue: ["#2563eb", "blue"], navy: ["#1e3a8a", "blue"], sky: ["#0ea5e9", "blue"],
+  indigo: ["#4f46e5", "purple"], purple: ["#9333ea", "purple"], violet: ["#7c3aed", "purple"],
+  magenta: ["#c026d3", "pink"], pink: ["#ec4899", "pink"], rose: ["#e11d48", "pink"],
+  brown: ["#92400e", "brown"],
+  black: ["#111827", "grey"], grey: ["#6b7280", "grey"], gray: ["#6b7280", "grey"],
+  silver: ["#9ca3af", "grey"],
+};
+const PALETTE = [
+  ["#4e79a7", "blue"], ["#f28e2b", "orange"], ["#e15759", "red"], ["#76b7b2", "teal"],
+  ["#59a14f", "green"], ["#edc948", "yellow"], ["#b07aa1", "purple"], ["#ff9da7", "pink"],
+  ["#9c755f", "brown"],
 ];
 
-/** An arm's colour from its position in the experiment's arm list (arms are never removed). */
-export function armColour(index) {
-  if (index < ARM_COLOURS.length) return ARM_COLOURS[index];
-  const hue = Math.round((index * 137.508) % 360); // golden angle: far from its neighbours
-  return hslToHex(hue, 0.55, 0.45);
+/** [colour, hue family] that an arm's name asks for ("blue", "big-red-button"), or null. */
+function namedColour(arm) {
+  const word = [arm, ...arm.split(/[-_.]/)].find((w) => Object.hasOwn(NAMED_COLOURS, w));
+  return word === undefined ? null : NAMED_COLOURS[word];
+}
+
+/**
+ * Every arm's colour (a Map from arm id), for the arms of one experiment in their order:
+ * colour-named arms get their colour, the others the palette minus the named arms' families.
+ */
+export function armColours(arms) {
+  const families = new Set(arms.map(namedColour).filter(Boolean).map(([, family]) => family));
+  const free = PALETTE.filter(([, family]) => !families.has(family)).map(([colour]) => colour);
+  const colours = new Map();
+  let next = 0;
+  for (const arm of arms) {
+    if (colours.has(arm)) continue;
+    const named = namedColour(arm)?.[0];
+    colours.set(arm, named || (next < free.length ? free[next]
+      : hslToHex(Math.round((next * 137.508) % 360), 0.55, 0.45))); // golden angle
+    if (!named) next += 1;
+  }
+  return colours;
 }
 
 function hslToHex(hue, saturation, lightness) {
@@ -256,9 +290,12 @@ function drawBand(context, band, { xScale, yScale }) {
   context.fill();
 }
 
+/** Setting changes on the time plots: dashed lines of this colour. */
+export const MARKER_COLOUR = "#6b7280";
+
 function drawMarker(context, marker, { xScale, plot }) {
   const x = Math.round(xScale(marker.x)) + 0.5;
-  context.strokeStyle = "#9ca3af";
+  context.strokeStyle = marker.colour || MARKER_COLOUR;
   context.lineWidth = 1;
   context.setLineDash([3, 3]);
   context.beginPath();
@@ -271,4 +308,98 @@ function drawMarker(context, marker, { xScale, plot }) {
   context.textAlign = nearRightEdge ? "right" : "left";
   context.textBaseline = "top";
   context.fillText(marker.label, nearRightEdge ? x - 3 : x + 3, plot.top + 1);
+}
+
+const ROW_HEIGHT = 26;
+
+/**
+ * Intervals on one axis, a row each (a forest plot), with a reference line at ``reference``.
+ * rows: [{label, colour, mean, low, high, note?}] (a row without an interval shows its note);
+ * the canvas's height follows its rows. Returns the scales.
+ */
+export function drawIntervals(canvas, { rows, reference = 0, format, label }) {
+  const height = Math.max(1, rows.length) * ROW_HEIGHT + 44;
+  if (canvas.clientHeight !== height) canvas.style.height = `${height}px`;
+  const ratio = window.devicePixelRatio || 1;
+  const width = canvas.clientWidth;
+  if (canvas.width !== Math.round(width * ratio) || canvas.height !== Math.round(height * ratio)) {
+    canvas.width = Math.round(width * ratio);
+    canvas.height = Math.round(height * ratio);
+  }
+  const context = canvas.getContext("2d");
+  context.setTransform(ratio, 0, 0, ratio, 0, 0);
+  context.clearRect(0, 0, width, height);
+  context.font = FONT;
+  const widest = Math.max(30, ...rows.map((row) => context.measureText(row.label).width));
+  const labels = Math.min(widest, width * 0.3);
+  const plot = { left: labels + 16, right: width - MARGIN.right, top: 6, bottom: height - 38 };
+  const drawn = rows.filter((row) => [row.mean, row.low, row.high].every(Number.isFinite));
+  let low = Math.min(reference, ...drawn.map((row) => row.low));
+  let high = Math.max(reference, ...drawn.map((row) => row.high));
+  const pad = (high - low) * 0.05 || 0.05;
+  low -= pad;
+  high += pad;
+  const xScale = (x) => plot.left + ((x - low) / (high - low)) * (plot.right - plot.left);
+  const ticks = niceTicks(low, high, Math.max(2, Math.floor((plot.right - plot.left) / 70)));
+  const step = ticks.length > 1 ? ticks[1] - ticks[0] : 0;
+  context.textAlign = "center";
+  context.textBaseline = "top";
+  context.lineWidth = 1;
+  for (const tick of ticks) {
+    const x = Math.round(xScale(tick)) + 0.5;
+    context.strokeStyle = "#eef0f3";
+    context.beginPath();
+    context.moveTo(x, plot.top);
+    context.lineTo(x, plot.bottom);
+    context.stroke();
+    context.fillStyle = "#4b5563";
+    context.fillText(format ? format(tick) : formatTick(tick, step), x, plot.bottom + 6);
+  }
+  const zero = Math.round(xScale(reference)) + 0.5;
+  context.strokeStyle = "#6b7280";
+  context.beginPath();
+  context.moveTo(zero, plot.top);
+  context.lineTo(zero, plot.bottom);
+  context.stroke();
+  if (label) {
+    context.fillStyle = "#374151";
+    context.textAlign = "right";
+    context.textBaseline = "bottom";
+    context.fillText(label, plot.right, height - 2);
+  }
+  rows.forEach((row, i) => {
+    const y = plot.top + (i + 0.5) * ROW_HEIGHT;
+    context.textBaseline = "middle";
+    context.textAlign = "right";
+    context.fillStyle = "#1f2937";
+    context.fillText(fitText(context, row.label, labels), plot.left - 10, y);
+    if (![row.mean, row.low, row.high].every(Number.isFinite)) {
+      context.textAlign = "left";
+      context.fillStyle = "#6b7280";
+      context.fillText(row.note || "", zero + 6, y);
+      return;
+    }
+    context.strokeStyle = row.colour;
+    context.lineWidth = 4;
+    context.lineCap = "round";
+    context.beginPath();
+    context.moveTo(xScale(row.low), y);
+    context.lineTo(xScale(row.high), y);
+    context.stroke();
+    context.lineCap = "butt";
+    context.fillStyle = row.colour;
+    context.beginPath();
+    context.arc(xScale(row.mean), y, 6, 0, 2 * Math.PI);
+    context.fill();
+  });
+  return { xScale, plot, xDomain: [low, high] };
+}
+
+function fitText(context, text, width) {
+  if (context.measureText(text).width <= width) return text;
+  let shown = text;
+  while (shown.length > 1 && context.measureText(`${shown}…`).width > width) {
+    shown = shown.slice(0, -1);
+  }
+  return `${shown}…`;
 }

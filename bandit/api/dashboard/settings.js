@@ -6,7 +6,7 @@
 import { api } from "./api.js";
 import { $, fill, formatCount, formatInterval, formatNumber, formatPercent, formatSetting, h }
   from "./dom.js";
-import { armColour, drawChart, durationTicks, formatDuration, withAlpha } from "./plots.js";
+import { armColours, drawChart, durationTicks, formatDuration, withAlpha } from "./plots.js";
 import { EXPLORATION_FIELDS, FORECAST_FIELDS, buildProposal, forecastOptions, inputText }
   from "./validate.js";
 
@@ -160,7 +160,8 @@ export class SettingsPanel {
       .map(([arm, select]) => [arm, select.value]));
     const oldStates = Object.fromEntries((old?.arms || []).map((arm) => [arm.id, arm.state]));
     this.armSelects = {};
-    fill(this.armBody, config.arms.map((arm, index) => {
+    const colours = armColours(config.arms.map((arm) => arm.id));
+    fill(this.armBody, config.arms.map((arm) => {
       const select = h("select", { "data-arm": arm.id, "data-testid": `arm-state-${arm.id}`,
         "aria-label": `state of ${arm.id}` },
       h("option", { value: "active" }, "active"), h("option", { value: "paused" }, "paused"));
@@ -168,7 +169,7 @@ export class SettingsPanel {
       select.value = edited ? choices[arm.id] : arm.state;
       kept = kept || (edited && choices[arm.id] !== arm.state);
       this.armSelects[arm.id] = select;
-      return h("tr", {}, h("td", {}, swatch(armColour(index)), arm.id), h("td", {}, select));
+      return h("tr", {}, h("td", {}, swatch(colours.get(arm.id)), arm.id), h("td", {}, select));
     }));
     const archived = config.status === "archived";
     this.fieldset.disabled = this.readOnly || archived;
@@ -330,10 +331,7 @@ export class SettingsPanel {
   }
 
   colourOf(arm, arms) {
-    const index = this.base.arms.findIndex((a) => a.id === arm);
-    if (index >= 0) return armColour(index);
-    const added = arms.filter((a) => !this.base.arms.some((b) => b.id === a));
-    return armColour(this.base.arms.length + added.indexOf(arm));
+    return armColours([...this.base.arms.map((a) => a.id), ...arms]).get(arm);
   }
 
   renderForecast() {

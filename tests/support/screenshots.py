@@ -1,0 +1,153 @@
+"""Screenshots of the operator dashboard for ``docs/dashboard.md``, made on a live service.
+
+    .venv/bin/python -m tests.support.screenshots            # writes docs/images/dashboard-*.png
+
+Starts its own ``redis-server`` and ``python -m bandit serve`` (history sampled every second),
+runs simulated traffic for about a minute and a half (decisions, rewards with per-arm rates, a
+setting change halfway, an experiment whose rewards stop coming), then saves the experiment
+list and one experiment at 1366 and 420 px wide with Debian's chromium. Nothing leaves the
+machine. The traffic is seeded, but the timing of a live service is not: each run's pictures
+differ a little.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from playwright.sync_api import FloatRect, Page, expect, sync_playwright
+
+from tests.conftest import ServiceProcess
+from tests.support.redis import RedisServer
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+WIDTHS = (1366, 420)
+#: The experiment shown on its own: several arms, a control, colour-named arms.
+HERO = "checkout-button"
+#: True reward rates (bernoulli) or means (gaussian) of the simulated users.
+EXPERIMENTS: dict[str, dict[str, float]] = {
+    HERO: {"control": 0.10, "blue": 0.13, "green": 0.11, "large-text": 0.085},
+    "pricing-page": {"control": 0.05, "discount-10": 0.06, "discount-20": 0.095},
+    "search-ranking": {"control": 2.0, "semantic": 2.3, "hybrid": 2.2},
+}
+GAUSSIAN = {"search-ranking"}
+#: Rewards of this experiment stop arriving after a third of the run (stalled flag).
+STALLS = "search-ranking"
+#: Decisions per experiment per tick (four ticks a second).
+TRAFFIC = {HERO: 30, "pricing-page": 18, "search-ranking": 11}
+
+
+def call(url: str, method: str, path: str, body: object = None) -> Any:
+    request = urllib.request.Request(
+        f"{url}{path}", method=method, headers={"Content-Type": "application/json"},
+        data=None if body is None else json.dumps(body).encode())
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def simulate(url: str, seconds: float, rng: random.Random) -> None:
+    """Decisions and rewards for every experiment, a tick every 0.25 s; a change halfway."""
+    for experiment_id, arms in EXPERIMENTS.items():
+        call(url, "POST", "/v1/experiments", {
+            "id": experiment_id, "arms": list(arms),
+            "reward": "gaussian" if experiment_id in GAUSSIAN else "bernoulli"})
+    call(url, "POST", "/v1/experiments", {"id": "onboarding-email", "arms": ["short", "long"],
+                                          "reward": "bernoulli"})
+    call(url, "DELETE", "/v1/experiments/onboarding-email")
+    started = time.monotonic()
+    changed = False
+    tick = 0
+    while (elapsed := time.monotonic() - started) < seconds:
+        events: list[dict[str, Any]] = []
+        for experiment_id, arms in EXPERIMENTS.items():
+            answer = call(url, "POST", f"/v1/experiments/{experiment_id}/allocate",
+                          {"n": TRAFFIC[experiment_id]})
+            if experiment_id == STALLS and elapsed > seconds / 3:
+                continue
+            for decision in answer["decisions"]:
+                truth = arms[decision["arm"]]
+                reward = (rng.gauss(truth, 1.0) if experiment_id in GAUSSIAN
+                          else float(rng.random() < truth))
+                events.append({"id": f"{experiment_id}-{tick}-{len(events)}",
+                               "experiment": experiment_id, "arm": decision["arm"],
+                               "reward": reward, "decision_id": decision["decision_id"]})
+        call(url, "POST", "/v1/events", {"events": events})
+        if not changed and elapsed > seconds / 2:
+            version = call(url, "GET", f"/v1/experiments/{HERO}")["version"]
+            call(url, "PATCH", f"/v1/experiments/{HERO}", {
+                "version": version, "exploration": {"epsilon": 0.05, "min_share": 0.03},
+                "reason": "keep some traffic on every arm while the lift settles"})
+            changed = True
+        tick += 1
+        time.sleep(0.25)
+
+
+def shoot(url: str, out: Path) -> list[Path]:
+    saved = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        for width in WIDTHS:
+            page = browser.new_page(viewport={"width": width, "height": 900})
+            page.route("**/*", lambda route: route.continue_()
+                       if route.request.url.startswith(url) else route.abort())
+            page.goto(f"{url}/")
+            expect(page.locator("[data-testid=experiment-list] [data-col=leader]").first
+                   ).not_to_have_text("—")
+            saved.append(_save(page, out / f"dashboard-list-{width}.png"))
+            page.goto(f"{url}/#/exp/{HERO}")
+            expect(page.get_by_test_id("allocation-caption")).to_contain_text("samples")
+            expect(page.get_by_test_id("lift-plot")).to_have_attribute("data-control", "control")
+            # Down to the arms table: the settings form and the audit log below it would make
+            # the picture long and heavy.
+            box = page.get_by_test_id("stats-table").locator("xpath=ancestor::section")
+            saved.append(_save(page, out / f"dashboard-experiment-{width}.png",
+                               bottom=box.bounding_box()))
+            page.close()
+        browser.close()
+    return saved
+
+
+def _save(page: Page, path: Path, bottom: FloatRect | None = None) -> Path:
+    """The whole page, or down to the bottom of ``bottom``."""
+    page.wait_for_timeout(500)  # the plots are drawn after the data arrives
+    if bottom is None:
+        page.screenshot(path=str(path), full_page=True)
+    else:
+        width = page.viewport_size["width"] if page.viewport_size else 1366
+        page.screenshot(path=str(path), full_page=True, clip={
+            "x": 0, "y": 0, "width": width, "height": bottom["y"] + bottom["height"] + 16})
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("docs/images"))
+    parser.add_argument("--seconds", type=float, default=90.0, help="simulated traffic")
+    arguments = parser.parse_args()
+    arguments.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="bandit-screenshots-") as scratch:
+        redis = RedisServer(Path(scratch))
+        redis.start()
+        try:
+            service = ServiceProcess(redis.url, extra_env={"BANDIT_HISTORY_INTERVAL_S": "1"})
+            try:
+                service.wait_ready()
+                simulate(service.url, arguments.seconds, random.Random(16))
+                for path in shoot(service.url, arguments.out):
+                    print(f"{path}  {path.stat().st_size / 1000:.0f} kB")
+            finally:
+                service.stop()
+        finally:
+            redis.stop()
+
+
+if __name__ == "__main__":
+    main()
