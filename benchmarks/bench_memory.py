@@ -48,6 +48,7 @@ from bandit.serving.cache import summary_of
 from bandit.serving.history import sample
 from bandit.serving.service import BanditService
 from bandit.settings import Settings
+from bandit.store.codec import HistoryRings, Traffic
 from bandit.store.redis_store import RedisStore
 from tests.support.redis import RedisServer
 
@@ -287,12 +288,12 @@ async def _history(service: BanditService, client: Redis, count: int) -> list[Ro
     documents: dict[str, dict[str, Any]] = {}
     for name in names:
         snapshot = await service.cache.get(name)
-        documents[name] = sample(snapshot, await summary_of(snapshot), {})
+        documents[name] = sample(snapshot, await summary_of(snapshot), Traffic({}, {}))
 
     async def ours() -> None:
         for _ in range(count):
             # An interval of ~0 lets every offer land (the service offers one per interval).
-            await service.store.append_history(documents, 1e-9, count)
+            await service.store.append_history(documents, HistoryRings(1e-9, count, 1e-9, 0))
 
     async def baseline() -> None:
         for _ in range(count):
@@ -325,7 +326,8 @@ async def _run(url: str, arguments: argparse.Namespace) -> list[Row]:
         await asyncio.gather(*(service.allocate("warm", {"unit": f"user-{i}", "sticky": True})
                                for i in range(CHUNK // 10)))  # opens the connection pool
         await service.allocate("warm", {"n": 2, "provisional": True})
-        await store.append_history({"warm": {"share": [0.5, 0.5]}}, 1e-9, 10)
+        await store.append_history({"warm": {"share": [0.5, 0.5]}},
+                                   HistoryRings(1e-9, 10, 1e-9, 0))
         rows = await _experiments(service, client, arguments.experiments)
         rows += await _per_arm(service, client, arguments.arm_experiments)
         rows += await _dedup(service, client, arguments.events)
