@@ -48,7 +48,7 @@ from bandit.serving.cache import summary_of
 from bandit.serving.history import sample
 from bandit.serving.service import BanditService
 from bandit.settings import Settings
-from bandit.store.codec import HistoryRings, Traffic
+from bandit.store.codec import Draws, HistoryRings, Traffic
 from bandit.store.redis_store import RedisStore
 from tests.support.redis import RedisServer
 
@@ -281,6 +281,14 @@ async def _provisional(service: BanditService, client: Redis, count: int) -> lis
                 await _encoding(client, "base:decisions"))]
 
 
+def _traffic(arms: int) -> Traffic:
+    """Cumulative counts of an experiment served a million decisions: numbers with all the
+    digits a busy experiment's samples carry."""
+    served = {i: 1_000_000 // arms + 7 * i for i in range(arms)}
+    return Traffic(served, {i: Draws(float(v), v * 1.000_13 + 0.123_456, v * 0.9 + 0.987_65)
+                            for i, v in served.items()})
+
+
 async def _history(service: BanditService, client: Redis, count: int) -> list[Row]:
     names = [f"history-{i}" for i in range(10)]
     await _create(service, names, 10)
@@ -288,7 +296,7 @@ async def _history(service: BanditService, client: Redis, count: int) -> list[Ro
     documents: dict[str, dict[str, Any]] = {}
     for name in names:
         snapshot = await service.cache.get(name)
-        documents[name] = sample(snapshot, await summary_of(snapshot), Traffic({}, {}))
+        documents[name] = sample(snapshot, await summary_of(snapshot), _traffic(10))
 
     async def ours() -> None:
         for _ in range(count):
