@@ -145,10 +145,12 @@ class _Sums:
     def minus(self, before: _Sums) -> tuple[FloatArray, FloatArray, FloatArray]:
         """The sums between ``before`` and this sample (arms added since count from 0)."""
         arms = self.observed.shape[0]
-        return tuple(now - np.pad(then, (0, arms - then.shape[0]))  # type: ignore[return-value]
-                     for now, then in ((self.observed, before.observed),
-                                       (self.expected, before.expected),
-                                       (self.variance, before.variance)))
+
+        def since(now: FloatArray, then: FloatArray) -> FloatArray:
+            return now - np.pad(then, (0, arms - then.shape[0]))
+
+        return (since(self.observed, before.observed), since(self.expected, before.expected),
+                since(self.variance, before.variance))
 
 
 def sample_ratio_test(observed: FloatArray, expected: FloatArray, variance: FloatArray,

@@ -7,7 +7,7 @@ two lists, so the number of processes does not change the sampling rate: a coars
 per ``history_interval_s``, the newest ``history_max_samples``: a day at 60 s) and a fine one
 (one per ``history_fine_interval_s``, kept for ``history_fine_window_s``: an hour at 10 s).
 Reads merge them: the fine samples, after the coarse ones older than the fine list. Samples
-are column-oriented per arm. Memory: about 90 bytes per arm per sample (nine numbers and the
+are column-oriented per arm. Memory: about 95 bytes per arm per sample (nine numbers and the
 arm id); the fine list adds a quarter to the coarse list's samples at the defaults.
 
 Besides the plots' columns, a sample carries the cumulative sums of the sample-ratio test
