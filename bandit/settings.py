@@ -63,6 +63,11 @@ class Settings:
     history_interval_s: float = 60.0
     #: Samples kept per experiment (the oldest are dropped): a day at the default interval.
     history_max_samples: int = 1440
+    #: How often samples go to a second, finer history list for recent plots; off when not
+    #: shorter than ``history_interval_s``.
+    history_fine_interval_s: float = 10.0
+    #: How long the fine samples are kept (360 samples at the defaults; 0 = no fine list).
+    history_fine_window_s: float = 3600.0
     #: Threads a tuning-advisor forecast may use (one forecast runs at a time per process).
     advisor_threads: int = 1
     #: ``appendfsync`` of the embedded Redis: ``always`` acknowledges nothing it has not fsynced.
@@ -122,6 +127,10 @@ class Settings:
         _check(self.history_interval_s, "history_interval_s",
                _positive(self.history_interval_s))
         _check(self.history_max_samples, "history_max_samples", self.history_max_samples >= 1)
+        _check(self.history_fine_interval_s, "history_fine_interval_s",
+               _positive(self.history_fine_interval_s))
+        _check(self.history_fine_window_s, "history_fine_window_s",
+               math.isfinite(self.history_fine_window_s) and self.history_fine_window_s >= 0)
         _check(self.advisor_threads, "advisor_threads", 1 <= self.advisor_threads <= 64)
         _check(self.sticky_cache_size, "sticky_cache_size", self.sticky_cache_size >= 0)
         _check(

@@ -48,6 +48,7 @@ from bandit.serving.cache import summary_of
 from bandit.serving.history import sample
 from bandit.serving.service import BanditService
 from bandit.settings import Settings
+from bandit.store.codec import Draws, HistoryRings, Traffic
 from bandit.store.redis_store import RedisStore
 from tests.support.redis import RedisServer
 
@@ -280,6 +281,14 @@ async def _provisional(service: BanditService, client: Redis, count: int) -> lis
                 await _encoding(client, "base:decisions"))]
 
 
+def _traffic(arms: int) -> Traffic:
+    """Cumulative counts of an experiment served a million decisions: numbers with all the
+    digits a busy experiment's samples carry."""
+    served = {i: 1_000_000 // arms + 7 * i for i in range(arms)}
+    return Traffic(served, {i: Draws(float(v), v * 1.000_13 + 0.123_456, v * 0.9 + 0.987_65)
+                            for i, v in served.items()})
+
+
 async def _history(service: BanditService, client: Redis, count: int) -> list[Row]:
     names = [f"history-{i}" for i in range(10)]
     await _create(service, names, 10)
@@ -287,12 +296,12 @@ async def _history(service: BanditService, client: Redis, count: int) -> list[Ro
     documents: dict[str, dict[str, Any]] = {}
     for name in names:
         snapshot = await service.cache.get(name)
-        documents[name] = sample(snapshot, await summary_of(snapshot), {})
+        documents[name] = sample(snapshot, await summary_of(snapshot), _traffic(10))
 
     async def ours() -> None:
         for _ in range(count):
             # An interval of ~0 lets every offer land (the service offers one per interval).
-            await service.store.append_history(documents, 1e-9, count)
+            await service.store.append_history(documents, HistoryRings(1e-9, count, 1e-9, 0))
 
     async def baseline() -> None:
         for _ in range(count):
@@ -325,7 +334,8 @@ async def _run(url: str, arguments: argparse.Namespace) -> list[Row]:
         await asyncio.gather(*(service.allocate("warm", {"unit": f"user-{i}", "sticky": True})
                                for i in range(CHUNK // 10)))  # opens the connection pool
         await service.allocate("warm", {"n": 2, "provisional": True})
-        await store.append_history({"warm": {"share": [0.5, 0.5]}}, 1e-9, 10)
+        await store.append_history({"warm": {"share": [0.5, 0.5]}},
+                                   HistoryRings(1e-9, 10, 1e-9, 0))
         rows = await _experiments(service, client, arguments.experiments)
         rows += await _per_arm(service, client, arguments.arm_experiments)
         rows += await _dedup(service, client, arguments.events)

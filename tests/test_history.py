@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from bandit.api.app import create_app
 from bandit.settings import Settings
+from bandit.store.redis_store import RedisStore
 
 Client = TestClient[Any, Any]
 INTERVAL = 0.2
@@ -111,3 +112,43 @@ async def test_bad_history_queries_are_422(two_processes: list[Client], query: d
 
 async def test_history_of_an_unknown_experiment_is_404(two_processes: list[Client]) -> None:
     assert (await two_processes[0].get("/v1/experiments/nope/history")).status == 404
+
+
+async def test_recent_history_is_finer_and_merged_with_the_coarse_list(redis_url: str) -> None:
+    """A fine list (0.2 s, kept 1 s here; 10 s for an hour by default) beside the coarse one
+    (1 s): reads give the coarse samples older than the fine list, then the fine ones."""
+    settings = Settings(redis_url=redis_url, refresh_interval_s=0.05,
+                        served_flush_interval_s=0.05, history_interval_s=1.0,
+                        history_max_samples=20, history_fine_interval_s=0.2,
+                        history_fine_window_s=1.0)
+    async with TestClient(TestServer(create_app(settings, seed=3))) as client:
+        assert (await client.post("/v1/experiments", json={
+            "id": "fine", "arms": ["a", "b"], "reward": "bernoulli"})).status == 201
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 4.0
+        while loop.time() < end:  # served all along: sampled at every interval
+            assert (await client.post("/v1/experiments/fine/allocate")).status == 200
+            await asyncio.sleep(0.02)
+        body = await (await client.get("/v1/experiments/fine/history")).json()
+        assert (body["interval_s"], body["coarse_interval_s"], body["fine_window_s"]) == (
+            0.2, 1.0, 1.0)
+        times = [s["t"] for s in body["samples"]]
+        assert times == sorted(times)
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        # ceil(1 s / 0.2 s) + 1 fine samples, the newest; coarse ones before them.
+        assert all(0.95 * 0.2 <= gap < 0.5 for gap in gaps[-5:]), gaps
+        assert all(gap >= 0.95 * 1.0 for gap in gaps[:-6]), gaps
+        assert len(times) >= 6 + 2
+        store = RedisStore.from_settings(settings)
+        try:
+            assert await store.client.llen(store.keys("fine").history_fine) == 6
+            # A since in the fine stretch gives only what is newer; a limit the newest.
+            recent = await store.history("fine", times[-3], 10)
+            assert recent is not None and [s["t"] for s in recent] == times[-2:]
+            newest = await store.history("fine", 0.0, 3)
+            assert newest is not None and [s["t"] for s in newest] == times[-3:]
+        finally:
+            await store.close()
+        for sample in body["samples"]:
+            assert sum(sample["drawn"]) <= sum(sample["served"])
+            assert sum(sample["expected"]) == pytest.approx(sum(sample["drawn"]), abs=0.01)

@@ -56,13 +56,18 @@ _STATS: Schema = closed_object(
             description="what a winner call needs (also when there is no winner)"),
         "health": closed_object(["sample_ratio", "rewards"], {
             "sample_ratio": nullable(closed_object(
-                ["decisions", "chi2", "dof", "p_value", "ok", "expected", "observed"], {
+                ["decisions", "chi2", "dof", "p_value", "ok", "expected", "observed",
+                 "design_effect", "since", "window_s"], {
                     "decisions": COUNT, "chi2": NUMBER, "dof": COUNT, "p_value": SHARE,
                     "ok": {"type": "boolean"},
                     "expected": {"type": "array", "items": NUMBER},
-                    "observed": {"type": "array", "items": COUNT}},
-                description="chi-square test of decisions served against the propensities, "
-                            "interval by interval")),
+                    "observed": {"type": "array", "items": COUNT},
+                    "design_effect": {**NUMBER, "description": "the Pearson statistic is "
+                                      "divided by this (moving propensities)"},
+                    "since": {**NUMBER, "description": "server time the window starts"},
+                    "window_s": {**NUMBER, "description": "the window's length"}},
+                description="chi-square test of the draws per arm over the last hour against "
+                            "the sum of their propensities")),
             "rewards": nullable(closed_object(
                 ["observations", "unchanged_since", "decisions_since", "quiet_for_s", "stalled"], {
                     "observations": NUMBER, "unchanged_since": NUMBER,
@@ -75,9 +80,16 @@ _STATS: Schema = closed_object(
 
 _NUMBERS: Schema = {"type": "array", "items": NUMBER}
 _NULLABLE_NUMBERS: Schema = {"type": "array", "items": NULLABLE_NUMBER}
-_HISTORY: Schema = closed_object(["experiment", "interval_s", "samples"], {
+_HISTORY: Schema = closed_object(
+        ["experiment", "interval_s", "coarse_interval_s", "fine_window_s", "samples"], {
     "experiment": ID,
-    "interval_s": {"type": "number", "description": "sampling interval"},
+    "interval_s": {"type": "number", "description": "sampling interval of the newest "
+                                                    "samples"},
+    "coarse_interval_s": {"type": "number",
+                          "description": "sampling interval of samples older than "
+                                         "fine_window_s"},
+    "fine_window_s": {"type": "number", "description": "how far back samples are "
+                                                       "interval_s apart (0: all are coarse)"},
     "samples": {"type": "array", "maxItems": MAX_HISTORY_SAMPLES, "items": closed_object(
         ["t", "version", "arms", "share", "mean", "ci_low", "ci_high", "n", "served"], {
             "t": {"type": "number", "description": "server time of the sample, epoch seconds"},
@@ -86,7 +98,14 @@ _HISTORY: Schema = closed_object(["experiment", "interval_s", "samples"], {
             "share": _NUMBERS, "mean": _NULLABLE_NUMBERS, "ci_low": _NULLABLE_NUMBERS,
             "ci_high": _NULLABLE_NUMBERS, "n": _NUMBERS,
             "served": {"type": "array", "items": COUNT,
-                       "description": "decisions served so far (cumulative)"}})},
+                       "description": "decisions served so far (cumulative)"},
+            "drawn": {"type": "array", "items": COUNT,
+                      "description": "fresh random draws that chose the arm (cumulative; "
+                                     "absent from samples of earlier versions)"},
+            "expected": {**_NUMBERS, "description": "the arm's propensity summed over "
+                                                    "every draw (cumulative)"},
+            "variance": {**_NUMBERS, "description": "p(1-p) summed over every draw "
+                                                    "(cumulative)"}})},
 })
 
 _AUDIT: Schema = closed_object(["experiment", "entries"], {

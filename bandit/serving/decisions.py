@@ -2,8 +2,8 @@
 
 A decision costs no Redis round trip unless it is sticky (the unit's assignment is stored the
 first time) or provisional (counted as a failure at once). Each is signed (``bandit.tokens``)
-so that a reward can only name a decision really served; the counts of decisions served are
-flushed to Redis every second.
+so that a reward can only name a decision really served; the counts of decisions served, and
+the sample-ratio test's sums of their draws (``DrawTally``), are flushed to Redis every second.
 """
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ from bandit import policy
 from bandit.errors import InvalidValue, NotFound, StoreUnavailable
 from bandit.inputs import AllocateRequest
 from bandit.model import archived_message
+from bandit.policy.layout import FloatArray
 from bandit.serving.cache import ExperimentCache, Snapshot
 from bandit.serving.changes import cancelling
 from bandit.settings import Settings
+from bandit.store.codec import Draws
 from bandit.store.redis_store import RedisStore
 from bandit.tokens import DecisionSigner
 
@@ -61,6 +63,84 @@ class _DrawnAhead:
     ids: list[str] = field(default_factory=list)
 
 
+class DrawTally:
+    """The fresh draws of one experiment this process served since its last flush, summed for
+    the sample-ratio test (``bandit.serving.health``).
+
+    A fresh draw is a random choice of an arm from a snapshot's allocation probabilities: a
+    single decision, each decision of a batch, the first position of a slate (a draw from the
+    shares themselves, with its position propensity; the later positions are draws among the
+    arms left, which a per-arm test cannot judge against the shares), and a sticky unit's first
+    assignment (its later decisions repeat that one draw, so they are not counted again).
+
+    The expected count of an arm is the sum of its propensity over every draw, whichever arm
+    the draw chose. Within one snapshot the propensities are fixed, so the tally counts the
+    draws per snapshot and adds count x propensities when the snapshot changes: exact, and one
+    addition per decision. ``variance`` sums ``p(1-p)``, the exact variance of the count, which
+    the test needs because the propensities change from draw to draw.
+    """
+
+    def __init__(self) -> None:
+        self.observed: defaultdict[int, int] = defaultdict(int)
+        self.expected = np.zeros(0)
+        self.variance = np.zeros(0)
+        self._probabilities: FloatArray | None = None
+        self._pending = 0
+
+    def add(self, probabilities: FloatArray, index: int, times: int = 1) -> None:
+        """``times`` draws from ``probabilities`` (a snapshot's, never changed) chose ``index``."""
+        if probabilities is not self._probabilities:
+            self._fold(probabilities)
+        self._pending += times
+        self.observed[index] += times
+
+    def add_chosen(self, probabilities: FloatArray, chosen: list[int]) -> None:
+        """One draw from ``probabilities`` for each index in ``chosen``."""
+        if probabilities is not self._probabilities:
+            self._fold(probabilities)
+        self._pending += len(chosen)
+        observed = self.observed
+        for index in chosen:
+            observed[index] += 1
+
+    def sums(self) -> dict[int, Draws]:
+        """Per arm index: draws that chose it, expected draws, their variance."""
+        self._fold(None)
+        return {index: Draws(self.observed.get(index, 0), float(expected),
+                             float(self.variance[index]))
+                for index, expected in enumerate(self.expected.tolist())
+                if expected > 0 or index in self.observed}
+
+    def restore(self, sums: dict[int, Draws]) -> None:
+        """Take back the sums of a flush that did not reach Redis."""
+        self._fold(self._probabilities)
+        self._grow(max(sums, default=-1) + 1)
+        for index, (observed, expected, variance) in sums.items():
+            if observed:
+                self.observed[index] += int(observed)
+            self.expected[index] += expected
+            self.variance[index] += variance
+
+    def _grow(self, arms: int) -> None:
+        """Room for ``arms`` arms (arms are added to experiments, never removed)."""
+        grow = arms - self.expected.shape[0]
+        if grow > 0:
+            self.expected = np.concatenate([self.expected, np.zeros(grow)])
+            self.variance = np.concatenate([self.variance, np.zeros(grow)])
+
+    def _fold(self, probabilities: FloatArray | None) -> None:
+        """Add the draws of the snapshot drawn from so far, and draw from ``probabilities``."""
+        before, self._probabilities = self._probabilities, probabilities
+        if before is None or not self._pending:
+            self._pending = 0
+            return
+        arms = before.shape[0]
+        self._grow(arms)
+        self.expected[:arms] += self._pending * before
+        self.variance[:arms] += self._pending * before * (1.0 - before)
+        self._pending = 0
+
+
 class Decider:
     """The decisions of one service process, and the counts of what it served."""
 
@@ -78,6 +158,7 @@ class Decider:
         self._served: defaultdict[str, defaultdict[int, int]] = defaultdict(
             lambda: defaultdict(int)
         )
+        self._draws: defaultdict[str, DrawTally] = defaultdict(DrawTally)
         #: Experiments this process served decisions since the history sampler last asked.
         self._served_recently: set[str] = set()
         self._ahead: dict[str, dict[str, _DrawnAhead]] = {"d": {}, "p": {}}
@@ -164,15 +245,18 @@ class Decider:
         experiment_id = snapshot.experiment.id
         served = self._served[experiment_id]
         issued = int(time.time())
+        draws = self._draws[experiment_id]
         if n == 1:
             index, decision_id = self._one(snapshot, kind, issued, signer)
             served[index] += 1
+            draws.add(snapshot.probabilities, index)
             return [{"decision_id": decision_id, "arm": arms[index],
                      "propensity": probabilities[index]}]
         chosen = policy.sample_arms(snapshot.cumulative, n, self._rng)
         for index, times in enumerate(np.bincount(chosen, minlength=len(arms)).tolist()):
             if times:
                 served[index] += times
+                draws.add(snapshot.probabilities, index, times)
         ids = signer.sign(experiment_id, kind, issued, chosen)
         return [
             {"decision_id": decision_id, "arm": arms[index], "propensity": probabilities[index]}
@@ -214,6 +298,9 @@ class Decider:
         served = self._served[snapshot.experiment.id]
         for index in arms_chosen.ravel().tolist():
             served[index] += 1
+        # Position 1 is a draw from the shares, with its position propensity (DrawTally).
+        self._draws[snapshot.experiment.id].add_chosen(snapshot.probabilities,
+                                                       arms_chosen[:, 0].tolist())
         arms = snapshot.arms
         ids = signer.sign_slates(snapshot.experiment.id, int(time.time()), arms_chosen)
         return [
@@ -238,9 +325,12 @@ class Decider:
         if assignment is None:
             # Only a candidate: another process may have assigned the unit first. What is
             # served (and counted) is decided below, from the stored assignment.
-            stored = await self._store.sticky_assignment(experiment.id, field,
-                                                        self._propose(snapshot, request.k))
+            proposed = self._propose(snapshot, request.k)
+            stored, created = await self._store.sticky_assignment(experiment.id, field,
+                                                                  proposed)
             assignment = _decode_assignment(stored)
+            if created:  # the unit's one draw, made here, from this snapshot (DrawTally)
+                self._draws[experiment.id].add(snapshot.probabilities, assignment[0][0])
             self._sticky[key] = assignment
             if len(self._sticky) > self._settings.sticky_cache_size:
                 self._sticky.popitem(last=False)
@@ -292,18 +382,24 @@ class Decider:
         return f"{indices}|{slate_propensity.tolist()[0]!r}|{positions}"
 
     async def flush_served(self) -> None:
-        """Add this process's served-decision counts to Redis (best effort, periodic)."""
-        if not self._served:
+        """Add this process's served-decision counts and draws to Redis (best effort,
+        periodic)."""
+        if not self._served and not self._draws:
             return
         pending, self._served = self._served, defaultdict(lambda: defaultdict(int))
+        tallies, self._draws = self._draws, defaultdict(DrawTally)
         self._served_recently.update(pending)
         unsent = {k: dict(v) for k, v in pending.items()}
+        draws = {k: v.sums() for k, v in tallies.items()}
         try:
             await self._store.add_served(unsent)
+            await self._store.add_draws(draws)
         except StoreUnavailable:
             for experiment_id, per_arm in unsent.items():  # kept for the next flush
                 for index, times in per_arm.items():
                     self._served[experiment_id][index] += times
+            for experiment_id, sums in draws.items():
+                self._draws[experiment_id].restore(sums)
             raise
 
     def take_served_recently(self) -> set[str]:

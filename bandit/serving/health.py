@@ -2,18 +2,23 @@
 
 Pure functions of a posterior summary and the experiment's history samples
 (:mod:`bandit.serving.history`); the service fetches those and reports the results in the stats.
+The sample-ratio test judges the draws recorded with their propensities
+(``bandit.serving.decisions.DrawTally``) over the last hour of samples.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy import stats as scipy_stats
 
 from bandit.policy import PosteriorSummary
+from bandit.policy.layout import FloatArray, IntArray
 
 #: Sample-ratio tests fail below this p-value: rare enough that a flag is worth a look.
 SAMPLE_RATIO_ALPHA = 0.001
@@ -21,6 +26,12 @@ SAMPLE_RATIO_ALPHA = 0.001
 STALL_DECISIONS = 100
 #: ... and history intervals it must have lasted (so a short gap between batches is no alarm).
 STALL_INTERVALS = 5
+#: The sample-ratio test covers (at least) this much of the newest history.
+SAMPLE_RATIO_WINDOW_S = 3600.0
+#: Marks of the sample-ratio sums kept per experiment are this far apart (bounds the memory).
+MARK_STEP_S = SAMPLE_RATIO_WINDOW_S / 12
+#: Arms expected to be drawn fewer times in the window are pooled into one cell.
+MIN_CELL_EXPECTED = 5.0
 
 
 def default_max_loss(summary: PosteriorSummary) -> float:
@@ -46,17 +57,25 @@ class HealthTracker:
     """The serving-health checks kept up to date sample by sample.
 
     The stats endpoint is asked often and a history holds up to a day of samples per arm, so
-    each process keeps these running sums per experiment and reads only the samples that
-    arrived since it last looked. :func:`sample_ratio` and :func:`reward_flow` run the same
-    code over a whole list of samples.
+    each process keeps these per experiment and reads only the samples that arrived since it
+    last looked. :func:`sample_ratio` and :func:`reward_flow` run the same code over a whole
+    list of samples.
+
+    The sample-ratio test covers the last hour: the difference between the newest sample and
+    a mark at least ``SAMPLE_RATIO_WINDOW_S`` older (marks are kept every twelfth of the
+    window, so the window is 60 to 65 minutes at the defaults, or the whole history when it is
+    shorter). A problem that is fixed leaves the window an hour later and the flag goes green;
+    settings changes need no reset, since every draw brings its own propensities.
     """
 
     def __init__(self) -> None:
         self.last: dict[str, Any] | None = None
-        self.observed = np.zeros(0)
-        self.expected = np.zeros(0)
         # The first sample of the run of samples at the current observation count.
         self.anchor: dict[str, Any] | None = None
+        #: Cumulative sample-ratio sums, at least MARK_STEP_S apart, the oldest being the
+        #: newest one at least a window before ``newest``.
+        self._marks: deque[_Sums] = deque()
+        self._newest: _Sums | None = None
 
     @property
     def last_t(self) -> float:
@@ -70,49 +89,29 @@ class HealthTracker:
             before, self.last = self.last, sample
             if before is None or sum(sample["n"]) != sum(before["n"]):
                 self.anchor = sample
-            if before is None:
-                continue
-            count = len(before["arms"])
-            grow = len(sample["arms"]) - self.observed.shape[0]
-            if grow > 0:  # arms added: they count from the sample that first lists them
-                self.observed = np.concatenate([self.observed, np.zeros(grow)])
-                self.expected = np.concatenate([self.expected, np.zeros(grow)])
-            served = (np.array(sample["served"][:count], float)
-                      - np.array(before["served"], float))
-            total = served.sum()
-            if total <= 0:
-                continue
-            shares = (np.array(before["share"], float)
-                      + np.array(sample["share"][:count], float)) / 2
-            self.observed[:count] += served
-            self.expected[:count] += total * shares / shares.sum()
+            sums = _Sums.of(sample)
+            if sums is not None:  # None: a sample of a version without the sums
+                self._add_sums(sums)
+
+    def _add_sums(self, sums: _Sums) -> None:
+        self._newest = sums
+        if not self._marks or sums.t - self._marks[-1].t >= MARK_STEP_S:
+            self._marks.append(sums)
+        cutoff = sums.t - SAMPLE_RATIO_WINDOW_S
+        while len(self._marks) > 1 and self._marks[1].t <= cutoff:
+            self._marks.popleft()
 
     def sample_ratio(self) -> dict[str, Any] | None:
-        """Chi-square test of decisions served per arm against what the propensities promised.
-
-        Weights change over time, so the expectation is built interval by interval: the
-        decisions served between two history samples, spread over the arms by the average of
-        the two samples' shares. Served counts are flushed by each process about once a
-        second, so the test is for gross imbalance (a broken client, a caching layer), not
-        for a handful of decisions.
-        """
-        decisions = float(self.observed.sum())
-        used = self.expected > 0
-        if decisions < 1 or used.sum() < 2:
+        """Chi-square test of the draws per arm over the last hour against their propensities
+        (see :func:`sample_ratio_test`); None until two samples with the sums span traffic."""
+        newest = self._newest
+        if newest is None or not self._marks or self._marks[0] is newest:
             return None
-        observed, expected = self.observed, self.expected
-        # An arm served while its propensity rounded to almost 0 (its decisions flushed after a
-        # change took its traffic away) makes the statistic overflow: it is as large as a float
-        # goes (p-value 0), not inf, which JSON cannot carry.
-        with np.errstate(over="ignore"):
-            chi2 = float((((observed - expected) ** 2)[used] / expected[used]).sum())
-        chi2 = min(chi2, float(np.finfo(np.float64).max))
-        dof = int(used.sum()) - 1
-        p_value = float(scipy_stats.chi2.sf(chi2, dof))
-        return {"decisions": int(decisions), "chi2": chi2, "dof": dof, "p_value": p_value,
-                "ok": p_value >= SAMPLE_RATIO_ALPHA,
-                "expected": [round(e, 1) for e in expected.tolist()],
-                "observed": [int(o) for o in observed.tolist()]}
+        since = self._marks[0]
+        result = sample_ratio_test(*newest.minus(since))
+        if result is not None:
+            result.update(since=since.t, window_s=newest.t - since.t)
+        return result
 
     def reward_flow(self, interval_s: float) -> dict[str, Any] | None:
         """When rewards last arrived, and whether they stopped while decisions kept coming."""
@@ -125,6 +124,86 @@ class HealthTracker:
                 "decisions_since": decisions_since, "quiet_for_s": quiet_for,
                 "stalled": decisions_since >= STALL_DECISIONS
                 and quiet_for >= STALL_INTERVALS * interval_s}
+
+
+@dataclass(frozen=True)
+class _Sums:
+    """A history sample's cumulative sample-ratio sums (``bandit.serving.history``)."""
+
+    t: float
+    observed: FloatArray
+    expected: FloatArray
+    variance: FloatArray
+
+    @classmethod
+    def of(cls, sample: dict[str, Any]) -> _Sums | None:
+        if "expected" not in sample:
+            return None
+        return cls(float(sample["t"]), np.array(sample["drawn"], float),
+                   np.array(sample["expected"], float), np.array(sample["variance"], float))
+
+    def minus(self, before: _Sums) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """The sums between ``before`` and this sample (arms added since count from 0)."""
+        arms = self.observed.shape[0]
+
+        def since(now: FloatArray, then: FloatArray) -> FloatArray:
+            return now - np.pad(then, (0, arms - then.shape[0]))
+
+        return (since(self.observed, before.observed), since(self.expected, before.expected),
+                since(self.variance, before.variance))
+
+
+def sample_ratio_test(observed: FloatArray, expected: FloatArray, variance: FloatArray,
+                      alpha: float = SAMPLE_RATIO_ALPHA) -> dict[str, Any] | None:
+    """Pearson's chi-square test of draws per arm against the sum of their propensities.
+
+    Each draw is a categorical draw with its own propensities, so the counts are not one
+    multinomial: their exact variance, ``sum p(1-p)`` per arm, is below what Pearson's
+    statistic assumes whenever propensities moved (Thompson sampling, pauses, setting
+    changes), and the plain test would flag less than ``alpha`` of healthy experiments. The
+    statistic is divided by the mean design effect (the first-order Rao-Scott correction),
+    ``sum(variance / expected) / dof``, which is exact for two arms and 1 when nothing moved.
+    Arms expecting fewer than ``MIN_CELL_EXPECTED`` draws are pooled into one cell (with the
+    smallest others until it reaches that), where the chi-square law of the statistic holds;
+    a pooled cell's variance is taken as the sum of its arms' (a little more than it is).
+    A draw of an arm whose propensity was 0 throughout is impossible: p-value 0.
+    """
+    decisions = float(observed.sum())
+    if decisions < 1 or int((expected > 0).sum()) < 2:
+        return None
+    cells = _cells(expected)
+    if len(cells) < 2:
+        return None
+    cell_observed = np.array([observed[c].sum() for c in cells])
+    cell_expected = np.array([expected[c].sum() for c in cells])
+    cell_variance = np.array([variance[c].sum() for c in cells])
+    dof = len(cells) - 1
+    pearson = float(((cell_observed - cell_expected) ** 2 / cell_expected).sum())
+    design_effect = float((cell_variance / cell_expected).sum()) / dof
+    chi2 = pearson / max(design_effect, 1e-9)
+    if observed[expected <= 0].sum() > 0:
+        chi2 = math.inf
+    # As large as a float goes (p-value 0), not inf, which JSON cannot carry.
+    chi2 = min(chi2, float(np.finfo(np.float64).max))
+    p_value = float(scipy_stats.chi2.sf(chi2, dof))
+    return {"decisions": round(decisions), "chi2": chi2, "dof": dof, "p_value": p_value,
+            "ok": p_value >= alpha, "design_effect": design_effect,
+            "expected": [round(e, 1) for e in expected.tolist()],
+            "observed": [round(o) for o in observed.tolist()]}
+
+
+def _cells(expected: FloatArray) -> list[IntArray]:
+    """The arms with a propensity, grouped into the test's cells: one per arm, the sparse
+    ones pooled into one, with the smallest others while it expects too few."""
+    order = [int(i) for i in np.argsort(expected, kind="stable") if expected[i] > 0]
+    pooled = [i for i in order if expected[i] < MIN_CELL_EXPECTED]
+    rest = order[len(pooled):]
+    while pooled and rest and float(expected[pooled].sum()) < MIN_CELL_EXPECTED:
+        pooled.append(rest.pop(0))
+    cells = [np.array([i]) for i in rest]
+    if pooled:
+        cells.insert(0, np.array(pooled))
+    return cells
 
 
 def sample_ratio(samples: Sequence[dict[str, Any]]) -> dict[str, Any] | None:

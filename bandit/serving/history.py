@@ -1,9 +1,18 @@
-"""Experiment history: allocation shares, posteriors and traffic sampled over time, for plots.
+"""Experiment history: allocation shares, posteriors and traffic sampled over time, for plots
+and for the serving-health checks (``bandit.serving.health``).
 
-Every service process offers a sample of each experiment it serves once per interval; the
-``HISTORY_APPEND`` script keeps the first one of each interval (by server time), so the number
-of processes does not change the sampling rate. Samples are column-oriented per arm. Memory:
-about 60 bytes per arm per sample (six numbers and the arm id), times ``history_max_samples``.
+Every service process offers a sample of each experiment it serves twice per fine interval;
+the ``HISTORY_APPEND`` script keeps the first one of each interval (by server time) in each of
+two lists, so the number of processes does not change the sampling rate: a coarse list (one
+per ``history_interval_s``, the newest ``history_max_samples``: a day at 60 s) and a fine one
+(one per ``history_fine_interval_s``, kept for ``history_fine_window_s``: an hour at 10 s).
+Reads merge them: the fine samples, after the coarse ones older than the fine list. Samples
+are column-oriented per arm. Memory: about 95 bytes per arm per sample (nine numbers and the
+arm id); the fine list adds a quarter to the coarse list's samples at the defaults.
+
+Besides the plots' columns, a sample carries the cumulative sums of the sample-ratio test
+(``drawn``, ``expected``, ``variance``: ``bandit.serving.decisions.DrawTally``), so that the
+test over any stretch of history is the difference of two samples.
 
 Only experiments where something happened are offered: this process served them decisions,
 or their posteriors or settings changed since it first saw or last offered them. An idle
@@ -24,6 +33,7 @@ from bandit.policy import PosteriorSummary
 from bandit.serving.cache import ExperimentCache, Snapshot, summaries_of
 from bandit.serving.changes import cancelling
 from bandit.settings import Settings
+from bandit.store.codec import Draws, HistoryRings, Traffic
 from bandit.store.redis_store import RedisStore
 
 logger = logging.getLogger(__name__)
@@ -33,8 +43,7 @@ MAX_LIMIT = 10_000
 OFFER_CHUNK = 200
 
 
-def sample(snapshot: Snapshot, summary: PosteriorSummary,
-           served: dict[int, int]) -> dict[str, Any]:
+def sample(snapshot: Snapshot, summary: PosteriorSummary, traffic: Traffic) -> dict[str, Any]:
     """One history sample of a snapshot (without its time, which the server adds)."""
     return {
         "version": snapshot.experiment.version,
@@ -44,8 +53,19 @@ def sample(snapshot: Snapshot, summary: PosteriorSummary,
         "ci_low": [_finite(value) for value in summary.ci_low.tolist()],
         "ci_high": [_finite(value) for value in summary.ci_high.tolist()],
         "n": snapshot.counts.tolist(),
-        "served": [served.get(i, 0) for i in range(len(snapshot.experiment.arms))],
+        **traffic_columns(traffic, len(snapshot.experiment.arms)),
     }
+
+
+def traffic_columns(traffic: Traffic, arms: int) -> dict[str, list[Any]]:
+    """A sample's cumulative traffic columns: ``served``, and the sample-ratio sums (rounded
+    to 1e-3: the test's differences of thousands of draws do not see that)."""
+    none = Draws(0.0, 0.0, 0.0)
+    draws = [traffic.draws.get(i, none) for i in range(arms)]
+    return {"served": [traffic.served.get(i, 0) for i in range(arms)],
+            "drawn": [int(d.observed) for d in draws],
+            "expected": [round(d.expected, 3) for d in draws],
+            "variance": [round(d.variance, 3) for d in draws]}
 
 
 def _finite(value: float) -> float | None:
@@ -59,8 +79,7 @@ class HistorySampler:
         last call."""
         self._store = store
         self._cache = cache
-        self._interval = settings.history_interval_s
-        self._max_samples = settings.history_max_samples
+        self._rings = HistoryRings.of(settings)
         self._served_recently = served_recently
         #: Experiment id -> the revision and version this process last offered a sample of.
         self._offered: dict[str, tuple[int, int]] = {}
@@ -85,8 +104,10 @@ class HistorySampler:
         for start in range(0, len(snapshots), OFFER_CHUNK):
             landed.update(await self._offer(snapshots[start:start + OFFER_CHUNK]))
         for snapshot in snapshots:
-            # One that came too soon (another sample of the interval landed) is offered again.
-            if landed.get(snapshot.experiment.id) != 0:
+            # One that came too soon for the coarse list (another sample of the interval
+            # landed) is offered again, so the coarse list holds the change once the fine
+            # list has dropped it.
+            if landed.get(snapshot.experiment.id) not in (0, 1):
                 self._offered[snapshot.experiment.id] = (snapshot.revision,
                                                          snapshot.experiment.version)
                 self._active.discard(snapshot.experiment.id)
@@ -97,18 +118,18 @@ class HistorySampler:
         return landed
 
     async def _offer(self, snapshots: list[Snapshot]) -> dict[str, int]:
-        served = await self._store.served([s.experiment.id for s in snapshots])
+        traffic = await self._store.traffic([s.experiment.id for s in snapshots])
         summaries = await summaries_of(snapshots)
         samples = {snapshot.experiment.id: sample(snapshot, summary, counts)
-                   for snapshot, summary, counts in zip(snapshots, summaries, served,
+                   for snapshot, summary, counts in zip(snapshots, summaries, traffic,
                                                         strict=True)}
-        return await self._store.append_history(samples, self._interval, self._max_samples)
+        return await self._store.append_history(samples, self._rings)
 
     async def run(self) -> None:
         # Offering twice per interval bounds the gap between samples to 1.5 intervals even when
         # processes' timers drift; the script drops the offers that come too soon.
         while not cancelling():
-            await asyncio.sleep(self._interval / 2)
+            await asyncio.sleep(self._rings.interval_s / 2)
             try:
                 await self.offer()
             except StoreUnavailable as error:

@@ -47,6 +47,7 @@ from bandit.serving.decisions import Decider
 from bandit.serving.history import MAX_LIMIT as MAX_HISTORY
 from bandit.serving.rewards import Rewards
 from bandit.settings import Settings
+from bandit.store.codec import HistoryRings
 from bandit.store.redis_store import RedisStore
 
 logger = logging.getLogger(__name__)
@@ -99,8 +100,11 @@ class BanditService:
         samples = await self.store.history(experiment_id, since_value, limit_value)
         if samples is None:
             raise NotFound(f"experiment {experiment_id!r} does not exist")
-        return {"experiment": experiment_id,
-                "interval_s": self.settings.history_interval_s, "samples": samples}
+        rings = HistoryRings.of(self.settings)
+        return {"experiment": experiment_id, "interval_s": rings.interval_s,
+                "coarse_interval_s": rings.coarse_interval_s,
+                "fine_window_s": self.settings.history_fine_window_s if rings.fine_samples
+                else 0.0, "samples": samples}
 
     async def audit(self, experiment_id: str) -> dict[str, Any]:
         check_id(experiment_id, "experiment id")
@@ -302,7 +306,7 @@ class BanditService:
             self._traffic.pop(dropped, None)
         limit = MAX_HISTORY
         if tracker.last is not None:
-            interval = self.settings.history_interval_s
+            interval = HistoryRings.of(self.settings).interval_s
             limit = min(MAX_HISTORY, 2 + math.ceil(
                 max(snapshot.server_time - tracker.last_t, 0.0) / (0.9 * interval)))
         samples = await self.store.history(experiment_id, tracker.last_t, limit) or []

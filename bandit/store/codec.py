@@ -1,8 +1,10 @@
 """What the store writes and reads, as plain data: an experiment's stored state, events
-encoded for the APPLY_EVENTS script, and the (de)serialisation between them (pure functions)."""
+encoded for the APPLY_EVENTS script, the sample-ratio sums, the history lists' sizes, and the
+(de)serialisation between them (pure functions)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -11,6 +13,7 @@ import numpy.typing as npt
 import orjson
 
 from bandit.model import Experiment
+from bandit.settings import Settings
 from bandit.tokens import decision_key
 
 
@@ -37,6 +40,69 @@ class EncodedEvent(NamedTuple):
     reward: float
     ts: float | None
     decision_id: str | None
+
+
+class Draws(NamedTuple):
+    """One arm's sample-ratio sums over a run of fresh draws (``bandit.serving.decisions``)."""
+
+    #: Draws that chose the arm.
+    observed: float
+    #: The arm's propensity summed over every draw (whichever arm it chose).
+    expected: float
+    #: ``p(1-p)`` of the arm summed over every draw: the exact variance of ``observed``.
+    variance: float
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """What was served of one experiment, as flushed by every process."""
+
+    #: Decisions served per arm index (a slate counts for each arm it holds).
+    served: dict[int, int]
+    #: Sample-ratio sums per arm index.
+    draws: dict[int, Draws]
+
+
+@dataclass(frozen=True)
+class HistoryRings:
+    """The two history lists: coarse (``history_interval_s``, ``history_max_samples``) and
+    fine (``history_fine_interval_s`` for ``history_fine_window_s``; 0 samples: none)."""
+
+    coarse_interval_s: float
+    coarse_samples: int
+    fine_interval_s: float
+    fine_samples: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> HistoryRings:
+        fine = settings.history_fine_interval_s
+        samples = (math.ceil(settings.history_fine_window_s / fine) + 1
+                   if fine < settings.history_interval_s
+                   and settings.history_fine_window_s > 0 else 0)
+        return cls(settings.history_interval_s, settings.history_max_samples, fine, samples)
+
+    @property
+    def interval_s(self) -> float:
+        """The spacing of the newest samples (the finest list in use)."""
+        return self.fine_interval_s if self.fine_samples else self.coarse_interval_s
+
+
+def encode_draws(draws: dict[int, Draws]) -> list[str]:
+    """ADD_DRAWS arguments: field, increment pairs (``repr``: every digit of a float)."""
+    arguments = []
+    for arm, sums in draws.items():
+        for suffix, value in zip("oev", sums, strict=True):
+            arguments += [f"{arm}:{suffix}", repr(float(value))]
+    return arguments
+
+
+def decode_draws(fields: dict[str, str]) -> dict[int, Draws]:
+    """The draws hash (``i:o``, ``i:e``, ``i:v``) per arm index."""
+    sums: dict[int, list[float]] = {}
+    for name, value in fields.items():
+        arm, _, suffix = name.partition(":")
+        sums.setdefault(int(arm), [0.0, 0.0, 0.0])["oev".index(suffix)] = float(value)
+    return {arm: Draws(*values) for arm, values in sums.items()}
 
 
 def config_json(experiment: Experiment) -> str:

@@ -16,12 +16,18 @@ key                       type    contents
                                   (gaussian), ``i:n`` raw count, ``i:t`` last decay time;
                                   ``rev`` bumped on every change
 ``P:{E}:served``          hash    decisions served per arm index (flushed by each process)
+``P:{E}:draws``           hash    the sample-ratio test's sums, per arm index ``i``: ``i:o``
+                                  fresh random draws that chose the arm, ``i:e`` the sum of
+                                  the arm's propensity over every fresh draw, ``i:v`` the sum
+                                  of ``p(1-p)`` (flushed by each process with ``served``)
 ``P:{E}:units``           hash    sticky unit (``unit``, or ``unit\x1fk=K`` for a slate) ->
                                   ``arm indices|propensity|position propensities``
 ``P:{E}:audit``           list    configuration changes, oldest first (JSON entries), kept for
                                   the experiment's life
 ``P:{E}:history``         list    ``time|sample JSON``: allocation and posteriors over time,
                                   one per history interval, the newest ``history_max_samples``
+``P:{E}:history:fine``    list    the same, one per ``history_fine_interval_s``, kept for
+                                  ``history_fine_window_s`` (absent when that is off)
 ``P:{E}:dedup:<w>:<n>``  set     reward-event ids seen in the n-th time bucket of width w ms
                                   (a quarter of the dedup window), and ``@<decision>:<arm>``
                                   for each decision rewarded; expires 5 buckets later
@@ -82,12 +88,20 @@ class Keys:
         return f"{self._base}:served"
 
     @property
+    def draws(self) -> str:
+        return f"{self._base}:draws"
+
+    @property
     def audit(self) -> str:
         return f"{self._base}:audit"
 
     @property
     def history(self) -> str:
         return f"{self._base}:history"
+
+    @property
+    def history_fine(self) -> str:
+        return f"{self._base}:history:fine"
 
     @property
     def units(self) -> str:

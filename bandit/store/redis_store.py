@@ -24,10 +24,15 @@ from bandit.model import Experiment
 from bandit.settings import Settings
 from bandit.store import connection, scripts
 from bandit.store.codec import (
+    Draws,
     EncodedEvent,
+    HistoryRings,
     StoredState,
+    Traffic,
     config_json,
+    decode_draws,
     decode_state,
+    encode_draws,
     encode_events,
     half_life,
 )
@@ -58,6 +63,7 @@ class RedisStore:
         self._read = client.register_script(scripts.READ)
         self._sticky = client.register_script(scripts.STICKY)
         self._history_append = client.register_script(scripts.HISTORY_APPEND)
+        self._add_draws = client.register_script(scripts.ADD_DRAWS)
 
     @classmethod
     def from_url(cls, url: str, prefix: str, *, timeout_s: float, max_connections: int,
@@ -167,16 +173,19 @@ class RedisStore:
                 exists, entries = await call(pipe.execute)
         return list(entries) if exists else None
 
-    async def append_history(self, samples: dict[str, dict[str, Any]], interval_s: float,
-                             max_samples: int) -> dict[str, int]:
-        """Offer one sample per experiment; each lands only if its interval has passed."""
+    async def append_history(self, samples: dict[str, dict[str, Any]],
+                             rings: HistoryRings) -> dict[str, int]:
+        """Offer one sample per experiment to both lists; each lands in a list only if that
+        list's interval has passed (2: in the coarse list, 1: only in the fine one, 0: in
+        neither, -1: the experiment is gone)."""
         order = list(samples)
         calls: list[ScriptCall] = []
         for experiment_id in order:
             keys = self.keys(experiment_id)
-            calls.append((self._history_append, [keys.history, keys.meta],
-                          [repr(interval_s), str(max_samples),
-                           orjson.dumps(samples[experiment_id])]))
+            calls.append((self._history_append, [keys.history, keys.meta, keys.history_fine],
+                          [repr(rings.coarse_interval_s), str(rings.coarse_samples),
+                           orjson.dumps(samples[experiment_id]), repr(rings.fine_interval_s),
+                           str(rings.fine_samples)]))
         # Samples are for plots: they never wait for replicas.
         results = await self._scripts.run(calls, wait=False)
         return {experiment_id: int(result) for experiment_id, result in zip(order, results,
@@ -184,17 +193,24 @@ class RedisStore:
 
     async def history(self, experiment_id: str, since: float,
                       limit: int) -> list[dict[str, Any]] | None:
-        """Samples newer than ``since``, oldest first, at most the newest ``limit`` of them."""
-        entries = await self._experiment_list(experiment_id, self.keys(experiment_id).history,
-                                              -limit)
-        if entries is None:
+        """Samples newer than ``since``, oldest first, at most the newest ``limit`` of them:
+        the fine list's samples, after the coarse list's older than the fine list's first."""
+        keys = self.keys(experiment_id)
+        with failures():
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.exists(keys.meta)
+                pipe.lrange(keys.history, -limit, -1)
+                pipe.lrange(keys.history_fine, -limit, -1)
+                exists, coarse, fine = await call(pipe.execute)
+        if not exists:
             return None
-        samples = []
-        for entry in entries:
-            at, _, document = entry.partition("|")
-            if float(at) > since:
-                samples.append({"t": float(at), **orjson.loads(document)})
-        return samples
+        # The coarse list's samples outside the fine list's span: before it, and after it
+        # when the fine list was turned off and stopped growing.
+        first, last = (_time(fine[0]), _time(fine[-1])) if fine else (math.inf, math.inf)
+        coarse_samples = _samples(coarse, since)
+        merged = ([s for s in coarse_samples if s["t"] < first] + _samples(fine, since)
+                  + [s for s in coarse_samples if s["t"] > last])
+        return merged[-limit:]
 
     async def served(self, experiment_ids: Sequence[str]) -> list[dict[int, int]]:
         """Decisions served per arm index, as flushed by every process (one round trip).
@@ -208,6 +224,18 @@ class RedisStore:
                     pipe.hgetall(self.keys(experiment_id).served)
                 results = await call(pipe.execute)
         return [{int(k): int(v) for k, v in result.items()} for result in results]
+
+    async def traffic(self, experiment_ids: Sequence[str]) -> list[Traffic]:
+        """Served counts and sample-ratio sums of each experiment (one round trip)."""
+        with failures():
+            async with self._client.pipeline(transaction=False) as pipe:
+                for experiment_id in experiment_ids:
+                    keys = self.keys(experiment_id)
+                    pipe.hgetall(keys.served)
+                    pipe.hgetall(keys.draws)
+                results = await call(pipe.execute)
+        return [Traffic({int(k): int(v) for k, v in served.items()}, decode_draws(draws))
+                for served, draws in zip(results[::2], results[1::2], strict=True)]
 
     async def list_ids(self, after: str | None = None, limit: int = 1000) -> list[str]:
         """Experiment ids in id order, after ``after`` (exclusive), at most ``limit``."""
@@ -299,9 +327,12 @@ class RedisStore:
             [str(math.ceil(window_s * 1000)), *(str(i) for i in arm_indices)])
         return bool(result[0] == 1)
 
-    async def sticky_assignment(self, experiment_id: str, unit_field: str, proposed: str) -> str:
-        return str(await self._scripts.write(self._sticky, [self.keys(experiment_id).units],
-                                     [unit_field, proposed]))
+    async def sticky_assignment(self, experiment_id: str, unit_field: str,
+                                proposed: str) -> tuple[str, bool]:
+        """The unit's assignment in force, and whether it is ``proposed``, stored now."""
+        assignment, created = await self._scripts.write(
+            self._sticky, [self.keys(experiment_id).units], [unit_field, proposed])
+        return str(assignment), bool(created)
 
     async def add_served(self, served: dict[str, dict[int, int]]) -> None:
         """Add served-decision counts; a pipeline per 500 experiments, so that a second of
@@ -320,6 +351,19 @@ class RedisStore:
             for experiment_id in chunk:
                 del served[experiment_id]
 
+    async def add_draws(self, draws: dict[str, dict[int, Draws]]) -> None:
+        """Add fresh draws to the sample-ratio sums, one script call per experiment (each
+        experiment's draws in one atomic step), a round trip per 500 experiments. Raises
+        StoreUnavailable with the draws of the chunks not stored yet left in ``draws``."""
+        order = list(draws)
+        for start in range(0, len(order), 500):
+            chunk = order[start:start + 500]
+            await self._scripts.run([(self._add_draws, [self.keys(experiment_id).draws],
+                                      encode_draws(draws[experiment_id]))
+                                     for experiment_id in chunk], wait=False)
+            for experiment_id in chunk:
+                del draws[experiment_id]
+
     async def delete_all(self, experiment_id: str) -> None:
         """Remove every key of an experiment (tests and tooling; archive is the API's delete)."""
         keys = self.keys(experiment_id)
@@ -329,6 +373,20 @@ class RedisStore:
         if batch:
             await call(self._client.delete, *batch)
         await call(self._client.zrem, registry(self._prefix), experiment_id)
+
+
+def _samples(entries: list[str], since: float) -> list[dict[str, Any]]:
+    """History entries (``time|sample JSON``) newer than ``since``, as samples with ``t``."""
+    samples = []
+    for entry in entries:
+        at, _, document = entry.partition("|")
+        if float(at) > since:
+            samples.append({"t": float(at), **orjson.loads(document)})
+    return samples
+
+
+def _time(entry: str) -> float:
+    return float(entry.partition("|")[0])
 
 
 async def _chunks(items: AsyncIterator[str], size: int) -> AsyncIterator[list[str]]:

@@ -308,30 +308,56 @@ return {config, redis.call('HGETALL', KEYS[2]),
 STICKY = r"""
 -- The assignment of a unit: the stored one, or the proposed one, stored now.
 -- KEYS[1] units hash. ARGV[1] unit field, ARGV[2] proposed assignment.
--- Returns the assignment in force.
+-- Returns {the assignment in force, 1 when it is the proposal stored now else 0}: only the
+--   process whose proposal was stored counts the unit's draw (the sample-ratio test).
 local current = redis.call('HGET', KEYS[1], ARGV[1])
-if current then return current end
+if current then return {current, 0} end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return ARGV[2]
+return {ARGV[2], 1}
+"""
+
+ADD_DRAWS = r"""
+-- Add one process's fresh draws to an experiment's sample-ratio sums, all in one step, so a
+-- reader never sees a draw without its propensities (their differences over any stretch of
+-- history must pair up).
+-- KEYS[1] draws hash. ARGV: field, increment, field, increment, ... (fields `<arm>:o`,
+--   `<arm>:e`, `<arm>:v`; increments as decimal strings).
+-- Returns 1.
+for i = 1, #ARGV, 2 do
+  redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+return 1
 """
 
 HISTORY_APPEND = r"""
--- Append a history sample unless one was taken less than an interval ago (any process may
--- try; one sample per interval lands), and keep at most `max` samples.
--- KEYS[1] history list, KEYS[2] meta. ARGV[1] interval in seconds, ARGV[2] max samples,
---   ARGV[3] the sample (JSON object without its time).
--- Entries are `<server time>|<sample JSON>`. Returns 1 when appended, 0 when too soon, -1 when
---   the experiment is missing or archived.
+-- Append a history sample to the coarse list unless one was taken there less than an interval
+-- ago, and likewise to the fine list (any process may try; one sample per interval lands in
+-- each), keeping at most `max` samples in each.
+-- KEYS[1] coarse history list, KEYS[2] meta, KEYS[3] fine history list. ARGV[1] coarse interval
+--   in seconds, ARGV[2] coarse max samples, ARGV[3] the sample (JSON object without its
+--   time), ARGV[4] fine interval in seconds, ARGV[5] fine max samples (0: no fine list).
+-- Entries are `<server time>|<sample JSON>`. Returns 2 when the sample landed in the coarse
+--   list, 1 when only in the fine one, 0 when too soon for both, -1 when the experiment is
+--   missing or archived.
 local archived = redis.call('HGET', KEYS[2], 'archived')
 if not archived or archived == '1' then return -1 end
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-local last = redis.call('LINDEX', KEYS[1], -1)
-if last then
-  local at = tonumber(string.sub(last, 1, string.find(last, '|', 1, true) - 1))
-  if now - at < tonumber(ARGV[1]) * 0.95 then return 0 end
+local entry = string.format('%.6f', now) .. '|' .. ARGV[3]
+
+local function append(key, interval, max)
+  local last = redis.call('LINDEX', key, -1)
+  if last then
+    local at = tonumber(string.sub(last, 1, string.find(last, '|', 1, true) - 1))
+    if now - at < interval * 0.95 then return false end
+  end
+  redis.call('RPUSH', key, entry)
+  redis.call('LTRIM', key, -max, -1)
+  return true
 end
-redis.call('RPUSH', KEYS[1], string.format('%.6f', now) .. '|' .. ARGV[3])
-redis.call('LTRIM', KEYS[1], -tonumber(ARGV[2]), -1)
-return 1
+
+local fine = tonumber(ARGV[5]) > 0 and append(KEYS[3], tonumber(ARGV[4]), tonumber(ARGV[5]))
+if append(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])) then return 2 end
+if fine then return 1 end
+return 0
 """
