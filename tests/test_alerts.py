@@ -282,8 +282,9 @@ async def test_a_failing_sample_ratio_is_alerted(services: Services, receiver: R
     await serve([client], "ratio", 2 * INTERVAL)
     state = aioredis.from_url(redis_url)
     try:
-        # Served counts that no allocation promised: arm a got 5,000 more than it was given.
-        await state.hincrby("bandit:{ratio}:served", "0", 5000)
+        # Draws that no propensity promised: arm a drawn 5,000 times more than it was given
+        # (the sample-ratio sums' field `<arm index>:o`, bandit.store.keys).
+        await state.hincrby("bandit:{ratio}:draws", "0:o", 5000)
     finally:
         await state.aclose()
     await serve([client], "ratio", 2 * INTERVAL)
