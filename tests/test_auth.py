@@ -34,6 +34,7 @@ MATRIX: list[tuple[str, str, str | None, Any]] = [
     ("GET", "/v1/experiments/{id}", "read", None),
     ("PATCH", "/v1/experiments/{id}", "admin", {"version": 1, "exploration": {"epsilon": 0.1}}),
     ("DELETE", "/v1/experiments/{id}", "admin", None),
+    ("POST", "/v1/experiments/{id}/unarchive", "admin", None),
     ("POST", "/v1/experiments/{id}/allocate", "decide", {"n": 2}),
     ("GET", "/v1/experiments/{id}/stats", "read", None),
     ("GET", "/v1/experiments/{id}/audit", "read", None),

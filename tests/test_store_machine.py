@@ -346,7 +346,9 @@ class BanditMachine(RuleBasedStateMachine):
         outcome = self.attempt(self.services[process].patch(model.id, body))
         new = patched(model.config, body)
         refusals: set[type[BanditError]] = set()
-        if model.archived or new is None:
+        if model.archived:  # an archived experiment takes no changes until unarchived
+            refusals.add(NotFound)
+        elif new is None:
             refusals.add(InvalidValue)
         version = body.get("version")
         if type(version) is int and version != model.version:
@@ -359,8 +361,11 @@ class BanditMachine(RuleBasedStateMachine):
         assert new is not None
         assert not isinstance(outcome, BanditError), (outcome, body)
         expected = changes(model.config, new)
-        assert outcome["version"] == model.version + 1
         assert outcome["changes"] == expected
+        if not expected:  # a change that changes nothing: no new version, nothing audited
+            assert (outcome["version"], outcome["changed"]) == (model.version, False)
+            return
+        assert (outcome["version"], outcome["changed"]) == (model.version + 1, True)
         model.configs.append(new)
         model.audit.append(("update", expected))
         model.forgetting = model.forgetting or new.exploration["half_life_s"] is not None
@@ -428,6 +433,22 @@ class BanditMachine(RuleBasedStateMachine):
         model.configs.append(new)
         self.changed(model.id, process)
 
+    @precondition(has_experiments)
+    @rule(data=st.data())
+    def unarchive(self, data: st.DataObject) -> None:
+        process, model = self.pick(data)
+        outcome = self.attempt(self.services[process].unarchive(model.id))
+        assert not isinstance(outcome, BanditError), outcome
+        assert outcome["status"] == "active"
+        if not model.archived:  # unarchiving an active experiment changes nothing
+            assert (outcome["version"], outcome["changed"]) == (model.version, False)
+            return
+        assert (outcome["version"], outcome["changed"]) == (model.version + 1, True)
+        new = Config(model.config.arms, model.config.paused, model.config.exploration, False)
+        model.audit.append(("unarchive", changes(model.config, new)))
+        model.configs.append(new)
+        self.changed(model.id, process)
+
     # -- decisions
 
     @precondition(has_experiments)
@@ -478,7 +499,11 @@ class BanditMachine(RuleBasedStateMachine):
         not_servable = provisional and (model.reward != "bernoulli" or k is not None)
         if isinstance(outcome, BanditError):
             if isinstance(outcome, NotFound):
-                assert model.archived, outcome
+                # Archived; or unarchived since, on a process that has not caught up yet and
+                # may still hold any version from the last one it served.
+                seen = self.last_version[process].get(model.id, 1)
+                assert model.archived or (model.id not in self.current[process] and any(
+                    config.archived for config in model.configs[seen - 1:])), outcome
                 return
             assert isinstance(outcome, InvalidValue), outcome
             if not not_servable:  # then k was more than the arms with a positive share
@@ -701,6 +726,10 @@ class BanditMachine(RuleBasedStateMachine):
                 return "rejected"
             if decision_id in model.converted:
                 return "duplicate"  # a provisional decision converts once
+            if decision.kind == "provisional" and decision_id not in model.provisional:
+                # Served by a process that had not seen the archive yet: never recorded as
+                # pending, so nothing converts, even after an unarchive.
+                return "rejected"
         if event["id"] in model.seen:
             return "duplicate"
         converting = decision_id in model.provisional

@@ -99,8 +99,14 @@ class Rewards:
     ) -> tuple[list[EncodedEvent], list[int], list[dict[str, Any]]]:
         try:
             snapshot = await self._decisions.snapshot(experiment_id)
-        except NotFound as error:
-            return [], [], [{"index": e.position, "error": error.message} for e in events]
+        except NotFound:
+            # Archived in this cache, perhaps unarchived since by another process: a rejected
+            # reward is dropped by its sender for good, so ask Redis before rejecting.
+            self._decisions.cache.forget(experiment_id)
+            try:
+                snapshot = await self._decisions.snapshot(experiment_id)
+            except NotFound as error:
+                return [], [], [{"index": e.position, "error": error.message} for e in events]
         if any(snapshot.experiment.arm_index(e.arm) is None for e in events):
             # An arm added by another process may not have reached this cache yet; the fresh
             # read may also find the experiment archived meanwhile.

@@ -39,6 +39,13 @@ EXPERIMENTS: dict[str, dict[str, float]] = {
     "search-ranking": {"control": 2.0, "semantic": 2.3, "hybrid": 2.2},
 }
 GAUSSIAN = {"search-ranking"}
+#: Who runs each experiment, why, and its tags (shown in the list and on its page).
+METADATA: dict[str, dict[str, Any]] = {
+    HERO: {"owner": "checkout team", "tags": ["checkout", "q4"],
+           "hypothesis": "A blue button gets more purchases than the grey control."},
+    "pricing-page": {"owner": "pricing@example.com", "tags": ["pricing"]},
+    "search-ranking": {"owner": "search team", "tags": ["search", "ranking"]},
+}
 #: Rewards of this experiment stop arriving after a third of the run (stalled flag).
 STALLS = "search-ranking"
 #: Decisions per experiment per tick (four ticks a second).
@@ -58,7 +65,8 @@ def simulate(url: str, seconds: float, rng: random.Random) -> None:
     for experiment_id, arms in EXPERIMENTS.items():
         call(url, "POST", "/v1/experiments", {
             "id": experiment_id, "arms": list(arms),
-            "reward": "gaussian" if experiment_id in GAUSSIAN else "bernoulli"})
+            "reward": "gaussian" if experiment_id in GAUSSIAN else "bernoulli",
+            **METADATA[experiment_id]})
     call(url, "POST", "/v1/experiments", {"id": "onboarding-email", "arms": ["short", "long"],
                                           "reward": "bernoulli"})
     call(url, "DELETE", "/v1/experiments/onboarding-email")
