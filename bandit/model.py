@@ -31,7 +31,9 @@ MAX_OWNER_LENGTH = 200
 MAX_HYPOTHESIS_LENGTH = 2000
 MAX_TAGS = 20
 TAG_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.:/-]{0,63}")
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+#: Control characters (C0 but tab and newline, DEL, C1) and bidirectional overrides: text that
+#: would rewrite an operator's terminal (escape sequences) or reorder what a page shows.
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 #: The actor recorded in the audit log when the service runs without API keys.
 ANONYMOUS = "anonymous"
@@ -316,8 +318,9 @@ def check_consistent(experiment: Experiment) -> None:
         if control.arm in experiment.paused:
             raise InvalidValue(
                 f"exploration.control: the control arm {control.arm!r} holds a fixed share "
-                f"({control.share:g}) of the traffic, so it cannot be paused (a paused arm "
-                f"gets none): set exploration.control to null or to another arm first")
+                f"({control.share:g}) of the traffic, so it must stay active (a paused arm gets "
+                f"none): resume it, or set exploration.control to null or to another arm "
+                f"before pausing it")
         control_share = control.share
         bandit_arms -= 1
         if bandit_arms < 1:
@@ -348,7 +351,8 @@ def parse_text(value: object, what: str, max_length: int) -> str | None:
     if not isinstance(value, str):
         raise InvalidValue(f"{what}: expected a string or null, got {_describe(value)}")
     if _CONTROL_CHARACTERS.search(value):
-        raise InvalidValue(f"{what}: control characters are not allowed (tab and newline are)")
+        raise InvalidValue(f"{what}: control characters and bidirectional overrides are not "
+                           "allowed (tab and newline are)")
     text = value.strip()
     if len(text) > max_length:
         raise InvalidValue(f"{what}: at most {max_length} characters, got {len(text)}")
@@ -356,7 +360,8 @@ def parse_text(value: object, what: str, max_length: int) -> str | None:
 
 
 def parse_tags(value: object) -> tuple[str, ...]:
-    """Distinct tags, in the order given: lower case, digits and ``_.:/-``, 1 to 64 characters."""
+    """Distinct tags, sorted (a set: reordering them changes nothing): lower case, digits and
+    ``_.:/-``, 1 to 64 characters, starting with a letter or a digit."""
     if not isinstance(value, list):
         raise InvalidValue(f"tags: expected a list of strings, got {_describe(value)}")
     if len(value) > MAX_TAGS:
@@ -365,7 +370,7 @@ def parse_tags(value: object) -> tuple[str, ...]:
         if not isinstance(tag, str) or not TAG_PATTERN.fullmatch(tag):
             raise InvalidValue(f"tags[{i}]: {_describe(tag)} does not match the pattern "
                                f"[a-z0-9][a-z0-9_.:/-]{{0,63}}")
-    return tuple(dict.fromkeys(value))
+    return tuple(sorted(set(value)))
 
 
 METADATA_FIELDS = ("owner", "hypothesis", "tags")

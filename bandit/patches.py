@@ -17,7 +17,11 @@ from bandit.model import (
     parse_arm_list,
     parse_exploration,
     parse_metadata,
+    parse_text,
 )
+
+#: The longest reason for a change the audit log records.
+MAX_REASON_LENGTH = 1000
 
 
 @dataclass(frozen=True)
@@ -38,9 +42,7 @@ def parse_patch(body: object, current: Experiment, now: float) -> Patch:
     if "version" not in data:
         raise InvalidValue("version: required (the version your change is based on)")
     version = integer(data["version"], "version", low=1, high=2**53)
-    reason = data.get("reason")
-    if reason is not None and (not isinstance(reason, str) or len(reason) > 1000):
-        raise InvalidValue("reason: expected a string of at most 1000 characters")
+    reason = parse_text(data.get("reason"), "reason", MAX_REASON_LENGTH)
     updated = current
     if "exploration" in data:
         updated = replace(updated, exploration=parse_exploration(data["exploration"],

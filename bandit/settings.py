@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from bandit import redisurl
 
@@ -159,9 +160,9 @@ class Settings:
 
     def _check_alerts(self) -> None:
         for url in _items(self.alert_webhook_urls):
-            _check(redacted_webhook(url), "alert_webhook_urls", _is_http_url(url))
+            _check_url(url, "alert_webhook_urls", redacted_webhook(url))
         if self.public_url is not None:
-            _check(self.public_url, "public_url", _is_http_url(self.public_url))
+            _check_url(self.public_url, "public_url", self.public_url)
         _check(self.alert_secret, "alert_secret", self.alert_secret is None
                or bool(self.alert_secret.strip()))
         _check(self.alert_interval_s, "alert_interval_s", _positive(self.alert_interval_s))
@@ -203,10 +204,30 @@ def _items(text: str | None) -> list[str]:
     return [item.strip() for item in (text or "").split(",") if item.strip()]
 
 
-def _is_http_url(url: str) -> bool:
-    scheme, _, rest = url.partition("://")
-    return scheme in ("http", "https") and bool(rest) and not rest.startswith("/") and not any(
-        c.isspace() for c in url)
+def _check_url(url: str, name: str, shown: str) -> None:
+    """Refuse, at start, a URL no request could be sent to; ``shown``: the URL as the message
+    may show it (a webhook's path is often its secret)."""
+    problem = _url_problem(url)
+    if problem is not None:
+        raise SettingsError(f"BANDIT_{name.upper()}: {shown!r} is not a usable http(s) URL: "
+                            f"{problem}")
+
+
+def _url_problem(url: str) -> str | None:
+    if any(c.isspace() for c in url):
+        return "it contains a space"
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError on a port out of range or not a number
+    except ValueError as error:
+        return str(error)
+    if parts.scheme not in ("http", "https"):
+        return "the scheme must be http or https"
+    if not parts.hostname:
+        return "it names no host"
+    if port == 0:
+        return "port 0"
+    return None
 
 
 def redacted_webhook(url: str) -> str:
@@ -214,8 +235,9 @@ def redacted_webhook(url: str) -> str:
     scheme, separator, rest = url.partition("://")
     if not separator:
         scheme, rest = "", url
-    host = rest.split("/", 1)[0].split("?", 1)[0].rpartition("@")[2]
-    return f"{scheme}{separator}{host}/..."
+    authority = rest.split("/", 1)[0].split("?", 1)[0]
+    host = authority.rpartition("@")[2]
+    return f"{scheme}{separator}{host}{'/...' if len(rest) > len(authority) else ''}"
 
 
 def _positive(value: float) -> bool:

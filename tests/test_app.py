@@ -437,7 +437,7 @@ async def test_patch_changes_settings_and_refuses_stale_versions(client: Client)
      ({"arms": {"pause": ["zzz"]}}, "unknown arm"),
      ({"arms": {"add": ["arm0"]}}, "already exist"),
      ({"exploration": {"control": {"arm": "arm0", "share": 0.5}}, "arms": {"pause": ["arm0"]}},
-      "cannot be paused"),
+      "must stay active"),
      ({"exploration": {"temperature": 0}}, "temperature")],
 )
 async def test_invalid_patches_change_nothing(

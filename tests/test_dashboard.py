@@ -715,6 +715,11 @@ def test_the_dashboard_fits_a_420_px_screen(dashboard: Session) -> None:
     service = dashboard.service
     create(service, "narrow-screen-with-a-long-experiment-id",
            {"control": (20, 200), "blue": (40, 200), "green-with-a-long-name": (30, 200)})
+    # Unbroken words as long as the API allows, in the owner and the hypothesis: they wrap.
+    status, _ = api(service, "PATCH", "/v1/experiments/narrow-screen-with-a-long-experiment-id",
+                    {"version": 1, "owner": "O" * 200, "hypothesis": "H" * 2000,
+                     "tags": ["t" * 64]})
+    assert status == 200
     wait_for_history(service, "narrow-screen-with-a-long-experiment-id", 3)
     page = dashboard.page
     page.set_viewport_size({"width": 420, "height": 800})
@@ -741,6 +746,11 @@ def test_the_dashboard_fits_a_420_px_screen(dashboard: Session) -> None:
     narrow = page.get_by_test_id("allocation-plot").evaluate("c => c.width")
     page.set_viewport_size({"width": 1280, "height": 800})
     expect(page.get_by_test_id("allocation-plot")).not_to_have_js_property("width", narrow)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+    page.go_back()
+    expect(page.locator("[data-testid=experiment-list] [data-col=leader]")).to_contain_text(
+        "blue")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1280
     assert not dashboard.outside
 
 

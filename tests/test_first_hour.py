@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 
+from bandit.api import bodies
 from bandit.serving.advisor import MAX_SECONDS, estimated_seconds
 
 Client = TestClient[Any, Any]
@@ -86,7 +90,7 @@ async def test_pausing_the_control_arm_says_why_it_cannot(client: Client) -> Non
         "version": 1, "arms": {"pause": ["control"]}})
     assert response.status == 422
     message = (await response.json())["error"]["message"]
-    assert "holds a fixed share (0.2)" in message and "cannot be paused" in message
+    assert "holds a fixed share (0.2)" in message and "must stay active" in message
     assert "set exploration.control to null" in message
     assert "'control' is paused" not in message
 
@@ -147,3 +151,98 @@ async def test_a_forecast_too_large_says_what_would_fit(client: Client) -> None:
     small = await client.post("/v1/experiments/hero/advise", json={
         "traffic_per_s": 10, "decisions": 1000, "reps": 10, "seed": 1})
     assert small.status == 200, await small.text()
+
+
+# -- what a new user's adversarial run found (each failed before its fix) ---------------------
+
+
+async def test_one_active_arm_is_no_winner(client: Client) -> None:
+    await _create(client)
+    response = await client.patch("/v1/experiments/hero", json={
+        "version": 1, "arms": {"pause": ["blue", "green"]}})
+    assert response.status == 200, await response.text()
+    stats = await (await client.get("/v1/experiments/hero/stats")).json()
+    # P(best) is 1 for the only arm left, on no evidence: that is no call (nor an alert).
+    assert stats["winner"] is None
+    listed = await (await client.get("/v1/experiments?summary=true")).json()
+    assert listed["experiments"][0]["summary"]["winner"] is None
+
+
+async def test_a_change_on_a_stale_version_is_409_even_if_now_invalid(client: Client) -> None:
+    await _create(client)
+    body = {"version": 1, "arms": {"add": ["purple"]}}
+    assert (await client.patch("/v1/experiments/hero", json=body)).status == 200
+    again = await client.patch("/v1/experiments/hero", json=body)  # purple exists now
+    assert again.status == 409, await again.text()
+    assert "at version 2, not 1" in (await again.json())["error"]["message"]
+
+
+async def test_reasons_and_metadata_refuse_terminal_escapes_and_bidi_overrides(
+        client: Client) -> None:
+    await _create(client)
+    for field, value in (("reason", "pwn\x1b]0;HACKED\x07"), ("reason", "nul\x00"),
+                         ("hypothesis", "a\x85b\x9bc"), ("owner", "\u202eevil")):
+        response = await client.patch("/v1/experiments/hero", json={
+            "version": 1, "exploration": {"epsilon": 0.1}, field: value})
+        assert response.status == 422, (field, value)
+        assert f"{field}: control characters" in (await response.json())["error"]["message"]
+    shown = await (await client.get("/v1/experiments/hero")).json()
+    assert shown["version"] == 1
+
+
+async def test_tags_are_a_set(client: Client) -> None:
+    await _create(client, tags=["b", "a", "b"])
+    response = await client.patch("/v1/experiments/hero", json={"version": 1, "tags": ["a", "b"]})
+    body = await response.json()
+    assert (body["tags"], body["changed"], body["version"]) == (["a", "b"], False, 1)
+
+
+async def test_creating_over_an_archived_id_says_how_to_get_it_back(client: Client) -> None:
+    await _create(client)
+    assert (await client.delete("/v1/experiments/hero")).status == 200
+    response = await client.post("/v1/experiments", json={
+        "id": "hero", "arms": ["a", "b"], "reward": "bernoulli"})
+    assert response.status == 409
+    message = (await response.json())["error"]["message"]
+    assert "archived" in message and "/v1/experiments/hero/unarchive" in message
+
+
+async def _raw(client: Client, request: bytes, *, close: bool = False) -> bytes:
+    """Send ``request`` as it is on a new connection; the answer, or b"" if ``close``."""
+    assert client.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        if close:
+            return b""
+        return await asyncio.wait_for(reader.read(4096), 10)
+    finally:
+        writer.close()
+
+
+async def test_a_body_declared_too_large_is_refused_before_it_is_read(client: Client) -> None:
+    started = time.monotonic()
+    answer = await _raw(client, b"POST /v1/experiments HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                b"Content-Type: application/json\r\n"
+                                b"Content-Length: 20000000\r\n\r\n{}")
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b"Content-Length: 20000000" in answer and time.monotonic() - started < 5
+
+
+async def test_a_body_that_stops_arriving_is_a_400_and_a_hang_up_no_error(
+        client: Client, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(bodies, "BODY_TIMEOUT_S", 0.5)
+    partial = (b"POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+               b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{}")
+    answer = await _raw(client, partial)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert b"did not arrive within 0.5 s" in answer
+    # The sender goes away mid-body: no "unexpected error" (it was logged with a traceback
+    # and counted as a 500).
+    await _raw(client, partial, close=True)
+    await asyncio.sleep(0.3)
+    assert "unexpected error" not in caplog.text
+    metrics = await (await client.get("/metrics")).text()
+    assert 'status="500"' not in metrics

@@ -28,11 +28,11 @@ def summary(p_best: list[float], loss: list[float], mean: list[float]) -> Poster
 def test_winner_needs_both_probability_and_small_loss() -> None:
     arms = ["a", "b"]
     clear = summary([0.97, 0.03], [0.0001, 0.02], [0.12, 0.10])
-    assert health.winner(clear, arms, 0.95, 0.001) == {
+    assert health.winner(clear, arms, 0.95, 0.001, active=2) == {
         "arm": "a", "p_best": 0.97, "expected_loss": 0.0001, "threshold": 0.95,
         "max_loss": 0.001}
-    assert health.winner(clear, arms, 0.99, 0.001) is None  # not probable enough
-    assert health.winner(clear, arms, 0.95, 0.00005) is None  # could still lose too much
+    assert health.winner(clear, arms, 0.99, 0.001, active=2) is None  # not probable enough
+    assert health.winner(clear, arms, 0.95, 0.00005, active=2) is None  # could still lose too much
     assert health.default_max_loss(clear) == pytest.approx(0.0012)
 
 

@@ -463,6 +463,11 @@ async def test_advise_names_its_options_and_a_call_already_made(
     row = next(line for line in out.splitlines() if "time to the call" in line)
     assert row.split() == ["time", "to", "the", "call", "(80%)", "now", "(already", "called)",
                            "now", "(already", "called)"]
+    # No change proposed: a tie, not "less regret in 0% of the futures".
+    assert await cli(url, "advise", "hero", "--traffic", "10", "--decisions", "200", "--reps",
+                     "10", "--seed", "1") == 0
+    out = capsys.readouterr().out
+    assert "the proposal changes nothing" in out and "0% of the simulated futures" not in out
 
 
 async def test_the_api_key_is_sent_and_named_in_the_audit(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -12,6 +13,8 @@ from bandit.errors import MalformedRequest, PayloadTooLarge, UnsupportedMediaTyp
 
 #: What ``body_now`` returns while the body is still arriving.
 NOT_YET = object()
+#: How long a request body may take to arrive once its headers have.
+BODY_TIMEOUT_S = 30.0
 
 
 def json_response(data: Any, status: int = 200,
@@ -32,14 +35,28 @@ def body_now(request: web.Request, *, optional: bool = False) -> Any:
 
 
 async def body(request: web.Request, *, optional: bool = False) -> Any:
-    """The parsed body, once all of it has arrived (None: empty, when ``optional``)."""
+    """The parsed body, once all of it has arrived (None: empty, when ``optional``).
+
+    A body declared over the limit is refused before it is read; one that stops arriving
+    for ``BODY_TIMEOUT_S``, or ends with the connection, is malformed (400), not an error
+    of the service."""
     parsed = body_now(request, optional=optional)
     if parsed is not NOT_YET:
         return parsed
+    limit = request.app[SETTINGS].max_body_bytes
+    if (request.content_length or 0) > limit:
+        raise PayloadTooLarge(f"request body over {limit} bytes "
+                              f"(Content-Length: {request.content_length})")
     try:
-        raw = await request.read()
+        async with asyncio.timeout(BODY_TIMEOUT_S):
+            raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raw = None
+    except TimeoutError:
+        raise MalformedRequest(f"the request body did not arrive within {BODY_TIMEOUT_S:g} s "
+                               "(is its Content-Length right?)") from None
+    except ConnectionResetError:
+        raise MalformedRequest("the connection closed before the request body ended") from None
     return _parse(request, raw, optional)
 
 

@@ -40,6 +40,7 @@ from bandit.model import (
     TAG_PATTERN,
     Setting,
 )
+from bandit.patches import MAX_REASON_LENGTH
 from bandit.tokens import DECISION_ID_PATTERN
 
 Schema = dict[str, Any]
@@ -145,7 +146,8 @@ def _prior(reward: str, fields: dict[str, float]) -> Schema:
 
 
 #: Free text: no control characters other than tab and newline.
-_TEXT_PATTERN = "^[^\\u0000-\\u0008\\u000b-\\u001f\\u007f]*$"
+_TEXT_PATTERN = ("^[^\\u0000-\\u0008\\u000b-\\u001f\\u007f-\\u009f\\u202a-\\u202e"
+                 "\\u2066-\\u2069]*$")
 TAG_LIST: Schema = {"type": "array", "maxItems": MAX_TAGS, "description": "labels to filter by",
                     "items": {"type": "string", "pattern": anchored(TAG_PATTERN)}}
 _METADATA_CHANGE: dict[str, Schema] = {
@@ -258,8 +260,8 @@ _PATCH: Schema = {
                     "description": "the version the change is based on (409 if not current)"},
         "exploration": EXPLORATION_CHANGE,
         "arms": ARM_CHANGES,
-        "reason": {"type": ["string", "null"], "maxLength": 1000,
-                   "description": "recorded in the audit log"},
+        "reason": {"type": ["string", "null"], "maxLength": MAX_REASON_LENGTH,
+                   "pattern": _TEXT_PATTERN, "description": "recorded in the audit log"},
         **_METADATA_CHANGE,
     },
 }

@@ -160,7 +160,10 @@ def render_advise(document: Any) -> str:
     lines += ["", "share of the last decisions of the horizon:",
               _table(["arm", "current", "proposed"], share_rows, numeric={1, 2})]
     better = document["difference"]["p_proposed_better"]
-    lines += ["", f"the proposal has less regret in {better:.0%} of the simulated futures"]
+    if not document["changes"]:  # the same settings twice: the same futures, a tie
+        lines += ["", "the proposal changes nothing: both columns are the current settings"]
+    else:
+        lines += ["", f"the proposal has less regret in {better:.0%} of the simulated futures"]
     return "\n".join(lines)
 
 

@@ -42,8 +42,14 @@ def default_max_loss(summary: PosteriorSummary) -> float:
 
 
 def winner(summary: PosteriorSummary, arms: Sequence[str], threshold: float,
-           max_loss: float) -> dict[str, Any] | None:
-    """The arm with P(best) >= threshold whose expected loss is below ``max_loss``, if any."""
+           max_loss: float, *, active: int) -> dict[str, Any] | None:
+    """The arm with P(best) >= threshold whose expected loss is below ``max_loss``, if any.
+
+    ``active``: the number of active arms. With fewer than two there is nothing to compare:
+    the one arm left is "best" with probability 1 on no evidence at all, which is no call.
+    """
+    if active < 2:
+        return None
     p_best = np.nan_to_num(summary.p_best, nan=-1.0)
     leader = int(np.argmax(p_best))
     loss = float(summary.expected_loss[leader])

@@ -88,8 +88,16 @@ class BanditService:
 
     async def create_experiment(self, body: object, *, actor: str = ANONYMOUS) -> dict[str, Any]:
         experiment = parse_new_experiment(body, time.time())
-        await self.store.create(experiment, _audit_entry(
-            experiment, actor, "create", _initial_settings(experiment), None))
+        try:
+            await self.store.create(experiment, _audit_entry(
+                experiment, actor, "create", _initial_settings(experiment), None))
+        except Conflict as conflict:
+            existing = await self.store.read(experiment.id)
+            if existing is not None and existing.experiment.archived:
+                raise Conflict(f"{conflict.message}, archived: an archived experiment keeps "
+                               f"its id (POST /v1/experiments/{experiment.id}/unarchive serves "
+                               "it again)") from None
+            raise
         return experiment.to_json()
 
     async def history(self, experiment_id: str, since: str | None,
@@ -154,7 +162,8 @@ class BanditService:
             for entry, snapshot, summary, counts, tracker, (_, arm_lifts) in zip(
                     chunk, snapshots, summaries, served, trackers, lifts, strict=True):
                 winner = health.winner(summary, snapshot.experiment.arms, DEFAULT_THRESHOLD,
-                                       health.default_max_loss(summary))
+                                       health.default_max_loss(summary),
+                                       active=len(snapshot.experiment.active_arms))
                 traffic = self._traffic[snapshot.experiment.id].last_hour(
                     now, snapshot.experiment.created_at, sum(counts.values()))
                 entry["summary"] = overview.list_summary(
@@ -170,13 +179,16 @@ class BanditService:
         current = await self._read(experiment_id)
         if current.archived:
             raise NotFound(archived_message(experiment_id))
+        # A stale version first: a change based on an old version may be invalid only because
+        # of what changed since ("arms.add: ['d'] already exist"), and 409 says to reload.
+        based_on = body.get("version") if isinstance(body, dict) else None
+        if isinstance(based_on, int) and not isinstance(based_on, bool) \
+                and 1 <= based_on <= MAX_VERSION and based_on != current.version:
+            raise _stale(experiment_id, current.version, based_on)
         patch = parse_patch(body, current, time.time())
         if patch.version != current.version:
             # The script checks again atomically; this gives the common case a clear message.
-            raise Conflict(
-                f"experiment {experiment_id!r} is at version {current.version}, not "
-                f"{patch.version}: reload it and apply your change again"
-            )
+            raise _stale(experiment_id, current.version, patch.version)
         if patch.changes:
             await self.store.update(patch.experiment, patch.version, _audit_entry(
                 patch.experiment, actor, "update", patch.changes, patch.reason))
@@ -261,7 +273,8 @@ class BanditService:
         return {
             "experiment": experiment.id, "version": experiment.version,
             "reward": experiment.reward, "arms": arms, "control": control,
-            "winner": health.winner(summary, experiment.arms, threshold_value, max_loss_value),
+            "winner": health.winner(summary, experiment.arms, threshold_value, max_loss_value,
+                                    active=len(experiment.active_arms)),
             "call_rule": {"threshold": threshold_value, "max_loss": max_loss_value},
             "health": self._health_report(tracker),
         }
@@ -351,6 +364,15 @@ def _query_number(raw: str | None, name: str, low: float, high: float,
     if not low <= value <= high:
         raise InvalidValue(f"{name}: must be between {low:g} and {high:g}, got {raw}")
     return value
+
+
+#: The largest version a PATCH may name (the body's bound, bandit.patches).
+MAX_VERSION = 2**53
+
+
+def _stale(experiment_id: str, current: int, based_on: int) -> Conflict:
+    return Conflict(f"experiment {experiment_id!r} is at version {current}, not {based_on}: "
+                    "reload it and apply your change again")
 
 
 def _list_entry(experiment: Experiment) -> dict[str, Any]:

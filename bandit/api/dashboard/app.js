@@ -321,6 +321,8 @@ function experimentView(id) {
       chips.push(chip("bad", "rewards", `Rewards stalled · no new reward for ` +
         `${formatDuration(rewards.quiet_for_s)} while ${formatCount(rewards.decisions_since)} ` +
         "decisions were served"));
+    } else if (rewards.observations === 0) {
+      chips.push(chip("unknown", "rewards", "Rewards: none yet"));
     } else {
       chips.push(chip("ok", "rewards", `Rewards flowing · ${formatCount(rewards.observations)} ` +
         `observations, unchanged for ${formatDuration(rewards.quiet_for_s)}`));

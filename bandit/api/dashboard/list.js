@@ -121,8 +121,15 @@ function healthChips(e) {
   if (problems.length) {
     return problems.map(([name, text]) => chip("bad", name, text));
   }
-  const known = health.sample_ratio_ok !== null || health.rewards_stalled !== null;
-  return chip(known ? "ok" : "unknown", "health", known ? "OK" : "no history yet");
+  // OK only when both checks ran and passed; one not run yet is said as such.
+  if (health.sample_ratio_ok === true && health.rewards_stalled === false) {
+    return chip("ok", "health", "OK");
+  }
+  if (health.sample_ratio_ok === null && health.rewards_stalled === null) {
+    return chip("unknown", "health", "no history yet");
+  }
+  return chip("unknown", "health", health.sample_ratio_ok === null
+    ? "rewards OK · sample ratio not checked yet" : "sample ratio OK · rewards not checked yet");
 }
 
 function trafficText(traffic) {
