@@ -127,7 +127,7 @@ def test_a_patch_bumps_the_version_and_says_what_changed() -> None:
     ({"version": 1, "arms": {"pause": ["zz"]}}, "unknown arm"),
     ({"version": 1, "arms": {"add": ["a"]}}, "already exist"),
     ({"version": 1, "arms": {"pause": ["a", "b", "c"]}}, "at least one arm must stay active"),
-    ({"version": 1, "reason": "x" * 1001}, "reason: expected a string of at most 1000"),
+    ({"version": 1, "reason": "x" * 1001}, "reason: at most 1000 characters, got 1001"),
     ({"version": 1, "colour": "red"}, "unknown field"),
 ])
 def test_bad_patches_are_refused(body: dict[str, Any], message: str) -> None:
