@@ -24,7 +24,7 @@ from bandit.api.schemas import ERROR_CLASSES, ID, closed_object, errors_for
 
 _BEARER = "bearerAuth"
 _WHY = {
-    400: "the body is not JSON",
+    400: "the body is not JSON, is empty where one is needed, or did not arrive whole",
     401: "no valid API key (`Authorization: Bearer KEY`)",
     403: "the API key lacks the scope this operation needs; or the request comes from a web "
          "page of another origin (`Origin` not the service's own nor in BANDIT_CORS_ORIGINS); "
