@@ -36,12 +36,19 @@ class Patch:
 _PATCH_FIELDS = {"version", "exploration", "arms", "reason", *METADATA_FIELDS}
 
 
-def parse_patch(body: object, current: Experiment, now: float) -> Patch:
-    """The experiment a PATCH body would produce from ``current`` (not yet stored)."""
+def patch_version(body: object) -> int:
+    """The version a PATCH body says its change is based on (checked before the change itself:
+    a change based on an old version may be invalid only because of what changed since)."""
     data = mapping(body, "body", _PATCH_FIELDS)
     if "version" not in data:
         raise InvalidValue("version: required (the version your change is based on)")
-    version = integer(data["version"], "version", low=1, high=2**53)
+    return integer(data["version"], "version", low=1, high=2**53)
+
+
+def parse_patch(body: object, current: Experiment, now: float) -> Patch:
+    """The experiment a PATCH body would produce from ``current`` (not yet stored)."""
+    data = mapping(body, "body", _PATCH_FIELDS)
+    version = patch_version(data)
     reason = parse_text(data.get("reason"), "reason", MAX_REASON_LENGTH)
     updated = current
     if "exploration" in data:

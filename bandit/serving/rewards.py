@@ -10,6 +10,7 @@ from typing import Any
 
 from bandit.errors import InvalidValue, NotFound
 from bandit.inputs import MAX_EVENT_EXPERIMENTS, RewardEvent, parse_event, parse_event_batch
+from bandit.serving.cache import Snapshot
 from bandit.serving.decisions import Decider
 from bandit.settings import Settings
 from bandit.store.codec import EncodedEvent
@@ -94,27 +95,26 @@ class Rewards:
         rejected.sort(key=lambda item: int(item["index"]))
         return {"accepted": accepted, "duplicates": duplicates, "rejected": rejected}
 
+    async def _reread(self, experiment_id: str) -> Snapshot:
+        self._decisions.cache.forget(experiment_id)
+        snapshot: Snapshot = await self._decisions.snapshot(experiment_id)
+        return snapshot
+
     async def _encode_events(
         self, experiment_id: str, events: list[RewardEvent]
     ) -> tuple[list[EncodedEvent], list[int], list[dict[str, Any]]]:
+        # A rejected reward is dropped by its sender for good: before rejecting for what this
+        # cache says (archived, or an unknown arm), read the experiment from Redis again.
+        # Another process may have unarchived it, or added the arm, a moment ago.
         try:
-            snapshot = await self._decisions.snapshot(experiment_id)
-        except NotFound:
-            # Archived in this cache, perhaps unarchived since by another process: a rejected
-            # reward is dropped by its sender for good, so ask Redis before rejecting.
-            self._decisions.cache.forget(experiment_id)
             try:
                 snapshot = await self._decisions.snapshot(experiment_id)
-            except NotFound as error:
-                return [], [], [{"index": e.position, "error": error.message} for e in events]
-        if any(snapshot.experiment.arm_index(e.arm) is None for e in events):
-            # An arm added by another process may not have reached this cache yet; the fresh
-            # read may also find the experiment archived meanwhile.
-            self._decisions.cache.forget(experiment_id)
-            try:
-                snapshot = await self._decisions.snapshot(experiment_id)
-            except NotFound as error:
-                return [], [], [{"index": e.position, "error": error.message} for e in events]
+            except NotFound:
+                snapshot = await self._reread(experiment_id)
+            if any(snapshot.experiment.arm_index(e.arm) is None for e in events):
+                snapshot = await self._reread(experiment_id)
+        except NotFound as error:
+            return [], [], [{"index": e.position, "error": error.message} for e in events]
         experiment = snapshot.experiment
         bernoulli = experiment.reward == "bernoulli"
         encoded: list[EncodedEvent] = []

@@ -32,7 +32,7 @@ from bandit.model import (
     check_id,
     parse_new_experiment,
 )
-from bandit.patches import diff, parse_patch
+from bandit.patches import diff, parse_patch, patch_version
 from bandit.policy import PosteriorSummary
 from bandit.serving import advisor, health, overview
 from bandit.serving.cache import (
@@ -181,14 +181,12 @@ class BanditService:
             raise NotFound(archived_message(experiment_id))
         # A stale version first: a change based on an old version may be invalid only because
         # of what changed since ("arms.add: ['d'] already exist"), and 409 says to reload.
-        based_on = body.get("version") if isinstance(body, dict) else None
-        if isinstance(based_on, int) and not isinstance(based_on, bool) \
-                and 1 <= based_on <= MAX_VERSION and based_on != current.version:
-            raise _stale(experiment_id, current.version, based_on)
+        # (The store's script checks again atomically; this gives the common case its message.)
+        based_on = patch_version(body)
+        if based_on != current.version:
+            raise Conflict(f"experiment {experiment_id!r} is at version {current.version}, not "
+                           f"{based_on}: reload it and apply your change again")
         patch = parse_patch(body, current, time.time())
-        if patch.version != current.version:
-            # The script checks again atomically; this gives the common case a clear message.
-            raise _stale(experiment_id, current.version, patch.version)
         if patch.changes:
             await self.store.update(patch.experiment, patch.version, _audit_entry(
                 patch.experiment, actor, "update", patch.changes, patch.reason))
@@ -364,15 +362,6 @@ def _query_number(raw: str | None, name: str, low: float, high: float,
     if not low <= value <= high:
         raise InvalidValue(f"{name}: must be between {low:g} and {high:g}, got {raw}")
     return value
-
-
-#: The largest version a PATCH may name (the body's bound, bandit.patches).
-MAX_VERSION = 2**53
-
-
-def _stale(experiment_id: str, current: int, based_on: int) -> Conflict:
-    return Conflict(f"experiment {experiment_id!r} is at version {current}, not {based_on}: "
-                    "reload it and apply your change again")
 
 
 def _list_entry(experiment: Experiment) -> dict[str, Any]:

@@ -140,6 +140,21 @@ export function formatTick(value, step) {
 const MARGIN = { top: 12, right: 16, bottom: 34, left: 54 };
 const FONT = "11px system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif";
 
+/** The canvas sized to `width` x `height` CSS pixels at the screen's pixel ratio, cleared,
+ * with a context that draws in CSS pixels. */
+function clearedContext(canvas, width, height) {
+  const ratio = window.devicePixelRatio || 1;
+  if (canvas.width !== Math.round(width * ratio) || canvas.height !== Math.round(height * ratio)) {
+    canvas.width = Math.round(width * ratio);
+    canvas.height = Math.round(height * ratio);
+  }
+  const context = canvas.getContext("2d");
+  context.setTransform(ratio, 0, 0, ratio, 0, 0);
+  context.clearRect(0, 0, width, height);
+  context.font = FONT;
+  return context;
+}
+
 /**
  * Draws a chart on ``canvas`` (sized to its CSS box, sharp on high-DPI screens).
  *
@@ -149,17 +164,9 @@ const FONT = "11px system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif";
  * Returns the scales, for hover read-outs.
  */
 export function drawChart(canvas, spec) {
-  const ratio = window.devicePixelRatio || 1;
   const width = canvas.clientWidth;
   const height = canvas.clientHeight;
-  if (canvas.width !== Math.round(width * ratio) || canvas.height !== Math.round(height * ratio)) {
-    canvas.width = Math.round(width * ratio);
-    canvas.height = Math.round(height * ratio);
-  }
-  const context = canvas.getContext("2d");
-  context.setTransform(ratio, 0, 0, ratio, 0, 0);
-  context.clearRect(0, 0, width, height);
-  context.font = FONT;
+  const context = clearedContext(canvas, width, height);
   const plot = {
     left: MARGIN.left, top: MARGIN.top,
     right: width - MARGIN.right, bottom: height - MARGIN.bottom,
@@ -320,16 +327,8 @@ const ROW_HEIGHT = 26;
 export function drawIntervals(canvas, { rows, reference = 0, format, label }) {
   const height = Math.max(1, rows.length) * ROW_HEIGHT + 44;
   if (canvas.clientHeight !== height) canvas.style.height = `${height}px`;
-  const ratio = window.devicePixelRatio || 1;
   const width = canvas.clientWidth;
-  if (canvas.width !== Math.round(width * ratio) || canvas.height !== Math.round(height * ratio)) {
-    canvas.width = Math.round(width * ratio);
-    canvas.height = Math.round(height * ratio);
-  }
-  const context = canvas.getContext("2d");
-  context.setTransform(ratio, 0, 0, ratio, 0, 0);
-  context.clearRect(0, 0, width, height);
-  context.font = FONT;
+  const context = clearedContext(canvas, width, height);
   const widest = Math.max(30, ...rows.map((row) => context.measureText(row.label).width));
   const labels = Math.min(widest, width * 0.3);
   const plot = { left: labels + 16, right: width - MARGIN.right, top: 6, bottom: height - 38 };
