@@ -44,6 +44,8 @@ class AllocateRequest:
     unit: str | None = None
     sticky: bool = False
     provisional: bool = False
+    #: The feature values of a contextual decision (checked against the model's spec later).
+    context: dict[str, Any] | None = None
 
 
 _ALLOCATE_FIELDS = {"unit", "n", "k", "context", "sticky", "provisional"}
@@ -71,8 +73,8 @@ def parse_allocate(body: object) -> AllocateRequest:
     context = data.get("context")
     if context is not None and not isinstance(context, dict):
         raise InvalidValue("context: expected an object")
-    return AllocateRequest(n=n, k=k, unit=unit, sticky=sticky, provisional=_flag(data,
-                                                                                 "provisional"))
+    return AllocateRequest(n=n, k=k, unit=unit, sticky=sticky,
+                           provisional=_flag(data, "provisional"), context=context)
 
 
 def _unit(unit: object) -> str | None:
@@ -101,9 +103,12 @@ class RewardEvent(NamedTuple):
     reward: float
     decision_id: str | None
     ts: float | None
+    #: A contextual decision's context, sent again (None: not given).
+    context: dict[str, Any] | None = None
 
 
-_EVENT_FIELDS = frozenset({"id", "experiment", "arm", "reward", "decision_id", "unit", "ts"})
+_EVENT_FIELDS = frozenset({"id", "experiment", "arm", "reward", "decision_id", "unit", "ts",
+                           "context"})
 
 
 def parse_event_batch(body: object) -> list[object]:
@@ -168,7 +173,10 @@ def parse_event(index: int, raw: object, valid_ids: set[str]) -> RewardEvent:
         if type(ts) not in (int, float) or not 0 <= ts < math.inf:
             raise InvalidValue("ts: expected a finite, non-negative number of epoch seconds")
         ts = float(ts)
-    return RewardEvent(index, event_id, experiment, arm, reward, decision_id, ts)
+    context = raw.get("context")
+    if context is not None and type(context) is not dict:
+        raise InvalidValue(f"context: expected an object of feature values, got {_kind(context)}")
+    return RewardEvent(index, event_id, experiment, arm, reward, decision_id, ts, context)
 
 
 def _kind(value: object) -> str:

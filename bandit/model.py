@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 from bandit.errors import InvalidValue
+from bandit.features import LinearModel, parse_model
 
 ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 MIN_ARMS = 2
@@ -130,6 +131,8 @@ class Experiment:
     owner: str | None = None
     hypothesis: str | None = None
     tags: tuple[str, ...] = ()
+    #: A contextual experiment's model (fixed at create); None: context-free.
+    model: LinearModel | None = None
 
     @property
     def active_arms(self) -> tuple[str, ...]:
@@ -166,6 +169,7 @@ class Experiment:
             "owner": self.owner,
             "hypothesis": self.hypothesis,
             "tags": list(self.tags),
+            "model": None if self.model is None else self.model.to_json(),
         }
 
     @classmethod
@@ -191,6 +195,7 @@ class Experiment:
             owner=data.get("owner"),
             hypothesis=data.get("hypothesis"),
             tags=tuple(data.get("tags", ())),
+            model=None if data.get("model") is None else LinearModel.from_json(data["model"]),
         )
 
 
@@ -390,7 +395,7 @@ def parse_metadata(data: dict[str, Any]) -> dict[str, Any]:
 
 
 _CREATE_FIELDS = {"id", "arms", "reward", "prior", "exploration", "attribution_window_s",
-                  *METADATA_FIELDS}
+                  "model", *METADATA_FIELDS}
 
 
 def parse_new_experiment(body: object, now: float) -> Experiment:
@@ -407,6 +412,12 @@ def parse_new_experiment(body: object, now: float) -> Experiment:
         raise InvalidValue(f"reward: must be one of {list(REWARDS)}, got {reward!r}")
     window = number(data.get("attribution_window_s", DEFAULT_ATTRIBUTION_WINDOW_S),
                     "attribution_window_s", low=1.0, high=90 * 86_400.0)
+    model = None
+    if data.get("model") is not None:
+        model = parse_model(data["model"], reward)
+        if data.get("prior") is not None:
+            raise InvalidValue("prior: a contextual experiment's prior is model.prior "
+                               "(precision, intercept_precision, alpha, beta)")
     experiment = Experiment(
         id=experiment_id,
         arms=arms,
@@ -416,6 +427,7 @@ def parse_new_experiment(body: object, now: float) -> Experiment:
         attribution_window_s=window,
         created_at=now,
         updated_at=now,
+        model=model,
         **parse_metadata(data),
     )
     check_consistent(experiment)

@@ -39,6 +39,9 @@ _PATCH_FIELDS = {"version", "exploration", "arms", "reason", *METADATA_FIELDS}
 def patch_version(body: object) -> int:
     """The version a PATCH body says its change is based on (checked before the change itself:
     a change based on an old version may be invalid only because of what changed since)."""
+    if isinstance(body, dict) and "model" in body:
+        raise InvalidValue("model: fixed at create (the statistics are sums over its columns); "
+                           "create a new experiment for another feature spec")
     data = mapping(body, "body", _PATCH_FIELDS)
     if "version" not in data:
         raise InvalidValue("version: required (the version your change is based on)")

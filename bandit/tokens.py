@@ -22,6 +22,11 @@ The tag is keyed with a secret every process shares (kept in Redis, created once
 service can make a valid id, and a valid id names its experiment and its arm (or arms): a
 reward for another experiment or arm, or for an id nobody served, is refused.
 
+A contextual experiment's decision is also bound to the context it was decided for: its tag
+is computed with the experiment word XORed with 63 bits of a hash of the feature vector
+(``bandit.features.feature_hash``), so a reward whose context encodes to other features does
+not verify, and the model is only ever updated with the features that were served.
+
 Kind ``s``, the slate ids of earlier versions, did not list their arms (any arm of the
 experiment was accepted); they are no longer issued, and are accepted with that rule only for
 the rest of their life (the dedup window), so that a rolling upgrade loses no reward.
@@ -227,25 +232,27 @@ class DecisionSigner:
         self._counter = first + n
         return first
 
-    def sign_one(self, experiment_id: str, kind: str, issued: int, arm: int) -> str:
+    def sign_one(self, experiment_id: str, kind: str, issued: int, arm: int,
+                 context: int = 0) -> str:
         """The id of one new decision: ``sign`` for one arm, without arrays (the hot path)."""
         counter = self._counter
         self._counter = counter + 1
-        tag = _decision_tag(self._k0, self._k1, self._experiment_words.get(experiment_id)
-                            or self.experiment_word(experiment_id), self._process_kind[kind],
-                            counter, issued, arm)
+        tag = _decision_tag(self._k0, self._k1, (self._experiment_words.get(experiment_id)
+                            or self.experiment_word(experiment_id)) ^ context,
+                            self._process_kind[kind], counter, issued, arm)
         # %-formatting: half the time of the equivalent f-string on this hot path.
         return "%s%08x%s%x%016x" % (kind, issued, self._head, counter, int(tag))  # noqa: UP031
 
     def sign(self, experiment_id: str, kind: str, issued: int,
-             arms: npt.NDArray[np.int64] | list[int]) -> list[str]:
+             arms: npt.NDArray[np.int64] | list[int], context: int = 0) -> list[str]:
         """Ids for new decisions serving ``arms`` (arm indices; ``SLATE_ARM`` for slates),
-        served at ``issued`` (epoch seconds)."""
+        served at ``issued`` (epoch seconds); ``context``: a contextual decision's feature
+        hash (``bandit.features.feature_hash``), which a reward must then match."""
         n = len(arms)
         if n == 1:
-            return [self.sign_one(experiment_id, kind, issued, int(arms[0]))]
+            return [self.sign_one(experiment_id, kind, issued, int(arms[0]), context)]
         first = self._counters(n)
-        experiment = self.experiment_word(experiment_id)
+        experiment = self.experiment_word(experiment_id) ^ context
         process_kind = self._process_kind[kind]
         head = f"{kind}{issued:08x}{self._head}"
         counters = np.arange(first, first + n, dtype=np.int64)
@@ -261,7 +268,7 @@ class DecisionSigner:
         return [text[start:start + length] for start in range(0, n * length, length)]
 
     def sign_slates(self, experiment_id: str, issued: int,
-                    slates: npt.NDArray[np.int64]) -> list[str]:
+                    slates: npt.NDArray[np.int64], context: int = 0) -> list[str]:
         """Ids for new ranked slates, one per row of ``slates`` (arm indices, in order)."""
         n, k = slates.shape
         if n == 0:
@@ -276,18 +283,22 @@ class DecisionSigner:
         length = _SLATE_HEAD + _SLATE_ARM_DIGITS * k
         out = np.empty((n, length), dtype=np.uint8)
         _write_slate_ids(np.frombuffer(head.encode(), dtype=np.uint8), self._k0, self._k1,
-                         self.experiment_word(experiment_id), self._process_kind["r"], first,
+                         self.experiment_word(experiment_id) ^ context, self._process_kind["r"],
+                         first,
                          issued, np.ascontiguousarray(slates, dtype=np.int64), _HEX_DIGITS, out)
         text = out.tobytes().decode("ascii")
         return [text[start:start + length] for start in range(0, n * length, length)]
 
     def verify(self, experiment_id: str, decision_ids: list[str], arms: list[int],
-               now: float, max_age_s: float) -> list[int]:
+               now: float, max_age_s: float, contexts: list[int] | None = None) -> list[int]:
         """VALID, FORGED or EXPIRED for each id (which must match ``DECISION_ID_PATTERN``)
         as a decision of ``experiment_id`` for the arm index beside it (for a slate: one of
-        the slate's arms)."""
+        the slate's arms) and, for a contextual experiment, the context hash beside it."""
         lengths = np.fromiter(map(len, decision_ids), dtype=np.int64, count=len(decision_ids))
-        statuses = _verify(self._k0, self._k1, self.experiment_word(experiment_id),
+        words = np.full(len(decision_ids), self.experiment_word(experiment_id), dtype=np.int64)
+        if contexts is not None:
+            words ^= np.asarray(contexts, dtype=np.int64)
+        statuses = _verify(self._k0, self._k1, words,
                            np.frombuffer("".join(decision_ids).encode("ascii"), dtype=np.uint8),
                            lengths, np.asarray(arms, dtype=np.int64), now, max_age_s)
         return statuses.tolist()  # type: ignore[no-any-return]
@@ -304,13 +315,15 @@ def _hex_value(text: npt.NDArray[np.uint8], start: int, stop: int) -> np.uint64:
 
 
 @jit
-def _verify(k0: np.uint64, k1: np.uint64, experiment: int, text: npt.NDArray[np.uint8],
+def _verify(k0: np.uint64, k1: np.uint64, experiments: npt.NDArray[np.int64],
+            text: npt.NDArray[np.uint8],
             lengths: npt.NDArray[np.int64], arms: npt.NDArray[np.int64], now: float,
             max_age_s: float) -> npt.NDArray[np.int64]:
     """Statuses of the concatenated ids in ``text`` (each already matched the pattern)."""
     statuses = np.zeros(lengths.shape[0], dtype=np.int64)
     start = 0
     for i in range(lengths.shape[0]):
+        experiment = experiments[i]
         stop = start + lengths[i]
         kind = text[start]
         # 'd', 'p', 's', 'r'

@@ -15,17 +15,22 @@ import numpy as np
 import numpy.typing as npt
 import scipy.stats
 
-from bandit.policy import allocation, best_arm, layout, posteriors, sampling
+from bandit.features import LinearModel
+from bandit.policy import allocation, best_arm, contextual, layout, posteriors, sampling
 from bandit.policy.layout import BERNOULLI, GAUSSIAN, BoolArray, FloatArray, IntArray
 
 __all__ = [
     "BERNOULLI",
     "GAUSSIAN",
+    "CoefficientSummary",
+    "ContextualPosterior",
     "PolicySettings",
     "PosteriorSummary",
     "allocation_probabilities",
     "cumulative",
     "forget",
+    "forget_rows",
+    "marginal_stats",
     "posterior_summary",
     "sample_arms",
     "sample_one",
@@ -275,6 +280,91 @@ def sample_slates(
     return sampling.sample_slates(array, _count("n", n), int(k), rng)
 
 
+@dataclass(frozen=True)
+class CoefficientSummary:
+    """Per arm and column: posterior mean and central 95% interval of the coefficient (K, d)."""
+
+    mean: FloatArray
+    ci_low: FloatArray
+    ci_high: FloatArray
+
+
+@dataclass(frozen=True)
+class ContextualPosterior:
+    """A contextual experiment's posteriors factorised once per refresh; a decision for a
+    context is then one kernel call (``probabilities``)."""
+
+    model: LinearModel
+    means: FloatArray
+    factors: FloatArray
+    sigma2: FloatArray
+    alphas: FloatArray
+    counts: FloatArray
+    settings: FloatArray
+    active: BoolArray
+
+    @classmethod
+    def build(cls, model: LinearModel, rows: npt.ArrayLike, counts: npt.ArrayLike,
+              settings: PolicySettings, active: npt.ArrayLike) -> ContextualPosterior:
+        d = model.dimension
+        rows_array = np.ascontiguousarray(rows, dtype=np.float64)
+        if rows_array.ndim != 2 or rows_array.shape[1] != contextual.stats_width(d):
+            raise ValueError(f"rows must have shape (K, {contextual.stats_width(d)}), got "
+                             f"{rows_array.shape}")
+        if not np.all(np.isfinite(rows_array)):
+            raise ValueError("rows must be finite")
+        n_arms = rows_array.shape[0]
+        if not settings.temperature > 0.0:
+            raise ValueError(f"temperature must be > 0, got {settings.temperature!r}")
+        means, factors, sigma2, alphas = contextual.posterior_factors(
+            rows_array, model.prior_precision(), np.zeros(d), model.alpha, model.beta,
+            settings.temperature)
+        return cls(model, means, factors, sigma2, alphas,
+                   _floats("counts", counts, (n_arms,)), settings.as_array(),
+                   _active(active, n_arms))
+
+    def probabilities(self, x: npt.ArrayLike) -> FloatArray:
+        """Allocation probabilities for feature vector ``x`` (every setting folded in)."""
+        x_array = _floats("x", x, (self.model.dimension,))
+        return contextual.context_probabilities(x_array, self.means, self.factors,
+                                                self.sigma2, self.counts, self.settings,
+                                                self.active)
+
+    def coefficients(self) -> CoefficientSummary:
+        """Marginal posterior of every coefficient: Student-t with 2 alpha_n degrees of freedom
+        (the noise variance integrated out), scale sqrt(beta_n / alpha_n (Lambda_n^-1)_jj)."""
+        n_arms, d = self.means.shape
+        spread = np.empty((n_arms, d))
+        identity = np.eye(d)
+        for k in range(n_arms):
+            inverse_factor = np.linalg.solve(self.factors[k], identity)  # L^-1
+            spread[k] = np.sqrt(self.sigma2[k] * np.sum(inverse_factor**2, axis=0))
+        quantile = scipy.stats.t.ppf(0.975, 2.0 * self.alphas)[:, None]
+        return CoefficientSummary(self.means, self.means - quantile * spread,
+                                  self.means + quantile * spread)
+
+
+def forget_rows(rows: npt.ArrayLike, elapsed: npt.ArrayLike,
+                half_life: float | None) -> FloatArray:
+    """Contextual statistics rows decayed by 2**(-elapsed/half_life) (None: never forget)."""
+    rows_array = np.ascontiguousarray(rows, dtype=np.float64)
+    elapsed_array = _floats("elapsed", elapsed, (rows_array.shape[0],))
+    return contextual.forget_rows(rows_array, elapsed_array,
+                                  math.nan if half_life is None else half_life)
+
+
+def marginal_stats(family: int, rows: npt.ArrayLike) -> FloatArray:
+    """Context-free statistics (3, K) of each arm's rewards over all its contexts, from the
+    contextual rows: what the stats' means, intervals and P(best) summarise."""
+    rows_array = np.asarray(rows, dtype=np.float64)
+    weight, total, squares = (rows_array[:, contextual.W], rows_array[:, contextual.SUM_R],
+                              rows_array[:, contextual.SUM_R2])
+    if _family(family) == BERNOULLI:
+        return np.vstack([total, np.maximum(weight - total, 0.0), np.zeros_like(weight)])
+    mean = np.where(weight > 0, total / np.where(weight > 0, weight, 1.0), 0.0)
+    return np.vstack([weight, mean, np.maximum(squares - weight * mean**2, 0.0)])
+
+
 def warm_up_kernels() -> None:
     """Compile (or load from the numba cache) every kernel the service uses now, not on the
     first request (the Thompson draws of the simulator and the tests are left to them)."""
@@ -289,6 +379,14 @@ def warm_up_kernels() -> None:
         forget(family, stats, [1.0, 2.0], 10.0)
         posterior_summary(family, stats, prior, active)
         probabilities = allocation_probabilities(family, stats, counts, prior, settings, active)
+    model = LinearModel(features=())
+    rows = np.zeros((2, contextual.stats_width(1)))
+    posterior = ContextualPosterior.build(model, forget_rows(rows, [1.0, 2.0], 10.0), counts,
+                                          settings, active)
+    posterior.probabilities(np.ones(1))
+    rows[0, 0] = rows[0, 3] = rows[0, 4] = 2.0
+    ContextualPosterior.build(model, rows, counts, PolicySettings(), active).probabilities(
+        np.ones(1))
     cdf = cumulative(probabilities)
     sample_arms(cdf, 2, rng)
     sample_slates(probabilities, 2, 2, rng)

@@ -76,6 +76,11 @@ class Snapshot:
     #: Arms with a positive allocation probability (the largest slate that can be served).
     servable: int
     summary_cache: dict[str, policy.PosteriorSummary] = field(default_factory=dict)
+    #: A contextual experiment's factorised posteriors (None: context-free). Its
+    #: ``probabilities`` above are then the allocation of the arms' context-free marginals
+    #: (their mean reward over the contexts they were served in), for the views that need one
+    #: vector; every decision computes its own for its context (``policy.ContextualPosterior``).
+    contextual: policy.ContextualPosterior | None = None
 
     @property
     def arms(self) -> tuple[str, ...]:
@@ -136,6 +141,15 @@ def build_snapshot(state: StoredState, at: float | None = None) -> Snapshot:
         stats = policy.forget(family, stats, np.maximum(elapsed, 0.0), half_life)
     active = np.array([arm not in experiment.paused for arm in experiment.arms])
     prior = prior_array(experiment)
+    contextual = None
+    if experiment.model is not None and state.rows is not None:
+        rows = state.rows
+        if half_life is not None:
+            elapsed = np.where(state.updated_at > 0, now - state.updated_at, 0.0)
+            rows = policy.forget_rows(rows, np.maximum(elapsed, 0.0), half_life)
+        contextual = policy.ContextualPosterior.build(
+            experiment.model, rows, state.counts, policy_settings(experiment), active)
+        stats = policy.marginal_stats(family, rows)
     probabilities = policy.allocation_probabilities(
         family, stats, state.counts, prior, policy_settings(experiment), active
     )
@@ -153,7 +167,9 @@ def build_snapshot(state: StoredState, at: float | None = None) -> Snapshot:
         probability_list=probabilities.tolist(),
         revision=state.revision,
         server_time=now,
-        servable=int(np.count_nonzero(probabilities > 0)),
+        servable=(int(np.count_nonzero(active)) if contextual is not None
+                  else int(np.count_nonzero(probabilities > 0))),
+        contextual=contextual,
     )
 
 

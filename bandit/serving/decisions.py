@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from bandit import policy
 from bandit.errors import InvalidValue, NotFound, StoreUnavailable
+from bandit.features import feature_hash
 from bandit.inputs import AllocateRequest
 from bandit.model import archived_message
 from bandit.policy.layout import FloatArray
@@ -61,6 +63,33 @@ class _DrawnAhead:
     used: int = 0
     arms: list[int] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What one request's decisions are drawn from: a snapshot's allocation, or for a
+    contextual experiment the allocation for the request's context (and that context's hash,
+    signed into every decision id, and its segments: ``feature=value`` per categorical
+    feature)."""
+
+    probabilities: FloatArray
+    cumulative_list: list[float]
+    probability_list: list[float]
+    context: int = 0
+    segments: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, snapshot: Snapshot, context: dict[str, Any] | None) -> Choice:
+        posterior = snapshot.contextual
+        if posterior is None:
+            return cls(snapshot.probabilities, snapshot.cumulative_list,
+                       snapshot.probability_list)
+        model = posterior.model
+        x = model.encode(context)
+        probabilities = posterior.probabilities(x)
+        segments = tuple(model.segment_of(x, f) for f in model.categorical())
+        return cls(probabilities, policy.cumulative(probabilities).tolist(),
+                   probabilities.tolist(), feature_hash(x), segments)
 
 
 class DrawTally:
@@ -159,6 +188,9 @@ class Decider:
             lambda: defaultdict(int)
         )
         self._draws: defaultdict[str, DrawTally] = defaultdict(DrawTally)
+        #: Contextual decisions served per experiment, segment (``feature=value``) and arm.
+        self._segments: defaultdict[str, defaultdict[tuple[str, int], int]] = defaultdict(
+            lambda: defaultdict(int))
         #: Experiments this process served decisions since the history sampler last asked.
         self._served_recently: set[str] = set()
         self._ahead: dict[str, dict[str, _DrawnAhead]] = {"d": {}, "p": {}}
@@ -230,22 +262,55 @@ class Decider:
                                     or request.k is not None):
             raise InvalidValue("provisional: only for single-arm decisions of bernoulli "
                                "experiments")
+        if request.provisional and snapshot.contextual is not None:
+            raise InvalidValue("provisional: not for contextual experiments (a provisional "
+                               "failure would need the model's features before the reward)")
 
     def _fresh_decisions(self, snapshot: Snapshot, request: AllocateRequest,
                          signer: DecisionSigner) -> list[dict[str, Any]]:
         """Decisions drawn now (not sticky)."""
+        choice = None if snapshot.contextual is None else Choice.of(snapshot, request.context)
         if request.k is None:
             return self._decisions(snapshot, request.n, "p" if request.provisional else "d",
-                                   signer)
-        return self._slates(snapshot, request.n, request.k, signer)
+                                   signer, choice)
+        return self._slates(snapshot, request.n, request.k, signer, choice)
 
-    def _decisions(self, snapshot: Snapshot, n: int, kind: str,
-                   signer: DecisionSigner) -> list[dict[str, Any]]:
-        arms, probabilities = snapshot.arms, snapshot.probability_list
+    def _count_segments(self, experiment_id: str, choice: Choice | None,
+                        indices: list[int]) -> None:
+        if choice is None or not choice.segments:
+            return
+        tally = self._segments[experiment_id]
+        for segment in choice.segments:
+            for index in indices:
+                tally[segment, index] += 1
+
+    def _decisions(self, snapshot: Snapshot, n: int, kind: str, signer: DecisionSigner,
+                   choice: Choice | None = None) -> list[dict[str, Any]]:
+        arms = snapshot.arms
         experiment_id = snapshot.experiment.id
         served = self._served[experiment_id]
         issued = int(time.time())
         draws = self._draws[experiment_id]
+        if choice is not None:  # contextual: drawn from this context's allocation
+            probabilities = choice.probability_list
+            if n == 1:
+                index = policy.sample_one(choice.cumulative_list, self._random.random())
+                decision_id = signer.sign_one(experiment_id, kind, issued, index,
+                                              choice.context)
+                chosen_list = [index]
+                ids = [decision_id]
+            else:
+                chosen = policy.sample_arms(np.asarray(choice.cumulative_list), n, self._rng)
+                chosen_list = chosen.tolist()
+                ids = signer.sign(experiment_id, kind, issued, chosen, choice.context)
+            for index in chosen_list:
+                served[index] += 1
+            draws.add_chosen(choice.probabilities, chosen_list)
+            self._count_segments(experiment_id, choice, chosen_list)
+            return [{"decision_id": decision_id, "arm": arms[index],
+                     "propensity": probabilities[index]}
+                    for decision_id, index in zip(ids, chosen_list, strict=True)]
+        probabilities = snapshot.probability_list
         if n == 1:
             index, decision_id = self._one(snapshot, kind, issued, signer)
             served[index] += 1
@@ -290,19 +355,23 @@ class Decider:
         index = policy.sample_one(snapshot.cumulative_list, self._random.random())
         return index, signer.sign_one(experiment_id, kind, issued, index)
 
-    def _slates(self, snapshot: Snapshot, n: int, k: int,
-                signer: DecisionSigner) -> list[dict[str, Any]]:
+    def _slates(self, snapshot: Snapshot, n: int, k: int, signer: DecisionSigner,
+                choice: Choice | None = None) -> list[dict[str, Any]]:
+        probabilities = snapshot.probabilities if choice is None else slate_shares(
+            choice.probabilities, snapshot.active, k)
         arms_chosen, slate_propensity, position_propensity = policy.sample_slates(
-            snapshot.probabilities, n, k, self._rng
+            probabilities, n, k, self._rng
         )
         served = self._served[snapshot.experiment.id]
         for index in arms_chosen.ravel().tolist():
             served[index] += 1
         # Position 1 is a draw from the shares, with its position propensity (DrawTally).
-        self._draws[snapshot.experiment.id].add_chosen(snapshot.probabilities,
+        self._draws[snapshot.experiment.id].add_chosen(probabilities,
                                                        arms_chosen[:, 0].tolist())
+        self._count_segments(snapshot.experiment.id, choice, arms_chosen[:, 0].tolist())
         arms = snapshot.arms
-        ids = signer.sign_slates(snapshot.experiment.id, int(time.time()), arms_chosen)
+        ids = signer.sign_slates(snapshot.experiment.id, int(time.time()), arms_chosen,
+                                 0 if choice is None else choice.context)
         return [
             {"decision_id": decision_id, "arms": [arms[i] for i in slate],
              "propensity": propensity, "position_propensities": positions}
@@ -322,15 +391,17 @@ class Decider:
         field = request.unit if request.k is None else f"{request.unit}\x1fk={request.k}"
         key = (experiment.id, field)
         assignment = self._sticky.get(key)
+        choice = None if snapshot.contextual is None else Choice.of(snapshot, request.context)
         if assignment is None:
             # Only a candidate: another process may have assigned the unit first. What is
             # served (and counted) is decided below, from the stored assignment.
-            proposed = self._propose(snapshot, request.k)
+            shares = snapshot.probabilities if choice is None else choice.probabilities
+            proposed = self._propose(snapshot, request.k, choice)
             stored, created = await self._store.sticky_assignment(experiment.id, field,
                                                                   proposed)
             assignment = _decode_assignment(stored)
             if created:  # the unit's one draw, made here, from this snapshot (DrawTally)
-                self._draws[experiment.id].add(snapshot.probabilities, assignment[0][0])
+                self._draws[experiment.id].add(shares, assignment[0][0])
             self._sticky[key] = assignment
             if len(self._sticky) > self._settings.sticky_cache_size:
                 self._sticky.popitem(last=False)
@@ -343,19 +414,25 @@ class Decider:
             experiment = snapshot.experiment
         kind = "p" if request.provisional else "d"
         if max(indices) >= len(snapshot.arms) or any(
-                snapshot.probability_list[i] == 0.0 for i in indices):
+                not _servable(snapshot, i) for i in indices):
             # The unit's arm is paused (or outside the current serving set): it gets a fresh,
             # unstored decision now and its own arm again once that arm is resumed.
-            return (self._decisions(snapshot, request.n, kind, signer) if request.k is None
-                    else self._slates(snapshot, request.n, request.k, signer)), snapshot
+            if snapshot.contextual is not None:  # the snapshot may have been reloaded above
+                choice = Choice.of(snapshot, request.context)
+            return (self._decisions(snapshot, request.n, kind, signer, choice)
+                    if request.k is None
+                    else self._slates(snapshot, request.n, request.k, signer, choice)), snapshot
         arms = experiment.arms
         served = self._served[experiment.id]
         decisions: list[dict[str, Any]] = []
         issued = int(time.time())
-        ids = (signer.sign(experiment.id, kind, issued, [indices[0]] * request.n)
+        context = 0 if choice is None else choice.context
+        ids = (signer.sign(experiment.id, kind, issued, [indices[0]] * request.n, context)
                if request.k is None
                else signer.sign_slates(experiment.id, issued,
-                                       np.tile(np.array(indices, dtype=np.int64), (request.n, 1))))
+                                       np.tile(np.array(indices, dtype=np.int64), (request.n, 1)),
+                                       context))
+        self._count_segments(experiment.id, choice, [indices[0]] * request.n)
         for decision_id in ids:
             decision: dict[str, Any] = {
                 "decision_id": decision_id, "propensity": propensity, "sticky": True,
@@ -370,13 +447,19 @@ class Decider:
             decisions.append(decision)
         return decisions, snapshot
 
-    def _propose(self, snapshot: Snapshot, k: int | None) -> str:
-        """A first assignment for a sticky unit, encoded as ``indices|propensity|positions``."""
+    def _propose(self, snapshot: Snapshot, k: int | None, choice: Choice | None) -> str:
+        """A first assignment for a sticky unit, encoded as ``indices|propensity|positions``
+        (a contextual unit's is drawn for the context of its first request)."""
+        cumulative_list = snapshot.cumulative_list if choice is None else choice.cumulative_list
+        probability_list = (snapshot.probability_list if choice is None
+                            else choice.probability_list)
         if k is None:
-            index = policy.sample_one(snapshot.cumulative_list, self._random.random())
-            return f"{index}|{snapshot.probability_list[index]!r}|"
+            index = policy.sample_one(cumulative_list, self._random.random())
+            return f"{index}|{probability_list[index]!r}|"
+        shares = snapshot.probabilities if choice is None else slate_shares(
+            choice.probabilities, snapshot.active, k)
         arms_chosen, slate_propensity, position_propensity = policy.sample_slates(
-            snapshot.probabilities, 1, k, self._rng)
+            shares, 1, k, self._rng)
         indices = ",".join(str(i) for i in arms_chosen[0].tolist())
         positions = ",".join(repr(p) for p in position_propensity[0].tolist())
         return f"{indices}|{slate_propensity.tolist()[0]!r}|{positions}"
@@ -388,13 +471,19 @@ class Decider:
             return
         pending, self._served = self._served, defaultdict(lambda: defaultdict(int))
         tallies, self._draws = self._draws, defaultdict(DrawTally)
+        segments, self._segments = self._segments, defaultdict(lambda: defaultdict(int))
         self._served_recently.update(pending)
         unsent = {k: dict(v) for k, v in pending.items()}
         draws = {k: v.sums() for k, v in tallies.items()}
         try:
             await self._store.add_served(unsent)
             await self._store.add_draws(draws)
+            await self._store.add_segments({k: dict(v) for k, v in segments.items()})
+            segments = defaultdict(lambda: defaultdict(int))
         except StoreUnavailable:
+            for experiment_id, counts in segments.items():  # kept for the next flush
+                for key, times in counts.items():
+                    self._segments[experiment_id][key] += times
             for experiment_id, per_arm in unsent.items():  # kept for the next flush
                 for index, times in per_arm.items():
                     self._served[experiment_id][index] += times
@@ -414,6 +503,31 @@ class Decider:
                 await self.flush_served()
             except StoreUnavailable as error:
                 logger.warning("could not flush served counts: %s", error)
+
+
+def _servable(snapshot: Snapshot, index: int) -> bool:
+    """Whether an arm may be served at all now (a contextual arm: whenever it is active)."""
+    if snapshot.contextual is not None:
+        return bool(snapshot.active[index])
+    return snapshot.probability_list[index] > 0.0
+
+
+#: Share moved to the zero-probability active arms when a contextual slate needs more arms
+#: than its context's allocation gives any chance to (their chance of being best is < 1e-15).
+SLATE_FILL = 1e-9
+
+
+def slate_shares(probabilities: FloatArray, active: npt.NDArray[np.bool_], k: int) -> FloatArray:
+    """``probabilities``, unless fewer than ``k`` arms have a positive one: then a sliver
+    (``SLATE_FILL``) spread over the zero-probability active arms, so that a ranked slate of
+    k arms exists; the propensities returned are those of the vector actually sampled."""
+    positive = probabilities > 0.0
+    if int(np.count_nonzero(positive)) >= k:
+        return probabilities
+    empty = active & ~positive
+    out = probabilities * (1.0 - SLATE_FILL)
+    out[empty] += SLATE_FILL / int(np.count_nonzero(empty))
+    return out
 
 
 def _decode_assignment(value: str) -> tuple[list[int], float, list[float]]:

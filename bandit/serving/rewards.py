@@ -6,10 +6,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from typing import Any
+from typing import Any, NamedTuple
 
-from bandit.errors import InvalidValue, NotFound
+import numpy as np
+import numpy.typing as npt
+
+from bandit.errors import InvalidValue, NotFound, StoreUnavailable
+from bandit.features import feature_hash
 from bandit.inputs import MAX_EVENT_EXPERIMENTS, RewardEvent, parse_event, parse_event_batch
+from bandit.policy.contextual import add_observations, stats_width
 from bandit.serving.cache import Snapshot
 from bandit.serving.decisions import Decider
 from bandit.settings import Settings
@@ -65,20 +70,30 @@ class Rewards:
         await self._decisions.cache.load_many(list(grouped))
         batches: dict[str, list[EncodedEvent]] = {}
         positions: dict[str, list[int]] = {}
+        contextual: dict[str, _ContextualBatch] = {}
         since_yield = 0
         for experiment_id, events in grouped.items():
             since_yield += len(events) + YIELD_EVERY // 100  # an experiment weighs 20 events
             if since_yield >= YIELD_EVERY:
                 await asyncio.sleep(0)
                 since_yield = 0
-            encoded, indices, errors = await self._encode_events(experiment_id, events)
+            encoded, indices, errors, features = await self._encode_events(experiment_id,
+                                                                           events)
             rejected.extend(errors)
-            if encoded:
+            if encoded and features is not None:
+                contextual[experiment_id] = _ContextualBatch(encoded, indices, features)
+            elif encoded:
                 batches[experiment_id] = encoded
                 positions[experiment_id] = indices
         accepted = duplicates = 0
+        results: dict[str, list[int] | None] = {}
+        for experiment_id, batch in contextual.items():
+            results[experiment_id] = await self._apply_contextual(experiment_id, batch)
+            positions[experiment_id] = batch.indices
         if batches:
-            results = await self._store.apply_events(batches, self._settings.dedup_window_s)
+            results.update(await self._store.apply_events(batches,
+                                                          self._settings.dedup_window_s))
+        if results:
             for experiment_id, statuses in results.items():
                 indices = positions[experiment_id]
                 if statuses is None:
@@ -100,9 +115,32 @@ class Rewards:
         snapshot: Snapshot = await self._decisions.snapshot(experiment_id)
         return snapshot
 
+    async def _apply_contextual(self, experiment_id: str,
+                                batch: _ContextualBatch) -> list[int] | None:
+        """Apply a contextual experiment's events: sums per arm over the events the script
+        will count, recomputed when it finds a different set (a duplicate among them)."""
+        snapshot = await self._decisions.snapshot(experiment_id)
+        half_life = snapshot.experiment.exploration.half_life_s
+        events = batch.events
+        included = [True] * len(events)
+        for _ in range(MAX_CONTEXTUAL_ROUNDS):
+            weighed_at = time.time()
+            sums = _arm_sums(events, batch.features, included, half_life, weighed_at)
+            code, statuses = await self._store.apply_contextual(
+                experiment_id, events, "".join("1" if i else "0" for i in included),
+                weighed_at, sums, self._settings.dedup_window_s)
+            if code < 0:
+                return None
+            if code == 1:
+                return statuses
+            included = [status == APPLIED for status in statuses]
+        raise StoreUnavailable(f"experiment {experiment_id!r}: the events' statuses kept "
+                               "changing under concurrent writers; retry the request")
+
     async def _encode_events(
         self, experiment_id: str, events: list[RewardEvent]
-    ) -> tuple[list[EncodedEvent], list[int], list[dict[str, Any]]]:
+    ) -> tuple[list[EncodedEvent], list[int], list[dict[str, Any]],
+               npt.NDArray[np.float64] | None]:
         # A rejected reward is dropped by its sender for good: before rejecting for what this
         # cache says (archived, or an unknown arm), read the experiment from Redis again.
         # Another process may have unarchived it, or added the arm, a moment ago.
@@ -114,19 +152,29 @@ class Rewards:
             if any(snapshot.experiment.arm_index(e.arm) is None for e in events):
                 snapshot = await self._reread(experiment_id)
         except NotFound as error:
-            return [], [], [{"index": e.position, "error": error.message} for e in events]
+            return [], [], [{"index": e.position, "error": error.message} for e in events], None
         experiment = snapshot.experiment
+        model = experiment.model
         bernoulli = experiment.reward == "bernoulli"
         encoded: list[EncodedEvent] = []
         indices: list[int] = []
         errors: list[dict[str, Any]] = []
         arm_indices = experiment.arm_indices
         require = self._settings.require_decision_ids
-        for index, event_id, _, arm, reward, decision_id, ts in events:
+        rows: list[npt.NDArray[np.float64]] = []
+        for index, event_id, _, arm, reward, decision_id, ts, context in events:
             arm_index = arm_indices.get(arm)
             if arm_index is not None and (not bernoulli or 0.0 <= reward <= 1.0) and (
                     decision_id is None or decision_id[0] != "p" or bernoulli) and (
                     decision_id is not None or not require):
+                if model is not None:
+                    try:
+                        rows.append(model.encode(context))
+                    except InvalidValue as error:
+                        errors.append({"index": index, "error": error.message + (
+                            " (a contextual experiment's reward carries the context its "
+                            "decision was served for)" if context is None else "")})
+                        continue
                 encoded.append(EncodedEvent(event_id, arm_index, reward, ts, decision_id))
                 indices.append(index)
             elif decision_id is None and require:
@@ -147,23 +195,71 @@ class Rewards:
             statuses = signer.verify(
                 experiment_id, [encoded[i].decision_id or "" for i in signed],
                 [encoded[i].arm_index for i in signed], time.time(),
-                self._settings.dedup_window_s)
+                self._settings.dedup_window_s,
+                None if model is None else [feature_hash(rows[i]) for i in signed])
             refused = {i: status for i, status in zip(signed, statuses, strict=True) if status}
             if refused:
                 for i, status in refused.items():
                     errors.append({"index": indices[i], "error": _token_error(
                         status, experiment_id, experiment.arms[encoded[i].arm_index],
-                        self._settings.dedup_window_s)})
+                        self._settings.dedup_window_s, model is not None)})
                 encoded = [e for i, e in enumerate(encoded) if i not in refused]
                 indices = [e for i, e in enumerate(indices) if i not in refused]
-        return encoded, indices, errors
+                rows = [e for i, e in enumerate(rows) if i not in refused]
+        features = None
+        if model is not None:
+            features = (np.vstack(rows) if rows else np.zeros((0, model.dimension)))
+        return encoded, indices, errors, features
 
 
-def _token_error(status: int, experiment_id: str, arm: str, window_s: float) -> str:
+class _ContextualBatch(NamedTuple):
+    events: list[EncodedEvent]
+    indices: list[int]
+    #: One feature vector per event (n, d).
+    features: npt.NDArray[np.float64]
+
+
+#: Rounds of APPLY_CONTEXTUAL before giving up: each one that does not apply found a status
+#: changed by a concurrent writer since the last (the same event sent twice at once, say).
+MAX_CONTEXTUAL_ROUNDS = 8
+
+
+def _arm_sums(events: list[EncodedEvent], features: npt.NDArray[np.float64],
+              included: list[bool], half_life: float | None,
+              weighed_at: float) -> dict[int, tuple[npt.NDArray[np.float64], int]]:
+    """Per arm index: the statistics row summed over the included events, and their number.
+
+    With forgetting, an event with a time ``ts`` weighs 2^((ts - weighed_at) / h) here (never
+    more than 1), and the script decays the sum from ``weighed_at`` to its own clock."""
+    chosen = [i for i, take in enumerate(included) if take]
+    if not chosen:
+        return {}
+    arms = np.array([events[i].arm_index for i in chosen], dtype=np.int64)
+    rewards = np.array([events[i].reward for i in chosen])
+    weights = np.ones(len(chosen))
+    if half_life is not None:
+        for j, i in enumerate(chosen):
+            ts = events[i].ts
+            if ts is not None:
+                weights[j] = 2.0 ** (min(ts - weighed_at, 0.0) / half_life)
+    touched, compact = np.unique(arms, return_inverse=True)
+    rows = np.zeros((touched.shape[0], stats_width(features.shape[1])))
+    add_observations(rows, compact.astype(np.int64), np.ascontiguousarray(features[chosen]),
+                     rewards, weights)
+    counts = np.bincount(compact, minlength=touched.shape[0])
+    return {int(arm): (rows[j], int(counts[j])) for j, arm in enumerate(touched.tolist())}
+
+
+def _token_error(status: int, experiment_id: str, arm: str, window_s: float,
+                 contextual: bool = False) -> str:
     if status == EXPIRED:
         return (f"decision_id: served more than the dedup window ({window_s:g} s) ago, so a "
                 "reward for it could not be told from a replay; raise --dedup-window for "
                 "longer reward delays")
     assert status == FORGED
+    if contextual:
+        return (f"decision_id: not a decision this service served for experiment "
+                f"{experiment_id!r} and arm {arm!r} with this context: the reward's context "
+                "must encode to the features the decision was served for")
     return (f"decision_id: not a decision this service served for experiment "
             f"{experiment_id!r} and arm {arm!r}")

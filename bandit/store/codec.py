@@ -5,7 +5,7 @@ encoded for the APPLY_EVENTS script, the sample-ratio sums, the history lists' s
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -30,6 +30,9 @@ class StoredState:
     updated_at: npt.NDArray[np.float64]
     revision: int
     server_time: float
+    #: A contextual experiment's statistics rows (K, width), decayed to ``updated_at`` (see
+    #: ``bandit.policy.contextual``); None for a context-free one.
+    rows: npt.NDArray[np.float64] | None = None
 
 
 class EncodedEvent(NamedTuple):
@@ -61,6 +64,8 @@ class Traffic:
     served: dict[int, int]
     #: Sample-ratio sums per arm index.
     draws: dict[int, Draws]
+    #: Contextual decisions served per segment (``feature=value``) and arm index.
+    segments: dict[str, dict[int, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,18 @@ class HistoryRings:
     def interval_s(self) -> float:
         """The spacing of the newest samples (the finest list in use)."""
         return self.fine_interval_s if self.fine_samples else self.coarse_interval_s
+
+
+SEGMENT_SEPARATOR = "\x1f"
+
+
+def decode_segments(fields: dict[str, str]) -> dict[str, dict[int, int]]:
+    """The segments hash (``<segment>\x1f<arm>`` -> count) per segment and arm index."""
+    out: dict[str, dict[int, int]] = {}
+    for name, value in fields.items():
+        segment, _, arm = name.rpartition(SEGMENT_SEPARATOR)
+        out.setdefault(segment, {})[int(arm)] = int(value)
+    return out
 
 
 def encode_draws(draws: dict[int, Draws]) -> list[str]:
@@ -132,6 +149,10 @@ def decode_state(result: list[Any]) -> StoredState:
     counts = np.zeros(arms)
     updated_at = np.zeros(arms)
     rows = {"w": 0, "m": 1, "q": 2} if gaussian else {"s": 0, "f": 1}
+    model_rows = None
+    if experiment.model is not None:
+        d = experiment.model.dimension
+        model_rows = np.zeros((arms, 3 + d + d * (d + 1) // 2))
     revision = 0
     for position in range(0, len(flat_stats), 2):
         name, value = flat_stats[position], flat_stats[position + 1]
@@ -148,5 +169,13 @@ def decode_state(result: list[Any]) -> StoredState:
             updated_at[index] = float(value)
         elif kind in rows:
             stats[rows[kind], index] = float(value)
+        elif kind == "x" and model_rows is not None:
+            row = np.array(value.split(","), dtype=np.float64)
+            model_rows[index, :row.shape[0]] = row
     return StoredState(experiment, stats, counts, updated_at, revision,
-                       float(server_time))
+                       float(server_time), model_rows)
+
+
+def encode_row(row: npt.NDArray[np.float64]) -> str:
+    """A statistics row as APPLY_CONTEXTUAL takes it (``repr``: every digit)."""
+    return ",".join(map(repr, row.tolist()))

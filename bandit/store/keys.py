@@ -20,6 +20,9 @@ key                       type    contents
                                   fresh random draws that chose the arm, ``i:e`` the sum of
                                   the arm's propensity over every fresh draw, ``i:v`` the sum
                                   of ``p(1-p)`` (flushed by each process with ``served``)
+``P:{E}:segments``        hash    contextual decisions served per segment and arm index:
+                                  field ``<feature>=<value>\x1f<arm index>`` (one per
+                                  categorical feature of the model; flushed with ``served``)
 ``P:{E}:units``           hash    sticky unit (``unit``, or ``unit\x1fk=K`` for a slate) ->
                                   ``arm indices|propensity|position propensities``
 ``P:{E}:audit``           list    configuration changes, oldest first (JSON entries), kept for
@@ -90,6 +93,10 @@ class Keys:
     @property
     def draws(self) -> str:
         return f"{self._base}:draws"
+
+    @property
+    def segments(self) -> str:
+        return f"{self._base}:segments"
 
     @property
     def audit(self) -> str:

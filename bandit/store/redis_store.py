@@ -15,6 +15,8 @@ import secrets
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, TypeVar
 
+import numpy as np
+import numpy.typing as npt
 import orjson
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import SentinelConnectionPool
@@ -24,6 +26,7 @@ from bandit.model import Experiment
 from bandit.settings import Settings
 from bandit.store import connection, scripts
 from bandit.store.codec import (
+    SEGMENT_SEPARATOR,
     Draws,
     EncodedEvent,
     HistoryRings,
@@ -31,9 +34,11 @@ from bandit.store.codec import (
     Traffic,
     config_json,
     decode_draws,
+    decode_segments,
     decode_state,
     encode_draws,
     encode_events,
+    encode_row,
     half_life,
 )
 from bandit.store.connection import Client
@@ -57,6 +62,7 @@ class RedisStore:
         self._scripts = ScriptRunner(client, wait_replicas=wait_replicas,
                                      wait_timeout_ms=wait_timeout_ms)
         self._apply_events = client.register_script(scripts.APPLY_EVENTS)
+        self._apply_contextual = client.register_script(scripts.APPLY_CONTEXTUAL)
         self._record_provisional = client.register_script(scripts.RECORD_PROVISIONAL)
         self._create = client.register_script(scripts.CREATE)
         self._update = client.register_script(scripts.UPDATE)
@@ -233,9 +239,12 @@ class RedisStore:
                     keys = self.keys(experiment_id)
                     pipe.hgetall(keys.served)
                     pipe.hgetall(keys.draws)
+                    pipe.hgetall(keys.segments)
                 results = await call(pipe.execute)
-        return [Traffic({int(k): int(v) for k, v in served.items()}, decode_draws(draws))
-                for served, draws in zip(results[::2], results[1::2], strict=True)]
+        return [Traffic({int(k): int(v) for k, v in served.items()}, decode_draws(draws),
+                        decode_segments(segments))
+                for served, draws, segments in zip(results[::3], results[1::3], results[2::3],
+                                                   strict=True)]
 
     async def list_ids(self, after: str | None = None, limit: int = 1000) -> list[str]:
         """Experiment ids in id order, after ``after`` (exclusive), at most ``limit``."""
@@ -318,6 +327,27 @@ class RedisStore:
             for experiment_id, result in zip(order, results, strict=True)
         }
 
+    async def apply_contextual(
+        self, experiment_id: str, events: list[EncodedEvent], included: str, weighed_at: float,
+        sums: dict[int, tuple[npt.NDArray[np.float64], int]], dedup_window_s: float,
+    ) -> tuple[int, list[int]]:
+        """Apply a contextual experiment's events: dedup as ``apply_events``, then add the
+        per-arm sums of the events marked '1' in ``included`` (weighted at ``weighed_at``).
+
+        Returns (1, statuses) when applied, (3, statuses) when the statuses differ from
+        ``included`` (nothing written: sum over the events now applicable and call again), or
+        (-1 / -2, []) when the experiment is missing / archived."""
+        keys = self.keys(experiment_id)
+        arguments = [keys.prefix_with_tag, str(max(1, math.ceil(dedup_window_s * 1000))),
+                     encode_events(events), included, repr(weighed_at)]
+        for arm, (row, count) in sums.items():
+            arguments += [str(arm), encode_row(row), str(count)]
+        (result,) = await self._scripts.run(
+            [(self._apply_contextual, [keys.meta, keys.stats], arguments)], wait=True)
+        if result[0] < 0:
+            return int(result[0]), []
+        return int(result[0]), [int(s) for s in result[1]]
+
     async def record_provisional(self, experiment_id: str, decision_ids: Sequence[str],
                                  arm_indices: Sequence[int], window_s: float) -> bool:
         keys = self.keys(experiment_id)
@@ -350,6 +380,18 @@ class RedisStore:
                     await call(pipe.execute)
             for experiment_id in chunk:
                 del served[experiment_id]
+
+    async def add_segments(self, segments: dict[str, dict[tuple[str, int], int]]) -> None:
+        """Add contextual decisions served per segment and arm (one round trip)."""
+        if not segments:
+            return
+        with failures():
+            async with self._client.pipeline(transaction=False) as pipe:
+                for experiment_id, counts in segments.items():
+                    key = self.keys(experiment_id).segments
+                    for (segment, arm_index), count in counts.items():
+                        pipe.hincrby(key, f"{segment}{SEGMENT_SEPARATOR}{arm_index}", count)
+                await call(pipe.execute)
 
     async def add_draws(self, draws: dict[str, dict[int, Draws]]) -> None:
         """Add fresh draws to the sample-ratio sums, one script call per experiment (each

@@ -84,7 +84,9 @@ local function save()
 end
 """
 
-APPLY_EVENTS = _ARM_STATE + r"""
+# Parses ARGV[3]'s events and works out each one's status (dedup, decision checks), writing
+# nothing yet; expects ARGV[1] prefix, ARGV[2] window (see APPLY_EVENTS).
+_DEDUP_CHECK = r"""
 -- Apply a batch of reward events to one experiment, idempotently.
 -- KEYS[1] meta, KEYS[2] stats.
 -- ARGV[1] the experiment's key prefix (`<prefix>:{<id>}:`), ARGV[2] dedup window in ms,
@@ -159,11 +161,11 @@ for i = 1, n do
   statuses[i] = status
 end
 
+local width = math.max(1, math.floor(window / 4))
+local current = math.floor(now * 1000 / width)
+local base = prefix .. 'dedup:' .. width .. ':'
+local chunk = 4000  -- stays under Lua's limit on unpacked arguments
 if #candidates > 0 then
-  local width = math.max(1, math.floor(window / 4))
-  local current = math.floor(now * 1000 / width)
-  local base = prefix .. 'dedup:' .. width .. ':'
-  local chunk = 4000  -- stays under Lua's limit on unpacked arguments
   for bucket = current - 4, current do
     for first = 1, #candidates, chunk do
       local last = math.min(first + chunk - 1, #candidates)
@@ -199,6 +201,12 @@ if #candidates > 0 then
     local original = statuses[first_of[ids[i]]]
     statuses[i] = original == 1 and 0 or original
   end
+end
+"""
+
+# Records the applied events' ids (and decision markers) in the current dedup set.
+_DEDUP_RECORD = r"""
+if #candidates > 0 then
   local fresh = {}
   for k = 1, #candidates do
     if statuses[positions[k]] == 1 then fresh[#fresh + 1] = candidates[k] end
@@ -214,6 +222,9 @@ if #candidates > 0 then
   end
 end
 
+"""
+
+APPLY_EVENTS = _ARM_STATE + _DEDUP_CHECK + _DEDUP_RECORD + r"""
 for i = 1, n do
   if statuses[i] == 1 then
     local st = load(arms_of[i])
@@ -241,6 +252,54 @@ for i = 1, n do
   end
 end
 save()
+return {1, table.concat(statuses)}
+"""
+
+APPLY_CONTEXTUAL = _ARM_STATE + _DEDUP_CHECK + r"""
+-- Reward events of a contextual experiment: the same checks and dedup as APPLY_EVENTS, but
+-- the arm statistics are rows of sums (`i:x`: weight, sum r, sum r^2, X^T y, upper triangle of
+-- X^T X; see bandit.policy.contextual) and the caller sends them already summed per arm, so
+-- this script adds one row per arm instead of doing d^2 arithmetic per event.
+-- ARGV[4] the events the sums cover: one character per event, '1' included, '0' not.
+-- ARGV[5] the caller's clock when it weighted the sums (forgetting: each event's weight is
+--   2^((ts - ARGV[5]) / h), ts <= ARGV[5]; here the sums are decayed by 2^(-(now - ARGV[5]) / h)).
+-- ARGV[6..]: triples of arm index, summed row (numbers separated by ','), events counted.
+-- When the statuses found here are not the ones the sums assumed (an event turned out to be a
+--   duplicate, say), nothing is written and {3, statuses} asks for sums over the right events.
+-- Returns {1, statuses} as APPLY_EVENTS, {3, statuses}, or {-1}/{-2}.
+local expected = ARGV[4]
+for i = 1, n do
+  if (statuses[i] == 1) ~= (string.sub(expected, i, i) == '1') then
+    return {3, table.concat(statuses)}
+  end
+end
+""" + _DEDUP_RECORD + r"""
+local skew = now - tonumber(ARGV[5])
+local factor = 1
+if half_life ~= nil and skew > 0 then factor = 2 ^ (-skew / half_life) end
+local changed = false
+for a = 6, #ARGV, 3 do
+  local p = ARGV[a] .. ':'
+  local stored = redis.call('HMGET', KEYS[2], p .. 'x', p .. 'n', p .. 't')
+  local decay = 1
+  if stored[3] then decay = weight_since(tonumber(stored[3])) end
+  local row = {}
+  if stored[1] then
+    for v in string.gmatch(stored[1], '[^,]+') do row[#row + 1] = tonumber(v) * decay end
+  end
+  local out, k = {}, 0
+  for v in string.gmatch(ARGV[a + 1], '[^,]+') do
+    k = k + 1
+    out[k] = fmt((row[k] or 0) + tonumber(v) * factor)
+  end
+  redis.call('HSET', KEYS[2], p .. 'x', table.concat(out, ','),
+             p .. 'n', fmt((tonumber(stored[2]) or 0) + tonumber(ARGV[a + 2])), p .. 't', fmt(now))
+  changed = true
+end
+if changed then
+  redis.call('HINCRBY', KEYS[2], 'rev', 1)
+  notify()
+end
 return {1, table.concat(statuses)}
 """
 
