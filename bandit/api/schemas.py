@@ -11,6 +11,14 @@ import re
 from typing import Any
 
 from bandit import errors
+from bandit.features import (
+    FEATURE_NAME,
+    MAX_DIMENSION,
+    MAX_FEATURES,
+    MAX_VALUE_LENGTH,
+    MAX_VALUES,
+    MODEL_VERSION,
+)
 from bandit.inputs import (
     EVENT_ID_PATTERN,
     MAX_DECISIONS,
@@ -158,6 +166,64 @@ _METADATA_CHANGE: dict[str, Schema] = {
     "tags": {**TAG_LIST, "type": ["array", "null"]},
 }
 
+_FEATURE_COMMON: dict[str, Schema] = {
+    "name": {"type": "string", "pattern": anchored(FEATURE_NAME),
+             "description": "the key of the feature in a request's `context`"},
+    "precision": {"type": ["number", "null"], "minimum": 1e-6, "maximum": 1e12,
+                  "description": "prior precision of this feature's columns"},
+}
+_CATEGORY: Schema = {"type": "string", "minLength": 1, "maxLength": MAX_VALUE_LENGTH}
+_FEATURE: Schema = {"oneOf": [
+    closed_object(["name", "type", "scale"], {
+        **_FEATURE_COMMON,
+        "type": {"const": "numeric", "description": "one column: (value - low) / (high - low) "
+                                                    "clipped to [0, 1]"},
+        "scale": {"type": "array", "items": NUMBER, "minItems": 2, "maxItems": 2,
+                  "description": "[low, high], low < high"},
+        "default": {"type": ["number", "null"],
+                    "description": "used when the context lacks the feature (else 422)"}}),
+    closed_object(["name", "type", "values"], {
+        **_FEATURE_COMMON,
+        "type": {"const": "categorical", "description": "one column per declared value and "
+                                                        "one for `other` (any other value)"},
+        "values": {"type": "array", "minItems": 1, "maxItems": MAX_VALUES,
+                   "uniqueItems": True, "items": {**_CATEGORY, "not": {"const": "other"}}},
+        "default": {**_CATEGORY, "type": ["string", "null"]}}),
+    closed_object(["name", "type", "buckets"], {
+        **_FEATURE_COMMON,
+        "type": {"const": "hashed", "description": "one-hot over `buckets`: CRC-32 of the "
+                                                   "value's UTF-8 bytes mod buckets"},
+        "buckets": {"type": "integer", "minimum": 2, "maximum": MAX_DIMENSION},
+        "default": {**_CATEGORY, "type": ["string", "null"]}}),
+]}
+MODEL: Schema = {
+    "type": "object", "additionalProperties": False, "required": ["type", "features"],
+    "description": "a contextual experiment's model: one Bayesian linear regression per arm "
+                   f"over the features' columns (at most {MAX_DIMENSION} with the "
+                   "intercept); fixed at create",
+    "properties": {
+        "type": {"const": "linear"},
+        "version": {"const": MODEL_VERSION, "description": "the spec format's version"},
+        "features": {"type": "array", "maxItems": MAX_FEATURES, "items": _FEATURE},
+        "intercept": {"type": "boolean", "description": "a per-arm intercept column (default "
+                                                        "true)"},
+        "prior": {"type": "object", "additionalProperties": False, "properties": {
+            name: {"type": "number", "minimum": 1e-6, "maximum": 1e12, "description": text}
+            for name, text in (
+                ("precision", "prior precision of the coefficients, per unit of noise "
+                              "variance (default 1)"),
+                ("intercept_precision", "prior precision of the intercept (default 0.01)"),
+                ("alpha", "inverse-gamma shape of the noise variance (default 1)"),
+                ("beta", "inverse-gamma scale of the noise variance (default 0.25 bernoulli, "
+                         "1 gaussian)"))}},
+        "dimension": {"type": "integer", "minimum": 1, "maximum": MAX_DIMENSION,
+                      "description": "number of columns (answered; checked if sent)"},
+    },
+}
+CONTEXT: Schema = {"type": ["object", "null"],
+                   "description": "feature values by name, for a contextual experiment "
+                                  "(ignored by a context-free one)"}
+
 _NEW_EXPERIMENT: Schema = {
     "type": "object", "additionalProperties": False,
     "required": ["id", "arms", "reward"],
@@ -172,6 +238,7 @@ _NEW_EXPERIMENT: Schema = {
         "exploration": EXPLORATION_CHANGE,
         "attribution_window_s": {"type": "number", "minimum": 1, "maximum": 90 * 86_400,
                                  "description": "how long a provisional decision can convert"},
+        "model": nullable(MODEL),
         **_METADATA_CHANGE,
     },
     # Which prior fields exist depends on the reward type.
@@ -195,6 +262,7 @@ _EXPERIMENT_PROPERTIES: dict[str, Schema] = {
     "owner": {"type": ["string", "null"], "maxLength": MAX_OWNER_LENGTH},
     "hypothesis": {"type": ["string", "null"], "maxLength": MAX_HYPOTHESIS_LENGTH},
     "tags": TAG_LIST,
+    "model": nullable(MODEL),
 }
 _EXPERIMENT: Schema = closed_object(list(_EXPERIMENT_PROPERTIES), _EXPERIMENT_PROPERTIES)
 _CHANGED: Schema = {"type": "boolean",
@@ -285,7 +353,10 @@ _ALLOCATE: Schema = {
         "provisional": {"type": "boolean",
                         "description": "count as a failure now, convertible by a reward event "
                                        "naming the decision (bernoulli, single arm)"},
-        "context": {"type": ["object", "null"], "description": "accepted, not used yet"},
+        "context": {**CONTEXT, "description": "feature values by name: a contextual "
+                                              "experiment decides for them (422 when one has "
+                                              "the wrong type or a required one is missing); "
+                                              "a context-free one ignores them"},
     },
     "if": {"type": "object", "required": ["sticky"], "properties": {"sticky": {"const": True}}},
     "then": {"required": ["unit"], "properties": {"unit": {"type": "string"}}},
@@ -328,6 +399,9 @@ _EVENT: Schema = closed_object(["id", "experiment", "arm", "reward"], {
     "ts": {"type": ["number", "null"], "minimum": 0,
            "description": "when the reward happened (epoch seconds); with forgetting, older "
                           "rewards weigh less"},
+    "context": {**CONTEXT, "description": "a contextual experiment's reward: the context its "
+                                          "decision was served for (refused if it encodes to "
+                                          "other features)"},
 })
 _EVENT_BATCH: Schema = {
     "type": "object", "additionalProperties": False, "required": ["events"],
