@@ -11,10 +11,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from bandit.errors import InvalidValue, NotFound, StoreUnavailable
+from bandit.errors import InvalidValue, NotFound
 from bandit.features import feature_hash
 from bandit.inputs import MAX_EVENT_EXPERIMENTS, RewardEvent, parse_event, parse_event_batch
-from bandit.policy.contextual import add_observations, stats_width
 from bandit.serving.cache import Snapshot
 from bandit.serving.decisions import Decider
 from bandit.settings import Settings
@@ -117,25 +116,20 @@ class Rewards:
 
     async def _apply_contextual(self, experiment_id: str,
                                 batch: _ContextualBatch) -> list[int] | None:
-        """Apply a contextual experiment's events: sums per arm over the events the script
-        will count, recomputed when it finds a different set (a duplicate among them)."""
+        """Apply a contextual experiment's events with their feature rows. With forgetting,
+        an event with a time ``ts`` weighs 2^((ts - now) / h) (never more than 1), and the
+        script decays the sums from this clock's now to its own."""
         snapshot = await self._decisions.snapshot(experiment_id)
         half_life = snapshot.experiment.exploration.half_life_s
-        events = batch.events
-        included = [True] * len(events)
-        for _ in range(MAX_CONTEXTUAL_ROUNDS):
-            weighed_at = time.time()
-            sums = _arm_sums(events, batch.features, included, half_life, weighed_at)
-            code, statuses = await self._store.apply_contextual(
-                experiment_id, events, "".join("1" if i else "0" for i in included),
-                weighed_at, sums, self._settings.dedup_window_s)
-            if code < 0:
-                return None
-            if code == 1:
-                return statuses
-            included = [status == APPLIED for status in statuses]
-        raise StoreUnavailable(f"experiment {experiment_id!r}: the events' statuses kept "
-                               "changing under concurrent writers; retry the request")
+        weighed_at = time.time()
+        weights = np.ones(len(batch.events))
+        if half_life is not None:
+            for i, event in enumerate(batch.events):
+                if event.ts is not None:
+                    weights[i] = 2.0 ** (min(event.ts - weighed_at, 0.0) / half_life)
+        return await self._store.apply_contextual(experiment_id, batch.events, batch.features,
+                                                  weights, weighed_at,
+                                                  self._settings.dedup_window_s)
 
     async def _encode_events(
         self, experiment_id: str, events: list[RewardEvent]
@@ -217,37 +211,6 @@ class _ContextualBatch(NamedTuple):
     indices: list[int]
     #: One feature vector per event (n, d).
     features: npt.NDArray[np.float64]
-
-
-#: Rounds of APPLY_CONTEXTUAL before giving up: each one that does not apply found a status
-#: changed by a concurrent writer since the last (the same event sent twice at once, say).
-MAX_CONTEXTUAL_ROUNDS = 8
-
-
-def _arm_sums(events: list[EncodedEvent], features: npt.NDArray[np.float64],
-              included: list[bool], half_life: float | None,
-              weighed_at: float) -> dict[int, tuple[npt.NDArray[np.float64], int]]:
-    """Per arm index: the statistics row summed over the included events, and their number.
-
-    With forgetting, an event with a time ``ts`` weighs 2^((ts - weighed_at) / h) here (never
-    more than 1), and the script decays the sum from ``weighed_at`` to its own clock."""
-    chosen = [i for i, take in enumerate(included) if take]
-    if not chosen:
-        return {}
-    arms = np.array([events[i].arm_index for i in chosen], dtype=np.int64)
-    rewards = np.array([events[i].reward for i in chosen])
-    weights = np.ones(len(chosen))
-    if half_life is not None:
-        for j, i in enumerate(chosen):
-            ts = events[i].ts
-            if ts is not None:
-                weights[j] = 2.0 ** (min(ts - weighed_at, 0.0) / half_life)
-    touched, compact = np.unique(arms, return_inverse=True)
-    rows = np.zeros((touched.shape[0], stats_width(features.shape[1])))
-    add_observations(rows, compact.astype(np.int64), np.ascontiguousarray(features[chosen]),
-                     rewards, weights)
-    counts = np.bincount(compact, minlength=touched.shape[0])
-    return {int(arm): (rows[j], int(counts[j])) for j, arm in enumerate(touched.tolist())}
 
 
 def _token_error(status: int, experiment_id: str, arm: str, window_s: float,

@@ -176,6 +176,26 @@ def decode_state(result: list[Any]) -> StoredState:
                        float(server_time), model_rows)
 
 
+def arm_sums(events: list[EncodedEvent], features: npt.NDArray[np.float64],
+             weights: npt.NDArray[np.float64]) -> dict[int, tuple[npt.NDArray[np.float64], int]]:
+    """Per arm index: the statistics row (``bandit.policy.contextual``'s layout: weight, sum
+    r, sum r^2, X^T y, upper triangle of X^T X) summed over the events, and their number."""
+    arms = np.fromiter((e.arm_index for e in events), dtype=np.int64, count=len(events))
+    rewards = np.fromiter((e.reward for e in events), dtype=np.float64, count=len(events))
+    touched, compact = np.unique(arms, return_inverse=True)
+    d = features.shape[1]
+    out: dict[int, tuple[npt.NDArray[np.float64], int]] = {}
+    for j, arm in enumerate(touched.tolist()):
+        mine = compact == j
+        x, r, w = features[mine], rewards[mine], weights[mine]
+        wx = x * w[:, None]
+        gram = wx.T @ x
+        row = np.concatenate([[w.sum(), w @ r, w @ (r * r)], wx.T @ r,
+                              gram[np.triu_indices(d)]])
+        out[int(arm)] = (row, int(mine.sum()))
+    return out
+
+
 def encode_row(row: npt.NDArray[np.float64]) -> str:
     """A statistics row as APPLY_CONTEXTUAL takes it (``repr``: every digit)."""
     return ",".join(map(repr, row.tolist()))

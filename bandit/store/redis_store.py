@@ -32,6 +32,7 @@ from bandit.store.codec import (
     HistoryRings,
     StoredState,
     Traffic,
+    arm_sums,
     config_json,
     decode_draws,
     decode_segments,
@@ -328,25 +329,34 @@ class RedisStore:
         }
 
     async def apply_contextual(
-        self, experiment_id: str, events: list[EncodedEvent], included: str, weighed_at: float,
-        sums: dict[int, tuple[npt.NDArray[np.float64], int]], dedup_window_s: float,
-    ) -> tuple[int, list[int]]:
-        """Apply a contextual experiment's events: dedup as ``apply_events``, then add the
-        per-arm sums of the events marked '1' in ``included`` (weighted at ``weighed_at``).
+        self, experiment_id: str, events: list[EncodedEvent], features: npt.NDArray[np.float64],
+        weights: npt.NDArray[np.float64], weighed_at: float, dedup_window_s: float,
+    ) -> list[int] | None:
+        """Apply a contextual experiment's events (one feature row and weight each, weighted
+        at ``weighed_at``): dedup as ``apply_events``, then the statistics rows.
 
-        Returns (1, statuses) when applied, (3, statuses) when the statuses differ from
-        ``included`` (nothing written: sum over the events now applicable and call again), or
-        (-1 / -2, []) when the experiment is missing / archived."""
+        First the rows summed per arm over every event, which the script adds if every event
+        turns out applicable (the usual case: one row per arm, not d^2 work per event in Lua);
+        otherwise, in a second call, the events one by one, summed by the script over those
+        applicable then. Returns the statuses, or None when the experiment is missing or
+        archived."""
         keys = self.keys(experiment_id)
-        arguments = [keys.prefix_with_tag, str(max(1, math.ceil(dedup_window_s * 1000))),
-                     encode_events(events), included, repr(weighed_at)]
-        for arm, (row, count) in sums.items():
+        head = [keys.prefix_with_tag, str(max(1, math.ceil(dedup_window_s * 1000))),
+                encode_events(events)]
+        arguments = [*head, "1" * len(events), repr(weighed_at)]
+        for arm, (row, count) in arm_sums(events, features, weights).items():
             arguments += [str(arm), encode_row(row), str(count)]
         (result,) = await self._scripts.run(
             [(self._apply_contextual, [keys.meta, keys.stats], arguments)], wait=True)
+        if result[0] == 3:
+            lines = "".join(f"{encode_row(np.concatenate([[w], x]))}\n"
+                            for w, x in zip(weights, features, strict=True))
+            (result,) = await self._scripts.run(
+                [(self._apply_contextual, [keys.meta, keys.stats],
+                  [*head, "*", repr(weighed_at), lines])], wait=True)
         if result[0] < 0:
-            return int(result[0]), []
-        return int(result[0]), [int(s) for s in result[1]]
+            return None
+        return [int(s) for s in result[1]]
 
     async def record_provisional(self, experiment_id: str, decision_ids: Sequence[str],
                                  arm_indices: Sequence[int], window_s: float) -> bool:

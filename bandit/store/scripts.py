@@ -258,45 +258,82 @@ return {1, table.concat(statuses)}
 APPLY_CONTEXTUAL = _ARM_STATE + _DEDUP_CHECK + r"""
 -- Reward events of a contextual experiment: the same checks and dedup as APPLY_EVENTS, but
 -- the arm statistics are rows of sums (`i:x`: weight, sum r, sum r^2, X^T y, upper triangle of
--- X^T X; see bandit.policy.contextual) and the caller sends them already summed per arm, so
--- this script adds one row per arm instead of doing d^2 arithmetic per event.
--- ARGV[4] the events the sums cover: one character per event, '1' included, '0' not.
--- ARGV[5] the caller's clock when it weighted the sums (forgetting: each event's weight is
---   2^((ts - ARGV[5]) / h), ts <= ARGV[5]; here the sums are decayed by 2^(-(now - ARGV[5]) / h)).
--- ARGV[6..]: triples of arm index, summed row (numbers separated by ','), events counted.
--- When the statuses found here are not the ones the sums assumed (an event turned out to be a
---   duplicate, say), nothing is written and {3, statuses} asks for sums over the right events.
+-- X^T X; see bandit.policy.contextual).
+-- ARGV[4] '*', or the events the caller's sums cover: one character per event, '1' included.
+-- ARGV[5] the caller's clock when it weighted the events (forgetting: an event's weight is
+--   2^((ts - ARGV[5]) / h), ts <= ARGV[5]; here the sums are decayed from ARGV[5] to now).
+-- With a mask, ARGV[6..] are triples of arm index, summed row (numbers separated by ','),
+--   events counted: one row added per arm instead of d^2 arithmetic per event. When the
+--   statuses found here differ from the mask (an event turned out to be a duplicate, say),
+--   nothing is written and {3, statuses} asks the caller to send the events one by one.
+-- With '*', ARGV[6] holds one line per event, `weight,x1,...,xd`, and the rows of the events
+--   applicable now are summed here: slower, but it always applies (no retry can be lost to
+--   a concurrent writer).
 -- Returns {1, statuses} as APPLY_EVENTS, {3, statuses}, or {-1}/{-2}.
-local expected = ARGV[4]
-for i = 1, n do
-  if (statuses[i] == 1) ~= (string.sub(expected, i, i) == '1') then
-    return {3, table.concat(statuses)}
+local mode = ARGV[4]
+local sums, order = {}, {}
+if mode == '*' then
+  local i = 0
+  for line in string.gmatch(ARGV[6], '([^\n]*)\n') do
+    i = i + 1
+    if statuses[i] == 1 then
+      local x = {}
+      for v in string.gmatch(line, '[^,]+') do x[#x + 1] = tonumber(v) end
+      local w, r, d = x[1], rewards[i], #x - 1
+      local arm = arms_of[i]
+      local s = sums[arm]
+      if not s then
+        s = {row = {}, count = 0}
+        for k = 1, 3 + d + d * (d + 1) / 2 do s.row[k] = 0 end
+        sums[arm] = s
+        order[#order + 1] = arm
+      end
+      local row = s.row
+      row[1], row[2], row[3] = row[1] + w, row[2] + w * r, row[3] + w * r * r
+      local position = 4 + d
+      for p = 1, d do
+        local wx = w * x[p + 1]
+        row[3 + p] = row[3 + p] + wx * r
+        for q = p, d do
+          row[position] = row[position] + wx * x[q + 1]
+          position = position + 1
+        end
+      end
+      s.count = s.count + 1
+    end
+  end
+else
+  for i = 1, n do
+    if (statuses[i] == 1) ~= (string.sub(mode, i, i) == '1') then
+      return {3, table.concat(statuses)}
+    end
+  end
+  for a = 6, #ARGV, 3 do
+    local row = {}
+    for v in string.gmatch(ARGV[a + 1], '[^,]+') do row[#row + 1] = tonumber(v) end
+    sums[ARGV[a]] = {row = row, count = tonumber(ARGV[a + 2])}
+    order[#order + 1] = ARGV[a]
   end
 end
 """ + _DEDUP_RECORD + r"""
 local skew = now - tonumber(ARGV[5])
 local factor = 1
 if half_life ~= nil and skew > 0 then factor = 2 ^ (-skew / half_life) end
-local changed = false
-for a = 6, #ARGV, 3 do
-  local p = ARGV[a] .. ':'
+for _, arm in ipairs(order) do
+  local p = arm .. ':'
   local stored = redis.call('HMGET', KEYS[2], p .. 'x', p .. 'n', p .. 't')
   local decay = 1
   if stored[3] then decay = weight_since(tonumber(stored[3])) end
-  local row = {}
+  local old = {}
   if stored[1] then
-    for v in string.gmatch(stored[1], '[^,]+') do row[#row + 1] = tonumber(v) * decay end
+    for v in string.gmatch(stored[1], '[^,]+') do old[#old + 1] = tonumber(v) * decay end
   end
-  local out, k = {}, 0
-  for v in string.gmatch(ARGV[a + 1], '[^,]+') do
-    k = k + 1
-    out[k] = fmt((row[k] or 0) + tonumber(v) * factor)
-  end
+  local out = {}
+  for k, v in ipairs(sums[arm].row) do out[k] = fmt((old[k] or 0) + v * factor) end
   redis.call('HSET', KEYS[2], p .. 'x', table.concat(out, ','),
-             p .. 'n', fmt((tonumber(stored[2]) or 0) + tonumber(ARGV[a + 2])), p .. 't', fmt(now))
-  changed = true
+             p .. 'n', fmt((tonumber(stored[2]) or 0) + sums[arm].count), p .. 't', fmt(now))
 end
-if changed then
+if #order > 0 then
   redis.call('HINCRBY', KEYS[2], 'rev', 1)
   notify()
 end
