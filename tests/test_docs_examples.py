@@ -34,7 +34,7 @@ import pytest
 from tests.conftest import ServiceProcess
 from tests.test_docs import ROOT, SHELL_LANGUAGES, read_page
 
-PAGES = [ROOT / "README.md", ROOT / "docs" / "api.md"]
+PAGES = [ROOT / "README.md", ROOT / "docs" / "api.md", ROOT / "docs" / "contextual.md"]
 DOCUMENTED_HOST = "localhost:8080"
 #: A ``curl`` command at the start of a line, after a pipe, or in ``$(...)``.
 CURL = re.compile(r"(?:^|[|(]\s*)curl\s")
