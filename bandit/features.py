@@ -108,14 +108,23 @@ class LinearModel:
     beta: float = 0.25
     version: int = MODEL_VERSION
     _offsets: dict[str, int] = field(init=False, repr=False, compare=False)
+    #: Per feature, what ``encode`` needs: name, numeric?, first column, low, high - low,
+    #: value -> column, the "other" column, buckets, default.
+    _plan: tuple[tuple[Any, ...], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         offsets: dict[str, int] = {}
+        plan: list[tuple[Any, ...]] = []
         position = 1 if self.intercept else 0
         for feature in self.features:
             offsets[feature.name] = position
+            low, high = feature.scale or (0.0, 1.0)
+            plan.append((feature.name, feature.type == "numeric", position, low, high - low,
+                         {value: i for i, value in enumerate(feature.values)},
+                         len(feature.values), feature.buckets, feature.default))
             position += feature.width
         object.__setattr__(self, "_offsets", offsets)
+        object.__setattr__(self, "_plan", tuple(plan))
 
     @property
     def dimension(self) -> int:
@@ -153,51 +162,49 @@ class LinearModel:
 
     def encode(self, context: object, what: str = "context") -> npt.NDArray[np.float64]:
         """The feature vector of ``context`` (an object of feature values); InvalidValue
-        naming the feature when a value has the wrong type or a required one is missing."""
+        naming the feature when a value has the wrong type or a required one is missing.
+
+        The per-decision hot path: a plan made once per model (positions, scales, value
+        indices) and a list filled in pure Python, turned into an array once."""
         if context is None:
             context = {}
-        if not isinstance(context, dict):
+        if type(context) is not dict:
             raise InvalidValue(f"{what}: expected an object of feature values")
-        x = np.zeros(self.dimension)
-        position = 0
+        x = [0.0] * self.dimension
         if self.intercept:
             x[0] = 1.0
-            position = 1
-        for feature in self.features:
-            value = context.get(feature.name, feature.default)
-            if value is None:
-                if feature.name in context:
-                    raise InvalidValue(f"{what}.{feature.name}: null is not a value; leave the "
-                                       "feature out to use its default")
-                raise InvalidValue(f"{what}.{feature.name}: required (the model declares it "
-                                   "without a default)")
-            if feature.type == "numeric":
-                if type(value) is bool or not isinstance(value, int | float):
-                    raise InvalidValue(f"{what}.{feature.name}: expected a number, got "
-                                       f"{_kind(value)}")
-                number = float(value)
-                if not math.isfinite(number):
-                    raise InvalidValue(f"{what}.{feature.name}: must be finite")
-                assert feature.scale is not None
-                low, high = feature.scale
-                x[position] = min(max((number - low) / (high - low), 0.0), 1.0)
-            else:
-                if type(value) is not str:
-                    raise InvalidValue(f"{what}.{feature.name}: expected a string, got "
-                                       f"{_kind(value)}")
-                if len(value) > MAX_VALUE_LENGTH:
-                    raise InvalidValue(f"{what}.{feature.name}: at most {MAX_VALUE_LENGTH} "
-                                       "characters")
-                if feature.type == "categorical":
+        for name, numeric, position, low, span, index, other, buckets, default in self._plan:
+            value = context.get(name, default)
+            kind = type(value)
+            if numeric:
+                if kind is float or kind is int:
                     try:
-                        column = feature.values.index(value)
-                    except ValueError:
-                        column = len(feature.values)
-                else:
-                    column = zlib.crc32(value.encode()) % feature.buckets
+                        number = (value - low) / span
+                    except OverflowError:  # an integer beyond any float
+                        number = math.inf
+                    if 0.0 < number < 1.0:
+                        x[position] = number
+                    elif 1.0 <= number < math.inf:
+                        x[position] = 1.0
+                    elif not -math.inf < number <= 0.0:  # NaN or infinite
+                        raise InvalidValue(f"{what}.{name}: must be finite")
+                    continue
+            elif kind is str:
+                if len(value) > MAX_VALUE_LENGTH:
+                    raise InvalidValue(f"{what}.{name}: at most {MAX_VALUE_LENGTH} characters")
+                column = (index.get(value, other) if buckets == 0
+                          else zlib.crc32(value.encode()) % buckets)
                 x[position + column] = 1.0
-            position += feature.width
-        return x
+                continue
+            if value is None:
+                if name in context:
+                    raise InvalidValue(f"{what}.{name}: null is not a value; leave the "
+                                       "feature out to use its default")
+                raise InvalidValue(f"{what}.{name}: required (the model declares it "
+                                   "without a default)")
+            raise InvalidValue(f"{what}.{name}: expected {'a number' if numeric else 'a string'}"
+                               f", got {_kind(value)}")
+        return np.array(x)
 
     @property
     def fingerprint(self) -> str:

@@ -50,6 +50,8 @@ def test_the_encoding_of_every_feature_type() -> None:
     ({"region": "eu", "recency": "3"}, "context.recency: expected a number, got a string"),
     ({"region": "eu", "recency": math.nan}, "context.recency: must be finite"),
     ({"region": "eu", "recency": math.inf}, "context.recency: must be finite"),
+    ({"region": "eu", "recency": -math.inf}, "context.recency: must be finite"),
+    ({"region": "eu", "recency": 10**400}, "context.recency: must be finite"),
     ({"recency": 1}, "context.region: required"),
     ({"region": None}, "context.region: null is not a value"),
     ([], "context: expected an object"),

@@ -323,9 +323,12 @@ class ContextualPosterior:
                    _floats("counts", counts, (n_arms,)), settings.as_array(),
                    _active(active, n_arms))
 
-    def probabilities(self, x: npt.ArrayLike) -> FloatArray:
+    def probabilities(self, x: FloatArray) -> FloatArray:
         """Allocation probabilities for feature vector ``x`` (every setting folded in)."""
-        x_array = _floats("x", x, (self.model.dimension,))
+        # The per-decision path: a cheap check (x comes from LinearModel.encode).
+        x_array = np.ascontiguousarray(x, dtype=np.float64)
+        if x_array.shape != (self.model.dimension,) or not math.isfinite(x_array.sum()):
+            raise ValueError(f"x must be {self.model.dimension} finite numbers")
         return contextual.context_probabilities(x_array, self.means, self.factors,
                                                 self.sigma2, self.counts, self.settings,
                                                 self.active)

@@ -35,6 +35,8 @@ from bandit.jit import jit
 from bandit.policy.allocation import _control_arm, fold_exploration
 from bandit.policy.layout import WARMUP, BoolArray, FloatArray
 
+#: Probability mass of the maximum score left out below the integration's lower limit.
+_MASS = 1e-13
 #: Half-width, in standard deviations, of the region where an arm's score has mass: the normal
 #: tail beyond 8 sd is 6e-16.
 _SPAN = 8.0
@@ -271,6 +273,15 @@ def _best_probabilities(loc: FloatArray, scale: FloatArray, racing: BoolArray) -
     for k in range(n_arms):
         if relevant[k]:
             ceiling = max(ceiling, loc[k] + _SPAN * scale[k])
+    # Many overlapping arms concentrate the maximum: below the point where P(max < t) =
+    # prod Phi_j(t) falls under _MASS, the integrands (which sum to the density of the max)
+    # hold less than _MASS in all; start there, and drop arms whose own upper bound lies
+    # below it (their integrand there is < their density's 8-sd tail).
+    floor = _lower_limit(loc, scale, relevant, floor, ceiling)
+    for k in range(n_arms):
+        if relevant[k] and loc[k] + _SPAN * scale[k] < floor:
+            relevant[k] = False
+            n_relevant -= 1
     n_edges = _EDGES.shape[0]
     raw = np.empty(n_relevant * n_edges + 2)
     step = np.empty(n_relevant * n_edges + 2)
@@ -338,6 +349,27 @@ def _best_probabilities(loc: FloatArray, scale: FloatArray, racing: BoolArray) -
     for r in range(n_relevant):
         out[index[r]] = sums[r] / norm if norm > 0.0 else 1.0 / n_relevant
     return out
+
+
+@jit
+def _lower_limit(loc: FloatArray, scale: FloatArray, relevant: BoolArray, low: float,
+                 high: float) -> float:
+    """A point t in [low, high] with P(max of the relevant scores < t) <= _MASS, as high as
+    12 bisection steps find (the bracket's lower end, so the bound always holds)."""
+    target = math.log(_MASS)
+    for _ in range(12):
+        middle = 0.5 * (low + high)
+        total = 0.0
+        for k in range(loc.shape[0]):
+            if relevant[k]:
+                total += _log_cdf((middle - loc[k]) / scale[k])
+                if total < target:
+                    break
+        if total < target:
+            low = middle
+        else:
+            high = middle
+    return low
 
 
 @jit

@@ -21,7 +21,8 @@ def connect(url: str, *, timeout_s: float, max_connections: int,
             pool_timeout_s: float) -> Client:
     """A redis-py asyncio client for ``url``, with the service's timeouts and pool bounds.
 
-    Every kind answers with ``decode_responses=True`` and fails within ``timeout_s`` when its
+    Every kind answers with ``decode_responses=True`` (a call may ask for bytes, see
+    ``ScriptRunner.run``) and fails within ``timeout_s`` when its
     server does not answer, so the service can fall back to cached posteriors and 503.
     """
     parsed = parse(url)

@@ -13,7 +13,9 @@ key                       type    contents
                                   ``archived``
 ``P:{E}:stats``           hash    posterior sufficient statistics per arm index ``i``:
                                   ``i:s`` ``i:f`` (bernoulli) or ``i:w`` ``i:m`` ``i:q``
-                                  (gaussian), ``i:n`` raw count, ``i:t`` last decay time;
+                                  (gaussian), or ``i:x`` (contextual: the regression's sums
+                                  as little-endian doubles), ``i:n`` raw count, ``i:t``
+                                  last decay time;
                                   ``rev`` bumped on every change
 ``P:{E}:served``          hash    decisions served per arm index (flushed by each process)
 ``P:{E}:draws``           hash    the sample-ratio test's sums, per arm index ``i``: ``i:o``

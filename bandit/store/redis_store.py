@@ -281,8 +281,9 @@ class RedisStore:
         keys = self.keys(experiment_id)
         # Through the pipeline path like every script call: redis-py's cluster client routes a
         # direct EVALSHA by command policy, not by its keys (a MOVED storm on Redis 6.2).
+        # Undecoded: a contextual experiment's rows are binary (bandit.store.codec.encode_row).
         (result,) = await self._scripts.run([(self._read, [keys.meta, keys.stats], [])],
-                                            wait=False)
+                                            wait=False, raw=True)
         if not result:
             return None
         return decode_state(result)
@@ -292,7 +293,7 @@ class RedisStore:
         for experiment_id in experiment_ids:
             keys = self.keys(experiment_id)
             calls.append((self._read, [keys.meta, keys.stats], []))
-        results = await self._scripts.run(calls, wait=False)
+        results = await self._scripts.run(calls, wait=False, raw=True)
         return [decode_state(result) if result else None for result in results]
 
     async def revisions(self, experiment_ids: Sequence[str]) -> list[int | None]:
@@ -343,17 +344,16 @@ class RedisStore:
         keys = self.keys(experiment_id)
         head = [keys.prefix_with_tag, str(max(1, math.ceil(dedup_window_s * 1000))),
                 encode_events(events)]
-        arguments = [*head, "1" * len(events), repr(weighed_at)]
+        arguments: list[str | bytes] = [*head, "1" * len(events), repr(weighed_at)]
         for arm, (row, count) in arm_sums(events, features, weights).items():
             arguments += [str(arm), encode_row(row), str(count)]
         (result,) = await self._scripts.run(
             [(self._apply_contextual, [keys.meta, keys.stats], arguments)], wait=True)
         if result[0] == 3:
-            lines = "".join(f"{encode_row(np.concatenate([[w], x]))}\n"
-                            for w, x in zip(weights, features, strict=True))
+            rows = encode_row(np.column_stack([weights, features]))
             (result,) = await self._scripts.run(
                 [(self._apply_contextual, [keys.meta, keys.stats],
-                  [*head, "*", repr(weighed_at), lines])], wait=True)
+                  [*head, "*", repr(weighed_at), rows, str(features.shape[1])])], wait=True)
         if result[0] < 0:
             return None
         return [int(s) for s in result[1]]

@@ -10,6 +10,7 @@ from typing import Any
 
 from redis import exceptions as redis_errors
 from redis.asyncio.cluster import RedisCluster
+from redis.client import NEVER_DECODE
 from redis.commands.core import AsyncScript
 
 from bandit.errors import StoreUnavailable
@@ -36,22 +37,24 @@ class ScriptRunner:
         """One script call that changes state, acknowledged by replicas when configured."""
         return (await self.run([(script, keys, args)], wait=True))[0]
 
-    async def run(self, calls: Sequence[ScriptCall], *, wait: bool) -> list[Any]:
+    async def run(self, calls: Sequence[ScriptCall], *, wait: bool,
+                  raw: bool = False) -> list[Any]:
         """Script calls in one round trip (one per shard in a cluster), by SHA.
 
         With ``wait`` and replica acknowledgement configured, ``WAIT`` follows the writes on
         the same connection (Redis counts a client's own writes), per shard in a cluster.
         Scripts a server does not know (restarted, or a replica promoted since) are loaded
-        and only those calls run again, so nothing runs twice.
+        and only those calls run again, so nothing runs twice. ``raw``: the replies as bytes,
+        not decoded (binary values in them).
         """
         wait = wait and self._wait_replicas > 0
-        results = await self._pipeline(calls, wait)
+        results = await self._pipeline(calls, wait, raw)
         missing = [i for i, result in enumerate(results)
                    if isinstance(result, redis_errors.NoScriptError)]
         if missing:
             for script in {id(calls[i][0]): calls[i][0] for i in missing}.values():
                 await call(self._client.script_load, script.script)
-            retried = await self._pipeline([calls[i] for i in missing], wait)
+            retried = await self._pipeline([calls[i] for i in missing], wait, raw)
             for i, result in zip(missing, retried, strict=True):
                 results[i] = result
         for result in results:
@@ -64,12 +67,14 @@ class ScriptRunner:
                 raise translate(result) from result
         return results
 
-    async def _pipeline(self, calls: Sequence[ScriptCall], wait: bool) -> list[Any]:
+    async def _pipeline(self, calls: Sequence[ScriptCall], wait: bool,
+                        raw: bool = False) -> list[Any]:
         targets = await self._shards([keys[0] for _, keys, _ in calls]) if wait else []
         with failures():
             async with self._client.pipeline(transaction=False) as pipe:
                 for script, keys, args in calls:
-                    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args,
+                                         **({NEVER_DECODE: True} if raw else {}))
                 for node, marker in targets:
                     # WAIT covers what this connection wrote. A call that wrote nothing (a resent
                     # duplicate) would leave an older offset to wait for; the marker write moves

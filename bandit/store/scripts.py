@@ -258,28 +258,33 @@ return {1, table.concat(statuses)}
 APPLY_CONTEXTUAL = _ARM_STATE + _DEDUP_CHECK + r"""
 -- Reward events of a contextual experiment: the same checks and dedup as APPLY_EVENTS, but
 -- the arm statistics are rows of sums (`i:x`: weight, sum r, sum r^2, X^T y, upper triangle of
--- X^T X; see bandit.policy.contextual).
+-- X^T X; see bandit.policy.contextual), stored as little-endian doubles (`struct`'s '<d').
 -- ARGV[4] '*', or the events the caller's sums cover: one character per event, '1' included.
 -- ARGV[5] the caller's clock when it weighted the events (forgetting: an event's weight is
 --   2^((ts - ARGV[5]) / h), ts <= ARGV[5]; here the sums are decayed from ARGV[5] to now).
--- With a mask, ARGV[6..] are triples of arm index, summed row (numbers separated by ','),
---   events counted: one row added per arm instead of d^2 arithmetic per event. When the
---   statuses found here differ from the mask (an event turned out to be a duplicate, say),
---   nothing is written and {3, statuses} asks the caller to send the events one by one.
--- With '*', ARGV[6] holds one line per event, `weight,x1,...,xd`, and the rows of the events
---   applicable now are summed here: slower, but it always applies (no retry can be lost to
---   a concurrent writer).
+-- With a mask, ARGV[6..] are triples of arm index, summed row (doubles), events counted: one
+--   row added per arm instead of d^2 arithmetic per event. When the statuses found here
+--   differ from the mask (an event turned out to be a duplicate, say), nothing is written and
+--   {3, statuses} asks the caller to send the events one by one.
+-- With '*', ARGV[6] holds `weight, x1, ..., xd` (doubles) per event and ARGV[7] is d; the rows
+--   of the events applicable now are summed here: slower, but it always applies (no retry
+--   can be lost to a concurrent writer).
 -- Returns {1, statuses} as APPLY_EVENTS, {3, statuses}, or {-1}/{-2}.
+local function doubles(count) return '<' .. string.rep('d', count) end
+local function unpack_row(bytes)
+  local row = {struct.unpack(doubles(#bytes / 8), bytes)}
+  row[#row] = nil  -- struct.unpack also returns the next position
+  return row
+end
 local mode = ARGV[4]
 local sums, order = {}, {}
 if mode == '*' then
-  local i = 0
-  for line in string.gmatch(ARGV[6], '([^\n]*)\n') do
-    i = i + 1
+  local d = tonumber(ARGV[7])
+  local format = doubles(d + 1)
+  for i = 1, n do
     if statuses[i] == 1 then
-      local x = {}
-      for v in string.gmatch(line, '[^,]+') do x[#x + 1] = tonumber(v) end
-      local w, r, d = x[1], rewards[i], #x - 1
+      local x = {struct.unpack(format, ARGV[6], (i - 1) * (d + 1) * 8 + 1)}
+      local w, r = x[1], rewards[i]
       local arm = arms_of[i]
       local s = sums[arm]
       if not s then
@@ -309,9 +314,7 @@ else
     end
   end
   for a = 6, #ARGV, 3 do
-    local row = {}
-    for v in string.gmatch(ARGV[a + 1], '[^,]+') do row[#row + 1] = tonumber(v) end
-    sums[ARGV[a]] = {row = row, count = tonumber(ARGV[a + 2])}
+    sums[ARGV[a]] = {row = unpack_row(ARGV[a + 1]), count = tonumber(ARGV[a + 2])}
     order[#order + 1] = ARGV[a]
   end
 end
@@ -325,12 +328,10 @@ for _, arm in ipairs(order) do
   local decay = 1
   if stored[3] then decay = weight_since(tonumber(stored[3])) end
   local old = {}
-  if stored[1] then
-    for v in string.gmatch(stored[1], '[^,]+') do old[#old + 1] = tonumber(v) * decay end
-  end
+  if stored[1] then old = unpack_row(stored[1]) end
   local out = {}
-  for k, v in ipairs(sums[arm].row) do out[k] = fmt((old[k] or 0) + v * factor) end
-  redis.call('HSET', KEYS[2], p .. 'x', table.concat(out, ','),
+  for k, v in ipairs(sums[arm].row) do out[k] = (old[k] or 0) * decay + v * factor end
+  redis.call('HSET', KEYS[2], p .. 'x', struct.pack(doubles(#out), unpack(out)),
              p .. 'n', fmt((tonumber(stored[2]) or 0) + sums[arm].count), p .. 't', fmt(now))
 end
 if #order > 0 then
