@@ -111,6 +111,8 @@ class LinearModel:
     #: Per feature, what ``encode`` needs: name, numeric?, first column, low, high - low,
     #: value -> column, the "other" column, buckets, default.
     _plan: tuple[tuple[Any, ...], ...] = field(init=False, repr=False, compare=False)
+    #: Per categorical feature: name, default, value -> "name=value", "name=other".
+    _segments: tuple[tuple[Any, ...], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         offsets: dict[str, int] = {}
@@ -125,6 +127,9 @@ class LinearModel:
             position += feature.width
         object.__setattr__(self, "_offsets", offsets)
         object.__setattr__(self, "_plan", tuple(plan))
+        object.__setattr__(self, "_segments", tuple(
+            (f.name, f.default, {value: f"{f.name}={value}" for value in f.values},
+             f"{f.name}=other") for f in self.features if f.type == "categorical"))
 
     @property
     def dimension(self) -> int:
@@ -151,6 +156,17 @@ class LinearModel:
 
     def categorical(self) -> list[Feature]:
         return [f for f in self.features if f.type == "categorical"]
+
+    @property
+    def has_segments(self) -> bool:
+        return bool(self._segments)
+
+    def segments(self, context: dict[str, Any] | None) -> tuple[str, ...]:
+        """``feature=value`` of each categorical feature for a context ``encode`` accepted
+        ("other" for an undeclared value)."""
+        context = context or {}
+        return tuple(names.get(context.get(name, default), other)
+                     for name, default, names, other in self._segments)
 
     def segment_of(self, x: npt.NDArray[np.float64], feature: Feature) -> str:
         """``feature=value`` for the value a categorical feature took in x ("other" for an

@@ -333,6 +333,16 @@ class ContextualPosterior:
                                                 self.sigma2, self.counts, self.settings,
                                                 self.active)
 
+    def allocation(self, x: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """``probabilities(x)`` and their CDF for :func:`sample_one` (one kernel call)."""
+        x_array = np.ascontiguousarray(x, dtype=np.float64)
+        if x_array.shape != (self.model.dimension,) or not math.isfinite(x_array.sum()):
+            raise ValueError(f"x must be {self.model.dimension} finite numbers")
+        probabilities = contextual.context_probabilities(
+            x_array, self.means, self.factors, self.sigma2, self.counts, self.settings,
+            self.active)
+        return probabilities, sampling.cumulative(probabilities)
+
     def coefficients(self) -> CoefficientSummary:
         """Marginal posterior of every coefficient: Student-t with 2 alpha_n degrees of freedom
         (the noise variance integrated out), scale sqrt(beta_n / alpha_n (Lambda_n^-1)_jj)."""

@@ -37,6 +37,9 @@ from bandit.policy.layout import WARMUP, BoolArray, FloatArray
 
 #: Probability mass of the maximum score left out below the integration's lower limit.
 _MASS = 1e-13
+#: An arm whose score exceeds the lower limit with probability below Phi(-7) = 1.3e-12 cannot
+#: be the best with a larger probability (plus the mass left out below the limit): it gets 0.
+_PRUNE = 7.0
 #: Half-width, in standard deviations, of the region where an arm's score has mass: the normal
 #: tail beyond 8 sd is 6e-16.
 _SPAN = 8.0
@@ -275,11 +278,11 @@ def _best_probabilities(loc: FloatArray, scale: FloatArray, racing: BoolArray) -
             ceiling = max(ceiling, loc[k] + _SPAN * scale[k])
     # Many overlapping arms concentrate the maximum: below the point where P(max < t) =
     # prod Phi_j(t) falls under _MASS, the integrands (which sum to the density of the max)
-    # hold less than _MASS in all; start there, and drop arms whose own upper bound lies
-    # below it (their integrand there is < their density's 8-sd tail).
+    # hold less than _MASS in all; start there, and drop arms that exceed it with probability
+    # below Phi(-_PRUNE).
     floor = _lower_limit(loc, scale, relevant, floor, ceiling)
     for k in range(n_arms):
-        if relevant[k] and loc[k] + _SPAN * scale[k] < floor:
+        if relevant[k] and loc[k] + _PRUNE * scale[k] < floor:
             relevant[k] = False
             n_relevant -= 1
     n_edges = _EDGES.shape[0]

@@ -86,10 +86,9 @@ class Choice:
                        snapshot.probability_list)
         model = posterior.model
         x = model.encode(context)
-        probabilities = posterior.probabilities(x)
-        segments = tuple(model.segment_of(x, f) for f in model.categorical())
-        return cls(probabilities, policy.cumulative(probabilities).tolist(),
-                   probabilities.tolist(), feature_hash(x), segments)
+        probabilities, cumulative = posterior.allocation(x)
+        return cls(probabilities, cumulative.tolist(), probabilities.tolist(), feature_hash(x),
+                   model.segments(context) if model.has_segments else ())
 
 
 class DrawTally:
