@@ -45,6 +45,7 @@ SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
     "bench_stream.py": ([], ["--events", "20000", "--seconds", "3"]),
     "bench_loop.py": ([], ["--repeat", "2"]),
     "bench_scale.py": ([], ["--sizes", "100,10000", "--idle", "3", "--settle", "3"]),
+    "bench_contextual.py": (["--seconds", "5"], ["--seconds", "1"]),
 }
 SOAK = ("bench_soak.py", ["--duration", "630"])
 PACKAGES = ("numpy", "numba", "scipy", "aiohttp", "redis", "hiredis", "orjson", "distributed",

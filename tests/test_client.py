@@ -230,6 +230,34 @@ async def test_decisions_and_rewards_end_to_end(
     assert any("[0, 1]" in r.reason for r in rejected)
 
 
+async def test_a_contextual_decision_and_its_reward(
+    kind: str, clients: ClientFactory, shared_service: ServiceProcess
+) -> None:
+    url = shared_service.url
+    experiment = f"c{uuid.uuid4().hex[:12]}"
+    model = {"type": "linear", "features": [
+        {"name": "region", "type": "categorical", "values": ["eu", "us"]}]}
+    status, body = _call(url, "POST", "/v1/experiments", {
+        "id": experiment, "arms": list(ARMS), "reward": "bernoulli", "model": model})
+    assert status == 201, body
+    rejected: list[Rejected] = []
+    client = clients(kind, url, flush_interval=0.05, on_rejected=rejected.extend)
+    context = {"region": "us"}
+    decision = await _decide(client, experiment, context=context, fallback="control")
+    assert not decision.fallback and decision.propensity == pytest.approx(1 / 3)
+    client.reward(experiment, decision.arm, 1.0, decision_id=decision.decision_id,
+                  context=context)
+    client.reward(experiment, decision.arm, 1.0, decision_id=decision.decision_id,
+                  context={"region": "eu"})  # not the context it was served for
+    with pytest.raises(InvalidRequest, match="context: expected an object"):
+        client.reward(experiment, decision.arm, 1.0, context=["us"])  # type: ignore[arg-type]
+    assert await _flush(client, 10)
+    assert _observations(url, experiment, 1) == Counter({decision.arm: 1})
+    assert [r.event["context"] for r in rejected] == [{"region": "eu"}]
+    assert "with this context" in rejected[0].reason
+    await _close(client)
+
+
 async def test_an_unreachable_service_costs_nothing_and_loses_nothing(
     kind: str, clients: ClientFactory
 ) -> None:

@@ -154,12 +154,15 @@ class ClientBase:
 
     def reward(self, experiment: str, arm: str, reward: float, *,
                decision_id: str | None = None, unit: str | None = None,
-               event_id: str | None = None, ts: float | None = None) -> str:
+               event_id: str | None = None, ts: float | None = None,
+               context: Mapping[str, Any] | None = None) -> str:
         """Buffer one reward event for the sender; returns its event id. No I/O.
 
         ``event_id`` makes the event idempotent (default: a new uuid4 hex): every retry
         resends it, and the service counts it once. ``ts`` is when the reward happened, in
         epoch seconds (default: now, so buffering and retries do not make it look newer).
+        ``context``: for a contextual experiment, the context the decision was served for
+        (the service refuses a reward whose context encodes to other features).
         Raises InvalidRequest for an event the service would refuse by its form (the
         experiment-specific checks happen there: such events are reported via
         ``on_rejected``), BufferFull when the buffer is full, ClientClosed after close().
@@ -174,6 +177,8 @@ class ClientBase:
             event["decision_id"] = decision_id
         if unit is not None:
             event["unit"] = unit
+        if context is not None:
+            event["context"] = dict(context) if isinstance(context, Mapping) else context
         problem = event_problem(event)
         if problem is not None:
             raise InvalidRequest(problem)

@@ -98,6 +98,8 @@ def event_problem(event: dict[str, Any]) -> str | None:
                 "characters")
     if not isinstance(event.get("decision_id", ""), str):
         return "decision_id: expected a string"
+    if not isinstance(event.get("context", {}), dict):
+        return "context: expected an object of feature values"
     return None
 
 
