@@ -122,18 +122,19 @@ def simulate(url: str, seconds: float, rng: random.Random) -> None:
 def contextual_traffic(url: str, tick: int, rng: random.Random) -> list[dict[str, Any]]:
     """A tick of the contextual experiment: a few contexts, a handful of decisions each, and
     their rewards (an undeclared region, latam, is the model's "other")."""
-    events = []
+    events: list[dict[str, Any]] = []
     regions, weights = list(CONTEXTUAL_REGIONS), list(CONTEXTUAL_REGIONS.values())
     for visitor in range(6):
         region = rng.choices(regions, weights)[0]
+        visits = rng.randint(0, 25)
         context = {"region": region, "device": rng.choice(["mobile", "mobile", "desktop"]),
-                   "visits": rng.randint(0, 25)}
+                   "visits": visits}
         answer = call(url, "POST", f"/v1/experiments/{CONTEXTUAL}/allocate",
                       {"n": 4, "context": context})
         rates = CONTEXTUAL_RATES.get(region, CONTEXTUAL_RATES["eu"])
         for decision in answer["decisions"]:
             # Returning visitors convert a little more on every arm.
-            rate = rates[decision["arm"]] * (1 + context["visits"] / 40)
+            rate = rates[decision["arm"]] * (1 + visits / 40)
             events.append({"id": f"{CONTEXTUAL}-{tick}-{visitor}-{len(events)}",
                            "experiment": CONTEXTUAL, "arm": decision["arm"],
                            "reward": float(rng.random() < rate),
