@@ -879,10 +879,16 @@ def test_a_contextual_experiment_shows_its_coefficients_and_allocation_by_segmen
     expect(page.get_by_test_id("experiment-meta")).to_contain_text("version 2")
     assert not [r for r in dashboard.requests if "/advise" in r.url]
     # A narrow screen: the small multiples stack, nothing is wider than the screen.
+    first = page.get_by_test_id("coefficient-plot").first
+    wide = first.evaluate("c => c.width")
     page.set_viewport_size({"width": 420, "height": 800})
-    for name in ("coefficient-plot", "segment-plot"):
-        for i in range(page.get_by_test_id(name).count()):
-            box = page.get_by_test_id(name).nth(i).bounding_box()
-            assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 420, name
+    expect(first).not_to_have_js_property("width", wide)  # redrawn for the narrow screen
+    boxes = page.evaluate("""() => [...document.querySelectorAll(
+        '[data-testid=coefficient-plot], [data-testid=segment-plot]')]
+        .map((e) => [e.dataset.arm || e.dataset.segment, e.getBoundingClientRect().left,
+                     e.getBoundingClientRect().right])""")
+    assert len(boxes) == 5
+    for name, left, right in boxes:
+        assert left >= 0 and right <= 420, name
     assert page.evaluate("document.documentElement.scrollWidth") <= 420
     assert not dashboard.outside

@@ -41,6 +41,21 @@ export function annotateShares(samples, from = 0) {
   }
 }
 
+/**
+ * The grid's figures, one per key ({figure, canvas, detail}: ``make(key)``), kept while the keys
+ * stay the same: the page refreshes every few seconds, and charts redrawn in place do not move
+ * under the reader (nor under a test holding one).
+ */
+function keyedFigures(grid, cache, keys, make) {
+  const key = keys.join("\u001f");
+  if (cache.key !== key) {
+    cache.key = key;
+    cache.items = keys.map(make);
+    fill(grid, cache.items.map((item) => item.figure));
+  }
+  return cache.items;
+}
+
 /** The categorical features of a model, each with its segments (declared values, "other"). */
 function categoricalFeatures(model) {
   return (model?.features || []).filter((feature) => feature.type === "categorical")
@@ -68,6 +83,8 @@ export function contextualPanel({ colour, arms, tickCount }) {
       coefficientGrid, coefficientNote),
     segmentCard);
   let drawnFeatures = "";
+  const coefficientFigures = {};
+  const segmentFigures = {};
 
   /** ``timed``: the time range the other time plots show ({shown, domain}), or null. */
   function update(config, stats, samples, timed) {
@@ -99,23 +116,26 @@ export function contextualPanel({ colour, arms, tickCount }) {
     const domain = bounds.length ? [Math.min(0, ...bounds), Math.max(0, ...bounds)] : [-1, 1];
     const pad = (domain[1] - domain[0]) * 0.04 || 0.05;
     const shared = [domain[0] - pad, domain[1] + pad];
-    const figures = shown.map((arm) => {
-      const canvas = h("canvas", { class: "plot intervals", role: "img",
-        "data-testid": "coefficient-plot", "data-arm": arm.arm,
-        "aria-label": `Coefficients of arm ${arm.arm}, posterior mean and 95% interval: ` +
-          model.columns.map((column, j) => `${column} ${formatNumber(arm.mean[j])} ` +
-            `[${formatNumber(arm.ci95[j][0])}, ${formatNumber(arm.ci95[j][1])}]`).join("; ") });
-      return { arm, canvas, figure: h("figure", { "data-arm": arm.arm },
-        h("figcaption", {}, h("i", { class: "swatch", style: `background:${colour(arm.arm)}` }),
-          h("strong", {}, arm.arm), h("span", { class: "muted" },
-            ` · n ${formatCount(arm.n)}`)), canvas) };
-    });
-    fill(coefficientGrid, figures.map((f) => f.figure));
-    for (const { arm, canvas } of figures) {
+    const figures = keyedFigures(coefficientGrid, coefficientFigures,
+      shown.map((arm) => arm.arm), (name) => {
+        const canvas = h("canvas", { class: "plot intervals", role: "img",
+          "data-testid": "coefficient-plot", "data-arm": name });
+        const detail = h("span", { class: "muted" });
+        return { canvas, detail, figure: h("figure", { "data-arm": name },
+          h("figcaption", {}, h("i", { class: "swatch", style: `background:${colour(name)}` }),
+            h("strong", {}, name), detail), canvas) };
+      });
+    shown.forEach((arm, k) => {
+      const { canvas, detail } = figures[k];
+      detail.textContent = ` · n ${formatCount(arm.n)}`;
+      canvas.setAttribute("aria-label", `Coefficients of arm ${arm.arm}, posterior mean and ` +
+        "95% interval: " + model.columns.map((column, j) => `${column} ` +
+          `${formatNumber(arm.mean[j])} [${formatNumber(arm.ci95[j][0])}, ` +
+          `${formatNumber(arm.ci95[j][1])}]`).join("; "));
       drawIntervals(canvas, { domain: shared, label: "coefficient", rows: model.columns.map(
         (column, j) => ({ label: column, colour: colour(arm.arm), mean: arm.mean[j],
           low: arm.ci95[j][0], high: arm.ci95[j][1], note: "—" })) });
-    }
+    });
     const hidden = model.arms.length - shown.length;
     fill(coefficientNote, "Each arm's expected reward is the sum of its coefficients times " +
       "the context's columns: the intercept, 1 for the value a categorical feature takes (any " +
@@ -154,9 +174,18 @@ export function contextualPanel({ colour, arms, tickCount }) {
         empty.push(value);
         continue;
       }
-      figures.push({ value, segment, steps });
+      figures.push({ segment, steps });
     }
-    const charts = figures.map(({ value, segment, steps }) => {
+    const charts = keyedFigures(segmentGrid, segmentFigures,
+      figures.map((figure) => figure.segment), (segment) => {
+        const canvas = h("canvas", { class: "plot small", role: "img",
+          "data-testid": "segment-plot", "data-segment": segment });
+        const detail = h("span", { class: "muted" });
+        const value = segment.slice(feature.name.length + 1);
+        return { canvas, detail, figure: h("figure", { "data-segment": segment },
+          h("figcaption", {}, h("strong", {}, `${feature.name} = ${value}`), detail), canvas) };
+      });
+    figures.forEach(({ segment, steps }, k) => {
       const decisions = steps.reduce((sum, step) => sum + step.total, 0);
       const totals = new Map();
       for (const step of steps) {
@@ -168,18 +197,14 @@ export function contextualPanel({ colour, arms, tickCount }) {
       }
       const summary = [...totals].filter(([, count]) => count > 0)
         .map(([arm, count]) => `${arm} ${formatPercent(count / decisions)}`).join(", ");
-      const canvas = h("canvas", { class: "plot small", role: "img",
-        "data-testid": "segment-plot", "data-segment": segment,
-        "data-decisions": String(decisions),
-        "aria-label": `Allocation in segment ${segment} over time: ` + (decisions
-          ? `${formatCount(decisions)} decisions in the range, ${summary}`
-          : "no decisions in the range") });
-      return { steps, canvas, figure: h("figure", { "data-segment": segment },
-        h("figcaption", {}, h("strong", {}, `${feature.name} = ${value}`),
-          h("span", { class: "muted" }, ` · ${formatCount(decisions)} decisions`)), canvas) };
+      const { canvas, detail } = charts[k];
+      detail.textContent = ` · ${formatCount(decisions)} decisions`;
+      canvas.dataset.decisions = String(decisions);
+      canvas.setAttribute("aria-label", `Allocation in segment ${segment} over time: ` +
+        (decisions ? `${formatCount(decisions)} decisions in the range, ${summary}`
+          : "no decisions in the range"));
+      drawStacked(canvas, steps);
     });
-    fill(segmentGrid, charts.map((chart) => chart.figure));
-    for (const { steps, canvas } of charts) drawStacked(canvas, steps);
     fill(segmentNote, intervals.length
       ? "Each arm's share of the decisions served in the segment, per history interval, " +
         "stacked (gaps: none served)."
