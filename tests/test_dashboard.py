@@ -785,3 +785,110 @@ def test_owner_tags_and_hypothesis_are_shown_when_the_service_has_them(
     expect(page.get_by_test_id("experiment-owner")).to_have_text("growth-team")
     expect(page.get_by_test_id("experiment-hypothesis")).to_have_text(metadata["hypothesis"])
     assert not dashboard.outside
+
+
+CONTEXTUAL_MODEL = {"type": "linear", "features": [
+    {"name": "region", "type": "categorical", "values": ["eu", "us"]},
+    {"name": "visits", "type": "numeric", "scale": [0, 10], "default": 0},
+]}
+
+
+def serve_contexts(service: ServiceProcess, experiment_id: str, rounds: int,
+                   rates: dict[str, dict[str, float]], start: int = 0) -> None:
+    """Decisions for each region's context and their rewards (deterministic: the arm's rate
+    of the region, as a share of successes), a round every 0.15 s."""
+    for round_number in range(start, start + rounds):
+        events = []
+        for region, arm_rates in rates.items():
+            context = {"region": region, "visits": round_number % 10}
+            status, body = api(service, "POST", f"/v1/experiments/{experiment_id}/allocate",
+                               {"n": 10, "context": context})
+            assert status == 200, body
+            for j, decision in enumerate(body["decisions"]):
+                events.append({"id": f"{round_number}-{region}-{j}", "experiment": experiment_id,
+                               "arm": decision["arm"], "decision_id": decision["decision_id"],
+                               "reward": int(j < 10 * arm_rates[decision["arm"]]),
+                               "context": context})
+        status, body = api(service, "POST", "/v1/events", {"events": events})
+        assert status == 200 and body["accepted"] == len(events), body
+        time.sleep(0.15)
+
+
+def test_a_contextual_experiment_shows_its_coefficients_and_allocation_by_segment(
+    dashboard: Session,
+) -> None:
+    service = dashboard.service
+    rates = {"eu": {"a": 0.8, "b": 0.2, "c": 0.3}, "us": {"a": 0.2, "b": 0.8, "c": 0.3}}
+    status, body = api(service, "POST", "/v1/experiments", {
+        "id": "ctx", "arms": ["a", "b", "c"], "reward": "bernoulli",
+        "model": CONTEXTUAL_MODEL})
+    assert status == 201, body
+    serve_contexts(service, "ctx", 8, rates)
+    deadline = time.monotonic() + 10
+    while True:  # every decision's counts flushed: the page and the test read the same
+        _, stats = api(service, "GET", "/v1/experiments/ctx/stats")
+        if sum(arm["served"] for arm in stats["arms"]) == 160:
+            break
+        assert time.monotonic() < deadline, "served counts not flushed"
+        time.sleep(0.1)
+
+    page = dashboard.open("#/exp/ctx")
+    expect(page.get_by_test_id("experiment-model")).to_have_text("contextual")
+    expect(page.get_by_test_id("experiment-meta")).to_contain_text("5 columns: region, visits")
+    # One coefficient chart per arm, each naming its columns' means and intervals.
+    plots = page.get_by_test_id("coefficient-plot")
+    expect(plots).to_have_count(3)
+    columns = stats["model"]["columns"]
+    assert columns == ["intercept", "region=eu", "region=us", "region=other", "visits"]
+    for arm in stats["model"]["arms"]:
+        label = plots.and_(page.locator(f"[data-arm={arm['arm']}]")).get_attribute(
+            "aria-label") or ""
+        assert label.startswith(f"Coefficients of arm {arm['arm']}")
+        for column in columns:
+            assert f"{column} " in label
+    colours = arm_colours(page)
+    png = page.get_by_test_id("coefficient-grid").screenshot()
+    for arm, colour in colours.items():
+        assert pixels_of_colour(png, colour) >= 60, f"{arm}'s coefficients are not drawn"
+    # Allocation by segment: a stacked chart per region that was served (not "other").
+    expect(page.get_by_test_id("segment-caption")).to_contain_text("per history interval")
+    segments = page.get_by_test_id("segment-plot")
+    expect(segments).to_have_count(2)
+    assert [segments.nth(i).get_attribute("data-segment") for i in range(2)] == [
+        "region=eu", "region=us"]
+    expect(page.get_by_test_id("segment-caption")).to_contain_text("No decisions yet: "
+                                                                  "region = other")
+    for i in range(2):
+        assert int(segments.nth(i).get_attribute("data-decisions") or 0) > 0
+        png = segments.nth(i).screenshot()
+        drawn = [arm for arm, colour in colours.items() if pixels_of_colour(png, colour) >= 60]
+        assert drawn, "no arm's share is drawn"
+    # The share column is the average propensity served, as the stats say.
+    expect(page.get_by_test_id("share-head")).to_have_text("Share (avg propensity)")
+    for arm in stats["arms"]:
+        cell = page.locator(f"[data-testid=stats-table] tr[data-arm={arm['arm']}] "
+                            "[data-col=share]")
+        expect(cell).not_to_have_text("—")
+        assert abs(number_in(cell.inner_text()) - 100 * arm["share"]) < 1.0
+    # The advisor cannot forecast it: a change is applied without a forecast.
+    expect(page.get_by_test_id("no-forecast")).to_be_visible()
+    expect(page.get_by_test_id("forecast-button")).to_be_hidden()
+    page.fill("[data-testid=setting-epsilon]", "0.1")
+    page.get_by_test_id("apply-without-forecast").click()
+    page.get_by_test_id("confirm-apply").click()
+    expect(page.get_by_test_id("experiment-meta")).to_contain_text("version 2")
+    assert not [r for r in dashboard.requests if "/advise" in r.url]
+    # A narrow screen: the small multiples stack, nothing is wider than the screen.
+    first = page.get_by_test_id("coefficient-plot").first
+    wide = first.evaluate("c => c.width")
+    page.set_viewport_size({"width": 420, "height": 800})
+    expect(first).not_to_have_js_property("width", wide)  # redrawn for the narrow screen
+    boxes = page.evaluate("""() => [...document.querySelectorAll(
+        '[data-testid=coefficient-plot], [data-testid=segment-plot]')]
+        .map((e) => [e.dataset.arm || e.dataset.segment, e.getBoundingClientRect().left,
+                     e.getBoundingClientRect().right])""")
+    assert len(boxes) == 5
+    for name, left, right in boxes:
+        assert left >= 0 and right <= 420, name
+    assert page.evaluate("document.documentElement.scrollWidth") <= 420
+    assert not dashboard.outside

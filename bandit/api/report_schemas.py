@@ -24,8 +24,46 @@ from bandit.api.schemas import (
 from bandit.serving import advisor
 from bandit.serving.history import MAX_LIMIT as MAX_HISTORY_SAMPLES
 
+_NULLABLE_SHARE: Schema = {"type": ["number", "null"], "minimum": 0, "maximum": 1}
+_COLUMN: Schema = {"type": "string", "description": "`intercept`, a numeric feature's name, "
+                   "`feature=value` (categorical, `other` included) or `feature#bucket` "
+                   "(hashed)"}
+_MODEL_REPORT: Schema = nullable(closed_object(["columns", "arms"], {
+    "columns": {"type": "array", "minItems": 1, "items": _COLUMN,
+                "description": "the columns of the feature vector x, in order"},
+    "arms": {"type": "array", "items": closed_object(["arm", "n", "mean", "ci95"], {
+        "arm": ID,
+        "n": {"type": "number", "minimum": 0,
+              "description": "observations (fractional with forgetting)"},
+        "mean": {"type": "array", "items": NULLABLE_NUMBER,
+                 "description": "posterior mean of each column's coefficient"},
+        "ci95": {"type": "array", "items": {"type": "array", "items": NULLABLE_NUMBER,
+                                            "minItems": 2, "maxItems": 2},
+                 "description": "central 95% interval of each column's coefficient "
+                                "(Student-t: the noise variance integrated out)"}})}},
+    description="a contextual experiment's model: each arm's expected reward is x . "
+                "coefficients; the posteriors are untempered (null: a context-free experiment)"))
+_SEGMENTS: Schema = {
+    "anyOf": [{"type": "array", "items": closed_object(["feature", "values"], {
+        "feature": {"type": "string", "description": "a categorical feature of the model"},
+        "values": {"type": "array", "items": closed_object(
+            ["value", "decisions", "served", "share"], {
+                "value": {"type": "string",
+                          "description": "a declared value, then `other` (any other value)"},
+                "decisions": {**COUNT, "description": "decisions served with this value"},
+                "served": {"type": "array", "items": COUNT,
+                           "description": "per arm, in the order of `arms`: decisions served"},
+                "share": {"type": "array", "items": _NULLABLE_SHARE,
+                          "description": "per arm: its part of `decisions` (null: none "
+                                         "served)"}})}})},
+              {"type": "null"}],
+    "description": "a contextual experiment's decisions served per value of each categorical "
+                   "feature, since creation (a slate counts once, for its first arm; null: a "
+                   "context-free experiment)"}
+
 _STATS: Schema = closed_object(
-    ["experiment", "version", "reward", "arms", "control", "winner", "call_rule", "health"], {
+    ["experiment", "version", "reward", "arms", "control", "winner", "call_rule", "health",
+     "model", "segments"], {
         "experiment": ID, "version": VERSION, "reward": REWARD,
         "arms": {"type": "array", "items": closed_object(
             ["arm", "state", "n", "served", "mean", "ci95", "p_best", "expected_loss", "share",
@@ -38,7 +76,12 @@ _STATS: Schema = closed_object(
              "ci95": {"type": "array", "items": NULLABLE_NUMBER, "minItems": 2, "maxItems": 2},
              "p_best": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
              "expected_loss": NULLABLE_NUMBER,
-             "share": {**SHARE, "description": "current allocation probability"},
+             "share": {**_NULLABLE_SHARE,
+                       "description": "current allocation probability; for a contextual "
+                                      "experiment (which allocates per context) the average "
+                                      "propensity of the arm over every decision drawn since "
+                                      "creation (the sample-ratio sums: expected / drawn), "
+                                      "null before the first"},
              "lift": LIFT})},
         "control": nullable(closed_object(["arm", "chosen_by"], {
             "arm": ID,
@@ -76,6 +119,8 @@ _STATS: Schema = closed_object(
                 description="when rewards last arrived; stalled if decisions kept being served "
                             "without them")),
         }),
+        "model": _MODEL_REPORT,
+        "segments": _SEGMENTS,
     })
 
 _NUMBERS: Schema = {"type": "array", "items": NUMBER}
@@ -95,7 +140,11 @@ _HISTORY: Schema = closed_object(
             "t": {"type": "number", "description": "server time of the sample, epoch seconds"},
             "version": VERSION,
             "arms": {"type": "array", "items": ID},
-            "share": _NUMBERS, "mean": _NULLABLE_NUMBERS, "ci_low": _NULLABLE_NUMBERS,
+            "share": {"type": "array", "items": _NULLABLE_SHARE,
+                      "description": "allocation probabilities; for a contextual experiment "
+                                     "the average propensity of each arm so far (as the "
+                                     "stats' `share`), null before the first draw"},
+            "mean": _NULLABLE_NUMBERS, "ci_low": _NULLABLE_NUMBERS,
             "ci_high": _NULLABLE_NUMBERS, "n": _NUMBERS,
             "served": {"type": "array", "items": COUNT,
                        "description": "decisions served so far (cumulative)"},
@@ -105,7 +154,12 @@ _HISTORY: Schema = closed_object(
             "expected": {**_NUMBERS, "description": "the arm's propensity summed over "
                                                     "every draw (cumulative)"},
             "variance": {**_NUMBERS, "description": "p(1-p) summed over every draw "
-                                                    "(cumulative)"}})},
+                                                    "(cumulative)"},
+            "segments": {"type": "object",
+                         "additionalProperties": {"type": "array", "items": COUNT},
+                         "description": "contextual experiments only: decisions served per "
+                                        "segment (`feature=value`) and arm, cumulative; a "
+                                        "segment never served is left out"}})},
 })
 
 _AUDIT: Schema = closed_object(["experiment", "entries"], {

@@ -72,6 +72,11 @@ class Request:
 
 def parse_request(body: object, current: Experiment) -> Request:
     """Check an advise body; the proposal goes through PATCH's own parser."""
+    if current.model is not None:
+        raise InvalidValue(
+            f"advise: not supported yet for contextual experiments ({current.id!r} has a "
+            "model): a forecast simulates context-free posteriors, and there are no recorded "
+            "contexts to replay yet")
     empty: dict[str, Any] = {}
     data = mapping(empty if body is None else body, "body", _FIELDS)
     patch: dict[str, Any] = {"version": current.version}

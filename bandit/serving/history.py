@@ -14,6 +14,12 @@ Besides the plots' columns, a sample carries the cumulative sums of the sample-r
 (``drawn``, ``expected``, ``variance``: ``bandit.serving.decisions.DrawTally``), so that the
 test over any stretch of history is the difference of two samples.
 
+A contextual experiment's sample differs in two ways (``bandit.serving.overview``): its
+``share`` is the average propensity each arm was drawn with so far (null before the first
+draw), and it carries ``segments``, the cumulative decisions served per segment
+(``feature=value``) and arm, so that allocation by segment over any interval is the
+difference of two samples. A context-free sample has no ``segments``.
+
 Only experiments where something happened are offered: this process served them decisions,
 or their posteriors or settings changed since it first saw or last offered them. An idle
 experiment's last sample holds until then, so an idle service with many experiments cached
@@ -30,6 +36,7 @@ from typing import Any
 
 from bandit.errors import StoreUnavailable
 from bandit.policy import PosteriorSummary
+from bandit.serving import overview
 from bandit.serving.cache import ExperimentCache, Snapshot, summaries_of
 from bandit.serving.changes import cancelling
 from bandit.settings import Settings
@@ -45,16 +52,19 @@ OFFER_CHUNK = 200
 
 def sample(snapshot: Snapshot, summary: PosteriorSummary, traffic: Traffic) -> dict[str, Any]:
     """One history sample of a snapshot (without its time, which the server adds)."""
-    return {
+    out = {
         "version": snapshot.experiment.version,
         "arms": list(snapshot.experiment.arms),
-        "share": snapshot.probability_list,
+        "share": overview.served_shares(snapshot, traffic),
         "mean": [_finite(value) for value in summary.mean.tolist()],
         "ci_low": [_finite(value) for value in summary.ci_low.tolist()],
         "ci_high": [_finite(value) for value in summary.ci_high.tolist()],
         "n": snapshot.counts.tolist(),
         **traffic_columns(traffic, len(snapshot.experiment.arms)),
     }
+    if snapshot.contextual is not None:
+        out["segments"] = overview.segment_columns(snapshot, traffic)
+    return out
 
 
 def traffic_columns(traffic: Traffic, arms: int) -> dict[str, list[Any]]:

@@ -1,8 +1,15 @@
-"""What the experiment list shows at a glance, and each arm's lift for the stats.
+"""What the experiment list shows at a glance, each arm's lift for the stats, and the parts of
+the stats (and history samples) only a contextual experiment has.
 
 Pure functions of what the stats endpoint computes (the snapshot's posterior summary, the
 winner call, the serving-health report), plus the decisions served in the last hour, counted
 from the history samples the health tracker is fed.
+
+A contextual experiment allocates per context, so no one vector of allocation probabilities
+describes it: its arms' ``share`` is the average propensity its decisions were actually drawn
+with (``served_shares``: the sample-ratio sums, expected / drawn), its ``model`` the posteriors
+of each arm's coefficients (``model_report``), and its ``segments`` the decisions served per
+value of each categorical feature (``segment_report``).
 """
 
 from __future__ import annotations
@@ -14,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from bandit.policy import PosteriorSummary
+from bandit.policy import ContextualPosterior, PosteriorSummary
 from bandit.serving import lift
 from bandit.serving.cache import Snapshot
+from bandit.store.codec import Traffic
 
 #: The traffic window of the list: decisions served in the last hour.
 TRAFFIC_WINDOW_S = 3600.0
@@ -115,3 +123,74 @@ def list_summary(snapshot: Snapshot, summary: PosteriorSummary,
                    "rewards_stalled": None if rewards is None else bool(rewards["stalled"])},
         "traffic_last_hour": traffic,
     }
+
+
+def served_shares(snapshot: Snapshot, traffic: Traffic | None) -> list[float | None]:
+    """Each arm's ``share``: a context-free experiment's allocation probability; for a
+    contextual one the average propensity of the arm over every fresh draw served so far (the
+    sample-ratio sums: the arm's expected draws over all draws), None before the first draw.
+
+    The snapshot's own probabilities of a contextual experiment are those of the arms'
+    context-free marginals, which no decision is drawn from.
+    """
+    if snapshot.contextual is None:
+        return list(snapshot.probability_list)
+    arms = len(snapshot.experiment.arms)
+    draws = {} if traffic is None else traffic.draws
+    # Every draw's propensities sum to 1: the expected counts sum to the number of draws.
+    total = sum(max(d.expected, 0.0) for d in draws.values())
+    if not total > 0:
+        return [None] * arms
+    return [min(max(draws[i].expected / total, 0.0), 1.0) if i in draws else 0.0
+            for i in range(arms)]
+
+
+def segment_columns(snapshot: Snapshot, traffic: Traffic) -> dict[str, list[int]]:
+    """A history sample's ``segments``: cumulative decisions served per segment
+    (``feature=value``) and arm (in the sample's arm order); segments never served are left
+    out."""
+    arms = len(snapshot.experiment.arms)
+    return {segment: [counts.get(i, 0) for i in range(arms)]
+            for segment, counts in sorted(traffic.segments.items())
+            if any(counts.get(i, 0) for i in range(arms))}
+
+
+def model_report(snapshot: Snapshot, posterior: ContextualPosterior) -> dict[str, Any]:
+    """The stats' ``model``: the columns of x, and per arm its observations and the posterior
+    mean and central 95% interval of each coefficient (``posterior``: untempered). CPU work
+    (a triangular solve per arm): run it in a thread."""
+    summary = posterior.coefficients()
+    arms = []
+    for i, arm in enumerate(snapshot.experiment.arms):
+        arms.append({
+            "arm": arm,
+            "n": snapshot.counts[i].item(),
+            "mean": [_finite(v) for v in summary.mean[i].tolist()],
+            "ci95": [[_finite(low), _finite(high)] for low, high in
+                     zip(summary.ci_low[i].tolist(), summary.ci_high[i].tolist(), strict=True)],
+        })
+    return {"columns": posterior.model.columns(), "arms": arms}
+
+
+def segment_report(snapshot: Snapshot, traffic: Traffic) -> list[dict[str, Any]]:
+    """The stats' ``segments``: per categorical feature of the model, per value (the declared
+    ones, then "other"), the decisions served and each arm's count and share of them."""
+    posterior = snapshot.contextual
+    assert posterior is not None
+    arms = len(snapshot.experiment.arms)
+    report = []
+    for feature in posterior.model.categorical():
+        values = []
+        for value in [*feature.values, "other"]:
+            counts = traffic.segments.get(f"{feature.name}={value}", {})
+            served = [counts.get(i, 0) for i in range(arms)]
+            decisions = sum(served)
+            values.append({"value": value, "decisions": decisions, "served": served,
+                           "share": [count / decisions if decisions else None
+                                     for count in served]})
+        report.append({"feature": feature.name, "values": values})
+    return report
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None

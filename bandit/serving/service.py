@@ -39,6 +39,7 @@ from bandit.serving.cache import (
     READ_CHUNK,
     ExperimentCache,
     Snapshot,
+    build_snapshot,
     summaries_of,
     summary_of,
 )
@@ -81,6 +82,8 @@ class BanditService:
         #: Each experiment's arm lifts, with the snapshot they are of (recomputed when it
         #: changes: thousands of posterior draws per arm).
         self._lifts: OrderedDict[str, tuple[Snapshot, float, dict[str, Any]]] = OrderedDict()
+        #: Each contextual experiment's coefficient report, with the snapshot it is of.
+        self._models: OrderedDict[str, tuple[Snapshot, dict[str, Any]]] = OrderedDict()
         # One forecast at a time per process: it is CPU work beside the decisions.
         self._advising = asyncio.Lock()
 
@@ -250,7 +253,14 @@ class BanditService:
         summary = await summary_of(snapshot)
         max_loss_value = _query_number(max_loss, "max_loss", 0.0, math.inf,
                                        health.default_max_loss(summary))
-        [served] = await self.store.served([experiment_id])
+        contextual = snapshot.contextual is not None
+        traffic = None
+        if contextual:  # the served counts with the draws and segments, in one round trip
+            [traffic] = await self.store.traffic([experiment_id])
+            served = traffic.served
+        else:
+            [served] = await self.store.served([experiment_id])
+        shares = overview.served_shares(snapshot, traffic)
         tracker = await self._health_of(snapshot)
         control, lifts = await self._lifts_of(snapshot, summary)
         experiment = snapshot.experiment
@@ -265,7 +275,7 @@ class BanditService:
                 "ci95": [_finite(summary.ci_low[i]), _finite(summary.ci_high[i])],
                 "p_best": _finite(summary.p_best[i]),
                 "expected_loss": _finite(summary.expected_loss[i]),
-                "share": snapshot.probability_list[i],
+                "share": shares[i],
                 "lift": lifts[i],
             })
         return {
@@ -275,7 +285,38 @@ class BanditService:
                                     active=len(experiment.active_arms)),
             "call_rule": {"threshold": threshold_value, "max_loss": max_loss_value},
             "health": self._health_report(tracker),
+            "model": await self._model_of(snapshot) if contextual else None,
+            "segments": (overview.segment_report(snapshot, traffic)
+                         if traffic is not None else None),
         }
+
+    async def _model_of(self, snapshot: Snapshot) -> dict[str, Any]:
+        """A contextual experiment's ``model`` report (``overview.model_report``), computed
+        once per snapshot.
+
+        The snapshot's posteriors are tempered as its decisions need them; the report is of
+        the untempered ones (as the arms' means and intervals are): with a temperature other
+        than 1 they are rebuilt from a fresh read of the statistics.
+        """
+        experiment = snapshot.experiment
+        cached = self._models.pop(experiment.id, None)
+        if cached is None or cached[0] is not snapshot:
+            of, posterior = snapshot, snapshot.contextual
+            if experiment.exploration.temperature != 1.0:
+                state = await self.store.read(experiment.id)
+                if state is not None and state.rows is not None:
+                    untempered = replace(state.experiment, exploration=replace(
+                        state.experiment.exploration, temperature=1.0))
+                    of = await asyncio.to_thread(build_snapshot,
+                                                 replace(state, experiment=untempered))
+                    posterior = of.contextual
+            assert posterior is not None
+            report = await asyncio.to_thread(overview.model_report, of, posterior)
+            cached = (snapshot, report)
+        self._models[experiment.id] = cached
+        if len(self._models) > MAX_HEALTH_TRACKERS:
+            self._models.popitem(last=False)
+        return cached[1]
 
     def _health_report(self, tracker: health.HealthTracker) -> dict[str, Any]:
         """The stats' ``health``; the list's flags are read from it."""

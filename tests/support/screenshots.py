@@ -4,8 +4,9 @@
 
 Starts its own ``redis-server`` and ``python -m bandit serve`` (history sampled every second),
 runs simulated traffic for about a minute and a half (decisions, rewards with per-arm rates, a
-setting change halfway, an experiment whose rewards stop coming), then saves the experiment
-list and one experiment at 1366 and 420 px wide with Debian's chromium. Nothing leaves the
+setting change halfway, an experiment whose rewards stop coming, a contextual experiment whose
+best arm differs by region), then saves the experiment list, one experiment and the contextual
+one at 1366 and 420 px wide with Debian's chromium. Nothing leaves the
 machine. The traffic is seeded, but the timing of a live service is not: each run's pictures
 differ a little.
 """
@@ -50,6 +51,22 @@ METADATA: dict[str, dict[str, Any]] = {
 STALLS = "search-ranking"
 #: Decisions per experiment per tick (four ticks a second).
 TRAFFIC = {HERO: 30, "pricing-page": 18, "search-ranking": 11}
+#: A contextual experiment: its reward rates by region (the best arm differs), the regions'
+#: parts of the traffic, and the model it learns them with.
+CONTEXTUAL = "homepage-feed"
+CONTEXTUAL_RATES: dict[str, dict[str, float]] = {
+    "eu": {"editorial": 0.12, "popular": 0.06, "personal": 0.08},
+    "us": {"editorial": 0.05, "popular": 0.13, "personal": 0.08},
+    "apac": {"editorial": 0.06, "popular": 0.07, "personal": 0.12},
+}
+CONTEXTUAL_REGIONS = {"eu": 0.45, "us": 0.35, "apac": 0.15, "latam": 0.05}
+CONTEXTUAL_MODEL = {"type": "linear", "features": [
+    {"name": "region", "type": "categorical", "values": ["eu", "us", "apac"]},
+    {"name": "device", "type": "categorical", "values": ["mobile", "desktop"]},
+    {"name": "visits", "type": "numeric", "scale": [0, 20], "default": 0},
+]}
+CONTEXTUAL_METADATA = {"owner": "feed team", "tags": ["home", "contextual"],
+                       "hypothesis": "The best feed differs by region: a model learns which."}
 
 
 def call(url: str, method: str, path: str, body: object = None) -> Any:
@@ -67,6 +84,9 @@ def simulate(url: str, seconds: float, rng: random.Random) -> None:
             "id": experiment_id, "arms": list(arms),
             "reward": "gaussian" if experiment_id in GAUSSIAN else "bernoulli",
             **METADATA[experiment_id]})
+    call(url, "POST", "/v1/experiments", {
+        "id": CONTEXTUAL, "arms": list(CONTEXTUAL_RATES["eu"]), "reward": "bernoulli",
+        "model": CONTEXTUAL_MODEL, **CONTEXTUAL_METADATA})
     call(url, "POST", "/v1/experiments", {"id": "onboarding-email", "arms": ["short", "long"],
                                           "reward": "bernoulli"})
     call(url, "DELETE", "/v1/experiments/onboarding-email")
@@ -87,6 +107,7 @@ def simulate(url: str, seconds: float, rng: random.Random) -> None:
                 events.append({"id": f"{experiment_id}-{tick}-{len(events)}",
                                "experiment": experiment_id, "arm": decision["arm"],
                                "reward": reward, "decision_id": decision["decision_id"]})
+        events += contextual_traffic(url, tick, rng)
         call(url, "POST", "/v1/events", {"events": events})
         if not changed and elapsed > seconds / 2:
             version = call(url, "GET", f"/v1/experiments/{HERO}")["version"]
@@ -96,6 +117,29 @@ def simulate(url: str, seconds: float, rng: random.Random) -> None:
             changed = True
         tick += 1
         time.sleep(0.25)
+
+
+def contextual_traffic(url: str, tick: int, rng: random.Random) -> list[dict[str, Any]]:
+    """A tick of the contextual experiment: a few contexts, a handful of decisions each, and
+    their rewards (an undeclared region, latam, is the model's "other")."""
+    events: list[dict[str, Any]] = []
+    regions, weights = list(CONTEXTUAL_REGIONS), list(CONTEXTUAL_REGIONS.values())
+    for visitor in range(6):
+        region = rng.choices(regions, weights)[0]
+        visits = rng.randint(0, 25)
+        context = {"region": region, "device": rng.choice(["mobile", "mobile", "desktop"]),
+                   "visits": visits}
+        answer = call(url, "POST", f"/v1/experiments/{CONTEXTUAL}/allocate",
+                      {"n": 4, "context": context})
+        rates = CONTEXTUAL_RATES.get(region, CONTEXTUAL_RATES["eu"])
+        for decision in answer["decisions"]:
+            # Returning visitors convert a little more on every arm.
+            rate = rates[decision["arm"]] * (1 + visits / 40)
+            events.append({"id": f"{CONTEXTUAL}-{tick}-{visitor}-{len(events)}",
+                           "experiment": CONTEXTUAL, "arm": decision["arm"],
+                           "reward": float(rng.random() < rate),
+                           "decision_id": decision["decision_id"], "context": context})
+    return events
 
 
 def shoot(url: str, out: Path) -> list[Path]:
@@ -118,6 +162,13 @@ def shoot(url: str, out: Path) -> list[Path]:
             box = page.get_by_test_id("stats-table").locator("xpath=ancestor::section")
             saved.append(_save(page, out / f"dashboard-experiment-{width}.png",
                                bottom=box.bounding_box()))
+            # The contextual experiment: its own cards, down to the allocation by segment.
+            page.goto(f"{url}/#/exp/{CONTEXTUAL}")
+            expect(page.get_by_test_id("coefficient-plot")).to_have_count(3)
+            expect(page.get_by_test_id("segment-caption")).to_contain_text("per history")
+            segments = page.get_by_test_id("segment-card")
+            saved.append(_save(page, out / f"dashboard-contextual-{width}.png",
+                               bottom=segments.bounding_box()))
             page.close()
         browser.close()
     return saved

@@ -2,6 +2,7 @@
 // refreshed every few seconds without touching what the operator is typing.
 
 import { api, apiKey, setApiKey } from "./api.js";
+import { annotateShares, contextualPanel } from "./contextual.js";
 import { $, chip, fill, formatCount, formatInterval, formatNumber, formatPercent,
   formatSetting, formatTime, h, liftText } from "./dom.js";
 import { listView } from "./list.js";
@@ -176,7 +177,13 @@ function experimentView(id) {
   const allocationNote = h("p", { class: "caption", "data-testid": "allocation-caption" });
   // One time range for both time plots.
   const range = h("select", { "aria-label": "time range", "data-testid": "allocation-range",
-    onchange: () => { drawAllocation(); drawRewards(); } },
+    onchange: () => {
+      drawAllocation();
+      drawRewards();
+      if (data.config && data.stats) {
+        contextual.update(data.config, data.stats, data.samples, timeWindow());
+      }
+    } },
   [["3600", "last hour"], ["86400", "last day"], ["all", "all history"]]
     .map(([value, label]) => h("option", { value }, label)));
   const rewardCanvas = h("canvas", { id: "reward-plot", class: "plot",
@@ -189,6 +196,7 @@ function experimentView(id) {
     "data-testid": "posterior-plot" });
   const posteriorNote = h("p", { class: "caption", "data-testid": "posterior-caption" });
   const statsBody = h("tbody");
+  const shareHead = h("th", { class: "num", "data-testid": "share-head" }, "Share");
   const auditBody = h("tbody");
   const settings = new SettingsPanel(id, {
     onApplied: () => refreshNow(),
@@ -196,6 +204,9 @@ function experimentView(id) {
     notify,
   });
   let hover = null;
+  // A contextual experiment's coefficients and allocation by segment (hidden otherwise).
+  const contextual = contextualPanel({ colour: (arm) => colour(arm),
+    arms: () => [...colours.keys()], tickCount });
 
   const element = h("div", { class: "experiment-view" },
     h("div", { class: "title-row" },
@@ -215,13 +226,14 @@ function experimentView(id) {
       h("section", { class: "card" },
         h("div", { class: "card-head" }, h("h2", {}, "Posterior of each arm's mean")),
         posteriorCanvas, posteriorNote)),
-    legend,
+    legend, contextual.element,
     h("section", { class: "card" }, h("h2", {}, "Arms"),
       h("div", { class: "table-scroll" },
         h("table", { id: "stats-table", class: "table", "data-testid": "stats-table" },
           h("thead", {}, h("tr", {}, ["Arm", "State", "Observations", "Served", "Mean",
-            "95% interval", "Lift [95% interval]", "P(best)", "Expected loss", "Share"]
-            .map((label, i) => h("th", { class: i >= 2 ? "num" : "" }, label)))), statsBody))),
+            "95% interval", "Lift [95% interval]", "P(best)", "Expected loss"]
+            .map((label, i) => h("th", { class: i >= 2 ? "num" : "" }, label)), shareHead)),
+          statsBody))),
     settings.element,
     h("section", { class: "card" }, h("h2", {}, "Audit log"),
       h("div", { class: "table-scroll" },
@@ -246,7 +258,11 @@ function experimentView(id) {
     fill(meta, h("span", { class: `badge ${config.status}`, "data-testid": "experiment-status" },
       config.status),
     ` ${config.reward} · ${config.arms.length} arms · version ${config.version}`,
-    ` · prior ${formatSetting(config.prior)}`,
+    config.model ? [" · ", h("span", { class: "badge contextual", "data-testid":
+      "experiment-model", title: formatSetting(config.model.prior) }, "contextual"),
+    ` ${config.model.dimension} columns: ` +
+      config.model.features.map((feature) => feature.name).join(", ")]
+      : ` · prior ${formatSetting(config.prior)}`,
     // Metadata, when the service has it.
     config.owner ? [" · owner ", h("span", { "data-testid": "experiment-owner" }, config.owner)]
       : null,
@@ -261,6 +277,10 @@ function experimentView(id) {
 
   function renderStats() {
     const { stats } = data;
+    // A contextual experiment allocates per context: its share is what was served.
+    fill(shareHead, stats.model ? "Share (avg propensity)" : "Share");
+    shareHead.title = stats.model ? "the average propensity of the arm over every decision " +
+      "drawn since creation (each decision's own context)" : "current allocation probability";
     const leader = stats.arms.reduce((best, arm) =>
       ((arm.p_best ?? -1) > (best?.p_best ?? -1) ? arm : best), null);
     fill(statsBody, stats.arms.map((arm) => h("tr", { "data-arm": arm.arm,
@@ -414,11 +434,13 @@ function experimentView(id) {
     allocationCanvas.scales = drawChart(allocationCanvas, {
       x: { domain: [low, high], ticks: timeTicks(low, high, tickCount(allocationCanvas)) },
       y: { domain: [0, 1], label: "allocation share", format: (v) => `${Math.round(v * 100)}%` },
-      series: seriesOf(timed.shown, "share"), markers,
+      series: seriesOf(timed.shown, "plotShare"), markers,
     });
     recordMarkers(allocationCanvas, changes, allocationCanvas.scales);
     allocationCanvas.plotted = timed;
-    fill(allocationNote, spanText(timed.shown));
+    fill(allocationNote, data.config.model ? "Contextual: each arm's average propensity over " +
+      "the decisions of each history interval (every decision has its context's own). " : "",
+    spanText(timed.shown));
   }
 
   function drawRewards() {
@@ -500,7 +522,7 @@ function experimentView(id) {
     drawAllocation();
     fill(allocationTip, h("strong", {}, formatTime(nearest.t)), ` · v${nearest.version}`,
       nearest.arms.map((arm, i) => h("div", {}, h("i", { class: "swatch",
-        style: `background:${colour(arm)}` }), `${arm}: ${formatPercent(nearest.share[i])}`,
+        style: `background:${colour(arm)}` }), `${arm}: ${formatPercent(nearest.plotShare[i])}`,
       h("span", { class: "muted" }, ` (n ${formatCount(nearest.n[i])})`))));
     allocationTip.hidden = false;
     const tipAt = scales.xScale(nearest.t);
@@ -577,7 +599,10 @@ function experimentView(id) {
       data.interval = history.interval_s;
       const fresh = history.samples.filter((s) => !data.samples.length
         || s.t > data.samples.at(-1).t);
-      data.samples = data.samples.concat(fresh).slice(-MAX_SAMPLES);
+      const known = data.samples.length;
+      data.samples = data.samples.concat(fresh);
+      annotateShares(data.samples, known);
+      data.samples = data.samples.slice(-MAX_SAMPLES);
       showError(error, null);
       updateColours();
       renderHeader();
@@ -587,6 +612,7 @@ function experimentView(id) {
       drawRewards();
       drawLift();
       drawPosteriors();
+      contextual.update(config, stats, data.samples, timeWindow());
       settings.update(config);
       return true;
     } catch (problem) {
@@ -603,6 +629,7 @@ function experimentView(id) {
       drawRewards();
       drawLift();
       drawPosteriors();
+      contextual.draw();
       settings.drawForecastPlots();
     },
   };

@@ -322,9 +322,10 @@ const ROW_HEIGHT = 26;
 /**
  * Intervals on one axis, a row each (a forest plot), with a reference line at ``reference``.
  * rows: [{label, colour, mean, low, high, note?}] (a row without an interval shows its note);
- * the canvas's height follows its rows. Returns the scales.
+ * the canvas's height follows its rows; ``domain`` fixes the axis (several plots on one
+ * scale), else it covers the rows. Returns the scales.
  */
-export function drawIntervals(canvas, { rows, reference = 0, format, label }) {
+export function drawIntervals(canvas, { rows, reference = 0, format, label, domain }) {
   const height = Math.max(1, rows.length) * ROW_HEIGHT + 44;
   if (canvas.clientHeight !== height) canvas.style.height = `${height}px`;
   const width = canvas.clientWidth;
@@ -333,13 +334,18 @@ export function drawIntervals(canvas, { rows, reference = 0, format, label }) {
   const labels = Math.min(widest, width * 0.3);
   const plot = { left: labels + 16, right: width - MARGIN.right, top: 6, bottom: height - 38 };
   const drawn = rows.filter((row) => [row.mean, row.low, row.high].every(Number.isFinite));
-  let low = Math.min(reference, ...drawn.map((row) => row.low));
-  let high = Math.max(reference, ...drawn.map((row) => row.high));
-  const pad = (high - low) * 0.05 || 0.05;
-  low -= pad;
-  high += pad;
+  let [low, high] = domain || [Math.min(reference, ...drawn.map((row) => row.low)),
+    Math.max(reference, ...drawn.map((row) => row.high))];
+  if (!domain) {
+    const pad = (high - low) * 0.05 || 0.05;
+    low -= pad;
+    high += pad;
+  }
   const xScale = (x) => plot.left + ((x - low) / (high - low)) * (plot.right - plot.left);
-  const ticks = niceTicks(low, high, Math.max(2, Math.floor((plot.right - plot.left) / 70)));
+  // About one tick per 70 px, but at least three on a narrow plot (a small multiple).
+  let count = Math.max(2, Math.floor((plot.right - plot.left) / 70));
+  let ticks = niceTicks(low, high, count);
+  while (ticks.length < 3 && count < 16) ticks = niceTicks(low, high, count *= 2);
   const step = ticks.length > 1 ? ticks[1] - ticks[0] : 0;
   context.textAlign = "center";
   context.textBaseline = "top";

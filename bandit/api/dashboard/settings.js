@@ -91,11 +91,15 @@ export class SettingsPanel {
     this.applyWithoutButton = h("button", { type: "button", hidden: true,
       "data-testid": "apply-without-forecast", onclick: () => this.confirm(false) },
     "Apply without forecast…");
+    // The advisor answers 422 for a contextual experiment (it has no contexts to replay yet).
+    this.noForecastNote = h("small", { class: "muted", hidden: true,
+      "data-testid": "no-forecast" }, "The tuning advisor cannot forecast a contextual " +
+      "experiment yet: changes are applied without a forecast.");
     this.fieldset = h("fieldset", {},
       h("div", { class: "grid" }, fields, control), arms, this.options, this.changesBox,
       this.errorsBox, this.serverError,
       h("div", { class: "actions" }, this.forecastButton, this.resetButton,
-        this.applyWithoutButton));
+        this.applyWithoutButton, this.noForecastNote));
     this.form = h("form", { id: "settings-form", novalidate: true, autocomplete: "off",
       "data-testid": "settings-form",
       onsubmit: (event) => { event.preventDefault(); this.runForecast(); },
@@ -171,6 +175,10 @@ export class SettingsPanel {
       this.armSelects[arm.id] = select;
       return h("tr", {}, h("td", {}, swatch(colours.get(arm.id)), arm.id), h("td", {}, select));
     }));
+    this.contextual = Boolean(config.model);
+    this.noForecastNote.hidden = !this.contextual;
+    this.options.hidden = this.contextual;
+    this.forecastButton.hidden = this.contextual;
     const archived = config.status === "archived";
     this.fieldset.disabled = this.readOnly || archived;
     if (old) {
@@ -270,8 +278,8 @@ export class SettingsPanel {
       : h("span", { class: "muted" }, "No changes yet: edit a setting to forecast its effect."));
     this.forecastButton.disabled = this.busy || allErrors.length > 0 || changes.length === 0;
     this.resetButton.disabled = changes.length === 0 && !this.addInput.value;
-    this.applyWithoutButton.hidden = !this.forecastFailed || changes.length === 0
-      || allErrors.length > 0;
+    this.applyWithoutButton.hidden = !(this.forecastFailed || this.contextual)
+      || changes.length === 0 || allErrors.length > 0;
     if (this.forecast) {
       const stale = JSON.stringify(body) !== this.forecast.key;
       this.forecastBox.classList.toggle("stale", stale);
@@ -299,6 +307,10 @@ export class SettingsPanel {
     const { body, changes, errors } = this.proposal();
     const options = forecastOptions(this.forecastTexts());
     if (errors.length || options.errors.length || !changes.length || this.busy) return;
+    if (this.contextual) { // Enter in a field submits the form: no forecast to run
+      this.confirm(false);
+      return;
+    }
     this.showServerError("");
     this.forecastButton.textContent = "Forecasting…";
     this.setBusy(true);
@@ -484,7 +496,9 @@ export class SettingsPanel {
       "If the experiment changed since, nothing is applied and you are told.");
     fill(this.dialogChanges, changeList(forecast ? changeEntries(forecast.changes) : changes));
     this.dialogWarning.hidden = Boolean(forecast);
-    this.dialogWarning.textContent = forecast ? ""
+    this.dialogWarning.textContent = forecast ? "" : this.contextual
+      ? "No forecast: the advisor does not forecast contextual experiments yet, so the effect " +
+        "of this change is unknown."
       : "No forecast: the advisor did not answer, so the effect of this change is unknown.";
     this.dialogError.hidden = true;
     this.confirmButton.disabled = false;
