@@ -165,3 +165,22 @@ async def test_a_context_free_experiment_ignores_the_context(client: Client) -> 
              "decision_id": decision["decision_id"], "context": {"anything": 1}}
     answer = await (await client.post("/v1/events", json={"events": [event]})).json()
     assert answer["accepted"] == 1
+
+
+async def test_a_contextual_experiment_gets_no_winner_call(client: Client) -> None:
+    """Arm a wins every reward, b and c none: a context-free experiment would call a; the
+    contextual one does not (its best arm depends on the context)."""
+    await _create(client, "ctx-win")
+    context = {"region": "eu", "recency": 1}
+    decisions = (await (await client.post("/v1/experiments/ctx-win/allocate", json={
+        "n": 3000, "context": context})).json())["decisions"]
+    events = [{"id": f"w{i}", "experiment": "ctx-win", "arm": d["arm"],
+               "decision_id": d["decision_id"], "context": context,
+               "reward": int(d["arm"] == "a")} for i, d in enumerate(decisions)]
+    assert (await (await client.post("/v1/events", json={"events": events})).json()
+            )["accepted"] == 3000
+    await asyncio.sleep(0.2)
+    stats = await (await client.get("/v1/experiments/ctx-win/stats")).json()
+    best = max(stats["arms"], key=lambda arm: arm["p_best"])
+    assert best["arm"] == "a" and best["p_best"] > 0.999  # the marginals would call it
+    assert stats["winner"] is None

@@ -517,3 +517,19 @@ async def test_list_follows_every_page(capsys: pytest.CaptureFixture[str]) -> No
     assert asked == [None, "e0999"]
     listed = json.loads(capsys.readouterr().out)
     assert [e["id"] for e in listed["experiments"]] == [f"e{i:04d}" for i in range(1001)]
+
+
+async def test_show_prints_a_contextual_experiments_model(
+        url: str, client: Client, capsys: pytest.CaptureFixture[str]) -> None:
+    response = await client.post("/v1/experiments", json={
+        "id": "feed", "arms": ["a", "b"], "reward": "bernoulli", "model": {
+            "type": "linear", "features": [
+                {"name": "region", "type": "categorical", "values": ["eu", "us"]},
+                {"name": "visits", "type": "numeric", "scale": [0, 10]}]}})
+    assert response.status == 201
+    assert await cli(url, "show", "feed") == 0
+    out = capsys.readouterr().out
+    assert "model               linear, 5 columns; features: region (categorical), " \
+           "visits (numeric)" in out
+    assert "prior               precision=1, intercept_precision=0.01, alpha=1, beta=0.25" in out
+    assert "winner: no call for a contextual experiment" in out

@@ -28,7 +28,9 @@ def render_show(document: Any) -> str:
         ("hypothesis", " ".join((document.get("hypothesis") or "-").split())),
         ("tags", ", ".join(document.get("tags") or []) or "-"),
         ("reward", document["reward"]),
-        ("prior", _value(document.get("prior"))),
+        *_model_fields(document.get("model")),
+        ("prior", _value(document["model"]["prior"] if document.get("model")
+                         else document.get("prior"))),
         ("version", f"{document['version']} (updated {_when(document.get('updated_at'))})"),
         ("created", _when(document.get("created_at"))),
         ("attribution window", f"{_value(document.get('attribution_window_s'))} s"),
@@ -37,6 +39,16 @@ def render_show(document: Any) -> str:
     width = max(len(name) for name, _ in fields)
     lines = [f"{name:<{width}}  {text}" for name, text in fields]
     return "\n".join([*lines, "", render_stats(document["stats"])])
+
+
+def _model_fields(model: Any) -> list[tuple[str, str]]:
+    """A contextual experiment's model (its prior is the model's), or the context-free
+    prior."""
+    if model is None:
+        return []
+    features = ", ".join(f"{f['name']} ({f['type']})" for f in model["features"]) or "none"
+    return [("model", f"linear, {model['dimension']} columns; features: {features}"
+                      f"{'' if model['intercept'] else '; no intercept'}")]
 
 
 def render_stats(document: Any) -> str:
@@ -59,7 +71,10 @@ def render_stats(document: Any) -> str:
 def _call_lines(document: Any) -> list[str]:
     rule = document["call_rule"]
     winner = document["winner"]
-    if winner is None:
+    if document.get("model") is not None:
+        call = ("winner: no call for a contextual experiment (its best arm depends on the "
+                "context; see the dashboard's coefficients and allocation by segment)")
+    elif winner is None:
         call = (f"winner: none yet (needs P(best) >= {rule['threshold']:g} and expected loss "
                 f"<= {rule['max_loss']:.4g})")
     else:

@@ -42,13 +42,16 @@ def default_max_loss(summary: PosteriorSummary) -> float:
 
 
 def winner(summary: PosteriorSummary, arms: Sequence[str], threshold: float,
-           max_loss: float, *, active: int) -> dict[str, Any] | None:
+           max_loss: float, *, active: int, contextual: bool = False) -> dict[str, Any] | None:
     """The arm with P(best) >= threshold whose expected loss is below ``max_loss``, if any.
 
     ``active``: the number of active arms. With fewer than two there is nothing to compare:
     the one arm left is "best" with probability 1 on no evidence at all, which is no call.
+    A contextual experiment gets no call: its best arm depends on the context, and its arms'
+    summaries are means over the contexts each was served in (the policy's own choices
+    confound them), so a single winner would mislead.
     """
-    if active < 2:
+    if active < 2 or contextual:
         return None
     p_best = np.nan_to_num(summary.p_best, nan=-1.0)
     leader = int(np.argmax(p_best))

@@ -166,7 +166,8 @@ class BanditService:
                     chunk, snapshots, summaries, served, trackers, lifts, strict=True):
                 winner = health.winner(summary, snapshot.experiment.arms, DEFAULT_THRESHOLD,
                                        health.default_max_loss(summary),
-                                       active=len(snapshot.experiment.active_arms))
+                                       active=len(snapshot.experiment.active_arms),
+                                       contextual=snapshot.contextual is not None)
                 traffic = self._traffic[snapshot.experiment.id].last_hour(
                     now, snapshot.experiment.created_at, sum(counts.values()))
                 entry["summary"] = overview.list_summary(
@@ -282,7 +283,8 @@ class BanditService:
             "experiment": experiment.id, "version": experiment.version,
             "reward": experiment.reward, "arms": arms, "control": control,
             "winner": health.winner(summary, experiment.arms, threshold_value, max_loss_value,
-                                    active=len(experiment.active_arms)),
+                                    active=len(experiment.active_arms),
+                                    contextual=snapshot.contextual is not None),
             "call_rule": {"threshold": threshold_value, "max_loss": max_loss_value},
             "health": self._health_report(tracker),
             "model": await self._model_of(snapshot) if contextual else None,

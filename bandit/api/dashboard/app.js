@@ -303,7 +303,13 @@ function experimentView(id) {
     h("td", { class: "num", "data-col": "share" }, bar(arm.share, colour(arm.arm)),
       formatPercent(arm.share)))));
 
-    if (stats.winner) {
+    if (stats.model) {
+      winner.className = "banner neutral";
+      fill(winner, h("strong", {}, "No winner call"),
+        " — a contextual experiment's best arm depends on the context: see the coefficients " +
+        "and the allocation by segment below (P(best) in the table compares the arms' mean " +
+        "rewards over the contexts each was served in).");
+    } else if (stats.winner) {
       const w = stats.winner;
       winner.className = "banner good";
       fill(winner, h("strong", {}, `Winner: ${w.arm}`),
