@@ -107,7 +107,6 @@ class LinearModel:
     alpha: float = 1.0
     beta: float = 0.25
     version: int = MODEL_VERSION
-    _offsets: dict[str, int] = field(init=False, repr=False, compare=False)
     #: Per feature, what ``encode`` needs: name, numeric?, first column, low, high - low,
     #: value -> column, the "other" column, buckets, default.
     _plan: tuple[tuple[Any, ...], ...] = field(init=False, repr=False, compare=False)
@@ -115,17 +114,14 @@ class LinearModel:
     _segments: tuple[tuple[Any, ...], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        offsets: dict[str, int] = {}
         plan: list[tuple[Any, ...]] = []
         position = 1 if self.intercept else 0
         for feature in self.features:
-            offsets[feature.name] = position
             low, high = feature.scale or (0.0, 1.0)
             plan.append((feature.name, feature.type == "numeric", position, low, high - low,
                          {value: i for i, value in enumerate(feature.values)},
                          len(feature.values), feature.buckets, feature.default))
             position += feature.width
-        object.__setattr__(self, "_offsets", offsets)
         object.__setattr__(self, "_plan", tuple(plan))
         object.__setattr__(self, "_segments", tuple(
             (f.name, f.default, {value: f"{f.name}={value}" for value in f.values},
@@ -167,14 +163,6 @@ class LinearModel:
         context = context or {}
         return tuple(names.get(context.get(name, default), other)
                      for name, default, names, other in self._segments)
-
-    def segment_of(self, x: npt.NDArray[np.float64], feature: Feature) -> str:
-        """``feature=value`` for the value a categorical feature took in x ("other" for an
-        undeclared one)."""
-        start = self._offsets[feature.name]
-        column = int(np.argmax(x[start:start + feature.width]))
-        value = feature.values[column] if column < len(feature.values) else "other"
-        return f"{feature.name}={value}"
 
     def encode(self, context: object, what: str = "context") -> npt.NDArray[np.float64]:
         """The feature vector of ``context`` (an object of feature values); InvalidValue
