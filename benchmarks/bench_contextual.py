@@ -7,8 +7,10 @@ measured in the same run.
   the feature hash) plus the draw; against the baseline of drawing theta_a ~ N(mu_a,
   Sigma_a) for every arm with numpy's ``multivariate_normal`` (what a textbook LinTS does per
   decision, without any propensity). Target: <= 50 us.
-- http: POST allocate with a context of 10 features (d = 16, K = 10, trained) against the
-  no-op aiohttp JSON handler of bench_http, alternating 3 pairs (median). Target >= 0.6x.
+- http: POST allocate with a new context of 10 features every request (d = 16, K = 10,
+  trained) against the no-op aiohttp JSON handler of bench_http, alternating 3 pairs
+  (median). Target >= 0.6x. Also one context repeated (its allocation computed once per
+  snapshot) and a context-free allocate.
 - events: reward batches of 1000 events with a context of d = 16 (no decision ids, as
   bench_http's event rows), through one service process, dedup on. Target >= 50k events/s
   per process. Also the context-free batches of 1000 in the same run, as the baseline.
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import string
 import tempfile
@@ -39,9 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.bench_http import Run, _median_pair, _servers, wrk
 from bandit import policy
-from bandit.features import parse_model
 from bandit.model import parse_new_experiment
 from bandit.policy import contextual
 from bandit.serving.cache import build_snapshot
@@ -49,6 +50,7 @@ from bandit.serving.decisions import Choice
 from bandit.settings import Settings
 from bandit.store.codec import EncodedEvent, decode_state
 from bandit.store.redis_store import RedisStore
+from benchmarks.bench_http import Run, _median_pair, _servers, wrk
 from tests.support.redis import RedisServer
 
 PARTS = ("decision", "http", "events", "refresh", "memory")
@@ -151,7 +153,9 @@ EVENTS_SCRIPT = string.Template(textwrap.dedent("""
       local parts = {}
       for i = 1, 1000 do
         local scores = {}
-        for s = 0, 7 do scores[#scores + 1] = string.format('"score%d":%.3f', s, ((i * 7 + s * 13) % 100) / 100) end
+        for s = 0, 7 do
+          scores[#scores + 1] = string.format('"score%d":%.3f', s, ((i * 7 + s * 13) % 100) / 100)
+        end
         parts[i] = string.format(
           '{"id":"$run-%d-%d-%d","experiment":"$experiment","arm":"arm%d","reward":%d,' ..
           '"context":{"region":"%s","device":"%s",%s}}',
@@ -199,19 +203,23 @@ def bench_http(seconds: int, redis: RedisServer, parts: set[str]) -> None:
         body = json.dumps({"context": CONTEXT})
         allocate = "/v1/experiments/ctx/allocate"
         if "http" in parts:
-            wrk(service, allocate, 2, 16, 1, body=body)
+            wrk(service, allocate, 2, 16, 1, script=ALLOCATE_SCRIPT)
             wrk(noop, "/noop", 2, 16, 1, body="{}")
             pairs = [(wrk(noop, "/noop", seconds, 16, 1, body="{}"),
-                      wrk(service, allocate, seconds, 16, 1, body=body)) for _ in range(3)]
+                      wrk(service, allocate, seconds, 16, 1, script=ALLOCATE_SCRIPT))
+                     for _ in range(3)]
             (noop_run, ctx_run), ratios = _median_pair(pairs)
+            repeated = wrk(service, allocate, seconds, 16, 1, body=body)
             plain = wrk(service, "/v1/experiments/plain/allocate", seconds, 16, 1, body="{}")
             print("\nHTTP allocate n=1, one service process, 16 connections:")
             _row("no-op aiohttp JSON handler", noop_run)
-            _row("allocate, context of 10 features", ctx_run)
+            _row("allocate, a new 10-feature context", ctx_run)
+            _row("allocate, one context repeated", repeated)
             _row("allocate, context-free", plain)
             ratio = ctx_run.rps / noop_run.rps
-            print(f"allocate with context / no-op: {ratio:.2f}x (pairs: {ratios}); target >= "
-                  f"0.6x: {ratio / 0.6:.2f}x of target; context-free allocate / no-op: "
+            print(f"allocate with a new context / no-op: {ratio:.2f}x (pairs: {ratios}); target "
+                  f">= 0.6x: {ratio / 0.6:.2f}x of target; a repeated context / no-op: "
+                  f"{repeated.rps / noop_run.rps:.2f}x; context-free allocate / no-op: "
                   f"{plain.rps / noop_run.rps:.2f}x")
         if "events" in parts:
             runs: dict[str, Run] = {}
@@ -233,10 +241,27 @@ def bench_http(seconds: int, redis: RedisServer, parts: set[str]) -> None:
             print("\nreward events, batches of 1000, one service process, 4 connections:")
             _row("context-free events", runs["plain"], 1000)
             _row("events with a context, d = 16", runs["ctx"], 1000)
-            events = runs["ctx"].rps * 1000
-            print(f"contextual events/s: {events:,.0f}; target >= 50,000: "
-                  f"{events / 50_000:.2f}x of target; against context-free: "
+            rate = runs["ctx"].rps * 1000
+            print(f"contextual events/s: {rate:,.0f}; target >= 50,000: "
+                  f"{rate / 50_000:.2f}x of target; against context-free: "
                   f"{runs['ctx'].rps / runs['plain'].rps:.2f}x")
+
+
+#: Allocate with a new context every request (eight random scores: never the same features
+#: twice, so every decision computes its allocation; see ``Choice.of``).
+ALLOCATE_SCRIPT = textwrap.dedent("""
+    math.randomseed(os.time())
+    local regions = {"eu", "us", "apac"}
+    local devices = {"ios", "android"}
+    function request()
+      local scores = {}
+      for s = 0, 7 do scores[#scores + 1] = string.format('"score%d":%.6f', s, math.random()) end
+      local body = string.format('{"context":{"region":"%s","device":"%s",%s}}',
+        regions[math.random(3)], devices[math.random(2)], table.concat(scores, ","))
+      return wrk.format("POST", "/v1/experiments/ctx/allocate",
+                        {["Content-Type"] = "application/json"}, body)
+    end
+""")
 
 
 def _row(label: str, run: Run, items: int = 1) -> None:
@@ -278,18 +303,22 @@ async def bench_refresh_and_memory(redis: RedisServer, parts: set[str]) -> None:
             for name, key in keys.items():
                 (raw[name],) = await store._scripts.run(
                     [(store._read, [key.meta, key.stats], [])], wait=False, raw=True)
-            for name in raw:  # warm-up
-                build_snapshot(decode_state(raw[name]))
-            timings = {name: min(timeit.repeat(lambda r=raw[name]: build_snapshot(
-                decode_state(r)), number=20, repeat=5)) / 20 for name in raw}
+            for value in raw.values():  # warm-up
+                build_snapshot(decode_state(value))
+            def build(result: Any) -> None:
+                build_snapshot(decode_state(result))
+
+            timings = {name: min(timeit.repeat(functools.partial(build, value), number=20,
+                                               repeat=5)) / 20 for name, value in raw.items()}
             decode = min(timeit.repeat(lambda: decode_state(raw["refresh-ctx"]), number=20,
                                        repeat=5)) / 20
             state = decode_state(raw["refresh-ctx"])
-            assert state.rows is not None
+            rows = state.rows
+            assert rows is not None
             model = state.experiment.model
             assert model is not None
             factor = min(timeit.repeat(lambda: contextual.posterior_factors(
-                state.rows, model.prior_precision(), np.zeros(64), 1.0, 0.25, 1.0),
+                rows, model.prior_precision(), np.zeros(64), 1.0, 0.25, 1.0),
                 number=20, repeat=5)) / 20
             print("\nrefresh: a snapshot built from what Redis returned, K = 20 arms:")
             print(f"  context-free:            {timings['refresh-plain'] * 1e3:6.3f} ms")
@@ -312,7 +341,8 @@ async def bench_refresh_and_memory(redis: RedisServer, parts: set[str]) -> None:
                 after = (await client.info("memory"))["used_memory"]
                 results[d] = (after - before) / 200
             for d, per_arm in results.items():
-                label = "context-free" if d is None else f"d = {d:2d} ({contextual.stats_width(d):,} numbers)"
+                label = ("context-free" if d is None
+                         else f"d = {d:2d} ({contextual.stats_width(d):,} numbers)")
                 print(f"  {label:28} {per_arm:9,.0f} bytes per arm "
                       f"({per_arm / results[None]:.1f}x context-free)")
     finally:
@@ -331,12 +361,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if "decision" in parts:
         bench_decision()
     if parts & {"http", "events", "refresh", "memory"}:
-        with tempfile.TemporaryDirectory() as directory:
-            with RedisServer(Path(directory)) as redis:
-                if parts & {"http", "events"}:
-                    bench_http(arguments.seconds, redis, parts)
-                if parts & {"refresh", "memory"}:
-                    asyncio.run(bench_refresh_and_memory(redis, parts))
+        with tempfile.TemporaryDirectory() as directory, RedisServer(Path(directory)) as redis:
+            if parts & {"http", "events"}:
+                bench_http(arguments.seconds, redis, parts)
+            if parts & {"refresh", "memory"}:
+                asyncio.run(bench_refresh_and_memory(redis, parts))
 
 
 if __name__ == "__main__":

@@ -19,8 +19,9 @@ from bandit.errors import InvalidValue
 from bandit.features import LinearModel, parse_model
 from bandit.model import parse_new_experiment
 from bandit.policy import contextual
-from bandit.serving.cache import build_snapshot
-from bandit.store.codec import EncodedEvent, arm_sums
+from bandit.serving.cache import MAX_CHOICES, build_snapshot
+from bandit.serving.decisions import Choice
+from bandit.store.codec import EncodedEvent, StoredState, arm_sums
 from bandit.store.redis_store import APPLIED, DUPLICATE, RedisStore
 
 SPEC = {"type": "linear", "features": [
@@ -463,3 +464,27 @@ async def test_a_gaussian_model_recovers_its_coefficients(store: RedisStore) -> 
     # The untouched arm keeps its prior: mean 0, and the context-free marginals say n = 0.
     np.testing.assert_array_equal(summary.mean[1], [0.0, 0.0])
     assert snapshot.counts.tolist() == [2000.0, 0.0]
+
+
+def test_a_repeated_context_reuses_its_allocation_until_the_snapshot_changes() -> None:
+    experiment = parse_new_experiment({"id": "rep", "arms": ["a", "b", "c"],
+                                       "reward": "bernoulli", "model": SPEC}, 0.0)
+    assert experiment.model is not None
+    rows = np.zeros((3, contextual.stats_width(experiment.model.dimension)))
+    rows[:, 0], rows[:, 1], rows[:, 3] = 50.0, [10.0, 20.0, 30.0], 50.0
+    state = StoredState(experiment, np.zeros((3, 3)), np.full(3, 50.0), np.zeros(3), 1, 0.0,
+                        rows)
+    snapshot = build_snapshot(state)
+    first = Choice.of(snapshot, {"region": "eu", "recency": 3})
+    assert Choice.of(snapshot, {"region": "eu", "recency": 3, "ignored": 1}) is first
+    # "fr" and "de" are both "other": the same features, the same allocation and segments.
+    other = Choice.of(snapshot, {"region": "fr"})
+    assert Choice.of(snapshot, {"region": "de"}) is other
+    assert other.segments == ("region=other",) and other is not first
+    np.testing.assert_array_equal(first.probabilities, snapshot.contextual.allocation(  # type: ignore[union-attr]
+        parse_model(SPEC, "bernoulli").encode({"region": "eu", "recency": 3}))[0])
+    fresh = build_snapshot(state)  # a refresh: computed again, equal
+    assert Choice.of(fresh, {"region": "eu", "recency": 3}) is not first
+    for recency in range(MAX_CHOICES + 5):
+        Choice.of(fresh, {"region": "us", "recency": recency / 1000})
+    assert len(fresh.choices) <= MAX_CHOICES

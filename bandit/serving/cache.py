@@ -29,6 +29,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -42,6 +43,8 @@ from bandit.store.redis_store import RedisStore
 
 logger = logging.getLogger(__name__)
 
+#: Allocations per contextual snapshot kept for repeated contexts (cleared when full).
+MAX_CHOICES = 4096
 #: Experiments read (and decoded) per round trip: a turn of the event loop each.
 READ_CHUNK = 200
 #: Experiments not asked for in this long are dropped from memory.
@@ -81,6 +84,10 @@ class Snapshot:
     #: (their mean reward over the contexts they were served in), for the views that need one
     #: vector; every decision computes its own for its context (``policy.ContextualPosterior``).
     contextual: policy.ContextualPosterior | None = None
+    #: A contextual snapshot's allocations already computed, by feature vector (bytes): the
+    #: same context under the same posteriors gets the same exact vector without the
+    #: quadrature (segment-only contexts repeat a lot). Bounded by ``MAX_CHOICES``.
+    choices: dict[bytes, Any] = field(default_factory=dict)
 
     @property
     def arms(self) -> tuple[str, ...]:

@@ -26,7 +26,7 @@ from bandit.features import feature_hash
 from bandit.inputs import AllocateRequest
 from bandit.model import archived_message
 from bandit.policy.layout import FloatArray
-from bandit.serving.cache import ExperimentCache, Snapshot
+from bandit.serving.cache import MAX_CHOICES, ExperimentCache, Snapshot
 from bandit.serving.changes import cancelling
 from bandit.settings import Settings
 from bandit.store.codec import Draws
@@ -86,9 +86,16 @@ class Choice:
                        snapshot.probability_list)
         model = posterior.model
         x = model.encode(context)
-        probabilities, cumulative = posterior.allocation(x)
-        return cls(probabilities, cumulative.tolist(), probabilities.tolist(), feature_hash(x),
-                   model.segments(context) if model.has_segments else ())
+        key = x.tobytes()
+        choice: Choice | None = snapshot.choices.get(key)
+        if choice is None:
+            probabilities, cumulative = posterior.allocation(x)
+            choice = cls(probabilities, cumulative.tolist(), probabilities.tolist(),
+                         feature_hash(x), model.segments(context) if model.has_segments else ())
+            if len(snapshot.choices) >= MAX_CHOICES:
+                snapshot.choices.clear()
+            snapshot.choices[key] = choice
+        return choice
 
 
 class DrawTally:
