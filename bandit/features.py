@@ -40,6 +40,10 @@ MAX_VALUES = 63
 MAX_VALUE_LENGTH = 200
 MODEL_VERSION = 1
 FEATURE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}")
+#: Declared values are shown to operators (stats, dashboard, terminal): no control characters
+#: (they would rewrite a terminal) and no bidirectional overrides (they reorder a page).
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_NO_CONTROL = "control characters and bidirectional overrides are not allowed"
 FeatureType = Literal["numeric", "categorical", "hashed"]
 FEATURE_TYPES: tuple[FeatureType, ...] = ("numeric", "categorical", "hashed")
 #: Prior precision of the coefficients, in units of the noise variance (ridge strength), and
@@ -182,16 +186,18 @@ class LinearModel:
             kind = type(value)
             if numeric:
                 if kind is float or kind is int:
+                    if kind is float and not -math.inf < value < math.inf:
+                        raise InvalidValue(f"{what}.{name}: must be finite")
                     try:
                         number = (value - low) / span
-                    except OverflowError:  # an integer beyond any float
-                        number = math.inf
-                    if 0.0 < number < 1.0:
-                        x[position] = number
-                    elif 1.0 <= number < math.inf:
+                    except OverflowError:  # an integer beyond any float: beyond the scale
+                        number = 1.0 if value > low else 0.0
+                    # Clipped to [0, 1]; a finite value so far out that the division
+                    # overflows is simply beyond the scale.
+                    if number >= 1.0:
                         x[position] = 1.0
-                    elif not -math.inf < number <= 0.0:  # NaN or infinite
-                        raise InvalidValue(f"{what}.{name}: must be finite")
+                    elif number > 0.0:
+                        x[position] = number
                     continue
             elif kind is str:
                 if len(value) > MAX_VALUE_LENGTH:
@@ -261,8 +267,11 @@ def parse_model(value: object, reward: str) -> LinearModel:
     """A ``model`` object of a create request; InvalidValue names the bad part."""
     data = _mapping(value, "model", _MODEL_FIELDS)
     if data.get("type") != "linear":
-        raise InvalidValue(f"model.type: must be 'linear', got {data.get('type')!r}")
-    if data.get("version", MODEL_VERSION) != MODEL_VERSION:
+        kind = data.get("type")
+        raise InvalidValue(f"model.type: must be 'linear', got "
+                           f"{repr(kind) if isinstance(kind, str) else _kind(kind)}")
+    version = data.get("version", MODEL_VERSION)
+    if type(version) is not int or version != MODEL_VERSION:
         raise InvalidValue(f"model.version: this service knows version {MODEL_VERSION}")
     intercept = data.get("intercept", True)
     if not isinstance(intercept, bool):
@@ -297,7 +306,8 @@ def parse_model(value: object, reward: str) -> LinearModel:
         raise InvalidValue(f"model: {model.dimension} columns (intercept, one per numeric "
                            "feature, values + 1 per categorical, buckets per hashed) is over "
                            f"the limit of {MAX_DIMENSION}")
-    if "dimension" in data and data["dimension"] != model.dimension:
+    if "dimension" in data and (type(data["dimension"]) is not int
+                                or data["dimension"] != model.dimension):
         raise InvalidValue(f"model.dimension: the features make {model.dimension} columns, "
                            f"not {data['dimension']!r}")
     return model
@@ -311,7 +321,8 @@ def _parse_feature(raw: object, what: str) -> Feature:
                            f"'_.:-', got {_kind(name)}")
     kind = data.get("type")
     if kind not in FEATURE_TYPES:
-        raise InvalidValue(f"{what}.type: must be one of {list(FEATURE_TYPES)}, got {kind!r}")
+        raise InvalidValue(f"{what}.type: must be one of {list(FEATURE_TYPES)}, got "
+                           f"{_kind(kind) if not isinstance(kind, str) else repr(kind)}")
     allowed = {"numeric": "scale", "categorical": "values", "hashed": "buckets"}
     for other in sorted(set(allowed.values()) - {allowed[kind]}):
         if other in data:
@@ -328,6 +339,10 @@ def _parse_feature(raw: object, what: str) -> Feature:
         low, high = float(scale[0]), float(scale[1])
         if not low < high:
             raise InvalidValue(f"{what}.scale: low {low:g} must be below high {high:g}")
+        if not (high - low < math.inf and high - low >= 1e-9 * max(1.0, abs(low), abs(high))):
+            raise InvalidValue(f"{what}.scale: [{low:g}, {high:g}] is too wide or too narrow "
+                               "for doubles: high - low must be finite and at least 1e-9 of "
+                               "the larger bound (or of 1)")
         if default is not None and (type(default) is bool or not isinstance(default, int | float)
                                     or not math.isfinite(default)):
             raise InvalidValue(f"{what}.default: expected a finite number")
@@ -336,7 +351,10 @@ def _parse_feature(raw: object, what: str) -> Feature:
                        precision=precision)
     if default is not None and (not isinstance(default, str)
                                 or len(default) > MAX_VALUE_LENGTH):
-        raise InvalidValue(f"{what}.default: expected a string")
+        raise InvalidValue(f"{what}.default: expected a string of at most {MAX_VALUE_LENGTH} "
+                           "characters")
+    if default is not None and _CONTROL_CHARACTERS.search(default):
+        raise InvalidValue(f"{what}.default: {_NO_CONTROL}")
     if kind == "categorical":
         values = data.get("values")
         if not isinstance(values, list) or not values:
@@ -348,6 +366,8 @@ def _parse_feature(raw: object, what: str) -> Feature:
             if not isinstance(value, str) or not 0 < len(value) <= MAX_VALUE_LENGTH:
                 raise InvalidValue(f"{what}.values[{j}]: expected a string of 1 to "
                                    f"{MAX_VALUE_LENGTH} characters")
+            if _CONTROL_CHARACTERS.search(value):
+                raise InvalidValue(f"{what}.values[{j}]: {_NO_CONTROL}")
         if len(set(values)) < len(values):
             raise InvalidValue(f"{what}.values: a value is listed twice")
         if "other" in values:

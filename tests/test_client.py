@@ -254,7 +254,7 @@ async def test_a_contextual_decision_and_its_reward(
     assert await _flush(client, 10)
     assert _observations(url, experiment, 1) == Counter({decision.arm: 1})
     assert [r.event["context"] for r in rejected] == [{"region": "eu"}]
-    assert "with this context" in rejected[0].reason
+    assert "and this context" in rejected[0].reason
     await _close(client)
 
 

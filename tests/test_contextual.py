@@ -42,6 +42,10 @@ def test_the_encoding_of_every_feature_type() -> None:
     expected = np.zeros(9)
     expected[[0, 2, 4, bucket]] = 1.0  # recency 45 is clipped to the top of its scale
     np.testing.assert_array_equal(x, expected)
+    # Values beyond the scale clip, however far (an integer no float holds included).
+    for far in (1e308, 10**400):
+        assert model.encode({"region": "us", "recency": far})[4] == 1.0
+    assert model.encode({"region": "us", "recency": -1e308})[4] == 0.0
     # An undeclared value is "other", not an error; defaults fill absent features.
     np.testing.assert_array_equal(model.encode({"region": "fr"})[[1, 2, 3, 4]], [0, 0, 1, 0])
 
@@ -53,7 +57,6 @@ def test_the_encoding_of_every_feature_type() -> None:
     ({"region": "eu", "recency": math.nan}, "context.recency: must be finite"),
     ({"region": "eu", "recency": math.inf}, "context.recency: must be finite"),
     ({"region": "eu", "recency": -math.inf}, "context.recency: must be finite"),
-    ({"region": "eu", "recency": 10**400}, "context.recency: must be finite"),
     ({"recency": 1}, "context.region: required"),
     ({"region": None}, "context.region: null is not a value"),
     ([], "context: expected an object"),
@@ -85,6 +88,15 @@ def _feature(**fields: object) -> dict[str, object]:
                                      for i in range(64)]}, "65 columns"),
     ({"type": "linear", "features": [], "dimension": 3}, "the features make 1 columns"),
     ({"type": "linear", "features": [], "prior": {"precision": 0}}, "model.prior.precision"),
+    (_feature(type="numeric", scale=[-1e308, 1e308]), "too wide or too narrow"),
+    (_feature(type="numeric", scale=[0, 5e-324]), "too wide or too narrow"),
+    (_feature(type="numeric", scale=[1e6, 1e6 + 1e-6]), "too wide or too narrow"),
+    ({"type": "linear", "features": [], "version": True}, "model.version"),
+    ({"type": "linear", "features": [], "dimension": True}, "model.dimension"),
+    (_feature(type="categorical", values=["\u202eevil"]), "control characters"),
+    (_feature(type="categorical", values=["a\x1b[31m"]), "control characters"),
+    (_feature(type="hashed", buckets=4, default="x" * 201), "at most 200 characters"),
+    ({"type": "linear", "features": [{"name": "f"}]}, "type: must be one of .* got null"),
 ])
 def test_contradictory_or_oversized_specs_are_refused(spec: object, message: str) -> None:
     with pytest.raises(InvalidValue, match=message):

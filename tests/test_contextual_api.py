@@ -7,7 +7,10 @@ import asyncio
 from typing import Any
 
 import numpy as np
+import pytest
 from aiohttp.test_utils import TestClient
+
+from bandit.api.app import SERVICE
 
 Client = TestClient[Any, Any]
 
@@ -44,7 +47,7 @@ async def test_a_contextual_round_trip(client: Client) -> None:
     wrong = {**event, "id": "e2", "context": {"region": "us", "recency": 3}}
     answer = await (await client.post("/v1/events", json={"events": [wrong]})).json()
     assert answer["accepted"] == 0
-    assert "with this context" in answer["rejected"][0]["error"]
+    assert "and this context" in answer["rejected"][0]["error"]
     missing = {**event, "id": "e3"}
     del missing["context"]
     answer = await (await client.post("/v1/events", json={"events": [missing]})).json()
@@ -184,3 +187,25 @@ async def test_a_contextual_experiment_gets_no_winner_call(client: Client) -> No
     best = max(stats["arms"], key=lambda arm: arm["p_best"])
     assert best["arm"] == "a" and best["p_best"] > 0.999  # the marginals would call it
     assert stats["winner"] is None
+
+
+async def test_a_large_model_decides_off_the_event_loop(client: Client) -> None:
+    """120 arms: each decision is computed in a worker thread (the same answers)."""
+    arms = [f"arm{i}" for i in range(120)]
+    response = await client.post("/v1/experiments", json={
+        "id": "ctx-large", "arms": arms, "reward": "bernoulli", "model": MODEL})
+    assert response.status == 201
+    context = {"region": "us", "recency": 4}
+    for body in ({"context": context}, {"n": 5, "context": context}, {"k": 3, "context": context},
+                 {"unit": "u9", "sticky": True, "context": context}):
+        response = await client.post("/v1/experiments/ctx-large/allocate", json=body)
+        assert response.status == 200, body
+        for decision in (await response.json())["decisions"]:
+            assert decision["propensity"] == pytest.approx(
+                1 / 120 if "arm" in decision else 1 / (120 * 119 * 118))
+    response = await client.post("/v1/experiments/ctx-large/allocate",
+                                 json={"context": {"region": 5}})
+    assert response.status == 422
+    snapshot = client.app[SERVICE].cache.peek("ctx-large")
+    assert snapshot is not None and snapshot.contextual is not None
+    assert snapshot.contextual.heavy  # what sends its decisions to a worker thread

@@ -280,6 +280,13 @@ def sample_slates(
     return sampling.sample_slates(array, _count("n", n), int(k), rng)
 
 
+#: Contextual models from which a decision is computed off the event loop (see ``heavy``):
+#: with 100 arms in the race the quadrature alone takes about a millisecond; K d^2 = 100k is
+#: about 50 us of triangular solves.
+HEAVY_ARMS = 100
+HEAVY_WORK = 100_000
+
+
 @dataclass(frozen=True)
 class CoefficientSummary:
     """Per arm and column: posterior mean and central 95% interval of the coefficient (K, d)."""
@@ -332,6 +339,13 @@ class ContextualPosterior:
         return contextual.context_probabilities(x_array, self.means, self.factors,
                                                 self.sigma2, self.counts, self.settings,
                                                 self.active)
+
+    @property
+    def heavy(self) -> bool:
+        """Whether a decision may take a millisecond or more (many arms in the race, or large
+        triangular solves): worth a worker thread rather than the event loop."""
+        n_arms, d = self.means.shape
+        return bool(n_arms >= HEAVY_ARMS or n_arms * d * d >= HEAVY_WORK)
 
     def allocation(self, x: FloatArray) -> tuple[FloatArray, FloatArray]:
         """``probabilities(x)`` and their CDF for :func:`sample_one` (one kernel call)."""

@@ -235,7 +235,8 @@ class Decider:
         snapshot, signer = self.cache.peek(experiment_id), self._signer
         if snapshot is None or signer is None:
             return None
-        if request.sticky or request.provisional:
+        if request.sticky or request.provisional or (
+                snapshot.contextual is not None and snapshot.contextual.heavy):
             return None
         snapshot = self.usable(snapshot, experiment_id)
         self._check_request(snapshot, request)
@@ -246,10 +247,16 @@ class Decider:
         snapshot = await self.snapshot(experiment_id)
         signer = self._signer or await self.signer()
         self._check_request(snapshot, request)
+        choice = None
+        if snapshot.contextual is not None and snapshot.contextual.heavy:
+            # Milliseconds of numba for a large model: in a worker thread (the kernels release
+            # the GIL), so that the other requests of the process are answered meanwhile.
+            choice = await asyncio.to_thread(Choice.of, snapshot, request.context)
         if request.sticky:
-            decisions, snapshot = await self._sticky_decisions(snapshot, request, signer)
+            decisions, snapshot = await self._sticky_decisions(snapshot, request, signer,
+                                                               choice)
         else:
-            decisions = self._fresh_decisions(snapshot, request, signer)
+            decisions = self._fresh_decisions(snapshot, request, signer, choice)
         if request.provisional:
             await self._store.record_provisional(
                 experiment_id, [d["decision_id"] for d in decisions],
@@ -273,9 +280,11 @@ class Decider:
                                "failure would need the model's features before the reward)")
 
     def _fresh_decisions(self, snapshot: Snapshot, request: AllocateRequest,
-                         signer: DecisionSigner) -> list[dict[str, Any]]:
-        """Decisions drawn now (not sticky)."""
-        choice = None if snapshot.contextual is None else Choice.of(snapshot, request.context)
+                         signer: DecisionSigner,
+                         choice: Choice | None = None) -> list[dict[str, Any]]:
+        """Decisions drawn now (not sticky); ``choice``: the context's, if computed already."""
+        if choice is None and snapshot.contextual is not None:
+            choice = Choice.of(snapshot, request.context)
         if request.k is None:
             return self._decisions(snapshot, request.n, "p" if request.provisional else "d",
                                    signer, choice)
@@ -389,6 +398,7 @@ class Decider:
 
     async def _sticky_decisions(
         self, snapshot: Snapshot, request: AllocateRequest, signer: DecisionSigner,
+        choice: Choice | None = None,
     ) -> tuple[list[dict[str, Any]], Snapshot]:
         """The unit's decisions, and the snapshot they were made from (a newer one when the
         unit's stored assignment names an arm this process has not seen yet)."""
@@ -397,7 +407,8 @@ class Decider:
         field = request.unit if request.k is None else f"{request.unit}\x1fk={request.k}"
         key = (experiment.id, field)
         assignment = self._sticky.get(key)
-        choice = None if snapshot.contextual is None else Choice.of(snapshot, request.context)
+        if choice is None and snapshot.contextual is not None:
+            choice = Choice.of(snapshot, request.context)
         if assignment is None:
             # Only a candidate: another process may have assigned the unit first. What is
             # served (and counted) is decided below, from the stored assignment.

@@ -424,10 +424,12 @@ def _query_flag(raw: str | None, name: str) -> bool:
 
 
 def _initial_settings(experiment: Experiment) -> dict[str, dict[str, Any]]:
+    """What a create entry of the audit log records: a contextual experiment's model (whose
+    prior is the model's) in place of the context-free prior."""
     document = experiment.to_json()
     return {key: {"old": None, "new": document[key]}
-            for key in ("arms", "reward", "prior", "exploration", "attribution_window_s",
-                        *METADATA_FIELDS)}
+            for key in ("arms", "reward", "model" if experiment.model else "prior",
+                        "exploration", "attribution_window_s", *METADATA_FIELDS)}
 
 
 def _audit_entry(experiment: Experiment, actor: str, action: str, changes: dict[str, Any],
