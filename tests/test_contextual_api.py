@@ -31,6 +31,9 @@ async def _create(client: Client, experiment_id: str, **extra: Any) -> dict[str,
 async def test_a_contextual_round_trip(client: Client) -> None:
     created = await _create(client, "ctx")
     assert created["model"]["dimension"] == 1 + 4 + 1
+    [entry] = (await (await client.get("/v1/experiments/ctx/audit")).json())["entries"]
+    assert entry["changes"]["model"]["new"] == created["model"]
+    assert "prior" not in entry["changes"]  # a contextual experiment's prior is the model's
     response = await client.post("/v1/experiments/ctx/allocate",
                                  json={"context": {"region": "eu", "recency": 3}})
     assert response.status == 200, await response.text()
