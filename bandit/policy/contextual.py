@@ -45,7 +45,8 @@ _PRUNE = 7.0
 _SPAN = 8.0
 #: Panel edges of one arm, in its standard deviations: panels at most 1.5 sd wide in the
 #: centre, 2.5 sd in the tails (with ``_THIN`` and 7 nodes: worst error 8e-8 against scipy's
-#: adaptive quadrature over 200 random races, at 40 us per decision at K=20, d=32).
+#: adaptive quadrature over 200 random races; coarser panels or fewer nodes measured errors
+#: of 1e-7 to 1e-5 for 10 to 30% less time). Timings: benchmarks/RESULTS.md.
 _EDGES = np.array([-8.0, -5.5, -3.5, -2.0, -0.75, 0.75, 2.0, 3.5, 5.5, 8.0])
 #: A panel edge is kept only this share of its own arm's panel width past the last kept edge,
 #: so that overlapping arms do not multiply the panels (each panel stays <= ~2x its owner's).
