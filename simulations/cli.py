@@ -346,6 +346,8 @@ def _replay(arguments: argparse.Namespace) -> int:
         print(f"bandit simulate replay: --data-dir {data_dir} is not a directory",
               file=sys.stderr)
         return 2
+    if arguments.contextual:
+        return _replay_contextual(arguments)
     try:
         result = evaluate_obd(data_dir, campaign=arguments.campaign,
                               position=arguments.position, seed=arguments.seed)
@@ -369,6 +371,42 @@ def _replay(arguments: argparse.Namespace) -> int:
     if arguments.out is not None:
         arguments.out.mkdir(parents=True, exist_ok=True)
         (arguments.out / "replay.json").write_text(text + "\n")
+    return 0
+
+
+def _replay_contextual(arguments: argparse.Namespace) -> int:
+    from simulations.logs import LogError
+    from simulations.obd_contextual import CONTEXTUAL_ESTIMATES, evaluate_contextual_obd
+
+    try:
+        result = evaluate_contextual_obd(arguments.data_dir, campaign=arguments.campaign,
+                                         position=arguments.position,
+                                         train_share=arguments.train_share)
+    except (FileNotFoundError, LogError, ValueError) as e:
+        print(f"bandit simulate replay --contextual: {e}", file=sys.stderr)
+        return 2
+    text = json.dumps(result, indent=2, default=_plain)
+    if arguments.json:
+        print(text)
+    else:
+        print(f"{arguments.campaign}: learnt on the first {result.train_rows:,} rows of the "
+              f"random log ({result.train_clicks} clicks, every slot), d={result.dimension}; "
+              f"evaluated at position {arguments.position} on the next {result.test_rows:,} "
+              f"({result.test_clicks} clicks)")
+        print(f"{'estimate':28} {'method':16} {'value':>9} {'95% interval':>22} {'eff. n':>8}")
+        for name, estimate in result.estimates.items():
+            interval = f"[{estimate.ci_low:.5f}, {estimate.ci_high:.5f}]"
+            print(f"{name:28} {estimate.method:16} {estimate.value:9.5f} {interval:>22} "
+                  f"{estimate.effective_n:8.0f}")
+        print("\nvalue: expected clicks per impression at the slot. So few clicks make every "
+              "interval wide: compare intervals, not values.")
+        for name in result.estimates:
+            print(f"  {name:28} {CONTEXTUAL_ESTIMATES[name]}")
+        if result.affinities_left_out:
+            print(f"left out (dimension limit): {', '.join(result.affinities_left_out)}")
+    if arguments.out is not None:
+        arguments.out.mkdir(parents=True, exist_ok=True)
+        (arguments.out / "replay-contextual.json").write_text(text + "\n")
     return 0
 
 
