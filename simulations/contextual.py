@@ -121,7 +121,9 @@ class ContextualSpec:
                 raise ValueError("segment-thompson needs a world with segments (--world "
                                  "segments)")
             return SegmentThompson(world.family, k, world.segments)
-        return Uniform(k)
+        if self.name == "uniform":
+            return Uniform(k)
+        raise ValueError(f"unknown contextual policy {self.name!r}")
 
 
 def parse_contextual_policy(text: str) -> ContextualSpec:
