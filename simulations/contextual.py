@@ -82,6 +82,10 @@ CONTEXTUAL_POLICIES: Mapping[str, Mapping[str, float]] = {
 }
 
 
+#: Settings that must be positive (a prior of zero precision or shape, or no temperature).
+_POSITIVE = frozenset({"precision", "intercept_precision", "alpha", "beta", "temperature"})
+
+
 class ContextualPolicy(Protocol):
     """What a replication asks of a policy: a decision per context, and the arrived rewards."""
 
@@ -145,6 +149,8 @@ def parse_contextual_policy(text: str) -> ContextualSpec:
             raise ValueError(f"{name}: {key}={value!r} is not a number") from None
         if not math.isfinite(number) or number < 0.0:
             raise ValueError(f"{name}: {key} must be a finite number >= 0, got {value!r}")
+        if number == 0.0 and key in _POSITIVE:
+            raise ValueError(f"{name}: {key} must be > 0, got {value!r}")
         settings[key] = number
     return ContextualSpec(name, settings, text)
 

@@ -116,6 +116,8 @@ def test_policy_specs_are_checked() -> None:
     assert parse_contextual_policy("linucb:alpha=0.5").settings["alpha"] == 0.5
     with pytest.raises(ValueError, match="unknown contextual policy"):
         parse_contextual_policy("lints")
+    with pytest.raises(ValueError, match="precision must be > 0"):
+        parse_contextual_policy("thompson:precision=0")
     with pytest.raises(ValueError, match="unknown setting 'gamma'"):
         parse_contextual_policy("thompson:gamma=1")
     with pytest.raises(ValueError, match="needs a world with segments"):
