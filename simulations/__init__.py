@@ -12,6 +12,11 @@ service never imports it.
   :mod:`simulations.plain`: its fast loop for plain Thompson sampling;
 - :mod:`simulations.distributed`: the same runs on a Dask cluster;
 - :mod:`simulations.report`: summary, CSV files and plots;
+- contextual bandits: :mod:`simulations.contextual_worlds` (environments with contexts, one of
+  them obp's synthetic logistic problem), :mod:`simulations.contextual` (the service's
+  contextual Thompson sampling and baselines, delayed and batched feedback),
+  :mod:`simulations.obd_contextual` (a contextual policy learnt and evaluated on the Open
+  Bandit Dataset sample);
 - off-policy evaluation on logged data: :mod:`simulations.logs` (logs and loading),
   :mod:`simulations.targets` (the policies evaluated), :mod:`simulations.replay` (the
   estimators), :mod:`simulations.obd` (the Open Bandit Dataset sample and worked example);

@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="output directory (default ./simulation-results)")
     run.add_argument("--list", action="store_true", help="list the built-in scenarios and exit")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
-    replay = parser.add_subparsers(dest="simulate_command", metavar="replay")
+    replay = parser.add_subparsers(dest="simulate_command", metavar="{replay,contextual}")
     replay_parser = replay.add_parser(
         "replay", help="estimate policies' value from logged data (IPS, SNIPS, replay)",
         description="Off-policy evaluation on the Open Bandit Dataset sample, which ships with "
@@ -69,11 +69,58 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     replay_parser.add_argument("--seed", type=int, default=0)
     replay_parser.add_argument("--out", type=Path, help="also write replay.json here")
     replay_parser.add_argument("--json", action="store_true", help="print JSON, not a table")
+    replay_parser.add_argument("--contextual", action="store_true",
+                               help="instead: learn the service's contextual Thompson sampling "
+                                    "(user features) on the first part of the random log and "
+                                    "estimate its click rate on the rest (IPS, SNIPS)")
+    replay_parser.add_argument("--train-share", type=float, default=0.5,
+                               help="with --contextual: the share of the random log, in time "
+                                    "order, to learn from (default 0.5)")
+    _add_contextual(replay)
+
+
+def _add_contextual(commands: Any) -> None:
+    from simulations.contextual_worlds import WORLDS
+
+    contextual = commands.add_parser(
+        "contextual", help="contextual policies against contextual environments",
+        description="The service's contextual Thompson sampling and baselines on simulated "
+                    "contexts: mean cumulative regret per round over replications, with "
+                    "delayed or batched feedback; writes summary.json, regret.csv and "
+                    "regret.png to --out.")
+    contextual.add_argument("--world", choices=WORLDS, default="obp-logistic",
+                            help="obp-logistic (obp's synthetic logistic problem), linear, "
+                                 "segments (the best arm differs by segment)")
+    contextual.add_argument("--reward", choices=["bernoulli", "gaussian"], default="bernoulli",
+                            help="gaussian: the linear world only")
+    contextual.add_argument("--arms", type=int, default=10)
+    contextual.add_argument("--dim", type=int, default=5,
+                            help="context dimensions (obp-logistic, linear)")
+    contextual.add_argument("--segments", type=int, default=4, help="segments (segments)")
+    contextual.add_argument("--noise-sd", type=float, default=1.0,
+                            help="reward noise of gaussian rewards (default 1)")
+    contextual.add_argument("--policy", action="append", dest="policies", metavar="SPEC",
+                            help="policy to run, repeatable: thompson, linucb, epsilon-greedy, "
+                                 "context-free-thompson, segment-thompson, uniform; settings "
+                                 "after a colon: linucb:alpha=0.5 (default: thompson, "
+                                 "context-free-thompson, uniform)")
+    contextual.add_argument("--horizon", type=int, default=10_000, help="rounds per replication")
+    contextual.add_argument("--reps", type=int, default=20, help="replications (default 20)")
+    contextual.add_argument("--seed", type=int, default=1)
+    contextual.add_argument("--delay", type=int, default=0,
+                            help="rewards arrive this many rounds later (default 0)")
+    contextual.add_argument("--batch", type=int, default=1,
+                            help="policies take in arrived rewards every B rounds (default 1)")
+    contextual.add_argument("--out", type=Path, default=Path("simulation-results"),
+                            help="output directory (default ./simulation-results)")
+    contextual.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(arguments: argparse.Namespace) -> int:
     if arguments.simulate_command == "replay":
         return _replay(arguments)
+    if arguments.simulate_command == "contextual":
+        return _contextual_command(arguments)
     from simulations import scenarios
 
     if arguments.list:
@@ -93,6 +140,58 @@ def run(arguments: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"bandit simulate: {error}", file=sys.stderr)
         return 2
+
+
+def _contextual_command(arguments: argparse.Namespace) -> int:
+    missing = _missing_research_modules(["matplotlib", "tqdm"])
+    if missing:
+        print(f"bandit simulate contextual: {', '.join(missing)} not installed: simulations "
+              "need the research extra, pip install 'bandit-service[research]'",
+              file=sys.stderr)
+        return 2
+    try:
+        return _contextual(arguments)
+    except ValueError as error:
+        print(f"bandit simulate contextual: {error}", file=sys.stderr)
+        return 2
+
+
+def _contextual(arguments: argparse.Namespace) -> int:
+    from simulations import report
+    from simulations.contextual import parse_contextual_policy, simulate_contextual
+    from simulations.contextual_worlds import ContextualWorld
+
+    if arguments.horizon < 1 or arguments.reps < 1 or arguments.batch < 1 \
+            or arguments.delay < 0:
+        raise ValueError("--horizon, --reps and --batch must be positive, --delay >= 0")
+    world = ContextualWorld(arguments.world, arguments.reward, arguments.arms, arguments.dim,
+                            arguments.segments, arguments.noise_sd)
+    specs = [parse_contextual_policy(text) for text in
+             arguments.policies or ["thompson", "context-free-thompson", "uniform"]]
+    if len({spec.label for spec in specs}) < len(specs):
+        raise ValueError("a --policy is given twice")
+    for spec in specs:
+        spec.build(world, world.model())  # refuse a policy the world cannot run, before any run
+    with _progress_bar(arguments.reps * len(specs), disabled=arguments.no_progress) as bar:
+        bar.set_description(f"{arguments.world}, {len(specs)} policies")
+        results = simulate_contextual(specs, world, horizon=arguments.horizon,
+                                      reps=arguments.reps, seed=arguments.seed,
+                                      delay=arguments.delay, batch=arguments.batch,
+                                      progress=bar.update)
+    settings = {"world": world.kind, "reward": world.reward, "arms": world.n_arms,
+                "dim": world.dim, "segments": world.segments, "horizon": arguments.horizon,
+                "reps": arguments.reps, "seed": arguments.seed, "delay": arguments.delay,
+                "batch": arguments.batch, "policies": [spec.label for spec in specs]}
+    document = report.write_contextual(arguments.out, results, settings)
+    uniform = document["policies"].get("uniform", {}).get("final_mean_regret")
+    print(f"{'policy':32} {'regret':>10} {'stderr':>8} {'/ uniform':>10} {'seconds':>8}")
+    for label, row in document["policies"].items():
+        ratio = f"{row['final_mean_regret'] / uniform:10.3f}" if uniform else f"{'':10}"
+        print(f"{label:32} {row['final_mean_regret']:10.2f} {row['final_regret_stderr']:8.2f} "
+              f"{ratio} {row['seconds']:8.1f}")
+    print(f"mean cumulative regret at round {arguments.horizon:,} over {arguments.reps} "
+          f"replications; wrote {arguments.out}/summary.json, regret.csv, regret.png")
+    return 0
 
 
 def _simulate(arguments: argparse.Namespace) -> int:
@@ -247,6 +346,8 @@ def _replay(arguments: argparse.Namespace) -> int:
         print(f"bandit simulate replay: --data-dir {data_dir} is not a directory",
               file=sys.stderr)
         return 2
+    if arguments.contextual:
+        return _replay_contextual(arguments)
     try:
         result = evaluate_obd(data_dir, campaign=arguments.campaign,
                               position=arguments.position, seed=arguments.seed)
@@ -270,6 +371,42 @@ def _replay(arguments: argparse.Namespace) -> int:
     if arguments.out is not None:
         arguments.out.mkdir(parents=True, exist_ok=True)
         (arguments.out / "replay.json").write_text(text + "\n")
+    return 0
+
+
+def _replay_contextual(arguments: argparse.Namespace) -> int:
+    from simulations.logs import LogError
+    from simulations.obd_contextual import CONTEXTUAL_ESTIMATES, evaluate_contextual_obd
+
+    try:
+        result = evaluate_contextual_obd(arguments.data_dir, campaign=arguments.campaign,
+                                         position=arguments.position,
+                                         train_share=arguments.train_share)
+    except (FileNotFoundError, LogError, ValueError) as e:
+        print(f"bandit simulate replay --contextual: {e}", file=sys.stderr)
+        return 2
+    text = json.dumps(result, indent=2, default=_plain)
+    if arguments.json:
+        print(text)
+    else:
+        print(f"{arguments.campaign}: learnt on the first {result.train_rows:,} rows of the "
+              f"random log ({result.train_clicks} clicks, every slot), d={result.dimension}; "
+              f"evaluated at position {arguments.position} on the next {result.test_rows:,} "
+              f"({result.test_clicks} clicks)")
+        print(f"{'estimate':28} {'method':16} {'value':>9} {'95% interval':>22} {'eff. n':>8}")
+        for name, estimate in result.estimates.items():
+            interval = f"[{estimate.ci_low:.5f}, {estimate.ci_high:.5f}]"
+            print(f"{name:28} {estimate.method:16} {estimate.value:9.5f} {interval:>22} "
+                  f"{estimate.effective_n:8.0f}")
+        print("\nvalue: expected clicks per impression at the slot. So few clicks make every "
+              "interval wide: compare intervals, not values.")
+        for name in result.estimates:
+            print(f"  {name:28} {CONTEXTUAL_ESTIMATES[name]}")
+        if result.affinities_left_out:
+            print(f"left out (dimension limit): {', '.join(result.affinities_left_out)}")
+    if arguments.out is not None:
+        arguments.out.mkdir(parents=True, exist_ok=True)
+        (arguments.out / "replay-contextual.json").write_text(text + "\n")
     return 0
 
 

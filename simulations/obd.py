@@ -25,7 +25,7 @@ from simulations.logs import Log, read_log, select_position
 from simulations.replay import Estimate, ips, logged_mean, replay, snips
 from simulations.targets import ThompsonPolicy, thompson_probabilities, uniform_probabilities
 
-__all__ = ["ESTIMATES", "evaluate_obd", "load_obd_log"]
+__all__ = ["ESTIMATES", "evaluate_obd", "load_obd_log", "obd_csv"]
 
 #: What each row of :func:`evaluate_obd` estimates, one line each (printed under the table).
 ESTIMATES = {
@@ -49,12 +49,17 @@ def load_obd_log(name: str, data_dir: Path | None = None) -> Log:
 
     ``data_dir`` is for a copy of the full dataset laid out the same way (``<name>.csv``).
     """
+    source, text = obd_csv(name, data_dir)
+    return read_log(io.StringIO(text, newline=""), source)
+
+
+def obd_csv(name: str, data_dir: Path | None = None) -> tuple[str, str]:
+    """Where log ``name`` comes from, and its CSV text (see :func:`load_obd_log`)."""
     if data_dir is not None:
         path = data_dir / f"{name}.csv"
         if not path.is_file():
             raise FileNotFoundError(f"no OBD log {name!r}: {path} is missing")
-        with path.open(newline="") as handle:
-            return read_log(handle, str(path))
+        return str(path), path.read_text(encoding="utf-8")
     archive = obd_sample_archive()
     with archive.open("rb") as raw, tarfile.open(fileobj=raw, mode="r:gz") as tar:
         try:
@@ -66,8 +71,7 @@ def load_obd_log(name: str, data_dir: Path | None = None) -> Log:
                                     f"{', '.join(logs)}") from None
         if member is None:
             raise FileNotFoundError(f"{name}.csv in {archive} is not a file")
-        with io.TextIOWrapper(member, encoding="utf-8", newline="") as handle:
-            return read_log(handle, f"{archive}:{name}.csv")
+        return f"{archive}:{name}.csv", member.read().decode("utf-8")
 
 
 def evaluate_obd(

@@ -1,4 +1,5 @@
-"""What a simulation run writes: summary.json, regret.csv, metrics.csv and plots.
+"""What a simulation run writes: summary.json, regret.csv, metrics.csv and plots (a contextual
+run: summary.json, regret.csv and regret.png).
 
 Pure functions from ``SimulationResult`` to files; matplotlib draws with the Agg backend, so it
 works on machines without a display.
@@ -19,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from simulations.contextual import ContextualResult
 from simulations.engine import SimulationResult
 from simulations.environments import Environment, lai_robbins_constant
 
@@ -232,3 +234,54 @@ def _order(text: str) -> tuple[int, float | str]:
         return (0, float(text))
     except ValueError:
         return (1, text)
+
+
+def write_contextual(directory: Path, results: Sequence[ContextualResult],
+                     settings: dict[str, Any]) -> dict[str, Any]:
+    """summary.json, regret.csv (mean cumulative regret per round and its standard error,
+    every 1% of the horizon) and regret.png of a contextual run."""
+    directory.mkdir(parents=True, exist_ok=True)
+    policies = {}
+    for result in results:
+        final, final_stderr = result.final()
+        policies[result.policy] = {"final_mean_regret": final,
+                                   "final_regret_stderr": final_stderr,
+                                   "seconds": result.seconds}
+    document = {"settings": settings, "policies": policies}
+    (directory / "summary.json").write_text(json.dumps(document, indent=2) + "\n")
+    with (directory / "regret.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["policy", "t", "mean_regret", "stderr"])
+        for result in results:
+            mean, stderr = _mean_and_stderr(result.cumulative)
+            for t in _contextual_steps(mean.shape[0]):
+                writer.writerow([result.policy, t, f"{mean[t - 1]:.6g}", f"{stderr[t - 1]:.6g}"])
+    plot_contextual_regret(directory / "regret.png", results, settings)
+    return document
+
+
+def _contextual_steps(horizon: int) -> list[int]:
+    return sorted({max(1, round(horizon * i / 100)) for i in range(1, 101)})
+
+
+def plot_contextual_regret(path: Path, results: Sequence[ContextualResult],
+                           settings: dict[str, Any]) -> None:
+    """Mean cumulative regret against the round, with the 95% interval of the mean."""
+    figure, axes = plt.subplots(figsize=(8, 5))
+    for result in results:
+        mean, stderr = _mean_and_stderr(result.cumulative)
+        t = np.arange(1, mean.shape[0] + 1)
+        (line,) = axes.plot(t, mean, label=result.policy)
+        axes.fill_between(t, mean - 1.96 * stderr, mean + 1.96 * stderr, alpha=0.2,
+                          color=line.get_color(), linewidth=0)
+    axes.set_xlabel("round")
+    axes.set_ylabel("mean cumulative regret")
+    feedback = f"delay {settings['delay']}, batch {settings['batch']}"
+    axes.set_title(f"{settings['world']} world, K={settings['arms']}, {settings['reps']} "
+                   f"replications, {feedback}\n(shaded: 95% interval of the mean)",
+                   fontsize="medium")
+    axes.grid(True, alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
