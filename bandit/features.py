@@ -114,6 +114,7 @@ class LinearModel:
     #: Per feature, what ``encode`` needs: name, numeric?, first column, low, high - low,
     #: value -> column, the "other" column, buckets, default.
     _plan: tuple[tuple[Any, ...], ...] = field(init=False, repr=False, compare=False)
+    _dimension: int = field(init=False, repr=False, compare=False)
     #: Per categorical feature: name, default, value -> "name=value", "name=other".
     _segments: tuple[tuple[Any, ...], ...] = field(init=False, repr=False, compare=False)
 
@@ -127,13 +128,14 @@ class LinearModel:
                          len(feature.values), feature.buckets, feature.default))
             position += feature.width
         object.__setattr__(self, "_plan", tuple(plan))
+        object.__setattr__(self, "_dimension", position)
         object.__setattr__(self, "_segments", tuple(
             (f.name, f.default, {value: f"{f.name}={value}" for value in f.values},
              f"{f.name}=other") for f in self.features if f.type == "categorical"))
 
     @property
     def dimension(self) -> int:
-        return (1 if self.intercept else 0) + sum(f.width for f in self.features)
+        return self._dimension
 
     def columns(self) -> list[str]:
         """Names of the columns of x, in order."""

@@ -349,13 +349,11 @@ class ContextualPosterior:
 
     def allocation(self, x: FloatArray) -> tuple[FloatArray, FloatArray]:
         """``probabilities(x)`` and their CDF for :func:`sample_one` (one kernel call)."""
-        x_array = np.ascontiguousarray(x, dtype=np.float64)
-        if x_array.shape != (self.model.dimension,) or not math.isfinite(x_array.sum()):
-            raise ValueError(f"x must be {self.model.dimension} finite numbers")
-        probabilities = contextual.context_probabilities(
-            x_array, self.means, self.factors, self.sigma2, self.counts, self.settings,
-            self.active)
-        return probabilities, sampling.cumulative(probabilities)
+        if x.dtype != np.float64 or x.shape != (self.means.shape[1],) \
+                or not math.isfinite(x.sum()) or not x.flags.c_contiguous:
+            raise ValueError(f"x must be {self.means.shape[1]} finite float64 numbers")
+        return contextual.context_allocation(
+            x, self.means, self.factors, self.sigma2, self.counts, self.settings, self.active)
 
     def coefficients(self) -> CoefficientSummary:
         """Marginal posterior of every coefficient: Student-t with 2 alpha_n degrees of freedom

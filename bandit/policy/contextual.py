@@ -34,6 +34,7 @@ import numpy as np
 from bandit.jit import jit
 from bandit.policy.allocation import _control_arm, fold_exploration
 from bandit.policy.layout import WARMUP, BoolArray, FloatArray
+from bandit.policy.sampling import cumulative
 
 #: Probability mass of the maximum score left out below the integration's lower limit.
 _MASS = 1e-13
@@ -459,6 +460,16 @@ def context_probabilities(
         loc, scale = score_laws(x, means, factors, sigma2)
         p_best = _best_probabilities(loc, scale, racing)
     return fold_exploration(p_best, counts, settings, active)
+
+
+@jit
+def context_allocation(
+    x: FloatArray, means: FloatArray, factors: FloatArray, sigma2: FloatArray,
+    counts: FloatArray, settings: FloatArray, active: BoolArray,
+) -> tuple[FloatArray, FloatArray]:
+    """``context_probabilities`` and their CDF (``sampling.cumulative``) in one call."""
+    probabilities = context_probabilities(x, means, factors, sigma2, counts, settings, active)
+    return probabilities, cumulative(probabilities)
 
 
 @jit
