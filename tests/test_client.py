@@ -241,7 +241,9 @@ async def test_a_contextual_decision_and_its_reward(
         "id": experiment, "arms": list(ARMS), "reward": "bernoulli", "model": model})
     assert status == 201, body
     rejected: list[Rejected] = []
-    client = clients(kind, url, flush_interval=0.05, on_rejected=rejected.extend)
+    # A generous timeout: this test is about the context reaching the service, not speed.
+    client = clients(kind, url, flush_interval=0.05, decision_timeout=10.0,
+                     on_rejected=rejected.extend)
     context = {"region": "us"}
     decision = await _decide(client, experiment, context=context, fallback="control")
     assert not decision.fallback and decision.propensity == pytest.approx(1 / 3)

@@ -408,10 +408,17 @@ def warm_up_kernels() -> None:
     rows = np.zeros((2, contextual.stats_width(1)))
     posterior = ContextualPosterior.build(model, forget_rows(rows, [1.0, 2.0], 10.0), counts,
                                           settings, active)
+    posterior.allocation(np.ones(1))
     posterior.probabilities(np.ones(1))
     rows[0, 0] = rows[0, 3] = rows[0, 4] = 2.0
-    ContextualPosterior.build(model, rows, counts, PolicySettings(), active).probabilities(
+    ContextualPosterior.build(model, rows, counts, PolicySettings(), active).allocation(
         np.ones(1))
+    # A score without spread (noise scale 0) beside one with spread takes its own branch.
+    contextual.context_allocation(np.ones(1), posterior.means + np.array([[0.0], [1.0]]),
+                                  posterior.factors, np.array([0.0, 1.0]), counts,
+                                  PolicySettings().as_array(), active)
+    contextual.draw_scores(np.ones(1), posterior.means, posterior.factors, posterior.sigma2,
+                           rng)
     cdf = cumulative(probabilities)
     sample_arms(cdf, 2, rng)
     sample_slates(probabilities, 2, 2, rng)
