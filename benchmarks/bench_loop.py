@@ -12,7 +12,10 @@ persistence), an experiment of 1,000 arms of 64 characters:
 - allocate n=10,000 single decisions;
 - allocate n=10 slates of k=1,000 (10,000 placements, the cap);
 - events: 10,000 events in one batch, and a batch naming 1,000 experiments not cached yet;
-- list: a page of 1,000 experiments.
+- list: a page of 1,000 experiments;
+- contextual: allocate with a new 63-feature context on 1,000 arms x 64 columns (decided in a
+  worker thread), and 10,000 events with 63-feature contexts in one batch (8.7 MB; bodies
+  built before the probe starts, so the client's own loop is not what is measured).
 
 Prints the worst probe delay per row and its ratio to idle.
 
@@ -27,16 +30,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from random import Random
 from typing import Any
 
 import aiohttp
+import orjson
 
 from bandit.store.embedded import free_port, stop_process, wait_port
 from tests.support.redis import RedisServer
 
 ARMS = [f"{i:04d}" + "x" * 60 for i in range(1000)]
+#: A contextual model of 64 columns: an intercept and 63 numeric features.
+FEATURES = [{"name": f"f{i}", "type": "numeric", "scale": [0, 1]} for i in range(63)]
 TARGET_MS = 50.0
 
 
@@ -79,7 +86,30 @@ async def _run(base: str, repeat: int) -> list[tuple[str, float]]:
                 assert reply.status == 201
         async with session.post(f"{base}/v1/experiments/wide/allocate") as response:
             assert response.status == 200  # cached, signer loaded
+        for experiment_id, arms in (("wide-ctx", ARMS), ("narrow-ctx", ["a", "b"])):
+            async with session.post(f"{base}/v1/experiments", json={
+                    "id": experiment_id, "arms": arms, "reward": "bernoulli",
+                    "model": {"type": "linear", "features": FEATURES}}) as response:
+                assert response.status == 201
     counter = iter(range(10**9))
+    random = Random(1)
+
+    def context() -> dict[str, float]:
+        return {f"f{i}": round(random.random(), 4) for i in range(len(FEATURES))}
+
+    contextual_events = iter([orjson.dumps({"events": [
+        {"id": f"c{batch}-{i}", "experiment": "narrow-ctx", "arm": "a", "reward": 1,
+         "context": context()} for i in range(10_000)]}) for batch in range(repeat)])
+    contexts = iter([orjson.dumps({"context": context()}) for _ in range(repeat)])
+
+    def post_bytes(path: str, bodies: Iterator[bytes]
+                   ) -> Callable[[aiohttp.ClientSession], Awaitable[Any]]:
+        async def send(session: aiohttp.ClientSession) -> Any:
+            async with session.post(f"{base}{path}", data=next(bodies),
+                                    headers={"Content-Type": "application/json"}) as response:
+                assert response.status == 200, await response.text()
+                return await response.read()
+        return send
 
     def post(path: str, body: Any) -> Callable[[aiohttp.ClientSession], Awaitable[Any]]:
         async def send(session: aiohttp.ClientSession) -> Any:
@@ -112,6 +142,10 @@ async def _run(base: str, repeat: int) -> list[tuple[str, float]]:
         ("events: 10,000 in one batch", post("/v1/events", events_one)),
         ("events: 1,000 experiments (first batch uncached)", post("/v1/events", events_many)),
         ("list: a page of 1,000", listing),
+        ("allocate, new context, 1,000 arms x 64 columns",
+         post_bytes("/v1/experiments/wide-ctx/allocate", contexts)),
+        ("events: 10,000 with 63-feature contexts", post_bytes("/v1/events",
+                                                               contextual_events)),
     ]
     return [(name, await _during(base, request, repeat)) for name, request in rows]
 
