@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import functools
 import json
-import string
 import tempfile
 import textwrap
 import time
@@ -50,7 +49,7 @@ from bandit.serving.decisions import Choice
 from bandit.settings import Settings
 from bandit.store.codec import EncodedEvent, decode_state
 from bandit.store.redis_store import RedisStore
-from benchmarks.bench_http import Run, _median_pair, _servers, wrk
+from benchmarks.bench_http import EVENT, Run, _median_pair, _servers, events_script, wrk
 from tests.support.redis import RedisServer
 
 PARTS = ("decision", "http", "events", "refresh", "memory")
@@ -150,46 +149,23 @@ def _post(url: str, body: object) -> Any:
         return json.loads(response.read())
 
 
-EVENTS_SCRIPT = string.Template(textwrap.dedent("""
-    local threads = {}
-    function setup(thread)
-      table.insert(threads, thread)
-      thread:set("thread_id", #threads)
-    end
-
-    counter = 0
-    duplicates = 0
-    local regions = {"eu", "us", "apac", "latam"}
+#: Reward events with a d = 16 context (bench_http's script, these events instead), and the
+#: same events of the context-free experiment without it.
+CONTEXT_PRELUDE = """local regions = {"eu", "us", "apac", "latam"}
     local devices = {"ios", "android", "web"}
-    function request()
-      counter = counter + 1
-      local parts = {}
-      for i = 1, 1000 do
-        local scores = {}
-        for s = 0, 7 do
-          scores[#scores + 1] = string.format('"score%d":%.3f', s, ((i * 7 + s * 13) % 100) / 100)
-        end
-        parts[i] = string.format(
-          '{"id":"$run-%d-%d-%d","experiment":"$experiment","arm":"arm%d","reward":%d,' ..
+    local function scores(i)
+      local out = {}
+      for s = 0, 7 do
+        out[#out + 1] = string.format('"score%d":%.3f', s, ((i * 7 + s * 13) % 100) / 100)
+      end
+      return table.concat(out, ",")
+    end"""
+CONTEXT_EVENT = """string.format(
+          '{"id":"$run-%d-%d-%d","experiment":"ctx","arm":"arm%d","reward":%d,' ..
           '"context":{"region":"%s","device":"%s",%s}}',
           thread_id, counter, i, i % 10, i % 2, regions[i % 4 + 1], devices[i % 3 + 1],
-          table.concat(scores, ","))
-      end
-      local body = '{"events":[' .. table.concat(parts, ",") .. ']}'
-      return wrk.format("POST", "/v1/events", {["Content-Type"] = "application/json"}, body)
-    end
-
-    function response(status, headers, body)
-      local found = string.match(body, '"duplicates":%s*(%d+)')
-      if found then duplicates = duplicates + tonumber(found) end
-    end
-
-    function done(summary, latency, requests)
-      local total = 0
-      for _, thread in ipairs(threads) do total = total + thread:get("duplicates") end
-      io.write(string.format("duplicates: %d\\n", total))
-    end
-"""))
+          scores(i))"""
+PLAIN_EVENT = EVENT.replace('"experiment":"bench"', '"experiment":"plain"')
 
 
 def bench_http(seconds: int, redis: RedisServer, parts: set[str]) -> None:
@@ -238,15 +214,9 @@ def bench_http(seconds: int, redis: RedisServer, parts: set[str]) -> None:
             runs: dict[str, Run] = {}
             for name in ("plain", "ctx"):
                 for label in ("warm", "run"):
-                    script = EVENTS_SCRIPT.substitute(run=f"{name}{label}{time.time_ns()}",
-                                                      experiment=name)
-                    if name == "plain":  # the same events without their context
-                        script = script.replace(
-                            """ .. ',"context":{"region":"%s","device":"%s",%s}}',""",
-                            """ .. '}',""")
-                        script = script.replace(
-                            "i % 2, regions[i % 4 + 1], devices[i % 3 + 1],\n"
-                            "          table.concat(scores, \",\"))", "i % 2)")
+                    run = f"{name}{label}{time.time_ns()}"
+                    script = (events_script(1000, run, PLAIN_EVENT) if name == "plain" else
+                              events_script(1000, run, CONTEXT_EVENT, CONTEXT_PRELUDE))
                     runs[name] = wrk(service, "/v1/events", 1 if label == "warm" else seconds,
                                      4, 1, script=script)
                 if runs[name].duplicates:

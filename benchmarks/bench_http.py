@@ -80,6 +80,7 @@ NOOP_SERVER = textwrap.dedent("""
 # $batch events per request. Ids are "$run-<thread>-<request>-<event>": $run is unique per
 # wrk run, setup() numbers the wrk threads, and the request counter is shared by the connections
 # of a thread (one Lua state per thread). done() prints the duplicates the service reported.
+# $event is the Lua expression of event i (EVENT: one of experiment `bench`), after $prelude.
 EVENTS_SCRIPT = string.Template(textwrap.dedent("""
     local threads = {}
     function setup(thread)
@@ -89,13 +90,12 @@ EVENTS_SCRIPT = string.Template(textwrap.dedent("""
 
     counter = 0
     duplicates = 0
+    $prelude
     function request()
       counter = counter + 1
       local parts = {}
       for i = 1, $batch do
-        parts[i] = string.format(
-          '{"id":"$run-%d-%d-%d","experiment":"bench","arm":"arm%d","reward":%d}',
-          thread_id, counter, i, i % 10, i % 2)
+        parts[i] = $event
       end
       local body = '{"events":[' .. table.concat(parts, ",") .. ']}'
       return wrk.format("POST", "/v1/events", {["Content-Type"] = "application/json"}, body)
@@ -112,6 +112,17 @@ EVENTS_SCRIPT = string.Template(textwrap.dedent("""
       io.write(string.format("duplicates: %d\\n", total))
     end
 """))
+
+EVENT = """string.format(
+          '{"id":"$run-%d-%d-%d","experiment":"bench","arm":"arm%d","reward":%d}',
+          thread_id, counter, i, i % 10, i % 2)"""
+
+
+def events_script(batch: int, run: str, event: str = EVENT, prelude: str = "") -> str:
+    """The wrk script sending ``batch`` events per request, ids unique to ``run``."""
+    return EVENTS_SCRIPT.substitute(batch=batch, prelude=prelude,
+                                    event=string.Template(event).substitute(run=run), run=run)
+
 
 ROWS = {
     "noop": "no-op aiohttp JSON handler",
@@ -338,8 +349,7 @@ def measure(workers: int, only: set[str], arguments: argparse.Namespace, redis_u
                 # Fewer connections than for allocate: a batch keeps a process busy longer.
                 events_connections = 4 * workers
                 for label in ("warm", "run"):
-                    script = EVENTS_SCRIPT.substitute(batch=batch,
-                                                      run=f"{label}{time.time_ns()}")
+                    script = events_script(batch, f"{label}{time.time_ns()}")
                     runs[name] = wrk(service, "/v1/events", 1 if label == "warm" else seconds,
                                      events_connections, threads, script=script)
                 if runs[name].duplicates:
