@@ -201,6 +201,22 @@ def fold_exploration(
 
 
 @jit
+def racing_arms(counts: FloatArray, settings: FloatArray,
+                active: BoolArray) -> tuple[BoolArray, bool]:
+    """The arms in the best-arm race (active, the control held out: it gets a fixed share),
+    and whether warm-up forces uniform allocation (an active bandit arm below WARMUP)."""
+    control = _control_arm(settings, active)
+    racing = active.copy()
+    warming = False
+    for k in range(active.shape[0]):
+        if k == control:
+            racing[k] = False
+        elif active[k] and counts[k] < settings[WARMUP]:
+            warming = True
+    return racing, warming
+
+
+@jit
 def policy_probabilities(
     family: int,
     stats: FloatArray,
@@ -217,14 +233,7 @@ def policy_probabilities(
     quadrature is skipped while warm-up forces uniform allocation. ``rng`` is used only by the
     Monte Carlo fallback of :func:`best_arm_probabilities`.
     """
-    control = _control_arm(settings, active)
-    racing = active.copy()
-    warming = False
-    for k in range(active.shape[0]):
-        if k == control:
-            racing[k] = False
-        elif active[k] and counts[k] < settings[WARMUP]:
-            warming = True
+    racing, warming = racing_arms(counts, settings, active)
     if warming:
         p_best = racing.astype(np.float64)
     else:

@@ -32,8 +32,8 @@ import math
 import numpy as np
 
 from bandit.jit import jit
-from bandit.policy.allocation import _control_arm, fold_exploration
-from bandit.policy.layout import WARMUP, BoolArray, FloatArray
+from bandit.policy.allocation import fold_exploration, racing_arms
+from bandit.policy.layout import BoolArray, FloatArray
 from bandit.policy.sampling import cumulative
 
 #: Probability mass of the maximum score left out below the integration's lower limit.
@@ -446,14 +446,7 @@ def context_probabilities(
 ) -> FloatArray:
     """THE contextual policy: allocation probabilities for context ``x``, every exploration
     setting folded in exactly as for context-free experiments (``fold_exploration``)."""
-    control = _control_arm(settings, active)
-    racing = active.copy()
-    warming = False
-    for k in range(active.shape[0]):
-        if k == control:
-            racing[k] = False
-        elif active[k] and counts[k] < settings[WARMUP]:
-            warming = True
+    racing, warming = racing_arms(counts, settings, active)
     if warming:
         p_best = racing.astype(np.float64)
     else:
