@@ -20,6 +20,9 @@ see this hierarchy.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 
 class BanditError(Exception):
     """Base of every error the service reports to a client."""
@@ -78,3 +81,23 @@ class InvalidValue(BanditError):
 class StoreUnavailable(BanditError):
     status = 503
     code = "store_unavailable"
+
+
+def json_kind(value: object) -> str:
+    """How a JSON value is named in a message (never its whole text: it may be huge)."""
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string",
+            list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def object_fields(value: object, what: str, allowed: set[str],
+                  describe: Callable[[object], str] = json_kind) -> dict[str, Any]:
+    """``value`` as a JSON object whose fields are all in ``allowed``; InvalidValue naming
+    ``what`` (and ``describe(value)`` when it is not an object) otherwise."""
+    if not isinstance(value, dict):
+        raise InvalidValue(f"{what}: expected an object, got {describe(value)}")
+    unknown = sorted(set(value) - allowed)
+    if unknown:
+        raise InvalidValue(f"{what}: unknown field(s) {unknown}; allowed: {sorted(allowed)}")
+    return value

@@ -32,7 +32,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from bandit.errors import InvalidValue
+from bandit.errors import InvalidValue, json_kind, object_fields
 
 MAX_DIMENSION = 64
 MAX_FEATURES = 64
@@ -215,7 +215,7 @@ class LinearModel:
                 raise InvalidValue(f"{what}.{name}: required (the model declares it "
                                    "without a default)")
             raise InvalidValue(f"{what}.{name}: expected {'a number' if numeric else 'a string'}"
-                               f", got {_kind(value)}")
+                               f", got {json_kind(value)}")
         return np.array(x)
 
     @property
@@ -267,11 +267,11 @@ _FEATURE_FIELDS = {"name", "type", "scale", "values", "buckets", "default", "pre
 
 def parse_model(value: object, reward: str) -> LinearModel:
     """A ``model`` object of a create request; InvalidValue names the bad part."""
-    data = _mapping(value, "model", _MODEL_FIELDS)
+    data = object_fields(value, "model", _MODEL_FIELDS)
     if data.get("type") != "linear":
         kind = data.get("type")
         raise InvalidValue(f"model.type: must be 'linear', got "
-                           f"{repr(kind) if isinstance(kind, str) else _kind(kind)}")
+                           f"{repr(kind) if isinstance(kind, str) else json_kind(kind)}")
     version = data.get("version", MODEL_VERSION)
     if type(version) is not int or version != MODEL_VERSION:
         raise InvalidValue(f"model.version: this service knows version {MODEL_VERSION}")
@@ -292,7 +292,7 @@ def parse_model(value: object, reward: str) -> LinearModel:
         names.add(feature.name)
         features.append(feature)
     noise = DEFAULT_NOISE.get(reward, DEFAULT_NOISE["gaussian"])
-    prior = _mapping(data.get("prior", {}), "model.prior",
+    prior = object_fields(data.get("prior", {}), "model.prior",
                      {"precision", "intercept_precision", "alpha", "beta"})
     values = {name: _positive(prior.get(name, default), f"model.prior.{name}")
               for name, default in (("precision", DEFAULT_PRECISION),
@@ -316,15 +316,15 @@ def parse_model(value: object, reward: str) -> LinearModel:
 
 
 def _parse_feature(raw: object, what: str) -> Feature:
-    data = _mapping(raw, what, _FEATURE_FIELDS)
+    data = object_fields(raw, what, _FEATURE_FIELDS)
     name = data.get("name")
     if not isinstance(name, str) or not FEATURE_NAME.fullmatch(name):
         raise InvalidValue(f"{what}.name: expected 1 to 64 characters of letters, digits and "
-                           f"'_.:-', got {_kind(name)}")
+                           f"'_.:-', got {json_kind(name)}")
     kind = data.get("type")
     if kind not in FEATURE_TYPES:
         raise InvalidValue(f"{what}.type: must be one of {list(FEATURE_TYPES)}, got "
-                           f"{_kind(kind) if not isinstance(kind, str) else repr(kind)}")
+                           f"{json_kind(kind) if not isinstance(kind, str) else repr(kind)}")
     allowed = {"numeric": "scale", "categorical": "values", "hashed": "buckets"}
     for other in sorted(set(allowed.values()) - {allowed[kind]}):
         if other in data:
@@ -388,19 +388,3 @@ def _positive(value: object, what: str) -> float:
             or not 1e-6 <= value <= 1e12:
         raise InvalidValue(f"{what}: expected a number from 1e-06 to 1e+12")
     return float(value)
-
-
-def _mapping(value: object, what: str, allowed: set[str]) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise InvalidValue(f"{what}: expected an object, got {_kind(value)}")
-    unknown = sorted(set(value) - allowed)
-    if unknown:
-        raise InvalidValue(f"{what}: unknown field(s) {unknown}; allowed: {sorted(allowed)}")
-    return value
-
-
-def _kind(value: object) -> str:
-    if value is None:
-        return "null"
-    return {bool: "a boolean", int: "a number", float: "a number", str: "a string",
-            list: "a list", dict: "an object"}.get(type(value), type(value).__name__)

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from bandit.errors import InvalidValue
+from bandit.errors import InvalidValue, json_kind
 from bandit.model import ID_PATTERN, MAX_ABS_REWARD, integer, mapping
 from bandit.tokens import DECISION_ID_PATTERN
 
@@ -143,14 +143,14 @@ def parse_event(index: int, raw: object, valid_ids: set[str]) -> RewardEvent:
     # Type first: a list or an object is not hashable, so it cannot be looked up in valid_ids.
     experiment = raw.get("experiment")
     if type(experiment) is not str:
-        raise InvalidValue(f"experiment: expected an experiment id, got {_kind(experiment)}")
+        raise InvalidValue(f"experiment: expected an experiment id, got {json_kind(experiment)}")
     if experiment not in valid_ids:
         if not ID_PATTERN.fullmatch(experiment):
             raise InvalidValue(f"experiment: {experiment!r} is not a valid experiment id")
         valid_ids.add(experiment)
     arm = raw.get("arm")
     if type(arm) is not str:
-        raise InvalidValue(f"arm: expected an arm id, got {_kind(arm)}")
+        raise InvalidValue(f"arm: expected an arm id, got {json_kind(arm)}")
     if arm not in valid_ids:
         if not ID_PATTERN.fullmatch(arm):
             raise InvalidValue(f"arm: {arm!r} is not a valid arm id")
@@ -175,13 +175,6 @@ def parse_event(index: int, raw: object, valid_ids: set[str]) -> RewardEvent:
         ts = float(ts)
     context = raw.get("context")
     if context is not None and type(context) is not dict:
-        raise InvalidValue(f"context: expected an object of feature values, got {_kind(context)}")
+        raise InvalidValue("context: expected an object of feature values, got "
+                           f"{json_kind(context)}")
     return RewardEvent(index, event_id, experiment, arm, reward, decision_id, ts, context)
-
-
-def _kind(value: object) -> str:
-    """How a JSON value is named in a message (never its whole text: it may be huge)."""
-    if value is None:
-        return "null"
-    return {bool: "a boolean", int: "a number", float: "a number", str: "a string",
-            list: "a list", dict: "an object"}.get(type(value), type(value).__name__)

@@ -11,7 +11,7 @@ import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
-from bandit.errors import InvalidValue
+from bandit.errors import InvalidValue, object_fields
 from bandit.features import LinearModel, parse_model
 
 ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
@@ -239,12 +239,7 @@ def integer(value: object, what: str, *, low: int, high: int) -> int:
 
 
 def mapping(value: object, what: str, allowed: set[str]) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise InvalidValue(f"{what}: expected an object, got {_describe(value)}")
-    unknown = sorted(set(value) - allowed)
-    if unknown:
-        raise InvalidValue(f"{what}: unknown field(s) {unknown}; allowed: {sorted(allowed)}")
-    return value
+    return object_fields(value, what, allowed, _describe)
 
 
 def _describe(value: object) -> str:
