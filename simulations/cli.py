@@ -6,7 +6,7 @@ import argparse
 import itertools
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -120,7 +120,7 @@ def run(arguments: argparse.Namespace) -> int:
     if arguments.simulate_command == "replay":
         return _replay(arguments)
     if arguments.simulate_command == "contextual":
-        return _contextual_command(arguments)
+        return _research("bandit simulate contextual", _contextual, arguments, [])
     from simulations import scenarios
 
     if arguments.list:
@@ -128,31 +128,24 @@ def run(arguments: argparse.Namespace) -> int:
             print(f"{scenario.name:26} T={scenario.horizon:<9,} {scenario.description}")
             print(f"{'':26} {scenario.reference}")
         return 0
-    missing = _missing_research_modules(["matplotlib", "tqdm"]
-                                        + (["distributed"] if arguments.dask else []))
+    return _research("bandit simulate", _simulate, arguments,
+                     ["distributed"] if arguments.dask else [])
+
+
+def _research(command: str, simulate: Callable[[argparse.Namespace], int],
+              arguments: argparse.Namespace, extra: list[str]) -> int:
+    """Run a simulation command that needs the research extra (matplotlib, tqdm and
+    ``extra``): 2 with a message when a module is missing or a value is wrong."""
+    missing = _missing_research_modules(["matplotlib", "tqdm", *extra])
     if missing:
-        print(f"bandit simulate: {', '.join(missing)} not installed: simulations need the "
+        print(f"{command}: {', '.join(missing)} not installed: simulations need the "
               "research extra, pip install 'bandit-service[research]' (from a checkout: "
               "pip install '.[research]')", file=sys.stderr)
         return 2
     try:
-        return _simulate(arguments)
+        return simulate(arguments)
     except ValueError as error:
-        print(f"bandit simulate: {error}", file=sys.stderr)
-        return 2
-
-
-def _contextual_command(arguments: argparse.Namespace) -> int:
-    missing = _missing_research_modules(["matplotlib", "tqdm"])
-    if missing:
-        print(f"bandit simulate contextual: {', '.join(missing)} not installed: simulations "
-              "need the research extra, pip install 'bandit-service[research]'",
-              file=sys.stderr)
-        return 2
-    try:
-        return _contextual(arguments)
-    except ValueError as error:
-        print(f"bandit simulate contextual: {error}", file=sys.stderr)
+        print(f"{command}: {error}", file=sys.stderr)
         return 2
 
 
