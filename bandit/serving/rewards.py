@@ -79,11 +79,10 @@ class Rewards:
             if since_yield >= YIELD_EVERY:
                 await asyncio.sleep(0)
                 since_yield = 0
-            encoded, indices, errors, features = await self._encode_events(experiment_id,
-                                                                           events)
+            encoded, indices, errors, batch = await self._encode_events(experiment_id, events)
             rejected.extend(errors)
-            if encoded and features is not None:
-                contextual[experiment_id] = _ContextualBatch(encoded, indices, features)
+            if encoded and batch is not None:
+                contextual[experiment_id] = batch
             elif encoded:
                 batches[experiment_id] = encoded
                 positions[experiment_id] = indices
@@ -122,8 +121,7 @@ class Rewards:
         """Apply a contextual experiment's events with their feature rows. With forgetting,
         an event with a time ``ts`` weighs 2^((ts - now) / h) (never more than 1), and the
         script decays the sums from this clock's now to its own."""
-        snapshot = await self._decisions.snapshot(experiment_id)
-        half_life = snapshot.experiment.exploration.half_life_s
+        half_life = batch.half_life_s
         weighed_at = time.time()
         weights = np.ones(len(batch.events))
         if half_life is not None:
@@ -136,8 +134,7 @@ class Rewards:
 
     async def _encode_events(
         self, experiment_id: str, events: list[RewardEvent]
-    ) -> tuple[list[EncodedEvent], list[int], list[dict[str, Any]],
-               npt.NDArray[np.float64] | None]:
+    ) -> tuple[list[EncodedEvent], list[int], list[dict[str, Any]], _ContextualBatch | None]:
         # A rejected reward is dropped by its sender for good: before rejecting for what this
         # cache says (archived, or an unknown arm), read the experiment from Redis again.
         # Another process may have unarchived it, or added the arm, a moment ago.
@@ -206,10 +203,12 @@ class Rewards:
                 encoded = [e for i, e in enumerate(encoded) if i not in refused]
                 indices = [e for i, e in enumerate(indices) if i not in refused]
                 rows = [e for i, e in enumerate(rows) if i not in refused]
-        features = None
+        batch = None
         if model is not None:
-            features = (np.vstack(rows) if rows else np.zeros((0, model.dimension)))
-        return encoded, indices, errors, features
+            batch = _ContextualBatch(
+                encoded, indices, np.vstack(rows) if rows else np.zeros((0, model.dimension)),
+                experiment.exploration.half_life_s)
+        return encoded, indices, errors, batch
 
 
 class _ContextualBatch(NamedTuple):
@@ -217,6 +216,8 @@ class _ContextualBatch(NamedTuple):
     indices: list[int]
     #: One feature vector per event (n, d).
     features: npt.NDArray[np.float64]
+    #: The experiment's forgetting when the events were checked.
+    half_life_s: float | None
 
 
 def _token_error(status: int, experiment_id: str, arm: str, window_s: float,
