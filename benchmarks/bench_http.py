@@ -14,6 +14,9 @@ flat one. Rows (names for `--only`):
 - events-1, events-100, events-1000: reward event batches, dedup on; every id is distinct
   across requests, wrk threads and connections and runs, and wrk counts the duplicates the
   service reports (it must be 0, or dedup did not do real work)
+- beacons: one event per request over many connections (`--beacon-connections`, 64), as
+  click beacons from browsers arrive, alternating with the no-op handler on as many
+  connections (the row beacons-noop); the baseline for single events
 - stats: GET /v1/experiments/bench/stats
 - api-key: allocate n=1 on a service that enforces API keys (10 configured), alternating with
   the open one; 1 worker only
@@ -29,10 +32,13 @@ the issue's targets as ratios (>= 1.00x meets it):
 - events/s per process with dedup (target >= 100k, for batches of 1000) and against the
   HINCRBYFLOAT pipeline
 - allocate n=1 with / without API keys
+- one event per request (beacons) / no-op handler on as many connections: median of 3
+  alternating pairs (target >= 0.5x)
 With both worker counts it ends with req/s of 2 processes over 1 per row.
 
 Usage: python -m benchmarks.bench_http [--seconds 5] [--connections 16] [--threads 1]
-                                       [--workers 1,2] [--only allocate-1,events-1000,...]
+                                       [--beacon-connections 64] [--workers 1,2]
+                                       [--only allocate-1,events-1000,beacons,...]
 """
 
 from __future__ import annotations
@@ -134,6 +140,8 @@ ROWS = {
     "events-1": "events, batches of 1",
     "events-100": "events, batches of 100",
     "events-1000": "events, batches of 1000",
+    "beacons-noop": "no-op handler, beacon conns",
+    "beacons": "events, 1 per request, beacons",
     "stats": "stats",
     "pipeline": "redis-py HINCRBYFLOAT pipeline",
 }
@@ -144,6 +152,7 @@ EVENT_BATCHES = {"events-1": 1, "events-100": 100, "events-1000": 1000}
 DECISIONS_TARGET = 1_000_000
 EVENTS_TARGET = 100_000
 NOOP_TARGET = 0.8
+BEACONS_TARGET = 0.5
 
 
 @dataclass(frozen=True)
@@ -355,6 +364,21 @@ def measure(workers: int, only: set[str], arguments: argparse.Namespace, redis_u
                 if runs[name].duplicates:
                     raise RuntimeError(f"{name}: the service reported "
                                        f"{runs[name].duplicates} duplicate ids")
+        if "beacons" in only:
+            # Browsers: many connections, one event each; the no-op handler on as many.
+            beacons = arguments.beacon_connections
+            wrk(service, "/v1/events", 1, beacons, threads,
+                script=events_script(1, f"warm{time.time_ns()}"))
+            wrk(noop, "/noop", 1, beacons, threads, body="{}")
+            pairs = [(wrk(noop, "/noop", seconds, beacons, threads, body="{}"),
+                      wrk(service, "/v1/events", seconds, beacons, threads,
+                          script=events_script(1, f"beacons{time.time_ns()}")))
+                     for _ in range(3)]
+            duplicates = sum(run.duplicates for _, run in pairs)
+            if duplicates:
+                raise RuntimeError(f"beacons: the service reported {duplicates} duplicate ids")
+            (runs["beacons-noop"], runs["beacons"]), pair_ratios["beacons"] = _median_pair(
+                pairs)
         if "stats" in only:
             stats = "/v1/experiments/bench/stats"
             wrk(service, stats, 1, connections, threads, method="GET")
@@ -397,6 +421,11 @@ def report(workers: int, runs: dict[str, Run], pair_ratios: dict[str, str],
             if baseline is not None:
                 parts.append(f"{events / baseline:.2f}x the HINCRBYFLOAT pipeline")
             print("; ".join(parts))
+    if "beacons" in runs:
+        ratio = runs["beacons"].rps / runs["beacons-noop"].rps
+        print(f"one event per request / no-op handler: {ratio:.2f}x "
+              f"(median of {pair_ratios['beacons']}; target >= {BEACONS_TARGET}x: "
+              f"{ratio / BEACONS_TARGET:.2f}x of target)")
     if "api-key" in runs:
         ratio = runs["api-key"].rps / runs["api-key-open"].rps
         print(f"allocate n=1 with / without API keys:  {ratio:.2f}x "
@@ -428,6 +457,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--connections", type=int, default=16,
                         help="wrk connections (events: 4 per worker process)")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
+    parser.add_argument("--beacon-connections", type=int, default=64,
+                        help="wrk connections of the beacons row and its no-op baseline")
     parser.add_argument("--workers", type=_worker_counts, default=[1, 2],
                         help="comma-separated service process counts (default 1,2)")
     parser.add_argument("--only", type=_names, default=set(ROWS),
