@@ -86,11 +86,12 @@ async def allocate(request: web.Request) -> web.Response:
 
 
 async def events(request: web.Request) -> web.Response:
-    result = await request.app[SERVICE].apply_events(await body(request))
-    metrics = request.app[METRICS]
-    metrics.events.labels("accepted").inc(result["accepted"])
-    metrics.events.labels("duplicate").inc(result["duplicates"])
-    metrics.events.labels("rejected").inc(len(result["rejected"]))
+    raw = body_now(request)
+    if raw is NOT_YET:
+        raw = await body(request)
+    result = await request.app[SERVICE].apply_events(raw)
+    request.app[METRICS].count_events(result["accepted"], result["duplicates"],
+                                      len(result["rejected"]))
     return json_response(result)
 
 

@@ -38,9 +38,9 @@ class Metrics:
         self._latency: defaultdict[tuple[str, int], _Latency] = defaultdict(_Latency)
         self._decisions: defaultdict[str, int] = defaultdict(int)
         self._stale = 0
+        #: Reward events answered accepted, duplicate and rejected.
+        self._events = [0, 0, 0]
         self.cache_age = cache_age
-        self.events = Counter("bandit_events_total", "Reward events by outcome",
-                              ["outcome"], registry=self.registry)
         self.alerts = Counter("bandit_alerts_total",
                               "Alert deliveries to one webhook by kind and outcome (delivered, "
                               "or failed after every attempt of one check)",
@@ -57,6 +57,12 @@ class Metrics:
         self._decisions[experiment] += decisions
         if stale:
             self._stale += decisions
+
+    def count_events(self, accepted: int, duplicates: int, rejected: int) -> None:
+        events = self._events
+        events[0] += accepted
+        events[1] += duplicates
+        events[2] += rejected
 
     def count_alert(self, kind: str, outcome: str) -> None:
         self.alerts.labels(kind=kind, outcome=outcome).inc()
@@ -79,6 +85,12 @@ class Metrics:
         for experiment, count in sorted(self._decisions.items()):
             decisions.add_metric([experiment], count)
         yield decisions
+        events = CounterMetricFamily("bandit_events", "Reward events by outcome",
+                                     labels=["outcome"])
+        for outcome, count in zip(("accepted", "duplicate", "rejected"), self._events,
+                                  strict=True):
+            events.add_metric([outcome], count)
+        yield events
         yield CounterMetricFamily("bandit_stale_decisions",
                                   "Decisions served from a cache older than the stale limit",
                                   value=self._stale)
