@@ -15,6 +15,7 @@ import redis
 from aiohttp.test_utils import TestClient, TestServer
 
 from bandit.api.app import create_app
+from bandit.serving.groups import GROUP_REQUEST_EVENTS
 from bandit.settings import Settings
 from bandit.store.keys import Keys
 from tests.conftest import ServiceProcess
@@ -22,6 +23,8 @@ from tests.load import ARMS, create, event_batches, expected, load
 from tests.support.redis import RedisServer
 
 Client = TestClient[Any, Any]
+#: Events per request of the spike over the connection pool: too many to share a call.
+SPIKE_BATCH = GROUP_REQUEST_EVENTS + 1
 
 
 def _stored(url: str) -> dict[str, tuple[float, float]]:
@@ -61,11 +64,14 @@ async def test_paused_redis_and_a_spike_over_the_pool(tmp_path: Path) -> None:
             assert time.monotonic() - started < 2.0  # no Redis round trip on the way
 
             # Ten times more concurrent writes than connections, against a Redis that does
-            # not answer: each fails within the socket timeout plus the pool wait.
+            # not answer: each fails within the socket timeout plus the pool wait. Batches
+            # too large to share a call (small ones for one experiment go in one call at a
+            # time: bandit.serving.groups), so each takes a connection of its own.
             async def write(i: int) -> tuple[int, float, str, str | None]:
                 begun = time.monotonic()
                 response = await client.post("/v1/events", json={"events": [
-                    {"id": f"spike{i}", "experiment": "load", "arm": "a", "reward": 1}]})
+                    {"id": f"spike{i}-{j}", "experiment": "load", "arm": "a", "reward": 1}
+                    for j in range(SPIKE_BATCH)]})
                 body = await response.json()
                 return (response.status, time.monotonic() - begun, body["error"]["message"],
                         response.headers.get("Retry-After"))
@@ -104,11 +110,12 @@ async def test_paused_redis_and_a_spike_over_the_pool(tmp_path: Path) -> None:
             # Refused writes were not acknowledged: a client resends them with the same ids.
             # Some may have reached Redis before it paused, so those come back as duplicates.
             resent = await client.post("/v1/events", json={"events": [
-                {"id": f"spike{i}", "experiment": "load", "arm": "a", "reward": 1}
-                for i in range(10 * pool)]})
+                {"id": f"spike{i}-{j}", "experiment": "load", "arm": "a", "reward": 1}
+                for i in range(10 * pool) for j in range(SPIKE_BATCH)]})
             body = await resent.json()
-            assert resent.status == 200 and body["accepted"] + body["duplicates"] == 10 * pool
-            assert _stored(server.url)["0"] == (10.0 * pool, 0.0)
+            assert resent.status == 200
+            assert body["accepted"] + body["duplicates"] == 10 * pool * SPIKE_BATCH
+            assert _stored(server.url)["0"] == (10.0 * pool * SPIKE_BATCH, 0.0)
     finally:
         if server.process is not None:
             server.process.send_signal(signal.SIGCONT)

@@ -140,6 +140,8 @@ def _lifecycle(settings: Settings,
         service = BanditService(store, settings, seed=seed)
         app[SERVICE] = service
         app[METRICS].cache_age = lambda: service.cache.age
+        groups = service.rewards.groups
+        app[METRICS].event_groups = lambda: (groups.calls, groups.requests)
         sampler = HistorySampler(store, service.cache, settings,
                                  service.decisions.take_served_recently)
         tasks = [asyncio.create_task(service.feed.run(), name="change-feed"),

@@ -41,6 +41,9 @@ class Metrics:
         #: Reward events answered accepted, duplicate and rejected.
         self._events = [0, 0, 0]
         self.cache_age = cache_age
+        #: Script calls made for groups of reward requests, and the requests they answered
+        #: (``bandit.serving.groups``).
+        self.event_groups: Callable[[], tuple[int, int]] = lambda: (0, 0)
         self.alerts = Counter("bandit_alerts_total",
                               "Alert deliveries to one webhook by kind and outcome (delivered, "
                               "or failed after every attempt of one check)",
@@ -91,6 +94,14 @@ class Metrics:
                                   strict=True):
             events.add_metric([outcome], count)
         yield events
+        calls, requests = self.event_groups()
+        yield CounterMetricFamily("bandit_event_group_calls",
+                                  "Script calls that applied a group of small reward requests "
+                                  "(requests for one experiment that arrived together)",
+                                  value=calls)
+        yield CounterMetricFamily("bandit_event_group_requests",
+                                  "Reward requests applied in a group's script call",
+                                  value=requests)
         yield CounterMetricFamily("bandit_stale_decisions",
                                   "Decisions served from a cache older than the stale limit",
                                   value=self._stale)

@@ -1,5 +1,7 @@
 """Reward events: checked one by one, verified against the decisions they name, applied to
-Redis in one script call per experiment (dedup and increments in the same atomic step)."""
+Redis in one script call per experiment (dedup and increments in the same atomic step). A small
+request for one experiment shares its call with the other requests of that experiment that
+arrived meanwhile (``bandit.serving.groups``)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from bandit.features import feature_hash
 from bandit.inputs import MAX_EVENT_EXPERIMENTS, RewardEvent, parse_event, parse_event_batch
 from bandit.serving.cache import Snapshot
 from bandit.serving.decisions import Decider
+from bandit.serving.groups import GROUP_REQUEST_EVENTS, ContextualEvents, GroupCommit, weigh
 from bandit.settings import Settings
 from bandit.store.codec import EncodedEvent
 from bandit.store.redis_store import (
@@ -50,6 +53,7 @@ class Rewards:
         self._store = store
         self._settings = settings
         self._decisions = decisions
+        self.groups = GroupCommit(store, settings.dedup_window_s)
 
     async def apply_events(self, body: object) -> dict[str, Any]:
         raw_events = parse_event_batch(body)
@@ -83,17 +87,27 @@ class Rewards:
             rejected.extend(errors)
             if encoded and batch is not None:
                 contextual[experiment_id] = batch
+                positions[experiment_id] = batch.indices
             elif encoded:
                 batches[experiment_id] = encoded
                 positions[experiment_id] = indices
         accepted = duplicates = 0
         results: dict[str, list[int] | None] = {}
-        for experiment_id, batch in contextual.items():
-            results[experiment_id] = await self._apply_contextual(experiment_id, batch)
-            positions[experiment_id] = batch.indices
-        if batches:
-            results.update(await self._store.apply_events(batches,
-                                                          self._settings.dedup_window_s))
+        if len(positions) == 1 and len(next(iter(positions.values()))) <= GROUP_REQUEST_EVENTS:
+            # A small request for one experiment (a click beacon): in a group commit.
+            experiment_id = next(iter(positions))
+            batch = contextual.get(experiment_id)
+            results[experiment_id] = await (
+                self.groups.apply(experiment_id, batches[experiment_id]) if batch is None
+                else self.groups.apply(experiment_id, batch.events,
+                                       ContextualEvents(batch.features, batch.half_life_s)))
+        else:
+            # Larger or wider requests: on their own at once, as they come.
+            for experiment_id, batch in contextual.items():
+                results[experiment_id] = await self._apply_contextual(experiment_id, batch)
+            if batches:
+                results.update(await self._store.apply_events(batches,
+                                                              self._settings.dedup_window_s))
         if results:
             for experiment_id, statuses in results.items():
                 indices = positions[experiment_id]
@@ -121,13 +135,8 @@ class Rewards:
         """Apply a contextual experiment's events with their feature rows. With forgetting,
         an event with a time ``ts`` weighs 2^((ts - now) / h) (never more than 1), and the
         script decays the sums from this clock's now to its own."""
-        half_life = batch.half_life_s
         weighed_at = time.time()
-        weights = np.ones(len(batch.events))
-        if half_life is not None:
-            for i, event in enumerate(batch.events):
-                if event.ts is not None:
-                    weights[i] = 2.0 ** (min(event.ts - weighed_at, 0.0) / half_life)
+        weights = weigh(batch.events, batch.half_life_s, weighed_at)
         return await self._store.apply_contextual(experiment_id, batch.events, batch.features,
                                                   weights, weighed_at,
                                                   self._settings.dedup_window_s)
