@@ -232,6 +232,23 @@ async def test_a_redis_stall_fails_every_request_of_its_group(tmp_path: Path) ->
         server.stop()
 
 
+async def test_a_request_cancelled_while_it_waits_is_not_sent(client: Client,
+                                                               redis_url: str) -> None:
+    await _create(client, "gone")
+    assert (await _post(client, [{"id": "warm", "experiment": "gone", "arm": "arm0",
+                                  "reward": 1}]))[0] == 200  # cached: no await on the way
+    service = _service(client)
+    tasks = [asyncio.create_task(service.apply_events({"events": [
+        {"id": f"g{i}", "experiment": "gone", "arm": "arm0", "reward": 1}]}))
+        for i in range(3)]
+    await asyncio.sleep(0)  # all three wait in the lane; its first call is not made yet
+    tasks[1].cancel()
+    assert [await tasks[0], await tasks[2]] == [
+        {"accepted": 1, "duplicates": 0, "rejected": []}] * 2
+    assert tasks[1].cancelled()
+    assert _observations(redis_url, "gone") == 3  # warm, g0 and g2
+
+
 # -- every answer as if the requests had run one after another --------------------------------
 
 #: What an event is, relative to an experiment's decisions: a plain event for an arm with a

@@ -123,6 +123,11 @@ class GroupCommit:
     async def _drain(self, experiment_id: str, lane: _Lane) -> None:
         try:
             while lane.queue:
+                if any(request.future.done() for request in lane.queue):
+                    # Cancelled while waiting (a client gone): never sent, never answered.
+                    lane.queue[:] = [r for r in lane.queue if not r.future.done()]
+                    if not lane.queue:
+                        break
                 group = _take(lane.queue)
                 try:
                     await self._commit(experiment_id, group)
