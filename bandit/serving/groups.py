@@ -61,17 +61,21 @@ class ContextualEvents(NamedTuple):
 
 
 class _Request:
-    __slots__ = ("contextual", "events", "future", "keys")
+    __slots__ = ("contextual", "events", "future")
 
     def __init__(self, events: list[EncodedEvent], contextual: ContextualEvents | None,
                  future: asyncio.Future[Statuses]) -> None:
         self.events = events
         self.contextual = contextual
         self.future = future
-        #: What must not repeat within one call: event ids and provisional decisions.
-        self.keys = {e.event_id for e in events}
-        self.keys.update("\0" + e.decision_id for e in events
-                         if e.decision_id is not None and e.decision_id[0] == "p")
+
+    @property
+    def keys(self) -> set[str]:
+        """What must not repeat within one call: event ids and provisional decisions."""
+        keys = {e.event_id for e in self.events}
+        keys.update("\0" + e.decision_id for e in self.events
+                    if e.decision_id is not None and e.decision_id[0] == "p")
+        return keys
 
 
 class _Lane:
@@ -181,14 +185,16 @@ def _take(queue: list[_Request]) -> list[_Request]:
     count = 1
     size = len(first.events)
     if len(queue) > 1:
-        seen = set(first.keys)
+        seen = first.keys
         kind = first.contextual is None
         for request in queue[1:]:
             size += len(request.events)
-            if size > GROUP_EVENTS or (request.contextual is None) != kind \
-                    or not seen.isdisjoint(request.keys):
+            if size > GROUP_EVENTS or (request.contextual is None) != kind:
                 break
-            seen |= request.keys
+            keys = request.keys
+            if not seen.isdisjoint(keys):
+                break
+            seen |= keys
             count += 1
     group = queue[:count]
     del queue[:count]

@@ -72,8 +72,10 @@ class Rewards:
         if len(grouped) > MAX_EVENT_EXPERIMENTS:
             raise InvalidValue(f"events: name at most {MAX_EVENT_EXPERIMENTS} distinct "
                                   f"experiments per batch, got {len(grouped)}; split the batch")
-        # The experiments not cached yet, in one round trip (not one each, in turn).
-        await self._decisions.cache.load_many(list(grouped))
+        if len(grouped) > 1:
+            # The experiments not cached yet, in one round trip (not one each, in turn); one
+            # alone is read, if need be, when its snapshot is asked for.
+            await self._decisions.cache.load_many(list(grouped))
         batches: dict[str, list[EncodedEvent]] = {}
         positions: dict[str, list[int]] = {}
         contextual: dict[str, _ContextualBatch] = {}
