@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bandit.api.app import SERVICE, create_app
+from bandit.errors import StoreUnavailable
 from bandit.serving.groups import GROUP_REQUEST_EVENTS
 from bandit.serving.service import BanditService
 from bandit.settings import Settings
@@ -247,6 +248,39 @@ async def test_a_request_cancelled_while_it_waits_is_not_sent(client: Client,
         {"accepted": 1, "duplicates": 0, "rejected": []}] * 2
     assert tasks[1].cancelled()
     assert _observations(redis_url, "gone") == 3  # warm, g0 and g2
+
+
+async def test_a_lane_stopped_mid_call_acknowledges_nothing(client: Client,
+                                                             redis_url: str) -> None:
+    """The task making an experiment's calls is cancelled during one (the process stopping):
+    the request in that call and the one waiting behind it get 503, and none hangs."""
+    await _create(client, "stopped")
+    assert (await _post(client, [{"id": "warm", "experiment": "stopped", "arm": "arm0",
+                                  "reward": 1}]))[0] == 200
+    service = _service(client)
+    sleeper = aioredis.Redis.from_url(redis_url)
+    stall = asyncio.create_task(
+        sleeper.execute_command("DEBUG", "SLEEP", "0.5"))  # type: ignore[no-untyped-call]
+    await asyncio.sleep(0.05)  # Redis is asleep: the lane's call will wait for it
+    first = asyncio.create_task(service.apply_events({"events": [
+        {"id": "in-flight", "experiment": "stopped", "arm": "arm0", "reward": 1}]}))
+    await asyncio.sleep(0.05)
+    lane = service.rewards.groups._lanes["stopped"]
+    waiting = asyncio.create_task(service.apply_events({"events": [
+        {"id": "waiting", "experiment": "stopped", "arm": "arm0", "reward": 1}]}))
+    await asyncio.sleep(0)
+    assert lane.task is not None and len(lane.queue) == 1  # "in-flight" is in the call
+    lane.task.cancel()
+    for task in (first, waiting):
+        try:
+            await asyncio.wait_for(task, 0.3)  # before Redis wakes up
+        except StoreUnavailable as error:
+            assert "stopping" in error.message
+        else:
+            raise AssertionError("acknowledged by a lane that was stopped")
+    assert "stopped" not in service.rewards.groups._lanes
+    await stall
+    await sleeper.aclose()
 
 
 # -- every answer as if the requests had run one after another --------------------------------

@@ -125,6 +125,7 @@ class GroupCommit:
         return await future
 
     async def _drain(self, experiment_id: str, lane: _Lane) -> None:
+        group: list[_Request] = []
         try:
             while lane.queue:
                 if any(request.future.done() for request in lane.queue):
@@ -139,10 +140,12 @@ class GroupCommit:
                     for request in group:
                         if not request.future.done():
                             request.future.set_exception(error)
+                group = []
         except BaseException:
-            # Cancelled (the process is stopping): nothing waiting is acknowledged.
+            # Cancelled (the process is stopping): nothing in flight or waiting is
+            # acknowledged.
             stopping = StoreUnavailable("the service is stopping; retry")
-            for request in lane.queue:
+            for request in group + lane.queue:
                 if not request.future.done():
                     request.future.set_exception(stopping)
             lane.queue.clear()
