@@ -39,6 +39,8 @@ class Metrics:
         self._decisions: defaultdict[str, int] = defaultdict(int)
         self._stale = 0
         self.cache_age = cache_age
+        #: The decision log of this process: records written, dropped, waiting.
+        self.log_counts: Callable[[], tuple[int, int, int]] = lambda: (0, 0, 0)
         self.events = Counter("bandit_events_total", "Reward events by outcome",
                               ["outcome"], registry=self.registry)
         self.alerts = Counter("bandit_alerts_total",
@@ -85,3 +87,13 @@ class Metrics:
         yield GaugeMetricFamily("bandit_cache_age_seconds",
                                 "Seconds since this process last confirmed its cache with Redis",
                                 value=self.cache_age())
+        written, dropped, buffered = self.log_counts()
+        yield CounterMetricFamily("bandit_decision_log_written",
+                                  "Decision records this process appended to decision logs",
+                                  value=written)
+        yield CounterMetricFamily("bandit_decision_log_dropped",
+                                  "Decision records this process dropped, its buffer full while "
+                                  "Redis was slow or unreachable", value=dropped)
+        yield GaugeMetricFamily("bandit_decision_log_buffered",
+                                "Decision records waiting in this process for the next flush",
+                                value=buffered)

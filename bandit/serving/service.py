@@ -290,7 +290,15 @@ class BanditService:
             "model": await self._model_of(snapshot) if contextual else None,
             "segments": (overview.segment_report(snapshot, traffic)
                          if traffic is not None else None),
+            "log": await self._log_of(experiment_id),
         }
+
+    async def _log_of(self, experiment_id: str) -> dict[str, Any]:
+        """The decision log's size, retention and losses (``bandit.serving.decision_log``)."""
+        stats = await self.store.log_stats(experiment_id)
+        return {"enabled": self.settings.decision_log, "records": stats.records,
+                "oldest": stats.oldest, "trimmed": stats.trimmed, "dropped": stats.dropped,
+                "max_age_s": stats.max_age_s, "max_records": stats.max_records}
 
     async def _model_of(self, snapshot: Snapshot) -> dict[str, Any]:
         """A contextual experiment's ``model`` report (``overview.model_report``), computed
