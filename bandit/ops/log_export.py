@@ -26,18 +26,19 @@ import math
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import orjson
 
 from bandit.errors import BanditError
 from bandit.model import Experiment
 from bandit.settings import Settings, SettingsError, environ
 from bandit.store.redis_store import RedisStore
-from bandit.tokens import decision_key
+from bandit.tokens import SLATE_KEY_LENGTH
 
 #: Log entries are stored when a process flushes, after the decisions they hold were served
 #: (50 ms later, or however long Redis was unreachable): the read starts this much before
@@ -127,108 +128,190 @@ async def _export(settings: Settings, experiment_id: str, since: float,
         await store.close()
 
 
-@dataclass
+@dataclass(frozen=True)
 class LogRows:
-    """The exported rows, column by column (``COLUMNS``), and the experiment's metadata."""
+    """The exported rows (a pyarrow Table of ``COLUMNS``, its schema carrying the metadata)
+    and how many decisions they hold, and how many rows have a reward."""
 
-    metadata: dict[str, Any]
-    columns: dict[str, list[Any]] = field(default_factory=lambda: {c: [] for c in COLUMNS})
-    decisions: int = 0
-    rewarded: int = 0
+    table: Any
+    decisions: int
+    rewarded: int
 
     @property
     def count(self) -> int:
-        return len(self.columns["decision_id"])
+        return int(self.table.num_rows)
 
 
 async def export(store: RedisStore, experiment_id: str, since: float, until: float) -> LogRows:
     """The decisions served from ``since`` to ``until`` (POSIX seconds), joined with their
     rewards."""
+    pa = _pyarrow()
     state = await store.read(experiment_id)
     if state is None:
         raise ExportError(f"experiment {experiment_id!r} does not exist")
     experiment = state.experiment
     window_ms = experiment.attribution_window_s * 1000
-    since_ms, until_ms = since * 1000, until * 1000
     decisions: list[str] = []
-    rewards: dict[tuple[str, int], tuple[float, int]] = {}
+    rewards: list[str] = []
     margin_ms = READ_MARGIN_S * 1000
-    async for kind, lines in store.read_log(experiment_id, int(since_ms - margin_ms),
-                                            int(until_ms + window_ms + margin_ms)):
-        if kind == "d":
-            decisions.append(lines)
-        else:
-            _add_rewards(rewards, lines)
-    rows = LogRows(_metadata(experiment, since, until))
-    _fill(rows, experiment, decisions, rewards, since_ms, until_ms, window_ms)
-    return rows
+    async for kind, lines in store.read_log(experiment_id, int(since * 1000 - margin_ms),
+                                            int(until * 1000 + window_ms + margin_ms)):
+        (decisions if kind == "d" else rewards).append(lines)
+    metadata = {"bandit": orjson.dumps(_metadata(experiment, since, until))}
+    schema = pa.schema([(name, _types(pa)[name]) for name in COLUMNS], metadata=metadata)
+    if not decisions:
+        return LogRows(schema.empty_table(), 0, 0)
+    table = _decision_rows(pa, "".join(decisions), since * 1000, until * 1000)
+    decided = table.num_rows
+    if not decided:
+        return LogRows(schema.empty_table(), 0, 0)
+    table = _positions(pa, table)
+    table, rewarded = _join_rewards(pa, table, "".join(rewards), window_ms)
+    return LogRows(_finish(pa, table, experiment, schema), decided, rewarded)
 
 
-def _add_rewards(rewards: dict[tuple[str, int], tuple[float, int]], lines: str) -> None:
-    """Reward lines (time ms, decision id, arm index, reward, event id): the first reward of
-    each decision and arm (the service accepts one per decision and arm)."""
-    for line in lines.splitlines():
-        at, decision_id, arm, reward, _ = line.split("\t")
-        if decision_id != "-":
-            rewards.setdefault((decision_id, int(arm)), (float(reward), int(at)))
+def _pyarrow() -> Any:
+    try:
+        import pyarrow as pa
+        import pyarrow.compute
+        import pyarrow.csv
+    except ImportError:
+        raise ExportError("the export needs pyarrow, in the research extra: pip install "
+                          "'bandit-service[research]'") from None
+    return pa
 
 
-def _fill(rows: LogRows, experiment: Experiment, chunks: list[str],
-          rewards: dict[tuple[str, int], tuple[float, int]], since_ms: float, until_ms: float,
-          window_ms: float) -> None:
-    columns = rows.columns
-    (ids, versions, times, actions, arm_ids, positions, propensities, rewarded,
-     reward_times, units, contexts, features) = (
-        columns[name] for name in ("decision_id", "version", "timestamp", "action", "arm",
-                                   "position", "propensity", "reward", "reward_timestamp",
-                                   "unit", "context", "features"))
-    arms = experiment.arms
+def _types(pa: Any) -> dict[str, Any]:
+    return {"decision_id": pa.string(), "experiment": pa.string(), "version": pa.int64(),
+            "timestamp": pa.float64(), "action": pa.int64(), "arm": pa.string(),
+            "n_actions": pa.int64(), "position": pa.int64(), "propensity": pa.float64(),
+            "reward": pa.float64(), "reward_timestamp": pa.float64(), "unit": pa.string(),
+            "context": pa.string(), "features": pa.list_(pa.float64())}
+
+
+def _read_lines(pa: Any, text: str, columns: dict[str, Any]) -> Any:
+    """Tab-separated lines (no quoting: nothing logged holds a tab or a newline) as a table;
+    empty fields of string columns are null."""
+    return pa.csv.read_csv(
+        pa.py_buffer(text.encode()),
+        read_options=pa.csv.ReadOptions(column_names=list(columns), block_size=1 << 24),
+        parse_options=pa.csv.ParseOptions(delimiter="\t", quote_char=False,
+                                          escape_char=False),
+        convert_options=pa.csv.ConvertOptions(column_types=columns, null_values=[""],
+                                              strings_can_be_null=True))
+
+
+def _decision_rows(pa: Any, text: str, since_ms: float, until_ms: float) -> Any:
+    """Decision records served in the range, each decision id once (the first record)."""
+    pc = pa.compute
+    table = _read_lines(pa, text, {
+        "t": pa.int64(), "decision_id": pa.string(), "version": pa.int64(),
+        "a": pa.string(), "p": pa.float64(), "q": pa.string(), "unit": pa.string(),
+        "context": pa.string()})
+    table = table.filter(pc.and_(pc.greater_equal(table["t"], since_ms),
+                                 pc.less_equal(table["t"], until_ms)))
+    if len(pc.unique(table["decision_id"])) < table.num_rows:
+        # A flush resent after a lost answer: keep each decision's first record.
+        table = table.append_column("row", pa.array(np.arange(table.num_rows)))
+        first = table.group_by("decision_id", use_threads=False).aggregate([("row", "min")])
+        table = table.take(np.sort(first["row_min"].to_numpy())).drop_columns(["row"])
+    times = table["t"].to_numpy()
+    if len(times) > 1 and bool((np.diff(times) < 0).any()):  # several processes' flushes
+        table = table.take(pc.sort_indices(table["t"]))  # stable: log order within a ms
+    return table
+
+
+def _positions(pa: Any, table: Any) -> Any:
+    """One row per position: a slate's arms (``a``) and position propensities (``q``)
+    spread over rows; a single decision's row keeps its arm and propensity (``p``)."""
+    pc = pa.compute
+    if table["q"].null_count == table.num_rows:  # no slates
+        rows = table.drop_columns(["a", "p", "q"])
+        rows = rows.append_column("action", pc.cast(table["a"], pa.int64()))
+        rows = rows.append_column("position", pa.array(np.zeros(rows.num_rows, np.int64)))
+        return rows.append_column("propensity", table["p"])
+    shares = pc.coalesce(table["q"], pc.cast(table["p"], pa.string())).combine_chunks()
+    actions = pc.split_pattern(table["a"].combine_chunks(), ",")
+    parents = pc.list_parent_indices(actions)
+    offsets = actions.offsets.to_numpy()
+    positions = np.arange(len(parents)) + offsets[0] - offsets[parents.to_numpy()]
+    rows = table.drop_columns(["a", "p", "q"])
+    if len(parents) > rows.num_rows:  # slates: their rows repeated, one per position
+        rows = rows.take(parents)
+    rows = rows.append_column("action", pc.cast(pc.list_flatten(actions), pa.int64()))
+    rows = rows.append_column("position", pa.array(positions, pa.int64()))
+    return rows.append_column("propensity", pc.cast(
+        pc.list_flatten(pc.split_pattern(shares, ",")), pa.float64()))
+
+
+def _join_rewards(pa: Any, rows: Any, text: str, window_ms: float) -> tuple[Any, int]:
+    """Each row's reward: the first reward record naming its decision (a slate's by its head,
+    ``decision_key``) and arm, when it came within the attribution window."""
+    pc = pa.compute
+    ids = rows["decision_id"]
+    slates = pc.starts_with(ids, "r")
+    if pc.any(slates).as_py():  # a slate's rewards name its head and one of its arms
+        heads = pc.if_else(slates, pc.utf8_slice_codeunits(ids, 0, SLATE_KEY_LENGTH), ids)
+        row_keys = pc.binary_join_element_wise(heads, pc.cast(rows["action"], pa.string()),
+                                               "\t")
+    else:  # a single decision's rewards all name its arm (the service refuses others)
+        row_keys = ids
+    if text:
+        rewards = _read_lines(pa, text, {"rt": pa.int64(), "d": pa.string(), "arm": pa.string(),
+                                         "reward": pa.float64(), "event": pa.string()})
+        rewards = rewards.filter(pc.is_valid(rewards["d"]))
+        keys = (rewards["d"] if row_keys is ids
+                else pc.binary_join_element_wise(rewards["d"], rewards["arm"], "\t"))
+        # index_in finds a key's first occurrence: each row's first reward.
+        found = pc.index_in(row_keys, value_set=keys.combine_chunks())
+        reward_times = rewards["rt"].take(found)
+        late = pc.greater(pc.subtract(reward_times, rows["t"]), window_ms)
+        found = pc.if_else(pc.fill_null(late, False), None, found)
+        rows = rows.append_column("reward", rewards["reward"].take(found))
+        rows = rows.append_column("rt", rewards["rt"].take(found))
+    else:
+        rows = rows.append_column("reward", pa.nulls(rows.num_rows, pa.float64()))
+        rows = rows.append_column("rt", pa.nulls(rows.num_rows, pa.int64()))
+    return rows, rows.num_rows - rows["reward"].null_count
+
+
+def _finish(pa: Any, rows: Any, experiment: Experiment, schema: Any) -> Any:
+    """The rows in ``COLUMNS`` order and types, with arm ids, times in seconds and the
+    features of each context (each distinct context encoded once)."""
+    pc = pa.compute
+    count = rows.num_rows
+    arms = pa.array(list(experiment.arms), pa.string())
     model = experiment.model
-    seen: set[str] = set()
-    joined = 0
-    for chunk in chunks:
-        for line in chunk.splitlines():
-            at_text, decision_id, version, action_text, propensity, positional, unit, context = (
-                line.split("\t"))
-            at = int(at_text)
-            if at < since_ms or at > until_ms or decision_id in seen:
+    if model is None:
+        features = pa.nulls(count, pa.list_(pa.float64()))
+    else:
+        encoded: dict[str, list[float]] = {}
+        values: list[list[float] | None] = []
+        for context in rows["context"].to_pylist():
+            if context is None:
+                values.append(None)
                 continue
-            seen.add(decision_id)
-            x = None
-            if model is not None and context:
-                x = model.encode(orjson.loads(context)).tolist()
-            key = decision_key(decision_id)  # what a reward record names (a slate's head)
-            if positional:  # a slate: a row per position
-                slate = [int(a) for a in action_text.split(",")]
-                shares = [float(p) for p in positional.split(",")]
-            else:
-                slate, shares = [int(action_text)], [float(propensity)]
-            for position, (action, share) in enumerate(zip(slate, shares, strict=True)):
-                reward = rewards.get((key, action))
-                if reward is not None and reward[1] - at > window_ms:
-                    reward = None
-                ids.append(decision_id)
-                versions.append(int(version))
-                times.append(at / 1000)
-                actions.append(action)
-                arm_ids.append(arms[action] if action < len(arms) else None)
-                positions.append(position)
-                propensities.append(share)
-                if reward is None:
-                    rewarded.append(None)
-                    reward_times.append(None)
-                else:
-                    joined += 1
-                    rewarded.append(reward[0])
-                    reward_times.append(reward[1] / 1000)
-                units.append(unit or None)
-                contexts.append(context or None)
-                features.append(x)
-    count = len(ids)
-    columns["experiment"] = [experiment.id] * count
-    columns["n_actions"] = [len(arms)] * count
-    rows.decisions = len(seen)
-    rows.rewarded = joined
+            x = encoded.get(context)
+            if x is None:
+                x = encoded[context] = model.encode(orjson.loads(context)).tolist()
+            values.append(x)
+        features = pa.array(values, pa.list_(pa.float64()))
+    columns = {
+        "decision_id": rows["decision_id"],
+        "experiment": pa.array([experiment.id] * count, pa.string()) if count else
+        pa.array([], pa.string()),
+        "version": rows["version"],
+        "timestamp": pc.divide(pc.cast(rows["t"], pa.float64()), 1000.0),
+        "action": rows["action"],
+        "arm": arms.take(rows["action"]),
+        "n_actions": pa.array([len(arms)] * count, pa.int64()),
+        "position": rows["position"],
+        "propensity": rows["propensity"],
+        "reward": rows["reward"],
+        "reward_timestamp": pc.divide(pc.cast(rows["rt"], pa.float64()), 1000.0),
+        "unit": rows["unit"], "context": rows["context"], "features": features,
+    }
+    return pa.table([columns[name] for name in COLUMNS], schema=schema)
 
 
 def _metadata(experiment: Experiment, since: float, until: float) -> dict[str, Any]:
@@ -243,56 +326,26 @@ def _metadata(experiment: Experiment, since: float, until: float) -> dict[str, A
 def write(rows: LogRows, form: str, out: Path | None) -> None:
     """Write ``rows`` as ``form`` (``parquet`` or ``jsonl``) to ``out`` (None: stdout)."""
     if form == "parquet":
-        _write_parquet(rows, out)
-        return
-    if out is None:
+        import pyarrow.parquet as pq
+
+        if out is None:
+            pq.write_table(rows.table, sys.stdout.buffer)
+        else:
+            pq.write_table(rows.table, out)
+    elif out is None:
         _write_jsonl(rows, sys.stdout.buffer)
-        sys.stdout.flush()
-        return
-    with out.open("wb") as stream:
-        _write_jsonl(rows, stream)
+    else:
+        with out.open("wb") as stream:
+            _write_jsonl(rows, stream)
+    sys.stdout.flush()
 
 
 def _write_jsonl(rows: LogRows, stream: IO[bytes]) -> None:
-    names = COLUMNS
-    block: list[bytes] = []
-    for values in zip(*(rows.columns[name] for name in names), strict=True):
-        block.append(orjson.dumps(dict(zip(names, values, strict=True))))
-        if len(block) == 10_000:
-            stream.write(b"\n".join(block) + b"\n")
-            block = []
-    if block:
-        stream.write(b"\n".join(block) + b"\n")
-
-
-def _write_parquet(rows: LogRows, out: Path | None) -> None:
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise ExportError("--format parquet needs pyarrow, in the research extra: pip "
-                          "install 'bandit-service[research]' (or use --format jsonl)") from None
-    types = {"decision_id": pa.string(), "experiment": pa.string(), "version": pa.int64(),
-             "timestamp": pa.float64(), "action": pa.int64(), "arm": pa.string(),
-             "n_actions": pa.int64(), "position": pa.int64(), "propensity": pa.float64(),
-             "reward": pa.float64(), "reward_timestamp": pa.float64(), "unit": pa.string(),
-             "context": pa.string(), "features": pa.list_(pa.float64())}
-    schema = pa.schema([(name, types[name]) for name in COLUMNS],
-                       metadata={"bandit": orjson.dumps(rows.metadata)})
-    table = pa.table({name: pa.array(rows.columns[name], type=types[name])
-                      for name in COLUMNS}, schema=schema)
-    if out is None:
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink)
-        sys.stdout.buffer.write(sink.getvalue().to_pybytes())
-        sys.stdout.flush()
-    else:
-        pq.write_table(table, out)
+    for batch in rows.table.to_batches(max_chunksize=10_000):
+        stream.write(b"\n".join(orjson.dumps(row) for row in batch.to_pylist()) + b"\n")
 
 
 def rows_of(rows: LogRows) -> Iterator[dict[str, Any]]:
     """The rows one by one, as dicts (tests and tooling)."""
-    names = COLUMNS
-    for values in zip(*(rows.columns[name] for name in names), strict=True):
-        yield dict(zip(names, values, strict=True))
+    yield from rows.table.to_pylist()
 
