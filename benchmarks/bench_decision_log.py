@@ -84,10 +84,10 @@ def _row(label: str, run: Run, items: int = 1) -> None:
 
 def bench_http(seconds: int, redis_server: RedisServer) -> None:
     with _service(redis_server, True) as logged, _service(redis_server, False) as unlogged:
-        for target in (logged, unlogged):
-            experiment = f"bench{target.url.rsplit(':', 1)[1]}"
-            _post(f"{target.url}/v1/experiments", {"id": experiment, "arms": ARMS,
-                                                   "reward": "bernoulli"})
+        for service in (logged, unlogged):
+            experiment = f"bench{service.url.rsplit(':', 1)[1]}"
+            _post(f"{service.url}/v1/experiments", {"id": experiment, "arms": ARMS,
+                                                    "reward": "bernoulli"})
         on_path = f"/v1/experiments/bench{logged.url.rsplit(':', 1)[1]}/allocate"
         off_path = f"/v1/experiments/bench{unlogged.url.rsplit(':', 1)[1]}/allocate"
         wrk(logged, on_path, 2, 16, 1, body="{}")
@@ -100,18 +100,18 @@ def bench_http(seconds: int, redis_server: RedisServer) -> None:
             (off, on), ratios = _median_pair(pairs)
             _row(f"n={n}, log off", off, n)
             _row(f"n={n}, log on", on, n)
-            target = "; target >= 0.9x" if n == 1 else ""
-            print(f"  log on / off, n={n}: {on.rps / off.rps:.2f}x (pairs: {ratios}){target}")
+            goal = "; target >= 0.9x" if n == 1 else ""
+            print(f"  log on / off, n={n}: {on.rps / off.rps:.2f}x (pairs: {ratios}){goal}")
         print("\nreward events, batches of 1000, 4 connections:")
         runs: dict[str, Run] = {}
-        for name, target in (("off", unlogged), ("on", logged)):
-            experiment = f"bench{target.url.rsplit(':', 1)[1]}"
+        for name, service in (("off", unlogged), ("on", logged)):
+            experiment = f"bench{service.url.rsplit(':', 1)[1]}"
             event = ("""string.format('{"id":"$run-%d-%d-%d","experiment":"EXP",'
                      .. '"arm":"arm%d","reward":%d}', thread_id, counter, i, i % 10, i % 2)"""
                      .replace("EXP", experiment))
             for label in ("warm", "run"):
                 run = f"{name}{label}{time.time_ns()}"
-                runs[name] = wrk(target, "/v1/events", 1 if label == "warm" else seconds, 4, 1,
+                runs[name] = wrk(service, "/v1/events", 1 if label == "warm" else seconds, 4, 1,
                                  script=events_script(1000, run, event))
             if runs[name].duplicates:
                 raise RuntimeError(f"{name}: {runs[name].duplicates} duplicates reported")
@@ -181,7 +181,7 @@ async def bench_memory(redis_server: RedisServer) -> None:
         before = int(client.info("memory")["used_memory"])
         await _serve_decisions(redis_server.url, experiment, 100_000, model)
         client.delete(*(f"bandit:{{{experiment}}}:{k}" for k in ("stats", "served", "draws")))
-        keys = [key for key in client.scan_iter(f"bandit:{{{experiment}}}:dedup:*")]
+        keys = list(client.scan_iter(f"bandit:{{{experiment}}}:dedup:*"))
         client.delete(*keys)
         after = int(client.info("memory")["used_memory"])
         stream = client.memory_usage(f"bandit:{{{experiment}}}:log", samples=0) or 0
