@@ -44,6 +44,9 @@ from bandit.store.redis_store import LogChunk, RedisStore
 
 logger = logging.getLogger(__name__)
 
+#: Experiments whose line middles a process keeps (past this, all are dropped and rebuilt).
+MIDDLES_KEPT = 1000
+
 
 class DecisionLog:
     """Buffers this process's decision records and flushes them to Redis."""
@@ -63,6 +66,8 @@ class DecisionLog:
         self.dropped_total = 0
         self.written_total = 0
         self._wake = asyncio.Event()
+        #: Per experiment, its snapshot's line middles per arm (``_middles_of``).
+        self._middles: dict[str, tuple[Snapshot, dict[str, str]]] = {}
         #: Called with the number of records dropped, each time some are (a metric).
         self.on_drop: Callable[[int], None] | None = None
 
@@ -77,33 +82,58 @@ class DecisionLog:
         if not self.enabled:
             return
         experiment = snapshot.experiment
-        served_ms = int(time.time() * 1000)
-        unit = request.unit or ""
-        context = "" if request.context is None or snapshot.contextual is None else (
-            orjson.dumps(request.context).decode())
-        head = f"{served_ms}\t"
-        tail = f"\t{unit}\t{context}\n"
-        indices = experiment.arm_indices
-        version = experiment.version
+        head = f"{int(time.time() * 1000)}\t"
+        tail = ("\n" if request.unit is None and (request.context is None
+                                                 or snapshot.contextual is None)
+                else f"{request.unit or ''}\t{self._context(snapshot, request)}\n")
         if request.k is None:
-            middles: dict[str, str] = {}
-            parts = []
-            for decision in decisions:
-                arm = decision["arm"]
-                middle = middles.get(arm)
-                if middle is None:
-                    middle = middles[arm] = (
-                        f"\t{version}\t{indices[arm]}\t{decision['propensity']!r}\t")
-                parts.append(head + decision["decision_id"] + middle + tail)
-            lines = "".join(parts)
+            middles = self._middles_of(snapshot)
+            if tail == "\n":
+                tail = "\t\n"
+            if len(decisions) == 1:
+                decision = decisions[0]
+                lines = head + decision["decision_id"] + (
+                    middles.get(decision["arm"]) or self._middle(snapshot, decision)) + tail
+            else:
+                lines = "".join([head + decision["decision_id"] + (
+                    middles.get(decision["arm"]) or self._middle(snapshot, decision)) + tail
+                    for decision in decisions])
         else:
-            lines = "".join(
-                f"{head}{decision['decision_id']}\t{version}\t"
-                f"{','.join(str(indices[arm]) for arm in decision['arms'])}\t"
+            indices = experiment.arm_indices
+            if tail == "\n":
+                tail = "\t\n"
+            lines = "".join([
+                f"{head}{decision['decision_id']}\t{experiment.version}\t"
+                f"{','.join([str(indices[arm]) for arm in decision['arms']])}\t"
                 f"{decision['propensity']!r}\t"
-                f"{','.join(repr(p) for p in decision['position_propensities'])}{tail}"
-                for decision in decisions)
+                f"{','.join([repr(p) for p in decision['position_propensities']])}\t{tail}"
+                for decision in decisions])
         self._append(experiment.id, lines, len(decisions))
+
+    @staticmethod
+    def _context(snapshot: Snapshot, request: AllocateRequest) -> str:
+        if request.context is None or snapshot.contextual is None:
+            return ""
+        return orjson.dumps(request.context).decode()
+
+    def _middles_of(self, snapshot: Snapshot) -> dict[str, str]:
+        """The part of a single decision's line that only its snapshot and arm decide
+        (version, arm index, propensity, no positions), per arm, kept while the snapshot
+        serves: formatting a propensity costs more than the rest of the line."""
+        cached = self._middles.get(snapshot.experiment.id)
+        if cached is None or cached[0] is not snapshot:
+            if len(self._middles) >= MIDDLES_KEPT:
+                self._middles.clear()
+            cached = self._middles[snapshot.experiment.id] = (snapshot, {})
+        return cached[1]
+
+    def _middle(self, snapshot: Snapshot, decision: dict[str, Any]) -> str:
+        arm = decision["arm"]
+        middle = (f"\t{snapshot.experiment.version}\t{snapshot.experiment.arm_indices[arm]}"
+                  f"\t{decision['propensity']!r}\t\t")
+        if snapshot.contextual is None:  # a contextual one's propensity depends on the context
+            self._middles[snapshot.experiment.id][1][arm] = middle
+        return middle
 
     def _append(self, experiment_id: str, lines: str, count: int) -> None:
         self._buffer.append((experiment_id, lines, count))
