@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -204,10 +205,13 @@ async def test_logging_off_logs_nothing(redis_url: str) -> None:
     assert redis.Redis.from_url(redis_url).exists("bandit:{unlogged}:log") == 0
 
 
-def _cli(*arguments: str, redis_url: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([sys.executable, "-m", "bandit", "log", "export", *arguments,
-                           "--redis", redis_url], capture_output=True, timeout=60,
-                          check=False)
+def _cli(*arguments: str, redis_url: str | None = None) -> subprocess.CompletedProcess[bytes]:
+    """``bandit log export ARGUMENTS``, reading the store (``redis_url``) or the service."""
+    store = [] if redis_url is None else ["--redis", redis_url]
+    env = {name: value for name, value in os.environ.items()
+           if name not in ("BANDIT_REDIS_URL", "BANDIT_URL")}
+    return subprocess.run([sys.executable, "-m", "bandit", "log", "export", *arguments, *store],
+                          capture_output=True, timeout=60, check=False, env=env)
 
 
 async def test_the_cli_writes_parquet_and_jsonl(client: Client, settings: Settings,
@@ -231,6 +235,28 @@ async def test_the_cli_writes_parquet_and_jsonl(client: Client, settings: Settin
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line["decision_id"] for line in lines] == [d["decision_id"] for d in decisions]
     assert lines == table.to_pylist()
+    # Through the service (GET /v1/experiments/{id}/log), as without --redis: the same rows.
+    url = str(client.make_url("")).rstrip("/")
+    result = await asyncio.to_thread(_cli, "cli", "--format", "jsonl", "--url", url)
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line) for line in result.stdout.splitlines()] == lines
+
+
+async def test_the_log_route_refuses_what_it_cannot_answer(client: Client) -> None:
+    await _create(client, "routed")
+    for query, status, message in (
+            ("", 200, None), ("?since=1&until=2", 200, None),
+            ("?since=yesterday", 422, "since: 'yesterday' is not a number"),
+            ("?since=5&until=4", 422, "until: 4 is before since (5)")):
+        response = await client.get(f"/v1/experiments/routed/log{query}")
+        assert response.status == status, await response.text()
+        if message is not None:
+            assert message in (await response.json())["error"]["message"]
+        else:
+            first = json.loads((await response.text()).splitlines()[0])
+            assert first["experiment"]["id"] == "routed"  # then no entries: nothing served
+    response = await client.get("/v1/experiments/nope/log")
+    assert response.status == 404
 
 
 @pytest.mark.parametrize(("arguments", "message"), [

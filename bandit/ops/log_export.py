@@ -23,19 +23,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import os
 import sys
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from http.client import HTTPException
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 import orjson
 
+from bandit import __version__
 from bandit.errors import BanditError
 from bandit.model import Experiment
+from bandit.ops.operator import error_message
+from bandit.ops.operator_args import DEFAULT_URL
 from bandit.settings import Settings, SettingsError, environ
 from bandit.store.redis_store import RedisStore
 from bandit.tokens import SLATE_KEY_LENGTH
@@ -71,16 +79,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     export.add_argument("--format", choices=FORMATS, required=True)
     export.add_argument("--out", type=Path, metavar="FILE",
                         help="file to write (default: standard output)")
-    export.add_argument("--redis", dest="redis_url", metavar="URL",
-                        help="the service's store (or BANDIT_REDIS_URL)")
+    source = export.add_argument_group(
+        "where the log is read (default: the service at $BANDIT_URL or "
+        f"{DEFAULT_URL})")
+    source.add_argument("--url", help="the service's URL")
+    source.add_argument("--api-key", metavar="KEY",
+                        help="API key with the read scope (default: $BANDIT_API_KEY)")
+    source.add_argument("--redis", dest="redis_url", metavar="URL",
+                        help="read the service's store directly instead (or "
+                             "BANDIT_REDIS_URL): no service needed, and faster")
 
 
 def run(arguments: argparse.Namespace) -> int:
     try:
-        settings = Settings.from_env(environ(), redis_url=arguments.redis_url)
-        if settings.redis_url is None:
-            raise SettingsError("redis_url: the log is in the service's store: pass --redis "
-                                "URL or set BANDIT_REDIS_URL")
         since = parse_time(arguments.since, "since") if arguments.since else 0.0
         until = parse_time(arguments.until, "until") if arguments.until else time.time()
         if until < since:
@@ -89,7 +100,15 @@ def run(arguments: argparse.Namespace) -> int:
         if arguments.format == "parquet" and arguments.out is None and sys.stdout.isatty():
             raise ExportError("--format parquet: binary; give --out FILE or redirect the "
                               "output to a file")
-        rows = asyncio.run(_export(settings, arguments.experiment, since, until))
+        redis_url = arguments.redis_url or os.environ.get("BANDIT_REDIS_URL")
+        if redis_url:
+            settings = Settings.from_env(environ(), redis_url=redis_url)
+            rows = asyncio.run(_export(settings, arguments.experiment, since, until))
+        else:
+            url = arguments.url or os.environ.get("BANDIT_URL") or DEFAULT_URL
+            rows = export_from_service(
+                url, arguments.api_key or os.environ.get("BANDIT_API_KEY"),
+                arguments.experiment, since, until)
         write(rows, arguments.format, arguments.out)
     except (SettingsError, ExportError, BanditError) as error:
         print(f"bandit log export: {error}", file=sys.stderr)
@@ -144,19 +163,68 @@ class LogRows:
 
 async def export(store: RedisStore, experiment_id: str, since: float, until: float) -> LogRows:
     """The decisions served from ``since`` to ``until`` (POSIX seconds), joined with their
-    rewards."""
-    pa = _pyarrow()
+    rewards, read from the store."""
     state = await store.read(experiment_id)
     if state is None:
         raise ExportError(f"experiment {experiment_id!r} does not exist")
-    experiment = state.experiment
-    window_ms = experiment.attribution_window_s * 1000
+    start, end = _read_range(state.experiment, since, until)
     decisions: list[str] = []
     rewards: list[str] = []
-    margin_ms = READ_MARGIN_S * 1000
-    async for kind, lines in store.read_log(experiment_id, int(since * 1000 - margin_ms),
-                                            int(until * 1000 + window_ms + margin_ms)):
+    async for kind, lines in store.read_log(experiment_id, start, end):
         (decisions if kind == "d" else rewards).append(lines)
+    return rows_of_log(state.experiment, decisions, rewards, since, until)
+
+
+def export_from_service(url: str, api_key: str | None, experiment_id: str, since: float,
+                        until: float, timeout_s: float = 60.0) -> LogRows:
+    """``export``, with the log read through the service (``GET /v1/experiments/{id}/log``)."""
+    headers = {"User-Agent": f"bandit/{__version__}"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    base = f"{url.rstrip('/')}/v1/experiments/{urllib.parse.quote(experiment_id, safe='')}"
+    decisions: list[str] = []
+    rewards: list[str] = []
+    try:
+        # The attribution window is the experiment's: ask for it first, then the range.
+        with urllib.request.urlopen(urllib.request.Request(base, headers=headers),
+                                    timeout=timeout_s) as response:
+            shown = orjson.loads(response.read())
+        start, end = _read_range_of(float(shown["attribution_window_s"]), since, until)
+        query = urllib.parse.urlencode({"since": start / 1000, "until": end / 1000})
+        request = urllib.request.Request(f"{base}/log?{query}", headers=headers)
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            experiment = Experiment.from_json(orjson.loads(response.readline())["experiment"])
+            for line in response:
+                entry = orjson.loads(line)
+                (decisions if entry["kind"] == "d" else rewards).append(entry["records"])
+    except urllib.error.HTTPError as error:
+        with error:
+            raise ExportError(f"the service at {url} refused (HTTP {error.code}): "
+                              f"{error_message(error)}") from None
+    except (urllib.error.URLError, OSError, HTTPException, ValueError, KeyError) as error:
+        reason = error.reason if isinstance(error, urllib.error.URLError) else error
+        raise ExportError(f"cannot read the log from the service at {url}: {reason} (or "
+                          "read the store directly: --redis URL)") from None
+    return rows_of_log(experiment, decisions, rewards, since, until)
+
+
+def _read_range(experiment: Experiment, since: float, until: float) -> tuple[int, int]:
+    return _read_range_of(experiment.attribution_window_s, since, until)
+
+
+def _read_range_of(window_s: float, since: float, until: float) -> tuple[int, int]:
+    """The entries to read, in ms: from ``READ_MARGIN_S`` before ``since`` to the attribution
+    window and ``READ_MARGIN_S`` after ``until`` (an entry is stored after its records)."""
+    return (max(0, math.floor((since - READ_MARGIN_S) * 1000)),
+            math.ceil((until + window_s + READ_MARGIN_S) * 1000))
+
+
+def rows_of_log(experiment: Experiment, decisions: list[str], rewards: list[str],
+                since: float, until: float) -> LogRows:
+    """The rows of the decision records ``decisions`` served in the range, joined with the
+    reward records ``rewards`` (both: the log's lines, entry by entry)."""
+    pa = _pyarrow()
+    window_ms = experiment.attribution_window_s * 1000
     metadata = {"bandit": orjson.dumps(_metadata(experiment, since, until))}
     schema = pa.schema([(name, _types(pa)[name]) for name in COLUMNS], metadata=metadata)
     if not decisions:
