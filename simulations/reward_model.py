@@ -8,12 +8,15 @@ intercept included), or on an intercept alone for a log without contexts:
 - Gaussian rewards: ridge regression, q(x, a) = m + x . beta_a, minimising
   sum (r - m - x . beta_a)^2 + ridge |beta_a|^2 over the rows logged with a;
 - Bernoulli rewards: logistic regression, q(x, a) = sigmoid(m + x . beta_a), maximising the
-  log-likelihood minus ridge |beta_a|^2 / 2, by Newton's method.
+  log-likelihood minus ridge m (1 - m) |beta_a|^2 / 2, by Newton's method.
 
 m is the mean reward (its logit for Bernoulli rewards) of the rows fitted on, so the penalty
 shrinks each action towards the log's overall rate rather than towards 0 or 1/2: an action
-with no click in its rows gets a small q, not a wild one. With a ridge of 1 and hundreds of
-rows per action, the shrinkage moves q by O(1/rows), well inside the estimators' intervals.
+with no click in its rows gets a small q, not a wild one. The penalty weighs as much as
+``ridge`` rows: a row's squared error has curvature 1, a row's log-likelihood about m (1 - m)
+(hence the factor, without which rare clicks would be shrunk as if by 1 / (m (1 - m)) rows).
+With a ridge of 1 and hundreds of rows per action, the shrinkage moves q by O(1/rows), well
+inside the estimators' intervals.
 
 **Cross-fitting** (``folds`` = F >= 2): the rows are split at random into F folds, and row i's
 q(x_i, .) comes from the models fitted on the other F - 1 folds, so that no row's residual r_i
@@ -95,11 +98,16 @@ def fit_reward_model(log: Log, kind: ModelKind, *, folds: int = DEFAULT_FOLDS, s
     rewards = np.ascontiguousarray(log.rewards)
     offsets = _offsets(rewards, fold_of, folds, kind)
     if kind == "logistic":
+        rates = 1.0 / (1.0 + np.exp(-offsets))
         coefficients = _logistic_fits(design, actions, rewards, fold_of, folds, log.n_actions,
-                                      offsets, ridge, _ITERATIONS, _TOLERANCE, _MAX_STEP)
+                                      offsets, ridge * rates * (1.0 - rates), _ITERATIONS,
+                                      _TOLERANCE, _MAX_STEP)
+        rate = min(max(float(rewards.mean()), _RATE_FLOOR), 1.0 - _RATE_FLOOR)
+        penalty = ridge * rate * (1.0 - rate)
     else:
         coefficients = _ridge_fits(design, actions, rewards, fold_of, folds, log.n_actions,
                                    offsets, ridge)
+        penalty = ridge
     q_hat = np.empty((log.n, log.n_actions))
     for f in range(folds):
         rows = fold_of == f
@@ -110,7 +118,7 @@ def fit_reward_model(log: Log, kind: ModelKind, *, folds: int = DEFAULT_FOLDS, s
     else:
         slope = np.ones_like(q_hat)
     return RewardModel(q_hat=q_hat, design=design, slope=slope,
-                       hessians=_hessians(design, actions, slope, log.n_actions, ridge),
+                       hessians=_hessians(design, actions, slope, log.n_actions, penalty),
                        kind=kind, folds=folds, ridge=ridge)
 
 
@@ -129,24 +137,25 @@ def _offsets(rewards: FloatArray, fold_of: IntArray, folds: int, kind: ModelKind
 
 
 def _hessians(design: FloatArray, actions: IntArray, slope: FloatArray, n_actions: int,
-              ridge: float) -> FloatArray:
-    """(sum over the rows of action a of slope x x^T + ridge I) / n, per action."""
+              penalty: float) -> FloatArray:
+    """(sum over the rows of action a of slope x x^T + penalty I) / n, per action."""
     n, d = design.shape
     logged = slope[np.arange(n), actions]
     out = np.empty((n_actions, d, d))
     for a in range(n_actions):
         rows = actions == a
         x = design[rows]
-        out[a] = (x.T @ (x * logged[rows, None]) + ridge * np.eye(d)) / n
+        out[a] = (x.T @ (x * logged[rows, None]) + penalty * np.eye(d)) / n
     return out
 
 
 @jit
 def _logistic_fits(x: FloatArray, actions: IntArray, rewards: FloatArray, fold_of: IntArray,
-                   folds: int, n_actions: int, offsets: FloatArray, ridge: float,
+                   folds: int, n_actions: int, offsets: FloatArray, penalties: FloatArray,
                    iterations: int, tolerance: float, max_step: float) -> FloatArray:
     """Coefficients (F, K, d) of the penalised logistic regressions, model f fitted on the
-    rows outside fold f (all rows when F = 1), by damped Newton steps, all models at once."""
+    rows outside fold f (all rows when F = 1) with penalty ``penalties[f]``, by damped Newton
+    steps, all models at once."""
     n, d = x.shape
     beta = np.zeros((folds, n_actions, d))
     for _ in range(iterations):
@@ -173,10 +182,10 @@ def _logistic_fits(x: FloatArray, actions: IntArray, rewards: FloatArray, fold_o
             for a in range(n_actions):
                 h = hessian[f, a]
                 for j in range(d):
-                    h[j, j] += ridge
+                    h[j, j] += penalties[f]
                     for k in range(j):
                         h[k, j] = h[j, k]
-                g = gradient[f, a] - ridge * beta[f, a]
+                g = gradient[f, a] - penalties[f] * beta[f, a]
                 step = np.linalg.solve(h, g)
                 size = np.abs(step).max()
                 if size > max_step:
