@@ -13,7 +13,8 @@ obp 0.4 imports torch and pandas at the top of ``obp.utils`` and ``obp.ope.estim
 its tensor variants and the real dataset), neither of which the numpy estimators use: when
 they are not installed, :func:`obp_modules` registers two empty stand-ins (a ``torch`` whose
 ``Tensor`` is a class nothing is an instance of, so obp's own ``isinstance`` checks take its
-numpy branches; an empty ``pandas``) and registers obp's packages without running their
+numpy branches; a ``pandas`` whose ``DataFrame`` and ``Series`` are such classes too, for
+scikit-learn's checks) and registers obp's packages without running their
 ``__init__`` (which import every module; ``obp.policy`` gets its two base classes, all that
 ``obp.types`` needs). obp's estimator and dataset code then runs
 unmodified.
@@ -69,8 +70,9 @@ def obp_modules() -> types.SimpleNamespace:
             importlib.import_module(name)
         except ModuleNotFoundError:
             stand_in = types.ModuleType(name)
-            if name == "torch":
-                stand_in.Tensor = type("Tensor", (), {})  # type: ignore[attr-defined]
+            # Classes nothing is an instance of: obp's and scikit-learn's isinstance checks.
+            for attribute in ("Tensor",) if name == "torch" else ("DataFrame", "Series"):
+                setattr(stand_in, attribute, type(attribute, (), {}))
             sys.modules[name] = stand_in
     # obp.types (imported by the dataset) needs the policies' base classes only.
     policy = _package("obp.policy")
