@@ -30,10 +30,16 @@ from typing import Any, Literal
 import numpy as np
 
 from bandit.features import LinearModel
+from bandit.model import Experiment
 from bandit.policy.layout import FloatArray
 from simulations.logs import Log, LogError
 
-__all__ = ["REQUIRED_COLUMNS", "DecisionLog", "read_decision_log"]
+__all__ = [
+    "REQUIRED_COLUMNS",
+    "DecisionLog",
+    "logged_experiment",
+    "read_decision_log",
+]
 
 RewardKind = Literal["bernoulli", "gaussian"]
 #: Columns a decision log must have (the others are optional).
@@ -275,3 +281,15 @@ def _model(source: str, metadata: dict[str, Any]) -> LinearModel | None:
         return LinearModel.from_json(spec)
     except (KeyError, TypeError, ValueError) as error:
         raise LogError(f"{source}: the metadata's model is not a model spec ({error})") from error
+
+
+def logged_experiment(metadata: dict[str, Any]) -> Experiment | None:
+    """The logged experiment's configuration (its exploration settings and prior), from an
+    export's metadata (``config``); None without one (JSON lines, or an older export)."""
+    config = metadata.get("config")
+    if not isinstance(config, dict):
+        return None
+    try:
+        return Experiment.from_json(config)
+    except (KeyError, TypeError, ValueError):
+        return None

@@ -47,7 +47,7 @@ import numpy as np
 from bandit.forecast import forecast as fc
 from bandit.policy.layout import FloatArray, IntArray
 from bandit.serving import advisor
-from simulations.decision_log import DecisionLog
+from simulations.decision_log import DecisionLog, logged_experiment
 from simulations.logs import Log, LogError, take_rows
 from simulations.ope import DEFAULT_LAMBDA, DEFAULT_TAU, ESTIMATORS, Estimate, estimate_all
 from simulations.replay import logged_mean
@@ -331,11 +331,13 @@ def _target(spec: TargetSpec, decisions: DecisionLog, train: Log, test: Log,
         allocation = uniform_probabilities(k)
         return allocation, f"uniform over the {k} arms", allocation.tolist(), None
     try:
-        policy = service_settings(arms, decisions.reward, spec.exploration)
+        policy = service_settings(arms, decisions.reward, spec.exploration,
+                                  logged_experiment(decisions.metadata))
     except ValueError as error:
         raise ValueError(f"--target {spec.text}: {error}") from None
-    settings = ", ".join(f"{key}={value}" for key, value in spec.exploration.items()) \
-        or "default settings"
+    settings = ", ".join(f"{key}={value}" for key, value in spec.exploration.items()) or (
+        "the experiment's settings" if logged_experiment(decisions.metadata) is not None
+        else "default settings")
     if spec.kind == "thompson":
         stats, counts = arm_statistics(train, policy.family, half_life_s=policy.half_life_s,
                                        at=split_time)

@@ -220,17 +220,20 @@ class ServicePolicy:
 
 
 def service_settings(arms: Sequence[str], reward: RewardKind,
-                     exploration: Mapping[str, object] | None = None) -> ServicePolicy:
+                     exploration: Mapping[str, object] | None = None,
+                     base: Experiment | None = None) -> ServicePolicy:
     """The service's policy for ``arms`` with ``exploration`` (the PATCH body's
     ``exploration`` object: ``epsilon``, ``min_share``, ``max_share``, ``temperature``,
-    ``half_life_s``, ``warmup``, ``top_two``, ``control``) over the defaults, and the default
-    prior. ValueError names a setting the service would refuse."""
+    ``half_life_s``, ``warmup``, ``top_two``, ``control``) over the settings and prior of
+    ``base`` (the logged experiment's, from an export's metadata), else over the defaults with
+    the default prior. ValueError names a setting the service would refuse."""
     try:
-        parsed = parse_exploration(dict(exploration or {}), Exploration())
-        experiment = Experiment(
-            id="log", arms=tuple(arms), reward=reward,
-            prior=dict(BERNOULLI_PRIOR if reward == "bernoulli" else GAUSSIAN_PRIOR),
-            exploration=parsed)
+        parsed = parse_exploration(dict(exploration or {}),
+                                   Exploration() if base is None else base.exploration)
+        prior = (dict(base.prior) if base is not None and base.reward == reward
+                 else dict(BERNOULLI_PRIOR if reward == "bernoulli" else GAUSSIAN_PRIOR))
+        experiment = Experiment(id="log", arms=tuple(arms), reward=reward, prior=prior,
+                                exploration=parsed)
         check_consistent(experiment)
     except InvalidValue as error:
         raise ValueError(error.message) from None

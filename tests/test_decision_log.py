@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import redis
@@ -386,3 +387,52 @@ async def test_a_paused_redis_sheds_the_oldest_records_and_decisions_keep_flowin
     assert stats["log"]["dropped"] == log.dropped_total > 0
     assert len(set(during) - set(logged)) <= log.dropped_total
     assert [row["reward"] for row in rows if row["decision_id"] == before[0]] == [1.0]
+
+
+# -- the loop: serve, log, export, evaluate ---------------------------------------------------
+
+
+#: True click rates of the arms served below.
+TRUE_RATES = {"a": 0.04, "b": 0.05, "c": 0.08}
+
+
+@pytest.mark.slow
+async def test_serve_log_export_evaluate(client: Client, tmp_path: Path) -> None:
+    """12,000 decisions served by the service as it learns, rewarded from known click rates,
+    exported through the service and evaluated: each fixed arm's estimate, and the uniform
+    policy's, is within 4 standard errors of its true value (a normal deviation that large has
+    probability 6e-5), and the logging policy's own settings reproduce its on-policy mean."""
+    await _create(client, "loop", exploration={"min_share": 0.1})
+    rng = np.random.default_rng(2024)  # not the service's seed: its draws would correlate
+    for batch in range(60):
+        decisions = await _allocate(client, "loop", n=200)
+        answer = await _events(client, [
+            {"id": f"{batch}-{i}", "experiment": "loop", "arm": d["arm"],
+             "decision_id": d["decision_id"], "reward": int(rng.random() < TRUE_RATES[d["arm"]])}
+            for i, d in enumerate(decisions)])
+        assert answer["accepted"] == 200
+        await asyncio.sleep(0.06)  # the cache learns between batches
+    await client.app[SERVICE].decisions.log.flush()
+    out = tmp_path / "loop.parquet"
+    url = str(client.make_url("")).rstrip("/")
+    exported = await asyncio.to_thread(_cli, "loop", "--format", "parquet", "--out", str(out),
+                                       "--url", url)
+    assert exported.returncode == 0, exported.stderr
+    evaluated = await asyncio.to_thread(subprocess.run, [
+        sys.executable, "-m", "bandit", "simulate", "replay", "--log", str(out), "--json",
+        *(f"--target={t}" for t in ("fixed:a", "fixed:b", "fixed:c", "uniform", "thompson"))],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert evaluated.returncode == 0, evaluated.stderr
+    targets = json.loads(evaluated.stdout)["targets"]
+    truths = {f"fixed:{arm}": rate for arm, rate in TRUE_RATES.items()}
+    truths["uniform"] = sum(TRUE_RATES.values()) / 3
+    for name, truth in truths.items():
+        for estimator in ("ips", "snips", "dr"):
+            estimate = targets[name]["estimates"][estimator]
+            assert abs(estimate["value"] - truth) <= 4 * estimate["stderr"], (name, estimator,
+                                                                              estimate)
+    # The experiment's own settings, learnt on the first half: what the logger did on the
+    # second half (the same allocation up to the posterior's drift over the half).
+    logger = json.loads(evaluated.stdout)["logged"]
+    thompson = targets["thompson"]["estimates"]["ips"]
+    assert abs(thompson["value"] - logger["value"]) <= 2 * thompson["stderr"], (thompson, logger)

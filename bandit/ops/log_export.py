@@ -388,7 +388,9 @@ def _metadata(experiment: Experiment, since: float, until: float) -> dict[str, A
             "reward": experiment.reward,
             "model": None if model is None else model.to_json(),
             "attribution_window_s": experiment.attribution_window_s,
-            "since": since, "until": until}
+            "since": since, "until": until,
+            # Its settings and prior when exported: what a target changes ("thompson:...").
+            "config": experiment.to_json()}
 
 
 def write(rows: LogRows, form: str, out: Path | None) -> None:
