@@ -98,8 +98,9 @@ def examples(path: Path) -> Example:
 def run(example: Example, port: int, log: Path) -> subprocess.CompletedProcess[str]:
     pause = f"\nsleep {READER_PAUSE_S}\n"
     script = PRELUDE + pause.join(example.script).replace(DOCUMENTED_HOST, f"localhost:{port}")
+    # In the log's directory: what an example writes (an export) lands there.
     return subprocess.run(["bash", "-c", script], env={"LOG": str(log), "PATH": _path()},
-                          capture_output=True, text=True, timeout=300, check=False)
+                          cwd=log, capture_output=True, text=True, timeout=300, check=False)
 
 
 def _path() -> str:
