@@ -195,6 +195,21 @@ async def test_a_full_buffer_drops_the_oldest_and_says_so(redis_url: str) -> Non
     assert [row["decision_id"] for row in rows] == [d["decision_id"] for d in kept[30:]]
 
 
+async def test_a_backlog_is_flushed_in_entries_of_bounded_size(redis_url: str) -> None:
+    settings = Settings(redis_url=redis_url, log_flush_records=100, log_flush_interval_s=60)
+    async with TestClient(TestServer(create_app(settings, seed=7))) as client:
+        await _create(client, "backlog")
+        log = client.app[SERVICE].decisions.log
+        log._wake.set = lambda: None  # type: ignore[method-assign]  # no early flush
+        for _ in range(10):
+            await _allocate(client, "backlog", n=30)
+        await log.flush()
+    entries = redis.Redis.from_url(redis_url, decode_responses=True).xrange(
+        "bandit:{backlog}:log")
+    # A request's 30 records stay together: 90, 90, 90 and the last 30.
+    assert [int(fields["n"]) for _, fields in entries] == [90, 90, 90, 30]
+
+
 async def test_logging_off_logs_nothing(redis_url: str) -> None:
     settings = Settings(redis_url=redis_url, decision_log=False)
     async with TestClient(TestServer(create_app(settings, seed=7))) as client:

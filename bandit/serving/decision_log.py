@@ -30,7 +30,6 @@ import contextlib
 import logging
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -68,8 +67,6 @@ class DecisionLog:
         self._wake = asyncio.Event()
         #: Per experiment, its snapshot's line middles per arm (``_middles_of``).
         self._middles: dict[str, tuple[Snapshot, dict[str, str]]] = {}
-        #: Called with the number of records dropped, each time some are (a metric).
-        self.on_drop: Callable[[int], None] | None = None
 
     @property
     def buffered(self) -> int:
@@ -154,8 +151,6 @@ class DecisionLog:
             self._dropped[experiment_id] += count
             shed += count
         self.dropped_total += shed
-        if shed and self.on_drop is not None:
-            self.on_drop(shed)
 
     async def flush(self) -> None:
         """Append what is buffered to the experiments' logs. Raises StoreUnavailable with the
@@ -164,30 +159,43 @@ class DecisionLog:
             return
         taken, self._buffer, self._size = self._buffer, deque(), 0
         dropped, self._dropped = self._dropped, defaultdict(int)
-        grouped: dict[str, tuple[list[str], int]] = {}
+        # Per experiment, entries of at most log_flush_records records (a request's records
+        # stay together), so that no entry (and no read of the log) grows without bound after
+        # an outage.
+        limit = self._settings.log_flush_records
+        pending: dict[str, tuple[list[str], int]] = {}
+        chunks: list[tuple[str, LogChunk]] = []
         for experiment_id, lines, count in taken:
-            entry = grouped.get(experiment_id)
-            if entry is None:
-                grouped[experiment_id] = ([lines], count)
-            else:
-                entry[0].append(lines)
-                grouped[experiment_id] = (entry[0], entry[1] + count)
-        for experiment_id in dropped:
-            grouped.setdefault(experiment_id, ([], 0))
-        chunks = {experiment_id: LogChunk("".join(lines), count, dropped.get(experiment_id, 0))
-                  for experiment_id, (lines, count) in grouped.items()}
-        written = self._flushing = sum(chunk.records for chunk in chunks.values())
+            parts, records = pending.get(experiment_id, ([], 0))
+            if parts and records + count > limit:
+                chunks.append((experiment_id, LogChunk("".join(parts), records, 0)))
+                parts, records = [], 0
+            parts.append(lines)
+            pending[experiment_id] = (parts, records + count)
+        for experiment_id, (parts, records) in pending.items():
+            chunks.append((experiment_id, LogChunk("".join(parts), records, 0)))
+        reported = set()
+        for position, (experiment_id, chunk) in enumerate(chunks):
+            if experiment_id in dropped and experiment_id not in reported:
+                chunks[position] = (experiment_id, chunk._replace(dropped=dropped[experiment_id]))
+                reported.add(experiment_id)
+        chunks += [(experiment_id, LogChunk("", 0, count))
+                   for experiment_id, count in dropped.items() if experiment_id not in reported]
+        written = self._flushing = sum(count for _, _, count in taken)
         try:
             await self._store.flush_log(chunks, round(self._settings.log_max_age_s * 1000),
                                         self._settings.log_max_records)
         except StoreUnavailable:
-            # What was not stored goes back in front of what came meanwhile, oldest first.
-            for experiment_id, chunk in chunks.items():
+            # What was not stored goes back in front of what came meanwhile, oldest first: a
+            # request's records whose experiment has an entry not stored (those of its entries
+            # that were may be stored twice; the export keeps each decision once).
+            unstored = {experiment_id for experiment_id, _ in chunks}
+            for experiment_id, chunk in chunks:
                 self._dropped[experiment_id] += chunk.dropped
-            back = [item for item in taken if item[0] in chunks]
+            back = [item for item in taken if item[0] in unstored]
             self._buffer.extendleft(reversed(back))
-            self._size += sum(chunk.records for chunk in chunks.values())
-            written -= sum(chunk.records for chunk in chunks.values())
+            self._size += sum(count for _, _, count in back)
+            written -= sum(chunk.records for _, chunk in chunks)
             self._shed()
             raise
         finally:

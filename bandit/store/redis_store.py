@@ -444,24 +444,21 @@ class RedisStore:
             for experiment_id in chunk:
                 del draws[experiment_id]
 
-    async def flush_log(self, chunks: dict[str, LogChunk], max_age_ms: int,
+    async def flush_log(self, chunks: list[tuple[str, LogChunk]], max_age_ms: int,
                         max_records: int) -> None:
-        """Append each experiment's decision records to its log (one script call each, a round
-        trip per 200 experiments), trimmed to the retention given. Raises StoreUnavailable
-        with the chunks not stored yet left in ``chunks``."""
-        order = list(chunks)
-        for start in range(0, len(order), 200):
-            part = order[start:start + 200]
+        """Append each chunk of decision records to its experiment's log, in order (one script
+        call each, a round trip per 200), trimmed to the retention given. Raises
+        StoreUnavailable with the chunks not stored yet left in ``chunks``."""
+        while chunks:
+            part = chunks[:200]
             calls: list[ScriptCall] = []
-            for experiment_id in part:
+            for experiment_id, chunk in part:
                 keys = self.keys(experiment_id)
-                chunk = chunks[experiment_id]
                 calls.append((self._flush_log, [keys.meta],
                               [keys.prefix_with_tag, str(max_age_ms), str(max_records),
                                str(chunk.dropped), chunk.lines, str(chunk.records)]))
             await self._scripts.run(calls, wait=False)
-            for experiment_id in part:
-                del chunks[experiment_id]
+            del chunks[:len(part)]
 
     async def read_log(self, experiment_id: str, start_ms: int,
                        end_ms: int | None) -> AsyncIterator[tuple[str, str]]:
