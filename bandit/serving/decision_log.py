@@ -80,13 +80,10 @@ class DecisionLog:
             return
         experiment = snapshot.experiment
         head = f"{int(time.time() * 1000)}\t"
-        tail = ("\n" if request.unit is None and (request.context is None
-                                                 or snapshot.contextual is None)
-                else f"{request.unit or ''}\t{self._context(snapshot, request)}\n")
+        unit, context = request.unit or "", self._context(snapshot, request)
+        tail = f"{unit}\t{context}\n" if unit or context else "\t\n"
         if request.k is None:
             middles = self._middles_of(snapshot)
-            if tail == "\n":
-                tail = "\t\n"
             if len(decisions) == 1:
                 decision = decisions[0]
                 lines = head + decision["decision_id"] + (
@@ -97,8 +94,6 @@ class DecisionLog:
                     for decision in decisions])
         else:
             indices = experiment.arm_indices
-            if tail == "\n":
-                tail = "\t\n"
             lines = "".join([
                 f"{head}{decision['decision_id']}\t{experiment.version}\t"
                 f"{','.join([str(indices[arm]) for arm in decision['arms']])}\t"
