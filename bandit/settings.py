@@ -40,6 +40,21 @@ class Settings:
     refresh_interval_s: float = 0.2
     #: How often each process flushes its served-decision counters to Redis.
     served_flush_interval_s: float = 1.0
+    #: Append every decision served and every reward accepted to the experiment's decision log
+    #: (a Redis Stream; ``bandit log export``).
+    decision_log: bool = True
+    #: Each process group-commits its decision records this often, or sooner once
+    #: ``log_flush_records`` are waiting: a process killed before a flush loses at most this
+    #: window (plus a flush under way).
+    log_flush_interval_s: float = 0.05
+    log_flush_records: int = 1000
+    #: Decision records a process holds while Redis is slow or unreachable; past this the
+    #: oldest are dropped (counted, in ``/metrics`` and the stats' ``log``), never a decision.
+    log_buffer_records: int = 100_000
+    #: Retention of each experiment's log: records older than this, and the oldest records
+    #: beyond ``log_max_records``, are trimmed, in whole flushes.
+    log_max_age_s: float = 7 * 86400.0
+    log_max_records: int = 1_000_000
     #: Largest request body accepted, in bytes (413 above).
     max_body_bytes: int = 16 * 1024 * 1024
     #: Socket timeout for Redis commands; a slower answer is treated as Redis being unreachable.
@@ -117,6 +132,13 @@ class Settings:
             "served_flush_interval_s",
             _positive(self.served_flush_interval_s),
         )
+        _check(self.log_flush_interval_s, "log_flush_interval_s",
+               _positive(self.log_flush_interval_s) and self.log_flush_interval_s <= 60)
+        _check(self.log_flush_records, "log_flush_records", self.log_flush_records >= 1)
+        _check(self.log_buffer_records, "log_buffer_records",
+               self.log_buffer_records >= self.log_flush_records)
+        _check(self.log_max_age_s, "log_max_age_s", _positive(self.log_max_age_s))
+        _check(self.log_max_records, "log_max_records", self.log_max_records >= 1)
         _check(self.max_body_bytes, "max_body_bytes", self.max_body_bytes >= 1024)
         _check(self.redis_timeout_s, "redis_timeout_s", _positive(self.redis_timeout_s))
         _check(self.redis_max_connections, "redis_max_connections", self.redis_max_connections >= 1)

@@ -365,9 +365,13 @@ def warm_up() -> None:
     signer.verify("warm-up", slates, [2], 1.0, 10.0)
 
 
+#: Characters of a slate's id (``r...``) that identify it (``decision_key``).
+SLATE_KEY_LENGTH = _SLATE_HEAD - 16
+
+
 def decision_key(decision_id: str) -> str:
     """What identifies a decision in the store's reward markers: the id itself, but for a
     slate only its unique head (kind, issued, process, counter), not its list of arms."""
     if decision_id[0] == "r":
-        return decision_id[:_SLATE_HEAD - 16]
+        return decision_id[:SLATE_KEY_LENGTH]
     return decision_id

@@ -46,6 +46,7 @@ SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
     "bench_loop.py": ([], ["--repeat", "2"]),
     "bench_scale.py": ([], ["--sizes", "100,10000", "--idle", "3", "--settle", "3"]),
     "bench_contextual.py": (["--seconds", "5"], ["--seconds", "1"]),
+    "bench_ope.py": ([], ["--rows", "100000", "--repeats", "1"]),
 }
 SOAK = ("bench_soak.py", ["--duration", "630"])
 PACKAGES = ("numpy", "numba", "scipy", "aiohttp", "redis", "hiredis", "orjson", "distributed",

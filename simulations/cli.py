@@ -56,26 +56,56 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     replay = parser.add_subparsers(dest="simulate_command", metavar="{replay,contextual}")
     replay_parser = replay.add_parser(
-        "replay", help="estimate policies' value from logged data (IPS, SNIPS, replay)",
-        description="Off-policy evaluation on the Open Bandit Dataset sample, which ships with "
+        "replay", help="estimate policies' value from logged data: your experiment's decision "
+                       "log (--log), or the Open Bandit Dataset sample",
+        description="Off-policy evaluation. With --log FILE: target policies evaluated on an "
+                    "experiment's decision log (bandit log export, Parquet or JSON lines) with "
+                    "IPS, SNIPS, DM, DR, Switch-DR and DRos, and the tuning advisor's forecast "
+                    "beside them. Without: the Open Bandit Dataset sample, which ships with "
                     "the package.",
         epilog=OBD_ATTRIBUTION)
+    replay_parser.add_argument("--log", type=Path, metavar="FILE",
+                               help="a decision log from bandit log export (.parquet or "
+                                    ".jsonl) to evaluate target policies on")
+    replay_parser.add_argument("--target", action="append", dest="targets", metavar="SPEC",
+                               help="with --log, repeatable: fixed:ARM, uniform, thompson, "
+                                    "thompson:epsilon=0.1,min_share=0.02 (the service's "
+                                    "exploration settings), contextual[:settings] (default: "
+                                    "uniform, thompson, thompson:epsilon=0.1, and contextual "
+                                    "for a log with features)")
+    replay_parser.add_argument("--reward", choices=["bernoulli", "gaussian"],
+                               help="with --log: the reward kind (default: the file's "
+                                    "metadata, else inferred: all rewards 0 or 1 is bernoulli)")
+    replay_parser.add_argument("--folds", type=int, default=5,
+                               help="with --log: cross-fitting folds of the reward model "
+                                    "(default 5)")
+    replay_parser.add_argument("--tau", type=float, default=None,
+                               help="with --log: Switch-DR's weight threshold (default 10)")
+    replay_parser.add_argument("--lambda", type=float, default=None, dest="lambda_",
+                               help="with --log: DRos's shrinkage (default 100)")
+    replay_parser.add_argument("--forecast-reps", type=int, default=100,
+                               help="with --log: the advisor forecast's plausible futures "
+                                    "(default 100)")
     replay_parser.add_argument("--data-dir", type=Path,
                                help="a directory with OBD csv files laid out as the sample "
                                     "(random_<campaign>.csv, bts_<campaign>.csv), e.g. the "
                                     "full dataset (default: the shipped sample)")
     replay_parser.add_argument("--campaign", choices=OBD_CAMPAIGNS, default="men")
-    replay_parser.add_argument("--position", type=int, default=1, choices=[1, 2, 3])
+    replay_parser.add_argument("--position", type=int,
+                               help="the slot: 1, 2 or 3 in the OBD sample (default 1); with "
+                                    "--log, the position in a slate (default 0)")
     replay_parser.add_argument("--seed", type=int, default=0)
-    replay_parser.add_argument("--out", type=Path, help="also write replay.json here")
+    replay_parser.add_argument("--out", type=Path,
+                               help="also write replay.json here (with --log: "
+                                    "evaluation.json and evaluation.png)")
     replay_parser.add_argument("--json", action="store_true", help="print JSON, not a table")
     replay_parser.add_argument("--contextual", action="store_true",
                                help="instead: learn the service's contextual Thompson sampling "
                                     "(user features) on the first part of the random log and "
                                     "estimate its click rate on the rest (IPS, SNIPS)")
     replay_parser.add_argument("--train-share", type=float, default=0.5,
-                               help="with --contextual: the share of the random log, in time "
-                                    "order, to learn from (default 0.5)")
+                               help="with --log or --contextual: the share of the log, in "
+                                    "time order, to learn from (default 0.5)")
     _add_contextual(replay)
 
 
@@ -334,6 +364,14 @@ def _replay(arguments: argparse.Namespace) -> int:
     from simulations.logs import LogError
     from simulations.obd import ESTIMATES, evaluate_obd
 
+    if arguments.log is not None:
+        return _replay_log(arguments)
+    if arguments.position is None:
+        arguments.position = 1
+    elif arguments.position not in (1, 2, 3):
+        print(f"bandit simulate replay: --position must be 1, 2 or 3 in the Open Bandit "
+              f"Dataset, got {arguments.position}", file=sys.stderr)
+        return 2
     data_dir: Path | None = arguments.data_dir
     if data_dir is not None and not data_dir.is_dir():
         print(f"bandit simulate replay: --data-dir {data_dir} is not a directory",
@@ -401,6 +439,101 @@ def _replay_contextual(arguments: argparse.Namespace) -> int:
         arguments.out.mkdir(parents=True, exist_ok=True)
         (arguments.out / "replay-contextual.json").write_text(text + "\n")
     return 0
+
+
+def _replay_log(arguments: argparse.Namespace) -> int:
+    """``bandit simulate replay --log FILE``: targets evaluated on a decision log."""
+    from simulations.decision_log import read_decision_log
+    from simulations.evaluation import evaluate_log, write_evaluation
+    from simulations.logs import LogError
+    from simulations.ope import DEFAULT_LAMBDA, DEFAULT_TAU
+
+    command = "bandit simulate replay --log"
+    needed = (["pyarrow"] if arguments.log.suffix == ".parquet" else []) + \
+        (["matplotlib"] if arguments.out is not None else [])
+    missing = _missing_research_modules(needed)
+    if missing:
+        print(f"{command}: {', '.join(missing)} not installed: pip install "
+              "'bandit-service[research]' (from a checkout: pip install '.[research]')",
+              file=sys.stderr)
+        return 2
+    if arguments.forecast_reps < 10:
+        print(f"{command}: --forecast-reps must be >= 10", file=sys.stderr)
+        return 2
+    try:
+        decisions = read_decision_log(arguments.log, reward=arguments.reward)
+        evaluation = evaluate_log(
+            decisions, arguments.targets, train_share=arguments.train_share,
+            position=arguments.position, folds=arguments.folds, seed=arguments.seed,
+            tau=DEFAULT_TAU if arguments.tau is None else arguments.tau,
+            lambda_=DEFAULT_LAMBDA if arguments.lambda_ is None else arguments.lambda_,
+            forecast_reps=arguments.forecast_reps)
+    except (LogError, ValueError) as error:
+        print(f"{command}: {error}", file=sys.stderr)
+        return 2
+    text = json.dumps(evaluation.to_json(), indent=2)
+    if arguments.json:
+        print(text)
+    else:
+        print(_evaluation_table(evaluation))
+    if arguments.out is not None:
+        written = write_evaluation(arguments.out, evaluation, text)
+        if not arguments.json:
+            print(f"wrote {', '.join(str(path) for path in written)}")
+    return 0
+
+
+def _evaluation_table(evaluation: Any) -> str:
+    """The table of ``bandit simulate replay --log``: target x estimator."""
+    from datetime import UTC, datetime
+
+    cut = datetime.fromtimestamp(evaluation.split_time, UTC).isoformat(timespec="seconds")
+    width = max([34, *(len(label) + 1 for label in evaluation.targets)])
+    lines = [
+        f"{evaluation.source}: experiment {evaluation.experiment or '(unnamed)'}, "
+        f"{len(evaluation.arms)} arms, {evaluation.reward} rewards ({evaluation.reward_source})",
+        f"targets learnt on the {evaluation.train_rows:,} rows before {cut}; estimated on the "
+        f"{evaluation.test_rows:,} rows from then on at position {evaluation.position} "
+        f"(reward model: {evaluation.folds}-fold cross-fitted "
+        f"{'logistic' if evaluation.reward == 'bernoulli' else 'ridge'} regression)",
+        "",
+        f"{'target':{width}} {'estimator':10} {'value':>10} {'95% interval':>24} "
+        f"{'eff. n':>9}",
+    ]
+
+    def row(label: str, name: str, value: float, low: float, high: float, n: str) -> str:
+        interval = f"[{low:.5f}, {high:.5f}]"
+        return f"{label:{width}} {name:10} {value:10.5f} {interval:>24} {n:>9}"
+
+    logged = evaluation.logged
+    lines.append(row("logger (its own mean reward)", "on-policy", logged.value, logged.ci_low,
+                     logged.ci_high, f"{logged.effective_n:,.0f}"))
+    for label, result in evaluation.targets.items():
+        for i, (name, estimate) in enumerate(result.estimates.items()):
+            flag = "" if estimate.normal_ok else " !"
+            lines.append(row(label if i == 0 else "", name, estimate.value, estimate.ci_low,
+                             estimate.ci_high, f"{estimate.effective_n:,.0f}{flag}"))
+        forecast = result.forecast
+        if forecast is not None:
+            low, high = forecast.range80
+            lines.append(row("", "advisor", forecast.value, low, high,
+                             f"{forecast.decisions:,}*"))
+    lines += [
+        "",
+        "value: expected reward per decision had the target served the evaluation rows "
+        "(frozen at the cut).",
+        "eff. n: rows that effectively carry a weighted estimate (Kish); ! marks a normal "
+        "interval not to be trusted.",
+        "advisor: the tuning advisor's forecast of the same from the training posterior, the "
+        "policy learning on; its interval is the 80% range over plausible worlds, * its "
+        "decisions.",
+    ]
+    for label, result in evaluation.targets.items():
+        lines.append(f"  {label}: {result.description}")
+        if result.forecast is not None:
+            lines += [f"    advisor: {note}" for note in result.forecast.notes]
+    lines += [f"note: {note}" for note in evaluation.notes]
+    return "\n".join(lines)
 
 
 def _plain(value: Any) -> Any:

@@ -3,7 +3,9 @@
 A log records, for each decision, the action the *logging* policy took, the reward it got and
 its propensity (the probability the logger gave that action). :func:`load_log` and
 :func:`read_log` read CSV files, the Open Bandit Dataset's as they are; :func:`select_position`
-keeps one slot of a multi-slot log. The estimators are in :mod:`simulations.replay`.
+keeps one slot of a multi-slot log, :func:`take_rows` any subset of rows. The estimators are in
+:mod:`simulations.ope` (and :mod:`simulations.replay`); the service's own export (``bandit log
+export``, Parquet or JSON lines) is read by :mod:`simulations.decision_log`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy.typing as npt
 
 from bandit.policy.layout import FloatArray, IntArray
 
-__all__ = ["Log", "LogError", "load_log", "read_log", "select_position"]
+__all__ = ["Log", "LogError", "load_log", "read_log", "select_position", "take_rows"]
 
 _ArrayT = TypeVar("_ArrayT", bound=npt.NDArray[np.generic])
 
@@ -42,7 +44,9 @@ class Log:
 
     ``actions`` are int64 in ``0 .. n_actions - 1``; ``propensities`` are the logging policy's
     probabilities of those actions, in (0, 1]; ``timestamps`` are POSIX seconds (ISO 8601 in a
-    file is converted; naive times are taken as UTC) or whatever numbers the file held.
+    file is converted; naive times are taken as UTC) or whatever numbers the file held;
+    ``features`` (n, d) are the regression's x of each row (contextual logs), for the reward
+    model of :mod:`simulations.reward_model` and contextual targets.
     Validated on construction, so a Log built in code is as trustworthy as one loaded from disk.
     """
 
@@ -52,6 +56,7 @@ class Log:
     n_actions: int
     positions: IntArray | None = None
     timestamps: FloatArray | None = None
+    features: FloatArray | None = None
 
     def __post_init__(self) -> None:
         actions = _frozen(np.asarray(self.actions, dtype=np.int64))
@@ -91,6 +96,12 @@ class Log:
             if timestamps.shape != (n,) or not np.all(np.isfinite(timestamps)):
                 raise LogError(f"timestamps must be {n} finite numbers")
             object.__setattr__(self, "timestamps", timestamps)
+        if self.features is not None:
+            features = _frozen(np.asarray(self.features, dtype=np.float64))
+            if features.ndim != 2 or features.shape[0] != n or not np.all(np.isfinite(features)):
+                raise LogError(f"features must be finite, of shape ({n}, d), got "
+                               f"{features.shape}")
+            object.__setattr__(self, "features", features)
 
     @property
     def n(self) -> int:
@@ -98,7 +109,6 @@ class Log:
         return int(self.actions.shape[0])
 
 
-# Per-row action probabilities of the evaluated policy: (n, K), or (K,) for a policy that does not
 def _frozen(array: _ArrayT) -> _ArrayT:
     """A read-only copy, so a Log cannot change under an estimator or a caller."""
     copy = array.copy()
@@ -203,11 +213,24 @@ def select_position(log: Log, position: int) -> Log:
     if not keep.any():
         found = ", ".join(str(p) for p in np.unique(log.positions))
         raise LogError(f"no rows at position {position}; positions present: {found}")
+    return take_rows(log, np.flatnonzero(keep))
+
+
+def take_rows(log: Log, index: npt.ArrayLike) -> Log:
+    """The rows ``index`` (indices or a boolean mask) of ``log``, every column kept."""
+    rows = np.asarray(index)
+    if rows.dtype == np.bool_:
+        rows = np.flatnonzero(rows)
+
+    def part(array: _ArrayT | None) -> _ArrayT | None:
+        return None if array is None else array[rows]
+
     return Log(
-        actions=log.actions[keep],
-        rewards=log.rewards[keep],
-        propensities=log.propensities[keep],
+        actions=log.actions[rows],
+        rewards=log.rewards[rows],
+        propensities=log.propensities[rows],
         n_actions=log.n_actions,
-        positions=log.positions[keep],
-        timestamps=None if log.timestamps is None else log.timestamps[keep],
+        positions=part(log.positions),
+        timestamps=part(log.timestamps),
+        features=part(log.features),
     )

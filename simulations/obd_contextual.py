@@ -36,7 +36,7 @@ from bandit.features import MAX_DIMENSION, Feature, LinearModel
 from bandit.policy import ContextualPosterior, PolicySettings
 from bandit.policy.contextual import add_observations, stats_width
 from bandit.policy.layout import FloatArray
-from simulations.logs import Log, select_position
+from simulations.logs import Log, select_position, take_rows
 from simulations.obd import load_obd_log, obd_csv
 from simulations.replay import Estimate, ips, logged_mean, snips
 from simulations.targets import thompson_probabilities, uniform_probabilities
@@ -122,8 +122,8 @@ def evaluate_contextual_obd(data_dir: Path | None = None, campaign: str = "men",
     train_index, test_index = order[:cut], order[cut:]
     train_contexts = [contexts[i] for i in train_index]
     model, left_out = contextual_model(train_contexts)
-    train = _rows(log, train_index)
-    test = select_position(_rows(log, test_index), position)
+    train = take_rows(log, train_index)
+    test = select_position(take_rows(log, test_index), position)
     test_contexts = [contexts[i] for i in test_index[log.positions[test_index] == position]] \
         if log.positions is not None else []
     posterior = _posterior(model, np.array([model.encode(c) for c in train_contexts]), train)
@@ -144,9 +144,3 @@ def evaluate_contextual_obd(data_dir: Path | None = None, campaign: str = "men",
     return ContextualOBD(estimates, model.dimension, left_out, train.n,
                          int(train.rewards.sum()), test.n, int(test.rewards.sum()))
 
-
-def _rows(log: Log, index: np.ndarray) -> Log:
-    return Log(actions=log.actions[index], rewards=log.rewards[index],
-               propensities=log.propensities[index], n_actions=log.n_actions,
-               positions=None if log.positions is None else log.positions[index],
-               timestamps=None if log.timestamps is None else log.timestamps[index])

@@ -39,6 +39,7 @@ MATRIX: list[tuple[str, str, str | None, Any]] = [
     ("GET", "/v1/experiments/{id}/stats", "read", None),
     ("GET", "/v1/experiments/{id}/audit", "read", None),
     ("GET", "/v1/experiments/{id}/history", "read", None),
+    ("GET", "/v1/experiments/{id}/log", "read", None),
     ("POST", "/v1/experiments/{id}/advise", "admin", {"exploration": {"epsilon": 0.1},
                                                       "decisions": 200, "reps": 10,
                                                       "traffic_per_s": 10}),

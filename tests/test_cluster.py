@@ -12,6 +12,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
+import json
+import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -166,7 +169,8 @@ async def test_end_to_end_on_a_cluster_with_two_processes(
     shards = set()
     for experiment in EXPERIMENTS:
         keys = Keys("bandit", experiment)
-        slots = {_slot(key) for key in (keys.meta, keys.stats, keys.units, keys.audit)}
+        slots = {_slot(key) for key in (keys.meta, keys.stats, keys.units, keys.audit,
+                                        keys.log, keys.log_index, keys.log_stats)}
         assert len(slots) == 1
         (slot,) = slots
         assert client.exists(keys.meta) == 1
@@ -177,6 +181,14 @@ async def test_end_to_end_on_a_cluster_with_two_processes(
             for i in range(3)}
     assert len(shards) == 3
     client.close()
+    # The decision log, read from the cluster: the sticky unit's six decisions, served by two
+    # processes (each flushed its records when it stopped), with the events that named none.
+    exported = subprocess.run(
+        [sys.executable, "-m", "bandit", "log", "export", "exp-0", "--format", "jsonl",
+         "--redis", cluster.url], capture_output=True, text=True, timeout=60, check=False)
+    assert exported.returncode == 0, exported.stderr
+    rows = [json.loads(line) for line in exported.stdout.splitlines()]
+    assert len(rows) == 6 and {(row["unit"], row["arm"]) for row in rows} == {("user-1", arm)}
 
 
 # -- failover under load -----------------------------------------------------------------------

@@ -404,7 +404,7 @@ async def test_eight_concurrent_writers_lose_nothing(redis_url: str, store: Redi
         async def counting(calls: Any, *, wait: bool, raw: bool = False,
                            run: Any = run) -> list[Any]:
             nonlocal one_by_one
-            one_by_one += sum(1 for call in calls if "*" in call[2][3:4])
+            one_by_one += sum(1 for call in calls if "*" in call[2][4:5])  # ARGV[5]: mode
             return list(await run(calls, wait=wait, raw=raw))
 
         writer._scripts.run = counting  # type: ignore[method-assign]

@@ -34,7 +34,8 @@ import pytest
 from tests.conftest import ServiceProcess
 from tests.test_docs import ROOT, SHELL_LANGUAGES, read_page
 
-PAGES = [ROOT / "README.md", ROOT / "docs" / "api.md", ROOT / "docs" / "contextual.md"]
+PAGES = [ROOT / "README.md", ROOT / "docs" / "api.md", ROOT / "docs" / "contextual.md",
+         ROOT / "docs" / "decision-log.md"]
 DOCUMENTED_HOST = "localhost:8080"
 #: A ``curl`` command at the start of a line, after a pipe, or in ``$(...)``.
 CURL = re.compile(r"(?:^|[|(]\s*)curl\s")
@@ -97,13 +98,17 @@ def examples(path: Path) -> Example:
 def run(example: Example, port: int, log: Path) -> subprocess.CompletedProcess[str]:
     pause = f"\nsleep {READER_PAUSE_S}\n"
     script = PRELUDE + pause.join(example.script).replace(DOCUMENTED_HOST, f"localhost:{port}")
+    # In the log's directory: what an example writes (an export) lands there.
     return subprocess.run(["bash", "-c", script], env={"LOG": str(log), "PATH": _path()},
-                          capture_output=True, text=True, timeout=300, check=False)
+                          cwd=log, capture_output=True, text=True, timeout=300, check=False)
 
 
 def _path() -> str:
+    """The test run's PATH, after the directory of its Python: a reader who installed the
+    service runs ``bandit`` from there."""
     import os
-    return os.environ["PATH"]
+    import sys
+    return f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
 
 
 def recorded(log: Path) -> list[tuple[int, str]]:

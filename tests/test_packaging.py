@@ -127,11 +127,12 @@ def test_the_wheel_carries_its_data(tmp_path: Path) -> None:
 
 
 def test_research_dependencies_are_an_extra_not_the_service() -> None:
-    """Plotting, progress bars and Dask serve simulations, not decisions."""
+    """Plotting, progress bars, Dask and Parquet serve simulations and exports, not
+    decisions."""
     names = {canonicalize_name(r.name) for r in _requirements()}
-    assert not names & {"matplotlib", "tqdm", "distributed", "urllib3"}, names
+    assert not names & {"matplotlib", "tqdm", "distributed", "pyarrow", "urllib3"}, names
     research = {canonicalize_name(r.name) for r in _requirements("research")} - names
-    assert research == {"matplotlib", "tqdm", "distributed"}
+    assert research == {"matplotlib", "tqdm", "distributed", "pyarrow"}
 
 
 @pytest.mark.timeout(300)

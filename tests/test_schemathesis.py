@@ -411,7 +411,7 @@ def test_documented_scopes_are_the_enforced_ones(keyed_service: Service) -> None
                 if not allowed:
                     assert answer.json()["error"]["code"] == "forbidden"
                 checked += 1
-    assert checked == 3 * 14  # every /v1 operation, /v1/whoami and /metrics, with each key
+    assert checked == 3 * 15  # every /v1 operation, /v1/whoami and /metrics, with each key
 
 
 #: A valid body for each operation that takes one (the outage test sends these).
@@ -447,7 +447,7 @@ def test_answers_without_redis_are_the_documented_503s() -> None:
             # Documented status, body, content type and headers (a 503 is expected here).
             case.validate_response(response, excluded_checks=[not_a_server_error])
             seen.add((method, path))
-    assert len(seen) == 19  # every operation the service has
+    assert len(seen) == 20  # every operation the service has
 
 
 def _schema_at(document: dict[str, Any], component: str, field: str) -> dict[str, Any]:

@@ -142,11 +142,14 @@ def _lifecycle(settings: Settings,
         app[METRICS].cache_age = lambda: service.cache.age
         groups = service.rewards.groups
         app[METRICS].event_groups = lambda: (groups.calls, groups.requests)
+        log = service.decisions.log
+        app[METRICS].log_counts = lambda: (log.written_total, log.dropped_total, log.buffered)
         sampler = HistorySampler(store, service.cache, settings,
                                  service.decisions.take_served_recently)
         tasks = [asyncio.create_task(service.feed.run(), name="change-feed"),
                  asyncio.create_task(service.cache.run(), name="cache-refresh"),
                  asyncio.create_task(service.decisions.run_served_flusher(), name="served-flush"),
+                 asyncio.create_task(log.run(), name="decision-log"),
                  asyncio.create_task(sampler.run(), name="history-sampler"),
                  asyncio.create_task(_reload_keys(app[KEYS]), name="keys-reload")]
         if settings.alert_webhook_list:
@@ -160,6 +163,8 @@ def _lifecycle(settings: Settings,
                 await task
         with contextlib.suppress(BanditError):
             await service.flush_served()
+        with contextlib.suppress(BanditError):
+            await log.flush()
         await store.close()
 
     return lifecycle

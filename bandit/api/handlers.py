@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import orjson
 from aiohttp import web
 
 from bandit.api.bodies import NOT_YET, body, body_now, json_response
@@ -98,6 +99,19 @@ async def events(request: web.Request) -> web.Response:
 async def history(request: web.Request) -> web.Response:
     return json_response(await request.app[SERVICE].history(
         request.match_info["id"], request.query.get("since"), request.query.get("limit")))
+
+
+async def decision_log(request: web.Request) -> web.StreamResponse:
+    """The first line: the experiment (``config``, as stored); then the log's entries."""
+    experiment, entries = await request.app[SERVICE].log_entries(
+        request.match_info["id"], request.query.get("since"), request.query.get("until"))
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await response.prepare(request)
+    await response.write(orjson.dumps({"experiment": experiment.to_json()}) + b"\n")
+    async for line in entries:
+        await response.write(line)
+    await response.write_eof()
+    return response
 
 
 async def audit(request: web.Request) -> web.Response:

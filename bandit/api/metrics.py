@@ -44,6 +44,8 @@ class Metrics:
         #: Script calls made for groups of reward requests, and the requests they answered
         #: (``bandit.serving.groups``).
         self.event_groups: Callable[[], tuple[int, int]] = lambda: (0, 0)
+        #: The decision log of this process: records written, dropped, waiting.
+        self.log_counts: Callable[[], tuple[int, int, int]] = lambda: (0, 0, 0)
         self.alerts = Counter("bandit_alerts_total",
                               "Alert deliveries to one webhook by kind and outcome (delivered, "
                               "or failed after every attempt of one check)",
@@ -108,3 +110,13 @@ class Metrics:
         yield GaugeMetricFamily("bandit_cache_age_seconds",
                                 "Seconds since this process last confirmed its cache with Redis",
                                 value=self.cache_age())
+        written, dropped, buffered = self.log_counts()
+        yield CounterMetricFamily("bandit_decision_log_written",
+                                  "Decision records this process appended to decision logs",
+                                  value=written)
+        yield CounterMetricFamily("bandit_decision_log_dropped",
+                                  "Decision records this process dropped, its buffer full while "
+                                  "Redis was slow or unreachable", value=dropped)
+        yield GaugeMetricFamily("bandit_decision_log_buffered",
+                                "Decision records waiting in this process for the next flush",
+                                value=buffered)

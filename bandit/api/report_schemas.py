@@ -61,9 +61,23 @@ _SEGMENTS: Schema = {
                    "feature, since creation (a slate counts once, for its first arm; null: a "
                    "context-free experiment)"}
 
+_LOG: Schema = closed_object(
+    ["enabled", "records", "oldest", "trimmed", "dropped", "max_age_s", "max_records"], {
+        "enabled": {"type": "boolean", "description": "this process logs its decisions"},
+        "records": {**COUNT, "description": "decision and reward records kept"},
+        "oldest": {"type": ["number", "null"],
+                   "description": "when the oldest record kept was stored (POSIX seconds)"},
+        "trimmed": {**COUNT, "description": "records removed by the retention"},
+        "dropped": {**COUNT, "description": "decision records the service processes dropped "
+                                            "because Redis was slow or unreachable and their "
+                                            "buffers were full"},
+        "max_age_s": {"type": ["number", "null"], "description": "retention by age"},
+        "max_records": {"type": ["integer", "null"], "description": "retention by size"}},
+    description="the experiment's decision log (`bandit log export`)")
+
 _STATS: Schema = closed_object(
     ["experiment", "version", "reward", "arms", "control", "winner", "call_rule", "health",
-     "model", "segments"], {
+     "model", "segments", "log"], {
         "experiment": ID, "version": VERSION, "reward": REWARD,
         "arms": {"type": "array", "items": closed_object(
             ["arm", "state", "n", "served", "mean", "ci95", "p_best", "expected_loss", "share",
@@ -121,6 +135,7 @@ _STATS: Schema = closed_object(
         }),
         "model": _MODEL_REPORT,
         "segments": _SEGMENTS,
+        "log": _LOG,
     })
 
 _NUMBERS: Schema = {"type": "array", "items": NUMBER}

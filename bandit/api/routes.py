@@ -131,6 +131,16 @@ ROUTES: tuple[Route, ...] = (
                  _query("limit", {"type": "integer", "minimum": 1,
                                   "maximum": MAX_HISTORY_SAMPLES},
                         "at most this many of the newest samples"))),
+    Route("GET", "/v1/experiments/{id}/log", handlers.decision_log, "read",
+          "The decision log's entries as stored (JSON lines; `bandit log export` joins them "
+          "into rows)",
+          {**text(["application/x-ndjson"], "a first line `{\"experiment\": {...}}` (its "
+                  "configuration), then one line per log entry: `{\"kind\": \"d\" or "
+                  "\"r\", \"records\": lines}`"), **errors_for(404, 422)},
+          query=(_query("since", {"type": "number", "minimum": 0, "maximum": 1e11},
+                        "entries stored from this epoch time (default: the oldest)"),
+                 _query("until", {"type": "number", "minimum": 0, "maximum": 1e11},
+                        "entries stored until this epoch time (default: the newest)"))),
     # A forecast costs seconds of CPU: only for keys that may apply the change too.
     Route("POST", "/v1/experiments/{id}/advise", handlers.advise, "admin",
           "Tuning advisor: forecast the current settings against a proposed change (nothing "

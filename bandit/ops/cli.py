@@ -82,6 +82,14 @@ def _parser() -> argparse.ArgumentParser:
     from bandit.ops.worker import add_arguments as add_worker_arguments
 
     add_worker_arguments(worker)
+    log = commands.add_parser(
+        "log", help="the decision log: export decisions joined with their rewards",
+        description="Every decision the service serves and every reward it accepts is "
+                    "appended to the experiment's decision log. `bandit log export` writes "
+                    "it as rows for off-policy evaluation (`bandit simulate replay --log`).")
+    from bandit.ops.log_export import add_arguments as add_log_arguments
+
+    add_log_arguments(log)
     return parser
 
 
@@ -99,6 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bandit.ops.keyscli import run as run_keys
 
         return run_keys(arguments)
+    if arguments.command == "log":
+        from bandit.ops.log_export import run as run_log
+
+        return run_log(arguments)
     if arguments.command == "worker":
         from bandit.ops.worker import run as run_worker
 

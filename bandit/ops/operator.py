@@ -92,7 +92,7 @@ class _Client:
                 raw = response.read()
         except urllib.error.HTTPError as error:
             with error:
-                raise _http_failure(error.code, _error_message(error)) from None
+                raise _http_failure(error.code, error_message(error)) from None
         except (urllib.error.URLError, OSError, HTTPException) as error:
             raise _Failure(EXIT_UNAVAILABLE, self._unreachable(error)) from None
         try:
@@ -108,7 +108,8 @@ class _Client:
         return f"cannot reach the service at {self.url}: {reason}"
 
 
-def _error_message(error: urllib.error.HTTPError) -> str:
+def error_message(error: urllib.error.HTTPError) -> str:
+    """The message of an error answer of the service (its reason when the body has none)."""
     try:
         body = json.loads(error.read())
         message = body["error"]["message"]

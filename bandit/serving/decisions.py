@@ -28,6 +28,7 @@ from bandit.model import archived_message
 from bandit.policy.layout import FloatArray
 from bandit.serving.cache import MAX_CHOICES, ExperimentCache, Snapshot
 from bandit.serving.changes import cancelling
+from bandit.serving.decision_log import DecisionLog
 from bandit.settings import Settings
 from bandit.store.codec import Draws
 from bandit.store.redis_store import RedisStore
@@ -182,6 +183,8 @@ class Decider:
     def __init__(self, store: RedisStore, cache: ExperimentCache, settings: Settings,
                  seed: int) -> None:
         self._store = store
+        #: Every decision served, for the experiment's decision log.
+        self.log = DecisionLog(store, settings)
         self._settings = settings
         self.cache = cache
         self._random = random.Random(seed)
@@ -240,8 +243,9 @@ class Decider:
             return None
         snapshot = self.usable(snapshot, experiment_id)
         self._check_request(snapshot, request)
-        return {"decisions": self._fresh_decisions(snapshot, request, signer),
-                "version": snapshot.experiment.version}
+        decisions = self._fresh_decisions(snapshot, request, signer)
+        self.log.record(snapshot, request, decisions)
+        return {"decisions": decisions, "version": snapshot.experiment.version}
 
     async def allocate(self, experiment_id: str, request: AllocateRequest) -> dict[str, Any]:
         snapshot = await self.snapshot(experiment_id)
@@ -263,6 +267,7 @@ class Decider:
                 [snapshot.experiment.arm_index(d["arm"]) or 0 for d in decisions],
                 snapshot.experiment.attribution_window_s,
             )
+        self.log.record(snapshot, request, decisions)
         return {"decisions": decisions, "version": snapshot.experiment.version}
 
     @staticmethod

@@ -15,8 +15,11 @@ import math
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
+
+import orjson
 
 from bandit.errors import Conflict, InvalidValue, NotFound
 from bandit.inputs import (
@@ -116,6 +119,26 @@ class BanditService:
                 "coarse_interval_s": rings.coarse_interval_s,
                 "fine_window_s": self.settings.history_fine_window_s if rings.fine_samples
                 else 0.0, "samples": samples}
+
+    async def log_entries(self, experiment_id: str, since: str | None,
+                          until: str | None) -> tuple[Experiment, AsyncIterator[bytes]]:
+        """The experiment and its decision log's entries stored from ``since`` to ``until``
+        (POSIX seconds; the oldest and the newest by default), each one JSON line
+        ``{"kind": "d" | "r", "records": lines}`` (``bandit.serving.decision_log``)."""
+        check_id(experiment_id, "experiment id")
+        since_value = _query_number(since, "since", 0.0, 1e11, 0.0)
+        until_value = _query_number(until, "until", 0.0, 1e11, 1e11)
+        if until_value < since_value:
+            raise InvalidValue(f"until: {until} is before since ({since})")
+        experiment = await self._read(experiment_id)
+        entries = self.store.read_log(experiment_id, math.floor(since_value * 1000),
+                                      None if until is None else math.ceil(until_value * 1000))
+
+        async def lines() -> AsyncIterator[bytes]:
+            async for kind, records in entries:
+                yield orjson.dumps({"kind": kind, "records": records}) + b"\n"
+
+        return experiment, lines()
 
     async def audit(self, experiment_id: str) -> dict[str, Any]:
         check_id(experiment_id, "experiment id")
@@ -290,7 +313,15 @@ class BanditService:
             "model": await self._model_of(snapshot) if contextual else None,
             "segments": (overview.segment_report(snapshot, traffic)
                          if traffic is not None else None),
+            "log": await self._log_of(experiment_id),
         }
+
+    async def _log_of(self, experiment_id: str) -> dict[str, Any]:
+        """The decision log's size, retention and losses (``bandit.serving.decision_log``)."""
+        stats = await self.store.log_stats(experiment_id)
+        return {"enabled": self.settings.decision_log, "records": stats.records,
+                "oldest": stats.oldest, "trimmed": stats.trimmed, "dropped": stats.dropped,
+                "max_age_s": stats.max_age_s, "max_records": stats.max_records}
 
     async def _model_of(self, snapshot: Snapshot) -> dict[str, Any]:
         """A contextual experiment's ``model`` report (``overview.model_report``), computed

@@ -36,6 +36,13 @@ key                       type    contents
 ``P:{E}:dedup:<w>:<n>``  set     reward-event ids seen in the n-th time bucket of width w ms
                                   (a quarter of the dedup window), and ``@<decision>:<arm>``
                                   for each decision rewarded; expires 5 buckets later
+``P:{E}:log``             stream  the decision log (``bandit.serving.decision_log``): entries
+                                  ``n`` (records) and ``d`` (decision records) or ``r``
+                                  (reward records), their lines tab-separated
+``P:{E}:log:index``       list    ``<entry id>|<n>`` per log entry, oldest first (trimming
+                                  reads this, never the records)
+``P:{E}:log:stats``       hash    ``records`` kept, ``trimmed``, ``dropped`` (by process
+                                  buffers), the retention ``max_age_ms`` / ``max_records``
 ``P:{E}:dec:<decision>``  string  pending provisional decision: ``arm|served at``, then
                                   ``c`` once converted; expires after the attribution window
 ``P:{E}:ack``             string  written before each ``WAIT`` when writes wait for replicas
@@ -115,6 +122,18 @@ class Keys:
     @property
     def units(self) -> str:
         return f"{self._base}:units"
+
+    @property
+    def log(self) -> str:
+        return f"{self._base}:log"
+
+    @property
+    def log_index(self) -> str:
+        return f"{self._base}:log:index"
+
+    @property
+    def log_stats(self) -> str:
+        return f"{self._base}:log:stats"
 
     def decision(self, decision_id: str) -> str:
         return f"{self._base}:dec:{decision_id}"

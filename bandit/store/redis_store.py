@@ -13,7 +13,7 @@ import logging
 import math
 import secrets
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -50,14 +50,39 @@ from bandit.store.runner import ScriptCall, ScriptRunner
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
+#: Log entries read per round trip (each holds up to ``log_flush_records`` records).
+LOG_READ_ENTRIES = 100
+
+
+class LogChunk(NamedTuple):
+    """One experiment's decision records of one flush: their lines, how many, and how many
+    records the process's buffer dropped for the experiment since its last flush."""
+
+    lines: str
+    records: int
+    dropped: int
+
+
+class LogStats(NamedTuple):
+    records: int
+    trimmed: int
+    dropped: int
+    #: When the oldest entry kept was stored (POSIX seconds), None when the log is empty.
+    oldest: float | None
+    max_age_s: float | None
+    max_records: int | None
+
+
 #: Statuses of the APPLY_EVENTS script (``bandit.store.scripts``), one per event.
 APPLIED, DUPLICATE, UNKNOWN_DECISION, WRONG_ARM, REWARDED = 1, 0, 2, 3, 4
 
 
 class RedisStore:
     def __init__(self, client: Client, prefix: str, *, wait_replicas: int = 0,
-                 wait_timeout_ms: int = 1000) -> None:
+                 wait_timeout_ms: int = 1000, decision_log: bool = True) -> None:
         self._client = client
+        #: Reward scripts append what they apply to the decision log ('1') or not ('0').
+        self._log_flag = "1" if decision_log else "0"
         self._prefix = prefix
         self._cluster = isinstance(client, RedisCluster)
         self._scripts = ScriptRunner(client, wait_replicas=wait_replicas,
@@ -71,11 +96,12 @@ class RedisStore:
         self._sticky = client.register_script(scripts.STICKY)
         self._history_append = client.register_script(scripts.HISTORY_APPEND)
         self._add_draws = client.register_script(scripts.ADD_DRAWS)
+        self._flush_log = client.register_script(scripts.FLUSH_LOG)
 
     @classmethod
     def from_url(cls, url: str, prefix: str, *, timeout_s: float, max_connections: int,
                  pool_timeout_s: float = 0.5, wait_replicas: int = 0,
-                 wait_timeout_ms: int = 1000) -> RedisStore:
+                 wait_timeout_ms: int = 1000, decision_log: bool = True) -> RedisStore:
         """A store on any URL ``bandit.redisurl`` accepts (one server, cluster, sentinel).
 
         ``wait_replicas`` > 0: every write batch is acknowledged only once that many replicas
@@ -85,7 +111,8 @@ class RedisStore:
         """
         client = connection.connect(url, timeout_s=timeout_s, max_connections=max_connections,
                                   pool_timeout_s=pool_timeout_s)
-        return cls(client, prefix, wait_replicas=wait_replicas, wait_timeout_ms=wait_timeout_ms)
+        return cls(client, prefix, wait_replicas=wait_replicas, wait_timeout_ms=wait_timeout_ms,
+                   decision_log=decision_log)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisStore:
@@ -95,7 +122,8 @@ class RedisStore:
                             max_connections=settings.redis_max_connections,
                             pool_timeout_s=settings.redis_pool_timeout_s,
                             wait_replicas=settings.redis_wait_replicas,
-                            wait_timeout_ms=settings.redis_wait_timeout_ms)
+                            wait_timeout_ms=settings.redis_wait_timeout_ms,
+                            decision_log=settings.decision_log)
 
     @property
     def client(self) -> Client:
@@ -322,7 +350,7 @@ class RedisStore:
                 keys = self.keys(experiment_id)
                 calls.append((self._apply_events, [keys.meta, keys.stats],
                               [keys.prefix_with_tag, window_ms,
-                               encode_events(batches[experiment_id])]))
+                               encode_events(batches[experiment_id]), self._log_flag]))
             results += await self._scripts.run(calls, wait=True)
         return {
             experiment_id: None if result[0] < 0 else [int(s) for s in result[1]]
@@ -343,7 +371,7 @@ class RedisStore:
         archived."""
         keys = self.keys(experiment_id)
         head = [keys.prefix_with_tag, str(max(1, math.ceil(dedup_window_s * 1000))),
-                encode_events(events)]
+                encode_events(events), self._log_flag]
         arguments: list[str | bytes] = [*head, "1" * len(events), repr(weighed_at)]
         for arm, (row, count) in arm_sums(events, features, weights).items():
             arguments += [str(arm), encode_row(row), str(count)]
@@ -415,6 +443,54 @@ class RedisStore:
                                      for experiment_id in chunk], wait=False)
             for experiment_id in chunk:
                 del draws[experiment_id]
+
+    async def flush_log(self, chunks: list[tuple[str, LogChunk]], max_age_ms: int,
+                        max_records: int) -> None:
+        """Append each chunk of decision records to its experiment's log, in order (one script
+        call each, a round trip per 200), trimmed to the retention given. Raises
+        StoreUnavailable with the chunks not stored yet left in ``chunks``."""
+        while chunks:
+            part = chunks[:200]
+            calls: list[ScriptCall] = []
+            for experiment_id, chunk in part:
+                keys = self.keys(experiment_id)
+                calls.append((self._flush_log, [keys.meta],
+                              [keys.prefix_with_tag, str(max_age_ms), str(max_records),
+                               str(chunk.dropped), chunk.lines, str(chunk.records)]))
+            await self._scripts.run(calls, wait=False)
+            del chunks[:len(part)]
+
+    async def read_log(self, experiment_id: str, start_ms: int,
+                       end_ms: int | None) -> AsyncIterator[tuple[str, str]]:
+        """The log entries stored from ``start_ms`` to ``end_ms`` (None: the newest), oldest
+        first: the kind (``d`` decisions, ``r`` rewards) and the records' lines of each."""
+        key = self.keys(experiment_id).log
+        low, high = str(max(0, start_ms)), "+" if end_ms is None else str(end_ms)
+        while True:
+            entries = await call(self._client.xrange, key, low, high, LOG_READ_ENTRIES)
+            for _, fields in entries:
+                for kind in ("d", "r"):
+                    lines = fields.get(kind)
+                    if lines is not None:
+                        yield kind, lines
+            if len(entries) < LOG_READ_ENTRIES:
+                return
+            low = "(" + entries[-1][0]
+
+    async def log_stats(self, experiment_id: str) -> LogStats:
+        """The log's size, what retention and process buffers removed, and its oldest entry."""
+        keys = self.keys(experiment_id)
+        with failures():
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.hmget(keys.log_stats, "records", "trimmed", "dropped", "max_age_ms",
+                           "max_records")
+                pipe.lindex(keys.log_index, 0)
+                stats, head = await call(pipe.execute)
+        oldest = None if head is None else int(head.partition("-")[0]) / 1000
+        records, trimmed, dropped, max_age_ms, max_records = (
+            None if value is None else int(value) for value in stats)
+        return LogStats(records or 0, trimmed or 0, dropped or 0, oldest,
+                        None if max_age_ms is None else max_age_ms / 1000, max_records)
 
     async def delete_all(self, experiment_id: str) -> None:
         """Remove every key of an experiment (tests and tooling; archive is the API's delete)."""

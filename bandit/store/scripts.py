@@ -84,6 +84,52 @@ local function save()
 end
 """
 
+# The decision log (``bandit.serving.decision_log``): appends one entry of records to the
+# experiment's stream and trims it to its retention. Expects `prefix` (`<prefix>:{<id>}:`).
+# The stream `log` holds entries {n = records, d or r = their lines}; the list `log:index`
+# holds `<entry id>|<n>` per entry, oldest first, so that trimming never reads the records; the
+# hash `log:stats` holds `records` (kept now), `trimmed`, `dropped` (by process buffers) and
+# the retention `max_age_ms` / `max_records` the last flush was given, which reward scripts
+# trim with too.
+_LOG = r"""
+local function log_trim(now_ms)
+  local stats = prefix .. 'log:stats'
+  local limits = redis.call('HMGET', stats, 'max_age_ms', 'max_records', 'records')
+  local max_age, max_records = tonumber(limits[1]), tonumber(limits[2])
+  if not max_age then return end
+  local total, removed, keep = tonumber(limits[3]) or 0, 0, nil
+  local cutoff = now_ms - max_age
+  while true do
+    local head = redis.call('LINDEX', prefix .. 'log:index', 0)
+    if not head then break end
+    local ms, seq, count = string.match(head, '^(%d+)-(%d+)|(%d+)$')
+    if tonumber(ms) < cutoff or total - removed > max_records then
+      redis.call('LPOP', prefix .. 'log:index')
+      removed = removed + tonumber(count)
+    else
+      keep = ms .. '-' .. seq
+      break
+    end
+  end
+  if removed > 0 then
+    if keep then
+      redis.call('XTRIM', prefix .. 'log', 'MINID', keep)
+    else
+      redis.call('DEL', prefix .. 'log')
+    end
+    redis.call('HINCRBY', stats, 'records', -removed)
+    redis.call('HINCRBY', stats, 'trimmed', removed)
+  end
+end
+
+local function log_append(kind, lines, count, now_ms)
+  local id = redis.call('XADD', prefix .. 'log', '*', 'n', count, kind, lines)
+  redis.call('RPUSH', prefix .. 'log:index', id .. '|' .. count)
+  redis.call('HINCRBY', prefix .. 'log:stats', 'records', count)
+  log_trim(now_ms)
+end
+"""
+
 # Parses ARGV[3]'s events and works out each one's status (dedup, decision checks), writing
 # nothing yet; expects ARGV[1] prefix, ARGV[2] window (see APPLY_EVENTS).
 _DEDUP_CHECK = r"""
@@ -92,6 +138,7 @@ _DEDUP_CHECK = r"""
 -- ARGV[1] the experiment's key prefix (`<prefix>:{<id>}:`), ARGV[2] dedup window in ms,
 --   ARGV[3] the events, one per line: event id, arm index, reward, event time ('-' = now),
 --   decision id ('-' = none), separated by tabs (ids never contain white space).
+--   ARGV[4] '1': append the applied events to the decision log (`_LOG_REWARDS`), '0': not.
 -- Dedup: event ids go into sets of a quarter window each (`dedup:<width>:<n>`), and an id is a
 --   duplicate if any of the last five sets holds it, so an id is remembered for at least the
 --   window and at most 1.25 windows. Two set commands per batch instead of one SET per event.
@@ -107,11 +154,13 @@ _DEDUP_CHECK = r"""
 --   rewarded this decision and arm within the window. {-1}/{-2}: experiment missing/archived.
 local prefix, window = ARGV[1], tonumber(ARGV[2])
 local ids, arms_of, rewards, times, decisions, rewarded = {}, {}, {}, {}, {}, {}
+local reward_texts, decision_texts = {}, {}  -- as sent, for the decision log
 local n = 0
 for id, arm, reward, ts, decision in string.gmatch(ARGV[3],
     '([^\t\n]+)\t([^\t\n]+)\t([^\t\n]+)\t([^\t\n]+)\t([^\t\n]+)\n') do
   n = n + 1
   ids[n], arms_of[n], rewards[n] = id, arm, tonumber(reward)
+  reward_texts[n], decision_texts[n] = reward, decision
   times[n] = tonumber(ts)
   if string.sub(decision, 1, 1) == 'p' then
     decisions[n] = decision
@@ -224,7 +273,24 @@ end
 
 """
 
-APPLY_EVENTS = _ARM_STATE + _DEDUP_CHECK + _DEDUP_RECORD + r"""
+# Appends the applied events to the decision log when ARGV[4] is '1': one line each, `time (ms;
+# the event's, else now)`, decision id ('-' = none), arm index, reward, event id, tab-separated.
+_LOG_REWARDS = _LOG + r"""
+if ARGV[4] == '1' then
+  local lines, count = {}, 0
+  for i = 1, n do
+    if statuses[i] == 1 then
+      count = count + 1
+      lines[count] = string.format('%d', math.floor((times[i] or now) * 1000)) .. '\t' ..
+        decision_texts[i] .. '\t' .. arms_of[i] .. '\t' .. reward_texts[i] .. '\t' .. ids[i] ..
+        '\n'
+    end
+  end
+  if count > 0 then log_append('r', table.concat(lines), count, math.floor(now * 1000)) end
+end
+"""
+
+APPLY_EVENTS = _ARM_STATE + _DEDUP_CHECK + _DEDUP_RECORD + _LOG_REWARDS + r"""
 for i = 1, n do
   if statuses[i] == 1 then
     local st = load(arms_of[i])
@@ -259,14 +325,15 @@ APPLY_CONTEXTUAL = _ARM_STATE + _DEDUP_CHECK + r"""
 -- Reward events of a contextual experiment: the same checks and dedup as APPLY_EVENTS, but
 -- the arm statistics are rows of sums (`i:x`: weight, sum r, sum r^2, X^T y, upper triangle of
 -- X^T X; see bandit.policy.contextual), stored as little-endian doubles (`struct`'s '<d').
--- ARGV[4] '*', or the events the caller's sums cover: one character per event, '1' included.
--- ARGV[5] the caller's clock when it weighted the events (forgetting: an event's weight is
---   2^((ts - ARGV[5]) / h), ts <= ARGV[5]; here the sums are decayed from ARGV[5] to now).
--- With a mask, ARGV[6..] are triples of arm index, summed row (doubles), events counted: one
+-- ARGV[4] the decision log flag (as APPLY_EVENTS).
+-- ARGV[5] '*', or the events the caller's sums cover: one character per event, '1' included.
+-- ARGV[6] the caller's clock when it weighted the events (forgetting: an event's weight is
+--   2^((ts - ARGV[6]) / h), ts <= ARGV[6]; here the sums are decayed from ARGV[6] to now).
+-- With a mask, ARGV[7..] are triples of arm index, summed row (doubles), events counted: one
 --   row added per arm instead of d^2 arithmetic per event. When the statuses found here
 --   differ from the mask (an event turned out to be a duplicate, say), nothing is written and
 --   {3, statuses} asks the caller to send the events one by one.
--- With '*', ARGV[6] holds `weight, x1, ..., xd` (doubles) per event and ARGV[7] is d; the rows
+-- With '*', ARGV[7] holds `weight, x1, ..., xd` (doubles) per event and ARGV[8] is d; the rows
 --   of the events applicable now are summed here: slower, but it always applies (no retry
 --   can be lost to a concurrent writer).
 -- Returns {1, statuses} as APPLY_EVENTS, {3, statuses}, or {-1}/{-2}.
@@ -276,14 +343,14 @@ local function unpack_row(bytes)
   row[#row] = nil  -- struct.unpack also returns the next position
   return row
 end
-local mode = ARGV[4]
+local mode = ARGV[5]
 local sums, order = {}, {}
 if mode == '*' then
-  local d = tonumber(ARGV[7])
+  local d = tonumber(ARGV[8])
   local format = doubles(d + 1)
   for i = 1, n do
     if statuses[i] == 1 then
-      local x = {struct.unpack(format, ARGV[6], (i - 1) * (d + 1) * 8 + 1)}
+      local x = {struct.unpack(format, ARGV[7], (i - 1) * (d + 1) * 8 + 1)}
       local w, r = x[1], rewards[i]
       local arm = arms_of[i]
       local s = sums[arm]
@@ -313,13 +380,13 @@ else
       return {3, table.concat(statuses)}
     end
   end
-  for a = 6, #ARGV, 3 do
+  for a = 7, #ARGV, 3 do
     sums[ARGV[a]] = {row = unpack_row(ARGV[a + 1]), count = tonumber(ARGV[a + 2])}
     order[#order + 1] = ARGV[a]
   end
 end
-""" + _DEDUP_RECORD + r"""
-local skew = now - tonumber(ARGV[5])
+""" + _DEDUP_RECORD + _LOG_REWARDS + r"""
+local skew = now - tonumber(ARGV[6])
 local factor = 1
 if half_life ~= nil and skew > 0 then factor = 2 ^ (-skew / half_life) end
 for _, arm in ipairs(order) do
@@ -457,4 +524,19 @@ local fine = tonumber(ARGV[5]) > 0 and append(KEYS[3], tonumber(ARGV[4]), tonumb
 if append(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])) then return 2 end
 if fine then return 1 end
 return 0
+"""
+
+FLUSH_LOG = "local prefix = ARGV[1]\n" + _LOG + r"""
+-- One process's buffered decision records of one experiment (``bandit.serving.decision_log``).
+-- KEYS[1] meta. ARGV[1] the experiment's key prefix, ARGV[2] max age in ms, ARGV[3] max
+--   records, ARGV[4] records the process dropped since its last flush, ARGV[5] the records'
+--   lines, ARGV[6] how many. Returns 1, or 0 when the experiment no longer exists (the
+--   records are dropped with it).
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local clock = redis.call('TIME')
+local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+redis.call('HSET', prefix .. 'log:stats', 'max_age_ms', ARGV[2], 'max_records', ARGV[3])
+if ARGV[4] ~= '0' then redis.call('HINCRBY', prefix .. 'log:stats', 'dropped', ARGV[4]) end
+if ARGV[6] ~= '0' then log_append('d', ARGV[5], ARGV[6], now_ms) else log_trim(now_ms) end
+return 1
 """
