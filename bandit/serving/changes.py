@@ -50,6 +50,8 @@ logger = logging.getLogger(__name__)
 NOTIFY_WINDOW_MS = 100
 #: Seconds the feed waits before subscribing again after a failure.
 RETRY_S = 0.5
+#: Longest wait for a message before the listener sends a PING asked for meanwhile.
+LISTEN_S = 0.05
 
 
 def cancelling() -> bool:
@@ -105,6 +107,8 @@ class ChangeFeed:
         self._clock = clock
         self._dirty = Dirty()
         self._pings: deque[float] = deque()
+        #: When a PING was asked for that the listener has not sent yet.
+        self._ping_due: float | None = None
         self._pubsub: Any = None
         #: Set when the connection looks dead: the listener subscribes again.
         self._restart = False
@@ -128,12 +132,11 @@ class ChangeFeed:
                            now - self._pings[0])
             self.subscribed, self._restart = False, True
             return
-        try:
-            await self._pubsub.ping(message=repr(now))
-        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as error:
-            logger.warning("change feed: ping failed: %s", error)
-            return
-        self._pings.append(now)
+        # Sent by the listener (``run``), the one coroutine that uses the connection: a
+        # PING sent from here while the listener read (or reconnected) the same connection
+        # had two coroutines reading one socket after a cut.
+        if self._ping_due is None:
+            self._ping_due = now
 
     async def run(self) -> None:
         """Listen forever: subscribe, note each message, subscribe again after a failure."""
@@ -144,8 +147,12 @@ class ChangeFeed:
                 self._pubsub = self._store.subscriber()
                 await self._pubsub.subscribe(channel)
                 while not self._restart and not cancelling():
+                    if self._ping_due is not None and self.subscribed:
+                        due, self._ping_due = self._ping_due, None
+                        await self._pubsub.ping(message=repr(due))
+                        self._pings.append(due)
                     message = await self._pubsub.get_message(ignore_subscribe_messages=False,
-                                                             timeout=1.0)
+                                                             timeout=LISTEN_S)
                     if message is not None:
                         self._note(message)
             except asyncio.CancelledError:
@@ -178,6 +185,7 @@ class ChangeFeed:
     async def _close(self) -> None:
         self.subscribed, self._restart = False, False
         self._pings.clear()
+        self._ping_due = None
         pubsub, self._pubsub = self._pubsub, None
         if pubsub is not None:
             with contextlib.suppress(redis_errors.RedisError, OSError):
