@@ -133,12 +133,18 @@ class Settings:
             _positive(self.served_flush_interval_s),
         )
         _check(self.log_flush_interval_s, "log_flush_interval_s",
-               _positive(self.log_flush_interval_s) and self.log_flush_interval_s <= 60)
-        _check(self.log_flush_records, "log_flush_records", self.log_flush_records >= 1)
+               _positive(self.log_flush_interval_s) and self.log_flush_interval_s <= 60,
+               "from above 0 to 60 seconds")
+        _check(self.log_flush_records, "log_flush_records",
+               1 <= self.log_flush_records <= 100_000, "from 1 to 100,000")
         _check(self.log_buffer_records, "log_buffer_records",
-               self.log_buffer_records >= self.log_flush_records)
-        _check(self.log_max_age_s, "log_max_age_s", _positive(self.log_max_age_s))
-        _check(self.log_max_records, "log_max_records", self.log_max_records >= 1)
+               self.log_flush_records <= self.log_buffer_records <= 100_000_000,
+               f"from log_flush_records ({self.log_flush_records}) to 100,000,000")
+        _check(self.log_max_age_s, "log_max_age_s",
+               _positive(self.log_max_age_s) and self.log_max_age_s <= 10 * 365 * 86400,
+               "from above 0 to 10 years (315,360,000 seconds)")
+        _check(self.log_max_records, "log_max_records", 1 <= self.log_max_records <= 10**12,
+               "from 1 to 10^12")
         _check(self.max_body_bytes, "max_body_bytes", self.max_body_bytes >= 1024)
         _check(self.redis_timeout_s, "redis_timeout_s", _positive(self.redis_timeout_s))
         _check(self.redis_max_connections, "redis_max_connections", self.redis_max_connections >= 1)
@@ -266,9 +272,10 @@ def _positive(value: float) -> bool:
     return math.isfinite(value) and value > 0
 
 
-def _check(value: object, name: str, ok: bool) -> None:
+def _check(value: object, name: str, ok: bool, allowed: str | None = None) -> None:
     if not ok:
-        raise SettingsError(f"{name}: {value!r} is not a valid value")
+        raise SettingsError(f"{name}: {value!r} is not a valid value"
+                            + (f" (allowed: {allowed})" if allowed else ""))
 
 
 def _convert(name: str, annotation: object, raw: str) -> Any:

@@ -120,8 +120,9 @@ def bench_http(seconds: int, redis_server: RedisServer) -> None:
 
 
 async def _serve_decisions(redis_url: str, experiment: str, total: int,
-                           model: dict[str, Any] | None = None) -> None:
-    """``total`` decisions in batches of 1,000 (a reward for every tenth), all flushed."""
+                           model: dict[str, Any] | None = None, batch_size: int = 1000) -> None:
+    """``total`` decisions in batches of ``batch_size`` (a reward for every tenth), all
+    flushed; a contextual experiment's requests each carry their own context."""
     settings = Settings(redis_url=redis_url, log_max_records=10 * total,
                         log_buffer_records=max(100_000, total))
     async with TestClient(TestServer(create_app(settings, seed=1))) as client:
@@ -129,16 +130,22 @@ async def _serve_decisions(redis_url: str, experiment: str, total: int,
         if model is not None:
             body["model"] = model
         assert (await client.post("/v1/experiments", json=body)).status == 201
-        request: dict[str, Any] = {"n": 1000} if model is None else {"n": 1000,
-                                                                      "context": CONTEXT}
         log = client.app[SERVICE].decisions.log
-        for batch in range(total // 1000):
+        pending: list[dict[str, Any]] = []
+        for batch in range(total // batch_size):
+            context = {**CONTEXT, "score0": batch / total}
+            request: dict[str, Any] = {"n": batch_size}
+            if model is not None:
+                request["context"] = context
             response = await client.post(f"/v1/experiments/{experiment}/allocate", json=request)
             decisions = (await response.json())["decisions"]
-            events = [{"id": f"{batch}-{i}", "experiment": experiment, "arm": d["arm"],
-                       "reward": 1, "decision_id": d["decision_id"],
-                       **({} if model is None else {"context": CONTEXT})}
-                      for i, d in enumerate(decisions) if i % 10 == 0]
+            pending += [{"id": f"{batch}-{i}", "experiment": experiment, "arm": d["arm"],
+                         "reward": 1, "decision_id": d["decision_id"],
+                         **({} if model is None else {"context": context})}
+                        for i, d in enumerate(decisions) if (batch * batch_size + i) % 10 == 0]
+            if len(pending) < 100 and batch < total // batch_size - 1:
+                continue
+            events, pending = pending, []
             answer = await (await client.post("/v1/events", json={"events": events})).json()
             assert answer["accepted"] == len(events), answer
         await log.flush()
@@ -175,18 +182,23 @@ async def bench_export(redis_server: RedisServer, total: int) -> None:
 
 async def bench_memory(redis_server: RedisServer) -> None:
     client = redis.Redis.from_url(redis_server.url)
-    print("\nRedis memory per log record (used_memory, 100,000 decisions, 10,000 rewards):")
-    for name, model in (("context-free", None), ("10-feature context", TEN_FEATURES)):
-        experiment = f"memory-{'ctx' if model else 'plain'}"
+    print("\nRedis memory per log record (used_memory; a reward for every tenth decision):")
+    for name, model, total, batch in (
+            ("context-free, batches of 1,000", None, 100_000, 1000),
+            ("context-free, single decisions", None, 20_000, 1),
+            ("10-feature context, single decisions (each its own)", TEN_FEATURES, 20_000, 1),
+            ("10-feature context, batches of 100", TEN_FEATURES, 100_000, 100)):
+        experiment = f"memory-{len(name)}-{batch}"
         before = int(client.info("memory")["used_memory"])
-        await _serve_decisions(redis_server.url, experiment, 100_000, model)
+        await _serve_decisions(redis_server.url, experiment, total, model, batch)
         client.delete(*(f"bandit:{{{experiment}}}:{k}" for k in ("stats", "served", "draws")))
         keys = list(client.scan_iter(f"bandit:{{{experiment}}}:dedup:*"))
         client.delete(*keys)
         after = int(client.info("memory")["used_memory"])
         stream = client.memory_usage(f"bandit:{{{experiment}}}:log", samples=0) or 0
-        print(f"  {name}: {(after - before) / 110_000:.0f} bytes per record (used_memory); "
-              f"the stream alone: {stream / 110_000:.0f} bytes per record "
+        records = total * 11 // 10
+        print(f"  {name}: {(after - before) / records:.0f} bytes per record (used_memory); "
+              f"the stream alone: {stream / records:.0f} bytes per record "
               f"(MEMORY USAGE, {stream / 1e6:.1f} MB)")
     client.close()
 

@@ -134,15 +134,20 @@ def _read_jsonl(path: Path) -> dict[str, Any]:
 def _numbers(source: str, columns: dict[str, Any], name: str, *,
              nullable: bool = False) -> FloatArray:
     values = columns[name]
+    if isinstance(values, list):  # JSON lines: true and "0.5" are not numbers
+        for row, value in enumerate(values):
+            if isinstance(value, bool | str):
+                raise LogError(f"{source}: column {name!r} must hold numbers; row {row} holds "
+                               f"{value!r}")
     try:
         array = np.array([np.nan if v is None else v for v in values], dtype=np.float64) \
             if isinstance(values, list) else np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, OverflowError) as error:
         raise LogError(f"{source}: column {name!r} must hold numbers ({error})") from error
     if not nullable and not np.all(np.isfinite(array)):
         row = int(np.argmax(~np.isfinite(array)))
         raise LogError(f"{source}: column {name!r} must hold finite numbers; row {row} holds "
-                       f"{array[row]!r}")
+                       f"{float(array[row])}")
     return array
 
 
@@ -220,7 +225,11 @@ def _arms(source: str, columns: dict[str, Any], actions: np.ndarray[Any, np.dtyp
           metadata: dict[str, Any]) -> tuple[str, ...]:
     """The experiment's arm ids by index: the metadata's, else those of the rows (an index no
     row shows gets a placeholder name)."""
-    n_actions = int(_numbers(source, columns, "n_actions").max())
+    counts = _numbers(source, columns, "n_actions")
+    n_actions = int(counts.max())
+    if counts.min() != n_actions:
+        raise LogError(f"{source}: column 'n_actions' must be the same in every row (the "
+                       f"experiment's arms at export), got {int(counts.min())} to {n_actions}")
     named: dict[int, str] = {}
     for action, arm in zip(actions.tolist(), list(columns["arm"]), strict=True):
         known = named.setdefault(action, str(arm))
@@ -235,7 +244,9 @@ def _arms(source: str, columns: dict[str, Any], actions: np.ndarray[Any, np.dtyp
                 raise LogError(f"{source}: column 'arm' names action {action} {arm!r}, the "
                                f"metadata {arms[action]!r}")
         return arms
-    n_actions = max(n_actions, max(named) + 1)
+    if max(named) >= n_actions:
+        raise LogError(f"{source}: column 'action' holds {max(named)}, outside the "
+                       f"{n_actions} arms of column 'n_actions'")
     return tuple(named.get(i, f"#{i}") for i in range(n_actions))
 
 

@@ -264,10 +264,15 @@ def evaluate_log(decisions: DecisionLog, targets: Sequence[str] | None = None, *
         probabilities, description, allocation, forecast = _target(
             spec, decisions, train, test, split_time, _traffic(test, delays), forecast_reps,
             seed, refresh_interval_s, notes)
-        results[spec.text] = TargetResult(
-            description=description,
-            estimates=estimate_all(test, probabilities, model, tau=tau, lambda_=lambda_),
-            allocation=allocation, forecast=forecast)
+        try:
+            estimates = estimate_all(test, probabilities, model, tau=tau, lambda_=lambda_)
+        except ValueError as error:  # this target only: the others are still estimated
+            notes.append(f"{spec.text}: no estimate: {error}")
+            continue
+        results[spec.text] = TargetResult(description=description, estimates=estimates,
+                                          allocation=allocation, forecast=forecast)
+    if not results:
+        raise ValueError("no target could be estimated: " + "; ".join(notes[-len(specs):]))
     for label, result in results.items():
         weak = [name for name, e in result.estimates.items() if not e.normal_ok]
         if weak:
@@ -397,7 +402,8 @@ def advisor_forecast(policy: ServicePolicy, stats: FloatArray, counts: FloatArra
         notes.append("no reward_timestamp: reward delay assumed 0")
     half_life = policy.half_life_s
     scenario = fc.Scenario(settings=policy.settings.as_array(),
-                           active=np.ones(n_arms, dtype=np.bool_),
+                           active=np.array([arm not in policy.experiment.paused
+                                            for arm in policy.experiment.arms]),
                            half_life=math.inf if half_life is None else half_life * rate)
     quadrature = int(scenario.needs_quadrature)
     horizon = max(min(decisions, advisor.MAX_DECISIONS), advisor.MIN_DECISIONS)

@@ -214,7 +214,8 @@ def snips(log: Log, target_probabilities: TargetProbabilities) -> Estimate:
 def _snips(log: Log, weights: FloatArray) -> Estimate:
     mean_weight = float(np.mean(weights))
     if not mean_weight > 0.0:
-        raise ValueError("the target gives probability 0 to every logged action: nothing to weigh")
+        raise ValueError("the target gives probability 0 to every logged action (it only "
+                         "takes actions the log never took): nothing to weigh")
     value = float(np.sum(weights * log.rewards)) / (mean_weight * log.n)
     # Ratio of means: influence w (r - V) / mean(w). Its ddof=1 standard deviation equals the
     # classic sqrt(sum w^2 (r - V)^2) / sum w up to the factor n / (n - 1), since the terms

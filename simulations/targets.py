@@ -232,8 +232,10 @@ def service_settings(arms: Sequence[str], reward: RewardKind,
                                    Exploration() if base is None else base.exploration)
         prior = (dict(base.prior) if base is not None and base.reward == reward
                  else dict(BERNOULLI_PRIOR if reward == "bernoulli" else GAUSSIAN_PRIOR))
+        # The logged experiment's paused arms stay paused: the service would not serve them.
+        paused = frozenset() if base is None else base.paused & frozenset(arms)
         experiment = Experiment(id="log", arms=tuple(arms), reward=reward, prior=prior,
-                                exploration=parsed)
+                                exploration=parsed, paused=paused)
         check_consistent(experiment)
     except InvalidValue as error:
         raise ValueError(error.message) from None
@@ -278,7 +280,10 @@ def arm_statistics(log: Log, family: int, *, half_life_s: float | None = None,
 def service_allocation(policy: ServicePolicy, stats: FloatArray, counts: FloatArray) -> FloatArray:
     """The allocation the service serves from these statistics: every setting folded in,
     computed by :func:`bandit.policy.allocation_probabilities` (exact, not sampled)."""
-    return allocation_probabilities(policy.family, stats, counts, policy.prior, policy.settings)
+    experiment = policy.experiment
+    active = np.array([arm not in experiment.paused for arm in experiment.arms])
+    return allocation_probabilities(policy.family, stats, counts, policy.prior, policy.settings,
+                                    active)
 
 
 def default_model(dimension: int, reward: RewardKind) -> LinearModel:

@@ -137,17 +137,43 @@ async def test_a_contextual_decision_carries_its_context_and_features(
     assert rows[served[0][0]["decision_id"]]["reward"] == 1.0
 
 
-async def test_a_reward_after_the_attribution_window_is_not_joined(
+async def test_a_reward_is_joined_by_when_it_arrived_within_the_attribution_window(
         client: Client, settings: Settings) -> None:
-    await _create(client, "windowed", attribution_window_s=60)
-    (decision,) = await _allocate(client, "windowed")
-    late = time.time() + 61  # an event time past the window (the service takes the event's)
+    """Attribution is by when the service applied a reward, not by the time the client
+    wrote in it: a prompt reward stamped a minute ahead is joined, and one from 1970 too
+    (clocks disagree), while a reward arriving after the window is not."""
+    await _create(client, "windowed", attribution_window_s=1)
+    prompt, early, late = await _allocate(client, "windowed", n=3)
+    stamped = [{"id": "ahead", "experiment": "windowed", "arm": prompt["arm"], "reward": 1,
+                "ts": time.time() + 61, "decision_id": prompt["decision_id"]},
+               {"id": "old", "experiment": "windowed", "arm": early["arm"], "reward": 1,
+                "ts": 0, "decision_id": early["decision_id"]}]
+    assert (await _events(client, stamped))["accepted"] == 2
+    await asyncio.sleep(1.2)
     answer = await _events(client, [{"id": "late", "experiment": "windowed",
-                                     "arm": decision["arm"], "reward": 1, "ts": late,
-                                     "decision_id": decision["decision_id"]}])
+                                     "arm": late["arm"], "reward": 1,
+                                     "decision_id": late["decision_id"]}])
     assert answer["accepted"] == 1
-    (row,) = await _flushed_export(client, settings, "windowed")
-    assert row["reward"] is None
+    rows = {row["decision_id"]: row
+            for row in await _flushed_export(client, settings, "windowed")}
+    assert rows[prompt["decision_id"]]["reward"] == 1.0
+    assert rows[prompt["decision_id"]]["reward_timestamp"] == pytest.approx(
+        stamped[0]["ts"], abs=0.001)  # the event's own time, as sent
+    assert rows[early["decision_id"]]["reward"] == 1.0
+    assert rows[late["decision_id"]]["reward"] is None
+
+
+async def test_a_reward_stamped_far_in_the_future_does_not_break_the_export(
+        client: Client, settings: Settings) -> None:
+    """A reward with ts 1e18 was logged as an overflowed integer, and the export failed on
+    every later run."""
+    await _create(client, "future")
+    (decision,) = await _allocate(client, "future")
+    assert (await _events(client, [{"id": "far", "experiment": "future", "arm": decision["arm"],
+                                    "reward": 1, "ts": 1e18,
+                                    "decision_id": decision["decision_id"]}]))["accepted"] == 1
+    (row,) = await _flushed_export(client, settings, "future")
+    assert row["reward"] == 1.0 and row["reward_timestamp"] == pytest.approx(1e18)
 
 
 async def test_retention_trims_whole_flushes_and_counts_what_it_trimmed(
@@ -193,6 +219,54 @@ async def test_a_full_buffer_drops_the_oldest_and_says_so(redis_url: str) -> Non
             await store.close()
     # The newest 50 were kept, in order.
     assert [row["decision_id"] for row in rows] == [d["decision_id"] for d in kept[30:]]
+
+
+async def test_a_request_larger_than_the_buffer_is_logged_whole(redis_url: str) -> None:
+    """With a buffer of 20 records, a batch of 21 decisions was dropped as it arrived, Redis
+    healthy."""
+    settings = Settings(redis_url=redis_url, log_flush_records=10, log_buffer_records=20)
+    async with TestClient(TestServer(create_app(settings, seed=7))) as client:
+        await _create(client, "wide")
+        decisions = await _allocate(client, "wide", n=40)
+        log = client.app[SERVICE].decisions.log
+        assert log.dropped_total == 0
+        await log.flush()
+        rows = await _flushed_export(client, settings, "wide")
+    assert [row["decision_id"] for row in rows] == [d["decision_id"] for d in decisions]
+
+
+async def test_a_large_entry_never_empties_the_log(redis_url: str) -> None:
+    """With room for 50 records, one batch of 110 rewards trimmed every record, its own
+    included."""
+    settings = Settings(redis_url=redis_url, log_max_records=50, log_max_age_s=3600)
+    async with TestClient(TestServer(create_app(settings, seed=7))) as client:
+        await _create(client, "big-entry")
+        decisions = await _allocate(client, "big-entry", n=110)
+        await client.app[SERVICE].decisions.log.flush()
+        answer = await _events(client, [
+            {"id": f"b{i}", "experiment": "big-entry", "arm": d["arm"], "reward": 1,
+             "decision_id": d["decision_id"]} for i, d in enumerate(decisions)])
+        assert answer["accepted"] == 110
+        stats = (await (await client.get("/v1/experiments/big-entry/stats")).json())["log"]
+    assert stats["records"] == 110 and stats["trimmed"] == 110  # the rewards' entry stays
+    # An idle experiment's log expires once all of it is past the age limit.
+    store = redis.Redis.from_url(redis_url)
+    for key in ("log", "log:index", "log:stats"):
+        assert 3600_000 < store.pttl(f"bandit:{{big-entry}}:{key}") <= 3601_000
+
+
+async def test_a_contextual_request_stores_its_context_once_and_only_the_model_s_features(
+        client: Client, settings: Settings, redis_url: str) -> None:
+    """A 50 kB context key the model ignores, in a batch of 1,000, grew Redis by 50 MB."""
+    await _create(client, "ctx-padded", model=MODEL)
+    context = {"region": "us", "recency": 7, "pad": "x" * 50_000}
+    decisions = await _allocate(client, "ctx-padded", n=50, context=context)
+    rows = await _flushed_export(client, settings, "ctx-padded")
+    assert [row["decision_id"] for row in rows] == [d["decision_id"] for d in decisions]
+    assert {row["context"] for row in rows} == {'{"region":"us","recency":7}'}
+    records = redis.Redis.from_url(redis_url, decode_responses=True).xrange(
+        "bandit:{ctx-padded}:log")
+    assert sum(len(str(fields)) for _, fields in records or []) < 10_000
 
 
 async def test_a_backlog_is_flushed_in_entries_of_bounded_size(redis_url: str) -> None:
@@ -279,7 +353,7 @@ async def test_the_log_route_refuses_what_it_cannot_answer(client: Client) -> No
     (["nope", "--format", "jsonl"], "experiment 'nope' does not exist"),
     (["cli", "--format", "jsonl", "--since", "yesterday"], "--since: 'yesterday' is neither"),
     (["cli", "--format", "jsonl", "--since", "2026-12-06T10:00:00", "--until",
-      "2026-12-06T09:00:00"], "is before --since"),
+      "2026-12-06T09:00:00"], "is after --until (2026-12-06T09:00:00)"),
 ])
 async def test_cli_errors_say_what_is_wrong(client: Client, redis_url: str,
                                             arguments: list[str], message: str) -> None:
@@ -451,3 +525,36 @@ async def test_serve_log_export_evaluate(client: Client, tmp_path: Path) -> None
     logger = json.loads(evaluated.stdout)["logged"]
     thompson = targets["thompson"]["estimates"]["ips"]
     assert abs(thompson["value"] - logger["value"]) <= 2 * thompson["stderr"], (thompson, logger)
+
+
+async def test_an_evaluation_keeps_the_logged_experiment_s_paused_arms_paused(
+        client: Client, tmp_path: Path, redis_url: str) -> None:
+    """A 'thompson' target gave 88% to an arm paused throughout (never logged), and a fixed
+    target on it stopped the whole evaluation."""
+    await _create(client, "paused-arm")
+    response = await client.patch("/v1/experiments/paused-arm", json={
+        "version": 1, "arms": {"pause": ["c"]}})
+    assert response.status == 200, await response.text()
+    await asyncio.sleep(0.2)  # the cache serves the change
+    rng = np.random.default_rng(99)
+    for batch in range(10):
+        decisions = await _allocate(client, "paused-arm", n=100)
+        assert {d["arm"] for d in decisions} <= {"a", "b"}
+        await _events(client, [{"id": f"{batch}-{i}", "experiment": "paused-arm",
+                                "arm": d["arm"], "decision_id": d["decision_id"],
+                                "reward": int(rng.random() < 0.1)}
+                               for i, d in enumerate(decisions)])
+    await client.app[SERVICE].decisions.log.flush()
+    out = tmp_path / "paused.parquet"
+    exported = await asyncio.to_thread(_cli, "paused-arm", "--format", "parquet", "--out",
+                                       str(out), redis_url=redis_url)
+    assert exported.returncode == 0, exported.stderr
+    evaluated = await asyncio.to_thread(subprocess.run, [
+        sys.executable, "-m", "bandit", "simulate", "replay", "--log", str(out), "--json",
+        "--target=thompson", "--target=fixed:c", "--target=uniform"],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert evaluated.returncode == 0, evaluated.stderr
+    evaluation = json.loads(evaluated.stdout)
+    assert evaluation["targets"]["thompson"]["allocation"][2] == 0.0
+    assert "fixed:c" not in evaluation["targets"] and "uniform" in evaluation["targets"]
+    assert any(note.startswith("fixed:c: no estimate") for note in evaluation["notes"])

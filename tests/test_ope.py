@@ -27,6 +27,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -626,6 +627,19 @@ def test_log_reader_refuses_inconsistent_files(tmp_path: Path) -> None:
     broken.write_text('{"action": 1}\nnot json\n')
     with pytest.raises(LogError, match="line 2: not JSON"):
         read_decision_log(broken)
+    # Found by a run against the docs: each of these changed the estimates silently, or
+    # ended in a traceback.
+    row = {"timestamp": 1.0, "action": 0, "arm": "a", "n_actions": 2, "position": 0,
+           "propensity": 0.5, "reward": 1}
+    for change, message in (({"action": 99, "arm": "z"}, "column 'action' holds 99"),
+                            ({"n_actions": 7}, "'n_actions' must be the same in every row"),
+                            ({"propensity": True}, "row 1 holds True"),
+                            ({"propensity": "0.5"}, "row 1 holds '0.5'"),
+                            ({"propensity": 10**400}, "column 'propensity' must hold numbers")):
+        odd = tmp_path / "odd.jsonl"
+        odd.write_text("\n".join(json.dumps(r) for r in (row, {**row, **change}, row)) + "\n")
+        with pytest.raises(LogError, match=re.escape(message)):
+            read_decision_log(odd)
 
 
 def test_a_decision_log_keeps_its_positions_and_delays(tmp_path: Path) -> None:

@@ -34,6 +34,13 @@ def test_environment_variables_then_flags() -> None:
     ({"BANDIT_CORS_ORIGINS": "evil.example"}, "cors_origins: 'evil.example'"),
     ({"BANDIT_KEY_PREFIX": "a{b"}, "key_prefix"),
     ({"BANDIT_MAX_CONNECTIONS": "0"}, "max_connections: 0"),
+    # A retention over 64 bits started, then every stats answer was a 500.
+    ({"BANDIT_LOG_MAX_RECORDS": "99999999999999999999"},
+     "log_max_records: 99999999999999999999 is not a valid value (allowed: from 1 to 10^12)"),
+    ({"BANDIT_LOG_MAX_AGE_S": "1e300"}, "log_max_age_s: 1e+300 is not a valid value"),
+    ({"BANDIT_LOG_BUFFER_RECORDS": "10"},
+     "log_buffer_records: 10 is not a valid value (allowed: from log_flush_records (1000)"),
+    ({"BANDIT_LOG_FLUSH_INTERVAL_S": "0"}, "log_flush_interval_s: 0.0"),
     # Webhook URLs no request could be sent to stop the service at start, saying why, without
     # showing their path (often the secret); these started and failed every check before.
     ({"BANDIT_ALERT_WEBHOOK_URLS": "http://[::1,https://ok.example/x"},

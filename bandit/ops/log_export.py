@@ -54,6 +54,8 @@ from bandit.tokens import SLATE_KEY_LENGTH
 #: ``--until``.
 READ_MARGIN_S = 3600.0
 FORMATS = ("parquet", "jsonl")
+#: The latest time accepted (POSIX seconds, the year 5138), as the service's log route.
+MAX_TIME = 1e11
 COLUMNS = ("decision_id", "experiment", "version", "timestamp", "action", "arm", "n_actions",
            "position", "propensity", "reward", "reward_timestamp", "unit", "context",
            "features")
@@ -95,8 +97,8 @@ def run(arguments: argparse.Namespace) -> int:
         since = parse_time(arguments.since, "since") if arguments.since else 0.0
         until = parse_time(arguments.until, "until") if arguments.until else time.time()
         if until < since:
-            raise ExportError(f"--until ({arguments.until}) is before --since "
-                              f"({arguments.since})")
+            raise ExportError(f"--since ({arguments.since}) is after --until "
+                              f"({arguments.until or 'now'})")
         if arguments.format == "parquet" and arguments.out is None and sys.stdout.isatty():
             raise ExportError("--format parquet: binary; give --out FILE or redirect the "
                               "output to a file")
@@ -112,6 +114,10 @@ def run(arguments: argparse.Namespace) -> int:
         write(rows, arguments.format, arguments.out)
     except (SettingsError, ExportError, BanditError) as error:
         print(f"bandit log export: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # --out in a directory that does not exist, a full disk
+        print(f"bandit log export: cannot write {arguments.out or 'the output'}: "
+              f"{error.strerror or error}", file=sys.stderr)
         return 2
     print(f"bandit log export: {rows.count} rows ({rows.decisions} decisions, {rows.rewarded} "
           f"with a reward) of {arguments.experiment!r}"
@@ -131,9 +137,10 @@ def parse_time(raw: str, name: str) -> float:
                               "2026-12-06T09:00:00Z) nor POSIX seconds") from None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
-        return moment.timestamp()
-    if not math.isfinite(value) or value < 0:
-        raise ExportError(f"--{name}: {raw!r} is not a time")
+        value = moment.timestamp()
+    if not math.isfinite(value) or not 0 <= value <= MAX_TIME:
+        raise ExportError(f"--{name}: {raw!r} is not a time (POSIX seconds from 0 to "
+                          f"{MAX_TIME:.0e})")
     return value
 
 
@@ -229,7 +236,8 @@ def rows_of_log(experiment: Experiment, decisions: list[str], rewards: list[str]
     schema = pa.schema([(name, _types(pa)[name]) for name in COLUMNS], metadata=metadata)
     if not decisions:
         return LogRows(schema.empty_table(), 0, 0)
-    table = _decision_rows(pa, "".join(decisions), since * 1000, until * 1000)
+    table = _decision_rows(pa, "".join(decisions), since * 1000, until * 1000,
+                           contextual=experiment.model is not None)
     decided = table.num_rows
     if not decided:
         return LogRows(schema.empty_table(), 0, 0)
@@ -269,13 +277,17 @@ def _read_lines(pa: Any, text: str, columns: dict[str, Any]) -> Any:
                                               strings_can_be_null=True))
 
 
-def _decision_rows(pa: Any, text: str, since_ms: float, until_ms: float) -> Any:
+def _decision_rows(pa: Any, text: str, since_ms: float, until_ms: float, *,
+                   contextual: bool) -> Any:
     """Decision records served in the range, each decision id once (the first record)."""
     pc = pa.compute
     table = _read_lines(pa, text, {
         "t": pa.int64(), "decision_id": pa.string(), "version": pa.int64(),
         "a": pa.string(), "p": pa.float64(), "q": pa.string(), "unit": pa.string(),
         "context": pa.string()})
+    if contextual:  # a request's context is on its first record only: the others follow it
+        table = table.set_column(table.column_names.index("context"), "context",
+                                 pc.fill_null_forward(table["context"].combine_chunks()))
     table = table.filter(pc.and_(pc.greater_equal(table["t"], since_ms),
                                  pc.less_equal(table["t"], until_ms)))
     if len(pc.unique(table["decision_id"])) < table.num_rows:
@@ -314,7 +326,8 @@ def _positions(pa: Any, table: Any) -> Any:
 
 def _join_rewards(pa: Any, rows: Any, text: str, window_ms: float) -> tuple[Any, int]:
     """Each row's reward: the first reward record naming its decision (a slate's by its head,
-    ``decision_key``) and arm, when it came within the attribution window."""
+    ``decision_key``) and arm, when the service applied it within the attribution window of
+    the decision."""
     pc = pa.compute
     ids = rows["decision_id"]
     slates = pc.starts_with(ids, "r")
@@ -325,21 +338,23 @@ def _join_rewards(pa: Any, rows: Any, text: str, window_ms: float) -> tuple[Any,
     else:  # a single decision's rewards all name its arm (the service refuses others)
         row_keys = ids
     if text:
-        rewards = _read_lines(pa, text, {"rt": pa.int64(), "d": pa.string(), "arm": pa.string(),
-                                         "reward": pa.float64(), "event": pa.string()})
+        rewards = _read_lines(pa, text, {"rt": pa.float64(), "d": pa.string(),
+                                         "arm": pa.string(), "reward": pa.float64(),
+                                         "event": pa.string(), "applied": pa.int64()})
         rewards = rewards.filter(pc.is_valid(rewards["d"]))
         keys = (rewards["d"] if row_keys is ids
                 else pc.binary_join_element_wise(rewards["d"], rewards["arm"], "\t"))
         # index_in finds a key's first occurrence: each row's first reward.
         found = pc.index_in(row_keys, value_set=keys.combine_chunks())
-        reward_times = rewards["rt"].take(found)
-        late = pc.greater(pc.subtract(reward_times, rows["t"]), window_ms)
+        # Attributed by when the service applied it (its clock, as for provisional
+        # decisions), not by the event's own time, which the client sets.
+        late = pc.greater(pc.subtract(rewards["applied"].take(found), rows["t"]), window_ms)
         found = pc.if_else(pc.fill_null(late, False), None, found)
         rows = rows.append_column("reward", rewards["reward"].take(found))
         rows = rows.append_column("rt", rewards["rt"].take(found))
     else:
         rows = rows.append_column("reward", pa.nulls(rows.num_rows, pa.float64()))
-        rows = rows.append_column("rt", pa.nulls(rows.num_rows, pa.int64()))
+        rows = rows.append_column("rt", pa.nulls(rows.num_rows, pa.float64()))
     return rows, rows.num_rows - rows["reward"].null_count
 
 

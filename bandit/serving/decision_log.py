@@ -81,32 +81,40 @@ class DecisionLog:
         experiment = snapshot.experiment
         head = f"{int(time.time() * 1000)}\t"
         unit, context = request.unit or "", self._context(snapshot, request)
+        # A contextual request's context goes on its first line only (the export fills the
+        # others in): a batch of n decisions stores it once, not n times.
         tail = f"{unit}\t{context}\n" if unit or context else "\t\n"
+        rest = f"{unit}\t\n"
         if request.k is None:
             middles = self._middles_of(snapshot)
-            if len(decisions) == 1:
+            if len(decisions) == 1:  # the hot path: a single decision
                 decision = decisions[0]
-                lines = head + decision["decision_id"] + (
-                    middles.get(decision["arm"]) or self._middle(snapshot, decision)) + tail
-            else:
-                lines = "".join([head + decision["decision_id"] + (
-                    middles.get(decision["arm"]) or self._middle(snapshot, decision)) + tail
-                    for decision in decisions])
+                self._append(experiment.id, head + decision["decision_id"] + (
+                    middles.get(decision["arm"]) or self._middle(snapshot, decision)) + tail, 1)
+                return
+            lines = "".join([head + decision["decision_id"] + (
+                middles.get(decision["arm"]) or self._middle(snapshot, decision)) + (
+                tail if i == 0 else rest) for i, decision in enumerate(decisions)])
         else:
             indices = experiment.arm_indices
             lines = "".join([
                 f"{head}{decision['decision_id']}\t{experiment.version}\t"
                 f"{','.join([str(indices[arm]) for arm in decision['arms']])}\t"
                 f"{decision['propensity']!r}\t"
-                f"{','.join([repr(p) for p in decision['position_propensities']])}\t{tail}"
-                for decision in decisions])
+                f"{','.join([repr(p) for p in decision['position_propensities']])}\t"
+                f"{tail if i == 0 else rest}" for i, decision in enumerate(decisions)])
         self._append(experiment.id, lines, len(decisions))
 
     @staticmethod
     def _context(snapshot: Snapshot, request: AllocateRequest) -> str:
-        if request.context is None or snapshot.contextual is None:
+        """The request's context as JSON, only the features the model reads: what else a
+        caller sends would cost Redis memory and tell an evaluation nothing."""
+        if snapshot.contextual is None:
             return ""
-        return orjson.dumps(request.context).decode()
+        context = request.context or {}  # "{}", never empty: the export fills empty ones in
+        return orjson.dumps({feature.name: context[feature.name]
+                             for feature in snapshot.contextual.model.features
+                             if feature.name in context}).decode()
 
     def _middles_of(self, snapshot: Snapshot) -> dict[str, str]:
         """The part of a single decision's line that only its snapshot and arm decide
@@ -140,7 +148,9 @@ class DecisionLog:
         flush under way are older, but cannot be dropped until it fails (then they are put
         back in front, and go first): meanwhile the process holds up to twice the bound."""
         shed = 0
-        while self._size > self._settings.log_buffer_records and self._buffer:
+        # The newest request's records stay, even when they alone are over the bound: a
+        # request is never dropped as it arrives, only once something newer has come.
+        while self._size > self._settings.log_buffer_records and len(self._buffer) > 1:
             experiment_id, _, count = self._buffer.popleft()
             self._size -= count
             self._dropped[experiment_id] += count

@@ -93,32 +93,39 @@ end
 # trim with too.
 _LOG = r"""
 local function log_trim(now_ms)
-  local stats = prefix .. 'log:stats'
+  local stats, index = prefix .. 'log:stats', prefix .. 'log:index'
   local limits = redis.call('HMGET', stats, 'max_age_ms', 'max_records', 'records')
   local max_age, max_records = tonumber(limits[1]), tonumber(limits[2])
   if not max_age then return end
   local total, removed, keep = tonumber(limits[3]) or 0, 0, nil
   local cutoff = now_ms - max_age
-  while true do
-    local head = redis.call('LINDEX', prefix .. 'log:index', 0)
-    if not head then break end
+  -- The newest entry stays, whatever its size: one large flush never empties the log.
+  local entries = redis.call('LLEN', index)
+  while entries > 1 do
+    local head = redis.call('LINDEX', index, 0)
     local ms, seq, count = string.match(head, '^(%d+)-(%d+)|(%d+)$')
     if tonumber(ms) < cutoff or total - removed > max_records then
-      redis.call('LPOP', prefix .. 'log:index')
+      redis.call('LPOP', index)
       removed = removed + tonumber(count)
+      entries = entries - 1
     else
       keep = ms .. '-' .. seq
       break
     end
   end
   if removed > 0 then
-    if keep then
-      redis.call('XTRIM', prefix .. 'log', 'MINID', keep)
-    else
-      redis.call('DEL', prefix .. 'log')
+    if not keep then
+      local ms, seq = string.match(redis.call('LINDEX', index, 0), '^(%d+)-(%d+)|')
+      keep = ms .. '-' .. seq
     end
+    redis.call('XTRIM', prefix .. 'log', 'MINID', keep)
     redis.call('HINCRBY', stats, 'records', -removed)
     redis.call('HINCRBY', stats, 'trimmed', removed)
+  end
+  -- An experiment no longer written to: its whole log is older than the age limit once this
+  -- long has passed without a write, so the keys expire then.
+  for _, key in ipairs({prefix .. 'log', index, stats}) do
+    redis.call('PEXPIRE', key, math.floor(max_age) + 1000)
   end
 end
 
@@ -273,17 +280,19 @@ end
 
 """
 
-# Appends the applied events to the decision log when ARGV[4] is '1': one line each, `time (ms;
-# the event's, else now)`, decision id ('-' = none), arm index, reward, event id, tab-separated.
+# Appends the applied events to the decision log when ARGV[4] is '1': one line each, the
+# event's time in ms (its `ts`, else now), decision id ('-' = none), arm index, reward, event
+# id, and the time it was applied (ms, the server's clock), tab-separated.
 _LOG_REWARDS = _LOG + r"""
 if ARGV[4] == '1' then
   local lines, count = {}, 0
+  local applied = string.format('%.0f', math.floor(now * 1000))
   for i = 1, n do
     if statuses[i] == 1 then
       count = count + 1
-      lines[count] = string.format('%d', math.floor((times[i] or now) * 1000)) .. '\t' ..
+      lines[count] = string.format('%.0f', math.floor((times[i] or now) * 1000)) .. '\t' ..
         decision_texts[i] .. '\t' .. arms_of[i] .. '\t' .. reward_texts[i] .. '\t' .. ids[i] ..
-        '\n'
+        '\t' .. applied .. '\n'
     end
   end
   if count > 0 then log_append('r', table.concat(lines), count, math.floor(now * 1000)) end
