@@ -59,8 +59,9 @@ LABELS = {"thompson": "ours: contextual Thompson", "linucb": "LinUCB (alpha 1, o
           "context-free-thompson": "context-free Thompson", "uniform": "uniform random"}
 
 
-def _package(name: str) -> types.ModuleType:
-    """Register obp's package ``name`` without running its __init__ (see :func:`obp`)."""
+def obp_package(name: str) -> types.ModuleType:
+    """Register obp's package ``name`` without running its __init__ (see :func:`obp`); also
+    used by ``benchmarks.ope_golden``."""
     root = Path(str(importlib.import_module("obp").__file__)).parent
     package = types.ModuleType(name)
     package.__path__ = [str(root.joinpath(*name.split(".")[1:]))]
@@ -96,12 +97,12 @@ def obp() -> types.SimpleNamespace:
         utils = types.ModuleType("obp.utils")
         exec(compile(tree, str(source), "exec"), utils.__dict__)
         sys.modules["obp.utils"] = utils
-        policy = _package("obp.policy")
+        policy = obp_package("obp.policy")
         base = importlib.import_module("obp.policy.base")
         policy.BaseContextFreePolicy = base.BaseContextFreePolicy  # type: ignore[attr-defined]
         policy.BaseContextualPolicy = base.BaseContextualPolicy  # type: ignore[attr-defined]
         lints = importlib.import_module("obp.policy.linear").LinTS
-        _package("obp.dataset")
+        obp_package("obp.dataset")
         dataset = importlib.import_module("obp.dataset.synthetic")
     return types.SimpleNamespace(LinTS=lints,
                                  SyntheticBanditDataset=dataset.SyntheticBanditDataset,

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from bandit.policy.layout import FloatArray, IntArray
+from benchmarks.bench_contextual_regret import obp_package
 from simulations.logs import Log
 from simulations.reward_model import fit_reward_model
 
@@ -51,15 +52,6 @@ OUT = Path(__file__).resolve().parent.parent / "tests" / "data" / "ope_golden.js
 ROWS = 300
 TAU = 3.0
 LAMBDA = 5.0
-
-
-def _package(name: str) -> types.ModuleType:
-    """Register obp's package ``name`` without running its ``__init__``."""
-    root = Path(str(importlib.import_module("obp").__file__)).parent
-    package = types.ModuleType(name)
-    package.__path__ = [str(root.joinpath(*name.split(".")[1:]))]
-    sys.modules[name] = package
-    return package
 
 
 @functools.cache
@@ -75,12 +67,12 @@ def obp_modules() -> types.SimpleNamespace:
                 setattr(stand_in, attribute, type(attribute, (), {}))
             sys.modules[name] = stand_in
     # obp.types (imported by the dataset) needs the policies' base classes only.
-    policy = _package("obp.policy")
+    policy = obp_package("obp.policy")
     base = importlib.import_module("obp.policy.base")
     policy.BaseContextFreePolicy = base.BaseContextFreePolicy  # type: ignore[attr-defined]
     policy.BaseContextualPolicy = base.BaseContextualPolicy  # type: ignore[attr-defined]
-    _package("obp.ope")
-    _package("obp.dataset")
+    obp_package("obp.ope")
+    obp_package("obp.dataset")
     return types.SimpleNamespace(
         estimators=importlib.import_module("obp.ope.estimators"),
         synthetic=importlib.import_module("obp.dataset.synthetic"))
