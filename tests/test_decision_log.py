@@ -315,7 +315,7 @@ async def test_the_cli_writes_parquet_and_jsonl(client: Client, settings: Settin
     result = await asyncio.to_thread(_cli, "cli", "--format", "parquet", "--out", str(out),
                                      redis_url=redis_url)
     assert result.returncode == 0, result.stderr
-    assert b"20 rows (20 decisions; 1 rows with a reward)" in result.stderr
+    assert b"20 rows of 20 decisions, 1 of them with a reward" in result.stderr
     table = pq.read_table(out)
     assert table.column_names == list(COLUMNS) and table.num_rows == 20
     metadata = json.loads(table.schema.metadata[b"bandit"])

@@ -119,8 +119,8 @@ def run(arguments: argparse.Namespace) -> int:
         print(f"bandit log export: cannot write {arguments.out or 'the output'}: "
               f"{error.strerror or error}", file=sys.stderr)
         return 2
-    print(f"bandit log export: {rows.count} rows ({rows.decisions} decisions; {rows.rewarded} "
-          f"rows with a reward) of {arguments.experiment!r}"
+    print(f"bandit log export: {rows.count} rows of {rows.decisions} decisions, "
+          f"{rows.rewarded} of them with a reward, of {arguments.experiment!r}"
           + (f" to {arguments.out}" if arguments.out else ""), file=sys.stderr)
     return 0
 
