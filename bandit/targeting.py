@@ -1,0 +1,240 @@
+"""Targeting rules: who is eligible for an experiment, decided from the request's attributes.
+
+A rule is an OR of ANDs of conditions on attributes::
+
+    {"any": [{"all": [{"attribute": "country", "op": "in", "values": ["DE", "FR"]},
+                      {"attribute": "app_version", "op": "semver_gte", "value": "2.3.0"}]},
+             {"all": [{"attribute": "beta_tester", "op": "eq", "value": true}]}]}
+
+Operators: ``eq`` and ``neq`` (a string, number or boolean), ``in`` and ``not_in``
+(``values``: a list of them), ``lt`` ``lte`` ``gt`` ``gte`` (numbers), ``regex`` (an RE2
+pattern, searched anywhere in the string: RE2 matches in time linear in the input, and refuses
+backreferences and lookarounds), ``semver_eq`` ``semver_lt`` ``semver_lte`` ``semver_gt``
+``semver_gte`` (semantic versions, ``MAJOR[.MINOR[.PATCH]][-PRERELEASE][+BUILD]``, compared
+by semver 2.0 precedence) and ``is_null`` (``value`` true: the attribute is missing or null).
+
+A missing or null attribute fails every condition but ``is_null``. An attribute of the wrong
+type for its condition (a string compared with ``gt``, a number matched by ``regex``, a
+version that does not parse) is the caller's error, and says which attribute and rule clause.
+
+Rules are parsed once (``parse_rule``, at create or PATCH: errors name the clause, e.g.
+``targeting.any[1].all[0].op``) and evaluated in process (``Rule.matches``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import re2
+
+from bandit.errors import InvalidValue, json_kind
+
+__all__ = ["OPERATORS", "Condition", "Rule", "parse_rule", "semver_key"]
+
+#: Most alternatives, conditions per alternative, values of ``in``, pattern characters.
+MAX_ANY, MAX_ALL, MAX_VALUES, MAX_PATTERN = 20, 20, 1000, 1000
+#: Attribute names: what a JSON object key in a request may be, within reason.
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$")
+_SEMVER = re.compile(r"^(0|[1-9]\d{0,8})(?:\.(0|[1-9]\d{0,8}))?(?:\.(0|[1-9]\d{0,8}))?"
+                     r"(?:-([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?(?:\+[0-9A-Za-z.-]+)?$")
+
+Scalar = str | int | float | bool
+_EQUALITY = ("eq", "neq")
+_MEMBERSHIP = ("in", "not_in")
+_NUMERIC: dict[str, Callable[[float, float], bool]] = {
+    "lt": lambda a, b: a < b, "lte": lambda a, b: a <= b, "gt": lambda a, b: a > b,
+    "gte": lambda a, b: a >= b}
+_SEMVER_OPS: dict[str, Callable[[int], bool]] = {
+    "semver_eq": lambda c: c == 0, "semver_lt": lambda c: c < 0,
+    "semver_lte": lambda c: c <= 0, "semver_gt": lambda c: c > 0,
+    "semver_gte": lambda c: c >= 0}
+OPERATORS = (*_EQUALITY, *_MEMBERSHIP, *_NUMERIC, "regex", *_SEMVER_OPS, "is_null")
+
+
+def semver_key(text: str) -> tuple[tuple[int, int, int], tuple[tuple[int, int | str], ...]]:
+    """A sort key of a semantic version by semver 2.0 precedence (build metadata ignored;
+    a version without a pre-release ranks above the same one with)."""
+    match = _SEMVER.match(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a semantic version (MAJOR[.MINOR[.PATCH]]"
+                         "[-PRERELEASE][+BUILD])")
+    core = tuple(int(part or 0) for part in match.group(1, 2, 3))
+    prerelease = match.group(4)
+    if prerelease is None:
+        return (core[0], core[1], core[2]), ((2, 0),)  # above any pre-release
+    identifiers: list[tuple[int, int | str]] = [
+        (0, int(part)) if part.isdigit() else (1, part) for part in prerelease.split(".")]
+    return (core[0], core[1], core[2]), (*identifiers,)
+
+
+def _compare_versions(left: str, right: str) -> int:
+    a, b = semver_key(left), semver_key(right)
+    if a[0] != b[0]:
+        return -1 if a[0] < b[0] else 1
+    if a[1] == b[1]:
+        return 0
+    return -1 if a[1] < b[1] else 1
+
+
+@dataclass(frozen=True)
+class Condition:
+    attribute: str
+    op: str
+    value: Any
+    #: Where the condition is in its rule, for messages (``targeting.any[0].all[1]``).
+    where: str
+    test: Callable[[Any], bool]
+
+    def matches(self, attributes: Mapping[str, Any]) -> bool:
+        value = attributes.get(self.attribute)
+        if self.op == "is_null":
+            return (value is None) == bool(self.value)
+        if value is None:
+            return False
+        return self.test(value)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """An OR of ANDs of conditions; ``spec`` is the JSON it was parsed from."""
+
+    any: tuple[tuple[Condition, ...], ...]
+    spec: dict[str, Any]
+
+    def matches(self, attributes: Mapping[str, Any]) -> bool:
+        return any(all(c.matches(attributes) for c in conditions) for conditions in self.any)
+
+
+def parse_rule(data: object, where: str = "targeting") -> Rule:
+    """A rule from its JSON, or InvalidValue naming the clause that is wrong."""
+    if not isinstance(data, dict) or set(data) != {"any"}:
+        raise InvalidValue(f"{where}: expected an object {{\"any\": [{{\"all\": [conditions]}}, "
+                           f"...]}}, got {json_kind(data)}")
+    alternatives = data["any"]
+    if not isinstance(alternatives, list) or not 1 <= len(alternatives) <= MAX_ANY:
+        raise InvalidValue(f"{where}.any: expected a list of 1 to {MAX_ANY} alternatives")
+    parsed = []
+    for i, alternative in enumerate(alternatives):
+        at = f"{where}.any[{i}]"
+        if not isinstance(alternative, dict) or set(alternative) != {"all"}:
+            raise InvalidValue(f"{at}: expected an object {{\"all\": [conditions]}}, got "
+                               f"{json_kind(alternative)}")
+        conditions = alternative["all"]
+        if not isinstance(conditions, list) or not 1 <= len(conditions) <= MAX_ALL:
+            raise InvalidValue(f"{at}.all: expected a list of 1 to {MAX_ALL} conditions")
+        parsed.append(tuple(_condition(c, f"{at}.all[{j}]") for j, c in enumerate(conditions)))
+    return Rule(tuple(parsed), data)
+
+
+def _scalar(value: object, where: str) -> Scalar:
+    if isinstance(value, bool | str):
+        return value
+    if isinstance(value, int | float) and math.isfinite(value):
+        return value
+    raise InvalidValue(f"{where}: expected a string, a finite number or a boolean, got "
+                       f"{json_kind(value)}")
+
+
+def _condition(data: object, where: str) -> Condition:
+    if not isinstance(data, dict):
+        raise InvalidValue(f"{where}: expected a condition object, got {json_kind(data)}")
+    op = data.get("op")
+    if op not in OPERATORS:
+        raise InvalidValue(f"{where}.op: {op!r} is not one of {', '.join(OPERATORS)}")
+    operand = "values" if op in _MEMBERSHIP else "value"
+    expected = {"attribute", "op", operand}
+    if set(data) != expected:
+        raise InvalidValue(f"{where}: a {op!r} condition has exactly the fields "
+                           f"{', '.join(sorted(expected))}; got {', '.join(sorted(data))}")
+    attribute = data["attribute"]
+    if not isinstance(attribute, str) or not _NAME.match(attribute):
+        raise InvalidValue(f"{where}.attribute: {attribute!r} is not an attribute name "
+                           "(letters, digits, _ . : -, at most 64)")
+    raw = data[operand]
+    label = f"{where}.{operand}"
+    name = f"attributes.{attribute}"
+    if op in _EQUALITY:
+        value = _scalar(raw, label)
+        equal = op == "eq"
+        return Condition(attribute, op, value, where,
+                         lambda v: _same(v, value, name, where) == equal)
+    if op in _MEMBERSHIP:
+        if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_VALUES:
+            raise InvalidValue(f"{label}: expected a list of 1 to {MAX_VALUES} values")
+        values = [_scalar(v, f"{label}[{k}]") for k, v in enumerate(raw)]
+        if len({_kind(v) for v in values}) > 1:
+            raise InvalidValue(f"{label}: the values must all be strings, all numbers or all "
+                               "booleans")
+        inside = op == "in"
+        return Condition(attribute, op, values, where,
+                         lambda v: any(_same(v, w, name, where) for w in values) == inside)
+    if op in _NUMERIC:
+        if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
+            raise InvalidValue(f"{label}: expected a finite number, got {json_kind(raw)}")
+        compare = _NUMERIC[op]
+        return Condition(attribute, op, raw, where,
+                         lambda v: compare(_number(v, name, where), raw))
+    if op == "regex":
+        if not isinstance(raw, str) or not 1 <= len(raw) <= MAX_PATTERN:
+            raise InvalidValue(f"{label}: expected a pattern of 1 to {MAX_PATTERN} characters")
+        try:
+            pattern = re2.compile(raw)
+        except re2.error as error:
+            raise InvalidValue(f"{label}: {raw!r} is not an RE2 pattern ({error}); RE2 has "
+                               "no backreferences or lookarounds") from None
+        return Condition(attribute, op, raw, where,
+                         lambda v: pattern.search(_string(v, name, where)) is not None)
+    if op in _SEMVER_OPS:
+        if not isinstance(raw, str):
+            raise InvalidValue(f"{label}: expected a version string, got {json_kind(raw)}")
+        try:
+            semver_key(raw)
+        except ValueError as error:
+            raise InvalidValue(f"{label}: {error}") from None
+        holds = _SEMVER_OPS[op]
+        return Condition(attribute, op, raw, where,
+                         lambda v: holds(_compare_versions(_version(v, name, where), raw)))
+    if not isinstance(raw, bool):  # is_null
+        raise InvalidValue(f"{label}: expected true or false, got {json_kind(raw)}")
+    return Condition(attribute, op, raw, where, lambda v: False)
+
+
+def _kind(value: Scalar) -> str:
+    return "boolean" if isinstance(value, bool) else "string" if isinstance(value, str) \
+        else "number"
+
+
+def _same(value: object, expected: Scalar, name: str, where: str) -> bool:
+    """Equality of an attribute with a rule's value, of the same JSON type."""
+    if isinstance(expected, bool) or isinstance(value, bool):
+        return value is expected
+    if isinstance(expected, str):
+        if not isinstance(value, str):
+            raise InvalidValue(f"{name}: expected a string for {where}, got {json_kind(value)}")
+        return value == expected
+    return _number(value, name, where) == expected
+
+
+def _number(value: object, name: str, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidValue(f"{name}: expected a number for {where}, got {json_kind(value)}")
+    return float(value)
+
+
+def _string(value: object, name: str, where: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidValue(f"{name}: expected a string for {where}, got {json_kind(value)}")
+    return value
+
+
+def _version(value: object, name: str, where: str) -> str:
+    text = _string(value, name, where)
+    try:
+        semver_key(text)
+    except ValueError as error:
+        raise InvalidValue(f"{name}: {error} ({where})") from None
+    return text
