@@ -1,0 +1,140 @@
+"""Layers: experiments sharing a surface without sharing a unit.
+
+A layer hashes every unit into one of ``BUCKETS`` buckets (``bandit.assignment``) and gives
+its experiments disjoint bucket ranges: a unit is in the experiment whose range holds its
+bucket, or in none (the layer's ``default``). Layers are independent of each other (their
+salts differ). An experiment belongs to at most one layer.
+
+Ranges are half-open ``[start, end)`` within ``[0, BUCKETS)``; an experiment may own several.
+Growing an experiment adds buckets to what it owns, so nobody already in moves; shrinking
+removes some, and only the units in those buckets leave.
+
+This module holds the layer's definition, its validation (errors name the field) and the
+lookup of a bucket's experiment; storage, the API and the assignment of decisions come with
+the service.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from bandit.assignment import BUCKETS, bucket
+from bandit.errors import InvalidValue, json_kind
+from bandit.model import check_id
+
+__all__ = ["Layer", "check_disjoint", "parse_layer", "parse_ranges"]
+
+#: Most experiments a layer holds, and ranges an experiment owns in it.
+MAX_EXPERIMENTS, MAX_RANGES = 100, 100
+
+Range = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Layer:
+    id: str
+    salt: str
+    #: Experiment id -> its ranges, sorted, disjoint from each other and from the others'.
+    ranges: Mapping[str, tuple[Range, ...]]
+    #: What a unit in no experiment of the layer gets (a variant name), or None.
+    default: str | None = None
+    version: int = 1
+    #: Bucket -> index into ``experiments`` (-1: none), built once.
+    _table: npt.NDArray[np.int16] = field(init=False, repr=False, compare=False)
+    _experiments: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        experiments = tuple(sorted(self.ranges))
+        table = np.full(BUCKETS, -1, dtype=np.int16)
+        for index, experiment in enumerate(experiments):
+            for start, end in self.ranges[experiment]:
+                table[start:end] = index
+        object.__setattr__(self, "_table", table)
+        object.__setattr__(self, "_experiments", experiments)
+
+    def experiment_of(self, unit: str) -> tuple[int, str | None]:
+        """The unit's bucket, and the experiment whose range holds it (None: the default)."""
+        position = bucket(self.salt, unit)
+        index = int(self._table[position])
+        return position, None if index < 0 else self._experiments[index]
+
+    def share(self, experiment: str) -> float:
+        """P(a unit is in ``experiment``): the share of the buckets it owns."""
+        return sum(end - start for start, end in self.ranges.get(experiment, ())) / BUCKETS
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "salt": self.salt, "default": self.default,
+                "version": self.version,
+                "ranges": {e: [list(r) for r in ranges] for e, ranges in self.ranges.items()}}
+
+
+def parse_ranges(data: object, where: str) -> tuple[Range, ...]:
+    """An experiment's ranges ``[[start, end], ...]``: whole numbers, ``0 <= start < end <=
+    BUCKETS``, disjoint; sorted and adjacent ones merged."""
+    if not isinstance(data, list) or not 1 <= len(data) <= MAX_RANGES:
+        raise InvalidValue(f"{where}: expected a list of 1 to {MAX_RANGES} ranges "
+                           f"[start, end], got {json_kind(data)}")
+    ranges: list[Range] = []
+    for i, item in enumerate(data):
+        if (not isinstance(item, list) or len(item) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in item)):
+            raise InvalidValue(f"{where}[{i}]: expected [start, end], two whole numbers, got "
+                               f"{item!r}")
+        start, end = item
+        if not 0 <= start < end <= BUCKETS:
+            raise InvalidValue(f"{where}[{i}]: [{start}, {end}] is not within [0, {BUCKETS}) "
+                               "with start < end")
+        ranges.append((start, end))
+    ranges.sort()
+    merged: list[Range] = []
+    for start, end in ranges:
+        if merged and start < merged[-1][1]:
+            raise InvalidValue(f"{where}: the ranges [{merged[-1][0]}, {merged[-1][1]}] and "
+                               f"[{start}, {end}] overlap")
+        if merged and start == merged[-1][1]:
+            merged[-1] = (merged[-1][0], end)
+        else:
+            merged.append((start, end))
+    return tuple(merged)
+
+
+def parse_layer(data: object) -> Layer:
+    """A new layer from its JSON (``id``, ``salt`` (default: the id), ``default``,
+    ``ranges``: experiment id -> ranges), or InvalidValue naming the field."""
+    if not isinstance(data, dict):
+        raise InvalidValue(f"layer: expected a JSON object, got {json_kind(data)}")
+    unknown = set(data) - {"id", "salt", "default", "ranges"}
+    if unknown:
+        raise InvalidValue(f"layer: unknown field(s) {', '.join(sorted(unknown))}")
+    layer_id = check_id(data.get("id"), "id")
+    salt = data.get("salt", layer_id)
+    if not isinstance(salt, str) or not 1 <= len(salt) <= 128:
+        raise InvalidValue(f"salt: expected a string of 1 to 128 characters, got "
+                           f"{json_kind(salt)}")
+    default = data.get("default")
+    if default is not None and (not isinstance(default, str) or not 1 <= len(default) <= 64):
+        raise InvalidValue("default: expected a variant name of 1 to 64 characters, or null")
+    raw = data.get("ranges", {})
+    if not isinstance(raw, dict) or len(raw) > MAX_EXPERIMENTS:
+        raise InvalidValue(f"ranges: expected an object of at most {MAX_EXPERIMENTS} "
+                           "experiments, each with its ranges")
+    ranges = {check_id(experiment, "ranges key"): parse_ranges(value, f"ranges.{experiment}")
+              for experiment, value in raw.items()}
+    check_disjoint(ranges)
+    return Layer(layer_id, salt, ranges, default)
+
+
+def check_disjoint(ranges: Mapping[str, tuple[Range, ...]]) -> None:
+    """No bucket owned by two experiments; the message names both and the bucket range."""
+    owned = sorted((start, end, experiment) for experiment, spans in ranges.items()
+                   for start, end in spans)
+    for (start, end, first), (next_start, next_end, second) in itertools.pairwise(owned):
+        if next_start < end:
+            raise InvalidValue(f"ranges: {first} [{start}, {end}] and {second} "
+                               f"[{next_start}, {next_end}] overlap")
