@@ -28,7 +28,7 @@ from bandit.assignment import BUCKETS, bucket
 from bandit.errors import InvalidValue, json_kind
 from bandit.model import check_id
 
-__all__ = ["Layer", "check_disjoint", "parse_layer", "parse_ranges"]
+__all__ = ["Layer", "check_disjoint", "layer_from_json", "parse_layer", "parse_ranges"]
 
 #: Most experiments a layer holds, and ranges an experiment owns in it.
 MAX_EXPERIMENTS, MAX_RANGES = 100, 100
@@ -138,3 +138,11 @@ def check_disjoint(ranges: Mapping[str, tuple[Range, ...]]) -> None:
         if next_start < end:
             raise InvalidValue(f"ranges: {first} [{start}, {end}] and {second} "
                                f"[{next_start}, {next_end}] overlap")
+
+
+def layer_from_json(data: dict[str, Any]) -> Layer:
+    """Inverse of ``Layer.to_json`` for what the store saved (already validated)."""
+    return Layer(str(data["id"]), str(data["salt"]),
+                 {experiment: tuple((int(a), int(b)) for a, b in spans)
+                  for experiment, spans in data["ranges"].items()},
+                 data.get("default"), int(data["version"]))

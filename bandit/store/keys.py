@@ -172,3 +172,34 @@ def dedup_window(prefix: str) -> str:
 def alert_episode(keys: Keys, kind: str) -> str:
     """The alert episode of one kind of an experiment (``bandit.store.episodes``)."""
     return f"{keys.prefix_with_tag}alert:{kind}"
+
+
+@dataclass(frozen=True)
+class LayerKeys:
+    """The keys of one layer. Every layer key carries the hash tag ``{layers}``: layers are
+    few and rarely written, and one slot lets a script keep each experiment in one layer."""
+
+    prefix: str
+    layer: str
+
+    @property
+    def config(self) -> str:
+        return f"{self.prefix}:{{layers}}:layer:{self.layer}"
+
+    @property
+    def members(self) -> str:
+        return f"{self.prefix}:{{layers}}:members:{self.layer}"
+
+    @property
+    def audit(self) -> str:
+        return f"{self.prefix}:{{layers}}:audit:{self.layer}"
+
+    @property
+    def owners(self) -> str:
+        """Experiment id -> the layer that holds it."""
+        return f"{self.prefix}:{{layers}}:owners"
+
+    @property
+    def index(self) -> str:
+        """Every layer id (score 0: in id order)."""
+        return f"{self.prefix}:{{layers}}:index"

@@ -22,6 +22,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import SentinelConnectionPool
 
 from bandit.errors import Conflict, NotFound
+from bandit.layers import Layer, layer_from_json
 from bandit.model import Experiment
 from bandit.settings import Settings
 from bandit.store import connection, scripts
@@ -44,7 +45,15 @@ from bandit.store.codec import (
 )
 from bandit.store.connection import Client
 from bandit.store.failures import call, failures
-from bandit.store.keys import Keys, changes, dedup_window, legacy_registry, registry, signing_key
+from bandit.store.keys import (
+    Keys,
+    LayerKeys,
+    changes,
+    dedup_window,
+    legacy_registry,
+    registry,
+    signing_key,
+)
 from bandit.store.runner import ScriptCall, ScriptRunner
 
 T = TypeVar("T")
@@ -97,6 +106,7 @@ class RedisStore:
         self._history_append = client.register_script(scripts.HISTORY_APPEND)
         self._add_draws = client.register_script(scripts.ADD_DRAWS)
         self._flush_log = client.register_script(scripts.FLUSH_LOG)
+        self._save_layer = client.register_script(scripts.SAVE_LAYER)
 
     @classmethod
     def from_url(cls, url: str, prefix: str, *, timeout_s: float, max_connections: int,
@@ -491,6 +501,36 @@ class RedisStore:
             None if value is None else int(value) for value in stats)
         return LogStats(records or 0, trimmed or 0, dropped or 0, oldest,
                         None if max_age_ms is None else max_age_ms / 1000, max_records)
+
+    async def save_layer(self, layer: Layer, expected_version: int,
+                         audit_entry: dict[str, Any]) -> int:
+        """Create (``expected_version`` 0) or change a layer with its audit entry; the new
+        version. Conflict when it exists (create), is stale, or names an experiment another
+        layer holds; NotFound when it does not exist (change)."""
+        keys = LayerKeys(self._prefix, layer.id)
+        result = await self._scripts.write(
+            self._save_layer, [keys.config, keys.owners, keys.members, keys.audit, keys.index],
+            [str(expected_version), orjson.dumps(layer.to_json()), orjson.dumps(audit_entry),
+             layer.id, self.changes_channel, *sorted(layer.ranges)])
+        if result[0] == -1:
+            raise NotFound(f"layer {layer.id!r} does not exist")
+        if result[0] == -2:
+            raise Conflict(f"experiment {result[1]!r} is in layer {result[2]!r}: an experiment "
+                           "is in at most one layer (remove it there first)")
+        if result[0] == 0:
+            raise Conflict(f"layer {layer.id!r} already exists" if expected_version == 0 else
+                           f"layer {layer.id!r} is at version {result[1]}, not "
+                           f"{expected_version}: reload it and apply your change again")
+        return int(result[1])
+
+    async def layer(self, layer_id: str) -> Layer | None:
+        raw = await call(self._client.hget, LayerKeys(self._prefix, layer_id).config, "config")
+        return None if raw is None else layer_from_json(orjson.loads(raw))
+
+    async def layer_audit(self, layer_id: str) -> list[dict[str, Any]]:
+        entries = await call(self._client.lrange, LayerKeys(self._prefix, layer_id).audit, 0,
+                             -1)
+        return [orjson.loads(entry) for entry in entries]
 
     async def delete_all(self, experiment_id: str) -> None:
         """Remove every key of an experiment (tests and tooling; archive is the API's delete)."""

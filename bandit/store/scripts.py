@@ -549,3 +549,44 @@ if ARGV[4] ~= '0' then redis.call('HINCRBY', prefix .. 'log:stats', 'dropped', A
 if ARGV[6] ~= '0' then log_append('d', ARGV[5], ARGV[6], now_ms) else log_trim(now_ms) end
 return 1
 """
+
+SAVE_LAYER = r"""
+-- Create or change a layer, with its audit entry, if nobody changed it since `expected
+-- version`, keeping every experiment in at most one layer. Every layer key carries the hash tag
+-- {layers} (one slot: the owners hash is checked and written in the same atomic step).
+-- KEYS[1] the layer hash, KEYS[2] owners (experiment -> layer), KEYS[3] the layer's members
+--   (set), KEYS[4] its audit list, KEYS[5] the index of layer ids (zset).
+-- ARGV[1] expected version ('0': create), ARGV[2] config JSON (carrying the new version),
+--   ARGV[3] the audit entry, ARGV[4] the layer id, ARGV[5] the changes channel, ARGV[6..]
+--   the experiments it holds now.
+-- Returns {1, version}; {0, current version} when it exists (create) or is stale; {-1} when
+--   missing; {-2, experiment, its layer} when an experiment is in another layer.
+local current = redis.call('HGET', KEYS[1], 'version')
+if ARGV[1] == '0' then
+  if current then return {0, tonumber(current)} end
+elseif not current then
+  return {-1}
+elseif current ~= ARGV[1] then
+  return {0, tonumber(current)}
+end
+for i = 6, #ARGV do
+  local owner = redis.call('HGET', KEYS[2], ARGV[i])
+  if owner and owner ~= ARGV[4] then return {-2, ARGV[i], owner} end
+end
+local now = {}
+for i = 6, #ARGV do now[ARGV[i]] = true end
+for _, experiment in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+  if not now[experiment] then redis.call('HDEL', KEYS[2], experiment) end
+end
+redis.call('DEL', KEYS[3])
+for i = 6, #ARGV do
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[4])
+  redis.call('SADD', KEYS[3], ARGV[i])
+end
+local version = tonumber(ARGV[1]) + 1
+redis.call('HSET', KEYS[1], 'config', ARGV[2], 'version', tostring(version))
+redis.call('RPUSH', KEYS[4], ARGV[3])
+redis.call('ZADD', KEYS[5], 0, ARGV[4])
+redis.call('PUBLISH', ARGV[5], '@layers')
+return {1, version}
+"""
