@@ -6,7 +6,7 @@ import argparse
 import itertools
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -166,11 +166,7 @@ def _research(command: str, simulate: Callable[[argparse.Namespace], int],
               arguments: argparse.Namespace, extra: list[str]) -> int:
     """Run a simulation command that needs the research extra (matplotlib, tqdm and
     ``extra``): 2 with a message when a module is missing or a value is wrong."""
-    missing = _missing_research_modules(["matplotlib", "tqdm", *extra])
-    if missing:
-        print(f"{command}: {', '.join(missing)} not installed: simulations need the "
-              "research extra, pip install 'bandit-service[research]' (from a checkout: "
-              "pip install '.[research]')", file=sys.stderr)
+    if _refuse_missing(command, ["matplotlib", "tqdm", *extra]):
         return 2
     try:
         return simulate(arguments)
@@ -360,6 +356,33 @@ def _missing_research_modules(names: list[str]) -> list[str]:
     return [name for name in names if importlib.util.find_spec(name) is None]
 
 
+def _refuse_missing(command: str, modules: list[str]) -> bool:
+    """Whether a module of the research extra that ``command`` needs is missing (then said
+    on stderr, with how to install the extra)."""
+    missing = _missing_research_modules(modules)
+    if missing:
+        print(f"{command}: {', '.join(missing)} not installed: this needs the research extra, "
+              "pip install 'bandit-service[research]' (from a checkout: pip install "
+              "'.[research]')", file=sys.stderr)
+    return bool(missing)
+
+
+def _print_estimates(estimates: Mapping[str, Any], width: int) -> None:
+    """The OBD replays' table: one estimate per row, its method, value, interval and
+    effective sample size."""
+    print(f"{'estimate':{width}} {'method':16} {'value':>9} {'95% interval':>22} {'eff. n':>8}")
+    for name, estimate in estimates.items():
+        interval = f"[{estimate.ci_low:.5f}, {estimate.ci_high:.5f}]"
+        print(f"{name:{width}} {estimate.method:16} {estimate.value:9.5f} {interval:>22} "
+              f"{estimate.effective_n:8.0f}")
+
+
+def _write_json(out: Path | None, name: str, text: str) -> None:
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(text + "\n")
+
+
 def _replay(arguments: argparse.Namespace) -> int:
     from simulations.logs import LogError
     from simulations.obd import ESTIMATES, evaluate_obd
@@ -390,18 +413,12 @@ def _replay(arguments: argparse.Namespace) -> int:
         print(text)
     else:
         print(f"{arguments.campaign}, position {arguments.position}")
-        print(f"{'estimate':22} {'method':16} {'value':>9} {'95% interval':>22} {'eff. n':>8}")
-        for name, estimate in result.items():
-            interval = f"[{estimate.ci_low:.5f}, {estimate.ci_high:.5f}]"
-            print(f"{name:22} {estimate.method:16} {estimate.value:9.5f} {interval:>22} "
-                  f"{estimate.effective_n:8.0f}")
+        _print_estimates(result, 22)
         print("\nvalue: expected clicks per impression at the slot; eff. n: log rows that "
               "effectively carry the estimate (Kish's n for weighted ones)")
         for name in result:
             print(f"  {name:22} {ESTIMATES[name]}")
-    if arguments.out is not None:
-        arguments.out.mkdir(parents=True, exist_ok=True)
-        (arguments.out / "replay.json").write_text(text + "\n")
+    _write_json(arguments.out, "replay.json", text)
     return 0
 
 
@@ -424,20 +441,14 @@ def _replay_contextual(arguments: argparse.Namespace) -> int:
               f"random log ({result.train_clicks} clicks, every slot), d={result.dimension}; "
               f"evaluated at position {arguments.position} on the next {result.test_rows:,} "
               f"({result.test_clicks} clicks)")
-        print(f"{'estimate':28} {'method':16} {'value':>9} {'95% interval':>22} {'eff. n':>8}")
-        for name, estimate in result.estimates.items():
-            interval = f"[{estimate.ci_low:.5f}, {estimate.ci_high:.5f}]"
-            print(f"{name:28} {estimate.method:16} {estimate.value:9.5f} {interval:>22} "
-                  f"{estimate.effective_n:8.0f}")
+        _print_estimates(result.estimates, 28)
         print("\nvalue: expected clicks per impression at the slot. So few clicks make every "
               "interval wide: compare intervals, not values.")
         for name in result.estimates:
             print(f"  {name:28} {CONTEXTUAL_ESTIMATES[name]}")
         if result.affinities_left_out:
             print(f"left out (dimension limit): {', '.join(result.affinities_left_out)}")
-    if arguments.out is not None:
-        arguments.out.mkdir(parents=True, exist_ok=True)
-        (arguments.out / "replay-contextual.json").write_text(text + "\n")
+    _write_json(arguments.out, "replay-contextual.json", text)
     return 0
 
 
@@ -449,13 +460,8 @@ def _replay_log(arguments: argparse.Namespace) -> int:
     from simulations.ope import DEFAULT_LAMBDA, DEFAULT_TAU
 
     command = "bandit simulate replay --log"
-    needed = (["pyarrow"] if arguments.log.suffix == ".parquet" else []) + \
-        (["matplotlib"] if arguments.out is not None else [])
-    missing = _missing_research_modules(needed)
-    if missing:
-        print(f"{command}: {', '.join(missing)} not installed: pip install "
-              "'bandit-service[research]' (from a checkout: pip install '.[research]')",
-              file=sys.stderr)
+    if _refuse_missing(command, (["pyarrow"] if arguments.log.suffix == ".parquet" else [])
+                       + (["matplotlib"] if arguments.out is not None else [])):
         return 2
     if arguments.forecast_reps < 10:
         print(f"{command}: --forecast-reps must be >= 10", file=sys.stderr)

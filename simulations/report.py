@@ -84,19 +84,25 @@ def _last_decade(result: SimulationResult) -> float | None:
     return float(mean[-1] - np.interp(math.log(horizon / 10), np.log(t), mean))
 
 
+def _write_regret_csv(path: Path, rows: Sequence[tuple[str, int, float, float]]) -> None:
+    """``regret.csv``: ``policy,t,mean_regret,stderr``, one row per policy and checkpoint."""
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["policy", "t", "mean_regret", "stderr"])
+        writer.writerows([policy, t, f"{m:.6g}", f"{s:.6g}"] for policy, t, m, s in rows)
+
+
 def write_outputs(directory: Path, results: Sequence[SimulationResult],
                   environment: Environment, settings: dict[str, Any]) -> dict[str, Any]:
     directory.mkdir(parents=True, exist_ok=True)
     document = summary(results, environment, settings)
     (directory / "summary.json").write_text(json.dumps(document, indent=2) + "\n")
-    with (directory / "regret.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["policy", "t", "mean_regret", "stderr"])
-        for result in results:
-            mean, stderr = _mean_and_stderr(result.pseudo_regret)
-            for t, m, s in zip(result.checkpoints.tolist(), mean.tolist(), stderr.tolist(),
-                               strict=True):
-                writer.writerow([result.policy, t, f"{m:.6g}", f"{s:.6g}"])
+    rows = []
+    for result in results:
+        mean, stderr = _mean_and_stderr(result.pseudo_regret)
+        rows += [(result.policy, t, m, s) for t, m, s in zip(
+            result.checkpoints.tolist(), mean.tolist(), stderr.tolist(), strict=True)]
+    _write_regret_csv(directory / "regret.csv", rows)
     with (directory / "metrics.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["policy", "t", "pseudo_regret", "pseudo_regret_stderr", "regret",
@@ -249,13 +255,12 @@ def write_contextual(directory: Path, results: Sequence[ContextualResult],
                                    "seconds": result.seconds}
     document = {"settings": settings, "policies": policies}
     (directory / "summary.json").write_text(json.dumps(document, indent=2) + "\n")
-    with (directory / "regret.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["policy", "t", "mean_regret", "stderr"])
-        for result in results:
-            mean, stderr = _mean_and_stderr(result.cumulative)
-            for t in _contextual_steps(mean.shape[0]):
-                writer.writerow([result.policy, t, f"{mean[t - 1]:.6g}", f"{stderr[t - 1]:.6g}"])
+    rows = []
+    for result in results:
+        mean, stderr = _mean_and_stderr(result.cumulative)
+        rows += [(result.policy, t, float(mean[t - 1]), float(stderr[t - 1]))
+                 for t in _contextual_steps(mean.shape[0])]
+    _write_regret_csv(directory / "regret.csv", rows)
     plot_contextual_regret(directory / "regret.png", results, settings)
     return document
 

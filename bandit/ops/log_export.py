@@ -174,7 +174,7 @@ async def export(store: RedisStore, experiment_id: str, since: float, until: flo
     state = await store.read(experiment_id)
     if state is None:
         raise ExportError(f"experiment {experiment_id!r} does not exist")
-    start, end = _read_range(state.experiment, since, until)
+    start, end = _read_range(state.experiment.attribution_window_s, since, until)
     decisions: list[str] = []
     rewards: list[str] = []
     async for kind, lines in store.read_log(experiment_id, start, end):
@@ -196,7 +196,7 @@ def export_from_service(url: str, api_key: str | None, experiment_id: str, since
         with urllib.request.urlopen(urllib.request.Request(base, headers=headers),
                                     timeout=timeout_s) as response:
             shown = orjson.loads(response.read())
-        start, end = _read_range_of(float(shown["attribution_window_s"]), since, until)
+        start, end = _read_range(float(shown["attribution_window_s"]), since, until)
         query = urllib.parse.urlencode({"since": start / 1000, "until": end / 1000})
         request = urllib.request.Request(f"{base}/log?{query}", headers=headers)
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
@@ -215,11 +215,7 @@ def export_from_service(url: str, api_key: str | None, experiment_id: str, since
     return rows_of_log(experiment, decisions, rewards, since, until)
 
 
-def _read_range(experiment: Experiment, since: float, until: float) -> tuple[int, int]:
-    return _read_range_of(experiment.attribution_window_s, since, until)
-
-
-def _read_range_of(window_s: float, since: float, until: float) -> tuple[int, int]:
+def _read_range(window_s: float, since: float, until: float) -> tuple[int, int]:
     """The entries to read, in ms: from ``READ_MARGIN_S`` before ``since`` to the attribution
     window and ``READ_MARGIN_S`` after ``until`` (an entry is stored after its records)."""
     return (max(0, math.floor((since - READ_MARGIN_S) * 1000)),

@@ -167,25 +167,26 @@ class DecisionLog:
         # Per experiment, entries of at most log_flush_records records (a request's records
         # stay together), so that no entry (and no read of the log) grows without bound after
         # an outage.
+        # An experiment's drops are reported with its first entry (or an empty one).
         limit = self._settings.log_flush_records
         pending: dict[str, tuple[list[str], int]] = {}
         chunks: list[tuple[str, LogChunk]] = []
+
+        def entry(experiment_id: str, parts: list[str], records: int) -> None:
+            chunks.append((experiment_id, LogChunk("".join(parts), records,
+                                                   dropped.pop(experiment_id, 0))))
+
         for experiment_id, lines, count in taken:
             parts, records = pending.get(experiment_id, ([], 0))
             if parts and records + count > limit:
-                chunks.append((experiment_id, LogChunk("".join(parts), records, 0)))
+                entry(experiment_id, parts, records)
                 parts, records = [], 0
             parts.append(lines)
             pending[experiment_id] = (parts, records + count)
         for experiment_id, (parts, records) in pending.items():
-            chunks.append((experiment_id, LogChunk("".join(parts), records, 0)))
-        reported = set()
-        for position, (experiment_id, chunk) in enumerate(chunks):
-            if experiment_id in dropped and experiment_id not in reported:
-                chunks[position] = (experiment_id, chunk._replace(dropped=dropped[experiment_id]))
-                reported.add(experiment_id)
-        chunks += [(experiment_id, LogChunk("", 0, count))
-                   for experiment_id, count in dropped.items() if experiment_id not in reported]
+            entry(experiment_id, parts, records)
+        for experiment_id in list(dropped):
+            entry(experiment_id, [], 0)
         written = self._flushing = sum(count for _, _, count in taken)
         try:
             await self._store.flush_log(chunks, round(self._settings.log_max_age_s * 1000),
