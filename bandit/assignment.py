@@ -15,6 +15,17 @@ an independent SHA-256.
 
 2^64 is not a multiple of 10,000: the buckets below 2^64 mod 10,000 = 1,616 are more likely by
 one part in 1.8e15, far below anything a test of uniformity can see.
+
+A fixed experiment (an A/B test) gives a unit its arm by a second hash, salted by the
+experiment, read as a fraction of 2^64 so that an arm's chance is its weight exactly (not
+rounded to buckets):
+
+    arm_point(experiment, unit) = (uint64_be(SHA-256(utf8("arm." + experiment + "." +
+                                   unit))[0:8]) >> 11) / 2^53
+
+(the top 53 bits: a double in [0, 1), exactly)
+and the unit's arm is the first active arm whose cumulative normalised weight exceeds it
+(``ARM_GOLDEN``).
 """
 
 from __future__ import annotations
@@ -22,7 +33,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 
-__all__ = ["BUCKETS", "GOLDEN", "bucket", "buckets"]
+__all__ = ["ARM_GOLDEN", "BUCKETS", "GOLDEN", "arm_point", "arm_points", "bucket", "buckets"]
 
 #: Buckets per layer.
 BUCKETS = 10_000
@@ -50,4 +61,29 @@ def buckets(salt: str, units: Iterable[str]) -> list[int]:
     sha256 = hashlib.sha256
     from_bytes = int.from_bytes
     return [from_bytes(sha256(prefix + unit.encode()).digest()[:8], "big") % BUCKETS
+            for unit in units]
+
+
+#: (experiment, unit, first 16 hex digits of the digest) test vectors of ``arm_point``, from
+#: OpenSSL (``printf '%s' "arm.$experiment.$unit" | openssl dgst -sha256``).
+ARM_GOLDEN: tuple[tuple[str, str, str], ...] = (
+    ("ab-test", "user-1", "23ed0a9730c6da2e"),
+    ("checkout-colour", "user-2", "b2ddbc3083452ccf"),
+    ("x", "ünïcødé", "a282b884989c357e"),
+)
+
+
+def arm_point(experiment: str, unit: str) -> float:
+    """The unit's point in [0, 1) for a fixed experiment's arms."""
+    digest = hashlib.sha256(f"arm.{experiment}.{unit}".encode()).digest()
+    return (int.from_bytes(digest[:8], "big") >> 11) * 2.0**-53
+
+
+def arm_points(experiment: str, units: Iterable[str]) -> list[float]:
+    """``arm_point`` of each unit, in order."""
+    prefix = f"arm.{experiment}.".encode()
+    sha256 = hashlib.sha256
+    from_bytes = int.from_bytes
+    scale = 2.0**-53
+    return [(from_bytes(sha256(prefix + unit.encode()).digest()[:8], "big") >> 11) * scale
             for unit in units]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from bandit.errors import InvalidValue, json_kind
-from bandit.model import ID_PATTERN, MAX_ABS_REWARD, integer, mapping
+from bandit.model import ID_PATTERN, MAX_ABS_REWARD, check_id, integer, mapping
 from bandit.tokens import DECISION_ID_PATTERN
 
 MAX_DECISIONS = 10_000
@@ -178,3 +178,82 @@ def parse_event(index: int, raw: object, valid_ids: set[str]) -> RewardEvent:
         raise InvalidValue("context: expected an object of feature values, got "
                            f"{json_kind(context)}")
     return RewardEvent(index, event_id, experiment, arm, reward, decision_id, ts, context)
+
+
+#: Most units in one batch assign request, and attributes per unit.
+MAX_ASSIGN_UNITS = 1_000
+MAX_ATTRIBUTES = 100
+#: Longest string attribute value (a user agent fits).
+MAX_ATTRIBUTE_LENGTH = 1_000
+
+
+@dataclass(frozen=True)
+class AssignUnit:
+    """One unit to assign: its id, the attributes targeting rules read, and the context a
+    contextual experiment decides from."""
+
+    unit: str
+    attributes: dict[str, Any]
+    context: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class AssignRequest:
+    units: tuple[AssignUnit, ...]
+    #: Whether the request was the batch form (``units``), which answers ``results``.
+    batch: bool = False
+    sticky: bool = False
+    #: Only these layers (None: every layer).
+    layers: tuple[str, ...] | None = None
+
+
+_ASSIGN_UNIT_FIELDS = {"unit", "attributes", "context"}
+_ASSIGN_FIELDS = {*_ASSIGN_UNIT_FIELDS, "units", "sticky", "layers"}
+
+
+def parse_assign(body: object) -> AssignRequest:
+    """``{unit, attributes?, context?, sticky?, layers?}``, or the batch form ``{units: [{unit,
+    attributes?, context?}, ...], sticky?, layers?}``."""
+    data = mapping(body, "body", _ASSIGN_FIELDS)
+    if "units" in data:
+        own = sorted(set(data) & _ASSIGN_UNIT_FIELDS)
+        if own:
+            raise InvalidValue(f"units: the batch form carries {own} per unit, inside units")
+        raw = data["units"]
+        if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_ASSIGN_UNITS:
+            raise InvalidValue(f"units: expected a list of 1 to {MAX_ASSIGN_UNITS} units")
+        units = tuple(_assign_unit(mapping(item, f"units[{i}]", _ASSIGN_UNIT_FIELDS),
+                                   f"units[{i}].") for i, item in enumerate(raw))
+    else:
+        units = (_assign_unit(data, ""),)
+    layers = data.get("layers")
+    if layers is not None:
+        if not isinstance(layers, list) or not 1 <= len(layers) <= 1000:
+            raise InvalidValue("layers: expected a list of 1 to 1000 layer ids")
+        layers = tuple(check_id(layer, f"layers[{i}]") for i, layer in enumerate(layers))
+    return AssignRequest(units, "units" in data, _flag(data, "sticky"), layers)
+
+
+def _assign_unit(data: dict[str, Any], where: str) -> AssignUnit:
+    if "unit" not in data:
+        raise InvalidValue(f"{where}unit: required")
+    try:
+        unit = _unit(data["unit"])
+    except InvalidValue as error:
+        raise InvalidValue(f"{where}{error.message}") from None
+    assert unit is not None
+    attributes = data.get("attributes") or {}
+    if not isinstance(attributes, dict) or len(attributes) > MAX_ATTRIBUTES:
+        raise InvalidValue(f"{where}attributes: expected an object of at most "
+                           f"{MAX_ATTRIBUTES} attributes")
+    for name, value in attributes.items():
+        if value is not None and not isinstance(value, str | int | float | bool):
+            raise InvalidValue(f"{where}attributes.{name}: expected a string, number, boolean "
+                               f"or null, got {json_kind(value)}")
+        if isinstance(value, str) and len(value) > MAX_ATTRIBUTE_LENGTH:
+            raise InvalidValue(f"{where}attributes.{name}: at most {MAX_ATTRIBUTE_LENGTH} "
+                               "characters")
+    context = data.get("context")
+    if context is not None and not isinstance(context, dict):
+        raise InvalidValue(f"{where}context: expected an object")
+    return AssignUnit(unit, attributes, context)

@@ -64,6 +64,11 @@ class Layer:
         index = int(self._table[position])
         return position, None if index < 0 else self._experiments[index]
 
+    def owner(self, position: int) -> str | None:
+        """The experiment that owns a bucket (None: the default's)."""
+        index = int(self._table[position])
+        return None if index < 0 else self._experiments[index]
+
     def share(self, experiment: str) -> float:
         """P(a unit is in ``experiment``): the share of the buckets it owns."""
         return sum(end - start for start, end in self.ranges.get(experiment, ())) / BUCKETS

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from bandit.errors import InvalidValue, object_fields
 from bandit.features import LinearModel, parse_model
+from bandit.targeting import Rule, parse_rule
 
 ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 MIN_ARMS = 2
@@ -41,6 +42,12 @@ ANONYMOUS = "anonymous"
 
 Reward = Literal["bernoulli", "gaussian"]
 REWARDS: tuple[Reward, ...] = ("bernoulli", "gaussian")
+#: ``thompson``: the bandit (allocation follows the posteriors); ``fixed``: an ordinary A/B
+#: test, each arm served in proportion to its weight whatever the rewards.
+Policy = Literal["thompson", "fixed"]
+POLICIES: tuple[Policy, ...] = ("thompson", "fixed")
+#: Largest weight of a fixed experiment's arm (weights are relative: 50/50, 1/1, 0.9/0.1).
+MAX_WEIGHT = 1e6
 
 BERNOULLI_PRIOR = {"alpha": 1.0, "beta": 1.0}
 # Normal-Gamma prior: weak on the mean (kappa: one hundredth of an observation) and on the noise.
@@ -133,6 +140,11 @@ class Experiment:
     tags: tuple[str, ...] = ()
     #: A contextual experiment's model (fixed at create); None: context-free.
     model: LinearModel | None = None
+    policy: Policy = "thompson"
+    #: A fixed experiment's weight per arm (in ``arms`` order; None for a bandit).
+    weights: tuple[float, ...] | None = None
+    #: Who is eligible, from the attributes of an assign request (None: everyone).
+    targeting: Rule | None = None
 
     @property
     def active_arms(self) -> tuple[str, ...]:
@@ -170,6 +182,10 @@ class Experiment:
             "hypothesis": self.hypothesis,
             "tags": list(self.tags),
             "model": None if self.model is None else self.model.to_json(),
+            "policy": self.policy,
+            "weights": None if self.weights is None else dict(zip(self.arms, self.weights,
+                                                                  strict=True)),
+            "targeting": None if self.targeting is None else self.targeting.spec,
         }
 
     @classmethod
@@ -196,6 +212,12 @@ class Experiment:
             hypothesis=data.get("hypothesis"),
             tags=tuple(data.get("tags", ())),
             model=None if data.get("model") is None else LinearModel.from_json(data["model"]),
+            # Experiments stored before fixed policies and targeting existed are bandits for
+            # everyone.
+            policy=data.get("policy", "thompson"),
+            weights=None if data.get("weights") is None else tuple(
+                float(data["weights"][arm["id"]]) for arm in data["arms"]),
+            targeting=None if data.get("targeting") is None else parse_rule(data["targeting"]),
         )
 
 
@@ -309,6 +331,7 @@ def check_consistent(experiment: Experiment) -> None:
     active = experiment.active_arms
     if not active:
         raise InvalidValue("arms: at least one arm must stay active")
+    _check_policy(experiment)
     control_share = 0.0
     bandit_arms = len(active)
     if exploration.control is not None:
@@ -341,6 +364,56 @@ def check_consistent(experiment: Experiment) -> None:
             f"exploration.max_share: {exploration.max_share} * {bandit_arms} active arms < "
             f"{free:g}: the caps cannot add up to the traffic"
         )
+
+
+def _check_policy(experiment: Experiment) -> None:
+    """A fixed experiment has a weight for every arm, some on an active arm, and none of the
+    bandit's settings; a bandit has no weights."""
+    if experiment.policy != "fixed":
+        if experiment.weights is not None:
+            raise InvalidValue('weights: only for "policy": "fixed" (a bandit\'s allocation '
+                               "follows its posteriors)")
+        return
+    weights = experiment.weights
+    if weights is None or len(weights) != len(experiment.arms):
+        named = set() if weights is None else set(experiment.arms[:len(weights)])
+        missing = [arm for arm in experiment.arms if arm not in named]
+        raise InvalidValue(f"weights: a fixed experiment needs a weight for every arm; missing "
+                           f"{missing}")
+    if not any(w > 0 for arm, w in zip(experiment.arms, weights, strict=True)
+               if arm not in experiment.paused):
+        raise InvalidValue("weights: every active arm has weight 0: no traffic would be served")
+    if experiment.model is not None:
+        raise InvalidValue('model: a fixed experiment serves its weights whatever the context; '
+                           'a contextual experiment is "policy": "thompson"')
+    if experiment.exploration != Exploration():
+        raise InvalidValue('exploration: a fixed experiment\'s allocation is its weights; '
+                           "the exploration settings are the bandit's")
+
+
+def parse_weights(value: object, arms: tuple[str, ...],
+                  base: tuple[float, ...] | None = None) -> tuple[float, ...]:
+    """A fixed experiment's weights, ``{arm: weight}`` (relative, >= 0), onto ``base`` (the
+    current weights, for a PATCH): every arm must end with one."""
+    if not isinstance(value, dict):
+        raise InvalidValue(f"weights: expected an object {{arm: weight}}, got "
+                           f"{_describe(value)}")
+    unknown = sorted(set(value) - set(arms))
+    if unknown:
+        raise InvalidValue(f"weights: {unknown[0]!r} is not an arm of the experiment")
+    given: dict[str, Any] = value
+    current = dict(zip(arms, base or (), strict=False))
+    for arm, raw in given.items():
+        current[arm] = number(raw, f"weights.{arm}", low=0.0, high=MAX_WEIGHT)
+    missing = [arm for arm in arms if arm not in current]
+    if missing:
+        raise InvalidValue(f"weights: a fixed experiment needs a weight for every arm; missing "
+                           f"{missing}")
+    return tuple(current[arm] for arm in arms)
+
+
+def parse_targeting(value: object) -> Rule | None:
+    return None if value is None else parse_rule(value)
 
 
 def parse_text(value: object, what: str, max_length: int) -> str | None:
@@ -390,7 +463,7 @@ def parse_metadata(data: dict[str, Any]) -> dict[str, Any]:
 
 
 _CREATE_FIELDS = {"id", "arms", "reward", "prior", "exploration", "attribution_window_s",
-                  "model", *METADATA_FIELDS}
+                  "model", "policy", "weights", "targeting", *METADATA_FIELDS}
 
 
 def parse_new_experiment(body: object, now: float) -> Experiment:
@@ -413,6 +486,17 @@ def parse_new_experiment(body: object, now: float) -> Experiment:
         if data.get("prior") is not None:
             raise InvalidValue("prior: a contextual experiment's prior is model.prior "
                                "(precision, intercept_precision, alpha, beta)")
+    policy = data.get("policy", "thompson")
+    if policy not in POLICIES:
+        raise InvalidValue(f"policy: must be one of {list(POLICIES)}, got {_describe(policy)}")
+    weights = None
+    if policy == "fixed":
+        if "weights" not in data:
+            raise InvalidValue('weights: required for "policy": "fixed" ({arm: weight, ...})')
+        weights = parse_weights(data["weights"], arms)
+    elif data.get("weights") is not None:
+        raise InvalidValue('weights: only for "policy": "fixed" (a bandit\'s allocation '
+                           "follows its posteriors)")
     experiment = Experiment(
         id=experiment_id,
         arms=arms,
@@ -423,6 +507,9 @@ def parse_new_experiment(body: object, now: float) -> Experiment:
         created_at=now,
         updated_at=now,
         model=model,
+        policy=policy,
+        weights=weights,
+        targeting=parse_targeting(data.get("targeting")),
         **parse_metadata(data),
     )
     check_consistent(experiment)

@@ -17,7 +17,9 @@ from bandit.model import (
     parse_arm_list,
     parse_exploration,
     parse_metadata,
+    parse_targeting,
     parse_text,
+    parse_weights,
 )
 
 #: The longest reason for a change the audit log records.
@@ -33,15 +35,24 @@ class Patch:
     changes: dict[str, Any]
 
 
-_PATCH_FIELDS = {"version", "exploration", "arms", "reason", *METADATA_FIELDS}
+_PATCH_FIELDS = {"version", "exploration", "arms", "reason", "weights", "targeting",
+                 *METADATA_FIELDS}
+#: Fixed at create: a PATCH naming them is refused with this reason.
+_FIXED_AT_CREATE = {
+    "model": "model: fixed at create (the statistics are sums over its columns); create a new "
+             "experiment for another feature spec",
+    "policy": "policy: fixed at create (a bandit's evidence and a fixed test's are analysed "
+              "differently); create a new experiment for the other policy",
+}
 
 
 def patch_version(body: object) -> int:
     """The version a PATCH body says its change is based on (checked before the change itself:
     a change based on an old version may be invalid only because of what changed since)."""
-    if isinstance(body, dict) and "model" in body:
-        raise InvalidValue("model: fixed at create (the statistics are sums over its columns); "
-                           "create a new experiment for another feature spec")
+    if isinstance(body, dict):
+        for name, reason in _FIXED_AT_CREATE.items():
+            if name in body:
+                raise InvalidValue(reason)
     data = mapping(body, "body", _PATCH_FIELDS)
     if "version" not in data:
         raise InvalidValue("version: required (the version your change is based on)")
@@ -60,6 +71,16 @@ def parse_patch(body: object, current: Experiment, now: float) -> Patch:
     if "arms" in data:
         updated = _apply_arm_changes(updated, mapping(data["arms"], "arms",
                                                       {"add", "pause", "resume"}))
+    if "weights" in data:
+        if current.policy != "fixed":
+            raise InvalidValue('weights: only for "policy": "fixed" (a bandit\'s allocation '
+                               "follows its posteriors)")
+        updated = replace(updated, weights=parse_weights(data["weights"], updated.arms,
+                                                         updated.weights))
+    elif updated.policy == "fixed" and len(updated.arms) != len(current.arms):
+        updated = replace(updated, weights=parse_weights({}, updated.arms, updated.weights))
+    if "targeting" in data:
+        updated = replace(updated, targeting=parse_targeting(data["targeting"]))
     updated = replace(updated, **parse_metadata(data))
     check_consistent(updated)
     changes = diff(current, updated)
@@ -106,4 +127,6 @@ def _flat(experiment: Experiment) -> dict[str, Any]:
     flat["attribution_window_s"] = document["attribution_window_s"]
     flat["status"] = document["status"]
     flat.update({name: document[name] for name in METADATA_FIELDS})
+    flat.update({f"weights.{arm}": w for arm, w in (document["weights"] or {}).items()})
+    flat["targeting"] = document["targeting"]
     return flat

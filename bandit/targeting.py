@@ -38,8 +38,8 @@ __all__ = ["OPERATORS", "Condition", "Rule", "parse_rule", "semver_key"]
 #: Most alternatives, conditions per alternative, values of ``in``, pattern characters.
 MAX_ANY, MAX_ALL, MAX_VALUES, MAX_PATTERN = 20, 20, 1000, 1000
 #: Attribute names: what a JSON object key in a request may be, within reason.
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$")
-_SEMVER = re.compile(r"^(0|[1-9]\d{0,8})(?:\.(0|[1-9]\d{0,8}))?(?:\.(0|[1-9]\d{0,8}))?"
+NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$")
+SEMVER = re.compile(r"^(0|[1-9]\d{0,8})(?:\.(0|[1-9]\d{0,8}))?(?:\.(0|[1-9]\d{0,8}))?"
                      r"(?:-([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?(?:\+[0-9A-Za-z.-]+)?$")
 
 Scalar = str | int | float | bool
@@ -58,7 +58,7 @@ OPERATORS = (*_EQUALITY, *_MEMBERSHIP, *_NUMERIC, "regex", *_SEMVER_OPS, "is_nul
 def semver_key(text: str) -> tuple[tuple[int, int, int], tuple[tuple[int, int | str], ...]]:
     """A sort key of a semantic version by semver 2.0 precedence (build metadata ignored;
     a version without a pre-release ranks above the same one with)."""
-    match = _SEMVER.match(text)
+    match = SEMVER.fullmatch(text)
     if match is None:
         raise ValueError(f"{text!r} is not a semantic version (MAJOR[.MINOR[.PATCH]]"
                          "[-PRERELEASE][+BUILD])")
@@ -151,7 +151,7 @@ def _condition(data: object, where: str) -> Condition:
         raise InvalidValue(f"{where}: a {op!r} condition has exactly the fields "
                            f"{', '.join(sorted(expected))}; got {', '.join(sorted(data))}")
     attribute = data["attribute"]
-    if not isinstance(attribute, str) or not _NAME.match(attribute):
+    if not isinstance(attribute, str) or not NAME.fullmatch(attribute):
         raise InvalidValue(f"{where}.attribute: {attribute!r} is not an attribute name "
                            "(letters, digits, _ . : -, at most 64)")
     raw = data[operand]

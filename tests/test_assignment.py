@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import scipy.stats
 
-from bandit.assignment import BUCKETS, GOLDEN, bucket, buckets
+from bandit.assignment import ARM_GOLDEN, BUCKETS, GOLDEN, arm_point, arm_points, bucket, buckets
 
 
 def _sha256(message: bytes) -> bytes:
@@ -73,4 +73,31 @@ def test_two_salts_split_units_independently() -> None:
     second = np.asarray(buckets("layer-b", units)) // 1000
     table = np.zeros((10, 10))
     np.add.at(table, (first, second), 1)
+    assert scipy.stats.chi2_contingency(table).pvalue > 0.001
+
+
+def test_arm_points_match_openssl_and_an_independent_sha256() -> None:
+    """A fixed experiment's arm hash: the vectors' digests came from OpenSSL, and the point is
+    their top 53 bits over 2^53, recomputed here with the SHA-256 written out above."""
+    for experiment, unit, digest in ARM_GOLDEN:
+        independent = _sha256(f"arm.{experiment}.{unit}".encode())[:8]
+        assert independent.hex() == digest
+        expected = (int(digest, 16) >> 11) / 2**53
+        assert arm_point(experiment, unit) == expected
+        assert 0.0 <= expected < 1.0
+    assert arm_points("ab-test", ["user-1", "user-2"]) == [
+        arm_point("ab-test", "user-1"), arm_point("ab-test", "user-2")]
+
+
+def test_arm_points_are_uniform_and_independent_of_the_layer_bucket() -> None:
+    """10^5 points in 100 equal bins (chi-square, p above 0.001), and their deciles against the
+    layer's bucket deciles for the same units (test of independence, p above 0.001): a unit's
+    arm tells nothing of its range in the layer, even with the experiment's id as the salt."""
+    units = [f"u{i}" for i in range(100_000)]
+    points = np.asarray(arm_points("ab-test", units))
+    assert scipy.stats.chisquare(np.bincount((points * 100).astype(int),
+                                             minlength=100)).pvalue > 0.001
+    table = np.zeros((10, 10))
+    np.add.at(table, (np.asarray(buckets("ab-test", units)) // 1000,
+                      (points * 10).astype(int)), 1)
     assert scipy.stats.chi2_contingency(table).pvalue > 0.001

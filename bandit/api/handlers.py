@@ -191,3 +191,38 @@ async def unmatched(request: web.Request) -> web.Response:
     if allowed:
         raise web.HTTPMethodNotAllowed(request.method, sorted(allowed))
     raise web.HTTPNotFound(reason=f"no route {request.method} {request.path}")
+
+
+async def assign(request: web.Request) -> web.Response:
+    app = request.app
+    service = app[SERVICE]
+    raw = body_now(request)
+    if raw is NOT_YET:
+        raw = await body(request)
+    result = await service.layers.assign(raw)
+    age = service.cache.age
+    if age > service.settings.stale_after_s:
+        return json_response(result, headers={"X-Bandit-Stale": f"{age:.1f}"})
+    return json_response(result)
+
+
+async def create_layer(request: web.Request) -> web.Response:
+    return json_response(await request.app[SERVICE].layers.create(
+        await body(request), actor=request[PRINCIPAL].name), 201)
+
+
+async def list_layers(request: web.Request) -> web.Response:
+    return json_response(await request.app[SERVICE].layers.list_all())
+
+
+async def show_layer(request: web.Request) -> web.Response:
+    return json_response(await request.app[SERVICE].layers.show(request.match_info["id"]))
+
+
+async def change_layer(request: web.Request) -> web.Response:
+    return json_response(await request.app[SERVICE].layers.change(
+        request.match_info["id"], await body(request), actor=request[PRINCIPAL].name))
+
+
+async def layer_audit(request: web.Request) -> web.Response:
+    return json_response(await request.app[SERVICE].layers.audit(request.match_info["id"]))

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from bandit import __version__
-from bandit.api import report_schemas, schemas
+from bandit.api import layer_schemas, report_schemas, schemas
 from bandit.api.routes import ANY_KEY, ROUTES, Route
 from bandit.api.schemas import ERROR_CLASSES, ID, closed_object, errors_for
 
@@ -107,7 +107,8 @@ def document(*, keys: bool = True) -> dict[str, Any]:
                      if keys else "This service runs without API keys: nothing needs one.")},
         "paths": paths,
         "components": {
-            "schemas": {**schemas.COMPONENTS, **report_schemas.COMPONENTS},
+            "schemas": {**schemas.COMPONENTS, **report_schemas.COMPONENTS,
+                        **layer_schemas.COMPONENTS},
             "responses": {error.__name__: _error_response(status)
                           for status, error in ERROR_CLASSES.items()
                           if keys or status != 401},

@@ -41,14 +41,18 @@ from bandit.model import (
     MAX_OWNER_LENGTH,
     MAX_PRIOR_PARAMETER,
     MAX_TAGS,
+    MAX_WEIGHT,
     MIN_ARMS,
     MIN_GAUSSIAN_ALPHA,
     MIN_PRIOR_PARAMETER,
+    POLICIES,
     REWARDS,
     TAG_PATTERN,
     Setting,
 )
 from bandit.patches import MAX_REASON_LENGTH
+from bandit.targeting import MAX_ALL, MAX_ANY, MAX_PATTERN, NAME, SEMVER
+from bandit.targeting import MAX_VALUES as MAX_RULE_VALUES
 from bandit.tokens import DECISION_ID_PATTERN
 
 Schema = dict[str, Any]
@@ -224,6 +228,53 @@ CONTEXT: Schema = {"type": ["object", "null"],
                    "description": "feature values by name, for a contextual experiment "
                                   "(ignored by a context-free one)"}
 
+POLICY: Schema = {"enum": list(POLICIES), "description": "thompson: a bandit (default); fixed: "
+                                                       "an A/B test serving its weights"}
+_SCALAR: Schema = {"type": ["string", "number", "boolean"]}
+_ATTRIBUTE: Schema = {"type": "string", "pattern": NAME.pattern,
+                      "description": "the attribute's name in an assign request's `attributes`"}
+
+
+def _condition(ops: list[str], operand: str, value: Schema) -> Schema:
+    return closed_object(["attribute", "op", operand], {
+        "attribute": _ATTRIBUTE, "op": {"enum": ops}, operand: value})
+
+
+def _all_of_one_kind(kind: str) -> Schema:
+    return {"type": "array", "minItems": 1, "maxItems": MAX_RULE_VALUES,
+            "items": {"type": kind}}
+
+
+_CONDITION: Schema = {"oneOf": [
+    _condition(["eq", "neq"], "value", _SCALAR),
+    _condition(["in", "not_in"], "values", {
+        "oneOf": [_all_of_one_kind(kind) for kind in ("string", "number", "boolean")],
+        "description": "all strings, all numbers or all booleans"}),
+    _condition(["lt", "lte", "gt", "gte"], "value", {"type": "number"}),
+    _condition(["regex"], "value", {
+        "type": "string", "minLength": 1, "maxLength": MAX_PATTERN,
+        "description": "an RE2 pattern, searched anywhere in the value (linear time; no "
+                       "backreferences or lookarounds: 422)"}),
+    _condition(["semver_eq", "semver_lt", "semver_lte", "semver_gt", "semver_gte"], "value",
+               {"type": "string", "pattern": SEMVER.pattern,
+                "description": "MAJOR[.MINOR[.PATCH]][-PRERELEASE][+BUILD]"}),
+    _condition(["is_null"], "value", {
+        "type": "boolean", "description": "true: the attribute is missing or null"}),
+]}
+TARGETING_RULE: Schema = nullable(closed_object(["any"], {"any": {
+    "type": "array", "minItems": 1, "maxItems": MAX_ANY,
+    "description": "alternatives (OR), each a list of conditions (AND)",
+    "items": closed_object(["all"], {"all": {
+        "type": "array", "minItems": 1, "maxItems": MAX_ALL, "items": _CONDITION}})}},
+    description="who is eligible: an OR of ANDs of conditions on the assign request's "
+                "attributes (a missing attribute fails all but is_null; an attribute of the "
+                "wrong type is a 422); a unit that fails gets its layer's default"))
+WEIGHTS: Schema = {
+    "type": "object", "minProperties": 1,
+    "additionalProperties": {"type": "number", "minimum": 0, "maximum": MAX_WEIGHT},
+    "description": 'a fixed experiment\'s weight per arm (`"policy": "fixed"`): relative, '
+                   "each arm is served in proportion over the active arms"}
+
 _NEW_EXPERIMENT: Schema = {
     "type": "object", "additionalProperties": False,
     "required": ["id", "arms", "reward"],
@@ -239,12 +290,17 @@ _NEW_EXPERIMENT: Schema = {
         "attribution_window_s": {"type": "number", "minimum": 1, "maximum": 90 * 86_400,
                                  "description": "how long a provisional decision can convert"},
         "model": nullable(MODEL),
+        "policy": POLICY,
+        "weights": nullable(WEIGHTS),
+        "targeting": TARGETING_RULE,
         **_METADATA_CHANGE,
     },
-    # Which prior fields exist depends on the reward type.
-    "allOf": [{"if": {"required": ["reward"], "properties": {"reward": {"const": reward}}},
-               "then": {"properties": {"prior": nullable(_prior(reward, fields))}}}
-              for reward, fields in _PRIOR_FIELDS.items()],
+    # Which prior fields exist depends on the reward type; a fixed experiment needs weights.
+    "allOf": [*({"if": {"required": ["reward"], "properties": {"reward": {"const": reward}}},
+                 "then": {"properties": {"prior": nullable(_prior(reward, fields))}}}
+                for reward, fields in _PRIOR_FIELDS.items()),
+              {"if": {"required": ["policy"], "properties": {"policy": {"const": "fixed"}}},
+               "then": {"required": ["weights"], "properties": {"weights": WEIGHTS}}}],
 }
 
 _EXPERIMENT_PROPERTIES: dict[str, Schema] = {
@@ -263,6 +319,9 @@ _EXPERIMENT_PROPERTIES: dict[str, Schema] = {
     "hypothesis": {"type": ["string", "null"], "maxLength": MAX_HYPOTHESIS_LENGTH},
     "tags": TAG_LIST,
     "model": nullable(MODEL),
+    "policy": POLICY,
+    "weights": nullable(WEIGHTS),
+    "targeting": TARGETING_RULE,
 }
 _EXPERIMENT: Schema = closed_object(list(_EXPERIMENT_PROPERTIES), _EXPERIMENT_PROPERTIES)
 _CHANGED: Schema = {"type": "boolean",
@@ -330,6 +389,9 @@ _PATCH: Schema = {
         "arms": ARM_CHANGES,
         "reason": {"type": ["string", "null"], "maxLength": MAX_REASON_LENGTH,
                    "pattern": _TEXT_PATTERN, "description": "recorded in the audit log"},
+        "weights": {**WEIGHTS, "description": "a fixed experiment's new weights (the arms "
+                                              "named; an added arm needs one)"},
+        "targeting": TARGETING_RULE,
         **_METADATA_CHANGE,
     },
 }

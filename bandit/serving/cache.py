@@ -27,7 +27,7 @@ import heapq
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -157,9 +157,13 @@ def build_snapshot(state: StoredState, at: float | None = None) -> Snapshot:
         contextual = policy.ContextualPosterior.build(
             experiment.model, rows, state.counts, policy_settings(experiment), active)
         stats = policy.marginal_stats(family, rows)
-    probabilities = policy.allocation_probabilities(
-        family, stats, state.counts, prior, policy_settings(experiment), active
-    )
+    if experiment.weights is not None:  # a fixed experiment: its weights, over active arms
+        weights = np.where(active, np.asarray(experiment.weights), 0.0)
+        probabilities = weights / weights.sum()
+    else:
+        probabilities = policy.allocation_probabilities(
+            family, stats, state.counts, prior, policy_settings(experiment), active
+        )
     cumulative = policy.cumulative(probabilities)
     return Snapshot(
         experiment=experiment,
@@ -245,6 +249,10 @@ class ExperimentCache:
         self._eviction = _Rotation(refresh_interval_s)
         #: When the cache last confirmed its contents with Redis (for the stale flag).
         self.last_success = clock()
+        #: Called at every refresh with what the change feed named (``everything``: the feed
+        #: could not say, so anything may have changed): for what else a process keeps in
+        #: memory (``bandit.serving.layers``).
+        self.watchers: list[Callable[[bool, set[str]], Awaitable[None]]] = []
 
     @property
     def age(self) -> float:
@@ -327,6 +335,8 @@ class ExperimentCache:
             await self._reread(await self._changed(list(self._entries)), started)
             await self._recompute_due(started)
             self.last_success = started
+            for watcher in self.watchers:
+                await watcher(True, set())
             return
         confirmed = feed.confirmed_at
         everything, named = feed.take(started)
@@ -343,6 +353,8 @@ class ExperimentCache:
         await self._recompute_due(started)
         # Every change made before `confirmed` was named before `take`, and is read now.
         self.last_success = max(self.last_success, confirmed)
+        for watcher in self.watchers:
+            await watcher(everything, named)
 
     async def _changed(self, experiment_ids: list[str]) -> list[str]:
         """Those of ``experiment_ids`` whose change counter moved (gone ones are dropped)."""

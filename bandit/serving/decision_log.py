@@ -105,6 +105,18 @@ class DecisionLog:
                 f"{tail if i == 0 else rest}" for i, decision in enumerate(decisions)])
         self._append(experiment.id, lines, len(decisions))
 
+    def record_units(self, snapshot: Snapshot, units: list[str],
+                     decisions: list[dict[str, Any]]) -> None:
+        """Buffer single decisions of a context-free snapshot, one per unit (a batch assign)."""
+        if not self.enabled or not decisions:
+            return
+        head = f"{int(time.time() * 1000)}\t"
+        middles = self._middles_of(snapshot)
+        self._append(snapshot.experiment.id, "".join([
+            head + decision["decision_id"] + (
+                middles.get(decision["arm"]) or self._middle(snapshot, decision)) + unit + "\t\n"
+            for unit, decision in zip(units, decisions, strict=True)]), len(decisions))
+
     @staticmethod
     def _context(snapshot: Snapshot, request: AllocateRequest) -> str:
         """The request's context as JSON, only the features the model reads: what else a

@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bandit import policy
+from bandit.assignment import arm_points
 from bandit.errors import InvalidValue, NotFound, StoreUnavailable
 from bandit.features import feature_hash
 from bandit.inputs import AllocateRequest
@@ -347,6 +348,36 @@ class Decider:
             {"decision_id": decision_id, "arm": arms[index], "propensity": probabilities[index]}
             for decision_id, index in zip(ids, chosen.tolist(), strict=True)
         ]
+
+    def for_units(self, snapshot: Snapshot, units: list[str],
+                  signer: DecisionSigner) -> list[dict[str, Any]]:
+        """One fresh decision for each unit of a context-free snapshot (a batch assign), drawn
+        at once and logged with its unit."""
+        decisions = self._decisions(snapshot, len(units), "d", signer)
+        self.log.record_units(snapshot, units, decisions)
+        return decisions
+
+    def by_hash(self, snapshot: Snapshot, units: list[str],
+                signer: DecisionSigner) -> list[dict[str, Any]]:
+        """A fixed experiment's decisions for ``units``: each unit's arm is where its
+        ``arm_point`` falls in the weights (the same arm every time, with no stored state; the
+        propensity is the arm's weight share, the chance of a unit's point falling there).
+        Counted as served, but not in the sample-ratio test's draws: a unit seen twice is one
+        assignment, not two draws."""
+        experiment = snapshot.experiment
+        cumulative, probabilities = snapshot.cumulative_list, snapshot.probability_list
+        indices = [policy.sample_one(cumulative, point)
+                   for point in arm_points(experiment.id, units)]
+        served = self._served[experiment.id]
+        for index in indices:
+            served[index] += 1
+        ids = signer.sign(experiment.id, "d", int(time.time()), indices)
+        arms = experiment.arms
+        decisions = [{"decision_id": decision_id, "arm": arms[index],
+                      "propensity": probabilities[index], "sticky": True}
+                     for decision_id, index in zip(ids, indices, strict=True)]
+        self.log.record_units(snapshot, units, decisions)
+        return decisions
 
     def _one(self, snapshot: Snapshot, kind: str, issued: int,
              signer: DecisionSigner) -> tuple[int, str]:

@@ -49,6 +49,7 @@ from bandit.serving.cache import (
 from bandit.serving.changes import ChangeFeed
 from bandit.serving.decisions import Decider
 from bandit.serving.history import MAX_LIMIT as MAX_HISTORY
+from bandit.serving.layers import Layers
 from bandit.serving.rewards import Rewards
 from bandit.settings import Settings
 from bandit.store.codec import HistoryRings
@@ -79,6 +80,8 @@ class BanditService:
         self.decisions = Decider(store, self.cache, settings,
                                  secrets.randbits(63) if seed is None else seed)
         self.rewards = Rewards(store, settings, self.decisions)
+        self.layers = Layers(store, self.cache, self.decisions)
+        self.cache.watchers.append(self.layers.directory.on_refresh)
         self._health: OrderedDict[str, health.HealthTracker] = OrderedDict()
         #: Beside each health tracker, fed the same samples: decisions in the last hour.
         self._traffic: dict[str, overview.TrafficWindow] = {}
@@ -407,6 +410,10 @@ class BanditService:
         snapshot = await self.cache.load(experiment_id)
         if snapshot.experiment.archived:
             raise NotFound(archived_message(experiment_id))
+        if snapshot.experiment.policy == "fixed":
+            raise InvalidValue(f"experiment {experiment_id!r} is a fixed A/B test: its "
+                               "allocation is its weights, and the advisor forecasts a "
+                               "bandit's exploration settings")
         request = advisor.parse_request(body, snapshot.experiment)
         samples = await self.store.history(
             experiment_id, snapshot.server_time - advisor.RATE_WINDOW_S, MAX_HISTORY) or []
@@ -460,7 +467,8 @@ def _initial_settings(experiment: Experiment) -> dict[str, dict[str, Any]]:
     document = experiment.to_json()
     return {key: {"old": None, "new": document[key]}
             for key in ("arms", "reward", "model" if experiment.model else "prior",
-                        "exploration", "attribution_window_s", *METADATA_FIELDS)}
+                        "exploration", "attribution_window_s", "policy", "weights",
+                        "targeting", *METADATA_FIELDS)}
 
 
 def _audit_entry(experiment: Experiment, actor: str, action: str, changes: dict[str, Any],

@@ -203,3 +203,8 @@ class LayerKeys:
     def index(self) -> str:
         """Every layer id (score 0: in id order)."""
         return f"{self.prefix}:{{layers}}:index"
+
+    @property
+    def revision(self) -> str:
+        """The layers' change counter: one more on every layer change."""
+        return f"{self.prefix}:{{layers}}:revision"

@@ -509,7 +509,8 @@ class RedisStore:
         layer holds; NotFound when it does not exist (change)."""
         keys = LayerKeys(self._prefix, layer.id)
         result = await self._scripts.write(
-            self._save_layer, [keys.config, keys.owners, keys.members, keys.audit, keys.index],
+            self._save_layer, [keys.config, keys.owners, keys.members, keys.audit, keys.index,
+                               keys.revision],
             [str(expected_version), orjson.dumps(layer.to_json()), orjson.dumps(audit_entry),
              layer.id, self.changes_channel, *sorted(layer.ranges)])
         if result[0] == -1:
@@ -526,6 +527,31 @@ class RedisStore:
     async def layer(self, layer_id: str) -> Layer | None:
         raw = await call(self._client.hget, LayerKeys(self._prefix, layer_id).config, "config")
         return None if raw is None else layer_from_json(orjson.loads(raw))
+
+    async def layers(self) -> tuple[int, list[Layer]]:
+        """The layers' change counter and every layer, in id order."""
+        keys = LayerKeys(self._prefix, "")
+        with failures():
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.get(keys.revision)
+                pipe.zrange(keys.index, 0, -1)
+                revision, ids = await call(pipe.execute)
+            if not ids:
+                return int(revision or 0), []
+            async with self._client.pipeline(transaction=False) as pipe:
+                for layer_id in ids:
+                    pipe.hget(LayerKeys(self._prefix, _text(layer_id)).config, "config")
+                configs = await call(pipe.execute)
+        return int(revision or 0), [layer_from_json(orjson.loads(raw)) for raw in configs
+                                    if raw is not None]
+
+    async def layers_revision(self) -> int:
+        return int(await call(self._client.get, LayerKeys(self._prefix, "").revision) or 0)
+
+    async def layer_owner(self, experiment_id: str) -> str | None:
+        """The layer that holds an experiment, if any."""
+        owner = await call(self._client.hget, LayerKeys(self._prefix, "").owners, experiment_id)
+        return None if owner is None else _text(owner)
 
     async def layer_audit(self, layer_id: str) -> list[dict[str, Any]]:
         entries = await call(self._client.lrange, LayerKeys(self._prefix, layer_id).audit, 0,
@@ -569,3 +595,7 @@ async def _chunks(items: AsyncIterator[str], size: int) -> AsyncIterator[list[st
 
 
 
+
+
+def _text(value: str | bytes) -> str:
+    return value if isinstance(value, str) else value.decode()

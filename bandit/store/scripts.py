@@ -555,7 +555,8 @@ SAVE_LAYER = r"""
 -- version`, keeping every experiment in at most one layer. Every layer key carries the hash tag
 -- {layers} (one slot: the owners hash is checked and written in the same atomic step).
 -- KEYS[1] the layer hash, KEYS[2] owners (experiment -> layer), KEYS[3] the layer's members
---   (set), KEYS[4] its audit list, KEYS[5] the index of layer ids (zset).
+--   (set), KEYS[4] its audit list, KEYS[5] the index of layer ids (zset), KEYS[6] the
+--   layers' change counter (polled by processes whose change feed is down).
 -- ARGV[1] expected version ('0': create), ARGV[2] config JSON (carrying the new version),
 --   ARGV[3] the audit entry, ARGV[4] the layer id, ARGV[5] the changes channel, ARGV[6..]
 --   the experiments it holds now.
@@ -587,6 +588,7 @@ local version = tonumber(ARGV[1]) + 1
 redis.call('HSET', KEYS[1], 'config', ARGV[2], 'version', tostring(version))
 redis.call('RPUSH', KEYS[4], ARGV[3])
 redis.call('ZADD', KEYS[5], 0, ARGV[4])
+redis.call('INCR', KEYS[6])
 redis.call('PUBLISH', ARGV[5], '@layers')
 return {1, version}
 """

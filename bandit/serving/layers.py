@@ -1,0 +1,381 @@
+"""Layers in the service: their life (create, change ranges, audit) and one-call assignment.
+
+``POST /v1/assign`` answers, for every layer, the experiment a unit is in (by its bucket,
+``bandit.layers``) or the layer's default, and the unit's decision in that experiment with
+both propensities: P(in the experiment), the share of buckets the experiment owns, and
+P(arm | experiment), the decision's own. Their product is a unit's chance of what it got,
+for comparisons across the layer; the second is for evaluation inside the experiment.
+
+Which experiment a unit is in costs no round trip: every process keeps the layers in memory
+(``LayerDirectory``), re-read when the change feed announces ``@layers`` (every layer change
+publishes it) or, while the feed is down, when the layers' change counter moved. Decisions
+come from the experiments' cached snapshots like any allocation: a bandit's is drawn (or, with
+``sticky``, stored for the unit), a fixed experiment's is the unit's arm by hash
+(``bandit.assignment.arm_point``), the same every time without storage.
+
+A unit that fails an experiment's targeting rule gets the layer's default, and is not hashed
+again into another experiment: whoever is eligible, each experiment's units are a uniform
+sample of its buckets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+from bandit.assignment import BUCKETS, buckets
+from bandit.errors import Conflict, InvalidValue, NotFound, StoreUnavailable, json_kind
+from bandit.inputs import AllocateRequest, AssignRequest, AssignUnit, parse_assign
+from bandit.layers import (
+    MAX_EXPERIMENTS,
+    Layer,
+    Range,
+    check_disjoint,
+    parse_layer,
+    parse_ranges,
+)
+from bandit.model import ANONYMOUS, check_id, mapping, parse_text
+from bandit.patches import MAX_REASON_LENGTH
+from bandit.serving.cache import ExperimentCache, Snapshot
+from bandit.serving.decisions import Decider
+from bandit.store.redis_store import RedisStore
+
+logger = logging.getLogger(__name__)
+
+#: What the change feed names when a layer changed (``SAVE_LAYER`` publishes it).
+LAYERS_MESSAGE = "@layers"
+
+#: Why a unit got its layer's default rather than an experiment.
+UNASSIGNED, TARGETING, ARCHIVED, MISSING = "unassigned", "targeting", "archived", "missing"
+
+
+class LayerDirectory:
+    """Every layer, in memory: read once when first needed, again when one changed."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self._store = store
+        self._layers: tuple[Layer, ...] | None = None
+        self._by_id: dict[str, Layer] = {}
+        self._revision = -1
+        self._dirty = False
+        self._loading: asyncio.Lock = asyncio.Lock()
+
+    async def layers(self) -> tuple[Layer, ...]:
+        """Every layer, in id order (read from Redis the first time, and after a change; the
+        last known ones when Redis cannot be reached)."""
+        layers = self._layers
+        if layers is not None and not self._dirty:
+            return layers
+        try:
+            return await self.reload()
+        except StoreUnavailable:
+            if layers is None:
+                raise
+            return layers
+
+    def get(self, layer_id: str) -> Layer | None:
+        return self._by_id.get(layer_id)
+
+    async def reload(self) -> tuple[Layer, ...]:
+        async with self._loading:
+            if self._layers is not None and not self._dirty:
+                return self._layers  # read meanwhile by another request
+            self._dirty = False
+            try:
+                revision, layers = await self._store.layers()
+            except BaseException:
+                self._dirty = True
+                raise
+            self._install(revision, layers)
+            assert self._layers is not None
+            return self._layers
+
+    def _install(self, revision: int, layers: list[Layer]) -> None:
+        self._layers = tuple(layers)
+        self._by_id = {layer.id: layer for layer in layers}
+        self._revision = revision
+
+    def invalidate(self) -> None:
+        """A layer changed: read them all again before the next assignment."""
+        if self._layers is not None:
+            self._dirty = True
+
+    async def on_refresh(self, everything: bool, named: set[str]) -> None:
+        """The cache's refresh hook: the change feed named ``@layers`` (or could not be
+        trusted, then the change counter says whether anything changed)."""
+        if self._layers is None:
+            return  # never read: nothing to keep fresh
+        if LAYERS_MESSAGE in named or (
+                everything and await self._store.layers_revision() != self._revision):
+            self.invalidate()
+        if self._dirty:
+            try:
+                await self.reload()
+            except StoreUnavailable as error:  # the next assignment tries again
+                logger.warning("could not read the layers: %s", error)
+
+
+class Layers:
+    """The layers' API: create, show, change and list them, and assign units."""
+
+    def __init__(self, store: RedisStore, cache: ExperimentCache, decisions: Decider) -> None:
+        self.store = store
+        self.cache = cache
+        self.decisions = decisions
+        self.directory = LayerDirectory(store)
+
+    # -- life ---------------------------------------------------------------------------------
+
+    async def create(self, body: object, *, actor: str = ANONYMOUS) -> dict[str, Any]:
+        data = mapping(body, "body", {"id", "salt", "default", "ranges", "reason"})
+        reason = parse_text(data.pop("reason", None), "reason", MAX_REASON_LENGTH)
+        layer = parse_layer(data)
+        await self._check_experiments(layer.ranges)
+        changes = {"salt": {"old": None, "new": layer.salt},
+                   "default": {"old": None, "new": layer.default},
+                   **{f"ranges.{e}": {"old": None, "new": [list(r) for r in spans]}
+                      for e, spans in sorted(layer.ranges.items())}}
+        await self.store.save_layer(layer, 0, _audit_entry(1, actor, "create", changes, reason))
+        self.directory.invalidate()
+        return describe(layer)
+
+    async def show(self, layer_id: str) -> dict[str, Any]:
+        return describe(await self._read(layer_id))
+
+    async def list_all(self) -> dict[str, Any]:
+        _, layers = await self.store.layers()
+        return {"layers": [describe(layer) for layer in layers]}
+
+    async def audit(self, layer_id: str) -> dict[str, Any]:
+        await self._read(layer_id)
+        return {"layer": layer_id, "entries": await self.store.layer_audit(layer_id)}
+
+    async def change(self, layer_id: str, body: object, *,
+                     actor: str = ANONYMOUS) -> dict[str, Any]:
+        """A PATCH: ``ranges`` (an experiment's ranges replaced; null removes it), ``add`` and
+        ``remove`` (buckets given to or taken from an experiment), ``default``, based on
+        ``version`` (409 when stale)."""
+        current = await self._read(layer_id)
+        data = mapping(body, "body", {"version", "ranges", "add", "remove", "default",
+                                      "reason"})
+        if "version" not in data:
+            raise InvalidValue("version: required (the version your change is based on)")
+        version = data["version"]
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise InvalidValue("version: expected a whole number >= 1")
+        if version != current.version:
+            raise Conflict(f"layer {layer_id!r} is at version {current.version}, not "
+                           f"{version}: reload it and apply your change again")
+        reason = parse_text(data.get("reason"), "reason", MAX_REASON_LENGTH)
+        ranges = {e: list(spans) for e, spans in current.ranges.items()}
+        for experiment, value in _object(data.get("ranges", {}), "ranges").items():
+            check_id(experiment, "ranges key")
+            if value is None:
+                ranges.pop(experiment, None)
+            else:
+                ranges[experiment] = list(parse_ranges(value, f"ranges.{experiment}"))
+        for experiment, value in _object(data.get("add", {}), "add").items():
+            check_id(experiment, "add key")
+            added = parse_ranges(value, f"add.{experiment}")
+            ranges[experiment] = list(parse_ranges(
+                [list(r) for r in (*ranges.get(experiment, ()), *added)], f"add.{experiment}"))
+        for experiment, value in _object(data.get("remove", {}), "remove").items():
+            check_id(experiment, "remove key")
+            if experiment not in ranges:
+                raise InvalidValue(f"remove.{experiment}: the experiment has no range in "
+                                   f"layer {layer_id!r}")
+            kept = _subtract(ranges[experiment], parse_ranges(value, f"remove.{experiment}"))
+            if kept:
+                ranges[experiment] = kept
+            else:
+                del ranges[experiment]
+        merged = {e: tuple(spans) for e, spans in ranges.items()}
+        if len(merged) > MAX_EXPERIMENTS:
+            raise InvalidValue(f"ranges: at most {MAX_EXPERIMENTS} experiments in a layer")
+        check_disjoint(merged)
+        default = current.default
+        if "default" in data:
+            default = parse_layer({"id": layer_id, "default": data["default"]}).default
+        changed = replace(current, ranges=merged, default=default, version=current.version + 1)
+        changes = _diff(current, changed)
+        if not changes:
+            return {**describe(current), "changes": {}, "changed": False}
+        await self._check_experiments({e: merged[e] for e in merged
+                                       if merged[e] != current.ranges.get(e)})
+        await self.store.save_layer(changed, current.version, _audit_entry(
+            changed.version, actor, "update", changes, reason))
+        self.directory.invalidate()
+        return {**describe(changed), "changes": changes, "changed": True}
+
+    async def _read(self, layer_id: str) -> Layer:
+        check_id(layer_id, "layer id")
+        layer = await self.store.layer(layer_id)
+        if layer is None:
+            raise NotFound(f"layer {layer_id!r} does not exist")
+        return layer
+
+    async def _check_experiments(self, ranges: Mapping[str, tuple[Range, ...]]) -> None:
+        """Every experiment given buckets exists."""
+        names = sorted(ranges)
+        states = await self.store.read_many(names) if names else []
+        missing = [name for name, state in zip(names, states, strict=True) if state is None]
+        if missing:
+            raise InvalidValue(f"ranges: no experiment {missing[0]!r} (create it first: a "
+                               "layer's buckets go to existing experiments)")
+
+    # -- assignment ---------------------------------------------------------------------------
+
+    async def assign(self, body: object) -> dict[str, Any]:
+        request = parse_assign(body)
+        layers = await self.directory.layers()
+        if request.layers is not None:
+            known = {layer.id for layer in layers}
+            unknown = [layer for layer in request.layers if layer not in known]
+            if unknown:
+                raise InvalidValue(f"layers: no layer {unknown[0]!r}")
+            wanted = set(request.layers)
+            layers = tuple(layer for layer in layers if layer.id in wanted)
+        assignments: list[list[dict[str, Any]]] = [[] for _ in request.units]
+        for layer in layers:
+            entries = await self._assign_layer(layer, request)
+            for assigned, entry in zip(assignments, entries, strict=True):
+                assigned.append(entry)
+        results = [{"unit": unit.unit, "assignments": assigned}
+                   for unit, assigned in zip(request.units, assignments, strict=True)]
+        if request.batch:
+            return {"results": results}
+        return results[0]
+
+    async def _assign_layer(self, layer: Layer, request: AssignRequest) -> list[dict[str, Any]]:
+        units = request.units
+        positions = buckets(layer.salt, [unit.unit for unit in units])
+        entries: list[dict[str, Any]] = []
+        # Units per experiment, assigned together (one draw and one signing for all).
+        groups: defaultdict[str, list[int]] = defaultdict(list)
+        for i, position in enumerate(positions):
+            experiment = layer.owner(position)
+            entry: dict[str, Any] = {"layer": layer.id, "bucket": position,
+                                     "experiment": None}
+            entries.append(entry)
+            if experiment is None:
+                entry.update(reason=UNASSIGNED, default=layer.default)
+            else:
+                groups[experiment].append(i)
+        for experiment_id, members in groups.items():
+            snapshot = await self._snapshot(experiment_id)
+            if isinstance(snapshot, str):
+                for i in members:
+                    entries[i].update(reason=snapshot, default=layer.default)
+                continue
+            rule = snapshot.experiment.targeting
+            eligible = members
+            if rule is not None:
+                eligible = []
+                for i in members:
+                    if rule.matches(units[i].attributes):
+                        eligible.append(i)
+                    else:
+                        entries[i].update(reason=TARGETING, default=layer.default)
+            if not eligible:
+                continue
+            share = layer.share(experiment_id)
+            decisions = await self._decide(snapshot, [units[i] for i in eligible],
+                                           request.sticky)
+            for i, decision in zip(eligible, decisions, strict=True):
+                entries[i].update(experiment=experiment_id, reason="assigned",
+                                  in_experiment=share, decision=decision,
+                                  propensity=share * decision["propensity"])
+        return entries
+
+    async def _snapshot(self, experiment_id: str) -> Snapshot | str:
+        """The experiment's snapshot, or why its units get the default."""
+        snapshot = self.cache.peek(experiment_id)
+        if snapshot is None:
+            try:
+                snapshot = await self.cache.get(experiment_id)
+            except NotFound:
+                return MISSING
+        if snapshot.experiment.archived:
+            return ARCHIVED
+        return self.decisions.usable(snapshot, experiment_id)
+
+    async def _decide(self, snapshot: Snapshot, units: list[AssignUnit],
+                      sticky: bool) -> list[dict[str, Any]]:
+        decisions = self.decisions
+        signer = await decisions.signer()
+        names = [unit.unit for unit in units]
+        if snapshot.experiment.policy == "fixed":
+            return decisions.by_hash(snapshot, names, signer)
+        if not sticky and snapshot.contextual is None:
+            return decisions.for_units(snapshot, names, signer)
+        answers = []
+        for unit in units:  # sticky (a stored assignment) or contextual (its own context)
+            wanted = AllocateRequest(unit=unit.unit, sticky=sticky, context=unit.context)
+            answer = (decisions.allocate_cached(snapshot.experiment.id, wanted)
+                      or await decisions.allocate(snapshot.experiment.id, wanted))
+            decision: dict[str, Any] = answer["decisions"][0]
+            answers.append(decision)
+        return answers
+
+
+def _object(value: object, what: str) -> dict[str, Any]:
+    """An object of experiment id -> ranges."""
+    if not isinstance(value, dict) or len(value) > MAX_EXPERIMENTS:
+        raise InvalidValue(f"{what}: expected an object of at most {MAX_EXPERIMENTS} "
+                           f"experiments, each with its ranges, got {json_kind(value)}")
+    return value
+
+
+def describe(layer: Layer) -> dict[str, Any]:
+    """A layer as the API shows it: its definition, each experiment's share of the units, and
+    the ranges no experiment owns."""
+    document = layer.to_json()
+    document["ranges"] = dict(sorted(document["ranges"].items()))
+    document["shares"] = {e: layer.share(e) for e in sorted(layer.ranges)}
+    document["free"] = [list(r) for r in _subtract([(0, BUCKETS)], tuple(
+        r for spans in layer.ranges.values() for r in spans))]
+    return document
+
+
+def _subtract(ranges: list[Range] | tuple[Range, ...],
+              removed: tuple[Range, ...]) -> list[Range]:
+    """``ranges`` without the buckets of ``removed`` (both sorted and disjoint)."""
+    owned = bytearray(BUCKETS)
+    for start, end in ranges:
+        owned[start:end] = b"\x01" * (end - start)
+    for start, end in removed:
+        owned[start:end] = bytes(end - start)
+    kept: list[Range] = []
+    position = 0
+    while True:
+        start = owned.find(1, position)
+        if start < 0:
+            return kept
+        end = owned.find(0, start)
+        end = BUCKETS if end < 0 else end
+        kept.append((start, end))
+        position = end
+
+
+def _diff(old: Layer, new: Layer) -> dict[str, dict[str, Any]]:
+    changes: dict[str, dict[str, Any]] = {}
+    if old.default != new.default:
+        changes["default"] = {"old": old.default, "new": new.default}
+    for experiment in sorted(old.ranges.keys() | new.ranges.keys()):
+        before, after = old.ranges.get(experiment), new.ranges.get(experiment)
+        if before != after:
+            changes[f"ranges.{experiment}"] = {
+                "old": None if before is None else [list(r) for r in before],
+                "new": None if after is None else [list(r) for r in after]}
+    return changes
+
+
+def _audit_entry(version: int, actor: str, action: str, changes: dict[str, Any],
+                 reason: str | None) -> dict[str, Any]:
+    return {"version": version, "at": time.time(), "actor": actor, "action": action,
+            "changes": changes, "reason": reason}
