@@ -378,6 +378,8 @@ def _parse_feature(raw: object, what: str) -> Feature:
         return Feature(name, "categorical", values=tuple(values), default=default,
                        precision=precision)
     buckets = data.get("buckets")
+    if type(buckets) is float and buckets.is_integer():
+        buckets = int(buckets)  # JSON has one number type: 9.0 is the integer 9 (JSON Schema)
     if type(buckets) is not int or not 2 <= buckets <= MAX_DIMENSION:
         raise InvalidValue(f"{what}.buckets: expected an integer from 2 to {MAX_DIMENSION}")
     return Feature(name, "hashed", buckets=buckets, default=default, precision=precision)

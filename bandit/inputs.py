@@ -239,10 +239,13 @@ def _assign_unit(data: dict[str, Any], where: str) -> AssignUnit:
         raise InvalidValue(f"{where}unit: required")
     try:
         unit = _unit(data["unit"])
+        if unit is None:
+            raise InvalidValue(f"unit: expected a string of 1 to {MAX_UNIT_LENGTH} characters")
     except InvalidValue as error:
         raise InvalidValue(f"{where}{error.message}") from None
-    assert unit is not None
-    attributes = data.get("attributes") or {}
+    attributes = data.get("attributes")
+    if attributes is None:
+        attributes = {}
     if not isinstance(attributes, dict) or len(attributes) > MAX_ATTRIBUTES:
         raise InvalidValue(f"{where}attributes: expected an object of at most "
                            f"{MAX_ATTRIBUTES} attributes")

@@ -103,6 +103,13 @@ def test_contradictory_or_oversized_specs_are_refused(spec: object, message: str
         parse_model(spec, "bernoulli")
 
 
+def test_a_whole_float_is_an_integer_bucket_count() -> None:
+    """JSON has one number type: ``9.0`` buckets is the integer 9, as the API's JSON Schema
+    says (the fuzz found it refused as "expected an integer")."""
+    model = parse_model(_feature(type="hashed", buckets=9.0), "bernoulli")
+    assert model.features[0].buckets == 9
+
+
 def test_the_largest_model_has_64_columns_and_survives_a_round_trip() -> None:
     spec = {"type": "linear", "features": [{"name": f"f{i}", "type": "numeric",
                                             "scale": [0, 1]} for i in range(63)]}

@@ -80,3 +80,12 @@ def test_bad_layers_name_the_field() -> None:
         with pytest.raises(InvalidValue) as raised:
             parse_layer(body)
         assert message in raised.value.message
+
+
+def test_whole_floats_are_bucket_numbers() -> None:
+    """JSON has one number type: [0, 10.0] is [0, 10], as the API's JSON Schema says (the fuzz
+    found it refused as "expected ... two whole numbers")."""
+    layer = parse_layer({"id": "l", "ranges": {"e": [[0.0, 10.0]]}})
+    assert layer.ranges == {"e": ((0, 10),)}
+    with pytest.raises(InvalidValue, match="two whole numbers"):
+        parse_layer({"id": "l", "ranges": {"e": [[0, 10.5]]}})

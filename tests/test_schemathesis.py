@@ -52,6 +52,9 @@ EXPERIMENTS = {"homepage": ("red", "green", "blue"), "pricing": ("low", "high")}
 DASHBOARD_FILES = tuple(sorted(path.name for path in DASHBOARD_DIR.iterdir()))
 #: Archiving is aimed here, so that the experiments above stay live for the later operations.
 RETIRED = "retired"
+#: The layer seeded (it holds `pricing`, which no fuzzed change touches): layer operations with a
+#: valid id are aimed at it.
+LAYER = "surface"
 #: Changes are aimed at this one only: the other keeps the settings it was created with, for
 #: which a forecast fits the small budget below.
 CHANGED = "homepage"
@@ -178,9 +181,14 @@ class Service:
             assert result["accepted"] == len(events), result
         self.call("POST", "/v1/experiments/homepage/allocate",
                   json={"n": 5, "provisional": True})
+        self.call("POST", "/v1/layers", json={"id": LAYER, "default": "old",
+                                              "ranges": {"pricing": [[0, 5000]]}})
 
     def version_of(self, experiment: str) -> int:
         return int(self.call("GET", f"/v1/experiments/{experiment}")["version"])
+
+    def layer_version(self) -> int:
+        return int(self.call("GET", f"/v1/layers/{LAYER}")["version"])
 
     def report(self, title: str) -> None:
         print(f"\n{title}: {sum(self.statuses.values())} requests")
@@ -212,6 +220,8 @@ def _aim(case: Any, service: Service) -> None:
     parameters = case.path_parameters or {}
     if "id" in parameters and _valid_id(parameters["id"]):
         targets = {"DELETE": (RETIRED,), "PATCH": (CHANGED,)}.get(method, tuple(EXPERIMENTS))
+        if path.startswith("/v1/layers/"):
+            targets = (LAYER,)
         if path.endswith("/advise"):
             # Only the unchanged experiment keeps settings whose forecast fits the budget,
             # whatever the changes aimed at the other one did before this case.
@@ -225,10 +235,13 @@ def _aim(case: Any, service: Service) -> None:
     if body is None:
         return
     experiment = parameters.get("id")
-    if path == "/v1/experiments" and _valid_id(body.get("id")):
+    if path in ("/v1/experiments", "/v1/layers") and _valid_id(body.get("id")):
         # A new id each time: a reused one would be refused (409) whatever else the body says.
         service.created += 1
         body["id"] = f"new-{service.created}"
+    if method == "PATCH" and experiment == LAYER and service.pick("layer version", (
+            "current",)) and _valid_integer(body.get("version"), "LayerChange", "version"):
+        body["version"] = service.layer_version()
     if method == "PATCH" and experiment in EXPERIMENTS and service.pick("version", ("current",)) \
             and _valid_integer(body.get("version"), "ExperimentChange", "version"):
         body["version"] = service.version_of(experiment)
@@ -411,7 +424,7 @@ def test_documented_scopes_are_the_enforced_ones(keyed_service: Service) -> None
                 if not allowed:
                     assert answer.json()["error"]["code"] == "forbidden"
                 checked += 1
-    assert checked == 3 * 15  # every /v1 operation, /v1/whoami and /metrics, with each key
+    assert checked == 3 * 21  # every /v1 operation, /v1/whoami and /metrics, with each key
 
 
 #: A valid body for each operation that takes one (the outage test sends these).
@@ -422,6 +435,9 @@ _VALID_BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/v1/events"): {"events": [{"id": "e1", "experiment": "homepage", "arm": "red",
                                          "reward": 1}]},
     ("POST", "/v1/experiments/{id}/advise"): {"reps": 10, "traffic_per_s": 10},
+    ("POST", "/v1/layers"): {"id": "new-layer"},
+    ("PATCH", "/v1/layers/{id}"): {"version": 1},
+    ("POST", "/v1/assign"): {"unit": "user-1"},
 }
 
 
@@ -447,7 +463,7 @@ def test_answers_without_redis_are_the_documented_503s() -> None:
             # Documented status, body, content type and headers (a 503 is expected here).
             case.validate_response(response, excluded_checks=[not_a_server_error])
             seen.add((method, path))
-    assert len(seen) == 20  # every operation the service has
+    assert len(seen) == 26  # every operation the service has
 
 
 def _schema_at(document: dict[str, Any], component: str, field: str) -> dict[str, Any]:
@@ -458,7 +474,7 @@ def _schema_at(document: dict[str, Any], component: str, field: str) -> dict[str
     if parts[0].startswith("prior@"):
         reward = parts[0].split("@")[1]
         [branch] = [rule["then"] for rule in schema["allOf"]
-                    if rule["if"]["properties"]["reward"]["const"] == reward]
+                    if rule["if"]["properties"].get("reward", {}).get("const") == reward]
         schema, parts = branch["properties"]["prior"], parts[1:]
         parts.insert(0, "")
     for part in parts:

@@ -115,8 +115,8 @@ _ASSIGN: Schema = {
         "sticky": {"type": "boolean", "description": "a bandit experiment's unit keeps the arm "
                                                      "it first received (a fixed experiment's "
                                                      "always does)"},
-        "layers": {"type": "array", "minItems": 1, "maxItems": 1000, "items": ID,
-                   "description": "only these layers (default: every layer)"},
+        "layers": {"type": ["array", "null"], "minItems": 1, "maxItems": 1000, "items": ID,
+                   "description": "only these layers (default, or null: every layer)"},
     },
     "oneOf": [{"required": ["unit"], "not": {"required": ["units"]}},
               {"required": ["units"], "not": {"anyOf": [

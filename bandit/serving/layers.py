@@ -39,7 +39,7 @@ from bandit.layers import (
     parse_layer,
     parse_ranges,
 )
-from bandit.model import ANONYMOUS, check_id, mapping, parse_text
+from bandit.model import ANONYMOUS, check_id, integer, mapping, parse_text
 from bandit.patches import MAX_REASON_LENGTH
 from bandit.serving.cache import ExperimentCache, Snapshot
 from bandit.serving.decisions import Decider
@@ -165,9 +165,7 @@ class Layers:
                                       "reason"})
         if "version" not in data:
             raise InvalidValue("version: required (the version your change is based on)")
-        version = data["version"]
-        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-            raise InvalidValue("version: expected a whole number >= 1")
+        version = integer(data["version"], "version", low=1, high=2**53)
         if version != current.version:
             raise Conflict(f"layer {layer_id!r} is at version {current.version}, not "
                            f"{version}: reload it and apply your change again")
