@@ -86,9 +86,10 @@ def parse_ranges(data: object, where: str) -> tuple[Range, ...]:
         raise InvalidValue(f"{where}: expected a list of 1 to {MAX_RANGES} ranges "
                            f"[start, end], got {json_kind(data)}")
     ranges: list[Range] = []
-    for i, item in enumerate(data):
-        if isinstance(item, list):  # JSON has one number type: 3.0 is the integer 3
-            item = [int(v) if type(v) is float and v.is_integer() else v for v in item]
+    for i, raw in enumerate(data):
+        # JSON has one number type: 3.0 is the integer 3.
+        item = [int(v) if type(v) is float and v.is_integer() else v for v in raw] \
+            if isinstance(raw, list) else raw
         if (not isinstance(item, list) or len(item) != 2
                 or not all(isinstance(v, int) and not isinstance(v, bool) for v in item)):
             raise InvalidValue(f"{where}[{i}]: expected [start, end], two whole numbers, got "
