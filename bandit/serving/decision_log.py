@@ -105,6 +105,16 @@ class DecisionLog:
                 f"{tail if i == 0 else rest}" for i, decision in enumerate(decisions)])
         self._append(experiment.id, lines, len(decisions))
 
+    def record_unit(self, snapshot: Snapshot, unit: str, decision: dict[str, Any],
+                    now: float) -> None:
+        """``record_units`` for one unit, served at ``now``."""
+        if not self.enabled:
+            return
+        self._append(snapshot.experiment.id, f"{int(now * 1000)}\t" +
+                     decision["decision_id"] + (self._middles_of(snapshot).get(decision["arm"])
+                                                or self._middle(snapshot, decision))
+                     + unit + "\t\n", 1)
+
     def record_units(self, snapshot: Snapshot, units: list[str],
                      decisions: list[dict[str, Any]]) -> None:
         """Buffer single decisions of a context-free snapshot, one per unit (a batch assign)."""

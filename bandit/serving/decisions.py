@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bandit import policy
-from bandit.assignment import arm_points
+from bandit.assignment import arm_point, arm_points
 from bandit.errors import InvalidValue, NotFound, StoreUnavailable
 from bandit.features import feature_hash
 from bandit.inputs import AllocateRequest
@@ -212,12 +212,16 @@ class Decider:
         return self.usable(self.cache.peek(experiment_id)
                             or await self.cache.get(experiment_id), experiment_id)
 
-    def usable(self, snapshot: Snapshot, experiment_id: str) -> Snapshot:
-        """``snapshot``, unless it may not serve decisions (too old, or archived)."""
+    def check_fresh(self) -> None:
+        """Raise StoreUnavailable when the cached posteriors are too old to serve."""
         if self.cache.age > self._settings.max_stale_s:
             raise StoreUnavailable(
                 f"Redis has been unreachable for {self.cache.age:.0f} s, over max_stale_s "
                 f"({self._settings.max_stale_s:g} s): the last known posteriors are too old")
+
+    def usable(self, snapshot: Snapshot, experiment_id: str) -> Snapshot:
+        """``snapshot``, unless it may not serve decisions (too old, or archived)."""
+        self.check_fresh()
         if snapshot.experiment.archived:
             raise NotFound(archived_message(experiment_id))
         return snapshot
@@ -356,6 +360,27 @@ class Decider:
         decisions = self._decisions(snapshot, len(units), "d", signer)
         self.log.record_units(snapshot, units, decisions)
         return decisions
+
+    def for_unit(self, snapshot: Snapshot, unit: str, signer: DecisionSigner,
+                 now: float) -> dict[str, Any]:
+        """``for_units`` or ``by_hash`` (by the experiment's policy) for one unit of a
+        context-free snapshot, without lists: the single-unit assign's path (``now``: the
+        request's time, read once for all its layers)."""
+        experiment = snapshot.experiment
+        issued = int(now)
+        if experiment.weights is not None:
+            index = policy.sample_one(snapshot.cumulative_list, arm_point(experiment.id, unit))
+            decision = {"decision_id": signer.sign_one(experiment.id, "d", issued, index),
+                        "arm": experiment.arms[index],
+                        "propensity": snapshot.probability_list[index], "sticky": True}
+        else:
+            index, decision_id = self._one(snapshot, "d", issued, signer)
+            self._draws[experiment.id].add(snapshot.probabilities, index)
+            decision = {"decision_id": decision_id, "arm": experiment.arms[index],
+                        "propensity": snapshot.probability_list[index]}
+        self._served[experiment.id][index] += 1
+        self.log.record_unit(snapshot, unit, decision, now)
+        return decision
 
     def by_hash(self, snapshot: Snapshot, units: list[str],
                 signer: DecisionSigner) -> list[dict[str, Any]]:

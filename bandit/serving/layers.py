@@ -21,6 +21,7 @@ sample of its buckets.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections import defaultdict
@@ -61,6 +62,8 @@ class LayerDirectory:
         self._store = store
         self._layers: tuple[Layer, ...] | None = None
         self._by_id: dict[str, Layer] = {}
+        #: The layers of each subset a request named (``layers``), as last computed.
+        self._chosen: dict[tuple[str, ...], tuple[Layer, ...]] = {}
         self._revision = -1
         self._dirty = False
         self._loading: asyncio.Lock = asyncio.Lock()
@@ -78,8 +81,20 @@ class LayerDirectory:
                 raise
             return layers
 
-    def get(self, layer_id: str) -> Layer | None:
-        return self._by_id.get(layer_id)
+    def named(self, layer_ids: tuple[str, ...]) -> tuple[Layer, ...] | str:
+        """The layers of these ids in id order (of those read last), or the first unknown id."""
+        chosen = self._chosen.get(layer_ids)
+        if chosen is None:
+            by_id = self._by_id
+            for layer_id in layer_ids:
+                if layer_id not in by_id:
+                    return layer_id
+            wanted = set(layer_ids)
+            chosen = tuple(layer for layer in self._layers or () if layer.id in wanted)
+            if len(self._chosen) >= 1000:
+                self._chosen.clear()
+            self._chosen[layer_ids] = chosen
+        return chosen
 
     async def reload(self) -> tuple[Layer, ...]:
         async with self._loading:
@@ -98,6 +113,7 @@ class LayerDirectory:
     def _install(self, revision: int, layers: list[Layer]) -> None:
         self._layers = tuple(layers)
         self._by_id = {layer.id: layer for layer in layers}
+        self._chosen = {}
         self._revision = revision
 
     def invalidate(self) -> None:
@@ -232,12 +248,13 @@ class Layers:
         request = parse_assign(body)
         layers = await self.directory.layers()
         if request.layers is not None:
-            known = {layer.id for layer in layers}
-            unknown = [layer for layer in request.layers if layer not in known]
-            if unknown:
-                raise InvalidValue(f"layers: no layer {unknown[0]!r}")
-            wanted = set(request.layers)
-            layers = tuple(layer for layer in layers if layer.id in wanted)
+            named = self.directory.named(request.layers)
+            if isinstance(named, str):
+                raise InvalidValue(f"layers: no layer {named!r}")
+            layers = named
+        if not request.batch and not request.sticky:
+            return {"unit": request.units[0].unit,
+                    "assignments": await self._assign_one(layers, request)}
         assignments: list[list[dict[str, Any]]] = [[] for _ in request.units]
         for layer in layers:
             entries = await self._assign_layer(layer, request)
@@ -248,6 +265,61 @@ class Layers:
         if request.batch:
             return {"results": results}
         return results[0]
+
+    def memberships(self, layers: tuple[Layer, ...], unit: str, attributes: dict[str, Any]
+                    ) -> list[tuple[Layer, int, str | None, Snapshot | None]]:
+        """Where one unit is, layer by layer: (layer, bucket, experiment or the reason for the
+        default, and the experiment's snapshot when cached and eligible). A snapshot of None
+        beside an experiment id means: not decided here (not cached, contextual or archived),
+        ask ``_assign_layer``."""
+        encoded = unit.encode()
+        peek, sha256, from_bytes = self.cache.peek, hashlib.sha256, int.from_bytes
+        found: list[tuple[Layer, int, str | None, Snapshot | None]] = []
+        for layer in layers:
+            position = from_bytes(sha256(layer.prefix + encoded).digest()[:8], "big") % BUCKETS
+            experiment = layer.owners[position]
+            if experiment is None:
+                found.append((layer, position, UNASSIGNED, None))
+                continue
+            snapshot = peek(experiment)
+            if snapshot is None or snapshot.contextual is not None \
+                    or snapshot.experiment.archived:
+                found.append((layer, position, experiment, None))
+                continue
+            rule = snapshot.experiment.targeting
+            if rule is not None and not rule.matches(attributes):
+                found.append((layer, position, TARGETING, None))
+            else:
+                found.append((layer, position, experiment, snapshot))
+        return found
+
+    async def _assign_one(self, layers: tuple[Layer, ...],
+                          request: AssignRequest) -> list[dict[str, Any]]:
+        """One unit in every layer: the common case (a cached, context-free experiment, no
+        sticky assignment) decided inline, the others through ``_assign_layer``."""
+        unit = request.units[0]
+        decisions = self.decisions
+        decisions.check_fresh()
+        signer = await decisions.signer()
+        now = time.time()
+        entries: list[dict[str, Any]] = []
+        for layer, position, experiment, snapshot in self.memberships(layers, unit.unit,
+                                                                      unit.attributes):
+            if snapshot is not None:
+                assert experiment is not None
+                decision = decisions.for_unit(snapshot, unit.unit, signer, now)
+                share = layer.shares[experiment]
+                entries.append({"layer": layer.id, "bucket": position,
+                                "experiment": experiment, "reason": "assigned",
+                                "in_experiment": share, "decision": decision,
+                                "propensity": share * decision["propensity"]})
+            elif experiment in (UNASSIGNED, TARGETING):
+                entries.append({"layer": layer.id, "bucket": position, "experiment": None,
+                                "reason": experiment, "default": layer.default})
+            else:
+                [entry] = await self._assign_layer(layer, request)
+                entries.append(entry)
+        return entries
 
     async def _assign_layer(self, layer: Layer, request: AssignRequest) -> list[dict[str, Any]]:
         units = request.units
