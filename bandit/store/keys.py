@@ -63,7 +63,19 @@ key                       type    contents
                                   ``subject``, ``since``, ``lease``, ``d:<target>`` per
                                   webhook delivered to); deleted when the episode ends
                                   (``bandit.store.episodes``)
+``P:{layers}:layer:<L>``  hash    layer ``L``: ``config`` (JSON: salt, default, ranges,
+                                  version) and ``version`` (``bandit.layers``)
+``P:{layers}:members:<L>`` set    the experiments layer ``L`` holds
+``P:{layers}:audit:<L>``  list    layer ``L``'s changes, oldest first (JSON entries)
+``P:{layers}:owners``     hash    experiment id -> the layer that holds it (one at most)
+``P:{layers}:index``      zset    every layer id, score 0 (id order)
+``P:{layers}:revision``   string  one more on every layer change (processes whose change
+                                  feed is down poll it); a change also publishes ``@layers``
+                                  on ``P:changes``
 ========================  ======  ==========================================================
+
+Every layer key carries the hash tag ``{layers}``: layers are few and rarely written, and one
+slot lets ``SAVE_LAYER`` check and write the owners of every experiment atomically.
 """
 
 from __future__ import annotations
