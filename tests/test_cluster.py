@@ -29,9 +29,10 @@ from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
 from bandit.api.app import SERVICE, create_app
+from bandit.assignment import bucket
 from bandit.redisurl import RedisUrlError, parse, redacted
 from bandit.settings import Settings, SettingsError
-from bandit.store.keys import Keys
+from bandit.store.keys import Keys, LayerKeys
 from tests.conftest import ServiceProcess
 from tests.load import ARMS, create, event_batches, expected, load
 from tests.support.topologies import LocalCluster, LocalSentinel, Node
@@ -401,3 +402,49 @@ def test_cluster_and_sentinel_urls() -> None:
         Settings(redis_url="redis+cluster://nohost")
     with pytest.raises(SettingsError, match="redis_wait_replicas"):
         Settings(redis_wait_replicas=-1)
+
+
+async def test_layers_on_a_cluster(cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every layer key is in the {layers} slot, so creating and changing a layer (which checks
+    and writes the experiments' owners atomically) works on a cluster; a second process sees a
+    change by its message, and one whose message was lost by the sweep of the change counter."""
+    from bandit.serving import cache as cache_module
+
+    monkeypatch.setattr(cache_module, "RECONCILE_S", 1.0)
+    settings = Settings(redis_url=cluster.url, refresh_interval_s=0.05, key_prefix="layered")
+    async with TestClient(TestServer(create_app(settings, seed=3))) as first, \
+            TestClient(TestServer(create_app(settings, seed=4))) as second:
+        for experiment in ("c-a", "c-b"):
+            await _json(await first.post("/v1/experiments", json={
+                "id": experiment, "arms": ARMS, "reward": "bernoulli"}), 201)
+        await _json(await first.post("/v1/layers", json={
+            "id": "surface", "ranges": {"c-a": [[0, 10000]]}}), 201)
+        await _json(await first.post("/v1/layers", json={
+            "id": "other", "ranges": {"c-a": [[0, 10]]}}), 409)
+        answer = await _json(await second.post("/v1/assign", json={"unit": "u1"}), 200)
+        assert answer["assignments"][0]["experiment"] == "c-a"
+        await _json(await first.patch("/v1/layers/surface", json={
+            "version": 1, "ranges": {"c-a": None, "c-b": [[0, 10000]]}}), 200)
+        deadline = time.monotonic() + 3
+        while (await _json(await second.post("/v1/assign", json={"unit": "u1"}), 200))[
+                "assignments"][0]["experiment"] != "c-b":
+            assert time.monotonic() < deadline, "the other process did not see the change"
+            await asyncio.sleep(0.05)
+        keys = [LayerKeys("layered", "surface").config, LayerKeys("layered", "").owners,
+                LayerKeys("layered", "").revision]
+        assert len({_slot(key) for key in keys}) == 1
+        # A change whose message was lost: written behind the service's back, unannounced.
+        connection = _cluster_client(cluster)
+        config = json.loads(connection.hget(keys[0], "config"))
+        config["ranges"] = {"c-b": [[0, 5000]]}
+        connection.hset(keys[0], "config", json.dumps(config))
+        connection.incr(keys[2])
+        connection.close()
+        deadline = time.monotonic() + 4
+        while (await _json(await second.get("/v1/layers/surface"), 200))["shares"] != {
+                "c-b": 0.5} or (await _json(await second.post("/v1/assign", json={
+                    "unit": next(f"u{i}" for i in range(100)
+                                 if bucket("surface", f"u{i}") >= 5000)}), 200))[
+                    "assignments"][0]["experiment"] is not None:
+            assert time.monotonic() < deadline, "the sweep did not find the change"
+            await asyncio.sleep(0.1)

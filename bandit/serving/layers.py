@@ -42,6 +42,7 @@ from bandit.layers import (
 )
 from bandit.model import ANONYMOUS, check_id, integer, mapping, parse_text
 from bandit.patches import MAX_REASON_LENGTH
+from bandit.serving import cache as cache_module
 from bandit.serving.cache import ExperimentCache, Snapshot
 from bandit.serving.decisions import Decider
 from bandit.store.redis_store import RedisStore
@@ -67,6 +68,8 @@ class LayerDirectory:
         self._revision = -1
         self._dirty = False
         self._loading: asyncio.Lock = asyncio.Lock()
+        #: When the change counter was last checked on a cluster (``on_refresh``).
+        self._swept = time.monotonic()
 
     async def layers(self) -> tuple[Layer, ...]:
         """Every layer, in id order (read from Redis the first time, and after a change; the
@@ -126,8 +129,14 @@ class LayerDirectory:
         trusted, then the change counter says whether anything changed)."""
         if self._layers is None:
             return  # never read: nothing to keep fresh
-        if LAYERS_MESSAGE in named or (
-                everything and await self._store.layers_revision() != self._revision):
+        # On a Redis Cluster a message can be lost on the cluster bus without the subscription
+        # dropping: the change counter is checked once per RECONCILE_S there anyway.
+        now = time.monotonic()
+        sweep = self._store.is_cluster and now - self._swept >= cache_module.RECONCILE_S
+        if sweep:
+            self._swept = now
+        if LAYERS_MESSAGE in named or ((everything or sweep) and
+                                       await self._store.layers_revision() != self._revision):
             self.invalidate()
         if self._dirty:
             try:
