@@ -435,7 +435,7 @@ async def test_layers_on_a_cluster(cluster: LocalCluster, monkeypatch: pytest.Mo
         assert len({_slot(key) for key in keys}) == 1
         # A change whose message was lost: written behind the service's back, unannounced.
         connection = _cluster_client(cluster)
-        config = json.loads(connection.hget(keys[0], "config"))
+        config = json.loads(str(connection.hget(keys[0], "config")))
         config["ranges"] = {"c-b": [[0, 5000]]}
         connection.hset(keys[0], "config", json.dumps(config))
         connection.incr(keys[2])
