@@ -304,6 +304,11 @@ async def test_targeting_sends_units_to_the_default_without_rehashing(client: Cl
         else:  # the other experiments are the same whoever the unit is
             assert f["experiment"] == d["experiment"]
     assert in_targeted > 0
+    # The metrics count units per layer and reason, and the decisions served per experiment.
+    metrics = await (await client.get("/metrics")).text()
+    assert (f'bandit_assignments_total{{layer="surface",reason="targeting"}} '
+            f'{float(in_targeted)}') in metrics
+    assert f'bandit_decisions_total{{experiment="targeted"}} {float(in_targeted)}' in metrics
     # An attribute of the wrong type for the rule: 422 naming it.
     await _refused(await client.post("/v1/assign", json={
         "units": [{"unit": u, "attributes": {"country": 49}} for u in units],

@@ -201,7 +201,10 @@ async def assign(request: web.Request) -> web.Response:
         raw = await body(request)
     result = await service.layers.assign(raw)
     age = service.cache.age
-    if age > service.settings.stale_after_s:
+    stale = age > service.settings.stale_after_s
+    app[METRICS].count_assignments(result["results"] if "results" in result else [result],
+                                   stale=stale)
+    if stale:
         return json_response(result, headers={"X-Bandit-Stale": f"{age:.1f}"})
     return json_response(result)
 

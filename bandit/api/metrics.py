@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import (
@@ -37,6 +38,8 @@ class Metrics:
         self.registry = CollectorRegistry()
         self._latency: defaultdict[tuple[str, int], _Latency] = defaultdict(_Latency)
         self._decisions: defaultdict[str, int] = defaultdict(int)
+        #: Units assigned per layer and reason (``assigned``, ``targeting``, ...).
+        self._assignments: defaultdict[tuple[str, str], int] = defaultdict(int)
         self._stale = 0
         #: Reward events answered accepted, duplicate and rejected.
         self._events = [0, 0, 0]
@@ -62,6 +65,19 @@ class Metrics:
         self._decisions[experiment] += decisions
         if stale:
             self._stale += decisions
+
+    def count_assignments(self, results: list[dict[str, Any]], *, stale: bool) -> None:
+        """An assign request's answers: each unit's entry per layer, and its decisions."""
+        assignments, decided = self._assignments, self._decisions
+        served = 0
+        for result in results:
+            for entry in result["assignments"]:
+                assignments[entry["layer"], entry["reason"]] += 1
+                if entry["experiment"] is not None:
+                    decided[entry["experiment"]] += 1
+                    served += 1
+        if stale:
+            self._stale += served
 
     def count_events(self, accepted: int, duplicates: int, rejected: int) -> None:
         events = self._events
@@ -90,6 +106,13 @@ class Metrics:
         for experiment, count in sorted(self._decisions.items()):
             decisions.add_metric([experiment], count)
         yield decisions
+        assignments = CounterMetricFamily(
+            "bandit_assignments", "Units assigned in a layer (POST /v1/assign), by reason: "
+            "assigned to an experiment, or the default (unassigned, targeting, archived, "
+            "missing)", labels=["layer", "reason"])
+        for (layer, reason), count in sorted(self._assignments.items()):
+            assignments.add_metric([layer, reason], count)
+        yield assignments
         events = CounterMetricFamily("bandit_events", "Reward events by outcome",
                                      labels=["outcome"])
         for outcome, count in zip(("accepted", "duplicate", "rejected"), self._events,
