@@ -44,6 +44,12 @@ MATRIX: list[tuple[str, str, str | None, Any]] = [
                                                       "decisions": 200, "reps": 10,
                                                       "traffic_per_s": 10}),
     ("POST", "/v1/events", "decide", {"events": [EVENT]}),
+    ("POST", "/v1/assign", "decide", {"unit": "user-1"}),
+    ("POST", "/v1/layers", "admin", {"id": "new", "ranges": {}}),
+    ("GET", "/v1/layers", "read", None),
+    ("GET", "/v1/layers/{id}", "read", None),
+    ("PATCH", "/v1/layers/{id}", "admin", {"version": 1, "default": "current"}),
+    ("GET", "/v1/layers/{id}/audit", "read", None),
     ("GET", "/v1/whoami", "any", None),
     ("GET", "/metrics", "read", None),
     ("GET", "/healthz", None, None),
@@ -98,8 +104,12 @@ async def test_auth_matrix(keyed: Client, method: str, path: str, scope: str | N
         url = path.replace("{id}", experiment_id).replace("{name}", "app.js")
         if path == "/v1/events":
             body = {"events": [{**EVENT, "experiment": experiment_id}]}
-        elif path == "/v1/experiments" and method == "POST":
+        elif path in ("/v1/experiments", "/v1/layers") and method == "POST":
             body = {**body, "id": f"new-{experiment_id}"}
+        if path.startswith("/v1/layers/"):  # a fresh layer of that id, holding the experiment
+            created = await keyed.post("/v1/layers", headers=_bearer("all"), json={
+                "id": experiment_id, "ranges": {experiment_id: [[0, 10000]]}})
+            assert created.status == 201, await created.text()
         response = await keyed.request(method, url, json=body, headers=headers)
         text = await response.text()
         if scope is None:
