@@ -892,3 +892,127 @@ def test_a_contextual_experiment_shows_its_coefficients_and_allocation_by_segmen
         assert left >= 0 and right <= 420, name
     assert page.evaluate("document.documentElement.scrollWidth") <= 420
     assert not dashboard.outside
+
+
+# -- layers and fixed experiments -----------------------------------------------------------
+
+
+def test_the_layers_view_shows_each_layers_buckets_owners_and_audit(dashboard: Session) -> None:
+    service = dashboard.service
+    for name in ("headline", "ranking", "colour"):
+        create(service, name, {"a": (1, 10), "b": (2, 10)})
+    status, body = api(service, "POST", "/v1/layers", {
+        "id": "homepage", "salt": "hp-1", "default": "old-page", "reason": "spring launch",
+        "ranges": {"headline": [[0, 2000]], "ranking": [[5000, 6000], [9000, 9100]]}})
+    assert status == 201, body
+    status, body = api(service, "PATCH", "/v1/layers/homepage", {
+        "version": 1, "add": {"headline": [[2000, 3000]]}, "reason": "more traffic"})
+    assert status == 200, body
+    status, body = api(service, "POST", "/v1/layers", {"id": "pricing",
+                                                       "ranges": {"colour": [[0, 5000]]}})
+    assert status == 201, body
+    page = dashboard.open()
+    page.get_by_test_id("layers-link").click()
+    expect(page).to_have_url(f"{service.url}/#/layers")
+    expect(page.get_by_test_id("layers-count")).to_have_text("2 layers")
+    for layer in api(service, "GET", "/v1/layers")[1]["layers"]:
+        card = page.locator(f"[data-layer='{layer['id']}']")
+        expect(card.locator("[data-col=version]").first).to_have_text(str(layer["version"]))
+        expect(card.locator("[data-col=salt]")).to_have_text(layer["salt"])
+        expect(card.locator("[data-col=default]")).to_have_text(layer["default"] or "none")
+        bar = card.get_by_test_id("layer-bar")
+        bar_box = bar.bounding_box()
+        assert bar_box is not None
+        # One segment per range, each as wide as its buckets' part of the bar (to a pixel).
+        segments = [(experiment, start, end) for experiment, spans in layer["ranges"].items()
+                    for start, end in spans] + [(None, s, e) for s, e in layer["free"]]
+        expect(bar.locator(".segment")).to_have_count(len(segments))
+        for experiment, start, end in segments:
+            selector = (f"[data-free][data-start='{start}']" if experiment is None else
+                        f"[data-experiment='{experiment}'][data-start='{start}']")
+            segment = bar.locator(selector)
+            box = segment.bounding_box()
+            assert box is not None
+            assert abs(box["width"] - bar_box["width"] * (end - start) / 10000) <= 1.5
+            assert abs(box["x"] - bar_box["x"] - bar_box["width"] * start / 10000) <= 1.5
+            if experiment is not None and end - start >= 600:
+                expect(segment).to_contain_text(experiment)
+                expect(segment).to_contain_text(f"{layer['shares'][experiment] * 100:.1f}%")
+        for experiment, share in layer["shares"].items():
+            row = card.locator(f"[data-testid=layer-ranges] tr[data-experiment='{experiment}']")
+            assert shown_percent(row.locator("[data-col=share]").inner_text(), share)
+            expect(row.locator("[data-col=ranges]")).to_have_text(", ".join(
+                f"[{s}, {e})" for s, e in layer["ranges"][experiment]))
+        free = card.locator("[data-testid=layer-ranges] tr[data-free]")
+        expect(free).to_contain_text(f"free → default {layer['default'] or 'none'}")
+        expect(free.locator("[data-col=ranges]")).to_have_text(", ".join(
+            f"[{s}, {e})" for s, e in layer["free"]))
+        entries = api(service, "GET", f"/v1/layers/{layer['id']}/audit")[1]["entries"]
+        rows = card.locator("[data-testid=layer-audit] tbody tr")
+        expect(rows).to_have_count(len(entries))
+        for entry in entries:
+            row = card.locator(f"[data-testid=layer-audit] tr[data-version='{entry['version']}']")
+            expect(row.locator("[data-col=action]")).to_have_text(entry["action"])
+            expect(row.locator("[data-col=reason]")).to_have_text(entry["reason"] or "")
+    homepage = page.locator("[data-layer=homepage]")
+    change = homepage.locator("[data-testid=layer-audit] tr[data-version='2'] "
+                              "li[data-key='ranges.headline']")
+    expect(change).to_have_text("ranges.headline [0, 2000) → [0, 3000)")
+    # The default's segments are the free buckets, labelled with the default.
+    expect(homepage.locator(".segment[data-free][data-start='3000']")).to_have_text("old-page")
+    # Each experiment's segments have its colour, the one of its row's swatch.
+    headline = homepage.locator(".segment[data-experiment=headline]")
+    swatch = homepage.locator("tr[data-experiment=headline] .swatch")
+    assert headline.evaluate("e => getComputedStyle(e).backgroundColor") == \
+        swatch.evaluate("e => getComputedStyle(e).backgroundColor")
+    # A segment links to its experiment's page.
+    homepage.locator(".segment[data-experiment=ranking]").first.click()
+    expect(page).to_have_url(f"{service.url}/#/exp/ranking")
+    expect(page.get_by_test_id("experiment-title")).to_have_text("ranking")
+    page.go_back()
+    expect(page.get_by_test_id("layers-count")).to_have_text("2 layers")
+    assert not dashboard.outside
+
+
+def test_a_fixed_experiment_shows_its_weights_and_targeting_and_no_settings_form(
+    dashboard: Session,
+) -> None:
+    service = dashboard.service
+    rule = {"any": [{"all": [{"attribute": "country", "op": "in", "values": ["DE", "FR"]},
+                             {"attribute": "app_version", "op": "semver_gte",
+                              "value": "2.3.0"}]},
+                    {"all": [{"attribute": "beta", "op": "eq", "value": True}]}]}
+    create(service, "ab", {"red": (3, 30), "green": (5, 30), "blue": (1, 30)},
+           policy="fixed", weights={"red": 2, "green": 1, "blue": 1}, targeting=rule)
+    status, body = api(service, "PATCH", "/v1/experiments/ab",
+                       {"version": 1, "arms": {"pause": ["blue"]}})
+    assert status == 200, body
+    create(service, "bandit", {"a": (1, 10), "b": (2, 10)})
+    page = dashboard.open("#/exp/ab")
+    expect(page.get_by_test_id("policy-badge")).to_have_text("fixed A/B test")
+    expect(page.get_by_test_id("experiment-policy")).to_have_text("fixed")
+    weights = page.get_by_test_id("weights-table")
+    for arm, weight, share in (("red", "2", "66.7%"), ("green", "1", "33.3%"),
+                               ("blue", "1", "—")):
+        row = weights.locator(f"tr[data-arm={arm}]")
+        expect(row.locator("[data-col=weight]")).to_have_text(weight)
+        expect(row.locator("[data-col=share]")).to_have_text(share)
+    # The shares are what the service serves (its stats' allocation).
+    served = {arm["arm"]: arm["share"] for arm in api(service, "GET",
+                                                      "/v1/experiments/ab/stats")[1]["arms"]}
+    assert served["red"] == pytest.approx(2 / 3) and served["blue"] == 0
+    expect(page.get_by_test_id("experiment-targeting")).to_have_text(
+        "(country in [DE, FR] and app_version semver_gte 2.3.0) or beta eq true")
+    # No exploration settings for a fixed test: the service would refuse them (422).
+    expect(page.get_by_test_id("settings")).to_be_hidden()
+    assert api(service, "PATCH", "/v1/experiments/ab", {
+        "version": 2, "exploration": {"epsilon": 0.1}})[0] == 422
+    # A bandit keeps its form, and says it has no targeting rule.
+    page.get_by_test_id("back-link").click()
+    page.locator("[data-testid=experiment-list]").get_by_role("link", name="bandit").click()
+    expect(page.get_by_test_id("experiment-policy")).to_have_text("thompson")
+    expect(page.get_by_test_id("experiment-targeting")).to_contain_text("none")
+    expect(page.get_by_test_id("settings")).to_be_visible()
+    expect(page.get_by_test_id("weights-table")).to_have_count(0)
+    assert not dashboard.api_calls("PATCH", "/v1/experiments")
+    assert not dashboard.outside

@@ -62,6 +62,15 @@ def _parser() -> argparse.ArgumentParser:
     from bandit.ops.operator_args import add_arguments as add_operator_arguments
 
     add_operator_arguments(experiments)
+    layers = commands.add_parser(
+        "layers", help="layers: which experiment owns which buckets of the traffic",
+        description="List, show, create and change layers (disjoint bucket ranges of "
+                    "experiments, the rest to a default) and read their audit log, against a "
+                    "running service (--url).",
+    )
+    from bandit.ops.layerscli import add_arguments as add_layer_arguments
+
+    add_layer_arguments(layers)
     keys = commands.add_parser(
         "keys", help="create, list and revoke API keys",
         description="Manage the keys file that `bandit serve --api-keys FILE` enforces. The "
@@ -105,6 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bandit.ops.operator import run as run_operator
 
         return run_operator(arguments)
+    if arguments.command == "layers":
+        from bandit.ops.layerscli import run as run_layers
+
+        return run_layers(arguments)
     if arguments.command == "keys":
         from bandit.ops.keyscli import run as run_keys
 

@@ -58,7 +58,7 @@ EXIT_UNAVAILABLE = 5
 EXIT_INTERRUPTED = 130
 
 
-class _Failure(Exception):
+class Failure(Exception):
     """A command that cannot succeed: the message for stderr and the exit code."""
 
     def __init__(self, exit_code: int, message: str) -> None:
@@ -67,8 +67,8 @@ class _Failure(Exception):
         self.message = message
 
 
-class _Client:
-    """JSON over HTTP with every failure turned into a ``_Failure`` with its exit code."""
+class Client:
+    """JSON over HTTP with every failure turned into a ``Failure`` with its exit code."""
 
     def __init__(self, url: str, *, timeout_s: float, api_key: str | None) -> None:
         self.url = url.rstrip("/")
@@ -94,12 +94,12 @@ class _Client:
             with error:
                 raise _http_failure(error.code, error_message(error)) from None
         except (urllib.error.URLError, OSError, HTTPException) as error:
-            raise _Failure(EXIT_UNAVAILABLE, self._unreachable(error)) from None
+            raise Failure(EXIT_UNAVAILABLE, self._unreachable(error)) from None
         try:
             return json.loads(raw)
         except ValueError:
-            raise _Failure(EXIT_UNAVAILABLE,
-                           f"{self.url} did not answer JSON: is it a bandit service?") from None
+            raise Failure(EXIT_UNAVAILABLE,
+                          f"{self.url} did not answer JSON: is it a bandit service?") from None
 
     def _unreachable(self, error: Exception) -> str:
         reason = error.reason if isinstance(error, urllib.error.URLError) else error
@@ -118,12 +118,12 @@ def error_message(error: urllib.error.HTTPError) -> str:
     return str(message)
 
 
-def _http_failure(status: int, message: str) -> _Failure:
+def _http_failure(status: int, message: str) -> Failure:
     if status == 409:
-        return _Failure(EXIT_CONFLICT, f"conflict (HTTP 409): {message}")
+        return Failure(EXIT_CONFLICT, f"conflict (HTTP 409): {message}")
     if status >= 500:
-        return _Failure(EXIT_UNAVAILABLE, f"service unavailable (HTTP {status}): {message}")
-    return _Failure(EXIT_REFUSED, f"refused (HTTP {status}): {message}")
+        return Failure(EXIT_UNAVAILABLE, f"service unavailable (HTTP {status}): {message}")
+    return Failure(EXIT_REFUSED, f"refused (HTTP {status}): {message}")
 
 
 def _experiment_path(experiment_id: str, suffix: str = "") -> str:
@@ -132,26 +132,37 @@ def _experiment_path(experiment_id: str, suffix: str = "") -> str:
 
 def run(arguments: argparse.Namespace) -> int:
     """Execute the command parsed by a parser given to ``add_arguments``; the exit code."""
+    return execute(arguments, PROG, _COMMANDS)
+
+
+#: A command: its fetch (HTTP; what --json prints) and its render to text.
+Command = tuple[Callable[["Client", argparse.Namespace], Any], Callable[[Any], str]]
+
+
+def execute(arguments: argparse.Namespace, prog: str, commands: dict[str, Command]) -> int:
+    """Run ``commands[arguments.operation]`` against the service (``--url``, ``--api-key``,
+    ``--timeout``, ``--json``): the shared body of ``bandit experiments`` and ``bandit
+    layers``, with their exit codes."""
     url = arguments.url or os.environ.get("BANDIT_URL") or DEFAULT_URL
     if not _valid_url(url):
-        print(f"{PROG}: --url must be an http:// or https:// URL, got {url!r}",
+        print(f"{prog}: --url must be an http:// or https:// URL, got {url!r}",
               file=sys.stderr)
         return EXIT_USAGE
     timeout_s = arguments.timeout
     if timeout_s is None:
         timeout_s = ADVISE_TIMEOUT_S if arguments.operation == "advise" else DEFAULT_TIMEOUT_S
-    client = _Client(url, timeout_s=timeout_s,
-                     api_key=arguments.api_key or os.environ.get("BANDIT_API_KEY"))
-    fetch, render = _COMMANDS[arguments.operation]
+    client = Client(url, timeout_s=timeout_s,
+                    api_key=arguments.api_key or os.environ.get("BANDIT_API_KEY"))
+    fetch, render = commands[arguments.operation]
     try:
         document = fetch(client, arguments)
         text = json.dumps(document, indent=2) if arguments.json else render(document)
-    except _Failure as failure:
-        print(f"{PROG} {arguments.operation}: {failure.message}", file=sys.stderr)
+    except Failure as failure:
+        print(f"{prog} {arguments.operation}: {failure.message}", file=sys.stderr)
         return failure.exit_code
     except (KeyError, TypeError, AttributeError, IndexError, ValueError) as error:
         # JSON of another shape than the API's: a foreign server or an incompatible version.
-        print(f"{PROG} {arguments.operation}: unexpected answer from {client.url} "
+        print(f"{prog} {arguments.operation}: unexpected answer from {client.url} "
               f"({type(error).__name__}: {error})", file=sys.stderr)
         return EXIT_UNAVAILABLE
     except KeyboardInterrupt:
@@ -178,7 +189,7 @@ def _valid_url(url: str) -> bool:
 # Each command is a fetch (HTTP; its result is what --json prints) and a pure render to text.
 
 
-def _fetch_list(client: _Client, arguments: argparse.Namespace) -> Any:
+def _fetch_list(client: Client, arguments: argparse.Namespace) -> Any:
     """Every experiment: the list answers a page at a time."""
     experiments: list[Any] = []
     after: str | None = None
@@ -191,12 +202,12 @@ def _fetch_list(client: _Client, arguments: argparse.Namespace) -> Any:
             return {"experiments": experiments, "next": None}
 
 
-def _fetch_show(client: _Client, arguments: argparse.Namespace) -> Any:
+def _fetch_show(client: Client, arguments: argparse.Namespace) -> Any:
     experiment = client.get(_experiment_path(arguments.id))
     return {**experiment, "stats": client.get(_experiment_path(arguments.id, "/stats"))}
 
 
-def _fetch_stats(client: _Client, arguments: argparse.Namespace) -> Any:
+def _fetch_stats(client: Client, arguments: argparse.Namespace) -> Any:
     query = urllib.parse.urlencode({name: value for name, value in (
         ("threshold", arguments.threshold), ("max_loss", arguments.max_loss))
         if value is not None})
@@ -215,7 +226,7 @@ def _metadata(arguments: argparse.Namespace) -> dict[str, Any]:
     return metadata
 
 
-def _fetch_create(client: _Client, arguments: argparse.Namespace) -> Any:
+def _fetch_create(client: Client, arguments: argparse.Namespace) -> Any:
     body: dict[str, Any] = {"id": arguments.id, "arms": arguments.arms,
                             "reward": arguments.reward, **_metadata(arguments)}
     if arguments.settings:
@@ -224,10 +235,22 @@ def _fetch_create(client: _Client, arguments: argparse.Namespace) -> Any:
         body["prior"] = dict(arguments.prior)
     if arguments.attribution_window is not None:
         body["attribution_window_s"] = arguments.attribution_window
-    return client.request("POST", "/v1/experiments", body)
+    if arguments.policy is not None:
+        body["policy"] = arguments.policy
+    return client.request("POST", "/v1/experiments", {**body, **_ab_fields(arguments)})
 
 
-def _patch(client: _Client, arguments: argparse.Namespace, change: dict[str, Any]) -> Any:
+def _ab_fields(arguments: argparse.Namespace) -> dict[str, Any]:
+    """``--weight ARM=W`` (a fixed experiment's weights) and ``--targeting``, as given."""
+    fields: dict[str, Any] = {}
+    if arguments.weights:
+        fields["weights"] = dict(arguments.weights)
+    if arguments.targeting is not None:
+        fields["targeting"] = arguments.targeting.rule
+    return fields
+
+
+def _patch(client: Client, arguments: argparse.Namespace, change: dict[str, Any]) -> Any:
     version = arguments.version
     if version is None:
         version = client.get(_experiment_path(arguments.id))["version"]
@@ -236,11 +259,11 @@ def _patch(client: _Client, arguments: argparse.Namespace, change: dict[str, Any
         body["reason"] = arguments.reason
     try:
         return client.request("PATCH", _experiment_path(arguments.id), body)
-    except _Failure as failure:
+    except Failure as failure:
         if failure.exit_code == EXIT_CONFLICT:
-            raise _Failure(EXIT_CONFLICT, f"{failure.message}\nnothing was changed: review "
-                           f"the current settings (`{PROG} show {arguments.id}`), then "
-                           f"run the command again without --version") from None
+            raise Failure(EXIT_CONFLICT, f"{failure.message}\nnothing was changed: review "
+                          f"the current settings (`{PROG} show {arguments.id}`), then "
+                          f"run the command again without --version") from None
         raise
 
 
@@ -256,19 +279,20 @@ def _proposal(arguments: argparse.Namespace) -> dict[str, Any]:
     return change
 
 
-def _fetch_tune(client: _Client, arguments: argparse.Namespace) -> Any:
-    change = {**_proposal(arguments), **_metadata(arguments)}
+def _fetch_tune(client: Client, arguments: argparse.Namespace) -> Any:
+    change = {**_proposal(arguments), **_metadata(arguments), **_ab_fields(arguments)}
     if not change:
-        raise _Failure(EXIT_USAGE, "nothing to change: give --set NAME=VALUE, --add-arm ARM, "
-                                   "--owner, --hypothesis or --tags")
+        raise Failure(EXIT_USAGE, "nothing to change: give --set NAME=VALUE, --add-arm ARM, "
+                                  "--weight ARM=W, --targeting, --owner, --hypothesis or "
+                                  "--tags")
     return _patch(client, arguments, change)
 
 
-def _fetch_archive(client: _Client, arguments: argparse.Namespace) -> Any:
+def _fetch_archive(client: Client, arguments: argparse.Namespace) -> Any:
     return client.request("DELETE", _experiment_path(arguments.id))
 
 
-def _fetch_unarchive(client: _Client, arguments: argparse.Namespace) -> Any:
+def _fetch_unarchive(client: Client, arguments: argparse.Namespace) -> Any:
     return client.request("POST", _experiment_path(arguments.id, "/unarchive"))
 
 
@@ -277,37 +301,36 @@ _ADVISE_OPTIONS = (("decisions", "decisions"), ("traffic", "traffic_per_s"),
                    ("delay", "reward_delay_s"), ("reps", "reps"), ("seed", "seed"))
 
 
-def _fetch_advise(client: _Client, arguments: argparse.Namespace) -> Any:
+def _fetch_advise(client: Client, arguments: argparse.Namespace) -> Any:
     body = _proposal(arguments)
     for option, field in _ADVISE_OPTIONS:
         if getattr(arguments, option) is not None:
             body[field] = getattr(arguments, option)
     try:
         return client.request("POST", _experiment_path(arguments.id, "/advise"), body)
-    except _Failure as failure:
+    except Failure as failure:
         # The service names its request's field first; say which option sets it.
         field = failure.message.partition("): ")[2].partition(":")[0]
         options = {field: option for option, field in _ADVISE_OPTIONS}
         if failure.exit_code != EXIT_REFUSED or field not in options:
             raise
-        raise _Failure(failure.exit_code, f"{failure.message}\n(on the command line, "
-                                          f"{field} is --{options[field]})") from None
+        raise Failure(failure.exit_code, f"{failure.message}\n(on the command line, "
+                                         f"{field} is --{options[field]})") from None
 
 
-def _fetch_pause(client: _Client, arguments: argparse.Namespace) -> Any:
+def _fetch_pause(client: Client, arguments: argparse.Namespace) -> Any:
     return _patch(client, arguments, {"arms": {"pause": arguments.arms}})
 
 
-def _fetch_resume(client: _Client, arguments: argparse.Namespace) -> Any:
+def _fetch_resume(client: Client, arguments: argparse.Namespace) -> Any:
     return _patch(client, arguments, {"arms": {"resume": arguments.arms}})
 
 
-def _fetch_audit(client: _Client, arguments: argparse.Namespace) -> Any:
+def _fetch_audit(client: Client, arguments: argparse.Namespace) -> Any:
     return client.get(_experiment_path(arguments.id, "/audit"))
 
 
-_Fetch = Callable[[_Client, argparse.Namespace], Any]
-_COMMANDS: dict[str, tuple[_Fetch, Callable[[Any], str]]] = {
+_COMMANDS: dict[str, Command] = {
     "list": (_fetch_list, render_list),
     "show": (_fetch_show, render_show),
     "stats": (_fetch_stats, render_stats),

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bandit.model import SETTINGS_BY_NAME
@@ -74,6 +77,46 @@ def _finite(raw: str, what: str) -> float:
     return value
 
 
+def parse_weight(text: str) -> tuple[str, float]:
+    """``ARM=W`` from ``--weight``: an arm and its weight, a finite number >= 0."""
+    arm, separator, raw = text.partition("=")
+    arm, raw = arm.strip(), raw.strip()
+    if not separator or not arm or not raw:
+        raise argparse.ArgumentTypeError(f"expected ARM=WEIGHT (e.g. a=1), got {text!r}")
+    weight = _finite(raw, f"weight of {arm}")
+    if weight < 0:
+        raise argparse.ArgumentTypeError(f"weight of {arm}: expected a number >= 0, got {raw!r}")
+    return arm, weight
+
+
+@dataclass(frozen=True)
+class Targeting:
+    """A ``--targeting`` value: the rule's JSON (None clears it)."""
+
+    rule: Any
+
+
+def parse_targeting(text: str) -> Targeting:
+    """``--targeting``: a rule as JSON, ``@FILE`` holding it, or ``none`` (null). The service
+    checks the rule itself; here only that it is JSON."""
+    if text.strip().lower() in ("none", "null"):
+        return Targeting(None)
+    source = "the rule"
+    if text.startswith("@"):
+        source = text[1:]
+        try:
+            text = Path(source).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise argparse.ArgumentTypeError(f"cannot read {source}: {error}") from None
+    try:
+        rule = json.loads(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{source} is not JSON ({error}); expected e.g. "
+                                         '{"any": [{"all": [{"attribute": "country", '
+                                         '"op": "eq", "value": "DE"}]}]}') from None
+    return Targeting(rule)
+
+
 def _arm_list(text: str) -> list[str]:
     arms = [arm.strip() for arm in text.split(",") if arm.strip()]
     if not arms:
@@ -123,14 +166,14 @@ def _whole_number(low: int, what: str = "a whole number") -> Callable[[str], int
 
 
 _timeout = _number_above(0, inclusive=False, name="timeout", what="seconds")
-_version = _whole_number(1, "a version number")
+version_number = _whole_number(1, "a version number")
 _positive_int = _whole_number(1)
 _non_negative_int = _whole_number(0)
 _positive_float = _number_above(0, inclusive=False)
 _non_negative_float = _number_above(0, inclusive=True)
 
 
-def _add_connection_options(parser: argparse.ArgumentParser, *, inherited: bool) -> None:
+def add_connection_options(parser: argparse.ArgumentParser, *, inherited: bool) -> None:
     # The options are accepted before and after the command (`--json list`, `list --json`);
     # on the commands they default to SUPPRESS so they never overwrite the ones given before.
     def default(value: Any) -> Any:
@@ -157,13 +200,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "resume arms, archive, audit, advise. Tables for people, --json for scripts.")
     parser.epilog = EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    _add_connection_options(parser, inherited=False)
+    add_connection_options(parser, inherited=False)
     commands = parser.add_subparsers(dest="operation", required=True, metavar="COMMAND")
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text, epilog=EPILOG,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-        _add_connection_options(sub, inherited=True)
+        add_connection_options(sub, inherited=True)
         return sub
 
     command("list", "list experiments (id, status, owner, tags, version, last change)")
@@ -226,9 +269,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         sub.add_argument("arms", nargs="+", metavar="ARM")
     for sub in (tune, commands.choices["pause"], commands.choices["resume"]):
         sub.add_argument("--reason", metavar="TEXT", help="why, for the audit log")
-        sub.add_argument("--version", type=_version, metavar="N",
+        sub.add_argument("--version", type=version_number, metavar="N",
                          help="the version the change is based on (default: the current one, "
                               "read first); a stale version is refused with exit code 4")
+    create.add_argument("--policy", choices=("thompson", "fixed"),
+                        help="thompson: a bandit (default); fixed: an A/B test serving "
+                             "--weight's shares")
+    for sub in (create, tune):
+        sub.add_argument("--weight", dest="weights", type=parse_weight, action="append",
+                         default=[], metavar="ARM=W",
+                         help="a fixed experiment's weight of an arm (repeatable; relative, "
+                              "e.g. --weight a=1 --weight b=1 for 50/50)")
+        sub.add_argument("--targeting", type=parse_targeting, metavar="JSON|@FILE",
+                         help="who is eligible: a targeting rule as JSON, or @FILE holding "
+                              "it ('none' clears)")
     for sub in (create, tune):
         sub.add_argument("--owner", metavar="TEXT", help="who runs the experiment ('' clears)")
         sub.add_argument("--hypothesis", metavar="TEXT",

@@ -35,10 +35,42 @@ def render_show(document: Any) -> str:
         ("created", _when(document.get("created_at"))),
         ("attribution window", f"{_value(document.get('attribution_window_s'))} s"),
     ]
-    fields += [(name, _value(value)) for name, value in document["exploration"].items()]
+    fields += _policy_fields(document)
     width = max(len(name) for name, _ in fields)
     lines = [f"{name:<{width}}  {text}" for name, text in fields]
     return "\n".join([*lines, "", render_stats(document["stats"])])
+
+
+def _policy_fields(document: Any) -> list[tuple[str, str]]:
+    """A fixed A/B test's weights (exploration settings do not apply to it), or a bandit's
+    exploration settings; then the targeting rule."""
+    if document.get("policy") == "fixed":
+        weights = document["weights"]
+        total = sum(weights.values()) or 1.0
+        fields = [("policy", "fixed (an A/B test serving its weights)"),
+                  ("weights", ", ".join(f"{arm}={_value(weight)} ({weight / total:.1%})"
+                                        for arm, weight in weights.items()))]
+    else:
+        fields = [("policy", document.get("policy") or "thompson")]
+        fields += [(name, _value(value)) for name, value in document["exploration"].items()]
+    rule = document.get("targeting")
+    fields.append(("targeting", "everyone" if rule is None else targeting_text(rule)))
+    return fields
+
+
+def targeting_text(rule: Any) -> str:
+    """A targeting rule on one line: ``country in [DE, FR] and app_version semver_gte 2.3.0
+    or beta eq true``."""
+    def condition(item: dict[str, Any]) -> str:
+        operand = item.get("values", item.get("value"))
+        shown = f"[{', '.join(_value(v) for v in operand)}]" if isinstance(operand, list) \
+            else _value(operand)
+        return f"{item['attribute']} {item['op']} {shown}"
+
+    alternatives = [" and ".join(condition(c) for c in branch["all"]) for branch in rule["any"]]
+    if len(alternatives) == 1:
+        return alternatives[0]
+    return " or ".join(f"({text})" if " and " in text else text for text in alternatives)
 
 
 def _model_fields(model: Any) -> list[tuple[str, str]]:
@@ -109,7 +141,15 @@ def _reward_flow_line(check: dict[str, Any] | None) -> str:
 def render_create(document: Any) -> str:
     lines = [f"created {document['id']}: {document['reward']}, {len(document['arms'])} arms, "
              f"version {document['version']}"]
-    lines += [f"  {name} = {_value(value)}" for name, value in document["exploration"].items()]
+    if document.get("policy") == "fixed":
+        lines[0] += ", fixed weights"
+        lines += [f"  weights.{arm} = {_value(weight)}"
+                  for arm, weight in document["weights"].items()]
+    else:
+        lines += [f"  {name} = {_value(value)}"
+                  for name, value in document["exploration"].items()]
+    if document.get("targeting") is not None:
+        lines.append(f"  targeting = {targeting_text(document['targeting'])}")
     return "\n".join(lines)
 
 
@@ -204,7 +244,8 @@ def render_patch(document: Any) -> str:
     lines = [f"{document['id']}: version {document['version'] - 1} -> {document['version']}"]
     changes = document["changes"]
     width = max((len(key) for key in changes), default=0)
-    lines += [f"  {key:<{width}}  {_value(change['old'])} -> {_value(change['new'])}"
+    lines += [f"  {key:<{width}}  {_setting(key, change['old'])} -> "
+              f"{_setting(key, change['new'])}"
               for key, change in changes.items()] or ["  nothing changed"]
     return "\n".join(lines)
 
@@ -296,10 +337,18 @@ def _change_lines(changes: dict[str, Any], *, created: bool) -> list[str]:
             lines.append(f"{key}: {_value(change)}")
         elif created:
             new = change.get("new")
-            if isinstance(new, dict) and key in ("exploration", "prior"):
+            if isinstance(new, dict) and key in ("exploration", "prior", "weights"):
                 lines += [f"{key}.{name}: {_value(value)}" for name, value in new.items()]
             else:
-                lines.append(f"{key}: {_value(new)}")
+                lines.append(f"{key}: {_setting(key, new)}")
         else:
-            lines.append(f"{key}: {_value(change.get('old'))} -> {_value(change.get('new'))}")
+            lines.append(f"{key}: {_setting(key, change.get('old'))} -> "
+                         f"{_setting(key, change.get('new'))}")
     return lines
+
+
+def _setting(key: str, value: Any) -> str:
+    """A changed setting's value: a targeting rule as its conditions, the rest as typed."""
+    if key == "targeting" and isinstance(value, dict):
+        return targeting_text(value)
+    return _value(value)

@@ -81,4 +81,6 @@ export const api = {
   audit: (id) => request("GET", `${experimentPath(id)}/audit`),
   advise: (id, body) => request("POST", `${experimentPath(id)}/advise`, body),
   patch: (id, body) => request("PATCH", experimentPath(id), body),
+  layers: () => request("GET", "/v1/layers"),
+  layerAudit: (id) => request("GET", `/v1/layers/${encodeURIComponent(id)}/audit`),
 };

@@ -1,10 +1,12 @@
-// The operator dashboard: hash routes (#/ the experiments, #/exp/<id> one experiment), data
+// The operator dashboard: hash routes (#/ the experiments, #/exp/<id> one experiment, #/layers
+// the layers), data
 // refreshed every few seconds without touching what the operator is typing.
 
 import { api, apiKey, setApiKey } from "./api.js";
 import { annotateShares, contextualPanel } from "./contextual.js";
 import { $, chip, fill, formatCount, formatInterval, formatNumber, formatPercent,
   formatSetting, formatTime, h, liftText } from "./dom.js";
+import { layersView } from "./layers.js";
 import { listView } from "./list.js";
 import { posteriorDensity } from "./maths.js";
 import { armColours, drawChart, drawIntervals, formatDuration, timeTicks, withAlpha }
@@ -134,10 +136,11 @@ function showError(element, error) {
 function route() {
   const match = /^#\/exp\/(.+)$/.exec(location.hash);
   const next = match ? { kind: "experiment", id: decodeURIComponent(match[1]) }
-    : { kind: "list" };
+    : { kind: location.hash === "#/layers" ? "layers" : "list" };
   if (state.view && state.view.kind === next.kind && state.view.id === next.id) return;
   state.view?.destroy?.();
-  state.view = next.kind === "list" ? listView({ showError }) : experimentView(next.id);
+  state.view = next.kind === "list" ? listView({ showError })
+    : next.kind === "layers" ? layersView({ showError }) : experimentView(next.id);
   fill($("#main"), state.view.element);
   applyReadOnly();
   refreshNow();
@@ -203,6 +206,8 @@ function experimentView(id) {
     onAuthError: (problem, action) => showAuthProblem(problem, action),
     notify,
   });
+  // The policy (a fixed A/B test's weights) and the targeting rule.
+  const serving = h("section", { class: "card", "data-testid": "serving" });
   let hover = null;
   // A contextual experiment's coefficients and allocation by segment (hidden otherwise).
   const contextual = contextualPanel({ colour: (arm) => colour(arm),
@@ -234,7 +239,7 @@ function experimentView(id) {
             "95% interval", "Lift [95% interval]", "P(best)", "Expected loss"]
             .map((label, i) => h("th", { class: i >= 2 ? "num" : "" }, label)), shareHead)),
           statsBody))),
-    settings.element,
+    serving, settings.element,
     h("section", { class: "card" }, h("h2", {}, "Audit log"),
       h("div", { class: "table-scroll" },
         h("table", { id: "audit-table", class: "table audit", "data-testid": "audit-table" },
@@ -258,6 +263,8 @@ function experimentView(id) {
     fill(meta, h("span", { class: `badge ${config.status}`, "data-testid": "experiment-status" },
       config.status),
     ` ${config.reward} · ${config.arms.length} arms · version ${config.version}`,
+    config.policy === "fixed" ? [" · ", h("span", { class: "badge fixed",
+      "data-testid": "policy-badge" }, "fixed A/B test")] : null,
     config.model ? [" · ", h("span", { class: "badge contextual", "data-testid":
       "experiment-model", title: formatSetting(config.model.prior) }, "contextual"),
     ` ${config.model.dimension} columns: ` +
@@ -273,6 +280,41 @@ function experimentView(id) {
       class: arm.state === "paused" ? "paused" : "" },
     h("i", { class: "swatch", style: `background:${colour(arm.id)}`,
       "data-colour": colour(arm.id) }), arm.id, arm.state === "paused" ? " (paused)" : "")));
+  }
+
+  /** Policy, a fixed test's weights and the targeting rule; a fixed test has no exploration
+   * settings (the service refuses them), so it gets no settings form. */
+  function renderServing() {
+    const { config } = data;
+    const fixed = config.policy === "fixed";
+    settings.element.hidden = fixed;
+    const weights = config.weights || {};
+    const active = config.arms.filter((arm) => arm.state === "active");
+    const total = active.reduce((sum, arm) => sum + (weights[arm.id] ?? 0), 0);
+    const rule = config.targeting;
+    fill(serving, h("h2", {}, fixed ? "Fixed weights" : "Serving"),
+      h("p", {}, "Policy ", h("strong", { "data-testid": "experiment-policy" },
+        config.policy || "thompson"), fixed
+        ? [": an A/B test; each active arm is served in proportion to its weight, and " +
+          "rewards do not move the allocation. Exploration settings do not apply to it; its " +
+          "weights change by PATCH weights (", h("code", {}, `bandit experiments tune ${id} ` +
+          "--weight ARM=W"), ")."]
+        : ": the allocation follows the posteriors (the settings below)."),
+      fixed ? h("div", { class: "table-scroll" },
+        h("table", { class: "table", "data-testid": "weights-table" },
+          h("thead", {}, h("tr", {}, h("th", {}, "Arm"), h("th", { class: "num" }, "Weight"),
+            h("th", { class: "num" }, "Share"))),
+          h("tbody", {}, config.arms.map((arm) => h("tr", { "data-arm": arm.id,
+            class: arm.state === "paused" ? "paused" : "" },
+          h("td", {}, h("i", { class: "swatch", style: `background:${colour(arm.id)}` }),
+            arm.id, arm.state === "paused" ? " (paused)" : ""),
+          h("td", { class: "num", "data-col": "weight" }, formatNumber(weights[arm.id] ?? 0)),
+          h("td", { class: "num", "data-col": "share" }, arm.state === "active" && total > 0
+            ? formatPercent((weights[arm.id] ?? 0) / total) : "—")))))) : null,
+      h("p", {}, "Targeting ", rule
+        ? h("code", { "data-testid": "experiment-targeting" }, targetingText(rule))
+        : h("span", { class: "muted", "data-testid": "experiment-targeting" },
+          "none: every unit of its layer's ranges is eligible")));
   }
 
   function renderStats() {
@@ -612,6 +654,7 @@ function experimentView(id) {
       showError(error, null);
       updateColours();
       renderHeader();
+      renderServing();
       renderStats();
       renderAudit();
       drawAllocation();
@@ -639,6 +682,16 @@ function experimentView(id) {
       settings.drawForecastPlots();
     },
   };
+}
+
+/** A targeting rule on one line: "(country in [DE, FR] and app_version semver_gte 2.3.0) or
+ * beta eq true" (an OR of ANDs). */
+function targetingText(rule) {
+  const condition = (c) => `${c.attribute} ${c.op} ${"values" in c
+    ? `[${c.values.map(String).join(", ")}]` : String(c.value)}`;
+  const alternatives = rule.any.map((branch) => branch.all.map(condition).join(" and "));
+  return alternatives.length === 1 ? alternatives[0]
+    : alternatives.map((text) => (text.includes(" and ") ? `(${text})` : text)).join(" or ");
 }
 
 /** About one time tick per 90 px of plot, so clock labels never overlap. */

@@ -33,7 +33,8 @@ export function listView({ showError }) {
           "POST /v1/experiments or `bandit experiments create`.")));
   };
   const element = h("div", { class: "list-view" },
-    h("div", { class: "title-row" }, h("h1", {}, "Experiments"), count, filter), error,
+    h("div", { class: "title-row" }, h("h1", {}, "Experiments"), count,
+      h("a", { href: "#/layers", "data-testid": "layers-link" }, "Layers"), filter), error,
     attention,
     h("section", { class: "card" },
       h("div", { class: "table-scroll" },
