@@ -202,7 +202,7 @@ async def assign(request: web.Request) -> web.Response:
     result = await service.layers.assign(raw)
     age = service.cache.age
     stale = age > service.settings.stale_after_s
-    app[METRICS].count_assignments(result["results"] if "results" in result else [result],
+    app[METRICS].count_assignments(result.get("results", [result]),
                                    stale=stale)
     if stale:
         return json_response(result, headers={"X-Bandit-Stale": f"{age:.1f}"})
