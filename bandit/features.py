@@ -41,8 +41,9 @@ MAX_VALUE_LENGTH = 200
 MODEL_VERSION = 1
 FEATURE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}")
 #: Declared values are shown to operators (stats, dashboard, terminal): no control characters
-#: (they would rewrite a terminal) and no bidirectional overrides (they reorder a page).
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+#: (C0, DEL, C1: they would rewrite a terminal) and no bidirectional overrides (they reorder a
+#: page). Layers' salts and defaults use it too.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 _NO_CONTROL = "control characters and bidirectional overrides are not allowed"
 FeatureType = Literal["numeric", "categorical", "hashed"]
 FEATURE_TYPES: tuple[FeatureType, ...] = ("numeric", "categorical", "hashed")
@@ -355,7 +356,7 @@ def _parse_feature(raw: object, what: str) -> Feature:
                                 or len(default) > MAX_VALUE_LENGTH):
         raise InvalidValue(f"{what}.default: expected a string of at most {MAX_VALUE_LENGTH} "
                            "characters")
-    if default is not None and _CONTROL_CHARACTERS.search(default):
+    if default is not None and CONTROL_CHARACTERS.search(default):
         raise InvalidValue(f"{what}.default: {_NO_CONTROL}")
     if kind == "categorical":
         values = data.get("values")
@@ -368,7 +369,7 @@ def _parse_feature(raw: object, what: str) -> Feature:
             if not isinstance(value, str) or not 0 < len(value) <= MAX_VALUE_LENGTH:
                 raise InvalidValue(f"{what}.values[{j}]: expected a string of 1 to "
                                    f"{MAX_VALUE_LENGTH} characters")
-            if _CONTROL_CHARACTERS.search(value):
+            if CONTROL_CHARACTERS.search(value):
                 raise InvalidValue(f"{what}.values[{j}]: {_NO_CONTROL}")
         if len(set(values)) < len(values):
             raise InvalidValue(f"{what}.values: a value is listed twice")

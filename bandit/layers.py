@@ -23,9 +23,11 @@ from typing import Any
 
 from bandit.assignment import BUCKETS, bucket
 from bandit.errors import InvalidValue, json_kind
+from bandit.features import CONTROL_CHARACTERS
 from bandit.model import check_id
 
-__all__ = ["Layer", "check_disjoint", "layer_from_json", "parse_layer", "parse_ranges"]
+__all__ = ["Layer", "check_disjoint", "layer_from_json", "merge_ranges", "parse_layer",
+           "parse_ranges"]
 
 #: Most experiments a layer holds, and ranges an experiment owns in it.
 MAX_EXPERIMENTS, MAX_RANGES = 100, 100
@@ -83,9 +85,12 @@ class Layer:
 def parse_ranges(data: object, where: str) -> tuple[Range, ...]:
     """An experiment's ranges ``[[start, end], ...]``: whole numbers, ``0 <= start < end <=
     BUCKETS``, disjoint; sorted and adjacent ones merged."""
-    if not isinstance(data, list) or not 1 <= len(data) <= MAX_RANGES:
+    if not isinstance(data, list):
         raise InvalidValue(f"{where}: expected a list of 1 to {MAX_RANGES} ranges "
                            f"[start, end], got {json_kind(data)}")
+    if not 1 <= len(data) <= MAX_RANGES:
+        raise InvalidValue(f"{where}: expected 1 to {MAX_RANGES} ranges [start, end], got "
+                           f"{len(data)}")
     ranges: list[Range] = []
     for i, raw in enumerate(data):
         # JSON has one number type: 3.0 is the integer 3.
@@ -100,9 +105,14 @@ def parse_ranges(data: object, where: str) -> tuple[Range, ...]:
             raise InvalidValue(f"{where}[{i}]: [{start}, {end}] is not within [0, {BUCKETS}) "
                                "with start < end")
         ranges.append((start, end))
-    ranges.sort()
+    return merge_ranges(ranges, where)
+
+
+def merge_ranges(ranges: list[Range], where: str) -> tuple[Range, ...]:
+    """Valid ranges sorted, adjacent ones merged; InvalidValue when two overlap, or when more
+    than ``MAX_RANGES`` are left."""
     merged: list[Range] = []
-    for start, end in ranges:
+    for start, end in sorted(ranges):
         if merged and start < merged[-1][1]:
             raise InvalidValue(f"{where}: the ranges [{merged[-1][0]}, {merged[-1][1]}] and "
                                f"[{start}, {end}] overlap")
@@ -110,6 +120,9 @@ def parse_ranges(data: object, where: str) -> tuple[Range, ...]:
             merged[-1] = (merged[-1][0], end)
         else:
             merged.append((start, end))
+    if len(merged) > MAX_RANGES:
+        raise InvalidValue(f"{where}: the experiment would own {len(merged)} separate ranges, "
+                           f"over {MAX_RANGES}: merge some (adjacent ranges merge by themselves)")
     return tuple(merged)
 
 
@@ -122,13 +135,10 @@ def parse_layer(data: object) -> Layer:
     if unknown:
         raise InvalidValue(f"layer: unknown field(s) {', '.join(sorted(unknown))}")
     layer_id = check_id(data.get("id"), "id")
-    salt = data.get("salt", layer_id)
-    if not isinstance(salt, str) or not 1 <= len(salt) <= 128:
-        raise InvalidValue(f"salt: expected a string of 1 to 128 characters, got "
-                           f"{json_kind(salt)}")
+    salt = _name(data.get("salt", layer_id), "salt", 128)
     default = data.get("default")
-    if default is not None and (not isinstance(default, str) or not 1 <= len(default) <= 64):
-        raise InvalidValue("default: expected a variant name of 1 to 64 characters, or null")
+    if default is not None:
+        default = _name(default, "default", 64)
     raw = data.get("ranges", {})
     if not isinstance(raw, dict) or len(raw) > MAX_EXPERIMENTS:
         raise InvalidValue(f"ranges: expected an object of at most {MAX_EXPERIMENTS} "
@@ -137,6 +147,20 @@ def parse_layer(data: object) -> Layer:
               for experiment, value in raw.items()}
     check_disjoint(ranges)
     return Layer(layer_id, salt, ranges, default)
+
+
+def _name(value: object, what: str, longest: int) -> str:
+    """A salt or a default: 1 to ``longest`` characters, none of them control characters or
+    bidirectional overrides (they are shown in terminals and pages)."""
+    if not isinstance(value, str):
+        raise InvalidValue(f"{what}: expected a string of 1 to {longest} characters, got "
+                           f"{json_kind(value)}")
+    if not 1 <= len(value) <= longest:
+        raise InvalidValue(f"{what}: expected 1 to {longest} characters, got {len(value)}")
+    if CONTROL_CHARACTERS.search(value):
+        raise InvalidValue(f"{what}: control characters and bidirectional overrides are not "
+                           "allowed")
+    return value
 
 
 def check_disjoint(ranges: Mapping[str, tuple[Range, ...]]) -> None:

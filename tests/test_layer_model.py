@@ -63,7 +63,8 @@ def test_adjacent_ranges_merge_and_the_layer_round_trips() -> None:
     ({"a": [[0, 10001]]}, "ranges.a[0]: [0, 10001] is not within [0, 10000)"),
     ({"a": [[10, 10]]}, "with start < end"),
     ({"a": [[0, 1.5]]}, "ranges.a[0]: expected [start, end], two whole numbers"),
-    ({"a": []}, "ranges.a: expected a list of 1 to 100 ranges"),
+    ({"a": []}, "ranges.a: expected 1 to 100 ranges [start, end], got 0"),
+    ({"a": [[2 * i, 2 * i + 1] for i in range(101)]}, "ranges.a: expected 1 to 100 ranges"),
     ({"A!": [[0, 1]]}, "ranges key: 'A!' does not match"),
 ])
 def test_bad_ranges_name_the_field(ranges: dict[str, Any], message: str) -> None:
@@ -74,8 +75,16 @@ def test_bad_ranges_name_the_field(ranges: dict[str, Any], message: str) -> None
 
 def test_bad_layers_name_the_field() -> None:
     for body, message in (({"id": "x", "colour": 1}, "unknown field(s) colour"),
-                          ({"id": "x", "salt": ""}, "salt: expected a string of 1 to 128"),
-                          ({"id": "x", "default": 3}, "default: expected a variant name"),
+                          ({"id": "x", "salt": ""}, "salt: expected 1 to 128 characters, got 0"),
+                          ({"id": "x", "salt": "s" * 129},
+                           "salt: expected 1 to 128 characters, got 129"),
+                          ({"id": "x", "default": 3}, "default: expected a string of 1 to 64"),
+                          # Shown raw by terminals and pages (the attacker run: an OSC sequence
+                          # in a salt retitled the operator's terminal).
+                          ({"id": "x", "salt": "\u001b]0;pwned\u0007"}, "salt: control"),
+                          ({"id": "x", "default": "a\nb"}, "default: control"),
+                          ({"id": "x", "default": "\u202eevil"}, "default: control"),
+                          ({"id": "x", "salt": "\u0000"}, "salt: control"),
                           ({"salt": "s"}, "id: None does not match")):
         with pytest.raises(InvalidValue) as raised:
             parse_layer(body)

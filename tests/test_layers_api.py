@@ -501,3 +501,54 @@ async def test_archived_experiments_and_sticky_bandits(client: Client) -> None:
     [entry] = archived["assignments"]
     assert entry["experiment"] is None and entry["reason"] == "archived"
     assert entry["default"] == "old-page"
+
+
+# -- found by the attacker run (each failed before its fix) ------------------------------------
+
+
+async def test_a_refused_assign_decides_nothing_in_any_layer(client: Client,
+                                                             settings: Settings) -> None:
+    """A unit whose attribute breaks a rule in a layer sorted after others used to get
+    decisions in those first (served, logged, stored as sticky) before the 422; now every
+    layer is checked before any decision, and the message names the unit, the experiment and
+    the layer."""
+    await _experiment(client, "first", arms=["a", "b", "c"])
+    await _experiment(client, "strict", targeting={"any": [{"all": [
+        {"attribute": "n", "op": "gt", "value": 0}]}]})
+    await _layer(client, {"id": "a-layer", "ranges": {"first": [[0, 10000]]}})
+    await _layer(client, {"id": "z-layer", "ranges": {"strict": [[0, 10000]]}})
+    await asyncio.sleep(1.2)  # the served counts of the set-up are flushed
+    before = _redis_keys(settings)
+    for body, words in [
+            ({"unit": "victim", "attributes": {"n": "oops"}, "sticky": True},
+             ("attributes.n", "experiment 'strict'", "layer 'z-layer'", "nothing was assigned")),
+            ({"unit": "victim", "attributes": {"n": "oops"}},
+             ("attributes.n", "experiment 'strict'")),
+            ({"units": [{"unit": f"ok-{i}", "attributes": {"n": 1}} for i in range(100)]
+              + [{"unit": "bad", "attributes": {"n": "str"}}], "sticky": True},
+             ("units[100].attributes.n", "experiment 'strict'", "layer 'z-layer'"))]:
+        await _refused(await client.post("/v1/assign", json=body), 422, *words)
+    await asyncio.sleep(1.2)  # anything served would be flushed by now
+    after = _redis_keys(settings)
+    assert after == before
+    log = await (await client.get("/v1/experiments/first/log")).text()
+    assert "victim" not in log and "ok-0" not in log
+
+
+async def test_shrinking_buckets_an_experiment_does_not_own_is_refused(
+        client: Client, settings: Settings) -> None:
+    await _experiment(client, "headline")
+    await _experiment(client, "colour")
+    await _layer(client, {"id": "homepage", "ranges": {"headline": [[0, 3000]],
+                                                       "colour": [[3000, 5000]]}})
+    before = _redis_keys(settings)
+    for removed, words in (([[5000, 6000]], ("[5000, 6000)", "not the experiment's")),
+                           ([[2900, 3100]], ("[3000, 3100)", "it owns [0, 3000)"))):
+        await _refused(await client.patch("/v1/layers/homepage", json={
+            "version": 1, "remove": {"headline": removed}}), 422, "remove.headline", *words)
+    # Growing past 100 separate ranges says so, not that the request's list is wrong.
+    many = [[10 * i, 10 * i + 5] for i in range(100)]
+    await _refused(await client.patch("/v1/layers/homepage", json={
+        "version": 1, "ranges": {"colour": many}, "add": {"colour": [[2000, 2001]]}}), 422,
+        "would own 101 separate ranges")
+    assert _redis_keys(settings) == before

@@ -25,8 +25,36 @@ def test_an_or_of_ands() -> None:
     assert not rule.matches({"country": "DE", "app_version": "2.3.0-rc.1"})
     assert not rule.matches({"country": "US", "app_version": "9.0.0"})
     assert rule.matches({"country": "US", "beta": True})
-    assert not rule.matches({"beta": 1})  # a number is not true
     assert not rule.matches({})  # a missing attribute fails its conditions
+
+
+@pytest.mark.parametrize(("condition", "attribute"), [
+    ({"op": "eq", "value": True}, 1), ({"op": "eq", "value": True}, "true"),
+    ({"op": "eq", "value": "DE"}, True), ({"op": "neq", "value": "DE"}, True),
+    ({"op": "not_in", "values": ["DE"]}, False), ({"op": "in", "values": [1, 2]}, True),
+    ({"op": "eq", "value": 1}, True), ({"op": "eq", "value": 1}, "1"),
+])
+def test_a_boolean_compared_with_a_string_or_number_is_the_callers_error(
+        condition: dict[str, Any], attribute: Any) -> None:
+    """As a number compared with a string is: the attacker run found ``country: true``
+    entering an experiment targeted at ``country neq "DE"``, and ``beta: 1`` silently failing
+    ``beta eq true``."""
+    rule = _rule([{"attribute": "x", **condition}])
+    with pytest.raises(InvalidValue, match=r"attributes\.x: expected"):
+        rule.matches({"x": attribute})
+
+
+def test_regexes_whose_program_is_too_large_are_refused() -> None:
+    """``(?:[a-z]{1,30}){1,30}z`` is linear in RE2, but its 1,800-instruction program runs out
+    of DFA memory and took 30 ms per 1,000-character attribute (the attacker run: a batch of
+    15 units held a process for 7 s); such patterns, and rules whose regexes add up past the
+    bound, are refused."""
+    with pytest.raises(InvalidValue, match=r"targeting.any\[0\].all\[0\].value: .*1804 RE2"):
+        _rule([{"attribute": "x", "op": "regex", "value": "(?:[a-z]{1,30}){1,30}z"}])
+    fine = {"attribute": "x", "op": "regex", "value": "(?:[a-z]{1,10}){1,10}z"}  # 204
+    _rule([fine])
+    with pytest.raises(InvalidValue, match="in all, over 1000"):
+        _rule([fine] * 5)
 
 
 @pytest.mark.parametrize(("op", "value", "attribute", "expected"), [

@@ -26,7 +26,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from bandit.assignment import BUCKETS, buckets
@@ -37,6 +37,7 @@ from bandit.layers import (
     Layer,
     Range,
     check_disjoint,
+    merge_ranges,
     parse_layer,
     parse_ranges,
 )
@@ -205,16 +206,22 @@ class Layers:
         for experiment, value in _object(data.get("add", {}), "add").items():
             check_id(experiment, "add key")
             added = parse_ranges(value, f"add.{experiment}")
-            ranges[experiment] = list(parse_ranges(
-                [list(r) for r in (*ranges.get(experiment, ()), *added)], f"add.{experiment}"))
+            ranges[experiment] = list(merge_ranges([*ranges.get(experiment, ()), *added],
+                                                   f"add.{experiment}"))
         for experiment, value in _object(data.get("remove", {}), "remove").items():
             check_id(experiment, "remove key")
             if experiment not in ranges:
                 raise InvalidValue(f"remove.{experiment}: the experiment has no range in "
                                    f"layer {layer_id!r}")
-            kept = _subtract(ranges[experiment], parse_ranges(value, f"remove.{experiment}"))
+            removed = parse_ranges(value, f"remove.{experiment}")
+            foreign = _subtract(removed, tuple(ranges[experiment]))
+            if foreign:
+                raise InvalidValue(
+                    f"remove.{experiment}: buckets {_spans(foreign)} are not the experiment's "
+                    f"(it owns {_spans(ranges[experiment])}); nothing was changed")
+            kept = _subtract(ranges[experiment], removed)
             if kept:
-                ranges[experiment] = kept
+                ranges[experiment] = list(merge_ranges(kept, f"remove.{experiment}"))
             else:
                 del ranges[experiment]
         merged = {e: tuple(spans) for e, spans in ranges.items()}
@@ -254,6 +261,10 @@ class Layers:
     # -- assignment ---------------------------------------------------------------------------
 
     async def assign(self, body: object) -> dict[str, Any]:
+        """Where each unit is in every layer, with its decisions. Everything that can refuse
+        the request (targeting rules and contexts checked against the attributes and contexts
+        sent, the experiments read) is done for every layer first, and the decisions are made
+        only once nothing can: a refused request serves, counts, logs and stores nothing."""
         request = parse_assign(body)
         layers = await self.directory.layers()
         if request.layers is not None:
@@ -264,10 +275,12 @@ class Layers:
         if not request.batch and not request.sticky:
             return {"unit": request.units[0].unit,
                     "assignments": await self._assign_one(layers, request)}
+        plans = [await self._plan(layer, request) for layer in layers]
+        self.decisions.check_fresh()
         assignments: list[list[dict[str, Any]]] = [[] for _ in request.units]
-        for layer in layers:
-            entries = await self._assign_layer(layer, request)
-            for assigned, entry in zip(assignments, entries, strict=True):
+        for plan in plans:
+            for assigned, entry in zip(assignments, await self._carry_out(plan, request),
+                                       strict=True):
                 assigned.append(entry)
         results = [{"unit": unit.unit, "assignments": assigned}
                    for unit, assigned in zip(request.units, assignments, strict=True)]
@@ -280,7 +293,7 @@ class Layers:
         """Where one unit is, layer by layer: (layer, bucket, experiment or the reason for the
         default, and the experiment's snapshot when cached and eligible). A snapshot of None
         beside an experiment id means: not decided here (not cached, contextual or archived),
-        ask ``_assign_layer``."""
+        ask ``_plan``."""
         encoded = unit.encode()
         peek, sha256, from_bytes = self.cache.peek, hashlib.sha256, int.from_bytes
         found: list[tuple[Layer, int, str | None, Snapshot | None]] = []
@@ -296,24 +309,30 @@ class Layers:
                 found.append((layer, position, experiment, None))
                 continue
             rule = snapshot.experiment.targeting
-            if rule is not None and not rule.matches(attributes):
-                found.append((layer, position, TARGETING, None))
-            else:
-                found.append((layer, position, experiment, snapshot))
+            try:
+                eligible = rule is None or rule.matches(attributes)
+            except InvalidValue as error:
+                raise InvalidValue(_refusal(error, None, layer, experiment)) from None
+            found.append((layer, position, experiment, snapshot) if eligible
+                         else (layer, position, TARGETING, None))
         return found
 
     async def _assign_one(self, layers: tuple[Layer, ...],
                           request: AssignRequest) -> list[dict[str, Any]]:
         """One unit in every layer: the common case (a cached, context-free experiment, no
-        sticky assignment) decided inline, the others through ``_assign_layer``."""
+        sticky assignment) decided inline, the others planned by ``_plan`` (all before any
+        decision is made)."""
         unit = request.units[0]
+        found = self.memberships(layers, unit.unit, unit.attributes)
+        plans = {layer.id: await self._plan(layer, request)
+                 for layer, _, experiment, snapshot in found
+                 if snapshot is None and experiment not in (UNASSIGNED, TARGETING)}
         decisions = self.decisions
         decisions.check_fresh()
         signer = await decisions.signer()
         now = time.time()
         entries: list[dict[str, Any]] = []
-        for layer, position, experiment, snapshot in self.memberships(layers, unit.unit,
-                                                                      unit.attributes):
+        for layer, position, experiment, snapshot in found:
             if snapshot is not None:
                 assert experiment is not None
                 decision = decisions.for_unit(snapshot, unit.unit, signer, now)
@@ -326,43 +345,59 @@ class Layers:
                 entries.append({"layer": layer.id, "bucket": position, "experiment": None,
                                 "reason": experiment, "default": layer.default})
             else:
-                [entry] = await self._assign_layer(layer, request)
+                [entry] = await self._carry_out(plans[layer.id], request)
                 entries.append(entry)
         return entries
 
-    async def _assign_layer(self, layer: Layer, request: AssignRequest) -> list[dict[str, Any]]:
+    async def _plan(self, layer: Layer, request: AssignRequest) -> _Plan:
+        """The units of one layer: each one's entry (complete for those given the default),
+        and the experiments' groups of eligible units still to decide. Raises InvalidValue,
+        naming the unit, experiment and layer, for an attribute or a context the experiment
+        cannot take; decides nothing."""
         units = request.units
         positions = buckets(layer.salt, [unit.unit for unit in units])
         entries: list[dict[str, Any]] = []
-        # Units per experiment, assigned together (one draw and one signing for all).
-        groups: defaultdict[str, list[int]] = defaultdict(list)
+        members: defaultdict[str, list[int]] = defaultdict(list)
         for i, position in enumerate(positions):
-            experiment = layer.owner(position)
+            experiment = layer.owners[position]
             entry: dict[str, Any] = {"layer": layer.id, "bucket": position,
                                      "experiment": None}
             entries.append(entry)
             if experiment is None:
                 entry.update(reason=UNASSIGNED, default=layer.default)
             else:
-                groups[experiment].append(i)
-        for experiment_id, members in groups.items():
+                members[experiment].append(i)
+        groups: list[tuple[str, Snapshot, list[int]]] = []
+        for experiment_id, indices in members.items():
             snapshot = await self._snapshot(experiment_id)
             if isinstance(snapshot, str):
-                for i in members:
+                for i in indices:
                     entries[i].update(reason=snapshot, default=layer.default)
                 continue
             rule = snapshot.experiment.targeting
-            eligible = members
-            if rule is not None:
-                eligible = []
-                for i in members:
-                    if rule.matches(units[i].attributes):
-                        eligible.append(i)
-                    else:
+            model = None if snapshot.contextual is None else snapshot.contextual.model
+            eligible = []
+            for i in indices:
+                unit = units[i]
+                try:
+                    if rule is not None and not rule.matches(unit.attributes):
                         entries[i].update(reason=TARGETING, default=layer.default)
-            if not eligible:
-                continue
-            share = layer.share(experiment_id)
+                        continue
+                    if model is not None:
+                        model.encode(unit.context)
+                except InvalidValue as error:
+                    raise InvalidValue(_refusal(error, i if request.batch else None, layer,
+                                                experiment_id)) from None
+                eligible.append(i)
+            if eligible:
+                groups.append((experiment_id, snapshot, eligible))
+        return _Plan(layer, entries, groups)
+
+    async def _carry_out(self, plan: _Plan, request: AssignRequest) -> list[dict[str, Any]]:
+        """The decisions of a plan's groups, in its entries."""
+        entries, units = plan.entries, request.units
+        for experiment_id, snapshot, eligible in plan.groups:
+            share = plan.layer.share(experiment_id)
             decisions = await self._decide(snapshot, [units[i] for i in eligible],
                                            request.sticky)
             for i, decision in zip(eligible, decisions, strict=True):
@@ -402,6 +437,25 @@ class Layers:
         return answers
 
 
+@dataclass
+class _Plan:
+    """One layer's assignment before its decisions (``Layers._plan``)."""
+
+    layer: Layer
+    #: Per unit: its entry, complete when the unit gets the default.
+    entries: list[dict[str, Any]]
+    #: Per experiment with eligible units: its snapshot and those units' indices.
+    groups: list[tuple[str, Snapshot, list[int]]]
+
+
+def _refusal(error: InvalidValue, index: int | None, layer: Layer, experiment: str) -> str:
+    """A unit's attribute or context refused, saying which unit (in a batch), experiment and
+    layer: each experiment has its own rule and model."""
+    where = "" if index is None else f"units[{index}]."
+    return (f"{where}{error.message} (experiment {experiment!r}, layer {layer.id!r}); nothing "
+            "was assigned")
+
+
 def _object(value: object, what: str) -> dict[str, Any]:
     """An object of experiment id -> ranges."""
     if not isinstance(value, dict) or len(value) > MAX_EXPERIMENTS:
@@ -439,6 +493,10 @@ def _subtract(ranges: list[Range] | tuple[Range, ...],
         end = BUCKETS if end < 0 else end
         kept.append((start, end))
         position = end
+
+
+def _spans(ranges: list[Range] | tuple[Range, ...]) -> str:
+    return ", ".join(f"[{start}, {end})" for start, end in ranges)
 
 
 def _diff(old: Layer, new: Layer) -> dict[str, dict[str, Any]]:
