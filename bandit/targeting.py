@@ -33,6 +33,7 @@ from typing import Any
 import re2
 
 from bandit.errors import InvalidValue, json_kind
+from bandit.features import CONTROL_CHARACTERS
 
 __all__ = ["OPERATORS", "Condition", "Rule", "parse_rule", "semver_key"]
 
@@ -151,7 +152,9 @@ def parse_rule(data: object, where: str = "targeting") -> Rule:
 
 
 def _scalar(value: object, where: str) -> Scalar:
-    if isinstance(value, bool | str):
+    if isinstance(value, str):
+        return _shown(value, where)
+    if isinstance(value, bool):
         return value
     if isinstance(value, int | float) and math.isfinite(value):
         return value
@@ -199,6 +202,7 @@ def _condition(data: object, where: str) -> Condition:
     if op == "regex":
         if not isinstance(raw, str) or not 1 <= len(raw) <= MAX_PATTERN:
             raise InvalidValue(f"{label}: expected a pattern of 1 to {MAX_PATTERN} characters")
+        _shown(raw, label)
         try:
             pattern = re2.compile(raw)
         except re2.error as error:
@@ -226,6 +230,15 @@ def _condition(data: object, where: str) -> Condition:
     if not isinstance(raw, bool):  # is_null
         raise InvalidValue(f"{label}: expected true or false, got {json_kind(raw)}")
     return Condition(attribute, op, raw, where, lambda v: False)
+
+
+def _shown(text: str, where: str) -> str:
+    """A rule's string, shown to operators (terminal, dashboard): no control characters or
+    bidirectional overrides (a pattern writes them as escapes, ``\\x00``)."""
+    if CONTROL_CHARACTERS.search(text):
+        raise InvalidValue(f"{where}: control characters and bidirectional overrides are not "
+                           "allowed (write them as escapes in a regex: \\x1b)")
+    return text
 
 
 def _member_test(values: list[Scalar], inside: bool, name: str,

@@ -1002,7 +1002,7 @@ def test_a_fixed_experiment_shows_its_weights_and_targeting_and_no_settings_form
                                                       "/v1/experiments/ab/stats")[1]["arms"]}
     assert served["red"] == pytest.approx(2 / 3) and served["blue"] == 0
     expect(page.get_by_test_id("experiment-targeting")).to_have_text(
-        "(country in [DE, FR] and app_version semver_gte 2.3.0) or beta eq true")
+        '(country in ["DE", "FR"] and app_version semver_gte "2.3.0") or beta eq true')
     # No exploration settings for a fixed test: the service would refuse them (422).
     expect(page.get_by_test_id("settings")).to_be_hidden()
     assert api(service, "PATCH", "/v1/experiments/ab", {

@@ -552,3 +552,56 @@ async def test_shrinking_buckets_an_experiment_does_not_own_is_refused(
         "version": 1, "ranges": {"colour": many}, "add": {"colour": [[2000, 2001]]}}), 422,
         "would own 101 separate ranges")
     assert _redis_keys(settings) == before
+
+
+async def test_a_fixed_experiments_unit_has_one_arm_by_allocate_and_assign(
+        client: Client, settings: Settings) -> None:
+    """allocate with a unit used to draw (and, sticky, store) a random arm, which the hash of
+    assign and of an offline SDK contradicted for half the units; now a fixed experiment's
+    unit gets its hash arm from every call. Each unit counts once in the sample-ratio draws
+    (a unit repeated 300 times used to count never, by assign)."""
+    await _experiment(client, "ab3", arms=["x", "y", "z"], policy="fixed",
+                      weights={"x": 1, "y": 2, "z": 7})
+    await _layer(client, {"id": "abl3", "ranges": {"ab3": [[0, 10000]]}})
+    cumulative = [0.1, 0.3, 1.0]
+    for i in range(60):
+        unit = f"alloc-fx-{i}"
+        expected = ["x", "y", "z"][next(j for j, c in enumerate(cumulative)
+                                        if arm_point("ab3", unit) < c)]
+        for body in ({"unit": unit, "sticky": True}, {"unit": unit}, {"unit": unit, "n": 3}):
+            answer = await _ok(await client.post("/v1/experiments/ab3/allocate", json=body))
+            assert {d["arm"] for d in answer["decisions"]} == {expected}, (unit, body)
+        [entry] = (await _ok(await client.post("/v1/assign", json={
+            "unit": unit, "layers": ["abl3"]})))["assignments"]
+        assert entry["decision"]["arm"] == expected
+    heavy = [{"unit": "heavy"}] * 300 + [{"unit": f"light-{i}"} for i in range(50)]
+    await _ok(await client.post("/v1/assign", json={"units": heavy, "layers": ["abl3"]}))
+    await asyncio.sleep(1.3)  # the served counts and draws are flushed every 0.1 s here
+    draws = redis.Redis.from_url(str(settings.redis_url)).hgetall("bandit:{ab3}:draws")
+    drawn = sum(float(value) for field, value in draws.items() if field.endswith(b":o"))
+    assert drawn == 60 + 51  # distinct units, whatever the number of calls
+
+
+async def test_a_salt_belongs_to_one_layer_and_rules_refuse_control_characters(
+        client: Client, settings: Settings) -> None:
+    """A second layer of the same salt (given, or the first's id as its default salt) put
+    every unit in the same bucket of both: their experiments shared their units. Rule strings
+    are shown to operators: control characters are refused there as in names."""
+    await _experiment(client, "e1")
+    await _layer(client, {"id": "homepage", "ranges": {"e1": [[0, 3000]]}})
+    before = _redis_keys(settings)
+    await _refused(await client.post("/v1/layers", json={"id": "dupsalt", "salt": "homepage"}),
+                   409, "salt", "layer 'homepage' has the salt 'homepage'")
+    for rule, where in (
+            ({"attribute": "x", "op": "eq", "value": "\u001b[31mred"}, "all[0].value"),
+            ({"attribute": "x", "op": "in", "values": ["ok", "a\nb"]}, "all[0].values[1]"),
+            ({"attribute": "x", "op": "regex", "value": "\u202eabc"}, "all[0].value")):
+        await _refused(await client.post("/v1/experiments", json={
+            "id": "ruled", "arms": ["a", "b"], "reward": "bernoulli",
+            "targeting": {"any": [{"all": [rule]}]}}), 422, where, "control characters")
+    assert _redis_keys(settings) == before
+    # The salt stays the layer's own: the layer can change, and a new layer takes another.
+    await _ok(await client.patch("/v1/layers/homepage", json={"version": 1, "default": "x"}))
+    await _layer(client, {"id": "other", "salt": "homepage-2"})
+    audit = await _ok(await client.get("/v1/layers/other/audit"))
+    assert audit["entries"][0]["changes"] == {"salt": {"old": None, "new": "homepage-2"}}

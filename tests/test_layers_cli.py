@@ -256,7 +256,7 @@ async def test_experiments_create_and_tune_a_fixed_targeted_test(
     fields = dict(line.split(None, 1) for line in out.split("\n\n")[0].splitlines())
     assert fields["policy"] == "fixed (an A/B test serving its weights)"
     assert fields["weights"] == "red=3 (75.0%), green=1 (25.0%)"
-    assert fields["targeting"] == ("(country in [DE, FR] and app_version semver_gte 2.3.0) "
+    assert fields["targeting"] == ('(country in ["DE", "FR"] and app_version semver_gte "2.3.0") '
                                    "or beta eq true")
     assert "epsilon" not in fields  # exploration settings do not apply to a fixed test
 
@@ -269,8 +269,8 @@ async def test_experiments_create_and_tune_a_fixed_targeted_test(
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "colour: version 1 -> 2"
     assert [line.split(None, 1) for line in lines[1:]] == [
-        ["targeting", "(country in [DE, FR] and app_version semver_gte 2.3.0) or beta eq true "
-                      "-> country eq DE"],
+        ["targeting", '(country in ["DE", "FR"] and app_version semver_gte "2.3.0") or beta '
+                      'eq true -> country eq "DE"'],
         ["weights.green", "1 -> 3"]]
     assert await experiments(url, "tune", "colour", "--targeting", "none") == 0
     document = await get(client, "/v1/experiments/colour")
@@ -300,6 +300,10 @@ async def test_experiments_create_and_tune_a_fixed_targeted_test(
         (["tune", "colour", "--weight", "red"], 2, ["ARM=WEIGHT"]),
         (["tune", "colour", "--weight", "red=-1"], 2, ["weight of red", ">= 0"]),
         (["tune", "colour", "--weight", "red=lots"], 2, ["weight of red", "a number"]),
+        # A second weight of one arm is a typo whichever was meant (the attacker run: kept the
+        # last silently).
+        (["tune", "colour", "--weight", "red=1", "--weight", "red=2"], 2,
+         ["--weight", "'red' given twice"]),
         (["tune", "colour", "--targeting", "{country: DE}"], 2, ["not JSON"]),
         (["tune", "colour", "--targeting", f"@{scratch_dir / 'missing.json'}"], 2,
          ["cannot read", "missing.json"]),

@@ -12,6 +12,7 @@ from bandit.api.schemas import (
     CONTEXT,
     ID,
     SHARE,
+    SHOWN,
     VERSION,
     Schema,
     anchored,
@@ -45,13 +46,11 @@ def _by_experiment(value: Schema, description: str) -> Schema:
             "description": description}
 
 
-#: No control characters or bidirectional overrides (``bandit.features.CONTROL_CHARACTERS``).
-_SHOWN = "^[^\\u0000-\\u001f\\u007f-\\u009f\\u202a-\\u202e\\u2066-\\u2069]*$"
-_SALT: Schema = {"type": "string", "minLength": 1, "maxLength": 128, "pattern": _SHOWN,
+_SALT: Schema = {"type": "string", "minLength": 1, "maxLength": 128, "pattern": SHOWN,
                  "description": "hashed with each unit id into its bucket (default: the id); "
                                 "fixed at create"}
 _DEFAULT: Schema = {"type": ["string", "null"], "minLength": 1, "maxLength": 64,
-                    "pattern": _SHOWN,
+                    "pattern": SHOWN,
                     "description": "what a unit in no experiment of the layer gets"}
 _REASON: Schema = {"type": ["string", "null"], "maxLength": MAX_REASON_LENGTH,
                    "description": "recorded in the audit log"}

@@ -230,7 +230,9 @@ CONTEXT: Schema = {"type": ["object", "null"],
 
 POLICY: Schema = {"enum": list(POLICIES), "description": "thompson: a bandit (default); fixed: "
                                                        "an A/B test serving its weights"}
-_SCALAR: Schema = {"type": ["string", "number", "boolean"]}
+#: No control characters or bidirectional overrides (``bandit.features.CONTROL_CHARACTERS``).
+SHOWN = "^[^\\u0000-\\u001f\\u007f-\\u009f\\u202a-\\u202e\\u2066-\\u2069]*$"
+_SCALAR: Schema = {"type": ["string", "number", "boolean"], "pattern": SHOWN}
 _ATTRIBUTE: Schema = {"type": "string", "pattern": NAME.pattern,
                       "description": "the attribute's name in an assign request's `attributes`"}
 
@@ -241,8 +243,8 @@ def _condition(ops: list[str], operand: str, value: Schema) -> Schema:
 
 
 def _all_of_one_kind(kind: str) -> Schema:
-    return {"type": "array", "minItems": 1, "maxItems": MAX_RULE_VALUES,
-            "items": {"type": kind}}
+    items: Schema = {"type": kind, "pattern": SHOWN} if kind == "string" else {"type": kind}
+    return {"type": "array", "minItems": 1, "maxItems": MAX_RULE_VALUES, "items": items}
 
 
 _CONDITION: Schema = {"oneOf": [
@@ -252,7 +254,7 @@ _CONDITION: Schema = {"oneOf": [
         "description": "all strings, all numbers or all booleans"}),
     _condition(["lt", "lte", "gt", "gte"], "value", {"type": "number"}),
     _condition(["regex"], "value", {
-        "type": "string", "minLength": 1, "maxLength": MAX_PATTERN,
+        "type": "string", "minLength": 1, "maxLength": MAX_PATTERN, "pattern": SHOWN,
         "description": "an RE2 pattern, searched anywhere in the value (linear time; no "
                        "backreferences or lookarounds: 422)"}),
     _condition(["semver_eq", "semver_lt", "semver_lte", "semver_gt", "semver_gte"], "value",

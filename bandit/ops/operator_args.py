@@ -77,6 +77,19 @@ def _finite(raw: str, what: str) -> float:
     return value
 
 
+class _Weights(argparse.Action):
+    """``--weight`` repeated, each arm at most once (a second weight of one arm is a typo
+    whichever was meant)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        weights = list(getattr(namespace, self.dest, None) or [])
+        arm, _ = values
+        if any(arm == given for given, _ in weights):
+            parser.error(f"--weight: arm {arm!r} given twice")
+        setattr(namespace, self.dest, [*weights, values])
+
+
 def parse_weight(text: str) -> tuple[str, float]:
     """``ARM=W`` from ``--weight``: an arm and its weight, a finite number >= 0."""
     arm, separator, raw = text.partition("=")
@@ -276,7 +289,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="thompson: a bandit (default); fixed: an A/B test serving "
                              "--weight's shares")
     for sub in (create, tune):
-        sub.add_argument("--weight", dest="weights", type=parse_weight, action="append",
+        sub.add_argument("--weight", dest="weights", type=parse_weight, action=_Weights,
                          default=[], metavar="ARM=W",
                          help="a fixed experiment's weight of an arm (repeatable; relative, "
                               "e.g. --weight a=1 --weight b=1 for 50/50)")

@@ -3,6 +3,7 @@ the answer itself)."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
@@ -59,18 +60,22 @@ def _policy_fields(document: Any) -> list[tuple[str, str]]:
 
 
 def targeting_text(rule: Any) -> str:
-    """A targeting rule on one line: ``country in [DE, FR] and app_version semver_gte 2.3.0
-    or beta eq true``."""
+    """A targeting rule on one line, values as JSON (``"true"`` and ``true`` are different
+    rules): ``country in ["DE", "FR"] and app_version semver_gte "2.3.0" or beta eq true``."""
     def condition(item: dict[str, Any]) -> str:
         operand = item.get("values", item.get("value"))
-        shown = f"[{', '.join(_value(v) for v in operand)}]" if isinstance(operand, list) \
-            else _value(operand)
+        shown = f"[{', '.join(_json(v) for v in operand)}]" if isinstance(operand, list) \
+            else _json(operand)
         return f"{item['attribute']} {item['op']} {shown}"
 
     alternatives = [" and ".join(condition(c) for c in branch["all"]) for branch in rule["any"]]
     if len(alternatives) == 1:
         return alternatives[0]
     return " or ".join(f"({text})" if " and " in text else text for text in alternatives)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
 
 
 def _model_fields(model: Any) -> list[tuple[str, str]]:

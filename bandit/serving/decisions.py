@@ -207,6 +207,8 @@ class Decider:
         self._sticky: OrderedDict[tuple[str, str], tuple[list[int], float, list[float]]] = (
             OrderedDict()
         )
+        #: Units of fixed experiments already counted in the sample-ratio draws.
+        self._hashed_seen: OrderedDict[tuple[str, str], None] = OrderedDict()
 
     async def snapshot(self, experiment_id: str) -> Snapshot:
         return self.usable(self.cache.peek(experiment_id)
@@ -243,12 +245,14 @@ class Decider:
         snapshot, signer = self.cache.peek(experiment_id), self._signer
         if snapshot is None or signer is None:
             return None
-        if request.sticky or request.provisional or (
+        hashed = _hashed(snapshot, request)
+        if (request.sticky and not hashed) or request.provisional or (
                 snapshot.contextual is not None and snapshot.contextual.heavy):
             return None
         snapshot = self.usable(snapshot, experiment_id)
         self._check_request(snapshot, request)
-        decisions = self._fresh_decisions(snapshot, request, signer)
+        decisions = (self._by_unit_hash(snapshot, request, signer) if hashed
+                     else self._fresh_decisions(snapshot, request, signer))
         self.log.record(snapshot, request, decisions)
         return {"decisions": decisions, "version": snapshot.experiment.version}
 
@@ -261,7 +265,9 @@ class Decider:
             # Milliseconds of numba for a large model: in a worker thread (the kernels release
             # the GIL), so that the other requests of the process are answered meanwhile.
             choice = await asyncio.to_thread(Choice.of, snapshot, request.context)
-        if request.sticky:
+        if _hashed(snapshot, request):
+            decisions = self._by_unit_hash(snapshot, request, signer)
+        elif request.sticky:
             decisions, snapshot = await self._sticky_decisions(snapshot, request, signer,
                                                                choice)
         else:
@@ -370,6 +376,7 @@ class Decider:
         issued = int(now)
         if experiment.weights is not None:
             index = policy.sample_one(snapshot.cumulative_list, arm_point(experiment.id, unit))
+            self._first_sight(snapshot, unit, index)
             decision = {"decision_id": signer.sign_one(experiment.id, "d", issued, index),
                         "arm": experiment.arms[index],
                         "propensity": snapshot.probability_list[index], "sticky": True}
@@ -387,15 +394,15 @@ class Decider:
         """A fixed experiment's decisions for ``units``: each unit's arm is where its
         ``arm_point`` falls in the weights (the same arm every time, with no stored state; the
         propensity is the arm's weight share, the chance of a unit's point falling there).
-        Counted as served, but not in the sample-ratio test's draws: a unit seen twice is one
-        assignment, not two draws."""
+        Counted as served; in the sample-ratio test's draws once per unit (``_first_sight``)."""
         experiment = snapshot.experiment
         cumulative, probabilities = snapshot.cumulative_list, snapshot.probability_list
         indices = [policy.sample_one(cumulative, point)
                    for point in arm_points(experiment.id, units)]
         served = self._served[experiment.id]
-        for index in indices:
+        for unit, index in zip(units, indices, strict=True):
             served[index] += 1
+            self._first_sight(snapshot, unit, index)
         ids = signer.sign(experiment.id, "d", int(time.time()), indices)
         arms = experiment.arms
         decisions = [{"decision_id": decision_id, "arm": arms[index],
@@ -403,6 +410,38 @@ class Decider:
                      for decision_id, index in zip(ids, indices, strict=True)]
         self.log.record_units(snapshot, units, decisions)
         return decisions
+
+    def _by_unit_hash(self, snapshot: Snapshot, request: AllocateRequest,
+                      signer: DecisionSigner) -> list[dict[str, Any]]:
+        """A fixed experiment's decisions for a request naming a unit: the unit's arm by hash
+        (as ``POST /v1/assign`` gives it), ``n`` times, whether the request asked for sticky
+        or not: a unit of an A/B test has one arm."""
+        assert request.unit is not None
+        experiment = snapshot.experiment
+        index = policy.sample_one(snapshot.cumulative_list,
+                                  arm_point(experiment.id, request.unit))
+        self._served[experiment.id][index] += request.n
+        self._first_sight(snapshot, request.unit, index)
+        ids = signer.sign(experiment.id, "p" if request.provisional else "d", int(time.time()),
+                          [index] * request.n)
+        arm, propensity = experiment.arms[index], snapshot.probability_list[index]
+        return [{"decision_id": decision_id, "arm": arm, "propensity": propensity,
+                 "sticky": True} for decision_id in ids]
+
+    def _first_sight(self, snapshot: Snapshot, unit: str, index: int) -> None:
+        """A fixed experiment's unit, assigned by hash, counts as one draw of the sample-ratio
+        test the first time this process assigns it (a unit seen again is the same draw, as a
+        sticky unit's later decisions are). Remembered per process, the newest
+        ``sticky_cache_size`` units: a unit may count once in each process that serves it."""
+        key = (snapshot.experiment.id, unit)
+        seen = self._hashed_seen
+        if key in seen:
+            seen.move_to_end(key)
+            return
+        seen[key] = None
+        if len(seen) > self._settings.sticky_cache_size:
+            seen.popitem(last=False)
+        self._draws[snapshot.experiment.id].add(snapshot.probabilities, index)
 
     def _one(self, snapshot: Snapshot, kind: str, issued: int,
              signer: DecisionSigner) -> tuple[int, str]:
@@ -581,6 +620,13 @@ class Decider:
                 await self.flush_served()
             except StoreUnavailable as error:
                 logger.warning("could not flush served counts: %s", error)
+
+
+def _hashed(snapshot: Snapshot, request: AllocateRequest) -> bool:
+    """Whether a request's decisions are its unit's arm by hash: a fixed experiment's single
+    arms for a named unit (slates are drawn, or stored for a sticky unit, as for a bandit)."""
+    return (snapshot.experiment.weights is not None and request.unit is not None
+            and request.k is None)
 
 
 def _servable(snapshot: Snapshot, index: int) -> bool:

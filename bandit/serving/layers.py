@@ -162,10 +162,11 @@ class Layers:
         reason = parse_text(data.pop("reason", None), "reason", MAX_REASON_LENGTH)
         layer = parse_layer(data)
         await self._check_experiments(layer.ranges)
-        changes = {"salt": {"old": None, "new": layer.salt},
-                   "default": {"old": None, "new": layer.default},
-                   **{f"ranges.{e}": {"old": None, "new": [list(r) for r in spans]}
-                      for e, spans in sorted(layer.ranges.items())}}
+        changes: dict[str, dict[str, Any]] = {"salt": {"old": None, "new": layer.salt}}
+        if layer.default is not None:
+            changes["default"] = {"old": None, "new": layer.default}
+        changes.update({f"ranges.{e}": {"old": None, "new": [list(r) for r in spans]}
+                        for e, spans in sorted(layer.ranges.items())})
         await self.store.save_layer(layer, 0, _audit_entry(1, actor, "create", changes, reason))
         self.directory.invalidate()
         return describe(layer)

@@ -69,6 +69,7 @@ key                       type    contents
 ``P:{layers}:audit:<L>``  list    layer ``L``'s changes, oldest first (JSON entries)
 ``P:{layers}:owners``     hash    experiment id -> the layer that holds it (one at most)
 ``P:{layers}:index``      zset    every layer id, score 0 (id order)
+``P:{layers}:salts``      hash    salt -> the layer that hashes with it (one at most)
 ``P:{layers}:revision``   string  one more on every layer change (processes whose change
                                   feed is down poll it); a change also publishes ``@layers``
                                   on ``P:changes``
@@ -215,6 +216,11 @@ class LayerKeys:
     def index(self) -> str:
         """Every layer id (score 0: in id order)."""
         return f"{self.prefix}:{{layers}}:index"
+
+    @property
+    def salts(self) -> str:
+        """Salt -> the layer that hashes with it (one layer per salt)."""
+        return f"{self.prefix}:{{layers}}:salts"
 
     @property
     def revision(self) -> str:

@@ -505,16 +505,21 @@ class RedisStore:
     async def save_layer(self, layer: Layer, expected_version: int,
                          audit_entry: dict[str, Any]) -> int:
         """Create (``expected_version`` 0) or change a layer with its audit entry; the new
-        version. Conflict when it exists (create), is stale, or names an experiment another
-        layer holds; NotFound when it does not exist (change)."""
+        version. Conflict when it exists (create), is stale, names an experiment another
+        layer holds, or (create) another layer has its salt; NotFound when it does not exist
+        (change)."""
         keys = LayerKeys(self._prefix, layer.id)
         result = await self._scripts.write(
             self._save_layer, [keys.config, keys.owners, keys.members, keys.audit, keys.index,
-                               keys.revision],
+                               keys.revision, keys.salts],
             [str(expected_version), orjson.dumps(layer.to_json()), orjson.dumps(audit_entry),
-             layer.id, self.changes_channel, *sorted(layer.ranges)])
+             layer.id, self.changes_channel, layer.salt, *sorted(layer.ranges)])
         if result[0] == -1:
             raise NotFound(f"layer {layer.id!r} does not exist")
+        if result[0] == -3:
+            raise Conflict(f"salt: layer {result[1]!r} has the salt {layer.salt!r}: two layers "
+                           "of one salt put every unit in the same bucket of both, so their "
+                           "experiments would share their units; choose another salt")
         if result[0] == -2:
             raise Conflict(f"experiment {result[1]!r} is in layer {result[2]!r}: an experiment "
                            "is in at most one layer (remove it there first)")

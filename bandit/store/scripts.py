@@ -556,31 +556,36 @@ SAVE_LAYER = r"""
 -- {layers} (one slot: the owners hash is checked and written in the same atomic step).
 -- KEYS[1] the layer hash, KEYS[2] owners (experiment -> layer), KEYS[3] the layer's members
 --   (set), KEYS[4] its audit list, KEYS[5] the index of layer ids (zset), KEYS[6] the
---   layers' change counter (polled by processes whose change feed is down).
+--   layers' change counter (polled by processes whose change feed is down), KEYS[7] salts
+--   (salt -> the layer that hashes with it).
 -- ARGV[1] expected version ('0': create), ARGV[2] config JSON (carrying the new version),
---   ARGV[3] the audit entry, ARGV[4] the layer id, ARGV[5] the changes channel, ARGV[6..]
---   the experiments it holds now.
+--   ARGV[3] the audit entry, ARGV[4] the layer id, ARGV[5] the changes channel,
+-- ARGV[6] the layer's salt (its own forever: two layers of one salt would put every unit in
+--   the same bucket of both), ARGV[7..] the experiments it holds now.
 -- Returns {1, version}; {0, current version} when it exists (create) or is stale; {-1} when
---   missing; {-2, experiment, its layer} when an experiment is in another layer.
+--   missing; {-2, experiment, its layer} when an experiment is in another layer; {-3, the
+--   layer} when another layer has the salt.
 local current = redis.call('HGET', KEYS[1], 'version')
 if ARGV[1] == '0' then
   if current then return {0, tonumber(current)} end
+  local salted = redis.call('HGET', KEYS[7], ARGV[6])
+  if salted and salted ~= ARGV[4] then return {-3, salted} end
 elseif not current then
   return {-1}
 elseif current ~= ARGV[1] then
   return {0, tonumber(current)}
 end
-for i = 6, #ARGV do
+for i = 7, #ARGV do
   local owner = redis.call('HGET', KEYS[2], ARGV[i])
   if owner and owner ~= ARGV[4] then return {-2, ARGV[i], owner} end
 end
 local now = {}
-for i = 6, #ARGV do now[ARGV[i]] = true end
+for i = 7, #ARGV do now[ARGV[i]] = true end
 for _, experiment in ipairs(redis.call('SMEMBERS', KEYS[3])) do
   if not now[experiment] then redis.call('HDEL', KEYS[2], experiment) end
 end
 redis.call('DEL', KEYS[3])
-for i = 6, #ARGV do
+for i = 7, #ARGV do
   redis.call('HSET', KEYS[2], ARGV[i], ARGV[4])
   redis.call('SADD', KEYS[3], ARGV[i])
 end
@@ -588,6 +593,7 @@ local version = tonumber(ARGV[1]) + 1
 redis.call('HSET', KEYS[1], 'config', ARGV[2], 'version', tostring(version))
 redis.call('RPUSH', KEYS[4], ARGV[3])
 redis.call('ZADD', KEYS[5], 0, ARGV[4])
+redis.call('HSET', KEYS[7], ARGV[6], ARGV[4])
 redis.call('INCR', KEYS[6])
 redis.call('PUBLISH', ARGV[5], '@layers')
 return {1, version}

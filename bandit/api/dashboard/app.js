@@ -687,8 +687,9 @@ function experimentView(id) {
 /** A targeting rule on one line: "(country in [DE, FR] and app_version semver_gte 2.3.0) or
  * beta eq true" (an OR of ANDs). */
 function targetingText(rule) {
+  // Values as JSON: "true" (a string) and true (a boolean) are different rules.
   const condition = (c) => `${c.attribute} ${c.op} ${"values" in c
-    ? `[${c.values.map(String).join(", ")}]` : String(c.value)}`;
+    ? `[${c.values.map((v) => JSON.stringify(v)).join(", ")}]` : JSON.stringify(c.value)}`;
   const alternatives = rule.any.map((branch) => branch.all.map(condition).join(" and "));
   return alternatives.length === 1 ? alternatives[0]
     : alternatives.map((text) => (text.includes(" and ") ? `(${text})` : text)).join(" or ");

@@ -27,12 +27,21 @@ export function layersView({ showError }) {
       "(or failing the experiment's targeting) gets the layer's default. An experiment's " +
       "share is the part of the units it sees."),
     list);
+  const audited = new Map();
   return {
     kind: "layers", element,
     async refresh() {
       try {
         const { layers } = await api.layers();
-        const audits = await Promise.all(layers.map((layer) => api.layerAudit(layer.id)));
+        // A layer's audit log changes only with its version: read again only then (not one
+        // request per layer on every refresh).
+        const audits = await Promise.all(layers.map(async (layer) => {
+          const known = audited.get(layer.id);
+          if (known && known.version === layer.version) return known.audit;
+          const audit = await api.layerAudit(layer.id);
+          audited.set(layer.id, { version: layer.version, audit });
+          return audit;
+        }));
         showError(error, null);
         count.textContent = `${layers.length} layer${layers.length === 1 ? "" : "s"}`;
         fill(list, layers.length ? layers.map((layer, i) => layerCard(layer, audits[i]))
