@@ -259,13 +259,18 @@ class ExperimentCache:
         """Seconds since the cache last confirmed its contents with Redis."""
         return self._clock() - self.last_success
 
-    def peek(self, experiment_id: str) -> Snapshot | None:
-        """The cached snapshot, without waiting: the decision hot path."""
+    def peek(self, experiment_id: str, now: float | None = None) -> Snapshot | None:
+        """The cached snapshot, without waiting: the decision hot path (``now``: the clock
+        read once for many peeks)."""
         entry = self._entries.get(experiment_id)
         if entry is None:
             return None
-        entry.used_at = self._clock()
+        entry.used_at = self._clock() if now is None else now
         return entry.snapshot
+
+    def now(self) -> float:
+        """The cache's clock (for ``peek``)."""
+        return self._clock()
 
     async def get(self, experiment_id: str) -> Snapshot:
         snapshot = self.peek(experiment_id)

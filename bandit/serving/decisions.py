@@ -207,7 +207,8 @@ class Decider:
         self._sticky: OrderedDict[tuple[str, str], tuple[list[int], float, list[float]]] = (
             OrderedDict()
         )
-        #: Units of fixed experiments already counted in the sample-ratio draws.
+        #: Units of fixed experiments already counted in the sample-ratio draws, in the
+        #: order first seen.
         self._hashed_seen: OrderedDict[tuple[str, str], None] = OrderedDict()
 
     async def snapshot(self, experiment_id: str) -> Snapshot:
@@ -431,16 +432,16 @@ class Decider:
     def _first_sight(self, snapshot: Snapshot, unit: str, index: int) -> None:
         """A fixed experiment's unit, assigned by hash, counts as one draw of the sample-ratio
         test the first time this process assigns it (a unit seen again is the same draw, as a
-        sticky unit's later decisions are). Remembered per process, the newest
-        ``sticky_cache_size`` units: a unit may count once in each process that serves it."""
+        sticky unit's later decisions are). Remembered per process, the last
+        ``sticky_cache_size`` units first seen: a unit may count once in each process that
+        serves it, and again once forgotten."""
         key = (snapshot.experiment.id, unit)
         seen = self._hashed_seen
         if key in seen:
-            seen.move_to_end(key)
             return
         seen[key] = None
         if len(seen) > self._settings.sticky_cache_size:
-            seen.popitem(last=False)
+            seen.popitem(last=False)  # the oldest first seen
         self._draws[snapshot.experiment.id].add(snapshot.probabilities, index)
 
     def _one(self, snapshot: Snapshot, kind: str, issued: int,
