@@ -28,7 +28,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import re2
 
@@ -127,28 +127,28 @@ class Rule:
 
 def parse_rule(data: object, where: str = "targeting") -> Rule:
     """A rule from its JSON, or InvalidValue naming the clause that is wrong."""
-    if not isinstance(data, dict) or set(data) != {"any"}:
-        raise InvalidValue(f"{where}: expected an object {{\"any\": [{{\"all\": [conditions]}}, "
-                           f"...]}}, got {json_kind(data)}")
-    alternatives = data["any"]
-    if not isinstance(alternatives, list) or not 1 <= len(alternatives) <= MAX_ANY:
-        raise InvalidValue(f"{where}.any: expected a list of 1 to {MAX_ANY} alternatives")
     parsed = []
-    for i, alternative in enumerate(alternatives):
+    for i, alternative in enumerate(_listed(data, "any", where, MAX_ANY, "alternatives")):
         at = f"{where}.any[{i}]"
-        if not isinstance(alternative, dict) or set(alternative) != {"all"}:
-            raise InvalidValue(f"{at}: expected an object {{\"all\": [conditions]}}, got "
-                               f"{json_kind(alternative)}")
-        conditions = alternative["all"]
-        if not isinstance(conditions, list) or not 1 <= len(conditions) <= MAX_ALL:
-            raise InvalidValue(f"{at}.all: expected a list of 1 to {MAX_ALL} conditions")
+        conditions = _listed(alternative, "all", at, MAX_ALL, "conditions")
         parsed.append(tuple(_condition(c, f"{at}.all[{j}]") for j, c in enumerate(conditions)))
     size = sum(c.cost for conditions in parsed for c in conditions)
     if size > MAX_RULE_PROGRAM:
         raise InvalidValue(f"{where}: its regexes compile to {size} RE2 instructions in all, "
                            f"over {MAX_RULE_PROGRAM}: every unit assigned pays for matching "
                            "them; use fewer or simpler patterns")
-    return Rule(tuple(parsed), data)
+    return Rule(tuple(parsed), cast(dict[str, Any], data))
+
+
+def _listed(data: object, key: str, where: str, most: int, what: str) -> list[Any]:
+    """The list of 1 to ``most`` items under the one field ``key`` of ``data``."""
+    if not isinstance(data, dict) or set(data) != {key}:
+        raise InvalidValue(f"{where}: expected an object {{\"{key}\": [{what}]}}, got "
+                           f"{json_kind(data)}")
+    items = data[key]
+    if not isinstance(items, list) or not 1 <= len(items) <= most:
+        raise InvalidValue(f"{where}.{key}: expected a list of 1 to {most} {what}")
+    return items
 
 
 def _scalar(value: object, where: str) -> Scalar:

@@ -181,6 +181,10 @@ class Service:
             assert result["accepted"] == len(events), result
         self.call("POST", "/v1/experiments/homepage/allocate",
                   json={"n": 5, "provisional": True})
+        # An audit log with every action in it (the fuzz reads `pricing`'s and checks it
+        # against the document, which once lacked `unarchive`).
+        self.call("DELETE", "/v1/experiments/pricing")
+        self.call("POST", "/v1/experiments/pricing/unarchive")
         self.call("POST", "/v1/layers", json={"id": LAYER, "default": "old",
                                               "ranges": {"pricing": [[0, 5000]]}})
 

@@ -16,6 +16,7 @@ from bandit.api.schemas import (
     VERSION,
     Schema,
     anchored,
+    audit_log,
     closed_object,
     nullable,
 )
@@ -85,16 +86,7 @@ _CHANGED_LAYER: Schema = closed_object([*_LAYER_PROPERTIES, "changes", "changed"
                                                                "`ranges.<experiment>`"},
     "changed": {"type": "boolean", "description": "false when the request changed nothing"}})
 _LAYER_LIST: Schema = closed_object(["layers"], {"layers": {"type": "array", "items": _LAYER}})
-_LAYER_AUDIT: Schema = closed_object(["layer", "entries"], {
-    "layer": ID,
-    "entries": {"type": "array", "items": closed_object(
-        ["version", "at", "actor", "action", "changes", "reason"], {
-            "version": {**VERSION, "description": "the version the change produced"},
-            "at": {"type": "number", "description": "epoch seconds"},
-            "actor": {"type": "string", "description": "the API key's name, or `anonymous`"},
-            "action": {"enum": ["create", "update"]},
-            "changes": CHANGES,
-            "reason": {"type": ["string", "null"]}})}})
+_LAYER_AUDIT: Schema = audit_log("layer", ["create", "update"])
 
 _UNIT: Schema = {"type": "string", "minLength": 1, "maxLength": MAX_UNIT_LENGTH,
                  "pattern": anchored(UNIT_PATTERN),

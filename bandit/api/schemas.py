@@ -498,6 +498,21 @@ ERROR_CLASSES: dict[int, type[errors.BanditError]] = {
         errors.Conflict, errors.PayloadTooLarge, errors.UnsupportedMediaType,
         errors.InvalidValue, errors.StoreUnavailable)
 }
+def audit_log(subject: str, actions: list[str]) -> Schema:
+    """An audit log's answer: ``{subject: id, entries: [...]}``, oldest first."""
+    return closed_object([subject, "entries"], {
+        subject: ID,
+        "entries": {"type": "array", "items": closed_object(
+            ["version", "at", "actor", "action", "changes", "reason"], {
+                "version": {**VERSION, "description": "the version the change produced"},
+                "at": {"type": "number", "description": "epoch seconds"},
+                "actor": {"type": "string",
+                          "description": "the API key's name, or `anonymous`"},
+                "action": {"enum": actions},
+                "changes": CHANGES,
+                "reason": {"type": ["string", "null"]}})}})
+
+
 def errors_for(*statuses: int) -> dict[str, Any]:
     return {str(status): {"$ref": f"#/components/responses/{ERROR_CLASSES[status].__name__}"}
             for status in statuses}

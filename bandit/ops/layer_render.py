@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bandit.assignment import BUCKETS
-from bandit.ops.operator_render import _table, _when
+from bandit.ops.operator_render import _table, _when, patch_lines
 
 #: Characters of the bucket bar, and the buckets each stands for.
 BAR_WIDTH = 100
@@ -94,15 +94,9 @@ def render_created(layer: Any) -> str:
 
 
 def render_patch(layer: Any) -> str:
+    lines = patch_lines(layer, "the layer already was so", _change_value)
     if not layer.get("changed", True):
-        return (f"{layer['id']}: nothing changed (the layer already was so); version "
-                f"{layer['version']}")
-    # Every accepted change moves the version by exactly one.
-    lines = [f"{layer['id']}: version {layer['version'] - 1} -> {layer['version']}"]
-    changes = layer["changes"]
-    width = max((len(key) for key in changes), default=0)
-    lines += [f"  {key:<{width}}  {_change_value(key, change['old'])} -> "
-              f"{_change_value(key, change['new'])}" for key, change in changes.items()]
+        return lines[0]
     return "\n".join([*lines, "", render_layer(layer)])
 
 

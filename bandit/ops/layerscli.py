@@ -27,7 +27,14 @@ from bandit.ops.layer_render import (
     render_list,
     render_patch,
 )
-from bandit.ops.operator import EXIT_CONFLICT, Client, Command, Failure, execute
+from bandit.ops.operator import (
+    EXIT_CONFLICT,
+    Client,
+    Command,
+    Failure,
+    execute,
+    versioned_patch,
+)
 from bandit.ops.operator_args import add_connection_options, version_number
 
 PROG = "bandit layers"
@@ -166,24 +173,16 @@ def _fetch_create(client: Client, arguments: argparse.Namespace) -> Any:
 def _patch(client: Client, arguments: argparse.Namespace, change: dict[str, Any]) -> Any:
     """The change based on ``--version`` or on the version read first; a 409 is reported
     with what to do, never retried."""
-    version = arguments.version
-    if version is None:
-        version = client.get(_path(arguments.layer))["version"]
-    body: dict[str, Any] = {"version": version, **change}
-    if arguments.reason is not None:
-        body["reason"] = arguments.reason
-    try:
-        return client.request("PATCH", _path(arguments.layer), body)
-    except Failure as failure:
-        if failure.exit_code != EXIT_CONFLICT:
-            raise
+    def conflict(failure: Failure, version: int) -> Failure:
         current = client.get(_path(arguments.layer))["version"]
         if current == version:  # not stale: the experiment is in another layer
-            raise Failure(EXIT_CONFLICT, f"{failure.message}\nnothing was changed") from None
+            return Failure(EXIT_CONFLICT, f"{failure.message}\nnothing was changed")
         again = " without --version" if arguments.version else ""
-        raise Failure(EXIT_CONFLICT, f"{failure.message}\nnothing was changed: the layer is "
-                      f"at version {current} now; review it (`{PROG} show {arguments.layer}`), "
-                      f"then run the command again{again}") from None
+        return Failure(EXIT_CONFLICT, f"{failure.message}\nnothing was changed: the layer is "
+                       f"at version {current} now; review it (`{PROG} show {arguments.layer}`), "
+                       f"then run the command again{again}")
+
+    return versioned_patch(client, _path(arguments.layer), arguments, change, conflict)
 
 
 def _fetch_grow(client: Client, arguments: argparse.Namespace) -> Any:

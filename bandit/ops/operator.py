@@ -251,19 +251,28 @@ def _ab_fields(arguments: argparse.Namespace) -> dict[str, Any]:
 
 
 def _patch(client: Client, arguments: argparse.Namespace, change: dict[str, Any]) -> Any:
+    return versioned_patch(client, _experiment_path(arguments.id), arguments, change,
+                           lambda failure, _: Failure(
+                               EXIT_CONFLICT, f"{failure.message}\nnothing was changed: review "
+                               f"the current settings (`{PROG} show {arguments.id}`), then "
+                               f"run the command again without --version"))
+
+
+def versioned_patch(client: Client, path: str, arguments: argparse.Namespace,
+                    change: dict[str, Any], conflict: Callable[[Failure, int], Failure]) -> Any:
+    """PATCH ``change`` (with ``--reason``) based on ``--version``, or on the version read
+    first; a 409 is never retried: it becomes ``conflict(failure, version based on)``."""
     version = arguments.version
     if version is None:
-        version = client.get(_experiment_path(arguments.id))["version"]
+        version = client.get(path)["version"]
     body: dict[str, Any] = {"version": version, **change}
     if arguments.reason is not None:
         body["reason"] = arguments.reason
     try:
-        return client.request("PATCH", _experiment_path(arguments.id), body)
+        return client.request("PATCH", path, body)
     except Failure as failure:
         if failure.exit_code == EXIT_CONFLICT:
-            raise Failure(EXIT_CONFLICT, f"{failure.message}\nnothing was changed: review "
-                          f"the current settings (`{PROG} show {arguments.id}`), then "
-                          f"run the command again without --version") from None
+            raise conflict(failure, version) from None
         raise
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -242,17 +242,22 @@ def _duration(seconds: float) -> str:
 
 
 def render_patch(document: Any) -> str:
+    return "\n".join(patch_lines(document, "the settings already were so", _setting))
+
+
+def patch_lines(document: Any, unchanged: str, value: Callable[[str, Any], str]) -> list[str]:
+    """A PATCH's answer: the version move and each change's old and new ``value``, or
+    that nothing changed (and why: ``unchanged``)."""
     if not document.get("changed", True):
-        return (f"{document['id']}: nothing changed (the settings already were so); version "
-                f"{document['version']}")
+        return [f"{document['id']}: nothing changed ({unchanged}); version "
+                f"{document['version']}"]
     # Every accepted change moves the version by exactly one.
     lines = [f"{document['id']}: version {document['version'] - 1} -> {document['version']}"]
     changes = document["changes"]
     width = max((len(key) for key in changes), default=0)
-    lines += [f"  {key:<{width}}  {_setting(key, change['old'])} -> "
-              f"{_setting(key, change['new'])}"
-              for key, change in changes.items()] or ["  nothing changed"]
-    return "\n".join(lines)
+    return lines + ([f"  {key:<{width}}  {value(key, change['old'])} -> "
+                     f"{value(key, change['new'])}"
+                     for key, change in changes.items()] or ["  nothing changed"])
 
 
 def render_audit(document: Any) -> str:
