@@ -42,7 +42,15 @@ from bandit.inputs import AllocateRequest
 from bandit.serving.service import BanditService
 from bandit.settings import Settings
 from bandit.store.embedded import free_port, wait_port
-from benchmarks.bench_http import NOOP_SERVER, Run, Target, _median_pair, _worker_pids, wrk
+from benchmarks.bench_http import (
+    NOOP_SERVER,
+    NUMBERED_THREADS,
+    Run,
+    Target,
+    _median_pair,
+    _worker_pids,
+    wrk,
+)
 from tests.support.redis import RedisServer
 
 PARTS = ("inproc", "batch", "http")
@@ -113,7 +121,8 @@ async def inproc_and_batch(redis_server: RedisServer, parts: set[str], seconds: 
             await layers.assign({"unit": f"warm-{next(counter)}", "attributes": ATTRIBUTES})
         decisions = service.decisions
         wanted = AllocateRequest()
-        one_decision = await _per_call(lambda: decisions.allocate_cached("l0-e0", wanted), seconds)
+        one_decision = await _per_call(lambda: decisions.allocate_cached("l0-e0", wanted),
+                                       seconds)
         if "inproc" in parts:
             assign = await _per_await(lambda: layers.assign(
                 {"unit": f"u-{next(counter)}", "attributes": ATTRIBUTES}), seconds)
@@ -131,7 +140,8 @@ async def inproc_and_batch(redis_server: RedisServer, parts: set[str], seconds: 
             units = [{"unit": f"b-{i}", "attributes": ATTRIBUTES} for i in range(1000)]
             batch = await _per_await(lambda: layers.assign({"units": units}), seconds)
             thousand = AllocateRequest(n=1000)
-            allocate = await _per_call(lambda: decisions.allocate_cached("l0-e0", thousand), seconds)
+            allocate = await _per_call(lambda: decisions.allocate_cached("l0-e0", thousand),
+                                       seconds)
             rate = 1000 * LAYERS / batch
             print(f"batch of 1,000 units x {LAYERS} layers, in process:")
             print(f"  {rate:>12,.0f} unit-layer assignments/s "
@@ -140,12 +150,7 @@ async def inproc_and_batch(redis_server: RedisServer, parts: set[str], seconds: 
                   f"({rate / (1000 / allocate):.2f}x)")
 
 
-ASSIGN_SCRIPT = textwrap.dedent("""
-    local threads = {}
-    function setup(thread)
-      table.insert(threads, thread)
-      thread:set("thread_id", #threads)
-    end
+ASSIGN_SCRIPT = NUMBERED_THREADS + textwrap.dedent("""
     counter = 0
     function request()
       counter = counter + 1

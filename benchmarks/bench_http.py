@@ -87,13 +87,15 @@ NOOP_SERVER = textwrap.dedent("""
 # wrk run, setup() numbers the wrk threads, and the request counter is shared by the connections
 # of a thread (one Lua state per thread). done() prints the duplicates the service reported.
 # $event is the Lua expression of event i (EVENT: one of experiment `bench`), after $prelude.
-EVENTS_SCRIPT = string.Template(textwrap.dedent("""
+#: wrk's setup(): each thread numbered (``thread_id``), its Lua state kept in ``threads``.
+NUMBERED_THREADS = textwrap.dedent("""
     local threads = {}
     function setup(thread)
       table.insert(threads, thread)
       thread:set("thread_id", #threads)
     end
-
+""")
+EVENTS_SCRIPT = string.Template(NUMBERED_THREADS + textwrap.dedent("""
     counter = 0
     duplicates = 0
     $prelude

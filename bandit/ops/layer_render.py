@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from bandit.assignment import BUCKETS
-from bandit.ops.operator_render import _table, _when, patch_lines
+from bandit.ops import operator_render
+from bandit.ops.operator_render import _table, patch_lines
 
 #: Characters of the bucket bar, and the buckets each stands for.
 BAR_WIDTH = 100
@@ -107,16 +108,12 @@ def _change_value(key: str, value: Any) -> str:
 
 
 def render_audit(document: Any) -> str:
-    rows: list[list[Any]] = []
-    for entry in document["entries"]:
-        changes = [f"{key}: {_change_value(key, change['new'])}" if entry["action"] == "create"
-                   else f"{key}: {_change_value(key, change['old'])} -> "
-                        f"{_change_value(key, change['new'])}"
-                   for key, change in entry["changes"].items()] or ["-"]
-        reason = " ".join((entry.get("reason") or "-").split())
-        rows.append([entry["version"], _when(entry["at"]), entry["actor"], entry["action"],
-                     changes[0], reason])
-        rows += [["", "", "", "", line, ""] for line in changes[1:]]
-    if not rows:
-        return "no audit entries"
-    return _table(["version", "at", "actor", "action", "changes", "reason"], rows, numeric={0})
+    return operator_render.render_audit(document, _change_lines)
+
+
+def _change_lines(changes: dict[str, Any], created: bool) -> list[str]:
+    """A layer change's lines: a creation's values, else ``old -> new``."""
+    return [f"{key}: {_change_value(key, change['new'])}" if created
+            else f"{key}: {_change_value(key, change['old'])} -> "
+                 f"{_change_value(key, change['new'])}"
+            for key, change in changes.items()]

@@ -260,10 +260,14 @@ def patch_lines(document: Any, unchanged: str, value: Callable[[str, Any], str])
                      for key, change in changes.items()] or ["  nothing changed"])
 
 
-def render_audit(document: Any) -> str:
+def render_audit(document: Any,
+                 change_lines: Callable[[dict[str, Any], bool], list[str]] | None = None) -> str:
+    """An audit log as a table, one row per changed setting (``change_lines``: how a change's
+    lines read, an experiment's settings by default)."""
+    lines_of = change_lines or (lambda changes, created: _change_lines(changes, created=created))
     rows: list[list[Any]] = []
     for entry in document["entries"]:
-        changes = _change_lines(entry["changes"], created=entry["action"] == "create") or ["-"]
+        changes = lines_of(entry["changes"], entry["action"] == "create") or ["-"]
         # Reasons are free text: keep each on its row.
         reason = " ".join((entry.get("reason") or "-").split())
         rows.append([entry["version"], _when(entry["at"]), entry["actor"], entry["action"],
