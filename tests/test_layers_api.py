@@ -577,8 +577,10 @@ async def test_a_fixed_experiments_unit_has_one_arm_by_allocate_and_assign(
     heavy = [{"unit": "heavy"}] * 300 + [{"unit": f"light-{i}"} for i in range(50)]
     await _ok(await client.post("/v1/assign", json={"units": heavy, "layers": ["abl3"]}))
     await asyncio.sleep(1.3)  # the served counts and draws are flushed every 0.1 s here
-    draws = redis.Redis.from_url(str(settings.redis_url)).hgetall("bandit:{ab3}:draws")
-    drawn = sum(float(value) for field, value in draws.items() if field.endswith(b":o"))
+    connection = redis.Redis.from_url(str(settings.redis_url), decode_responses=True)
+    draws: dict[str, str] = connection.hgetall("bandit:{ab3}:draws")  # type: ignore[assignment]
+    connection.close()
+    drawn = sum(float(value) for field, value in draws.items() if field.endswith(":o"))
     assert drawn == 60 + 51  # distinct units, whatever the number of calls
 
 
