@@ -13,8 +13,9 @@ Parts (``--only``):
 - batch: the batch form, 1,000 units x 20 layers per call, in process: unit-layer assignments
   per second (target >= 200k) against decisions per second of allocate n=1,000.
 - http: POST /v1/assign for one unit (a new unit id per request), one service process, driven
-  by wrk, alternating with the no-op aiohttp handler (``benchmarks.bench_http``): median of 3
-  pairs, for 1 layer and for all 20 (target >= 0.5x).
+  by wrk, alternating with the no-op aiohttp handler (``benchmarks.bench_http``) sent the same
+  requests: median of 3 pairs, for 1 layer and for all 20 (target >= 0.5x); allocate n=1 the
+  same way, for reference.
 
 Usage: python -m benchmarks.bench_assign [--seconds 5] [--only inproc,batch,http]
 """
@@ -155,7 +156,7 @@ ASSIGN_SCRIPT = NUMBERED_THREADS + textwrap.dedent("""
     function request()
       counter = counter + 1
       local body = '{"unit":"u-' .. thread_id .. '-' .. counter .. '",' .. $rest
-      return wrk.format("POST", "/v1/assign", {["Content-Type"] = "application/json"}, body)
+      return wrk.format("POST", "$path", {["Content-Type"] = "application/json"}, body)
     end
 """)
 
@@ -184,23 +185,28 @@ def _http_targets(redis_server: RedisServer) -> Iterator[tuple[Target, Target]]:
 def http(redis_server: RedisServer, seconds: int, connections: int) -> None:
     with _http_targets(redis_server) as (service, noop):
         print(f"HTTP, one unit per request, 1 service process, {connections} connections:")
-        rows: list[tuple[str, str, dict[str, str]]] = [
-            ("allocate n=1 (reference)", "/v1/experiments/l0-e0/allocate", {"body": "{}"})]
+        # Each row's no-op runs get the same requests (the same wrk script: its Lua, which
+        # builds a body per request, takes CPU from the machine's two cores too).
+        rows: list[tuple[str, str, dict[str, str], dict[str, str]]] = [
+            ("allocate n=1 (reference)", "/v1/experiments/l0-e0/allocate", {"body": "{}"},
+             {"body": "{}"})]
         for label, layers in (("assign, 1 layer", ["layer-00"]),
                               (f"assign, {LAYERS} layers", None)):
             rest = json.dumps(json.dumps({"attributes": ATTRIBUTES, "layers": layers})[1:])
-            rows.append((label, "/v1/assign", {"script": ASSIGN_SCRIPT.replace("$rest", rest)}))
-        for label, path, request in rows:
+            script = ASSIGN_SCRIPT.replace("$rest", rest)
+            rows.append((label, "/v1/assign", {"script": script.replace("$path", "/v1/assign")},
+                         {"script": script.replace("$path", "/noop")}))
+        for label, path, request, noop_request in rows:
             # Warm-up: snapshots cached, the layers read, numba compiled in the service.
             wrk(service, path, 2, connections, 1, **request)
             pairs: list[tuple[Run, Run]] = []
             for i in range(3):  # alternating which runs first
                 if i % 2 == 0:
-                    base = wrk(noop, "/noop", seconds, connections, 1, body="{}")
+                    base = wrk(noop, "/noop", seconds, connections, 1, **noop_request)
                     run = wrk(service, path, seconds, connections, 1, **request)
                 else:
                     run = wrk(service, path, seconds, connections, 1, **request)
-                    base = wrk(noop, "/noop", seconds, connections, 1, body="{}")
+                    base = wrk(noop, "/noop", seconds, connections, 1, **noop_request)
                 pairs.append((base, run))
             (base, run), ratios = _median_pair(pairs)
             print(f"  {label:<26} {run.rps:>9,.0f} req/s p50 {run.p50_ms:.2f} ms  "
