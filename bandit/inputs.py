@@ -218,7 +218,8 @@ def parse_assign(body: object) -> AssignRequest:
     if "units" in data:
         own = sorted(set(data) & _ASSIGN_UNIT_FIELDS)
         if own:
-            raise InvalidValue(f"units: the batch form carries {own} per unit, inside units")
+            raise InvalidValue(f"units: the batch form carries {', '.join(own)} per unit, "
+                               "inside units")
         raw = data["units"]
         if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_ASSIGN_UNITS:
             raise InvalidValue(f"units: expected a list of 1 to {MAX_ASSIGN_UNITS} units")

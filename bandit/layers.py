@@ -102,7 +102,7 @@ def parse_ranges(data: object, where: str) -> tuple[Range, ...]:
                                f"{item!r}")
         start, end = item
         if not 0 <= start < end <= BUCKETS:
-            raise InvalidValue(f"{where}[{i}]: [{start}, {end}] is not within [0, {BUCKETS}) "
+            raise InvalidValue(f"{where}[{i}]: [{start}, {end}) is not within [0, {BUCKETS}) "
                                "with start < end")
         ranges.append((start, end))
     return merge_ranges(ranges, where)
@@ -114,8 +114,8 @@ def merge_ranges(ranges: list[Range], where: str) -> tuple[Range, ...]:
     merged: list[Range] = []
     for start, end in sorted(ranges):
         if merged and start < merged[-1][1]:
-            raise InvalidValue(f"{where}: the ranges [{merged[-1][0]}, {merged[-1][1]}] and "
-                               f"[{start}, {end}] overlap")
+            raise InvalidValue(f"{where}: the ranges [{merged[-1][0]}, {merged[-1][1]}) and "
+                               f"[{start}, {end}) overlap")
         if merged and start == merged[-1][1]:
             merged[-1] = (merged[-1][0], end)
         else:
@@ -169,8 +169,8 @@ def check_disjoint(ranges: Mapping[str, tuple[Range, ...]]) -> None:
                    for start, end in spans)
     for (start, end, first), (next_start, next_end, second) in itertools.pairwise(owned):
         if next_start < end:
-            raise InvalidValue(f"ranges: {first} [{start}, {end}] and {second} "
-                               f"[{next_start}, {next_end}] overlap")
+            raise InvalidValue(f"ranges: {first} [{start}, {end}) and {second} "
+                               f"[{next_start}, {next_end}) overlap")
 
 
 def layer_from_json(data: dict[str, Any]) -> Layer:

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+import orjson
+
 from bandit.errors import InvalidValue
 from bandit.model import (
     MAX_ARMS,
@@ -116,7 +118,15 @@ def diff(old: Experiment, new: Experiment) -> dict[str, dict[str, Any]]:
     before, after = _flat(old), _flat(new)
     return {key: {"old": before.get(key), "new": after.get(key)}
             for key in sorted(before.keys() | after.keys())
-            if before.get(key) != after.get(key)}
+            if _typed(before.get(key)) != _typed(after.get(key))}
+
+
+def _typed(value: Any) -> Any:
+    """A value compared with its JSON types: Python has ``True == 1``, so a targeting rule
+    changed from ``true`` to ``1`` compared equal and the change was dropped as none."""
+    if isinstance(value, dict | list):
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    return (type(value) is bool, value)
 
 
 def _flat(experiment: Experiment) -> dict[str, Any]:

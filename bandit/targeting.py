@@ -50,6 +50,10 @@ SEMVER = re.compile(r"^(0|[1-9]\d{0,8})(?:\.(0|[1-9]\d{0,8}))?(?:\.(0|[1-9]\d{0,
                      r"(?:-([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?(?:\+[0-9A-Za-z.-]+)?$")
 
 Scalar = str | int | float | bool
+#: RE2 logs to stderr whenever a search outgrows its DFA memory and falls back to the slower
+#: matcher (each such search, on an operator's rule): a log line per assigned unit.
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False
 _EQUALITY = ("eq", "neq")
 _MEMBERSHIP = ("in", "not_in")
 _NUMERIC: dict[str, Callable[[float, float], bool]] = {
@@ -98,6 +102,8 @@ class Condition:
     test: Callable[[Any], bool]
     #: A regex's RE2 program size (its matching cost per character); 0 for the others.
     cost: int = 0
+    #: Raises InvalidValue for a present attribute of the wrong type (None: any type).
+    check: Callable[[Any], object] | None = None
 
     def matches(self, attributes: Mapping[str, Any]) -> bool:
         value = attributes.get(self.attribute)
@@ -114,8 +120,17 @@ class Rule:
 
     any: tuple[tuple[Condition, ...], ...]
     spec: dict[str, Any]
+    #: (attribute, type check) of every condition that has one.
+    checks: tuple[tuple[str, Callable[[Any], object]], ...] = ()
 
     def matches(self, attributes: Mapping[str, Any]) -> bool:
+        # Every present attribute's type first, whichever conditions the evaluation below
+        # reaches: else a malformed attribute is an error for one unit and not for another
+        # (short-circuited away), and hides in testing.
+        for attribute, check in self.checks:
+            value = attributes.get(attribute)
+            if value is not None:
+                check(value)
         for conditions in self.any:  # loops, not any(all(...)): twice as fast
             for condition in conditions:
                 if not condition.matches(attributes):
@@ -137,7 +152,9 @@ def parse_rule(data: object, where: str = "targeting") -> Rule:
         raise InvalidValue(f"{where}: its regexes compile to {size} RE2 instructions in all, "
                            f"over {MAX_RULE_PROGRAM}: every unit assigned pays for matching "
                            "them; use fewer or simpler patterns")
-    return Rule(tuple(parsed), cast(dict[str, Any], data))
+    return Rule(tuple(parsed), cast(dict[str, Any], data),
+                tuple((c.attribute, c.check) for conditions in parsed for c in conditions
+                      if c.check is not None))
 
 
 def _listed(data: object, key: str, where: str, most: int, what: str) -> list[Any]:
@@ -183,7 +200,8 @@ def _condition(data: object, where: str) -> Condition:
     if op in _EQUALITY:
         value = _scalar(raw, label)
         return Condition(attribute, op, value, where,
-                         _member_test([value], op == "eq", name, where))
+                         _member_test([value], op == "eq", name, where),
+                         check=_checker(_kind(value), name, where))
     if op in _MEMBERSHIP:
         if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_VALUES:
             raise InvalidValue(f"{label}: expected a list of 1 to {MAX_VALUES} values")
@@ -192,31 +210,33 @@ def _condition(data: object, where: str) -> Condition:
             raise InvalidValue(f"{label}: the values must all be strings, all numbers or all "
                                "booleans")
         return Condition(attribute, op, values, where,
-                         _member_test(values, op == "in", name, where))
+                         _member_test(values, op == "in", name, where),
+                         check=_checker(_kind(values[0]), name, where))
     if op in _NUMERIC:
         if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
             raise InvalidValue(f"{label}: expected a finite number, got {json_kind(raw)}")
         compare = _NUMERIC[op]
         return Condition(attribute, op, raw, where,
-                         lambda v: compare(_number(v, name, where), raw))
+                         lambda v: compare(_number(v, name, where), raw),
+                         check=_checker("number", name, where))
     if op == "regex":
         if not isinstance(raw, str) or not 1 <= len(raw) <= MAX_PATTERN:
             raise InvalidValue(f"{label}: expected a pattern of 1 to {MAX_PATTERN} characters")
         _shown(raw, label)
         try:
-            pattern = re2.compile(raw)
+            pattern = re2.compile(raw, options=_RE2_OPTIONS)
         except re2.error as error:
-            raise InvalidValue(f"{label}: {raw!r} is not an RE2 pattern ({error}); RE2 has "
-                               "no backreferences or lookarounds") from None
+            reason = error.args[0].decode() if error.args and isinstance(error.args[0], bytes) \
+                else str(error)
+            raise InvalidValue(f"{label}: {raw!r} is not an RE2 pattern ({reason})") from None
         if pattern.programsize > MAX_PROGRAM:
             raise InvalidValue(
                 f"{label}: {raw!r} compiles to {pattern.programsize} RE2 instructions, over "
-                f"{MAX_PROGRAM}: counted repetitions expand ({{1,30}} inside {{1,30}} is 900 "
-                "copies) and past the DFA's memory RE2 falls back to a matcher 1,000 times "
-                "slower; simplify the pattern")
+                f"{MAX_PROGRAM}: counted repetitions and large classes (such as \\pL) expand "
+                "into many; simplify the pattern")
         return Condition(attribute, op, raw, where,
                          lambda v: pattern.search(_string(v, name, where)) is not None,
-                         pattern.programsize)
+                         pattern.programsize, check=_checker("string", name, where))
     if op in _SEMVER_OPS:
         if not isinstance(raw, str):
             raise InvalidValue(f"{label}: expected a version string, got {json_kind(raw)}")
@@ -226,7 +246,8 @@ def _condition(data: object, where: str) -> Condition:
             raise InvalidValue(f"{label}: {error}") from None
         holds = _SEMVER_OPS[op]
         return Condition(attribute, op, raw, where,
-                         lambda v: holds(_compare_versions(_version(v, name, where), raw)))
+                         lambda v: holds(_compare_versions(_version(v, name, where), raw)),
+                         check=lambda v: _version(v, name, where))
     if not isinstance(raw, bool):  # is_null
         raise InvalidValue(f"{label}: expected true or false, got {json_kind(raw)}")
     return Condition(attribute, op, raw, where, lambda v: False)
@@ -267,6 +288,21 @@ def _member_test(values: list[Scalar], inside: bool, name: str,
     def number_test(v: Any) -> bool:
         return (_number(v, name, where) in numbers) == inside
     return number_test
+
+
+def _checker(kind: str, name: str, where: str) -> Callable[[Any], object]:
+    """The type check of an attribute compared with values of ``kind``."""
+    if kind == "string":
+        return lambda v: _string(v, name, where)
+    if kind == "number":
+        return lambda v: _number(v, name, where)
+
+    def boolean(v: Any) -> bool:
+        if not isinstance(v, bool):
+            raise InvalidValue(f"{name}: expected true or false for {where}, got "
+                               f"{json_kind(v)}")
+        return v
+    return boolean
 
 
 def _kind(value: Scalar) -> str:

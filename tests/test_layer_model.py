@@ -57,10 +57,10 @@ def test_adjacent_ranges_merge_and_the_layer_round_trips() -> None:
 
 
 @pytest.mark.parametrize(("ranges", "message"), [
-    ({"a": [[0, 10]], "b": [[5, 20]]}, "ranges: a [0, 10] and b [5, 20] overlap"),
-    ({"a": [[0, 10], [5, 7]]}, "ranges.a: the ranges [0, 10] and [5, 7] overlap"),
-    ({"a": [[-1, 10]]}, "ranges.a[0]: [-1, 10] is not within [0, 10000)"),
-    ({"a": [[0, 10001]]}, "ranges.a[0]: [0, 10001] is not within [0, 10000)"),
+    ({"a": [[0, 10]], "b": [[5, 20]]}, "ranges: a [0, 10) and b [5, 20) overlap"),
+    ({"a": [[0, 10], [5, 7]]}, "ranges.a: the ranges [0, 10) and [5, 7) overlap"),
+    ({"a": [[-1, 10]]}, "ranges.a[0]: [-1, 10) is not within [0, 10000)"),
+    ({"a": [[0, 10001]]}, "ranges.a[0]: [0, 10001) is not within [0, 10000)"),
     ({"a": [[10, 10]]}, "with start < end"),
     ({"a": [[0, 1.5]]}, "ranges.a[0]: expected [start, end], two whole numbers"),
     ({"a": []}, "ranges.a: expected 1 to 100 ranges [start, end], got 0"),

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections import Counter
 from typing import Any
 
+import numpy as np
 import redis
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -162,9 +164,17 @@ async def test_targeting_is_validated_at_create_and_patch(client: Client,
         await _refused(await client.patch("/v1/experiments/targeted", json={
             "version": 1, "targeting": rule}), 422, where)
     assert _redis_keys(settings) == before
+    # From true to 1 is a change (Python's True == 1 made it none: the second attacker run).
+    as_true = {"any": [{"all": [{"attribute": "k", "op": "eq", "value": True}]}]}
+    as_one = {"any": [{"all": [{"attribute": "k", "op": "eq", "value": 1}]}]}
+    first = await _ok(await client.patch("/v1/experiments/targeted",
+                                         json={"version": 1, "targeting": as_true}))
+    second = await _ok(await client.patch("/v1/experiments/targeted",
+                                          json={"version": 2, "targeting": as_one}))
+    assert first["changed"] and second["changed"] and second["targeting"] == as_one
     cleared = await _ok(await client.patch("/v1/experiments/targeted",
-                                           json={"version": 1, "targeting": None}))
-    assert cleared["targeting"] is None and cleared["changes"]["targeting"]["old"] == RULE
+                                           json={"version": 3, "targeting": None}))
+    assert cleared["targeting"] is None and cleared["changes"]["targeting"]["old"] == as_one
 
 
 # -- layers ------------------------------------------------------------------------------------
@@ -607,3 +617,32 @@ async def test_a_salt_belongs_to_one_layer_and_rules_refuse_control_characters(
     await _layer(client, {"id": "other", "salt": "homepage-2"})
     audit = await _ok(await client.get("/v1/layers/other/audit"))
     assert audit["entries"][0]["changes"] == {"salt": {"old": None, "new": "homepage-2"}}
+
+
+async def test_a_slow_rule_does_not_hold_the_other_requests(client: Client) -> None:
+    """A rule RE2 accepts can still take milliseconds per unit (`[ab]*a[ab]{290}c` outgrows
+    its automaton memory: about 4.6 ms per 1,000 characters). A batch checked against it held
+    the process for seconds (the second attacker run: an allocate waited 7.4 s); it now gives
+    the other requests a turn every TURN_S (5 ms). The bound asserted, 0.5 s for the worst
+    /healthz during the batch, is far above a turn and far below the batch's seconds."""
+    rule = {"any": [{"all": [{"attribute": "k", "op": "regex", "value": pattern}]}
+                    for pattern in ("[ab]*a[ab]{290}c", "[ab]*b[ab]{290}c")]}
+    await _experiment(client, "slow", targeting=rule)
+    await _layer(client, {"id": "slow-layer", "ranges": {"slow": [[0, 10000]]}})
+    rng = np.random.default_rng(5)
+    units = [{"unit": f"s{i}", "attributes": {"k": "".join(rng.choice(["a", "b"], 1000))}}
+             for i in range(400)]
+    started = time.perf_counter()
+    batch = asyncio.create_task(client.post("/v1/assign", json={"units": units}))
+    worst = 0.0
+    while not batch.done():  # a probe every 10 ms: the longest round, probe and pause
+        asked = time.perf_counter()
+        await _ok(await client.get("/healthz"))
+        await asyncio.sleep(0.01)
+        worst = max(worst, time.perf_counter() - asked)
+    answer = await _ok(await batch)
+    took = time.perf_counter() - started
+    assert all(r["assignments"][0]["reason"] == "targeting" for r in answer["results"])
+    print(f"batch {took:.2f} s, worst /healthz {worst:.3f} s")
+    assert took > 1.0, f"the batch took {took:.2f} s: too fast to show anything"
+    assert worst < 0.5, f"/healthz waited {worst:.2f} s during a {took:.2f} s batch"

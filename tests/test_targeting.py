@@ -125,3 +125,17 @@ def test_an_attribute_of_the_wrong_type_is_the_caller_s_error(
     with pytest.raises(InvalidValue) as raised:
         rule.matches({"a": attribute})
     assert message in raised.value.message
+
+
+def test_every_present_attribute_is_type_checked_whatever_the_evaluation_reaches() -> None:
+    """A malformed attribute was an error only when the evaluation reached its condition: a
+    422 for one user and silently accepted for another (the second attacker run)."""
+    rule = _rule([{"attribute": "country", "op": "eq", "value": "DE"},
+                  {"attribute": "age", "op": "gte", "value": 18}],
+                 [{"attribute": "v", "op": "semver_gte", "value": "2.3.0"}])
+    for attributes, where in (({"country": "US", "age": "old"}, "attributes.age"),
+                              ({"country": "DE", "age": 20, "v": "abc"}, "attributes.v"),
+                              ({"country": "DE", "age": 20, "v": 5}, "attributes.v")):
+        with pytest.raises(InvalidValue, match=where):
+            rule.matches(attributes)
+    assert rule.matches({"country": "DE", "age": 20})  # absent ones are not errors

@@ -51,6 +51,9 @@ _PATH_PARAMETERS = {
 }
 
 
+_LAYER_ID = {**_PATH_PARAMETERS["id"], "schema": {**ID, "description": "layer id"}}
+
+
 def _error_response(status: int) -> dict[str, Any]:
     response: dict[str, Any] = {
         "description": _WHY[status],
@@ -97,7 +100,8 @@ def document(*, keys: bool = True) -> dict[str, Any]:
         item = paths.setdefault(route.path, {})
         names = [name for name in _PATH_PARAMETERS if f"{{{name}}}" in route.path]
         if names:
-            item["parameters"] = [_PATH_PARAMETERS[name] for name in names]
+            item["parameters"] = [_LAYER_ID if route.path.startswith("/v1/layers/") and
+                                  name == "id" else _PATH_PARAMETERS[name] for name in names]
         item[route.method.lower()] = _operation(route, keys)
     result: dict[str, Any] = {
         "openapi": "3.1.0",
@@ -118,8 +122,10 @@ def document(*, keys: bool = True) -> dict[str, Any]:
         result["components"]["securitySchemes"] = {_BEARER: {
             "type": "http", "scheme": "bearer",
             "description": "an API key from `bandit keys new`; each key has scopes: "
-                           "`decide` (allocate, events), `read` (show, list, stats, history, "
-                           "audit, metrics), `admin` (create, change, archive, advise)"}}
+                           "`decide` (allocate, events, assign), `read` (show, list, stats, "
+                           "history, audit, the log, metrics; layers: list, show, audit), "
+                           "`admin` (create, change, archive, advise; layers: create, "
+                           "change)"}}
     # A copy (a JSON round trip is the fast deep copy): the schemas above are shared module
     # constants, and callers may change what they get.
     copied: dict[str, Any] = orjson.loads(orjson.dumps(result))

@@ -57,6 +57,10 @@ _FIRST_EIGHT = struct.Struct(">Q")
 #: What the change feed names when a layer changed (``SAVE_LAYER`` publishes it).
 LAYERS_MESSAGE = "@layers"
 
+#: Longest a batch's targeting runs before the event loop gets a turn (other requests wait no
+#: longer than this for it).
+TURN_S = 0.005
+
 #: Why a unit got its layer's default rather than an experiment.
 UNASSIGNED, TARGETING, ARCHIVED, MISSING = "unassigned", "targeting", "archived", "missing"
 
@@ -387,7 +391,14 @@ class Layers:
             eligible = indices
             if rule is not None or model is not None:
                 eligible = []
+                turn = time.perf_counter()
                 for i in indices:
+                    if time.perf_counter() - turn > TURN_S:
+                        # A rule's regexes can take milliseconds per unit (RE2 is linear in
+                        # the input, but a pattern whose DFA outgrows its memory runs on the
+                        # slow matcher): the other requests of the process get a turn.
+                        await asyncio.sleep(0)
+                        turn = time.perf_counter()
                     unit = units[i]
                     try:
                         if rule is not None and not rule.matches(unit.attributes):
