@@ -536,7 +536,8 @@ async def test_a_refused_assign_decides_nothing_in_any_layer(client: Client,
              ("attributes.n", "experiment 'strict'")),
             ({"units": [{"unit": f"ok-{i}", "attributes": {"n": 1}} for i in range(100)]
               + [{"unit": "bad", "attributes": {"n": "str"}}], "sticky": True},
-             ("units[100].attributes.n", "experiment 'strict'", "layer 'z-layer'"))]:
+             ("units[100].attributes.n", "unit 'bad'", "experiment 'strict'",
+              "layer 'z-layer'"))]:
         await _refused(await client.post("/v1/assign", json=body), 422, *words)
     await asyncio.sleep(1.2)  # anything served would be flushed by now
     after = _redis_keys(settings)

@@ -409,8 +409,9 @@ class Layers:
                         if model is not None:
                             model.encode(unit.context)
                     except InvalidValue as error:
-                        raise InvalidValue(_refusal(error, i if request.batch else None, layer,
-                                                    experiment_id)) from None
+                        raise InvalidValue(_refusal(
+                            error, i if request.batch else None, layer, experiment_id,
+                            unit.unit if request.batch else None)) from None
                     eligible.append(i)
             if eligible:
                 groups.append((experiment_id, snapshot, eligible))
@@ -478,12 +479,14 @@ class _Plan:
     groups: list[tuple[str, Snapshot, list[int]]]
 
 
-def _refusal(error: InvalidValue, index: int | None, layer: Layer, experiment: str) -> str:
-    """A unit's attribute or context refused, saying which unit (in a batch), experiment and
-    layer: each experiment has its own rule and model."""
+def _refusal(error: InvalidValue, index: int | None, layer: Layer, experiment: str,
+             unit: str | None = None) -> str:
+    """A unit's attribute or context refused, saying which unit (in a batch: its place and
+    id), experiment and layer: each experiment has its own rule and model."""
     where = "" if index is None else f"units[{index}]."
-    return (f"{where}{error.message} (experiment {experiment!r}, layer {layer.id!r}); nothing "
-            "was assigned")
+    who = "" if unit is None else f"unit {unit!r}, "
+    return (f"{where}{error.message} ({who}experiment {experiment!r}, layer {layer.id!r}); "
+            "nothing was assigned")
 
 
 def _object(value: object, what: str) -> dict[str, Any]:
