@@ -121,6 +121,35 @@ if list(SETTINGS_BY_NAME) != [f.name for f in fields(Exploration)]:  # pragma: n
     raise AssertionError("EXPLORATION_SETTINGS and Exploration name different settings")
 
 
+Direction = Literal["higher", "lower"]
+#: Most guardrails per experiment.
+MAX_GUARDRAILS = 5
+#: The name a reward event's ``metric`` gives the primary metric (also its default).
+PRIMARY = "primary"
+
+
+@dataclass(frozen=True)
+class Guardrail:
+    """A metric an arm must not break: its kind, which direction is better, and the threshold
+    its mean must keep, absolute or relative to the control arm's mean."""
+
+    metric: str
+    kind: Reward
+    direction: Direction
+    threshold: float
+    relative: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"metric": self.metric, "kind": self.kind, "direction": self.direction,
+                "threshold": {"relative" if self.relative else "absolute": self.threshold}}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Guardrail:
+        [(which, value)] = data["threshold"].items()
+        return cls(data["metric"], data["kind"], data["direction"], float(value),
+                   which == "relative")
+
+
 @dataclass(frozen=True)
 class Experiment:
     id: str
@@ -145,6 +174,17 @@ class Experiment:
     weights: tuple[float, ...] | None = None
     #: Who is eligible, from the attributes of an assign request (None: everyone).
     targeting: Rule | None = None
+    #: Metrics besides the primary (the reward) that an arm must not break (issue 20).
+    guardrails: tuple[Guardrail, ...] = ()
+    #: The control arm when there is no control share (``exploration.control``).
+    control: str | None = None
+
+    @property
+    def control_arm(self) -> str | None:
+        """The arm relative guardrails compare with: the control share's, else ``control``."""
+        if self.exploration.control is not None:
+            return self.exploration.control.arm
+        return self.control
 
     @property
     def active_arms(self) -> tuple[str, ...]:
@@ -186,6 +226,8 @@ class Experiment:
             "weights": None if self.weights is None else dict(zip(self.arms, self.weights,
                                                                   strict=True)),
             "targeting": None if self.targeting is None else self.targeting.spec,
+            "guardrails": [guardrail.to_json() for guardrail in self.guardrails],
+            "control": self.control,
         }
 
     @classmethod
@@ -218,6 +260,8 @@ class Experiment:
             weights=None if data.get("weights") is None else tuple(
                 float(data["weights"][arm["id"]]) for arm in data["arms"]),
             targeting=None if data.get("targeting") is None else parse_rule(data["targeting"]),
+            guardrails=tuple(Guardrail.from_json(g) for g in data.get("guardrails", ())),
+            control=data.get("control"),
         )
 
 
@@ -332,6 +376,7 @@ def check_consistent(experiment: Experiment) -> None:
     if not active:
         raise InvalidValue("arms: at least one arm must stay active")
     _check_policy(experiment)
+    _check_guardrails(experiment)
     control_share = 0.0
     bandit_arms = len(active)
     if exploration.control is not None:
@@ -412,6 +457,70 @@ def parse_weights(value: object, arms: tuple[str, ...],
     return tuple(current[arm] for arm in arms)
 
 
+def parse_guardrails(value: object) -> tuple[Guardrail, ...]:
+    """``[{metric, kind, direction, threshold: {"relative": r} | {"absolute": x}}, ...]``,
+    each field checked alone; ``_check_guardrails`` checks them against the experiment."""
+    if not isinstance(value, list) or len(value) > MAX_GUARDRAILS:
+        raise InvalidValue(f"guardrails: expected a list of at most {MAX_GUARDRAILS}, got "
+                           f"{_describe(value)}")
+    parsed: list[Guardrail] = []
+    for i, item in enumerate(value):
+        where = f"guardrails[{i}]"
+        data = mapping(item, where, {"metric", "kind", "direction", "threshold"})
+        for required in ("metric", "kind", "direction", "threshold"):
+            if required not in data:
+                raise InvalidValue(f"{where}.{required}: required")
+        metric = check_id(data["metric"], f"{where}.metric")
+        if metric == PRIMARY:
+            raise InvalidValue(f"{where}.metric: {PRIMARY!r} is the primary metric (the "
+                               "reward), not a guardrail")
+        kind = data["kind"]
+        if kind not in REWARDS:
+            raise InvalidValue(f"{where}.kind: must be one of {list(REWARDS)}, got "
+                               f"{_describe(kind)}")
+        direction = data["direction"]
+        if direction not in ("higher", "lower"):
+            raise InvalidValue(f"{where}.direction: 'higher' or 'lower' (which is better), got "
+                               f"{_describe(direction)}")
+        threshold = mapping(data["threshold"], f"{where}.threshold", {"relative", "absolute"})
+        if len(threshold) != 1:
+            raise InvalidValue(f"{where}.threshold: exactly one of 'relative' (a change "
+                               "against the control, -0.02 for 2% worse) or 'absolute'")
+        [(which, raw)] = threshold.items()
+        if which == "relative":
+            level = number(raw, f"{where}.threshold.relative", low=-1.0, high=10.0)
+        elif kind == "bernoulli":
+            level = number(raw, f"{where}.threshold.absolute", low=0.0, high=1.0)
+        else:
+            level = number(raw, f"{where}.threshold.absolute", low=-MAX_ABS_REWARD,
+                           high=MAX_ABS_REWARD)
+        earlier = next((g for g in parsed if g.metric == metric), None)
+        if earlier is not None:
+            raise InvalidValue(
+                f"{where}.metric: {metric!r} is already guarded"
+                + (" with the other direction: contradictory directions"
+                   if earlier.direction != direction else "")
+                + (f" as {earlier.kind}" if earlier.kind != kind else ""))
+        parsed.append(Guardrail(metric, kind, direction, level, which == "relative"))
+    return tuple(parsed)
+
+
+def _check_guardrails(experiment: Experiment) -> None:
+    if experiment.control is not None:
+        if experiment.arm_index(experiment.control) is None:
+            raise InvalidValue(f"control: {experiment.control!r} is not an arm")
+        if experiment.exploration.control is not None \
+                and experiment.exploration.control.arm != experiment.control:
+            raise InvalidValue(f"control: {experiment.control!r} is not "
+                               f"exploration.control.arm ({experiment.exploration.control.arm!r})"
+                               ": an experiment has one control")
+    relative = [g.metric for g in experiment.guardrails if g.relative]
+    if relative and experiment.control_arm is None:
+        raise InvalidValue(f"guardrails: {relative[0]!r} has a threshold relative to the "
+                           "control, and the experiment has no control arm (set `control`, "
+                           "or exploration.control)")
+
+
 def parse_targeting(value: object) -> Rule | None:
     return None if value is None else parse_rule(value)
 
@@ -463,7 +572,8 @@ def parse_metadata(data: dict[str, Any]) -> dict[str, Any]:
 
 
 _CREATE_FIELDS = {"id", "arms", "reward", "prior", "exploration", "attribution_window_s",
-                  "model", "policy", "weights", "targeting", *METADATA_FIELDS}
+                  "model", "policy", "weights", "targeting", "guardrails", "control",
+                  *METADATA_FIELDS}
 
 
 def parse_new_experiment(body: object, now: float) -> Experiment:
@@ -510,6 +620,8 @@ def parse_new_experiment(body: object, now: float) -> Experiment:
         policy=policy,
         weights=weights,
         targeting=parse_targeting(data.get("targeting")),
+        guardrails=parse_guardrails(data.get("guardrails", [])),
+        control=None if data.get("control") is None else check_id(data["control"], "control"),
         **parse_metadata(data),
     )
     check_consistent(experiment)

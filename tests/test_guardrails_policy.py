@@ -4,7 +4,10 @@ thresholds against Monte Carlo, and the behaviour the issue asks of the allocati
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from bandit.errors import InvalidValue
+from bandit.model import Experiment, parse_new_experiment
 from bandit.policy.guardrails import (
     ABSOLUTE,
     HIGHER,
@@ -83,3 +86,48 @@ def test_without_guardrails_it_is_plain_p_best() -> None:
                           - log_beta(a2, b2)) for i in range(a1))
     assert abs(exact[1] - p_x_beats_y) < 1e-6
     assert abs(shares[1] - p_x_beats_y) < 4 * errors[1]
+
+
+# -- the experiment's guardrails: parsed and checked at create ----------------------------------
+
+REVENUE = {"metric": "revenue", "kind": "gaussian", "direction": "higher",
+           "threshold": {"relative": -0.02}}
+
+
+def _create(**extra: object) -> Experiment:
+    return parse_new_experiment({"id": "g", "arms": ["control", "b", "c"],
+                                 "reward": "bernoulli", **extra}, 0.0)
+
+
+def test_guardrails_round_trip_with_their_control() -> None:
+    latency = {"metric": "latency-ms", "kind": "gaussian", "direction": "lower",
+               "threshold": {"absolute": 250}}
+    experiment = _create(guardrails=[REVENUE, latency], control="control")
+    assert experiment.control_arm == "control"
+    assert Experiment.from_json(experiment.to_json()) == experiment
+    assert experiment.to_json()["guardrails"][1]["threshold"] == {"absolute": 250.0}
+    shared = _create(guardrails=[REVENUE], exploration={"control": {"arm": "c", "share": 0.2}})
+    assert shared.control_arm == "c"
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({"guardrails": [REVENUE]}, "no control arm"),
+    ({"guardrails": [REVENUE], "control": "nope"}, "control: 'nope' is not an arm"),
+    ({"guardrails": [REVENUE, {**REVENUE, "direction": "lower"}], "control": "control"},
+     "contradictory directions"),
+    ({"guardrails": [{**REVENUE, "metric": "primary"}], "control": "control"},
+     "primary metric"),
+    ({"guardrails": [{**REVENUE, "threshold": {"relative": -0.02, "absolute": 1}}],
+      "control": "control"}, "exactly one of"),
+    ({"guardrails": [{**REVENUE, "kind": "bernoulli", "threshold": {"absolute": 2}}]},
+     "guardrails[0].threshold.absolute: must be <= 1.0"),
+    ({"guardrails": [{**REVENUE, "direction": "up"}], "control": "control"},
+     "guardrails[0].direction"),
+    ({"guardrails": [{**REVENUE, "metric": f"m{i}"} for i in range(6)],
+      "control": "control"}, "at most 5"),
+    ({"guardrails": [REVENUE], "control": "b",
+      "exploration": {"control": {"arm": "c", "share": 0.2}}}, "one control"),
+])
+def test_bad_guardrails_name_the_field(extra: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidValue, match=message.replace("[", r"\[").replace("]", r"\]")):
+        _create(**extra)
