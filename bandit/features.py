@@ -341,7 +341,7 @@ def _parse_feature(raw: object, what: str) -> Feature:
             raise InvalidValue(f"{what}.scale: expected [low, high], two finite numbers")
         low, high = float(scale[0]), float(scale[1])
         if not low < high:
-            raise InvalidValue(f"{what}.scale: low {low:g} must be below high {high:g}")
+            raise InvalidValue(f"{what}.scale: low {low:g} is not below high {high:g}")
         if not (high - low < math.inf and high - low >= 1e-9 * max(1.0, abs(low), abs(high))):
             raise InvalidValue(f"{what}.scale: [{low:g}, {high:g}] is too wide or too narrow "
                                "for doubles: high - low must be finite and at least 1e-9 of "

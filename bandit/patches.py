@@ -14,10 +14,12 @@ from bandit.model import (
     METADATA_FIELDS,
     Experiment,
     check_consistent,
+    check_id,
     integer,
     mapping,
     parse_arm_list,
     parse_exploration,
+    parse_guardrails,
     parse_metadata,
     parse_targeting,
     parse_text,
@@ -38,6 +40,7 @@ class Patch:
 
 
 _PATCH_FIELDS = {"version", "exploration", "arms", "reason", "weights", "targeting",
+                 "guardrails", "control",
                  *METADATA_FIELDS}
 #: Fixed at create: a PATCH naming them is refused with this reason.
 _FIXED_AT_CREATE = {
@@ -81,6 +84,11 @@ def parse_patch(body: object, current: Experiment, now: float) -> Patch:
                                                          updated.weights))
     elif updated.policy == "fixed" and len(updated.arms) != len(current.arms):
         updated = replace(updated, weights=parse_weights({}, updated.arms, updated.weights))
+    if "guardrails" in data:
+        updated = replace(updated, guardrails=parse_guardrails(data["guardrails"]))
+    if "control" in data:
+        updated = replace(updated, control=None if data["control"] is None
+                          else check_id(data["control"], "control"))
     if "targeting" in data:
         updated = replace(updated, targeting=parse_targeting(data["targeting"]))
     updated = replace(updated, **parse_metadata(data))
@@ -139,4 +147,6 @@ def _flat(experiment: Experiment) -> dict[str, Any]:
     flat.update({name: document[name] for name in METADATA_FIELDS})
     flat.update({f"weights.{arm}": w for arm, w in (document["weights"] or {}).items()})
     flat["targeting"] = document["targeting"]
+    flat["guardrails"] = document["guardrails"]
+    flat["control"] = document["control"]
     return flat

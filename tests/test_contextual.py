@@ -72,7 +72,7 @@ def _feature(**fields: object) -> dict[str, object]:
 
 @pytest.mark.parametrize(("spec", "message"), [
     ({"type": "tree", "features": []}, "model.type: must be 'linear'"),
-    (_feature(type="numeric", scale=[3, 3]), "scale: low 3 must be below high 3"),
+    (_feature(type="numeric", scale=[3, 3]), "scale: low 3 is not below high 3"),
     (_feature(type="numeric", scale=[0]), "scale: expected \\[low, high\\]"),
     (_feature(type="numeric", scale=[0, 1], values=["a"]), "values: not a field of a numeric"),
     (_feature(type="categorical", values=["a", "a"]), "a value is listed twice"),

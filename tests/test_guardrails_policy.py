@@ -131,3 +131,16 @@ def test_guardrails_round_trip_with_their_control() -> None:
 def test_bad_guardrails_name_the_field(extra: dict[str, object], message: str) -> None:
     with pytest.raises(InvalidValue, match=message.replace("[", r"\[").replace("]", r"\]")):
         _create(**extra)
+
+
+def test_guardrails_and_control_change_by_patch_audited() -> None:
+    from bandit.patches import parse_patch
+
+    experiment = _create(control="control")
+    patch = parse_patch({"version": 1, "guardrails": [REVENUE]}, experiment, 1.0)
+    assert patch.experiment.guardrails[0].metric == "revenue"
+    assert patch.changes["guardrails"] == {"old": [], "new": [
+        {"metric": "revenue", "kind": "gaussian", "direction": "higher",
+         "threshold": {"relative": -0.02}}]}
+    with pytest.raises(InvalidValue, match="no control arm"):
+        parse_patch({"version": 2, "control": None}, patch.experiment, 2.0)

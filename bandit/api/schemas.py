@@ -37,6 +37,7 @@ from bandit.model import (
     ID_PATTERN,
     MAX_ABS_REWARD,
     MAX_ARMS,
+    MAX_GUARDRAILS,
     MAX_HYPOTHESIS_LENGTH,
     MAX_OWNER_LENGTH,
     MAX_PRIOR_PARAMETER,
@@ -46,6 +47,7 @@ from bandit.model import (
     MIN_GAUSSIAN_ALPHA,
     MIN_PRIOR_PARAMETER,
     POLICIES,
+    PRIMARY,
     REWARDS,
     TAG_PATTERN,
     Setting,
@@ -277,6 +279,39 @@ WEIGHTS: Schema = {
     "description": 'a fixed experiment\'s weight per arm (`"policy": "fixed"`): relative, '
                    "each arm is served in proportion over the active arms"}
 
+_GUARDRAIL: Schema = {
+    "type": "object", "additionalProperties": False,
+    "required": ["metric", "kind", "direction", "threshold"],
+    "properties": {
+        "metric": {**ID, "not": {"const": PRIMARY},
+                   "description": f"the metric's name in reward events (not {PRIMARY!r}, the "
+                                  "primary's)"},
+        "kind": REWARD,
+        "direction": {"enum": ["higher", "lower"], "description": "which is better"},
+        "threshold": {"oneOf": [
+            closed_object(["relative"], {"relative": {
+                "type": "number", "minimum": -1, "maximum": 10,
+                "description": "allowed change against the control's mean (-0.02: no worse "
+                               "than 2% below it, for a higher-is-better metric)"}}),
+            closed_object(["absolute"], {"absolute": {
+                "type": "number", "minimum": -MAX_ABS_REWARD, "maximum": MAX_ABS_REWARD,
+                "description": "a level the arm's mean must keep (bernoulli: in [0, 1])"}})]},
+    },
+    # A bernoulli metric's absolute level is a rate.
+    "if": {"required": ["kind"], "properties": {"kind": {"const": "bernoulli"}}},
+    "then": {"properties": {"threshold": {"oneOf": [
+        closed_object(["relative"], {"relative": {"type": "number", "minimum": -1,
+                                                  "maximum": 10}}),
+        closed_object(["absolute"], {"absolute": {"type": "number", "minimum": 0,
+                                                  "maximum": 1}})]}}},
+}
+GUARDRAILS: Schema = {"type": "array", "maxItems": MAX_GUARDRAILS, "items": _GUARDRAIL,
+                      "description": "metrics an arm must not break besides the primary "
+                                     "(the reward); a relative threshold needs a control arm"}
+CONTROL_ARM: Schema = {**ID, "type": ["string", "null"],
+                       "description": "the control arm, when there is no control share "
+                                      "(exploration.control names it then)"}
+
 _NEW_EXPERIMENT: Schema = {
     "type": "object", "additionalProperties": False,
     "required": ["id", "arms", "reward"],
@@ -295,6 +330,8 @@ _NEW_EXPERIMENT: Schema = {
         "policy": POLICY,
         "weights": nullable(WEIGHTS),
         "targeting": TARGETING_RULE,
+        "guardrails": GUARDRAILS,
+        "control": CONTROL_ARM,
         **_METADATA_CHANGE,
     },
     # Which prior fields exist depends on the reward type; a fixed experiment needs weights.
@@ -324,6 +361,8 @@ _EXPERIMENT_PROPERTIES: dict[str, Schema] = {
     "policy": POLICY,
     "weights": nullable(WEIGHTS),
     "targeting": TARGETING_RULE,
+    "guardrails": GUARDRAILS,
+    "control": CONTROL_ARM,
 }
 _EXPERIMENT: Schema = closed_object(list(_EXPERIMENT_PROPERTIES), _EXPERIMENT_PROPERTIES)
 _CHANGED: Schema = {"type": "boolean",
@@ -394,6 +433,8 @@ _PATCH: Schema = {
         "weights": {**WEIGHTS, "description": "a fixed experiment's new weights (the arms "
                                               "named; an added arm needs one)"},
         "targeting": TARGETING_RULE,
+        "guardrails": {**GUARDRAILS, "description": "the whole new list (audited)"},
+        "control": CONTROL_ARM,
         **_METADATA_CHANGE,
     },
 }

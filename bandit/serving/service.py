@@ -468,7 +468,7 @@ def _initial_settings(experiment: Experiment) -> dict[str, dict[str, Any]]:
     return {key: {"old": None, "new": document[key]}
             for key in ("arms", "reward", "model" if experiment.model else "prior",
                         "exploration", "attribution_window_s", "policy", "weights",
-                        "targeting", *METADATA_FIELDS)}
+                        "targeting", "guardrails", "control", *METADATA_FIELDS)}
 
 
 def _audit_entry(experiment: Experiment, actor: str, action: str, changes: dict[str, Any],
