@@ -63,6 +63,13 @@ class Conflict(BanditError):
     code = "conflict"
 
 
+def stale(what: str, current: int, based_on: int) -> Conflict:
+    """The 409 of a change based on a version that is no longer the current one (``what``:
+    ``experiment 'x'``, ``layer 'y'``)."""
+    return Conflict(f"{what} is at version {current}, not {based_on}: reload it and apply "
+                    "your change again")
+
+
 class PayloadTooLarge(BanditError):
     status = 413
     code = "too_large"

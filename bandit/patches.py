@@ -3,6 +3,7 @@ and what changed between two versions, for the audit log (pure functions)."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -58,10 +59,22 @@ def patch_version(body: object) -> int:
         for name, reason in _FIXED_AT_CREATE.items():
             if name in body:
                 raise InvalidValue(reason)
-    data = mapping(body, "body", _PATCH_FIELDS)
+    return based_on(mapping(body, "body", _PATCH_FIELDS))
+
+
+def based_on(data: dict[str, Any]) -> int:
+    """A change's ``version``: the one it is based on (experiments' and layers' PATCHes)."""
     if "version" not in data:
         raise InvalidValue("version: required (the version your change is based on)")
     return integer(data["version"], "version", low=1, high=2**53)
+
+
+def audit_entry(version: int, actor: str, action: str, changes: dict[str, Any],
+                reason: str | None) -> dict[str, Any]:
+    """An audit log's entry: the version the change produced, when, who (the API key's name,
+    "anonymous" when the service runs without keys), what and why."""
+    return {"version": version, "at": time.time(), "actor": actor, "action": action,
+            "changes": changes, "reason": reason}
 
 
 def parse_patch(body: object, current: Experiment, now: float) -> Patch:

@@ -99,6 +99,8 @@ class Condition:
     value: Any
     #: Where the condition is in its rule, for messages (``targeting.any[0].all[1]``).
     where: str
+    #: Whether a present value of the right type holds (``Rule.matches`` checks the type
+    #: first, with ``check``).
     test: Callable[[Any], bool]
     #: A regex's RE2 program size (its matching cost per character); 0 for the others.
     cost: int = 0
@@ -200,7 +202,7 @@ def _condition(data: object, where: str) -> Condition:
     if op in _EQUALITY:
         value = _scalar(raw, label)
         return Condition(attribute, op, value, where,
-                         _member_test([value], op == "eq", name, where),
+                         _member_test([value], op == "eq"),
                          check=_checker(_kind(value), name, where))
     if op in _MEMBERSHIP:
         if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_VALUES:
@@ -210,14 +212,14 @@ def _condition(data: object, where: str) -> Condition:
             raise InvalidValue(f"{label}: the values must all be strings, all numbers or all "
                                "booleans")
         return Condition(attribute, op, values, where,
-                         _member_test(values, op == "in", name, where),
+                         _member_test(values, op == "in"),
                          check=_checker(_kind(values[0]), name, where))
     if op in _NUMERIC:
         if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
             raise InvalidValue(f"{label}: expected a finite number, got {json_kind(raw)}")
         compare = _NUMERIC[op]
         return Condition(attribute, op, raw, where,
-                         lambda v: compare(_number(v, name, where), raw),
+                         lambda v: compare(v, raw),
                          check=_checker("number", name, where))
     if op == "regex":
         if not isinstance(raw, str) or not 1 <= len(raw) <= MAX_PATTERN:
@@ -235,7 +237,7 @@ def _condition(data: object, where: str) -> Condition:
                 f"{MAX_PROGRAM}: counted repetitions and large classes (such as \\pL) expand "
                 "into many; simplify the pattern")
         return Condition(attribute, op, raw, where,
-                         lambda v: pattern.search(_string(v, name, where)) is not None,
+                         lambda v: pattern.search(v) is not None,
                          pattern.programsize, check=_checker("string", name, where))
     if op in _SEMVER_OPS:
         if not isinstance(raw, str):
@@ -246,7 +248,7 @@ def _condition(data: object, where: str) -> Condition:
             raise InvalidValue(f"{label}: {error}") from None
         holds = _SEMVER_OPS[op]
         return Condition(attribute, op, raw, where,
-                         lambda v: holds(_compare_versions(_version(v, name, where), raw)),
+                         lambda v: holds(_compare_versions(v, raw)),
                          check=lambda v: _version(v, name, where))
     if not isinstance(raw, bool):  # is_null
         raise InvalidValue(f"{label}: expected true or false, got {json_kind(raw)}")
@@ -262,32 +264,14 @@ def _shown(text: str, where: str) -> str:
     return text
 
 
-def _member_test(values: list[Scalar], inside: bool, name: str,
-                 where: str) -> Callable[[Any], bool]:
-    """Whether an attribute equals one of ``values`` (all of one JSON type) is ``inside``: a
-    set lookup. An attribute of another JSON type (a boolean where strings are listed, a
-    string where numbers are) is the caller's error, as for every other operator."""
-    kind = _kind(values[0])
-    if kind == "boolean":
-        booleans = frozenset(values)
-
-        def boolean_test(v: Any) -> bool:
-            if isinstance(v, bool):
-                return (v in booleans) == inside
-            raise InvalidValue(f"{name}: expected true or false for {where}, got "
-                               f"{json_kind(v)}")
-        return boolean_test
-    if kind == "string":
-        strings = frozenset(values)
-
-        def string_test(v: Any) -> bool:
-            return (_string(v, name, where) in strings) == inside
-        return string_test
-    numbers = frozenset(float(v) for v in values)
-
-    def number_test(v: Any) -> bool:
-        return (_number(v, name, where) in numbers) == inside
-    return number_test
+def _member_test(values: list[Scalar], inside: bool) -> Callable[[Any], bool]:
+    """Whether a value of the values' JSON type (checked first) equals one of ``values`` is
+    ``inside``: a set lookup (numbers as floats: 3 equals 3.0)."""
+    if _kind(values[0]) == "number":
+        numbers = frozenset(float(v) for v in values)
+        return lambda v: (float(v) in numbers) == inside
+    members = frozenset(values)
+    return lambda v: (v in members) == inside
 
 
 def _checker(kind: str, name: str, where: str) -> Callable[[Any], object]:

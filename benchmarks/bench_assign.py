@@ -16,8 +16,12 @@ Parts (``--only``):
   by wrk, alternating with the no-op aiohttp handler (``benchmarks.bench_http``) sent the same
   requests: median of 3 pairs, for 1 layer and for all 20 (target >= 0.5x); allocate n=1 the
   same way, for reference.
+- rules: targeting in process, what docs/layers.md states: the bench's rule (an ``in`` and a
+  ``semver_gte``) per unit, and one regex condition per search of a random 1,000-character
+  a/b attribute, for patterns whose automaton fits RE2's memory and patterns whose does not,
+  against an ``eq`` condition (a set lookup) in the same run.
 
-Usage: python -m benchmarks.bench_assign [--seconds 5] [--only inproc,batch,http]
+Usage: python -m benchmarks.bench_assign [--seconds 5] [--only inproc,batch,http,rules]
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from aiohttp.test_utils import TestClient, TestServer
 
 from bandit.api.app import SERVICE, create_app
@@ -43,6 +48,7 @@ from bandit.inputs import AllocateRequest
 from bandit.serving.service import BanditService
 from bandit.settings import Settings
 from bandit.store.embedded import free_port, wait_port
+from bandit.targeting import Rule, parse_rule
 from benchmarks.bench_http import (
     NOOP_SERVER,
     NUMBERED_THREADS,
@@ -54,7 +60,7 @@ from benchmarks.bench_http import (
 )
 from tests.support.redis import RedisServer
 
-PARTS = ("inproc", "batch", "http")
+PARTS = ("inproc", "batch", "http", "rules")
 LAYERS, PER_LAYER = 20, 5
 RULE = {"any": [{"all": [{"attribute": "country", "op": "in", "values": ["DE", "FR"]},
                          {"attribute": "app_version", "op": "semver_gte", "value": "2.0.0"}]}]}
@@ -214,6 +220,41 @@ def http(redis_server: RedisServer, seconds: int, connections: int) -> None:
                   f"(target >= {HTTP_TARGET}x for assign; pairs {ratios})")
 
 
+#: Regex conditions timed by ``rules``: (pattern, what it shows).
+PATTERNS = (("^[A-Z]{2}$", "anchored"), ("(?i)chrome/\\d+", "literal-led"),
+            ("(?:[a-z]{1,10}){1,10}z", "counted, 204 instructions"),
+            ("[ab]*a[ab]{10}c", "unanchored count of 10"),
+            ("[ab]*a[ab]{20}c", "unanchored count of 20"),
+            ("[ab]*a[ab]{290}c", "unanchored count of 290"))
+
+
+def rules(seconds: float) -> None:
+    """Microseconds per targeting evaluation, against an ``eq`` condition's in the same run."""
+    def timed(rule: Rule, attributes: list[dict[str, Any]]) -> float:
+        calls, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds / (len(PATTERNS) + 2):
+            for item in attributes:
+                rule.matches(item)
+            calls += len(attributes)
+        return (time.perf_counter() - started) / calls
+
+    def one(op: str, value: Any) -> Rule:
+        return parse_rule({"any": [{"all": [{"attribute": "k", "op": op, "value": value}]}]})
+
+    rng = np.random.default_rng(1)
+    texts = [{"k": "".join(rng.choice(["a", "b"], 1000))} for _ in range(200)]
+    baseline = timed(one("eq", "x"), texts)
+    bench_rule = timed(parse_rule(RULE), [ATTRIBUTES])
+    print("targeting, in process:")
+    print(f"  eq condition (baseline)            {baseline * 1e6:9.3f} us")
+    print(f"  the bench's rule (in + semver_gte) {bench_rule * 1e6:9.3f} us "
+          f"{bench_rule / baseline:8.1f}x")
+    print("  one regex search of a random 1,000-character a/b attribute:")
+    for pattern, label in PATTERNS:
+        took = timed(one("regex", pattern), texts)
+        print(f"    {pattern:<24} {label:<28} {took * 1e3:8.4f} ms {took / baseline:9.1f}x")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=5)
@@ -224,6 +265,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     unknown = parts - set(PARTS)
     if unknown:
         parser.error(f"--only: unknown part(s) {sorted(unknown)}; choose from {PARTS}")
+    if "rules" in parts:
+        rules(arguments.seconds)
+        if parts == {"rules"}:
+            return
     with tempfile.TemporaryDirectory() as scratch:
         redis_server = RedisServer(Path(scratch))
         redis_server.start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -13,6 +14,7 @@ from bandit.api.bodies import NOT_YET, body, body_now, json_response
 from bandit.api.context import KEYS, METRICS, PRINCIPAL, SERVICE
 from bandit.errors import BanditError
 from bandit.inputs import parse_allocate
+from bandit.serving.service import BanditService
 
 logger = logging.getLogger(__name__)
 
@@ -78,12 +80,23 @@ async def allocate(request: web.Request) -> web.Response:
     decisions = service.decisions
     result = decisions.allocate_cached(experiment_id, wanted) or await decisions.allocate(
         experiment_id, wanted)
-    age = service.cache.age
-    stale = age > service.settings.stale_after_s
-    app[METRICS].count_decisions(experiment_id, len(result["decisions"]), stale=stale)
-    if stale:
-        return json_response(result, headers={"X-Bandit-Stale": f"{age:.1f}"})
-    return json_response(result)
+    age = _stale_age(service)
+    app[METRICS].count_decisions(experiment_id, len(result["decisions"]), stale=age is not None)
+    return _decided(result, age)
+
+
+def _stale_age(service: BanditService) -> float | None:
+    """Seconds since the posteriors decisions come from were confirmed with Redis, when that
+    is over the stale limit (None: fresh)."""
+    age: float = service.cache.age
+    return age if age > service.settings.stale_after_s else None
+
+
+def _decided(result: dict[str, Any], stale_age: float | None) -> web.Response:
+    """Decisions answered, flagged ``X-Bandit-Stale`` when drawn from stale posteriors."""
+    if stale_age is None:
+        return json_response(result)
+    return json_response(result, headers={"X-Bandit-Stale": f"{stale_age:.1f}"})
 
 
 async def events(request: web.Request) -> web.Response:
@@ -200,13 +213,9 @@ async def assign(request: web.Request) -> web.Response:
     if raw is NOT_YET:
         raw = await body(request)
     result = await service.layers.assign(raw)
-    age = service.cache.age
-    stale = age > service.settings.stale_after_s
-    app[METRICS].count_assignments(result.get("results", [result]),
-                                   stale=stale)
-    if stale:
-        return json_response(result, headers={"X-Bandit-Stale": f"{age:.1f}"})
-    return json_response(result)
+    age = _stale_age(service)
+    app[METRICS].count_assignments(result.get("results", [result]), stale=age is not None)
+    return _decided(result, age)
 
 
 async def create_layer(request: web.Request) -> web.Response:

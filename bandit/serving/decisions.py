@@ -376,8 +376,7 @@ class Decider:
         experiment = snapshot.experiment
         issued = int(now)
         if experiment.weights is not None:
-            index = policy.sample_one(snapshot.cumulative_list, arm_point(experiment.id, unit))
-            self._first_sight(snapshot, unit, index)
+            index = self._unit_arm(snapshot, unit)
             decision = {"decision_id": signer.sign_one(experiment.id, "d", issued, index),
                         "arm": experiment.arms[index],
                         "propensity": snapshot.probability_list[index], "sticky": True}
@@ -395,15 +394,14 @@ class Decider:
         """A fixed experiment's decisions for ``units``: each unit's arm is where its
         ``arm_point`` falls in the weights (the same arm every time, with no stored state; the
         propensity is the arm's weight share, the chance of a unit's point falling there).
-        Counted as served; in the sample-ratio test's draws once per unit (``_first_sight``)."""
+        Counted as served; in the sample-ratio test's draws once per unit (``_unit_arm``)."""
         experiment = snapshot.experiment
-        cumulative, probabilities = snapshot.cumulative_list, snapshot.probability_list
-        indices = [policy.sample_one(cumulative, point)
-                   for point in arm_points(experiment.id, units)]
+        probabilities = snapshot.probability_list
+        indices = [self._unit_arm(snapshot, unit, point)
+                   for unit, point in zip(units, arm_points(experiment.id, units), strict=True)]
         served = self._served[experiment.id]
-        for unit, index in zip(units, indices, strict=True):
+        for index in indices:
             served[index] += 1
-            self._first_sight(snapshot, unit, index)
         ids = signer.sign(experiment.id, "d", int(time.time()), indices)
         arms = experiment.arms
         decisions = [{"decision_id": decision_id, "arm": arms[index],
@@ -419,30 +417,32 @@ class Decider:
         or not: a unit of an A/B test has one arm."""
         assert request.unit is not None
         experiment = snapshot.experiment
-        index = policy.sample_one(snapshot.cumulative_list,
-                                  arm_point(experiment.id, request.unit))
+        index = self._unit_arm(snapshot, request.unit)
         self._served[experiment.id][index] += request.n
-        self._first_sight(snapshot, request.unit, index)
         ids = signer.sign(experiment.id, "p" if request.provisional else "d", int(time.time()),
                           [index] * request.n)
         arm, propensity = experiment.arms[index], snapshot.probability_list[index]
         return [{"decision_id": decision_id, "arm": arm, "propensity": propensity,
                  "sticky": True} for decision_id in ids]
 
-    def _first_sight(self, snapshot: Snapshot, unit: str, index: int) -> None:
-        """A fixed experiment's unit, assigned by hash, counts as one draw of the sample-ratio
-        test the first time this process assigns it (a unit seen again is the same draw, as a
-        sticky unit's later decisions are). Remembered per process, the last
-        ``sticky_cache_size`` units first seen: a unit may count once in each process that
-        serves it, and again once forgotten."""
+    def _unit_arm(self, snapshot: Snapshot, unit: str, point: float | None = None) -> int:
+        """A fixed experiment's arm for ``unit``: where its ``arm_point`` (given when computed
+        already) falls in the weights. The unit counts as one draw of the sample-ratio test the
+        first time this process assigns it (a unit seen again is the same draw, as a sticky
+        unit's later decisions are). Remembered per process, the last ``sticky_cache_size``
+        units first seen: a unit may count once in each process that serves it, and again once
+        forgotten."""
+        index = policy.sample_one(snapshot.cumulative_list, arm_point(
+            snapshot.experiment.id, unit) if point is None else point)
         key = (snapshot.experiment.id, unit)
         seen = self._hashed_seen
         if key in seen:
-            return
+            return index
         seen[key] = None
         if len(seen) > self._settings.sticky_cache_size:
             seen.popitem(last=False)  # the oldest first seen
         self._draws[snapshot.experiment.id].add(snapshot.probabilities, index)
+        return index
 
     def _one(self, snapshot: Snapshot, kind: str, issued: int,
              signer: DecisionSigner) -> tuple[int, str]:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from bandit.assignment import BUCKETS, buckets
-from bandit.errors import Conflict, InvalidValue, NotFound, StoreUnavailable, json_kind
+from bandit.errors import InvalidValue, NotFound, StoreUnavailable, json_kind, stale
 from bandit.inputs import AllocateRequest, AssignRequest, AssignUnit, parse_assign
 from bandit.layers import (
     MAX_EXPERIMENTS,
@@ -42,8 +42,8 @@ from bandit.layers import (
     parse_layer,
     parse_ranges,
 )
-from bandit.model import ANONYMOUS, check_id, integer, mapping, parse_text
-from bandit.patches import MAX_REASON_LENGTH
+from bandit.model import ANONYMOUS, check_id, mapping, parse_text
+from bandit.patches import MAX_REASON_LENGTH, audit_entry, based_on
 from bandit.serving import cache as cache_module
 from bandit.serving.cache import ExperimentCache, Snapshot
 from bandit.serving.decisions import Decider
@@ -170,12 +170,10 @@ class Layers:
         reason = parse_text(data.pop("reason", None), "reason", MAX_REASON_LENGTH)
         layer = parse_layer(data)
         await self._check_experiments(layer.ranges)
-        changes: dict[str, dict[str, Any]] = {"salt": {"old": None, "new": layer.salt}}
-        if layer.default is not None:
-            changes["default"] = {"old": None, "new": layer.default}
-        changes.update({f"ranges.{e}": {"old": None, "new": [list(r) for r in spans]}
-                        for e, spans in sorted(layer.ranges.items())})
-        await self.store.save_layer(layer, 0, _audit_entry(1, actor, "create", changes, reason))
+        # What it holds, as changes from nothing (a null default is no change).
+        changes = {"salt": {"old": None, "new": layer.salt},
+                   **_diff(Layer(layer.id, layer.salt, {}), layer)}
+        await self.store.save_layer(layer, 0, audit_entry(1, actor, "create", changes, reason))
         self.directory.invalidate()
         return describe(layer)
 
@@ -198,12 +196,9 @@ class Layers:
         current = await self._read(layer_id)
         data = mapping(body, "body", {"version", "ranges", "add", "remove", "default",
                                       "reason"})
-        if "version" not in data:
-            raise InvalidValue("version: required (the version your change is based on)")
-        version = integer(data["version"], "version", low=1, high=2**53)
+        version = based_on(data)
         if version != current.version:
-            raise Conflict(f"layer {layer_id!r} is at version {current.version}, not "
-                           f"{version}: reload it and apply your change again")
+            raise stale(f"layer {layer_id!r}", current.version, version)
         reason = parse_text(data.get("reason"), "reason", MAX_REASON_LENGTH)
         ranges = {e: list(spans) for e, spans in current.ranges.items()}
         for experiment, value in _object(data.get("ranges", {}), "ranges").items():
@@ -246,7 +241,7 @@ class Layers:
             return {**describe(current), "changes": {}, "changed": False}
         await self._check_experiments({e: merged[e] for e in merged
                                        if merged[e] != current.ranges.get(e)})
-        await self.store.save_layer(changed, current.version, _audit_entry(
+        await self.store.save_layer(changed, current.version, audit_entry(
             changed.version, actor, "update", changes, reason))
         self.directory.invalidate()
         return {**describe(changed), "changes": changes, "changed": True}
@@ -544,8 +539,3 @@ def _diff(old: Layer, new: Layer) -> dict[str, dict[str, Any]]:
                 "new": None if after is None else [list(r) for r in after]}
     return changes
 
-
-def _audit_entry(version: int, actor: str, action: str, changes: dict[str, Any],
-                 reason: str | None) -> dict[str, Any]:
-    return {"version": version, "at": time.time(), "actor": actor, "action": action,
-            "changes": changes, "reason": reason}

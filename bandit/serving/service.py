@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from bandit.errors import Conflict, InvalidValue, NotFound
+from bandit.errors import Conflict, InvalidValue, NotFound, stale
 from bandit.inputs import (
     DEFAULT_LIST_PAGE,
     MAX_LIST_PAGE,
@@ -35,7 +35,7 @@ from bandit.model import (
     check_id,
     parse_new_experiment,
 )
-from bandit.patches import diff, parse_patch, patch_version
+from bandit.patches import audit_entry, diff, parse_patch, patch_version
 from bandit.policy import PosteriorSummary
 from bandit.serving import advisor, health, overview
 from bandit.serving.cache import (
@@ -98,8 +98,8 @@ class BanditService:
     async def create_experiment(self, body: object, *, actor: str = ANONYMOUS) -> dict[str, Any]:
         experiment = parse_new_experiment(body, time.time())
         try:
-            await self.store.create(experiment, _audit_entry(
-                experiment, actor, "create", _initial_settings(experiment), None))
+            await self.store.create(experiment, audit_entry(
+                experiment.version, actor, "create", _initial_settings(experiment), None))
         except Conflict as conflict:
             existing = await self.store.read(experiment.id)
             if existing is not None and existing.experiment.archived:
@@ -214,12 +214,11 @@ class BanditService:
         # (The store's script checks again atomically; this gives the common case its message.)
         based_on = patch_version(body)
         if based_on != current.version:
-            raise Conflict(f"experiment {experiment_id!r} is at version {current.version}, not "
-                           f"{based_on}: reload it and apply your change again")
+            raise stale(f"experiment {experiment_id!r}", current.version, based_on)
         patch = parse_patch(body, current, time.time())
         if patch.changes:
-            await self.store.update(patch.experiment, patch.version, _audit_entry(
-                patch.experiment, actor, "update", patch.changes, patch.reason))
+            await self.store.update(patch.experiment, patch.version, audit_entry(
+                patch.experiment.version, actor, "update", patch.changes, patch.reason))
             self.cache.forget(experiment_id)
         return {**patch.experiment.to_json(), "changes": patch.changes,
                 "changed": bool(patch.changes)}
@@ -239,9 +238,9 @@ class BanditService:
             return {**current.to_json(), "changed": False}
         changed = replace(current, archived=archived, version=current.version + 1,
                           updated_at=time.time())
-        await self.store.update(changed, current.version, _audit_entry(
-            changed, actor, "archive" if archived else "unarchive", diff(current, changed),
-            None))
+        await self.store.update(changed, current.version, audit_entry(
+            changed.version, actor, "archive" if archived else "unarchive",
+            diff(current, changed), None))
         self.cache.forget(experiment_id)
         return {**changed.to_json(), "changed": True}
 
@@ -469,13 +468,6 @@ def _initial_settings(experiment: Experiment) -> dict[str, dict[str, Any]]:
             for key in ("arms", "reward", "model" if experiment.model else "prior",
                         "exploration", "attribution_window_s", "policy", "weights",
                         "targeting", "guardrails", "control", *METADATA_FIELDS)}
-
-
-def _audit_entry(experiment: Experiment, actor: str, action: str, changes: dict[str, Any],
-                 reason: str | None) -> dict[str, Any]:
-    # The actor is the API key's name ("anonymous" when the service runs without keys).
-    return {"version": experiment.version, "at": time.time(), "actor": actor,
-            "action": action, "changes": changes, "reason": reason}
 
 
 def _finite(value: float) -> float | None:

@@ -21,7 +21,7 @@ import orjson
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import SentinelConnectionPool
 
-from bandit.errors import Conflict, NotFound
+from bandit.errors import Conflict, NotFound, stale
 from bandit.layers import Layer, layer_from_json
 from bandit.model import Experiment
 from bandit.settings import Settings
@@ -197,10 +197,7 @@ class RedisStore:
         if result[0] == -1:
             raise NotFound(f"experiment {experiment.id!r} does not exist")
         if result[0] == 0:
-            raise Conflict(
-                f"experiment {experiment.id!r} is at version {result[1]}, not "
-                f"{expected_version}: reload it and apply your change again"
-            )
+            raise stale(f"experiment {experiment.id!r}", result[1], expected_version)
         return int(result[1])
 
     async def audit(self, experiment_id: str) -> list[dict[str, Any]] | None:
@@ -524,9 +521,9 @@ class RedisStore:
             raise Conflict(f"experiment {result[1]!r} is in layer {result[2]!r}: an experiment "
                            "is in at most one layer (remove it there first)")
         if result[0] == 0:
-            raise Conflict(f"layer {layer.id!r} already exists" if expected_version == 0 else
-                           f"layer {layer.id!r} is at version {result[1]}, not "
-                           f"{expected_version}: reload it and apply your change again")
+            if expected_version == 0:
+                raise Conflict(f"layer {layer.id!r} already exists")
+            raise stale(f"layer {layer.id!r}", result[1], expected_version)
         return int(result[1])
 
     async def layer(self, layer_id: str) -> Layer | None:
