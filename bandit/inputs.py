@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from bandit.errors import InvalidValue, json_kind
-from bandit.model import ID_PATTERN, MAX_ABS_REWARD, check_id, integer, mapping
+from bandit.model import ID_PATTERN, MAX_ABS_REWARD, PRIMARY, check_id, integer, mapping
 from bandit.tokens import DECISION_ID_PATTERN
 
 MAX_DECISIONS = 10_000
@@ -105,10 +105,12 @@ class RewardEvent(NamedTuple):
     ts: float | None
     #: A contextual decision's context, sent again (None: not given).
     context: dict[str, Any] | None = None
+    #: The guardrail metric this reward is for (None: the primary metric).
+    metric: str | None = None
 
 
 _EVENT_FIELDS = frozenset({"id", "experiment", "arm", "reward", "decision_id", "unit", "ts",
-                           "context"})
+                           "context", "metric"})
 
 
 def parse_event_batch(body: object) -> list[object]:
@@ -177,7 +179,18 @@ def parse_event(index: int, raw: object, valid_ids: set[str]) -> RewardEvent:
     if context is not None and type(context) is not dict:
         raise InvalidValue("context: expected an object of feature values, got "
                            f"{json_kind(context)}")
-    return RewardEvent(index, event_id, experiment, arm, reward, decision_id, ts, context)
+    metric = raw.get("metric")
+    if metric is not None:
+        if type(metric) is not str:
+            raise InvalidValue(f"metric: expected a metric name, got {json_kind(metric)}")
+        if metric == PRIMARY:
+            metric = None
+        elif metric not in valid_ids:
+            if not ID_PATTERN.fullmatch(metric):
+                raise InvalidValue(f"metric: {metric!r} is not a valid metric name")
+            valid_ids.add(metric)
+    return RewardEvent(index, event_id, experiment, arm, reward, decision_id, ts, context,
+                       metric)
 
 
 #: Most units in one batch assign request, and attributes per unit.

@@ -72,6 +72,7 @@ class Exploration:
     warmup: int = 0
     top_two: float | None = None
     control: Control | None = None
+    gate_min_samples: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -115,6 +116,10 @@ EXPLORATION_SETTINGS: tuple[Setting, ...] = (
             low_open=True, high_open=True, null="plain Thompson"),
     Setting("control", "Control", "a fixed share kept on a control or holdout arm",
             "control", low_open=True, high_open=True, null="no control share"),
+    Setting("gate_min_samples", "Guardrail gate",
+            "the guardrails' hard gate: an arm with this many observations of every guardrail "
+            "metric is held at the floor once P(violates) >= 0.95, until it is < 0.8",
+            "integer", low=1, high=1_000_000_000, null="no hard gate"),
 )
 SETTINGS_BY_NAME = {setting.name: setting for setting in EXPLORATION_SETTINGS}
 if list(SETTINGS_BY_NAME) != [f.name for f in fields(Exploration)]:  # pragma: no cover
@@ -126,6 +131,9 @@ Direction = Literal["higher", "lower"]
 MAX_GUARDRAILS = 5
 #: The name a reward event's ``metric`` gives the primary metric (also its default).
 PRIMARY = "primary"
+#: Stats fields of a guardrail metric are keyed ``<arm>|<metric>|<b or g>`` (its kind: a
+#: guardrail whose kind changes starts afresh).
+GUARD_SEPARATOR = "|"
 
 
 @dataclass(frozen=True)
@@ -138,6 +146,11 @@ class Guardrail:
     direction: Direction
     threshold: float
     relative: bool
+
+    @property
+    def key(self) -> str:
+        """What the stored statistics of this metric are named after (``GUARD_SEPARATOR``)."""
+        return f"{self.metric}{GUARD_SEPARATOR}{self.kind[0]}"
 
     def to_json(self) -> dict[str, Any]:
         return {"metric": self.metric, "kind": self.kind, "direction": self.direction,
@@ -178,6 +191,9 @@ class Experiment:
     guardrails: tuple[Guardrail, ...] = ()
     #: The control arm when there is no control share (``exploration.control``).
     control: str | None = None
+
+    def guardrail(self, metric: str) -> Guardrail | None:
+        return next((g for g in self.guardrails if g.metric == metric), None)
 
     @property
     def control_arm(self) -> str | None:
@@ -514,6 +530,9 @@ def _check_guardrails(experiment: Experiment) -> None:
             raise InvalidValue(f"control: {experiment.control!r} is not "
                                f"exploration.control.arm ({experiment.exploration.control.arm!r})"
                                ": an experiment has one control")
+    if experiment.exploration.gate_min_samples is not None and not experiment.guardrails:
+        raise InvalidValue("exploration.gate_min_samples: the hard gate holds arms that "
+                           "violate guardrails, and the experiment has none")
     relative = [g.metric for g in experiment.guardrails if g.relative]
     if relative and experiment.control_arm is None:
         raise InvalidValue(f"guardrails: {relative[0]!r} has a threshold relative to the "

@@ -16,7 +16,15 @@ import numpy.typing as npt
 import scipy.stats
 
 from bandit.features import LinearModel
-from bandit.policy import allocation, best_arm, contextual, layout, posteriors, sampling
+from bandit.policy import (
+    allocation,
+    best_arm,
+    contextual,
+    guardrails,
+    layout,
+    posteriors,
+    sampling,
+)
 from bandit.policy.layout import BERNOULLI, GAUSSIAN, BoolArray, FloatArray, IntArray
 
 __all__ = [
@@ -24,13 +32,17 @@ __all__ = [
     "GAUSSIAN",
     "CoefficientSummary",
     "ContextualPosterior",
+    "Guard",
+    "Guarded",
     "PolicySettings",
     "PosteriorSummary",
     "allocation_probabilities",
     "cumulative",
     "forget",
     "forget_rows",
+    "guarded_allocation",
     "marginal_stats",
+    "metric_summary",
     "posterior_summary",
     "sample_arms",
     "sample_one",
@@ -172,6 +184,123 @@ def allocation_probabilities(
     )
 
 
+#: The hard gate: an arm whose P(violates a guardrail) reaches ``GATE_ON`` (with enough
+#: observations) is held at the floor until it falls below ``GATE_OFF``.
+GATE_ON = 0.95
+GATE_OFF = 0.8
+
+
+@dataclass(frozen=True)
+class Guard:
+    """One guardrail metric as the kernel takes it: its posterior's inputs and its rule."""
+
+    family: int
+    stats: FloatArray
+    #: Raw observations per arm (the gate's minimum sample).
+    counts: FloatArray
+    prior: FloatArray
+    higher: bool
+    threshold: float
+    relative: bool
+
+
+@dataclass(frozen=True)
+class Guarded:
+    """An allocation with guardrails, and what it was computed from."""
+
+    probabilities: FloatArray
+    #: P(arm is the best feasible arm) under the tempered primary (K), before exploration.
+    p_best_feasible: FloatArray
+    #: Its Monte Carlo standard error (0 where exact: absolute thresholds only).
+    error: FloatArray
+    #: P(violates) per guardrail and arm (G, K), and of any guardrail (K); 0 for the control.
+    p_violates: FloatArray
+    p_violates_any: FloatArray
+    #: Arms the hard gate holds at the floor.
+    held: BoolArray
+
+
+def guarded_allocation(
+    family: int,
+    stats: npt.ArrayLike,
+    counts: npt.ArrayLike,
+    prior: npt.ArrayLike,
+    settings: PolicySettings,
+    active: npt.ArrayLike | None,
+    guards: list[Guard],
+    control: int | None,
+    gate_min_samples: int | None = None,
+    held_before: npt.ArrayLike | None = None,
+) -> Guarded:
+    """Allocation probabilities when arms must keep guardrails: each arm's P(best feasible)
+    (``bandit.policy.guardrails``) folded with the exploration settings (``fold_guarded``),
+    and the hard gate: with ``gate_min_samples`` (None: no gate), an arm with at least that
+    many observations of every guardrail (and the control too, for relative thresholds) is
+    held from P(violates any) >= ``GATE_ON`` until it is below ``GATE_OFF``; ``held_before``
+    says which arms were held (the gate's memory, kept by the caller)."""
+    family = _family(family)
+    stats_array = _stats(stats)
+    n_arms = stats_array.shape[1]
+    counts_array = _floats("counts", counts, (n_arms,))
+    prior_array = _floats("prior", prior, (4,))
+    active_array = _active(active, n_arms)
+    if control is not None and not 0 <= control < n_arms:
+        raise ValueError(f"control {control} is not an arm index")
+    if any(g.relative for g in guards) and control is None:
+        raise ValueError("a relative guardrail needs a control arm")
+    if settings.temperature <= 0.0:
+        raise ValueError(f"temperature must be > 0, got {settings.temperature!r}")
+    if not guards:
+        raise ValueError("guarded_allocation needs at least one guardrail")
+    settings_array = settings.as_array()
+    params = posteriors.posterior_parameters(family, stats_array, prior_array,
+                                             settings.temperature)
+    guard_params = np.stack([
+        posteriors.posterior_parameters(_family(g.family), _stats(g.stats),
+                                        _floats("prior", g.prior, (4,)), 1.0)
+        for g in guards])
+    control_index = -1 if control is None else control
+    racing = active_array.copy()
+    shares, error, p_violates, p_any = guardrails.feasible_best(
+        family, params, np.array([g.family for g in guards], dtype=np.int64), guard_params,
+        np.array([guardrails.HIGHER if g.higher else guardrails.LOWER for g in guards],
+                 dtype=np.int64),
+        np.array([guardrails.RELATIVE if g.relative else guardrails.ABSOLUTE for g in guards],
+                 dtype=np.int64),
+        np.array([g.threshold for g in guards], dtype=np.float64), control_index, racing,
+        student_t_tail_table(), guardrails.OUTER, np.random.default_rng(_MONTE_CARLO_SEED))
+    before = (np.zeros(n_arms, dtype=np.bool_) if held_before is None
+              else _active(held_before, n_arms))
+    held = np.zeros(n_arms, dtype=np.bool_)
+    if gate_min_samples is not None:
+        observed = np.min([_floats("counts", g.counts, (n_arms,)) for g in guards], axis=0)
+        enough = observed >= gate_min_samples
+        if control is not None and any(g.relative for g in guards):
+            enough &= observed[control] >= gate_min_samples
+        held = enough & active_array & np.where(before, p_any >= GATE_OFF, p_any >= GATE_ON)
+        if control is not None:
+            held[control] = False
+    probabilities = allocation.fold_guarded(shares, counts_array, settings_array,
+                                            active_array, held)
+    return Guarded(probabilities, shares, error, p_violates, p_any, held)
+
+
+def metric_summary(family: int, stats: npt.ArrayLike,
+                   prior: npt.ArrayLike) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Each arm's posterior mean (untempered) and central 95% interval."""
+    family = _family(family)
+    params = posteriors.posterior_parameters(family, _stats(stats),
+                                             _floats("prior", prior, (4,)), 1.0)
+    marginals = posteriors.marginal_parameters(family, params)
+    mean = posteriors.posterior_means(family, marginals)
+    if family == BERNOULLI:
+        law = scipy.stats.beta(marginals[0], marginals[1])
+    else:
+        law = scipy.stats.t(marginals[0], loc=marginals[1], scale=marginals[2])
+    return (mean, np.asarray(law.ppf(0.025), dtype=np.float64),
+            np.asarray(law.ppf(0.975), dtype=np.float64))
+
+
 def posterior_summary(
     family: int,
     stats: npt.ArrayLike,
@@ -184,14 +313,7 @@ def posterior_summary(
     n_arms = stats_array.shape[1]
     prior_array = _floats("prior", prior, (4,))
     active_array = _active(active, n_arms)
-    params = posteriors.posterior_parameters(family, stats_array, prior_array, 1.0)
-    marginals = posteriors.marginal_parameters(family, params)
-    mean = posteriors.posterior_means(family, marginals)
-    if family == BERNOULLI:
-        law = scipy.stats.beta(marginals[0], marginals[1])
-    else:
-        law = scipy.stats.t(marginals[0], loc=marginals[1], scale=marginals[2])
-    ci_low, ci_high = law.ppf(0.025), law.ppf(0.975)
+    mean, ci_low, ci_high = metric_summary(family, stats_array, prior_array)
     p_best, expected_max = best_arm.best_arm_probabilities(
         family,
         stats_array,
@@ -204,8 +326,8 @@ def posterior_summary(
     expected_loss = np.where(active_array, np.maximum(expected_max - mean, 0.0), np.nan)
     return PosteriorSummary(
         mean=mean,
-        ci_low=np.asarray(ci_low, dtype=np.float64),
-        ci_high=np.asarray(ci_high, dtype=np.float64),
+        ci_low=ci_low,
+        ci_high=ci_high,
         p_best=p_best,
         expected_loss=expected_loss,
     )
@@ -309,6 +431,10 @@ class ContextualPosterior:
     counts: FloatArray
     settings: FloatArray
     active: BoolArray
+    #: With guardrails: each arm's P(feasible) from its context-free marginals, and the arms
+    #: the hard gate holds (``context_guarded``); None without.
+    feasible: FloatArray | None = None
+    held: BoolArray | None = None
 
     @classmethod
     def build(cls, model: LinearModel, rows: npt.ArrayLike, counts: npt.ArrayLike,
@@ -336,6 +462,8 @@ class ContextualPosterior:
         x_array = np.ascontiguousarray(x, dtype=np.float64)
         if x_array.shape != (self.model.dimension,) or not math.isfinite(x_array.sum()):
             raise ValueError(f"x must be {self.model.dimension} finite numbers")
+        if self.feasible is not None and self.held is not None:
+            return self.allocation(x_array)[0]
         return contextual.context_probabilities(x_array, self.means, self.factors,
                                                 self.sigma2, self.counts, self.settings,
                                                 self.active)
@@ -352,6 +480,10 @@ class ContextualPosterior:
         if x.dtype != np.float64 or x.shape != (self.means.shape[1],) \
                 or not math.isfinite(x.sum()) or not x.flags.c_contiguous:
             raise ValueError(f"x must be {self.means.shape[1]} finite float64 numbers")
+        if self.feasible is not None and self.held is not None:
+            return contextual.context_guarded(
+                x, self.means, self.factors, self.sigma2, self.counts, self.settings,
+                self.active, self.feasible, self.held)
         return contextual.context_allocation(
             x, self.means, self.factors, self.sigma2, self.counts, self.settings, self.active)
 

@@ -241,3 +241,62 @@ def policy_probabilities(
             family, stats, prior, settings[TEMPERATURE], racing, tail_table, rng
         )
     return fold_exploration(p_best, counts, settings, active)
+
+
+@jit
+def fold_guarded(p_best: FloatArray, counts: FloatArray, settings: FloatArray,
+                 active: BoolArray, held: BoolArray) -> FloatArray:
+    """``fold_exploration`` for an experiment with guardrails, given P(best feasible).
+
+    The control races with the other arms: it is the safe fallback, so P(best feasible) can
+    send it the traffic no other arm may have. With a control share it gets that share plus
+    its part of the rest. Held arms (the hard gate) get no P(best) mass and no epsilon: the
+    floors alone (MIN_SHARE; 0 without one). Warm-up and top-two work as in
+    ``fold_exploration``, over the arms not held.
+    """
+    n_arms = p_best.shape[0]
+    out = np.zeros(n_arms)
+    control = _control_arm(settings, active)
+    arms = np.empty(n_arms, dtype=np.int64)
+    n_in = 0
+    warming = False
+    for k in range(n_arms):
+        if active[k]:
+            arms[n_in] = k
+            n_in += 1
+            warming = warming or (k != control and counts[k] < settings[WARMUP])
+    if n_in == 0:
+        return out
+    arms = arms[:n_in]
+    free = np.empty(n_in, dtype=np.bool_)
+    n_free = 0
+    for i in range(n_in):
+        free[i] = not held[arms[i]] or arms[i] == control
+        n_free += free[i]
+    if n_free == 0:  # every arm held and no control: nothing is safer than another
+        free[:] = True
+        n_free = n_in
+    psi = np.zeros(n_in)
+    total = 0.0
+    for i in range(n_in):
+        if free[i]:
+            psi[i] = 1.0 if warming else max(p_best[arms[i]], 0.0)
+            total += psi[i]
+    if not total > 0.0:
+        for i in range(n_in):
+            psi[i] = 1.0 if free[i] else 0.0
+        total = n_free
+    psi /= total
+    leader = settings[TOP_TWO]
+    if not warming and not math.isnan(leader):
+        psi = _top_two(psi, leader)
+    epsilon = settings[EPSILON]
+    for i in range(n_in):
+        psi[i] = (1.0 - epsilon) * psi[i] + (epsilon / n_free if free[i] else 0.0)
+    psi = _project_shares(psi, settings[MIN_SHARE], settings[MAX_SHARE])
+    share = settings[CONTROL_SHARE] if control >= 0 else 0.0
+    for i in range(n_in):
+        out[arms[i]] = (1.0 - share) * psi[i]
+    if control >= 0:
+        out[control] += share
+    return out

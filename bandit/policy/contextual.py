@@ -32,7 +32,7 @@ import math
 import numpy as np
 
 from bandit.jit import jit
-from bandit.policy.allocation import fold_exploration, racing_arms
+from bandit.policy.allocation import fold_exploration, fold_guarded, racing_arms
 from bandit.policy.layout import BoolArray, FloatArray
 from bandit.policy.sampling import cumulative
 
@@ -475,3 +475,19 @@ def draw_scores(x: FloatArray, means: FloatArray, factors: FloatArray, sigma2: F
         out[k] = loc[k] + scale[k] * rng.standard_normal()
     return out
 
+
+
+@jit
+def context_guarded(
+    x: FloatArray, means: FloatArray, factors: FloatArray, sigma2: FloatArray,
+    counts: FloatArray, settings: FloatArray, active: BoolArray, feasible: FloatArray,
+    held: BoolArray,
+) -> tuple[FloatArray, FloatArray]:
+    """A contextual experiment's allocation with guardrails, and its CDF: each arm's P(best)
+    for context ``x`` (the control racing too) weighted by its P(feasible) from the arms'
+    context-free marginals of the guardrail metrics (``feasible``), folded as
+    ``allocation.fold_guarded`` folds P(best feasible), with ``held`` at the floor."""
+    loc, scale = score_laws(x, means, factors, sigma2)
+    p_best = _best_probabilities(loc, scale, active) * feasible
+    probabilities = fold_guarded(p_best, counts, settings, active, held)
+    return probabilities, cumulative(probabilities)

@@ -23,6 +23,7 @@ keeps answering while a 1000-arm experiment is recomputed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import heapq
 import logging
 import math
@@ -36,13 +37,16 @@ import numpy.typing as npt
 
 from bandit import policy
 from bandit.errors import NotFound, StoreUnavailable
-from bandit.model import Experiment, Exploration
+from bandit.model import GAUSSIAN_PRIOR, Experiment, Exploration
+from bandit.patches import audit_entry
 from bandit.serving.changes import ChangeFeed, cancelling
 from bandit.store.codec import StoredState
 from bandit.store.redis_store import RedisStore
 
 logger = logging.getLogger(__name__)
 
+#: The audit log's actor for the guardrails' hard gate.
+GATE_ACTOR = "guardrail-gate"
 #: Allocations per contextual snapshot kept for repeated contexts (cleared when full).
 MAX_CHOICES = 4096
 #: Experiments read (and decoded) per round trip: a turn of the event loop each.
@@ -78,12 +82,20 @@ class Snapshot:
     server_time: float
     #: Arms with a positive allocation probability (the largest slate that can be served).
     servable: int
-    summary_cache: dict[str, policy.PosteriorSummary] = field(default_factory=dict)
+    summary_cache: dict[str, Any] = field(default_factory=dict)
     #: A contextual experiment's factorised posteriors (None: context-free). Its
     #: ``probabilities`` above are then the allocation of the arms' context-free marginals
     #: (their mean reward over the contexts they were served in), for the views that need one
     #: vector; every decision computes its own for its context (``policy.ContextualPosterior``).
     contextual: policy.ContextualPosterior | None = None
+    #: With guardrails: P(best feasible), P(violates) and the gate (None: no guardrails, or a
+    #: fixed experiment).
+    guarded: policy.Guarded | None = None
+    #: Each guardrail metric's statistics, as the allocation took them.
+    guards: tuple[policy.Guard, ...] = ()
+    #: The gate as stored when this snapshot was read (``guarded.held`` may differ: then the
+    #: cache records the change).
+    held_stored: frozenset[int] = frozenset()
     #: A contextual snapshot's allocations already computed, by feature vector (bytes): the
     #: same context under the same posteriors gets the same exact vector without the
     #: quadrature (segment-only contexts repeat a lot). Bounded by ``MAX_CHOICES``.
@@ -130,6 +142,27 @@ def prior_array(experiment: Experiment) -> npt.NDArray[np.float64]:
     return np.array([prior["mean"], prior["kappa"], prior["alpha"], prior["beta"]])
 
 
+def guards_of(experiment: Experiment, state: StoredState, now: float) -> list[policy.Guard]:
+    """The kernel's view of each guardrail metric: its statistics decayed to ``now``."""
+    guards = []
+    half_life = experiment.exploration.half_life_s
+    n_arms = len(experiment.arms)
+    for guardrail in experiment.guardrails:
+        family = policy.BERNOULLI if guardrail.kind == "bernoulli" else policy.GAUSSIAN
+        stored = state.guards.get(guardrail.key)
+        stats = np.zeros((3, n_arms)) if stored is None else stored.stats
+        counts = np.zeros(n_arms) if stored is None else stored.counts
+        if stored is not None and half_life is not None:
+            elapsed = np.where(stored.updated_at > 0, now - stored.updated_at, 0.0)
+            stats = policy.forget(family, stats, np.maximum(elapsed, 0.0), half_life)
+        prior = np.array([1.0, 1.0, 0.0, 0.0]) if family == policy.BERNOULLI else np.array(
+            [GAUSSIAN_PRIOR["mean"], GAUSSIAN_PRIOR["kappa"], GAUSSIAN_PRIOR["alpha"],
+             GAUSSIAN_PRIOR["beta"]])
+        guards.append(policy.Guard(family, stats, counts, prior, guardrail.direction == "higher",
+                                   guardrail.threshold, guardrail.relative))
+    return guards
+
+
 def recompute_interval(half_life_s: float) -> float:
     """Seconds after which forgetting has moved evidence weights by ``FORGETTING_DRIFT``."""
     return max(MIN_RECOMPUTE_S, half_life_s * math.log2(1 / (1 - FORGETTING_DRIFT)))
@@ -157,9 +190,23 @@ def build_snapshot(state: StoredState, at: float | None = None) -> Snapshot:
         contextual = policy.ContextualPosterior.build(
             experiment.model, rows, state.counts, policy_settings(experiment), active)
         stats = policy.marginal_stats(family, rows)
+    guarded = None
+    guards = tuple(guards_of(experiment, state, now))
     if experiment.weights is not None:  # a fixed experiment: its weights, over active arms
         weights = np.where(active, np.asarray(experiment.weights), 0.0)
         probabilities = weights / weights.sum()
+    elif experiment.guardrails:
+        control = experiment.control_arm
+        guarded = policy.guarded_allocation(
+            family, stats, state.counts, prior, policy_settings(experiment), active,
+            list(guards),
+            None if control is None else experiment.arm_index(control),
+            experiment.exploration.gate_min_samples,
+            np.isin(np.arange(len(experiment.arms)), list(state.held)))
+        probabilities = guarded.probabilities
+        if contextual is not None:
+            contextual = dataclasses.replace(contextual, feasible=1.0 - guarded.p_violates_any,
+                                             held=guarded.held)
     else:
         probabilities = policy.allocation_probabilities(
             family, stats, state.counts, prior, policy_settings(experiment), active
@@ -181,6 +228,9 @@ def build_snapshot(state: StoredState, at: float | None = None) -> Snapshot:
         servable=(int(np.count_nonzero(active)) if contextual is not None
                   else int(np.count_nonzero(probabilities > 0))),
         contextual=contextual,
+        guarded=guarded,
+        guards=guards,
+        held_stored=state.held,
     )
 
 
@@ -188,6 +238,26 @@ async def summary_of(snapshot: Snapshot) -> policy.PosteriorSummary:
     """The snapshot's posterior summary (means, intervals, P(best)), computed once, in a thread."""
     [summary] = await summaries_of([snapshot])
     return summary
+
+
+def untempered_guarded(snapshot: Snapshot) -> policy.Guarded | None:
+    """The snapshot's guardrail computation without tempering (what the stats and the winner
+    call report), computed once."""
+    if snapshot.guarded is None:
+        return None
+    if snapshot.experiment.exploration.temperature == 1.0:
+        return snapshot.guarded
+    cached = snapshot.summary_cache.get("guarded")
+    if cached is None:
+        experiment = snapshot.experiment
+        control = experiment.control_arm
+        cached = snapshot.summary_cache["guarded"] = policy.guarded_allocation(
+            snapshot.family, snapshot.stats, snapshot.counts, snapshot.prior,
+            dataclasses.replace(policy_settings(experiment), temperature=1.0),
+            snapshot.active, list(snapshot.guards),
+            None if control is None else experiment.arm_index(control))
+    assert isinstance(cached, policy.Guarded)
+    return cached
 
 
 async def summaries_of(snapshots: Sequence[Snapshot]) -> list[policy.PosteriorSummary]:
@@ -307,8 +377,34 @@ class ExperimentCache:
             states = await self._store.read_many(missing[start:start + READ_CHUNK])
             await self._install([s for s in states if s is not None], read_at)
 
+    async def _record_gates(self, snapshots: Sequence[Snapshot]) -> None:
+        """Record the hard gate's changes these snapshots made (``SET_HELD``, audited): the
+        gate's memory, shared by every process (each computes the same from the same
+        statistics; the first to record wins, the others change nothing)."""
+        for snapshot in snapshots:
+            guarded = snapshot.guarded
+            if guarded is None:
+                continue
+            held = frozenset(np.flatnonzero(guarded.held).tolist())
+            if held == snapshot.held_stored:
+                continue
+            arms = snapshot.experiment.arms
+            entry = audit_entry(snapshot.experiment.version, GATE_ACTOR, "gate", {"held": {
+                "old": [arms[i] for i in sorted(snapshot.held_stored) if i < len(arms)],
+                "new": [arms[i] for i in sorted(held)]}},
+                "P(violates a guardrail): " + ", ".join(
+                    f"{arms[i]} {guarded.p_violates_any[i]:.3f}"
+                    for i in sorted(held ^ snapshot.held_stored) if i < len(arms)))
+            try:
+                await self._store.set_held(snapshot.experiment.id, snapshot.revision, held,
+                                           entry)
+            except StoreUnavailable as error:
+                logger.warning("could not record the guardrail gate of %r: %s",
+                               snapshot.experiment.id, error)
+
     async def _install(self, states: list[StoredState], read_at: float) -> list[Snapshot]:
         snapshots = await asyncio.to_thread(lambda: [build_snapshot(s) for s in states])
+        await self._record_gates(snapshots)
         for state, snapshot in zip(states, snapshots, strict=True):
             entry = self._entries.get(state.experiment.id)
             if entry is None:
@@ -400,6 +496,7 @@ class ExperimentCache:
         snapshots = await asyncio.to_thread(lambda: [
             build_snapshot(state, at=state.server_time + now - entry.read_at)
             for entry, state in due_now])
+        await self._record_gates(snapshots)
         for (entry, state), snapshot in zip(due_now, snapshots, strict=True):
             if entry.state is not state:
                 continue  # read again meanwhile: that read is newer

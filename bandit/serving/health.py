@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from scipy import stats as scipy_stats
 
-from bandit.policy import PosteriorSummary
+from bandit.policy import Guarded, PosteriorSummary
 from bandit.policy.layout import FloatArray, IntArray
 
 #: Sample-ratio tests fail below this p-value: rare enough that a flag is worth a look.
@@ -42,7 +42,8 @@ def default_max_loss(summary: PosteriorSummary) -> float:
 
 
 def winner(summary: PosteriorSummary, arms: Sequence[str], threshold: float,
-           max_loss: float, *, active: int, contextual: bool = False) -> dict[str, Any] | None:
+           max_loss: float, *, active: int, contextual: bool = False,
+           guarded: Guarded | None = None) -> dict[str, Any] | None:
     """The arm with P(best) >= threshold whose expected loss is below ``max_loss``, if any.
 
     ``active``: the number of active arms. With fewer than two there is nothing to compare:
@@ -50,15 +51,24 @@ def winner(summary: PosteriorSummary, arms: Sequence[str], threshold: float,
     A contextual experiment gets no call: its best arm depends on the context, and its arms'
     summaries are means over the contexts each was served in (the policy's own choices
     confound them), so a single winner would mislead.
+
+    With guardrails (``guarded``, untempered) the winner must be feasible: the leader is by
+    P(best feasible), which must reach ``threshold``, as must its P(feasible)
+    (1 - P(violates any guardrail)).
     """
     if active < 2 or contextual:
         return None
-    p_best = np.nan_to_num(summary.p_best, nan=-1.0)
+    p_best = np.nan_to_num(summary.p_best if guarded is None else guarded.p_best_feasible,
+                           nan=-1.0)
     leader = int(np.argmax(p_best))
     loss = float(summary.expected_loss[leader])
-    if p_best[leader] >= threshold and loss <= max_loss:
-        return {"arm": arms[leader], "p_best": float(p_best[leader]), "expected_loss": loss,
+    feasible = 1.0 if guarded is None else 1.0 - float(guarded.p_violates_any[leader])
+    if p_best[leader] >= threshold and loss <= max_loss and feasible >= threshold:
+        call = {"arm": arms[leader], "p_best": float(p_best[leader]), "expected_loss": loss,
                 "threshold": threshold, "max_loss": max_loss}
+        if guarded is not None:
+            call["p_feasible"] = feasible
+        return call
     return None
 
 

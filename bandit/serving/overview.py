@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from bandit.policy import ContextualPosterior, PosteriorSummary
+from bandit.policy import ContextualPosterior, Guarded, PosteriorSummary, metric_summary
 from bandit.serving import lift
 from bandit.serving.cache import Snapshot
 from bandit.store.codec import Traffic
@@ -194,3 +194,40 @@ def segment_report(snapshot: Snapshot, traffic: Traffic) -> list[dict[str, Any]]
 
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
+
+
+def _number(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+def add_guardrails(arms: list[dict[str, Any]], snapshot: Snapshot, guarded: Guarded) -> None:
+    """Each arm's guardrail metrics beside its primary one (the stats' ``arms``): per metric
+    its observations, posterior mean and 95% interval and P(violates); per arm P(violates
+    any), P(best feasible) and whether the hard gate holds it."""
+    experiment = snapshot.experiment
+    control = experiment.control_arm
+    for g, (guardrail, guard) in enumerate(zip(experiment.guardrails, snapshot.guards,
+                                               strict=True)):
+        mean, low, high = metric_summary(guard.family, guard.stats, guard.prior)
+        for i, arm in enumerate(arms):
+            arm.setdefault("guardrails", {})[guardrail.metric] = {
+                "n": float(guard.counts[i]), "mean": _number(mean[i]),
+                "ci95": [_number(low[i]), _number(high[i])],
+                "p_violates": None if arm["arm"] == control or arm["state"] == "paused"
+                else float(guarded.p_violates[g, i])}
+    for i, arm in enumerate(arms):
+        paused = arm["state"] == "paused"
+        arm["p_violates"] = None if paused or arm["arm"] == control \
+            else float(guarded.p_violates_any[i])
+        arm["p_best_feasible"] = None if paused else float(guarded.p_best_feasible[i])
+        arm["held"] = bool(snapshot.guarded is not None and snapshot.guarded.held[i])
+
+
+def guardrail_report(snapshot: Snapshot, guarded: Guarded) -> dict[str, Any]:
+    """The guardrails as configured, the control they are judged against, the gate, and the
+    Monte Carlo error of P(best feasible) (0 when every threshold is absolute: exact)."""
+    experiment = snapshot.experiment
+    return {"metrics": [g.to_json() for g in experiment.guardrails],
+            "control": experiment.control_arm,
+            "gate_min_samples": experiment.exploration.gate_min_samples,
+            "monte_carlo_error": float(guarded.error.max()) if guarded.error.size else 0.0}

@@ -16,6 +16,7 @@ import numpy.typing as npt
 from bandit.errors import InvalidValue, NotFound
 from bandit.features import feature_hash
 from bandit.inputs import MAX_EVENT_EXPERIMENTS, RewardEvent, parse_event, parse_event_batch
+from bandit.model import GUARD_SEPARATOR, PRIMARY, Experiment
 from bandit.serving.cache import Snapshot
 from bandit.serving.decisions import Decider
 from bandit.serving.groups import GROUP_REQUEST_EVENTS, ContextualEvents, GroupCommit, weigh
@@ -87,32 +88,36 @@ class Rewards:
                 since_yield = 0
             encoded, indices, errors, batch = await self._encode_events(experiment_id, events)
             rejected.extend(errors)
-            if encoded and batch is not None:
+            if batch is not None and batch.events:
                 contextual[experiment_id] = batch
-                positions[experiment_id] = batch.indices
-            elif encoded:
+            if encoded:  # a context-free experiment's, or guardrail metrics' of a contextual one
                 batches[experiment_id] = encoded
                 positions[experiment_id] = indices
         accepted = duplicates = 0
-        results: dict[str, list[int] | None] = {}
-        if len(positions) == 1 and len(next(iter(positions.values()))) <= GROUP_REQUEST_EVENTS:
+        outcomes: list[tuple[str, list[int], list[int] | None]] = []
+        total = sum(map(len, positions.values())) + sum(len(b.events)
+                                                        for b in contextual.values())
+        if len(batches) + len(contextual) == 1 and total <= GROUP_REQUEST_EVENTS:
             # A small request for one experiment (a click beacon): in a group commit.
-            experiment_id = next(iter(positions))
-            batch = contextual.get(experiment_id)
-            results[experiment_id] = await (
-                self.groups.apply(experiment_id, batches[experiment_id]) if batch is None
-                else self.groups.apply(experiment_id, batch.events,
-                                       ContextualEvents(batch.features, batch.half_life_s)))
+            for experiment_id, batch in contextual.items():
+                outcomes.append((experiment_id, batch.indices, await self.groups.apply(
+                    experiment_id, batch.events,
+                    ContextualEvents(batch.features, batch.half_life_s))))
+            for experiment_id, plain in batches.items():
+                outcomes.append((experiment_id, positions[experiment_id],
+                                 await self.groups.apply(experiment_id, plain)))
         else:
             # Larger or wider requests: on their own at once, as they come.
             for experiment_id, batch in contextual.items():
-                results[experiment_id] = await self._apply_contextual(experiment_id, batch)
+                outcomes.append((experiment_id, batch.indices,
+                                 await self._apply_contextual(experiment_id, batch)))
             if batches:
-                results.update(await self._store.apply_events(batches,
-                                                              self._settings.dedup_window_s))
-        if results:
-            for experiment_id, statuses in results.items():
-                indices = positions[experiment_id]
+                applied = await self._store.apply_events(batches,
+                                                         self._settings.dedup_window_s)
+                outcomes += [(experiment_id, positions[experiment_id], statuses)
+                             for experiment_id, statuses in applied.items()]
+        if outcomes:
+            for experiment_id, indices, statuses in outcomes:
                 if statuses is None:
                     rejected.extend({"index": i, "error": f"experiment {experiment_id!r} is "
                                      "archived"} for i in indices)
@@ -167,14 +172,23 @@ class Rewards:
         arm_indices = experiment.arm_indices
         require = self._settings.require_decision_ids
         rows: list[npt.NDArray[np.float64]] = []
-        for position, (index, event_id, _, arm, reward, decision_id, ts, context) in enumerate(
-                events):
+        for position, event in enumerate(events):
+            index, reward, decision_id, context = (event.position, event.reward,
+                                                   event.decision_id, event.context)
             if model is not None and position % CONTEXTS_PER_TURN == CONTEXTS_PER_TURN - 1:
                 await asyncio.sleep(0)  # encoding contexts: a few milliseconds per turn
-            arm_index = arm_indices.get(arm)
-            if arm_index is not None and (not bernoulli or 0.0 <= reward <= 1.0) and (
+            arm_index = arm_indices.get(event.arm)
+            problem = _metric_problem(experiment, event)
+            guardrail = None if event.metric is None else experiment.guardrail(event.metric)
+            binary = bernoulli if guardrail is None else guardrail.kind == "bernoulli"
+            if problem is not None:
+                errors.append({"index": index, "error": problem})
+            elif arm_index is not None and (not binary or 0.0 <= reward <= 1.0) and (
                     decision_id is None or decision_id[0] != "p" or bernoulli) and (
                     decision_id is not None or not require):
+                checked = EncodedEvent(event.id, arm_index, reward, event.ts, decision_id,
+                                       "" if guardrail is None else f"{GUARD_SEPARATOR}"
+                                       f"{guardrail.key}")
                 if model is not None:
                     try:
                         rows.append(model.encode(context))
@@ -183,17 +197,18 @@ class Rewards:
                             " (a contextual experiment's reward carries the context its "
                             "decision was served for)" if context is None else "")})
                         continue
-                encoded.append(EncodedEvent(event_id, arm_index, reward, ts, decision_id))
+                encoded.append(checked)
                 indices.append(index)
             elif decision_id is None and require:
                 errors.append({"index": index, "error": "decision_id: required (this service "
                                "only counts rewards for decisions it served)"})
             elif arm_index is None:
-                errors.append({"index": index, "error": f"arm: {arm!r} is not an arm of "
+                errors.append({"index": index, "error": f"arm: {event.arm!r} is not an arm of "
                                f"experiment {experiment_id!r}"})
-            elif bernoulli:
+            elif binary:
                 errors.append({"index": index, "error": f"reward: {reward!r} is outside [0, 1] "
-                               "for a bernoulli experiment"})
+                               + ("for a bernoulli experiment" if guardrail is None else
+                                  f"for bernoulli guardrail metric {guardrail.metric!r}")})
             else:
                 errors.append({"index": index, "error": "decision_id: provisional decisions "
                                "exist only for bernoulli experiments"})
@@ -216,9 +231,16 @@ class Rewards:
                 rows = [e for i, e in enumerate(rows) if i not in refused]
         batch = None
         if model is not None:
+            # A contextual experiment's guardrail metrics are context-free statistics (their
+            # rewards carry the context only for their decision's signature): their events are
+            # applied as a context-free experiment's, apart from the rows.
+            primary = [i for i, event in enumerate(encoded) if not event.guard]
             batch = _ContextualBatch(
-                encoded, indices, np.vstack(rows) if rows else np.zeros((0, model.dimension)),
-                experiment.exploration.half_life_s)
+                [encoded[i] for i in primary], [indices[i] for i in primary],
+                np.vstack([rows[i] for i in primary]) if primary
+                else np.zeros((0, model.dimension)), experiment.exploration.half_life_s)
+            guards = [i for i, event in enumerate(encoded) if event.guard]
+            encoded, indices = [encoded[i] for i in guards], [indices[i] for i in guards]
         return encoded, indices, errors, batch
 
 
@@ -229,6 +251,22 @@ class _ContextualBatch(NamedTuple):
     features: npt.NDArray[np.float64]
     #: The experiment's forgetting when the events were checked.
     half_life_s: float | None
+
+
+def _metric_problem(experiment: Experiment, event: RewardEvent) -> str | None:
+    """Why an event's metric cannot be counted (None: it can)."""
+    if event.metric is None:
+        return None
+    if experiment.guardrail(event.metric) is None:
+        names = [g.metric for g in experiment.guardrails]
+        return (f"metric: {event.metric!r} is not a guardrail metric of experiment "
+                f"{experiment.id!r} (" + (f"its guardrails: {names}" if names else
+                                          "it has no guardrails")
+                + f"; omit metric, or send {PRIMARY!r}, for the reward it optimises)")
+    if event.decision_id is not None and event.decision_id[0] == "p":
+        return ("decision_id: a provisional decision converts the primary metric only; a "
+                "guardrail metric's reward names a signed decision, or none")
+    return None
 
 
 def _token_error(status: int, experiment_id: str, arm: str, window_s: float,

@@ -45,6 +45,7 @@ from bandit.serving.cache import (
     build_snapshot,
     summaries_of,
     summary_of,
+    untempered_guarded,
 )
 from bandit.serving.changes import ChangeFeed
 from bandit.serving.decisions import Decider
@@ -304,12 +305,18 @@ class BanditService:
                 "share": shares[i],
                 "lift": lifts[i],
             })
+        guarded = untempered_guarded(snapshot)
+        if guarded is not None:
+            overview.add_guardrails(arms, snapshot, guarded)
         return {
             "experiment": experiment.id, "version": experiment.version,
             "reward": experiment.reward, "arms": arms, "control": control,
             "winner": health.winner(summary, experiment.arms, threshold_value, max_loss_value,
                                     active=len(experiment.active_arms),
-                                    contextual=snapshot.contextual is not None),
+                                    contextual=snapshot.contextual is not None,
+                                    guarded=guarded),
+            "guardrails": None if guarded is None else overview.guardrail_report(snapshot,
+                                                                                 guarded),
             "call_rule": {"threshold": threshold_value, "max_loss": max_loss_value},
             "health": self._health_report(tracker),
             "model": await self._model_of(snapshot) if contextual else None,

@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from bandit.model import Experiment
+from bandit.model import GUARD_SEPARATOR, Experiment
 from bandit.settings import Settings
 from bandit.tokens import decision_key
 
@@ -33,6 +33,19 @@ class StoredState:
     #: A contextual experiment's statistics rows (K, width), decayed to ``updated_at`` (see
     #: ``bandit.policy.contextual``); None for a context-free one.
     rows: npt.NDArray[np.float64] | None = None
+    #: Each guardrail metric's statistics, by ``Guardrail.key`` (those of its current kind).
+    guards: dict[str, GuardState] = field(default_factory=dict)
+    #: The arms the guardrails' hard gate holds (indices), as last recorded.
+    held: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True)
+class GuardState:
+    """One guardrail metric's statistics, laid out as an experiment's (``StoredState``)."""
+
+    stats: npt.NDArray[np.float64]
+    counts: npt.NDArray[np.float64]
+    updated_at: npt.NDArray[np.float64]
 
 
 class EncodedEvent(NamedTuple):
@@ -43,6 +56,8 @@ class EncodedEvent(NamedTuple):
     reward: float
     ts: float | None
     decision_id: str | None
+    #: ``|<metric>|<kind initial>`` for a guardrail metric's reward, "" for the primary's.
+    guard: str = ""
 
 
 class Draws(NamedTuple):
@@ -134,7 +149,8 @@ def half_life(experiment: Experiment) -> str:
 def encode_events(events: list[EncodedEvent]) -> str:
     # A slate's reward marker holds its unique head, not its (up to 3,000-digit) arm list.
     return "".join(
-        f"{e.event_id}\t{e.arm_index}\t{e.reward!r}\t{'-' if e.ts is None else repr(e.ts)}\t"
+        f"{e.event_id}\t{e.arm_index}{e.guard}\t{e.reward!r}\t"
+        f"{'-' if e.ts is None else repr(e.ts)}\t"
         f"{'-' if e.decision_id is None else decision_key(e.decision_id)}\n"
         for e in events
     )
@@ -149,12 +165,14 @@ def decode_state(result: list[Any]) -> StoredState:
     stats = np.zeros((3, arms))
     counts = np.zeros(arms)
     updated_at = np.zeros(arms)
-    rows = {"w": 0, "m": 1, "q": 2} if gaussian else {"s": 0, "f": 1}
+    rows = GUARD_ROWS["g" if gaussian else "b"]
     model_rows = None
     if experiment.model is not None:
         d = experiment.model.dimension
         model_rows = np.zeros((arms, 3 + d + d * (d + 1) // 2))
     revision = 0
+    guards: dict[str, GuardState] = {}
+    held: frozenset[int] = frozenset()
     for position in range(0, len(flat_stats), 2):
         name, value = flat_stats[position], flat_stats[position + 1]
         if type(name) is bytes:  # read undecoded (the rows are binary): names are ASCII
@@ -162,21 +180,47 @@ def decode_state(result: list[Any]) -> StoredState:
         if name == "rev":
             revision = int(value)
             continue
+        if name == "held":
+            held = frozenset(int(i) for i in _text(value).split(",") if i)
+            continue
         index_text, _, kind = name.partition(":")
+        index_text, bar, guard_key = index_text.partition(GUARD_SEPARATOR)
         index = int(index_text)
         if index >= arms:
             continue  # written for an arm of a newer configuration than this snapshot read
-        if kind == "n":
-            counts[index] = float(value)
-        elif kind == "t":
-            updated_at[index] = float(value)
-        elif kind in rows:
-            stats[rows[kind], index] = float(value)
+        if bar:
+            guard = guards.get(guard_key)
+            if guard is None:
+                guard = guards[guard_key] = GuardState(np.zeros((3, arms)), np.zeros(arms),
+                                                       np.zeros(arms))
+            _store_field(guard.stats, guard.counts, guard.updated_at,
+                         GUARD_ROWS[guard_key[-1]], kind, index, value)
         elif kind == "x" and model_rows is not None:
             row = decode_row(value)
             model_rows[index, :row.shape[0]] = row
+        else:
+            _store_field(stats, counts, updated_at, rows, kind, index, value)
     return StoredState(experiment, stats, counts, updated_at, revision,
-                       float(server_time), model_rows)
+                       float(server_time), model_rows, guards, held)
+
+
+#: Which row of the statistics each stored field is, by kind (``g``aussian, ``b``ernoulli).
+GUARD_ROWS = {"g": {"w": 0, "m": 1, "q": 2}, "b": {"s": 0, "f": 1}}
+
+
+def _store_field(stats: npt.NDArray[np.float64], counts: npt.NDArray[np.float64],
+                 updated_at: npt.NDArray[np.float64], rows: dict[str, int], kind: str,
+                 index: int, value: str | bytes) -> None:
+    if kind == "n":
+        counts[index] = float(value)
+    elif kind == "t":
+        updated_at[index] = float(value)
+    elif kind in rows:
+        stats[rows[kind], index] = float(value)
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if type(value) is bytes else str(value)
 
 
 def arm_sums(events: list[EncodedEvent], features: npt.NDArray[np.float64],

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
@@ -107,6 +107,7 @@ class RedisStore:
         self._add_draws = client.register_script(scripts.ADD_DRAWS)
         self._flush_log = client.register_script(scripts.FLUSH_LOG)
         self._save_layer = client.register_script(scripts.SAVE_LAYER)
+        self._set_held = client.register_script(scripts.SET_HELD)
 
     @classmethod
     def from_url(cls, url: str, prefix: str, *, timeout_s: float, max_connections: int,
@@ -199,6 +200,16 @@ class RedisStore:
         if result[0] == 0:
             raise stale(f"experiment {experiment.id!r}", result[1], expected_version)
         return int(result[1])
+
+    async def set_held(self, experiment_id: str, revision: int, held: Iterable[int],
+                       audit_entry: dict[str, Any]) -> bool:
+        """Record the arms the hard gate holds, computed from stats ``revision``, with its
+        audit entry (``SET_HELD``); False when already recorded or computed from old stats."""
+        keys = self.keys(experiment_id)
+        result = await self._scripts.write(
+            self._set_held, [keys.meta, keys.stats, keys.audit],
+            [str(revision), ",".join(str(i) for i in sorted(held)), orjson.dumps(audit_entry)])
+        return bool(result)
 
     async def audit(self, experiment_id: str) -> list[dict[str, Any]] | None:
         """The audit log, oldest first (None when the experiment does not exist)."""

@@ -8,7 +8,9 @@ in replies to integers. Times come from the server's ``TIME``, one clock for all
 Arm state in the ``stats`` hash, per arm index ``i``: ``i:s``/``i:f`` (bernoulli successes and
 failures) or ``i:w``/``i:m``/``i:q`` (gaussian weight, mean and sum of squared deviations),
 ``i:n`` (raw observations, never forgotten) and ``i:t`` (server time the state was last decayed
-to). With a half-life ``h``, state older by ``d`` seconds weighs ``2^(-d/h)``: every writer first
+to). A guardrail metric's state has the same fields under ``i|<metric>|<b or g>`` (its kind's
+initial), and ``held`` lists the arms its hard gate holds (``SET_HELD``). With a half-life
+``h``, state older by ``d`` seconds weighs ``2^(-d/h)``: every writer first
 decays an arm to now, then adds, so forgetting needs no background job and no read-modify-write
 from Python.
 """
@@ -54,7 +56,11 @@ local function load(arm)
   local v = redis.call('HMGET', KEYS[2], p .. 's', p .. 'f', p .. 'w', p .. 'm', p .. 'q',
                        p .. 'n', p .. 't')
   state = {s = tonumber(v[1]) or 0, f = tonumber(v[2]) or 0, w = tonumber(v[3]) or 0,
-           m = tonumber(v[4]) or 0, q = tonumber(v[5]) or 0, n = tonumber(v[6]) or 0}
+           m = tonumber(v[4]) or 0, q = tonumber(v[5]) or 0, n = tonumber(v[6]) or 0,
+           g = gaussian}
+  -- A guardrail metric's state (`<arm>|<metric>|<kind initial>`) is of its own kind.
+  local kind = string.match(arm, '|(%a)$')
+  if kind then state.g = kind == 'g' end
   local t = tonumber(v[7])
   if t then
     local d = weight_since(t)
@@ -68,7 +74,7 @@ local function save()
   local changed = false
   for arm, st in pairs(arms) do
     local p = arm .. ':'
-    if gaussian then
+    if st.g then
       redis.call('HSET', KEYS[2], p .. 'w', fmt(st.w), p .. 'm', fmt(st.m), p .. 'q', fmt(st.q),
                  p .. 'n', fmt(st.n), p .. 't', fmt(now))
     else
@@ -143,7 +149,8 @@ _DEDUP_CHECK = r"""
 -- Apply a batch of reward events to one experiment, idempotently.
 -- KEYS[1] meta, KEYS[2] stats.
 -- ARGV[1] the experiment's key prefix (`<prefix>:{<id>}:`), ARGV[2] dedup window in ms,
---   ARGV[3] the events, one per line: event id, arm index, reward, event time ('-' = now),
+--   ARGV[3] the events, one per line: event id, arm index (`<arm>|<metric>|<kind initial>`
+--   for a guardrail metric's reward), reward, event time ('-' = now),
 --   decision id ('-' = none), separated by tabs (ids never contain white space).
 --   ARGV[4] '1': append the applied events to the decision log (`_LOG_REWARDS`), '0': not.
 -- Dedup: event ids go into sets of a quarter window each (`dedup:<width>:<n>`), and an id is a
@@ -311,7 +318,7 @@ for i = 1, n do
       st.s, st.f = st.s + w, math.max(0, st.f - w)
     else
       local w = weight_since(times[i] or now)
-      if gaussian then
+      if st.g then
         local total = st.w + w
         if total > 0 then
           local delta = reward - st.m
@@ -464,6 +471,23 @@ redis.call('HINCRBY', KEYS[2], 'rev', 1)
 redis.call('RPUSH', KEYS[3], ARGV[5])
 notify()
 return {1, new}
+"""
+
+SET_HELD = _NOTIFY + r"""
+-- Record which arms the guardrails' hard gate holds, as computed from stats revision ARGV[1],
+-- with its audit entry. KEYS[1] meta, KEYS[2] stats, KEYS[3] audit. ARGV[2] the held arm
+-- indices ('1,4', '' for none), ARGV[3] the audit entry (JSON). Every process computes the same
+-- gate from the same revision: the first to record it does; a computation from an older
+-- revision, or one already recorded, changes nothing.
+-- Returns 1 when recorded, 0 otherwise.
+if not redis.call('HGET', KEYS[1], 'config') then return 0 end
+if redis.call('HGET', KEYS[2], 'rev') ~= ARGV[1] then return 0 end
+if (redis.call('HGET', KEYS[2], 'held') or '') == ARGV[2] then return 0 end
+redis.call('HSET', KEYS[2], 'held', ARGV[2])
+redis.call('HINCRBY', KEYS[2], 'rev', 1)
+redis.call('RPUSH', KEYS[3], ARGV[3])
+notify()
+return 1
 """
 
 READ = r"""

@@ -1,0 +1,165 @@
+"""Guardrails through HTTP on a real Redis: rewards by metric (the same atomic step and dedup as
+the primary's), the allocation and its gate, the stats and the winner call, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from bandit.settings import Settings
+from tests.test_layers_api import _ok, _redis_keys, _refused
+
+Client = TestClient[Any, Any]
+
+REVENUE = {"metric": "revenue", "kind": "gaussian", "direction": "higher",
+           "threshold": {"relative": -0.02}}
+UNSUBSCRIBE = {"metric": "unsubscribe", "kind": "bernoulli", "direction": "lower",
+               "threshold": {"absolute": 0.01}}
+
+
+async def _create(client: Client, experiment_id: str = "g", **extra: Any) -> dict[str, Any]:
+    body = {"id": experiment_id, "arms": ["control", "b", "c"], "reward": "bernoulli",
+            "guardrails": [REVENUE, UNSUBSCRIBE], "control": "control", **extra}
+    return dict(await _ok(await client.post("/v1/experiments", json=body), 201))
+
+
+async def _events(client: Client, events: list[dict[str, Any]]) -> dict[str, Any]:
+    return dict(await _ok(await client.post("/v1/events", json={"events": events})))
+
+
+async def _stats(client: Client, experiment_id: str = "g") -> dict[str, Any]:
+    return dict(await _ok(await client.get(f"/v1/experiments/{experiment_id}/stats")))
+
+
+async def _settled(client: Client, check: Any, experiment_id: str = "g",
+                   timeout_s: float = 5.0) -> dict[str, Any]:
+    """The stats once ``check(stats)`` holds (the cache refreshes every 50 ms here)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        stats = await _stats(client, experiment_id)
+        if check(stats) or time.monotonic() > deadline:
+            return stats
+        await asyncio.sleep(0.05)
+
+
+def _arm(stats: dict[str, Any], arm: str) -> dict[str, Any]:
+    return next(a for a in stats["arms"] if a["arm"] == arm)
+
+
+async def test_rewards_by_metric_update_their_own_posteriors_once(client: Client) -> None:
+    await _create(client)
+    events = [{"id": f"r{i}", "experiment": "g", "arm": "b", "reward": 2.0 + i,
+               "metric": "revenue"} for i in range(4)]
+    events += [{"id": "u1", "experiment": "g", "arm": "b", "reward": 1, "metric": "unsubscribe"},
+               {"id": "p1", "experiment": "g", "arm": "b", "reward": 1},
+               {"id": "p2", "experiment": "g", "arm": "b", "reward": 0, "metric": "primary"}]
+    assert await _events(client, events) == {"accepted": 7, "duplicates": 0, "rejected": []}
+    # The same ids again: duplicates, whatever their metric, and nothing counted twice.
+    again = await _events(client, events)
+    assert again["accepted"] == 0 and again["duplicates"] == 7
+    stats = await _settled(client, lambda s: _arm(s, "b")["n"] == 2)
+    b = _arm(stats, "b")
+    assert b["n"] == 2 and b["mean"] == (1 + 1) / (2 + 2)  # Beta(1, 1) + 1 success, 1 failure
+    assert b["guardrails"]["revenue"]["n"] == 4
+    assert abs(b["guardrails"]["revenue"]["mean"] - 3.5) < 0.01  # kappa 0.01 barely shrinks
+    assert b["guardrails"]["unsubscribe"] == {
+        "n": 1, "mean": 2 / 3, "ci95": b["guardrails"]["unsubscribe"]["ci95"],
+        "p_violates": b["guardrails"]["unsubscribe"]["p_violates"]}
+    assert _arm(stats, "control")["p_violates"] is None
+    assert stats["guardrails"]["control"] == "control"
+    assert 0 < stats["guardrails"]["monte_carlo_error"] < 0.01
+
+
+async def test_a_decision_is_rewarded_once_per_metric(client: Client) -> None:
+    await _create(client)
+    decision = await _ok(await client.post("/v1/experiments/g/allocate", json={}))
+    [choice] = decision["decisions"]
+    base = {"experiment": "g", "arm": choice["arm"], "decision_id": choice["decision_id"]}
+    first = await _events(client, [{**base, "id": "a", "reward": 1},
+                                   {**base, "id": "b", "reward": 5.0, "metric": "revenue"},
+                                   {**base, "id": "c", "reward": 0, "metric": "unsubscribe"}])
+    assert first["accepted"] == 3
+    second = await _events(client, [{**base, "id": "d", "reward": 6.0, "metric": "revenue"}])
+    assert second["accepted"] == 0
+    assert "already has a reward" in second["rejected"][0]["error"]
+
+
+async def test_bad_rewards_by_metric_are_refused_and_change_nothing(
+        client: Client, settings: Settings) -> None:
+    await _create(client)
+    await _create(client, "plain", guardrails=[], control=None)
+    before = _redis_keys(settings)
+    result = await _events(client, [
+        {"id": "x1", "experiment": "g", "arm": "b", "reward": 1, "metric": "latency"},
+        {"id": "x2", "experiment": "g", "arm": "b", "reward": 2.5, "metric": "unsubscribe"},
+        {"id": "x3", "experiment": "plain", "arm": "b", "reward": 1, "metric": "revenue"},
+        {"id": "x4", "experiment": "g", "arm": "b", "reward": 1, "metric": 7},
+        {"id": "x5", "experiment": "g", "arm": "b", "reward": 1, "metric": "Bad Name"},
+    ])
+    errors = [r["error"] for r in result["rejected"]]
+    assert result["accepted"] == 0 and len(errors) == 5
+    assert "'latency' is not a guardrail metric of experiment 'g'" in errors[0]
+    assert "['revenue', 'unsubscribe']" in errors[0]
+    assert "outside [0, 1] for bernoulli guardrail metric 'unsubscribe'" in errors[1]
+    assert "it has no guardrails" in errors[2]
+    assert "metric: expected a metric name" in errors[3]
+    assert "not a valid metric name" in errors[4]
+    assert _redis_keys(settings) == before
+
+
+async def test_bad_guardrails_are_refused_at_create_and_patch(client: Client,
+                                                               settings: Settings) -> None:
+    before = _redis_keys(settings)
+    body = {"id": "g", "arms": ["control", "b"], "reward": "bernoulli"}
+    await _refused(await client.post("/v1/experiments", json={**body, "guardrails": [REVENUE]}),
+                   422, "no control arm")
+    await _refused(await client.post("/v1/experiments", json={
+        **body, "control": "control", "guardrails": [REVENUE, {**REVENUE,
+                                                               "direction": "lower"}]}),
+        422, "contradictory directions")
+    await _refused(await client.post("/v1/experiments", json={
+        **body, "exploration": {"gate_min_samples": 100}}), 422, "has none")
+    assert _redis_keys(settings) == before
+    created = await _create(client)
+    before = _redis_keys(settings)
+    await _refused(await client.patch("/v1/experiments/g", json={
+        "version": created["version"], "control": None}), 422, "no control arm")
+    assert _redis_keys(settings) == before
+
+
+async def test_a_harmful_arm_is_held_at_the_floor_and_the_gate_is_audited(
+        client: Client) -> None:
+    """Arm b has the best primary by far, and revenue 10% below control's, with 400
+    observations each (sd 0.5: the difference is 4 standard errors): P(violates) is ~1, so
+    the gate holds b at the floor; c takes the bandit's traffic."""
+    created = await _create(client, exploration={"min_share": 0.05, "gate_min_samples": 100})
+    rng_values = [(-1) ** i * 0.5 for i in range(400)]  # mean 0, sd 0.5 exactly
+    events: list[dict[str, Any]] = []
+    for arm, revenue, clicks in (("control", 1.0, 40), ("b", 0.9, 200), ("c", 1.0, 60)):
+        events += [{"id": f"{arm}-r{i}", "experiment": "g", "arm": arm, "metric": "revenue",
+                    "reward": revenue + noise} for i, noise in enumerate(rng_values)]
+        events += [{"id": f"{arm}-p{i}", "experiment": "g", "arm": arm,
+                    "reward": int(i < clicks)} for i in range(400)]
+        events += [{"id": f"{arm}-u{i}", "experiment": "g", "arm": arm, "metric": "unsubscribe",
+                    "reward": 0} for i in range(200)]
+    assert (await _events(client, events))["accepted"] == len(events)
+    stats = await _settled(client, lambda s: _arm(s, "b")["held"])
+    b = _arm(stats, "b")
+    assert b["held"] and b["p_violates"] > 0.95
+    assert b["guardrails"]["revenue"]["p_violates"] > 0.95
+    assert abs(b["share"] - 0.05) < 1e-9  # the floor, exactly
+    assert _arm(stats, "c")["share"] > 0.5
+    # Decisions carry the same propensities (from the cached allocation).
+    allocation = await _ok(await client.post("/v1/experiments/g/allocate", json={"n": 200}))
+    propensities = {d["arm"]: d["propensity"] for d in allocation["decisions"]}
+    assert abs(propensities["b"] - 0.05) < 1e-9
+    audit = await _ok(await client.get("/v1/experiments/g/audit"))
+    gate = [entry for entry in audit["entries"] if entry["action"] == "gate"]
+    assert len(gate) == 1 and gate[0]["actor"] == "guardrail-gate"
+    assert gate[0]["changes"] == {"held": {"old": [], "new": ["b"]}}
+    assert gate[0]["version"] == created["version"]
+    # The winner must be feasible: b leads the primary, and is no winner.
+    assert stats["winner"] is None or stats["winner"]["arm"] != "b"
