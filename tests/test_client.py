@@ -260,6 +260,32 @@ async def test_a_contextual_decision_and_its_reward(
     await _close(client)
 
 
+async def test_a_guardrail_metric_s_reward(
+    kind: str, clients: ClientFactory, shared_service: ServiceProcess
+) -> None:
+    url = shared_service.url
+    experiment = f"g{uuid.uuid4().hex[:12]}"
+    status, body = _call(url, "POST", "/v1/experiments", {
+        "id": experiment, "arms": list(ARMS), "reward": "bernoulli", "control": "control",
+        "guardrails": [{"metric": "revenue", "kind": "gaussian", "direction": "higher",
+                        "threshold": {"relative": -0.02}}]})
+    assert status == 201, body
+    rejected: list[Rejected] = []
+    client = clients(kind, url, flush_interval=0.05, on_rejected=rejected.extend)
+    client.reward(experiment, "blue", 12.5, metric="revenue")
+    client.reward(experiment, "blue", 1.0)
+    client.reward(experiment, "blue", 1.0, metric="latency")  # not a guardrail of it
+    with pytest.raises(InvalidRequest, match="metric: 'Revenue!' is not a valid metric name"):
+        client.reward(experiment, "blue", 1.0, metric="Revenue!")
+    assert await _flush(client, 10)
+    assert _observations(url, experiment, 1) == Counter({"blue": 1})
+    status, stats = _call(url, "GET", f"/v1/experiments/{experiment}/stats")
+    [blue] = [arm for arm in stats["arms"] if arm["arm"] == "blue"]
+    assert blue["guardrails"]["revenue"]["n"] == 1
+    assert [r.event["metric"] for r in rejected] == ["latency"]
+    await _close(client)
+
+
 async def test_an_unreachable_service_costs_nothing_and_loses_nothing(
     kind: str, clients: ClientFactory
 ) -> None:

@@ -35,7 +35,8 @@ from tests.conftest import ServiceProcess
 from tests.test_docs import ROOT, SHELL_LANGUAGES, read_page
 
 PAGES = [ROOT / "README.md", ROOT / "docs" / "api.md", ROOT / "docs" / "contextual.md",
-         ROOT / "docs" / "decision-log.md", ROOT / "docs" / "layers.md"]
+         ROOT / "docs" / "decision-log.md", ROOT / "docs" / "layers.md",
+         ROOT / "docs" / "guardrails.md"]
 DOCUMENTED_HOST = "localhost:8080"
 #: A ``curl`` command at the start of a line, after a pipe, or in ``$(...)``.
 CURL = re.compile(r"(?:^|[|(]\s*)curl\s")

@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from bandit.settings import Settings
+from tests.test_decision_log import _flushed_export
 from tests.test_layers_api import _ok, _redis_keys, _refused
 
 Client = TestClient[Any, Any]
@@ -163,3 +164,24 @@ async def test_a_harmful_arm_is_held_at_the_floor_and_the_gate_is_audited(
     assert gate[0]["version"] == created["version"]
     # The winner must be feasible: b leads the primary, and is no winner.
     assert stats["winner"] is None or stats["winner"]["arm"] != "b"
+
+
+async def test_the_log_export_joins_the_primary_reward_not_a_guardrail_s(
+        client: Client, settings: Settings) -> None:
+    """A guardrail metric's reward for a decision, applied before its primary reward, is not
+    the decision's reward in the export (it would be: the join takes a decision's first
+    reward record)."""
+    await _create(client)
+    decisions = (await _ok(await client.post("/v1/experiments/g/allocate",
+                                             json={"n": 2})))["decisions"]
+    first, second = decisions
+    await _events(client, [
+        {"id": "g1", "experiment": "g", "arm": first["arm"], "reward": 7.5,
+         "decision_id": first["decision_id"], "metric": "revenue"},
+        {"id": "g2", "experiment": "g", "arm": second["arm"], "reward": 0.25,
+         "decision_id": second["decision_id"], "metric": "revenue"}])
+    await _events(client, [{"id": "p1", "experiment": "g", "arm": first["arm"], "reward": 1,
+                            "decision_id": first["decision_id"]}])
+    rows = {row["decision_id"]: row for row in await _flushed_export(client, settings, "g")}
+    assert rows[first["decision_id"]]["reward"] == 1.0
+    assert rows[second["decision_id"]]["reward"] is None

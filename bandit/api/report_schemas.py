@@ -9,6 +9,7 @@ from bandit.api.schemas import (
     CHANGES,
     COUNT,
     EXPLORATION_CHANGE,
+    GUARDRAILS,
     ID,
     INTERVAL,
     LIFT,
@@ -76,9 +77,17 @@ _LOG: Schema = closed_object(
         "max_records": {"type": ["integer", "null"], "description": "retention by size"}},
     description="the experiment's decision log (`bandit log export`)")
 
+_PROBABILITY: Schema = {"type": ["number", "null"], "minimum": 0, "maximum": 1}
+_GUARDRAIL_ARM: Schema = closed_object(["n", "mean", "ci95", "p_violates"], {
+    "n": {"type": "number", "minimum": 0, "description": "observations of this metric"},
+    "mean": NULLABLE_NUMBER,
+    "ci95": {"type": "array", "items": NULLABLE_NUMBER, "minItems": 2, "maxItems": 2},
+    "p_violates": {**_PROBABILITY, "description": "posterior probability that the arm's mean "
+                                                  "breaks the threshold (null: the control, "
+                                                  "or a paused arm)"}})
 _STATS: Schema = closed_object(
     ["experiment", "version", "reward", "arms", "control", "winner", "call_rule", "health",
-     "model", "segments", "log"], {
+     "model", "segments", "log", "guardrails"], {
         "experiment": ID, "version": VERSION, "reward": REWARD,
         "arms": {"type": "array", "items": closed_object(
             ["arm", "state", "n", "served", "mean", "ci95", "p_best", "expected_loss", "share",
@@ -97,7 +106,24 @@ _STATS: Schema = closed_object(
                                       "propensity of the arm over every decision drawn since "
                                       "creation (the sample-ratio sums: expected / drawn), "
                                       "null before the first"},
-             "lift": LIFT})},
+             "lift": LIFT,
+             "guardrails": {"type": "object", "additionalProperties": _GUARDRAIL_ARM,
+                            "description": "with guardrails: each guardrail metric of the arm"},
+             "p_violates": {**_PROBABILITY, "description": "with guardrails: P(the arm breaks "
+                                                           "any guardrail)"},
+             "p_best_feasible": {**_PROBABILITY, "description": "with guardrails: P(the arm "
+                                 "is the best arm that keeps every guardrail)"},
+             "held": {"type": "boolean", "description": "with guardrails: the hard gate holds "
+                                                        "the arm at the floor"}})},
+        "guardrails": {**nullable(closed_object(
+            ["metrics", "control", "gate_min_samples", "monte_carlo_error"], {
+                "metrics": GUARDRAILS, "control": {**ID, "type": ["string", "null"]},
+                "gate_min_samples": {"type": ["integer", "null"], "minimum": 1},
+                "monte_carlo_error": {"type": "number", "minimum": 0,
+                                      "description": "largest standard error of P(best "
+                                                     "feasible): 0 when every threshold is "
+                                                     "absolute (computed exactly)"}})),
+            "description": "the guardrails the allocation keeps (null: none)"},
         "control": nullable(closed_object(["arm", "chosen_by"], {
             "arm": ID,
             "chosen_by": {"enum": ["setting", "name"],
@@ -108,7 +134,10 @@ _STATS: Schema = closed_object(
         "winner": nullable(closed_object(
             ["arm", "p_best", "expected_loss", "threshold", "max_loss"], {
                 "arm": ID, "p_best": SHARE, "expected_loss": NUMBER, "threshold": SHARE,
-                "max_loss": NUMBER})),
+                "max_loss": NUMBER,
+                "p_feasible": {**SHARE, "description": "with guardrails: P(the winner keeps "
+                                                       "every guardrail), at least threshold; "
+                                                       "p_best is then P(best feasible)"}})),
         "call_rule": closed_object(["threshold", "max_loss"], {
             "threshold": SHARE, "max_loss": {"type": "number", "minimum": 0}},
             description="what a winner call needs (also when there is no winner)"),
@@ -180,7 +209,7 @@ _HISTORY: Schema = closed_object(
 
 # (Unarchiving was recorded as `unarchive` and missing here: an audit log showing one broke the
 # document's promise.)
-_AUDIT: Schema = audit_log("experiment", ["create", "update", "archive", "unarchive"])
+_AUDIT: Schema = audit_log("experiment", ["create", "update", "archive", "unarchive", "gate"])
 
 _ADVISE: Schema = {
     "type": ["object", "null"], "additionalProperties": False,

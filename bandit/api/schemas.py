@@ -97,7 +97,8 @@ VERSION: Schema = {"type": "integer", "minimum": 1}
 CHANGES: Schema = {
     "type": "object",
     "description": "what changed, by setting: `exploration.epsilon`, `arms.<id>` (arm state), "
-                   "`prior.<name>`, `attribution_window_s`, `status`",
+                   "`prior.<name>`, `attribution_window_s`, `status`, `held` (the arms the "
+                   "guardrails' hard gate holds)",
     "additionalProperties": closed_object(["old", "new"], {"old": {}, "new": {}}),
 }
 
@@ -507,6 +508,9 @@ _EVENT: Schema = closed_object(["id", "experiment", "arm", "reward"], {
     "context": {**CONTEXT, "description": "a contextual experiment's reward: the context its "
                                           "decision was served for (refused if it encodes to "
                                           "other features)"},
+    "metric": {"type": ["string", "null"], "pattern": anchored(ID_PATTERN),
+               "description": "the guardrail metric this reward is for; `primary` or absent: "
+                              "the reward the experiment optimises"},
 })
 _EVENT_BATCH: Schema = {
     "type": "object", "additionalProperties": False, "required": ["events"],

@@ -41,7 +41,7 @@ import orjson
 
 from bandit import __version__
 from bandit.errors import BanditError
-from bandit.model import Experiment
+from bandit.model import GUARD_SEPARATOR, Experiment
 from bandit.ops.operator import error_message
 from bandit.ops.operator_args import DEFAULT_URL
 from bandit.settings import Settings, SettingsError, environ
@@ -321,9 +321,9 @@ def _positions(pa: Any, table: Any) -> Any:
 
 
 def _join_rewards(pa: Any, rows: Any, text: str, window_ms: float) -> tuple[Any, int]:
-    """Each row's reward: the first reward record naming its decision (a slate's by its head,
-    ``decision_key``) and arm, when the service applied it within the attribution window of
-    the decision."""
+    """Each row's reward: the first reward record of the primary metric naming its decision (a
+    slate's by its head, ``decision_key``) and arm, when the service applied it within the
+    attribution window of the decision."""
     pc = pa.compute
     ids = rows["decision_id"]
     slates = pc.starts_with(ids, "r")
@@ -337,7 +337,9 @@ def _join_rewards(pa: Any, rows: Any, text: str, window_ms: float) -> tuple[Any,
         rewards = _read_lines(pa, text, {"rt": pa.float64(), "d": pa.string(),
                                          "arm": pa.string(), "reward": pa.float64(),
                                          "event": pa.string(), "applied": pa.int64()})
-        rewards = rewards.filter(pc.is_valid(rewards["d"]))
+        # The primary metric's: a guardrail metric's records name `<arm>|<metric>|<kind>`.
+        rewards = rewards.filter(pc.and_(pc.is_valid(rewards["d"]), pc.invert(
+            pc.match_substring(rewards["arm"], GUARD_SEPARATOR))))
         keys = (rewards["d"] if row_keys is ids
                 else pc.binary_join_element_wise(rewards["d"], rewards["arm"], "\t"))
         # index_in finds a key's first occurrence: each row's first reward.

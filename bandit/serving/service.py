@@ -375,7 +375,8 @@ class BanditService:
         now = time.monotonic()
         if cached is None or not (cached[0] is snapshot or (
                 now - cached[1] < max_age_s and cached[0].experiment.arms == experiment.arms
-                and cached[0].experiment.exploration == experiment.exploration)):
+                and cached[0].experiment.exploration == experiment.exploration
+                and cached[0].experiment.control == experiment.control)):
             control, lifts = await asyncio.to_thread(overview.arm_lifts, snapshot, summary)
             cached = (snapshot, now, {"control": None if control is None else {
                 "arm": experiment.arms[control.index], "chosen_by": control.source},

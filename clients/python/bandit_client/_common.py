@@ -155,7 +155,7 @@ class ClientBase:
     def reward(self, experiment: str, arm: str, reward: float, *,
                decision_id: str | None = None, unit: str | None = None,
                event_id: str | None = None, ts: float | None = None,
-               context: Mapping[str, Any] | None = None) -> str:
+               context: Mapping[str, Any] | None = None, metric: str | None = None) -> str:
         """Buffer one reward event for the sender; returns its event id. No I/O.
 
         ``event_id`` makes the event idempotent (default: a new uuid4 hex): every retry
@@ -163,6 +163,8 @@ class ClientBase:
         epoch seconds (default: now, so buffering and retries do not make it look newer).
         ``context``: for a contextual experiment, the context the decision was served for
         (the service refuses a reward whose context encodes to other features).
+        ``metric``: a guardrail metric of the experiment this reward is for (default: the
+        primary metric, the reward the bandit optimises); give each metric's event its own id.
         Raises InvalidRequest for an event the service would refuse by its form (the
         experiment-specific checks happen there: such events are reported via
         ``on_rejected``), BufferFull when the buffer is full, ClientClosed after close().
@@ -179,6 +181,8 @@ class ClientBase:
             event["unit"] = unit
         if context is not None:
             event["context"] = dict(context) if isinstance(context, Mapping) else context
+        if metric is not None:
+            event["metric"] = metric
         problem = event_problem(event)
         if problem is not None:
             raise InvalidRequest(problem)

@@ -34,7 +34,8 @@ MIN_CLOSING_TIMEOUT_S = 0.1
 class Rejected:
     """An event the service refused, or that could not be delivered before ``close()``."""
 
-    #: The event as sent: ``{id, experiment, arm, reward, ts, decision_id?, unit?}``.
+    #: The event as sent: ``{id, experiment, arm, reward, ts, decision_id?, unit?, context?,
+    #: metric?}``.
     event: dict[str, Any]
     reason: str
     #: The HTTP status of a whole-batch refusal; None for a per-event rejection or an

@@ -100,6 +100,9 @@ def event_problem(event: dict[str, Any]) -> str | None:
         return "decision_id: expected a string"
     if not isinstance(event.get("context", {}), dict):
         return "context: expected an object of feature values"
+    metric = event.get("metric", "primary")
+    if not isinstance(metric, str) or not ID_PATTERN.fullmatch(metric):
+        return f"metric: {metric!r} is not a valid metric name"
     return None
 
 
