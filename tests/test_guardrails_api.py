@@ -185,3 +185,35 @@ async def test_the_log_export_joins_the_primary_reward_not_a_guardrail_s(
     rows = {row["decision_id"]: row for row in await _flushed_export(client, settings, "g")}
     assert rows[first["decision_id"]]["reward"] == 1.0
     assert rows[second["decision_id"]]["reward"] is None
+
+
+async def test_a_contextual_experiment_keeps_guardrails_on_its_marginals(client: Client) -> None:
+    """Guardrail rewards of contextual decisions carry the context (for the decision's
+    signature) and update context-free statistics; the gate holds an arm at the floor for
+    every context."""
+    model = {"type": "linear", "features": [
+        {"name": "region", "type": "categorical", "values": ["eu", "us"]}]}
+    await _create(client, "ctx", model=model, guardrails=[REVENUE],
+                  exploration={"min_share": 0.05, "gate_min_samples": 100})
+    answer = await _ok(await client.post("/v1/experiments/ctx/allocate",
+                                         json={"context": {"region": "eu"}}))
+    [decision] = answer["decisions"]
+    base = {"experiment": "ctx", "arm": decision["arm"], "decision_id": decision["decision_id"],
+            "metric": "revenue", "reward": 3.0}
+    result = await _events(client, [{**base, "id": "with", "context": {"region": "eu"}},
+                                    {**base, "id": "without"}])
+    assert result["accepted"] == 1
+    assert "context" in result["rejected"][0]["error"]
+    noise = [(-1) ** i * 0.5 for i in range(400)]
+    events = [{"id": f"{arm}-{i}", "experiment": "ctx", "arm": arm, "metric": "revenue",
+               "reward": level + e} for arm, level in (("control", 1.0), ("b", 0.9), ("c", 1.0))
+              for i, e in enumerate(noise)]
+    assert (await _events(client, events))["accepted"] == len(events)
+    stats = await _settled(client, lambda s: _arm(s, "b")["held"], "ctx")
+    assert _arm(stats, "b")["held"]
+    assert _arm(stats, "b")["guardrails"]["revenue"]["n"] == 400
+    for region in ("eu", "us"):
+        answer = await _ok(await client.post("/v1/experiments/ctx/allocate", json={
+            "n": 300, "context": {"region": region}}))
+        propensities = {d["arm"]: d["propensity"] for d in answer["decisions"]}
+        assert propensities["b"] == 0.05 or "b" not in propensities

@@ -8,11 +8,14 @@ import pytest
 
 from bandit.errors import InvalidValue
 from bandit.model import Experiment, parse_new_experiment
+from bandit.policy import Guard, PolicySettings, guarded_allocation, student_t_tail_table
 from bandit.policy.guardrails import (
     ABSOLUTE,
     HIGHER,
     LOWER,
+    OUTER,
     RELATIVE,
+    feasible_best,
     feasible_best_exact,
     feasible_best_monte_carlo,
 )
@@ -144,3 +147,120 @@ def test_guardrails_and_control_change_by_patch_audited() -> None:
          "threshold": {"relative": -0.02}}]}
     with pytest.raises(InvalidValue, match="no control arm"):
         parse_patch({"version": 2, "control": None}, patch.experiment, 2.0)
+
+
+# -- the service's kernel: feasible_best and the allocation built on it -------------------------
+
+def _kernel(primary: np.ndarray, guards: list[np.ndarray], families: list[int],
+            directions: list[int], kinds: list[int], thresholds: list[float],
+            control: int) -> tuple[np.ndarray, ...]:
+    k = primary.shape[1]
+    return feasible_best(BERNOULLI, primary, np.array(families), np.stack(guards),
+                         np.array(directions), np.array(kinds), np.array(thresholds,
+                                                                          dtype=float),
+                         control, np.ones(k, dtype=bool), student_t_tail_table(), OUTER,
+                         np.random.default_rng(5))
+
+
+def _world(k: int, seed: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """K arms: a click primary, revenue and latency (gaussian) and an unsubscribe rate."""
+    rng = np.random.default_rng(seed)
+    primary = _beta(list(rng.integers(80, 120, k)), [900] * k)
+    revenue = _normal_gamma(list(1 + 0.02 * rng.standard_normal(k)), n=400, sd=0.5)
+    latency = _normal_gamma(list(100 + 2 * rng.standard_normal(k)), n=400, sd=20.0)
+    unsubscribe = _beta(list(rng.integers(40, 60, k)), [950] * k)
+    return primary, [revenue, latency, unsubscribe]
+
+
+@pytest.mark.parametrize("kinds", [[ABSOLUTE, ABSOLUTE, ABSOLUTE], [RELATIVE, RELATIVE, ABSOLUTE]],
+                         ids=["absolute", "relative"])
+def test_the_kernel_agrees_with_joint_monte_carlo(kinds: list[int]) -> None:
+    """K=20 arms, 3 guardrails. The kernel against 400,000 joint draws of everything: every
+    share within 4 combined standard errors (the draws' sqrt(p(1-p)/M), the kernel's own
+    reported error, and 3e-4 for its quadrature, whose error on these laws is ~1e-4); with
+    absolute thresholds the kernel reports no Monte Carlo error at all."""
+    primary, guards = _world(20, seed=0)
+    families = [GAUSSIAN, GAUSSIAN, BERNOULLI]
+    directions = [HIGHER, LOWER, HIGHER]
+    thresholds = ([0.99, 102.0, 0.045] if kinds[0] == ABSOLUTE else [-0.02, 0.02, 0.045])
+    shares, error, violates, any_violation = _kernel(primary, guards, families, directions,
+                                                     kinds, thresholds, control=0)
+    reference, reference_error = feasible_best_monte_carlo(
+        BERNOULLI, primary, families, guards, directions, kinds, thresholds, 0,
+        np.ones(20, dtype=bool), 400_000, seed=11)
+    assert abs(shares.sum() - 1.0) < 1e-9
+    tolerance = 4 * np.sqrt(reference_error**2 + error**2 + 3e-4**2)
+    assert np.all(np.abs(shares - reference) <= tolerance), np.abs(shares - reference) / tolerance
+    if kinds[0] == ABSOLUTE:
+        assert np.all(error == 0.0)
+        # P(violates any) = 1 - prod of the guardrails' own: the metrics are independent.
+        assert np.allclose(1 - any_violation[1:], np.prod(1 - violates[:, 1:], axis=0))
+    else:
+        assert 0 < error.max() < 0.005
+    assert any_violation[0] == 0.0 and np.all(violates[:, 0] == 0.0)
+
+
+def _guard(stats: np.ndarray, counts: float, higher: bool, threshold: float,
+           relative: bool) -> Guard:
+    k = stats.shape[1]
+    return Guard(GAUSSIAN, stats, np.full(k, counts), np.array([0.0, 0.01, 1.0, 1.0]), higher,
+                 threshold, relative)
+
+
+def _harmful_world(revenue_b: float) -> tuple[np.ndarray, list[Guard]]:
+    """Three arms, control first; b has by far the best primary; revenue of b as given, the
+    others at 1.0, 1,000 observations each with sd 0.5 (the mean's se is 0.016)."""
+    primary = np.array([[100.0, 300.0, 110.0], [900.0, 700.0, 890.0], [0.0, 0.0, 0.0]])
+    revenue = np.array([[1000.0] * 3, [1.0, revenue_b, 1.0], [1000 * 0.25] * 3])
+    return primary, [_guard(revenue, 1000, True, -0.02, True)]
+
+
+def test_the_gate_holds_at_0_95_and_releases_below_0_8_exactly_at_the_floor() -> None:
+    settings = PolicySettings(min_share=0.05, epsilon=0.1)
+    counts = np.full(3, 1000.0)
+    prior = [1.0, 1.0, 0.0, 0.0]
+    # Revenue 10% below control: P(violates) ~ 1 (the gap is 8% beyond the allowed 2%, 3.5 se).
+    primary, guards = _harmful_world(0.90)
+    held = guarded_allocation(BERNOULLI, primary, counts, prior, settings, None, guards, 0, 500)
+    assert held.held.tolist() == [False, True, False] and held.p_violates_any[1] > 0.95
+    assert held.probabilities[1] == pytest.approx(0.05, abs=1e-12)  # the floor: no epsilon
+    assert held.probabilities.sum() == pytest.approx(1.0, abs=1e-12)
+    # Too few observations for the gate: not held, though the arm is as bad.
+    young = guarded_allocation(BERNOULLI, primary, counts, prior, settings, None, guards, 0,
+                               5000)
+    assert not young.held.any()
+    # Revenue 4.5% below: 2.5% beyond the allowed 2%, and the se of b - 0.98 control is
+    # 0.0221, so P(violates) = Phi(0.025 / 0.0221) = 0.87: between the two thresholds, the
+    # gate keeps its state.
+    primary, guards = _harmful_world(0.955)
+    kept = guarded_allocation(BERNOULLI, primary, counts, prior, settings, None, guards, 0, 500,
+                              held_before=[False, True, False])
+    assert 0.84 < kept.p_violates_any[1] < 0.9
+    assert kept.held.tolist() == [False, True, False]
+    fresh = guarded_allocation(BERNOULLI, primary, counts, prior, settings, None, guards, 0,
+                               500)
+    assert not fresh.held.any()  # below 0.95: never held afresh
+    # Revenue equal to control's: P(violates) = Phi(-0.02 / 0.0221) = 0.18, below 0.8:
+    # released.
+    primary, guards = _harmful_world(1.0)
+    released = guarded_allocation(BERNOULLI, primary, counts, prior, settings, None, guards, 0,
+                                  500, held_before=[False, True, False])
+    assert not released.held.any() and released.probabilities[1] > 0.5
+
+
+def test_the_control_keeps_at_least_its_share_and_takes_what_no_other_arm_may_have() -> None:
+    """A control share of 0.2, and a guardrail no arm but the control can keep (an absolute
+    revenue floor of 5 with every mean at 1, 1,000 observations): the control gets everything
+    but the floors; with a guardrail every arm keeps, the control gets its 0.2 plus its P(best
+    feasible) part of the rest."""
+    primary, _ = _harmful_world(1.0)
+    revenue = np.array([[1000.0] * 3, [1.0] * 3, [250.0] * 3])
+    settings = PolicySettings(min_share=0.05 / 0.8, control_index=0, control_share=0.2)
+    counts = np.full(3, 1000.0)
+    impossible = guarded_allocation(BERNOULLI, primary, counts, [1, 1, 0, 0], settings, None,
+                                    [_guard(revenue, 1000, True, 5.0, False)], 0)
+    assert impossible.probabilities == pytest.approx([0.9, 0.05, 0.05], abs=1e-6)
+    easy = guarded_allocation(BERNOULLI, primary, counts, [1, 1, 0, 0], settings, None,
+                              [_guard(revenue, 1000, True, 0.5, False)], 0)
+    assert easy.probabilities[0] >= 0.2 + 0.8 * 0.05 - 1e-12
+    assert easy.probabilities[1] > 0.7 and easy.probabilities.sum() == pytest.approx(1.0)

@@ -189,7 +189,9 @@ class Rewards:
                 checked = EncodedEvent(event.id, arm_index, reward, event.ts, decision_id,
                                        "" if guardrail is None else f"{GUARD_SEPARATOR}"
                                        f"{guardrail.key}")
-                if model is not None:
+                if model is not None and guardrail is not None and decision_id is None:
+                    rows.append(np.zeros(model.dimension))  # nothing to verify it against
+                elif model is not None:
                     try:
                         rows.append(model.encode(context))
                     except InvalidValue as error:
