@@ -217,3 +217,25 @@ async def test_a_contextual_experiment_keeps_guardrails_on_its_marginals(client:
             "n": 300, "context": {"region": region}}))
         propensities = {d["arm"]: d["propensity"] for d in answer["decisions"]}
         assert propensities["b"] == 0.05 or "b" not in propensities
+
+
+async def test_turning_the_gate_off_releases_the_held_arm_with_an_audit_entry(
+        client: Client) -> None:
+    created = await _create(client, exploration={"min_share": 0.05, "gate_min_samples": 100})
+    noise = [(-1) ** i * 0.5 for i in range(400)]
+    events = [{"id": f"{arm}-{i}", "experiment": "g", "arm": arm, "metric": "revenue",
+               "reward": level + e} for arm, level in (("control", 1.0), ("b", 0.9), ("c", 1.0))
+              for i, e in enumerate(noise)]
+    # The gate waits for gate_min_samples observations of every guardrail metric.
+    events += [{"id": f"{arm}-u{i}", "experiment": "g", "arm": arm, "metric": "unsubscribe",
+                "reward": 0} for arm in ("control", "b", "c") for i in range(200)]
+    assert (await _events(client, events))["accepted"] == len(events)
+    held = await _settled(client, lambda s: _arm(s, "b")["held"])
+    assert _arm(held, "b")["held"], held
+    await _ok(await client.patch("/v1/experiments/g", json={
+        "version": created["version"], "exploration": {"gate_min_samples": None}}))
+    stats = await _settled(client, lambda s: not _arm(s, "b")["held"])
+    assert not _arm(stats, "b")["held"] and _arm(stats, "b")["p_violates"] > 0.95
+    audit = await _ok(await client.get("/v1/experiments/g/audit"))
+    gates = [e["changes"]["held"] for e in audit["entries"] if e["action"] == "gate"]
+    assert gates == [{"old": [], "new": ["b"]}, {"old": ["b"], "new": []}]

@@ -260,6 +260,14 @@ def untempered_guarded(snapshot: Snapshot) -> policy.Guarded | None:
     return cached
 
 
+async def guarded_summary(snapshot: Snapshot) -> policy.Guarded | None:
+    """``untempered_guarded``, computed in a worker thread when it takes a computation."""
+    if snapshot.guarded is None or snapshot.experiment.exploration.temperature == 1.0 \
+            or "guarded" in snapshot.summary_cache:
+        return untempered_guarded(snapshot)
+    return await asyncio.to_thread(untempered_guarded, snapshot)
+
+
 async def summaries_of(snapshots: Sequence[Snapshot]) -> list[policy.PosteriorSummary]:
     """``summary_of`` for many snapshots, those not computed yet in one worker-thread call."""
     missing = [s for s in snapshots if "summary" not in s.summary_cache]
@@ -383,16 +391,16 @@ class ExperimentCache:
         statistics; the first to record wins, the others change nothing)."""
         for snapshot in snapshots:
             guarded = snapshot.guarded
-            if guarded is None:
-                continue
-            held = frozenset(np.flatnonzero(guarded.held).tolist())
+            # Without guardrails (removed, or the experiment made fixed) nothing is held.
+            held = frozenset() if guarded is None else frozenset(
+                np.flatnonzero(guarded.held).tolist())
             if held == snapshot.held_stored:
                 continue
             arms = snapshot.experiment.arms
             entry = audit_entry(snapshot.experiment.version, GATE_ACTOR, "gate", {"held": {
                 "old": [arms[i] for i in sorted(snapshot.held_stored) if i < len(arms)],
                 "new": [arms[i] for i in sorted(held)]}},
-                "P(violates a guardrail): " + ", ".join(
+                "no guardrails" if guarded is None else "P(violates a guardrail): " + ", ".join(
                     f"{arms[i]} {guarded.p_violates_any[i]:.3f}"
                     for i in sorted(held ^ snapshot.held_stored) if i < len(arms)))
             try:

@@ -43,9 +43,9 @@ from bandit.serving.cache import (
     ExperimentCache,
     Snapshot,
     build_snapshot,
+    guarded_summary,
     summaries_of,
     summary_of,
-    untempered_guarded,
 )
 from bandit.serving.changes import ChangeFeed
 from bandit.serving.decisions import Decider
@@ -194,7 +194,8 @@ class BanditService:
                 winner = health.winner(summary, snapshot.experiment.arms, DEFAULT_THRESHOLD,
                                        health.default_max_loss(summary),
                                        active=len(snapshot.experiment.active_arms),
-                                       contextual=snapshot.contextual is not None)
+                                       contextual=snapshot.contextual is not None,
+                                       guarded=await guarded_summary(snapshot))
                 traffic = self._traffic[snapshot.experiment.id].last_hour(
                     now, snapshot.experiment.created_at, sum(counts.values()))
                 entry["summary"] = overview.list_summary(
@@ -305,7 +306,7 @@ class BanditService:
                 "share": shares[i],
                 "lift": lifts[i],
             })
-        guarded = untempered_guarded(snapshot)
+        guarded = await guarded_summary(snapshot)
         if guarded is not None:
             overview.add_guardrails(arms, snapshot, guarded)
         return {
