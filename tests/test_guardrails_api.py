@@ -4,6 +4,7 @@ the primary's), the allocation and its gate, the stats and the winner call, bad 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -185,6 +186,9 @@ async def test_the_log_export_joins_the_primary_reward_not_a_guardrail_s(
     rows = {row["decision_id"]: row for row in await _flushed_export(client, settings, "g")}
     assert rows[first["decision_id"]]["reward"] == 1.0
     assert rows[second["decision_id"]]["reward"] is None
+    # The guardrail rewards have a column of their own.
+    assert json.loads(rows[first["decision_id"]]["guardrails"]) == {"revenue": 7.5}
+    assert json.loads(rows[second["decision_id"]]["guardrails"]) == {"revenue": 0.25}
 
 
 async def test_a_contextual_experiment_keeps_guardrails_on_its_marginals(client: Client) -> None:

@@ -11,9 +11,11 @@ Columns, in order: ``decision_id``, ``experiment``, ``version``, ``timestamp`` (
 seconds), ``action`` (arm index), ``arm``, ``n_actions``, ``position`` (0 for a single
 decision), ``propensity`` (of this action at this position), ``reward`` and
 ``reward_timestamp`` (null without a reward in the window), ``unit``, ``context`` (JSON text)
-and ``features`` (the context encoded by the experiment's model), the last two for contextual
-experiments only (null otherwise). A Parquet file carries the experiment (arms, reward kind,
-model, attribution window, the range exported) as schema metadata under ``bandit``.
+and ``features`` (the context encoded by the experiment's model), for contextual experiments
+only (null otherwise), and ``guardrails`` (JSON text, ``{metric: reward}``: each guardrail
+metric's first reward for this decision and arm within the window; null without one). A
+Parquet file carries the experiment (arms, reward kind, model, attribution window, the range
+exported) as schema metadata under ``bandit``.
 
 A decision logged twice (a flush resent after a lost answer) is exported once.
 """
@@ -46,7 +48,7 @@ from bandit.ops.operator import error_message
 from bandit.ops.operator_args import DEFAULT_URL
 from bandit.settings import Settings, SettingsError, environ
 from bandit.store.redis_store import RedisStore
-from bandit.tokens import SLATE_KEY_LENGTH
+from bandit.tokens import SLATE_KEY_LENGTH, decision_key
 
 #: Log entries are stored when a process flushes, after the decisions they hold were served
 #: (50 ms later, or however long Redis was unreachable): the read starts this much before
@@ -58,7 +60,7 @@ FORMATS = ("parquet", "jsonl")
 MAX_TIME = 1e11
 COLUMNS = ("decision_id", "experiment", "version", "timestamp", "action", "arm", "n_actions",
            "position", "propensity", "reward", "reward_timestamp", "unit", "context",
-           "features")
+           "features", "guardrails")
 
 
 class ExportError(ValueError):
@@ -238,8 +240,37 @@ def rows_of_log(experiment: Experiment, decisions: list[str], rewards: list[str]
     if not decided:
         return LogRows(schema.empty_table(), 0, 0)
     table = _positions(pa, table)
-    table, rewarded = _join_rewards(pa, table, "".join(rewards), window_ms)
-    return LogRows(_finish(pa, table, experiment, schema), decided, rewarded)
+    text = "".join(rewards)
+    table, rewarded = _join_rewards(pa, table, text, window_ms)
+    guardrails = _guardrail_rewards(pa, table, experiment, text, window_ms)
+    return LogRows(_finish(pa, table, experiment, schema, guardrails), decided, rewarded)
+
+
+def _guardrail_rewards(pa: Any, rows: Any, experiment: Experiment, text: str,
+                       window_ms: float) -> Any:
+    """Each row's guardrail rewards, as JSON text ``{metric: reward}`` (null when none): the
+    first record of each of the experiment's guardrail metrics (of its current kind) naming
+    the row's decision (a slate's head) and arm, applied within the attribution window."""
+    keys = {g.key: g.metric for g in experiment.guardrails}
+    if not keys or GUARD_SEPARATOR not in text:
+        return pa.nulls(rows.num_rows, pa.string())
+    first: dict[tuple[str, int], dict[str, tuple[float, int]]] = {}
+    for line in text.splitlines():
+        _, decision, token, reward, _, applied = line.split("\t")
+        arm, bar, key = token.partition(GUARD_SEPARATOR)
+        if not bar or decision == "-" or key not in keys:
+            continue
+        first.setdefault((decision, int(arm)), {}).setdefault(
+            keys[key], (float(reward), int(applied)))
+    values: list[str | None] = []
+    for decision_id, action, served in zip(rows["decision_id"].to_pylist(),
+                                           rows["action"].to_pylist(),
+                                           rows["t"].to_pylist(), strict=True):
+        kept = {metric: reward for metric, (reward, applied)
+                in first.get((decision_key(decision_id), action), {}).items()
+                if applied - served <= window_ms}
+        values.append(orjson.dumps(kept).decode() if kept else None)
+    return pa.array(values, pa.string())
 
 
 def _pyarrow() -> Any:
@@ -258,7 +289,8 @@ def _types(pa: Any) -> dict[str, Any]:
             "timestamp": pa.float64(), "action": pa.int64(), "arm": pa.string(),
             "n_actions": pa.int64(), "position": pa.int64(), "propensity": pa.float64(),
             "reward": pa.float64(), "reward_timestamp": pa.float64(), "unit": pa.string(),
-            "context": pa.string(), "features": pa.list_(pa.float64())}
+            "context": pa.string(), "features": pa.list_(pa.float64()),
+            "guardrails": pa.string()}
 
 
 def _read_lines(pa: Any, text: str, columns: dict[str, Any]) -> Any:
@@ -356,7 +388,7 @@ def _join_rewards(pa: Any, rows: Any, text: str, window_ms: float) -> tuple[Any,
     return rows, rows.num_rows - rows["reward"].null_count
 
 
-def _finish(pa: Any, rows: Any, experiment: Experiment, schema: Any) -> Any:
+def _finish(pa: Any, rows: Any, experiment: Experiment, schema: Any, guardrails: Any) -> Any:
     """The rows in ``COLUMNS`` order and types, with arm ids, times in seconds and the
     features of each context (each distinct context encoded once)."""
     pc = pa.compute
@@ -391,6 +423,7 @@ def _finish(pa: Any, rows: Any, experiment: Experiment, schema: Any) -> Any:
         "reward": rows["reward"],
         "reward_timestamp": pc.divide(pc.cast(rows["rt"], pa.float64()), 1000.0),
         "unit": rows["unit"], "context": rows["context"], "features": features,
+        "guardrails": guardrails,
     }
     return pa.table([columns[name] for name in COLUMNS], schema=schema)
 
