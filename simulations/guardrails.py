@@ -317,7 +317,13 @@ class GuardrailPolicy:
         return None if math.isnan(value) else int(value)
 
     def policy_settings(self, control: int | None) -> PolicySettings:
+        """The service's settings. The control is named to the kernel only with a control
+        share: ``allocation_probabilities`` holds a named control out of the race (it gets
+        exactly its share), so without one the plain policies race it as any arm, as
+        ``guarded_allocation`` does."""
         s = self.settings
+        if self.name != "constrained" and s["control_share"] == 0.0:
+            control = None
         return PolicySettings(
             epsilon=s["epsilon"], min_share=s["min_share"], max_share=s["max_share"],
             temperature=s["temperature"], warmup=int(s["warmup"]),
@@ -330,10 +336,14 @@ def _same(a: float, b: float) -> bool:
     return (math.isnan(a) and math.isnan(b)) or a == b
 
 
-def parse_guardrail_policy(text: str) -> GuardrailPolicy:
-    """``name`` or ``name:key=value,...``; ``none`` turns ``gate`` or ``top_two`` off."""
+def parse_guardrail_policy(text: str,
+                           defaults: Mapping[str, float] | None = None) -> GuardrailPolicy:
+    """``name`` or ``name:key=value,...``; ``none`` turns ``gate`` or ``top_two`` off.
+    ``defaults`` (e.g. the command line's ``--min-share``) apply to the settings the policy
+    has and ``text`` does not set."""
     name, _, raw = text.strip().partition(":")
-    settings: dict[str, float] = {}
+    known = GUARDRAIL_POLICIES.get(name.strip(), {})
+    settings: dict[str, float] = {k: v for k, v in (defaults or {}).items() if k in known}
     for item in filter(None, (part.strip() for part in raw.split(","))):
         key, sep, value = item.partition("=")
         key = key.strip().replace("-", "_")
