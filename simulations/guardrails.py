@@ -6,7 +6,7 @@ guardrail metrics (:class:`GuardrailMetric`), each arm with a true mean per metr
 decision the outcomes are correlated: a Gaussian copula with latent correlation ``correlation``
 between the primary and each guardrail (guardrail g's latent normal is
 ``rho_g z_0 + sqrt(1 - rho_g^2) e_g``, so two guardrails correlate ``rho_g rho_h``); a Bernoulli
-metric is 1 when its latent normal is below ``Phi^-1(mean)``, a Gaussian one is
+metric is 1 when its latent normal is above ``Phi^-1(1 - mean)``, a Gaussian one is
 ``mean + noise_sd z``. A negative correlation models "clicks up, revenue down" within a visit.
 An arm is truly feasible when every guardrail keeps its threshold at the true means (relative
 thresholds against the control's true mean: ``level = c + r |c|``); the control always is.
@@ -232,7 +232,8 @@ class GuardrailWorld:
 
 def _observe(kind: str, means: FloatArray, noise_sd: float, latent: FloatArray) -> FloatArray:
     if kind == "bernoulli":
-        return np.asarray(latent < special.ndtri(means), dtype=np.float64)
+        # 1 in the upper tail, so that the latent correlation keeps its sign.
+        return np.asarray(latent > -special.ndtri(means), dtype=np.float64)
     return np.asarray(means + noise_sd * latent, dtype=np.float64)
 
 
