@@ -54,7 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="output directory (default ./simulation-results)")
     run.add_argument("--list", action="store_true", help="list the built-in scenarios and exit")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
-    replay = parser.add_subparsers(dest="simulate_command", metavar="{replay,contextual}")
+    replay = parser.add_subparsers(dest="simulate_command",
+                                   metavar="{replay,contextual,guardrails}")
     replay_parser = replay.add_parser(
         "replay", help="estimate policies' value from logged data: your experiment's decision "
                        "log (--log), or the Open Bandit Dataset sample",
@@ -107,6 +108,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                help="with --log or --contextual: the share of the log, in "
                                     "time order, to learn from (default 0.5)")
     _add_contextual(replay)
+    _add_guardrails(replay)
+
+
+def _add_guardrails(commands: Any) -> None:
+    guardrails = commands.add_parser(
+        "guardrails", help="the service's guardrails (constrained Thompson sampling and its "
+                           "hard gate) against worlds with guardrail metrics",
+        description="Arms move a primary metric and guardrail metrics together (correlated "
+                    "within a decision). The service's guarded allocation (P(best feasible "
+                    "arm), refreshed every --update-every decisions, with the hard gate) "
+                    "against plain Thompson sampling that ignores the guardrails and plain "
+                    "Thompson sampling on the truly feasible arms only (oracle-feasible); "
+                    "writes summary.json, guardrails.csv, regret.png, infeasible.png and "
+                    "allocation.png to --out.")
+    guardrails.add_argument("--scenario", default="harmful-best",
+                            help="a built-in scenario (see --list; default harmful-best)")
+    guardrails.add_argument("--list", action="store_true",
+                            help="list the built-in scenarios and exit")
+    guardrails.add_argument("--policy", action="append", dest="policies", metavar="SPEC",
+                            help="policy to run, repeatable: constrained, plain, "
+                                 "oracle-feasible; settings after a colon: "
+                                 "constrained:gate=none,epsilon=0.05 (default: the three)")
+    guardrails.add_argument("--min-share", type=float, default=0.05,
+                            help="every policy's floor share unless its SPEC sets min_share "
+                                 "(default 0.05)")
+    guardrails.add_argument("--control-share", type=float, default=0.0,
+                            help="every policy's control share unless its SPEC sets "
+                                 "control_share (default 0)")
+    guardrails.add_argument("--gate-min-samples", default="200", metavar="N",
+                            help="the hard gate's minimum sample for constrained unless its "
+                                 "SPEC sets gate; none: no gate (default 200)")
+    guardrails.add_argument("--horizon", type=int,
+                            help="decisions per replication (default: the scenario's)")
+    guardrails.add_argument("--reps", type=int, default=50, help="replications (default 50)")
+    guardrails.add_argument("--update-every", type=int, default=100,
+                            help="decisions between refreshes of the allocation (default 100)")
+    guardrails.add_argument("--seed", type=int, default=1)
+    guardrails.add_argument("--threads", type=int, help="worker threads (default: all cores)")
+    guardrails.add_argument("--out", type=Path, default=Path("simulation-results"),
+                            help="output directory (default ./simulation-results)")
+    guardrails.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _add_contextual(commands: Any) -> None:
@@ -151,6 +193,8 @@ def run(arguments: argparse.Namespace) -> int:
         return _replay(arguments)
     if arguments.simulate_command == "contextual":
         return _research("bandit simulate contextual", _contextual, arguments, [])
+    if arguments.simulate_command == "guardrails":
+        return _research("bandit simulate guardrails", _guardrails, arguments, [])
     from simulations import scenarios
 
     if arguments.list:
@@ -210,6 +254,62 @@ def _contextual(arguments: argparse.Namespace) -> int:
               f"{ratio} {row['seconds']:8.1f}")
     print(f"mean cumulative regret at round {arguments.horizon:,} over {arguments.reps} "
           f"replications; wrote {arguments.out}/summary.json, regret.csv, regret.png")
+    return 0
+
+
+def _guardrails(arguments: argparse.Namespace) -> int:
+    from simulations.guardrails import (
+        GUARDRAIL_SCENARIOS,
+        parse_guardrail_policy,
+        simulate_guardrails,
+        write_guardrails,
+    )
+
+    if arguments.list:
+        for scenario in GUARDRAIL_SCENARIOS.values():
+            print(f"{scenario.name:24} T={scenario.horizon:<7,} {scenario.description}")
+        return 0
+    if arguments.scenario not in GUARDRAIL_SCENARIOS:
+        raise ValueError(f"unknown scenario {arguments.scenario!r}; one of "
+                         f"{', '.join(GUARDRAIL_SCENARIOS)}")
+    scenario = GUARDRAIL_SCENARIOS[arguments.scenario]
+    horizon = arguments.horizon or scenario.horizon
+    if horizon < 1 or arguments.reps < 1 or arguments.update_every < 1:
+        raise ValueError("--horizon, --reps and --update-every must be positive")
+    gate = arguments.gate_min_samples.strip().lower()
+    try:
+        gate_value = float("nan") if gate in ("none", "off") else float(gate)
+    except ValueError:
+        raise ValueError(f"--gate-min-samples: {gate!r} is not a number or none") from None
+    defaults = {"min_share": arguments.min_share, "control_share": arguments.control_share,
+                "gate": gate_value}
+    policies = [parse_guardrail_policy(text, defaults) for text in
+                arguments.policies or ["constrained", "plain", "oracle-feasible"]]
+    if len({policy.label for policy in policies}) < len(policies):
+        raise ValueError("a --policy is given twice")
+    with _progress_bar(arguments.reps * len(policies), disabled=arguments.no_progress) as bar:
+        bar.set_description(f"{scenario.name}, {len(policies)} policies")
+        results = simulate_guardrails(policies, scenario.world, horizon=horizon,
+                                      reps=arguments.reps, seed=arguments.seed,
+                                      update_every=arguments.update_every,
+                                      threads=arguments.threads, progress=bar.update)
+    settings = {"scenario": scenario.name, "horizon": horizon, "reps": arguments.reps,
+                "seed": arguments.seed, "update_every": arguments.update_every,
+                "policies": [policy.label for policy in policies],
+                "policy_settings": {policy.label: dict(policy.settings) for policy in policies}}
+    document = write_guardrails(arguments.out, results, scenario.world, settings)
+    infeasible = [k for k, ok in enumerate(scenario.world.feasible) if not ok]
+    print(f"{'policy':44} {'regret':>9} {'stderr':>7} {'infeasible':>10} {'stderr':>7} "
+          f"{'held':>5}")
+    for label, row in document["policies"].items():
+        print(f"{label:44} {row['final_mean_regret']:9.2f} {row['final_regret_stderr']:7.2f} "
+              f"{row['infeasible_decisions']:10.1f} {row['infeasible_decisions_stderr']:7.1f} "
+              f"{row['replications_with_a_hold']:5d}")
+    print(f"at decision {horizon:,} over {arguments.reps} replications: mean primary regret "
+          f"against the best feasible arm ({scenario.world.best_feasible}), decisions on the "
+          f"infeasible arms {infeasible}, replications in which the gate held an arm; wrote "
+          f"{arguments.out}/summary.json, guardrails.csv, regret.png, infeasible.png, "
+          "allocation.png")
     return 0
 
 
