@@ -218,6 +218,8 @@ class Guarded:
     p_violates_any: FloatArray
     #: Arms the hard gate holds at the floor.
     held: BoolArray
+    #: E[primary mean of the best feasible arm] (tempered as ``p_best_feasible``).
+    expected_max_feasible: float = math.nan
 
 
 def guarded_allocation(
@@ -261,7 +263,7 @@ def guarded_allocation(
         for g in guards])
     control_index = -1 if control is None else control
     racing = active_array.copy()
-    shares, error, p_violates, p_any = guardrails.feasible_best(
+    shares, error, p_violates, p_any, expected_max = guardrails.feasible_best(
         family, params, np.array([g.family for g in guards], dtype=np.int64), guard_params,
         np.array([guardrails.HIGHER if g.higher else guardrails.LOWER for g in guards],
                  dtype=np.int64),
@@ -282,7 +284,7 @@ def guarded_allocation(
             held[control] = False
     probabilities = allocation.fold_guarded(shares, counts_array, settings_array,
                                             active_array, held)
-    return Guarded(probabilities, shares, error, p_violates, p_any, held)
+    return Guarded(probabilities, shares, error, p_violates, p_any, held, float(expected_max))
 
 
 def metric_summary(family: int, stats: npt.ArrayLike,

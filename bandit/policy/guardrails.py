@@ -18,9 +18,9 @@ with f, S the density and survival function of each arm's primary mean: one quad
 primary's merged grid (the best-arm kernel's nodes, ``bandit.policy.best_arm``). With absolute
 thresholds only, p_j is exact and so is the share (quadrature error ~1e-4). Relative thresholds
 make p_j depend on the control's means: the share is averaged over ``OUTER`` Latin-hypercube
-draws of them (fewer beyond ``FULL_DRAWS_ARMS`` arms) (inverse CDF of each control metric's posterior), the inner probability exact,
-and its Monte Carlo standard error is reported (about 1e-3 at worst in the tests, beside
-floors of 1e-2 and more).
+draws of them (inverse CDF of each control metric's posterior; fewer beyond
+``FULL_DRAWS_ARMS`` arms), the inner probability exact, and its Monte Carlo standard error
+is reported (about 1e-3 at worst in the tests, beside floors of 1e-2 and more).
 
 ``feasible_best_monte_carlo`` (joint draws of everything) and ``feasible_best_exact`` (scipy's
 laws, absolute thresholds) are slow references for the tests.
@@ -295,11 +295,13 @@ def _primary_grid(family: int, marginals: FloatArray, racing: BoolArray,
 
 
 @jit
-def _best_feasible(x: FloatArray, density: FloatArray, survival: FloatArray,
-                   feasible: FloatArray, racing: BoolArray) -> FloatArray:
+def _best_feasible(family: int, x: FloatArray, density: FloatArray, survival: FloatArray,
+                   feasible: FloatArray, racing: BoolArray) -> tuple[FloatArray, float]:
     """P(i is the best feasible) for independent feasibility probabilities ``feasible``: the
     module's integral, with exact zero factors (a sure arm below its support) counted apart so
-    that an arm's own factor can be divided out."""
+    that an arm's own factor can be divided out; and E[M], M the best feasible arm's primary
+    mean, whose law is P(M <= x) = prod_j (1 - p_j S_j(x)) (the control, sure, keeps M
+    defined): the mean at the grid's start plus the integral of P(M > x) in mean units."""
     n_arms, n = density.shape
     product = np.ones(n)
     zeros = np.zeros(n, dtype=np.int64)
@@ -332,7 +334,17 @@ def _best_feasible(x: FloatArray, density: FloatArray, survival: FloatArray,
                 total += 0.5 * (value + previous) * (x[j] - x[j - 1])
             previous = value
         out[i] = p * total
-    return out
+    expected_max = _mean(family, x[0])
+    previous = 0.0
+    for j in range(n):
+        above = 1.0 - (product[j] if zeros[j] == 0 else 0.0)
+        if family == BERNOULLI:  # the grid is in logits: d mean = mean (1 - mean) d logit
+            mean = _expit(x[j])
+            above *= mean * (1.0 - mean)
+        if j > 0:
+            expected_max += 0.5 * (above + previous) * (x[j] - x[j - 1])
+        previous = above
+    return out, expected_max
 
 
 @jit
@@ -341,9 +353,10 @@ def feasible_best(primary_family: int, primary: FloatArray, families: IntArray,
                   thresholds: FloatArray, control: int, racing: BoolArray,
                   tail_table: FloatArray, outer: int,
                   rng: np.random.Generator) -> tuple[FloatArray, FloatArray, FloatArray,
-                                                     FloatArray]:
+                                                     FloatArray, float]:
     """P(best feasible) of every arm, its Monte Carlo standard error (0 when exact), each
-    arm's P(violates) per guardrail (G, K) and P(violates any) (K).
+    arm's P(violates) per guardrail (G, K), P(violates any) (K), and the expected primary
+    mean of the best feasible arm (for the winner call's expected loss).
 
     ``primary`` and ``guards[g]``: posterior parameters (4, K) (tempered for the primary only:
     feasibility is judged on the untempered evidence). ``control`` (-1: none) is always
@@ -384,6 +397,7 @@ def feasible_best(primary_family: int, primary: FloatArray, families: IntArray,
             for m in range(per):
                 strata[g, r * per + m] = (order[m] + rng.random()) / per
     shares = np.zeros((draws, n_arms))
+    best_means = np.zeros(draws)
     violates = np.zeros((n_guards, n_arms))
     feasible_sum = np.zeros(n_arms)
     feasible = np.empty(n_arms)
@@ -408,7 +422,8 @@ def feasible_best(primary_family: int, primary: FloatArray, families: IntArray,
                 p *= 1.0 - bad
             feasible[k] = 1.0 if k == control else p
             feasible_sum[k] += feasible[k]
-        shares[m] = _best_feasible(x, density, survival, feasible, racing)
+        shares[m], best_means[m] = _best_feasible(primary_family, x, density, survival,
+                                                  feasible, racing)
     mean = np.zeros(n_arms)
     error = np.zeros(n_arms)
     for k in range(n_arms):
@@ -429,4 +444,4 @@ def feasible_best(primary_family: int, primary: FloatArray, families: IntArray,
     for g in range(n_guards):
         for k in range(n_arms):
             violates[g, k] = 0.0 if k == control else violates[g, k] / draws
-    return mean, error, violates, any_violation
+    return mean, error, violates, any_violation, best_means.mean()

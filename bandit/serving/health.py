@@ -54,7 +54,7 @@ def winner(summary: PosteriorSummary, arms: Sequence[str], threshold: float,
 
     With guardrails (``guarded``, untempered) the winner must be feasible: the leader is by
     P(best feasible), which must reach ``threshold``, as must its P(feasible)
-    (1 - P(violates any guardrail)).
+    (1 - P(violates any guardrail)), and its expected loss is against the best feasible arm.
     """
     if active < 2 or contextual:
         return None
@@ -62,7 +62,12 @@ def winner(summary: PosteriorSummary, arms: Sequence[str], threshold: float,
                            nan=-1.0)
     leader = int(np.argmax(p_best))
     loss = float(summary.expected_loss[leader])
-    feasible = 1.0 if guarded is None else 1.0 - float(guarded.p_violates_any[leader])
+    feasible = 1.0
+    if guarded is not None:
+        # Against the best feasible arm, not the best arm: an infeasible arm's higher primary
+        # is no loss.
+        loss = max(guarded.expected_max_feasible - float(summary.mean[leader]), 0.0)
+        feasible = 1.0 - float(guarded.p_violates_any[leader])
     if p_best[leader] >= threshold and loss <= max_loss and feasible >= threshold:
         call = {"arm": arms[leader], "p_best": float(p_best[leader]), "expected_loss": loss,
                 "threshold": threshold, "max_loss": max_loss}
