@@ -14,6 +14,7 @@ from bandit.forecast import guardrails as gf
 from bandit.policy import BERNOULLI, GAUSSIAN, PolicySettings
 from tests.test_guardrails_api import REVENUE, UNSUBSCRIBE, _arm, _events, _settled
 from tests.test_layers_api import _ok
+from tests.test_operator_cli import cli, invoke
 
 Client = TestClient[Any, Any]
 
@@ -46,6 +47,134 @@ async def _advise(client: Client, body: dict[str, Any], experiment_id: str = "g"
                   ) -> dict[str, Any]:
     return dict(await _ok(await client.post(f"/v1/experiments/{experiment_id}/advise",
                                             json=body)))
+
+
+@pytest.fixture
+async def base(client: Client) -> str:
+    return str(client.make_url("")).rstrip("/")
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+
+async def test_create_takes_guardrails_a_control_and_the_gate(
+        base: str, client: Client, capsys: pytest.CaptureFixture[str]) -> None:
+    assert await cli(base, "create", "g", "--arms", "control,b,c", "--control", "control",
+                     "--guardrail", "revenue:gaussian:higher:relative=-0.02",
+                     "--guardrail", "unsubscribe:bernoulli:lower:absolute=0.01",
+                     "--set", "gate_min_samples=100") == 0
+    out = capsys.readouterr().out
+    assert "  guardrail = revenue:gaussian:higher:relative=-0.02" in out
+    assert "  guardrail = unsubscribe:bernoulli:lower:absolute=0.01" in out
+    assert "  control = control" in out and "  gate_min_samples = 100" in out
+    shown = await _ok(await client.get("/v1/experiments/g"))
+    assert shown["guardrails"] == [REVENUE, UNSUBSCRIBE]
+    assert shown["control"] == "control"
+    assert shown["exploration"]["gate_min_samples"] == 100
+    # tune: the whole new list, and the gate's minimum sample by --set.
+    assert await cli(base, "tune", "g", "--guardrail", "revenue:gaussian:higher:relative=-0.05",
+                     "--set", "gate_min_samples=500") == 0
+    out = capsys.readouterr().out
+    assert "version 1 -> 2" in out and "gate_min_samples" in out and "guardrails" in out
+    shown = await _ok(await client.get("/v1/experiments/g"))
+    assert shown["guardrails"] == [{**REVENUE, "threshold": {"relative": -0.05}}]
+    assert shown["exploration"]["gate_min_samples"] == 500
+    # The gate needs guardrails: the service refuses clearing them under it (nothing sent
+    # wrong on our side: exit 3, its message).
+    assert await cli(base, "tune", "g", "--guardrail", "none", "--control", "none") == 3
+    assert "has none" in capsys.readouterr().err
+    assert await cli(base, "tune", "g", "--guardrail", "none", "--control", "none",
+                     "--set", "gate_min_samples=none") == 0
+    shown = await _ok(await client.get("/v1/experiments/g"))
+    assert shown["guardrails"] == [] and shown["control"] is None
+
+
+@pytest.mark.parametrize("arguments", [
+    ["--guardrail", "revenue:gaussian:higher"],
+    ["--guardrail", "revenue:poisson:higher:relative=-0.02"],
+    ["--guardrail", "revenue:gaussian:up:relative=-0.02"],
+    ["--guardrail", "revenue:gaussian:higher:within=0.1"],
+    ["--guardrail", "revenue:gaussian:higher:relative=nan"],
+    ["--guardrail", "none", "--guardrail", "revenue:gaussian:higher:relative=-0.02"],
+    ["--guardrail", "revenue:gaussian:higher:relative=-0.02", "--guardrail", "none"],
+    ["--control", ""],
+])
+def test_bad_guardrail_flags_are_usage_errors(arguments: list[str],
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    assert invoke("--url", "http://127.0.0.1:9", "create", "g", "--arms", "a,b",
+                  *arguments) == 2
+    assert "guardrail" in capsys.readouterr().err or "arm id" in capsys.readouterr().err
+
+
+async def test_show_and_stats_render_guardrails_the_gate_and_a_feasible_winner(
+        base: str, client: Client, capsys: pytest.CaptureFixture[str]) -> None:
+    await _harmful(client)
+    assert await cli(base, "show", "g") == 0
+    out = capsys.readouterr().out
+    assert "guardrail 1         revenue:gaussian:higher:relative=-0.02 (mean >= control's - " \
+           "0.02 x |control's|)" in out
+    assert "guardrail 2         unsubscribe:bernoulli:lower:absolute=0.01 (mean <= 0.01)" in out
+    assert "\ncontrol             control\n" in out
+    assert "guardrails (revenue:gaussian:higher:relative=-0.02; unsubscribe:bernoulli:lower:" \
+           "absolute=0.01; control control; gate after 100 observations):" in out
+    assert "held at the floor by the gate: b" in out
+    stats = await _ok(await client.get("/v1/experiments/g/stats"))
+    lines = out.splitlines()
+    table = lines[lines.index(next(line for line in lines if line.startswith("arm      metric"))):]
+    assert table[0].split() == ["arm", "metric", "n", "mean", "95%", "CI", "P(violates)"]
+    revenue_b = next(line for line in table if line.split()[:2] == ["b", "revenue"])
+    value = _arm(stats, "b")["guardrails"]["revenue"]
+    assert revenue_b.split()[2] == "400"
+    assert float(revenue_b.split()[3]) == pytest.approx(value["mean"], abs=5e-4)
+    assert revenue_b.endswith(" !")  # P(violates) >= 0.8 is flagged
+    assert next(line for line in table if line.split()[:2] == ["control", "revenue"]).endswith(
+        "control")
+    feasible = lines[lines.index(next(line for line in lines
+                                      if line.startswith("arm      P(violates any)"))):]
+    assert feasible[2].split()[0] == "b" and feasible[2].split()[-1] == "HELD"
+    assert feasible[3].split()[-1] == "-"
+    assert f"{_arm(stats, 'c')['p_best_feasible']:.4f}" in feasible[3]
+    # A lenient call rule: c is the winner, feasible, and says so.
+    assert await cli(base, "stats", "g", "--threshold", "0.5", "--max-loss", "1") == 0
+    out = capsys.readouterr().out
+    winner = (await _ok(await client.get("/v1/experiments/g/stats?threshold=0.5&max_loss=1"))
+              )["winner"]
+    assert winner["arm"] == "c"
+    assert (f"winner: c (P(best feasible) {winner['p_best']:.4f}, P(feasible) "
+            f"{winner['p_feasible']:.4f}, expected loss") in out
+    # No call: the rule names P(feasible) too.
+    assert await cli(base, "stats", "g", "--threshold", "0.999") == 0
+    assert "winner: none yet (needs P(best feasible) >= 0.999, P(feasible) >= 0.999" in \
+        capsys.readouterr().out
+
+
+async def test_an_experiment_without_guardrails_renders_as_before(
+        base: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert await cli(base, "create", "plain", "--arms", "a,b") == 0
+    capsys.readouterr()
+    assert await cli(base, "show", "plain") == 0
+    out = capsys.readouterr().out
+    assert "guardrail " not in out and "P(violates" not in out and "held at" not in out
+
+
+async def test_advise_renders_the_guardrail_forecast(
+        base: str, client: Client, capsys: pytest.CaptureFixture[str]) -> None:
+    await _harmful(client)
+    assert await cli(base, "advise", "g", "--set", "epsilon=0.3", "--set", "min_share=0",
+                     "--set", "gate_min_samples=none", "--decisions", "2000", "--traffic",
+                     "400", "--reps", "20", "--seed", "3") == 0
+    out = capsys.readouterr().out
+    assert "guardrails (revenue, unsubscribe; control control): arms breaking one in the " \
+           "simulated worlds: b " in out
+    lines = out.splitlines()
+    row = next(line for line in lines if line.startswith("to infeasible arms"))
+    assert "pts" in row
+    shares = lines[lines.index("share of the horizon under the guarded allocation (the "
+                               "service's):") + 1:]
+    assert shares[0].split() == ["arm", "current", "proposed", "P(infeasible)"]
+    assert [line.split()[0] for line in shares[1:4]] == ["control", "b", "c"]
+    assert "the proposal sends less traffic to infeasible arms in 0% of the simulated " \
+           "futures" in out
 
 
 # -- the advisor ------------------------------------------------------------------------------

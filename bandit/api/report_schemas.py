@@ -273,7 +273,10 @@ _BAND_INTERVAL: Schema = closed_object(["mean", "ci95", "range80"], {
     description="over the simulated futures: mean, its 95% Monte Carlo interval, 10th-90th "
                 "percentile")
 _GUARD_SCENARIO: Schema = closed_object(
-    ["infeasible_decisions", "infeasible_share", "held_share"], {
+    ["infeasible_decisions", "infeasible_share", "held_share", "shares"], {
+        "shares": {"type": "object", "additionalProperties": SHARE,
+                   "description": "each arm's share of the horizon's decisions under the "
+                                  "guarded allocation (mean over the futures)"},
         "infeasible_decisions": {**_BAND_INTERVAL, "description": "decisions of the horizon "
                                  "sent to arms that break a guardrail in the simulated world"},
         "infeasible_share": {**_BAND_INTERVAL, "description": "the same, as a share of the "

@@ -88,6 +88,7 @@ class GuardOutcome:
 
     infeasible: FloatArray  # (R,) decisions sent to arms infeasible in the replication's world
     held: FloatArray  # (R,) decisions sent to arms the gate held when they were drawn
+    pulls: FloatArray  # (R, K) decisions per arm
 
 
 def recompute_every(horizon: int, update_every: int) -> int:
@@ -153,8 +154,9 @@ def _merge(family: int, stats: FloatArray, counts: FloatArray, n: FloatArray,
 
 def _simulate(problem: GuardProblem, scenario: GuardScenario, infeasible: BoolArray,
               means: FloatArray, noise: FloatArray, rng: np.random.Generator,
-              ) -> tuple[float, float]:
-    """One scenario in one world: (decisions on infeasible arms, decisions on held arms)."""
+              pulls: FloatArray) -> tuple[float, float]:
+    """One scenario in one world: (decisions on infeasible arms, decisions on held arms);
+    ``pulls`` receives the decisions per arm."""
     n_arms = problem.stats.shape[1]
     metrics = problem.metrics
     families = [problem.family, *(m.family for m in metrics)]
@@ -186,6 +188,7 @@ def _simulate(problem: GuardProblem, scenario: GuardScenario, infeasible: BoolAr
         arms = np.minimum(np.searchsorted(cdf, rng.random(size), side="right"), n_arms - 1)
         on_infeasible += float(np.count_nonzero(infeasible[arms]))
         on_held += float(np.count_nonzero(held[arms]))
+        pulls += np.bincount(arms, minlength=n_arms)
         lag = rng.geometric(arrive, size) - 1 if problem.delay > 0 else np.zeros(size, np.int64)
         # A reward of decision t after a lag d is seen from decision t + d + 1 on.
         slot = (start + np.arange(size) + lag) // every + 1
@@ -205,7 +208,8 @@ def forecast_guardrails(problem: GuardProblem, scenarios: Sequence[GuardScenario
     """Every scenario in ``reps`` drawn worlds (paired); also which arms were infeasible in
     each world, (R, K)."""
     n_arms = problem.stats.shape[1]
-    outcomes = [GuardOutcome(np.zeros(reps), np.zeros(reps)) for _ in scenarios]
+    outcomes = [GuardOutcome(np.zeros(reps), np.zeros(reps), np.zeros((reps, n_arms)))
+                for _ in scenarios]
     worlds = np.zeros((reps, n_arms), dtype=np.bool_)
     seeds = np.random.SeedSequence([seed, _STREAM]).spawn(reps)
 
@@ -221,7 +225,8 @@ def forecast_guardrails(problem: GuardProblem, scenarios: Sequence[GuardScenario
         for scenario, outcome in zip(scenarios, outcomes, strict=True):
             # The same random numbers in every scenario: differences are the settings'.
             on_infeasible, on_held = _simulate(problem, scenario, infeasible, means, noise,
-                                               np.random.default_rng(run_seed))
+                                               np.random.default_rng(run_seed),
+                                               outcome.pulls[r])
             outcome.infeasible[r] = on_infeasible
             outcome.held[r] = on_held
 

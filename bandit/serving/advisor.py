@@ -469,9 +469,11 @@ def _guard_report(plan: Plan, results: Results) -> dict[str, Any]:
                 "range80": [float(np.quantile(values, 0.1)), float(np.quantile(values, 0.9))]}
 
     def scenario(outcome: gf.GuardOutcome) -> dict[str, Any]:
+        shares = outcome.pulls.mean(axis=0) / horizon
         return {"infeasible_decisions": band(outcome.infeasible),
                 "infeasible_share": band(outcome.infeasible / horizon),
-                "held_share": band(outcome.held / horizon)}
+                "held_share": band(outcome.held / horizon),
+                "shares": {arm: round(float(shares[i]), 6) for i, arm in enumerate(plan.arms)}}
 
     difference = (proposed.infeasible - current.infeasible) / horizon
     mean, low, high = fc.mean_interval(difference)
