@@ -1016,3 +1016,95 @@ def test_a_fixed_experiment_shows_its_weights_and_targeting_and_no_settings_form
     expect(page.get_by_test_id("weights-table")).to_have_count(0)
     assert not dashboard.api_calls("PATCH", "/v1/experiments")
     assert not dashboard.outside
+
+
+# -- guardrails -----------------------------------------------------------------------------
+
+
+def test_guardrails_are_shown_beside_the_primary_with_the_gate_and_its_audit(
+    dashboard: Session,
+) -> None:
+    """Arm b leads the primary by far and has revenue 10% below the control's (400
+    observations each, sd 0.5): it breaks the revenue guardrail, and the gate holds it."""
+    service = dashboard.service
+    revenue = {"metric": "revenue", "kind": "gaussian", "direction": "higher",
+               "threshold": {"relative": -0.02}}
+    unsubscribe = {"metric": "unsubscribe", "kind": "bernoulli", "direction": "lower",
+                   "threshold": {"absolute": 0.01}}
+    status, body = api(service, "POST", "/v1/experiments", {
+        "id": "guarded", "arms": ["control", "b", "c"], "reward": "bernoulli",
+        "guardrails": [revenue, unsubscribe], "control": "control",
+        "exploration": {"min_share": 0.05, "gate_min_samples": 100}})
+    assert status == 201, body
+    noise = [(-1) ** i * 0.5 for i in range(400)]
+    events: list[dict[str, Any]] = []
+    for arm, level, clicks in (("control", 1.0, 40), ("b", 0.9, 200), ("c", 1.2, 60)):
+        events += [{"id": f"{arm}-r{i}", "experiment": "guarded", "arm": arm,
+                    "metric": "revenue", "reward": level + e} for i, e in enumerate(noise)]
+        events += [{"id": f"{arm}-p{i}", "experiment": "guarded", "arm": arm,
+                    "reward": int(i < clicks)} for i in range(400)]
+        events += [{"id": f"{arm}-u{i}", "experiment": "guarded", "arm": arm,
+                    "metric": "unsubscribe", "reward": 0} for i in range(1000)]
+    status, body = api(service, "POST", "/v1/events", {"events": events})
+    assert status == 200 and body["accepted"] == len(events), body
+    deadline = time.monotonic() + 10
+    while True:
+        stats = api(service, "GET", "/v1/experiments/guarded/stats")[1]
+        audit = api(service, "GET", "/v1/experiments/guarded/audit")[1]
+        b = next(arm for arm in stats["arms"] if arm["arm"] == "b")
+        if b["held"] and [e for e in audit["entries"] if e["action"] == "gate"]:
+            break
+        assert time.monotonic() < deadline, "the gate never held b"
+        time.sleep(0.1)
+
+    page = dashboard.open("#/exp/guarded")
+    panel = page.get_by_test_id("guardrails")
+    expect(panel).to_be_visible()
+    definitions = page.get_by_test_id("guardrail-list")
+    expect(definitions.locator("li[data-metric=revenue]")).to_have_text(
+        "revenue gaussian, higher is better: mean ≥ control's \u2212 2.0% of |control's|")
+    expect(definitions.locator("li[data-metric=unsubscribe]")).to_have_text(
+        "unsubscribe bernoulli, lower is better: mean ≤ 0.01")
+    expect(page.get_by_test_id("guardrail-control")).to_contain_text("Control: control")
+    expect(page.get_by_test_id("guardrail-gate")).to_contain_text("100 observations")
+    table = page.get_by_test_id("guardrail-table")
+    expect(table.locator("tbody tr")).to_have_count(3)
+    for arm in stats["arms"]:
+        row = table.locator(f"tr[data-arm='{arm['arm']}']")
+        for metric in ("revenue", "unsubscribe"):
+            value = arm["guardrails"][metric]
+            text = row.locator(f"[data-col=mean-{metric}]").inner_text()
+            mean, interval = text.split(" ", 1)
+            assert shown_number(mean, value["mean"]), (arm["arm"], metric, text)
+            low, high = interval.strip("[]").split(", ")
+            assert shown_number(low, value["ci95"][0]) and shown_number(high, value["ci95"][1])
+            cell = row.locator(f"[data-col=p-{metric}]")
+            if value["p_violates"] is None:  # the control
+                expect(cell).to_have_text("—")
+            else:
+                assert shown_percent(cell.inner_text(), value["p_violates"])
+                expect(cell).to_have_attribute(
+                    "data-warn", "true" if value["p_violates"] >= 0.8 else "false")
+        assert shown_percent(row.locator("[data-col=p_best_feasible]").inner_text(),
+                             arm["p_best_feasible"])
+        expect(row.locator("[data-col=held]")).to_have_text("held at floor" if arm["held"]
+                                                            else "—")
+    held = table.locator("tr[data-arm=b]")
+    expect(held).to_have_class(re.compile(r"\bheld\b"))
+    expect(held.locator("[data-col=p_violates]")).to_have_class(re.compile(r"\bviolates\b"))
+    expect(page.get_by_test_id("guardrail-caption")).to_contain_text("Held by the gate: b.")
+    # The gate's flip in the audit log: its actor, its badge, the arms held before and after.
+    gate = next(e for e in audit["entries"] if e["action"] == "gate")
+    rows = page.locator("[data-testid=audit-table] tbody tr")
+    row = rows.filter(has=page.locator("[data-col=actor]", has_text="guardrail-gate"))
+    expect(row).to_have_count(1)
+    expect(row.locator("[data-col=action] .badge.gate")).to_have_text("gate")
+    expect(row.locator("li[data-key=held]")).to_have_text("held none → b")
+    assert row.locator("[data-col=reason]").inner_text() == (gate["reason"] or "")
+    # Without guardrails the panel stays hidden.
+    create(service, "plain", {"a": (1, 10), "b": (2, 10)})
+    page.goto(f"{service.url}/#/exp/plain")
+    expect(page.get_by_test_id("experiment-title")).to_have_text("plain")
+    expect(page.get_by_test_id("stats-table").locator("tbody tr")).to_have_count(2)
+    expect(page.get_by_test_id("guardrails")).to_be_hidden()
+    assert not dashboard.outside

@@ -23,6 +23,7 @@ from bandit.api.schemas import (
     closed_object,
     nullable,
 )
+from bandit.forecast.guardrails import MAX_RECOMPUTATIONS
 from bandit.serving import advisor
 from bandit.serving.history import MAX_LIMIT as MAX_HISTORY_SAMPLES
 
@@ -77,14 +78,27 @@ _LOG: Schema = closed_object(
         "max_records": {"type": ["integer", "null"], "description": "retention by size"}},
     description="the experiment's decision log (`bandit log export`)")
 
-_PROBABILITY: Schema = {"type": ["number", "null"], "minimum": 0, "maximum": 1}
-_GUARDRAIL_ARM: Schema = closed_object(["n", "mean", "ci95", "p_violates"], {
-    "n": {"type": "number", "minimum": 0, "description": "observations of this metric"},
+_P_VIOLATES: Schema = {**_NULLABLE_SHARE, "description": "P(the arm's mean breaks the "
+                        "threshold) under the untempered posterior; null for the control (always "
+                        "feasible) and paused arms"}
+_ARM_GUARDRAIL: Schema = closed_object(["n", "mean", "ci95", "p_violates"], {
+    "n": {"type": "number", "minimum": 0,
+          "description": "observations of the metric (fractional with forgetting)"},
     "mean": NULLABLE_NUMBER,
     "ci95": {"type": "array", "items": NULLABLE_NUMBER, "minItems": 2, "maxItems": 2},
-    "p_violates": {**_PROBABILITY, "description": "posterior probability that the arm's mean "
-                                                  "breaks the threshold (null: the control, "
-                                                  "or a paused arm)"}})
+    "p_violates": _P_VIOLATES})
+_GUARDRAIL_REPORT: Schema = nullable(closed_object(
+    ["metrics", "control", "gate_min_samples", "monte_carlo_error"], {
+        "metrics": GUARDRAILS,
+        "control": {"type": ["string", "null"],
+                    "description": "the arm relative thresholds are judged against"},
+        "gate_min_samples": {"type": ["integer", "null"], "minimum": 1,
+                             "description": "the hard gate's minimum sample (null: no gate)"},
+        "monte_carlo_error": {"type": "number", "minimum": 0,
+                              "description": "largest Monte Carlo standard error of "
+                                             "P(best feasible) (0: exact)"}},
+    description="the guardrails and their gate (null: the experiment has none)"))
+
 _STATS: Schema = closed_object(
     ["experiment", "version", "reward", "arms", "control", "winner", "call_rule", "health",
      "model", "segments", "log", "guardrails"], {
@@ -107,23 +121,14 @@ _STATS: Schema = closed_object(
                                       "creation (the sample-ratio sums: expected / drawn), "
                                       "null before the first"},
              "lift": LIFT,
-             "guardrails": {"type": "object", "additionalProperties": _GUARDRAIL_ARM,
+             "guardrails": {"type": "object", "additionalProperties": _ARM_GUARDRAIL,
                             "description": "with guardrails: each guardrail metric of the arm"},
-             "p_violates": {**_PROBABILITY, "description": "with guardrails: P(the arm breaks "
-                                                           "any guardrail)"},
-             "p_best_feasible": {**_PROBABILITY, "description": "with guardrails: P(the arm "
-                                 "is the best arm that keeps every guardrail)"},
+             "p_violates": {**_P_VIOLATES, "description": "with guardrails: P(the arm breaks "
+                            "any guardrail); null for the control and paused arms"},
+             "p_best_feasible": {**_NULLABLE_SHARE, "description": "with guardrails: P(the arm "
+                                 "is the best feasible arm), untempered; null when paused"},
              "held": {"type": "boolean", "description": "with guardrails: the hard gate holds "
                                                         "the arm at the floor"}})},
-        "guardrails": {**nullable(closed_object(
-            ["metrics", "control", "gate_min_samples", "monte_carlo_error"], {
-                "metrics": GUARDRAILS, "control": {**ID, "type": ["string", "null"]},
-                "gate_min_samples": {"type": ["integer", "null"], "minimum": 1},
-                "monte_carlo_error": {"type": "number", "minimum": 0,
-                                      "description": "largest standard error of P(best "
-                                                     "feasible): 0 when every threshold is "
-                                                     "absolute (computed exactly)"}})),
-            "description": "the guardrails the allocation keeps (null: none)"},
         "control": nullable(closed_object(["arm", "chosen_by"], {
             "arm": ID,
             "chosen_by": {"enum": ["setting", "name"],
@@ -133,11 +138,12 @@ _STATS: Schema = closed_object(
                         "best other active arm")),
         "winner": nullable(closed_object(
             ["arm", "p_best", "expected_loss", "threshold", "max_loss"], {
-                "arm": ID, "p_best": SHARE, "expected_loss": NUMBER, "threshold": SHARE,
+                "arm": ID, "p_best": {**SHARE, "description": "P(best); with guardrails "
+                                      "P(best feasible)"},
+                "expected_loss": NUMBER, "threshold": SHARE,
                 "max_loss": NUMBER,
                 "p_feasible": {**SHARE, "description": "with guardrails: P(the winner keeps "
-                                                       "every guardrail), at least threshold; "
-                                                       "p_best is then P(best feasible)"}})),
+                               "every guardrail), at least the threshold"}})),
         "call_rule": closed_object(["threshold", "max_loss"], {
             "threshold": SHARE, "max_loss": {"type": "number", "minimum": 0}},
             description="what a winner call needs (also when there is no winner)"),
@@ -166,6 +172,7 @@ _STATS: Schema = closed_object(
         "model": _MODEL_REPORT,
         "segments": _SEGMENTS,
         "log": _LOG,
+        "guardrails": _GUARDRAIL_REPORT,
     })
 
 _NUMBERS: Schema = {"type": "array", "items": NUMBER}
@@ -209,6 +216,8 @@ _HISTORY: Schema = closed_object(
 
 # (Unarchiving was recorded as `unarchive` and missing here: an audit log showing one broke the
 # document's promise.)
+# `gate`: the guardrails' hard gate held or released arms (actor `guardrail-gate`, changes
+# `{"held": {"old": [arms], "new": [arms]}}`).
 _AUDIT: Schema = audit_log("experiment", ["create", "update", "archive", "unarchive", "gate"])
 
 _ADVISE: Schema = {
@@ -259,6 +268,47 @@ _FORECAST_SCENARIO: Schema = closed_object(
                         "description": "P(the called arm is the truly best | a call)"},
             "decisions": _MEDIAN_RANGE, "seconds": _MEDIAN_RANGE}),
     })
+_BAND_INTERVAL: Schema = closed_object(["mean", "ci95", "range80"], {
+    "mean": NUMBER, "ci95": INTERVAL, "range80": INTERVAL},
+    description="over the simulated futures: mean, its 95% Monte Carlo interval, 10th-90th "
+                "percentile")
+_GUARD_SCENARIO: Schema = closed_object(
+    ["infeasible_decisions", "infeasible_share", "held_share", "shares"], {
+        "shares": {"type": "object", "additionalProperties": SHARE,
+                   "description": "each arm's share of the horizon's decisions under the "
+                                  "guarded allocation (mean over the futures)"},
+        "infeasible_decisions": {**_BAND_INTERVAL, "description": "decisions of the horizon "
+                                 "sent to arms that break a guardrail in the simulated world"},
+        "infeasible_share": {**_BAND_INTERVAL, "description": "the same, as a share of the "
+                                                              "horizon's decisions"},
+        "held_share": {**_BAND_INTERVAL, "description": "share of the decisions sent to arms "
+                                                        "the hard gate held (at the floor)"}})
+_GUARD_FORECAST: Schema = closed_object(
+    ["metrics", "control", "recompute_every", "recomputations", "p_infeasible",
+     "p_any_infeasible", "current", "proposed", "difference"], {
+        "metrics": GUARDRAILS,
+        "control": {"type": ["string", "null"],
+                    "description": "the arm relative thresholds are judged against"},
+        "recompute_every": {"type": "integer", "minimum": 1,
+                            "description": "decisions between recomputations of the guarded "
+                                           "allocation in the forecast"},
+        "recomputations": {"type": "integer", "minimum": 1,
+                           "description": "guarded allocations per future and scenario (at "
+                                          f"most {MAX_RECOMPUTATIONS})"},
+        "p_infeasible": {"type": "object", "additionalProperties": SHARE,
+                         "description": "per arm: the share of the simulated worlds (drawn "
+                                        "from the posteriors) in which it breaks a guardrail"},
+        "p_any_infeasible": {**SHARE, "description": "share of the worlds with an infeasible "
+                                                     "arm"},
+        "current": _GUARD_SCENARIO,
+        "proposed": _GUARD_SCENARIO,
+        "difference": closed_object(["infeasible_share", "p_proposed_safer"], {
+            "infeasible_share": closed_object(["mean", "ci95"],
+                                              {"mean": NUMBER, "ci95": INTERVAL}),
+            "p_proposed_safer": {**SHARE, "description": "share of the futures in which the "
+                                 "proposal sends fewer decisions to infeasible arms"}})},
+    description="experiments with guardrails only: the traffic each scenario sends to arms "
+                "that break a guardrail, under the guarded allocation and its gate")
 _ADVICE: Schema = closed_object(
     ["experiment", "version", "changes", "assumptions", "checkpoints", "arms", "current",
      "proposed", "difference"], {
@@ -289,6 +339,7 @@ _ADVICE: Schema = closed_object(
         "difference": closed_object(["regret", "p_proposed_better"], {
             "regret": closed_object(["mean", "ci95"], {"mean": NUMBER, "ci95": INTERVAL}),
             "p_proposed_better": SHARE}),
+        "guardrails": _GUARD_FORECAST,
     })
 
 

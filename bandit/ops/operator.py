@@ -241,12 +241,17 @@ def _fetch_create(client: Client, arguments: argparse.Namespace) -> Any:
 
 
 def _ab_fields(arguments: argparse.Namespace) -> dict[str, Any]:
-    """``--weight ARM=W`` (a fixed experiment's weights) and ``--targeting``, as given."""
+    """``--weight ARM=W`` (a fixed experiment's weights), ``--targeting``, ``--guardrail``
+    (the whole list; ``none``: no guardrails) and ``--control``, as given."""
     fields: dict[str, Any] = {}
     if arguments.weights:
         fields["weights"] = dict(arguments.weights)
     if arguments.targeting is not None:
         fields["targeting"] = arguments.targeting.rule
+    if arguments.guardrails is not None:
+        fields["guardrails"] = arguments.guardrails
+    if "control" in arguments:
+        fields["control"] = arguments.control
     return fields
 
 
@@ -292,8 +297,8 @@ def _fetch_tune(client: Client, arguments: argparse.Namespace) -> Any:
     change = {**_proposal(arguments), **_metadata(arguments), **_ab_fields(arguments)}
     if not change:
         raise Failure(EXIT_USAGE, "nothing to change: give --set NAME=VALUE, --add-arm ARM, "
-                                  "--weight ARM=W, --targeting, --owner, --hypothesis or "
-                                  "--tags")
+                                  "--weight ARM=W, --targeting, --guardrail, --control, "
+                                  "--owner, --hypothesis or --tags")
     return _patch(client, arguments, change)
 
 

@@ -102,6 +102,53 @@ def parse_weight(text: str) -> tuple[str, float]:
     return arm, weight
 
 
+def parse_guardrail(text: str) -> dict[str, Any] | None:
+    """``--guardrail METRIC:KIND:DIRECTION:relative=R`` (or ``absolute=X``) as the API's
+    guardrail object, e.g. ``revenue:gaussian:higher:relative=-0.02``; ``none`` (None) for
+    no guardrails. The service checks the rest (names, bounds, the control)."""
+    if text.strip().lower() in ("none", "null"):
+        return None
+    parts = [part.strip() for part in text.split(":")]
+    example = "e.g. revenue:gaussian:higher:relative=-0.02 or unsubscribe:bernoulli:lower:" \
+              "absolute=0.01"
+    if len(parts) != 4 or not parts[0]:
+        raise argparse.ArgumentTypeError(
+            f"expected METRIC:KIND:DIRECTION:relative=R or ...:absolute=X ({example}), got "
+            f"{text!r}")
+    metric, kind, direction, threshold = parts
+    if kind not in ("bernoulli", "gaussian"):
+        raise argparse.ArgumentTypeError(f"guardrail {metric}: kind must be bernoulli or "
+                                         f"gaussian, got {kind!r}")
+    if direction not in ("higher", "lower"):
+        raise argparse.ArgumentTypeError(f"guardrail {metric}: direction must be higher or "
+                                         f"lower (which is better), got {direction!r}")
+    which, separator, raw = threshold.partition("=")
+    if not separator or which.strip() not in ("relative", "absolute"):
+        raise argparse.ArgumentTypeError(f"guardrail {metric}: threshold must be relative=R "
+                                         f"or absolute=X ({example}), got {threshold!r}")
+    return {"metric": metric, "kind": kind, "direction": direction,
+            "threshold": {which.strip(): _finite(raw.strip(), f"guardrail {metric} threshold")}}
+
+
+class _Guardrails(argparse.Action):
+    """``--guardrail`` repeated: the whole list; ``--guardrail none`` alone clears it."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        given = getattr(namespace, self.dest, None)
+        if (values is None and given) or (values is not None and given == []):
+            parser.error("--guardrail none: no other --guardrail goes with it")
+        setattr(namespace, self.dest, [] if values is None else [*(given or []), values])
+
+
+def parse_control(text: str) -> str | None:
+    """``--control ARM`` (``none``: no control arm)."""
+    text = text.strip()
+    if not text:
+        raise argparse.ArgumentTypeError("expected an arm id, or none")
+    return None if text.lower() in ("none", "null") else text
+
+
 @dataclass(frozen=True)
 class Targeting:
     """A ``--targeting`` value: the rule's JSON (None clears it)."""
@@ -296,6 +343,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         sub.add_argument("--targeting", type=parse_targeting, metavar="JSON|@FILE",
                          help="who is eligible: a targeting rule as JSON, or @FILE holding "
                               "it ('none' clears)")
+        sub.add_argument("--guardrail", dest="guardrails", type=parse_guardrail,
+                         action=_Guardrails, default=None,
+                         metavar="METRIC:KIND:DIRECTION:relative=R|absolute=X",
+                         help="a guardrail metric an arm must not break (repeatable, at most "
+                              "5; on tune the whole new list, 'none' clears), e.g. "
+                              "revenue:gaussian:higher:relative=-0.02 (no worse than 2%% "
+                              "below the control) or unsubscribe:bernoulli:lower:"
+                              "absolute=0.01")
+        sub.add_argument("--control", type=parse_control, default=argparse.SUPPRESS,
+                         metavar="ARM",
+                         help="the control arm relative guardrails are judged against "
+                              "('none' clears; a control share's arm is the control anyway)")
     for sub in (create, tune):
         sub.add_argument("--owner", metavar="TEXT", help="who runs the experiment ('' clears)")
         sub.add_argument("--hypothesis", metavar="TEXT",

@@ -37,6 +37,7 @@ def render_show(document: Any) -> str:
         ("attribution window", f"{_value(document.get('attribution_window_s'))} s"),
     ]
     fields += _policy_fields(document)
+    fields += _guardrail_fields(document)
     width = max(len(name) for name, _ in fields)
     lines = [f"{name:<{width}}  {text}" for name, text in fields]
     return "\n".join([*lines, "", render_stats(document["stats"])])
@@ -57,6 +58,35 @@ def _policy_fields(document: Any) -> list[tuple[str, str]]:
     rule = document.get("targeting")
     fields.append(("targeting", "everyone" if rule is None else targeting_text(rule)))
     return fields
+
+
+def guardrail_text(guardrail: dict[str, Any]) -> str:
+    """A guardrail as ``--guardrail`` takes it: ``revenue:gaussian:higher:relative=-0.02``."""
+    [(which, level)] = guardrail["threshold"].items()
+    return (f"{guardrail['metric']}:{guardrail['kind']}:{guardrail['direction']}:"
+            f"{which}={_value(level)}")
+
+
+def _guardrail_fields(document: Any) -> list[tuple[str, str]]:
+    """The guardrails and the control they are judged against (nothing without them)."""
+    guardrails = document.get("guardrails") or []
+    fields = [(f"guardrail {i + 1}", f"{guardrail_text(g)} ({_threshold_words(g)})")
+              for i, g in enumerate(guardrails)]
+    if document.get("control") is not None or guardrails:
+        control = document.get("control")
+        share = (document.get("exploration") or {}).get("control")
+        fields.append(("control", control if control is not None else
+                       f"{share['arm']} (the control share's arm)" if share else "none"))
+    return fields
+
+
+def _threshold_words(guardrail: dict[str, Any]) -> str:
+    [(which, level)] = guardrail["threshold"].items()
+    better = guardrail["direction"]
+    if which == "absolute":
+        return f"mean {'>=' if better == 'higher' else '<='} {_value(level)}"
+    return (f"mean {'>=' if better == 'higher' else '<='} control's "
+            f"{'+' if level >= 0 else '-'} {abs(level):.4g} x |control's|")
 
 
 def targeting_text(rule: Any) -> str:
@@ -102,7 +132,52 @@ def render_stats(document: Any) -> str:
             for arm in arms]
     table = _table(["arm", "state", "n", "served", "mean", "95% CI", "P(best)",
                     "expected loss", "share"], rows, numeric={2, 3, 4, 6, 7, 8})
-    return "\n".join([table, "", *_call_lines(document)])
+    return "\n".join([table, *_guardrail_lines(document), "", *_call_lines(document)])
+
+
+def _guardrail_lines(document: Any) -> list[str]:
+    """With guardrails: a row per arm and metric (observations, mean, 95% interval,
+    P(violates)), each arm's P(violates any), P(best feasible) and whether the gate holds
+    it; then the arms held. Nothing without guardrails."""
+    report = document.get("guardrails")
+    if not report:
+        return []
+    arms = document["arms"]
+    control = report.get("control")
+    rows: list[list[Any]] = []
+    for metric in report["metrics"]:
+        name = metric["metric"]
+        values = [arm["guardrails"][name] for arm in arms]
+        decimals = _decimals([v["mean"] for v in values]
+                             + [bound for v in values for bound in v["ci95"]])
+        for arm, value in zip(arms, values, strict=True):
+            rows.append([arm["arm"], name, _count(value["n"]), _fixed(value["mean"], decimals),
+                         _interval(value["ci95"], decimals),
+                         "control" if arm["arm"] == control else _p_violates(value["p_violates"])])
+    gate = report.get("gate_min_samples")
+    lines = ["", "guardrails (" + "; ".join(
+        guardrail_text(g) for g in report["metrics"]) + f"; control {control or 'none'}; "
+        + ("no hard gate" if gate is None else f"gate after {gate} observations") + "):",
+        _table(["arm", "metric", "n", "mean", "95% CI", "P(violates)"], rows,
+               numeric={2, 3, 5})]
+    feasible = [[arm["arm"], "control" if arm["arm"] == control
+                 else _p_violates(arm.get("p_violates")), _fixed(arm.get("p_best_feasible"), 4),
+                 "HELD" if arm.get("held") else "-"] for arm in arms]
+    lines += ["", _table(["arm", "P(violates any)", "P(best feasible)", "gate"], feasible,
+                         numeric={1, 2})]
+    held = [arm["arm"] for arm in arms if arm.get("held")]
+    lines.append("held at the floor by the gate: " + (", ".join(held) if held else "none"))
+    error = report.get("monte_carlo_error") or 0.0
+    if error > 0:
+        lines.append(f"(P(best feasible): Monte Carlo error up to {error:.2g})")
+    return lines
+
+
+def _p_violates(value: float | None) -> str:
+    """P(violates), flagged from 0.8 (where the gate lets an arm go) up."""
+    if value is None:
+        return "-"
+    return f"{value:.4f}" + (" !" if value >= 0.8 else "")
 
 
 def _call_lines(document: Any) -> list[str]:
@@ -111,9 +186,17 @@ def _call_lines(document: Any) -> list[str]:
     if document.get("model") is not None:
         call = ("winner: no call for a contextual experiment (its best arm depends on the "
                 "context; see the dashboard's coefficients and allocation by segment)")
+    elif winner is None and document.get("guardrails"):
+        call = (f"winner: none yet (needs P(best feasible) >= {rule['threshold']:g}, "
+                f"P(feasible) >= {rule['threshold']:g} and expected loss <= "
+                f"{rule['max_loss']:.4g})")
     elif winner is None:
         call = (f"winner: none yet (needs P(best) >= {rule['threshold']:g} and expected loss "
                 f"<= {rule['max_loss']:.4g})")
+    elif "p_feasible" in winner:
+        call = (f"winner: {winner['arm']} (P(best feasible) {winner['p_best']:.4f}, "
+                f"P(feasible) {winner['p_feasible']:.4f}, expected loss "
+                f"{winner['expected_loss']:.4g})")
     else:
         call = (f"winner: {winner['arm']} (P(best) {winner['p_best']:.4f}, expected loss "
                 f"{winner['expected_loss']:.4g})")
@@ -155,6 +238,9 @@ def render_create(document: Any) -> str:
                   for name, value in document["exploration"].items()]
     if document.get("targeting") is not None:
         lines.append(f"  targeting = {targeting_text(document['targeting'])}")
+    lines += [f"  guardrail = {guardrail_text(g)}" for g in document.get("guardrails") or []]
+    if document.get("control") is not None:
+        lines.append(f"  control = {document['control']}")
     return "\n".join(lines)
 
 
@@ -219,12 +305,50 @@ def render_advise(document: Any) -> str:
                    _percent(proposed["shares"][arm]["mean"][-1])] for arm in document["arms"]]
     lines += ["", "share of the last decisions of the horizon:",
               _table(["arm", "current", "proposed"], share_rows, numeric={1, 2})]
+    lines += _guard_forecast_lines(document.get("guardrails"))
     better = document["difference"]["p_proposed_better"]
     if not document["changes"]:  # the same settings twice: the same futures, a tie
         lines += ["", "the proposal changes nothing: both columns are the current settings"]
     else:
         lines += ["", f"the proposal has less regret in {better:.0%} of the simulated futures"]
     return "\n".join(lines)
+
+
+def _guard_forecast_lines(guard: Any) -> list[str]:
+    """The advisor's guardrail forecast: decisions sent to arms that break a guardrail."""
+    if not guard:
+        return []
+
+    def band(value: dict[str, Any], percent: bool) -> str:
+        shown = _percent if percent else (lambda v: f"{v:,.0f}")
+        low, high = value["ci95"]
+        return f"{shown(value['mean'])} [{shown(max(low, 0.0))}, {shown(high)}]"
+
+    current, proposed = guard["current"], guard["proposed"]
+    difference = guard["difference"]["infeasible_share"]
+    low, high = difference["ci95"]
+    rows = [
+        ["to infeasible arms [95% CI]", band(current["infeasible_share"], True),
+         band(proposed["infeasible_share"], True),
+         f"{difference['mean'] * 100:+.2f} pts [{low * 100:+.2f}, {high * 100:+.2f}]"],
+        ["  decisions", band(current["infeasible_decisions"], False),
+         band(proposed["infeasible_decisions"], False), ""],
+        ["to arms the gate holds", _percent(current["held_share"]["mean"]),
+         _percent(proposed["held_share"]["mean"]), ""],
+    ]
+    risky = ", ".join(f"{arm} {p:.0%}" for arm, p in guard["p_infeasible"].items() if p > 0)
+    safer = guard["difference"]["p_proposed_safer"]
+    shares = [[arm, _percent(current["shares"][arm]), _percent(proposed["shares"][arm]),
+               f"{p:.0%}"] for arm, p in guard["p_infeasible"].items()]
+    return ["", f"guardrails ({', '.join(g['metric'] for g in guard['metrics'])}; control "
+                f"{guard['control'] or 'none'}): arms breaking one in the simulated worlds: "
+                f"{risky or 'none'}; allocation recomputed every {guard['recompute_every']:,} "
+                "decisions",
+            _table(["", "current", "proposed", "difference"], rows),
+            f"the proposal sends less traffic to infeasible arms in {safer:.0%} of the "
+            "simulated futures",
+            "", "share of the horizon under the guarded allocation (the service's):",
+            _table(["arm", "current", "proposed", "P(infeasible)"], shares, numeric={1, 2, 3})]
 
 
 def _percent(value: float) -> str:

@@ -15,6 +15,13 @@ history (or as given in the request):
   event, which the coverage check looks at);
 - posterior updates: every ``rate * refresh_interval_s`` decisions, as each process's cache
   refreshes (coarser when a scenario needs the probability path, to bound the work).
+
+An experiment with guardrails also gets a forecast of its guardrail violations
+(:mod:`bandit.forecast.guardrails`): per scenario, the decisions sent to arms that break a
+guardrail in each drawn world, under the service's guarded allocation with its hard gate
+(recomputed at most ``MAX_RECOMPUTATIONS`` times per future). Its regret, shares and winner call
+are still forecast by the primary's simulation, which allocates by P(best) alone; the answer
+says so in its notes. An experiment without guardrails is forecast exactly as before.
 """
 
 from __future__ import annotations
@@ -27,8 +34,10 @@ from typing import Any
 
 import numpy as np
 
+from bandit import policy
 from bandit.errors import InvalidValue
 from bandit.forecast import forecast as fc
+from bandit.forecast import guardrails as gf
 from bandit.model import Experiment, integer, mapping, number
 from bandit.patches import parse_patch
 from bandit.serving.cache import Snapshot, family_of, policy_settings, prior_array
@@ -158,6 +167,28 @@ class Plan:
     rate: float
     assumptions: dict[str, Any]
     changes: dict[str, Any]
+    #: With guardrails: the violations' forecast (None: the experiment has none).
+    guards: GuardPlan | None = None
+
+
+@dataclass(frozen=True)
+class GuardPlan:
+    problem: gf.GuardProblem
+    current: gf.GuardScenario
+    proposed: gf.GuardScenario
+    #: The guardrails as configured, and the control they are judged against.
+    metrics: list[dict[str, Any]]
+    control: str | None
+
+
+@dataclass(frozen=True)
+class Results:
+    """What :func:`run` computed: the primary's outcomes, and the guardrails' (if any) with
+    which arms were infeasible in each drawn world."""
+
+    outcomes: list[fc.Outcome]
+    guards: list[gf.GuardOutcome] | None = None
+    worlds: np.ndarray[Any, np.dtype[np.bool_]] | None = None
 
 
 def plan(snapshot: Snapshot, request: Request, samples: list[dict[str, Any]],
@@ -185,8 +216,9 @@ def plan(snapshot: Snapshot, request: Request, samples: list[dict[str, Any]],
                  if _servable(current, arm) or _servable(proposed, arm))
     scenarios = (_scenario(current, arms, rate), _scenario(proposed, arms, rate))
     quadrature = sum(s.needs_quadrature for s in scenarios)
-    decisions = _horizon(request, rate, len(arms), quadrature, notes)
-    update_every = max(1, round(rate * refresh_interval_s))
+    update_every = service_every = max(1, round(rate * refresh_interval_s))
+    guarded = _guard_cost(current, len(arms), service_every)
+    decisions = _horizon(request, rate, len(arms), quadrature, notes, guarded)
     if quadrature:
         coarse = math.ceil(decisions / MAX_UPDATES)
         if coarse > update_every:
@@ -206,6 +238,21 @@ def plan(snapshot: Snapshot, request: Request, samples: list[dict[str, Any]],
         horizon=decisions, batch=update_every, delay=delay_s * rate,
         checkpoints=fc.linear_checkpoints(decisions), threshold=request.threshold,
         max_loss=max_loss)
+    guards = None
+    if current.guardrails:
+        guards = _guard_plan(snapshot, proposed, arms, stats, counts, decisions,
+                             service_every, delay_s * rate)
+        every = guards.problem.every
+        notes.append("regret, shares and the winner call are forecast by P(best) alone; the "
+                     "guardrails' forecast simulates the guarded allocation (P(best feasible) "
+                     f"and the gate), recomputed every {every} decisions"
+                     + (f" (the service recomputes about every {service_every}: at most "
+                        f"{gf.MAX_RECOMPUTATIONS} recomputations per future bound the work)"
+                        if every > service_every else "")
+                     + ", with one observation of every metric per decision"
+                     + ("; forgetting is not simulated there"
+                        if current.exploration.half_life_s is not None
+                        or proposed.exploration.half_life_s is not None else ""))
     assumptions = {
         "decisions": decisions, "traffic_per_s": rate,
         "traffic_source": "given" if request.traffic_per_s else "measured",
@@ -218,27 +265,54 @@ def plan(snapshot: Snapshot, request: Request, samples: list[dict[str, Any]],
     }
     return Plan(experiment=current, arms=arms, problem=problem, current=scenarios[0],
                 proposed=scenarios[1], reps=request.reps, seed=request.seed, rate=rate,
-                assumptions=assumptions, changes=request.changes)
+                assumptions=assumptions, changes=request.changes, guards=guards)
 
 
-def estimated_seconds(decisions: int, reps: int, n_arms: int, quadrature: int) -> float:
+@dataclass(frozen=True)
+class GuardCost:
+    """What the guardrails' forecast costs: a guarded allocation's seconds, and the metrics
+    simulated per decision (the primary and each guardrail)."""
+
+    per_recomputation: float
+    metrics: int
+    update_every: int
+
+
+def _guard_cost(experiment: Experiment, n_arms: int, update_every: int) -> GuardCost | None:
+    if not experiment.guardrails:
+        return None
+    relative = any(g.relative for g in experiment.guardrails)
+    return GuardCost(gf.seconds_per_recomputation(n_arms, relative),
+                     1 + len(experiment.guardrails), update_every)
+
+
+def estimated_seconds(decisions: int, reps: int, n_arms: int, quadrature: int,
+                      guarded: GuardCost | None = None) -> float:
     """Single-thread run time of a forecast, from ``benchmarks/bench_advisor.py``'s figures.
 
     Per future and scenario: simulated decisions (about 15 million arm-decisions per second),
     winner-call looks (one best-arm quadrature each, about 0.2 ms + 15 us per arm), and for
-    the ``quadrature`` scenarios that need it, one quadrature per posterior update.
+    the ``quadrature`` scenarios that need it, one quadrature per posterior update. With
+    guardrails (``guarded``), per future and scenario also the guardrails' forecast: at most
+    ``MAX_RECOMPUTATIONS`` guarded allocations, and about 0.1 us per decision and metric.
     """
     per_quadrature = 2e-4 + 1.5e-5 * n_arms
     looks = 2 + fc.CHECKPOINTS // fc.CALL_STRIDE  # now, every third checkpoint, the last
     simulate = 2 * decisions * n_arms / 15e6
-    return reps * (simulate + (2 * looks + quadrature * MAX_UPDATES) * per_quadrature)
+    seconds = reps * (simulate + (2 * looks + quadrature * MAX_UPDATES) * per_quadrature)
+    if guarded is not None:
+        every = gf.recompute_every(max(decisions, 1), guarded.update_every)
+        recomputations = math.ceil(max(decisions, 1) / every)
+        seconds += reps * 2 * (recomputations * guarded.per_recomputation
+                               + decisions * guarded.metrics * 1e-7)
+    return seconds
 
 
 def _horizon(request: Request, rate: float, n_arms: int, quadrature: int,
-             notes: list[str]) -> int:
+             notes: list[str], guarded: GuardCost | None = None) -> int:
     """Decisions to forecast, within the run-time bound."""
     def cost(decisions: int) -> float:
-        return estimated_seconds(decisions, request.reps, n_arms, quadrature)
+        return estimated_seconds(decisions, request.reps, n_arms, quadrature, guarded)
 
     if request.decisions is not None:
         if cost(request.decisions) > MAX_SECONDS:
@@ -285,26 +359,82 @@ def _servable(experiment: Experiment, arm: str) -> bool:
 
 def _scenario(experiment: Experiment, arms: tuple[str, ...], rate: float) -> fc.Scenario:
     """An experiment's settings over the simulated arms (which may include arms it lacks)."""
-    settings = policy_settings(experiment)
-    if settings.control_index is not None:
-        control = experiment.arms[settings.control_index]
-        # A control arm left out of the simulation is paused: the kernel ignores it anyway.
-        settings = replace(settings, control_index=arms.index(control) if control in arms
-                           else None)
+    settings = _policy_settings(experiment, arms)
     active = np.array([_servable(experiment, arm) for arm in arms])
     half_life_s = experiment.exploration.half_life_s
     return fc.Scenario(settings=settings.as_array(), active=active,
                        half_life=math.inf if half_life_s is None else half_life_s * rate)
 
 
-def run(plan: Plan, threads: int) -> list[fc.Outcome]:
-    return fc.forecast(plan.problem, [plan.current, plan.proposed], reps=plan.reps,
-                       seed=plan.seed, threads=threads)
+def _policy_settings(experiment: Experiment, arms: tuple[str, ...]) -> policy.PolicySettings:
+    """An experiment's kernel settings over the simulated arms (its control share's arm
+    remapped; a control arm left out of the simulation is paused: the kernel ignores it)."""
+    settings = policy_settings(experiment)
+    if settings.control_index is not None:
+        control = experiment.arms[settings.control_index]
+        settings = replace(settings, control_index=arms.index(control) if control in arms
+                           else None)
+    return settings
 
 
-def report(plan: Plan, outcomes: list[fc.Outcome]) -> dict[str, Any]:
+def _guard_plan(snapshot: Snapshot, proposed: Experiment, arms: tuple[str, ...],
+                stats: np.ndarray[Any, np.dtype[np.float64]],
+                counts: np.ndarray[Any, np.dtype[np.float64]], decisions: int,
+                update_every: int, delay: float) -> GuardPlan:
+    """The guardrails' forecast from the snapshot's guardrail statistics (``snapshot.guards``)
+    over the simulated arms (an arm new in the proposal starts from the priors)."""
+    current = snapshot.experiment
+    index = [current.arm_indices.get(arm) for arm in arms]
+
+    def over_arms(values: np.ndarray[Any, np.dtype[np.float64]]) -> np.ndarray[
+            Any, np.dtype[np.float64]]:
+        out = np.zeros((*values.shape[:-1], len(arms)))
+        for i, k in enumerate(index):
+            if k is not None:
+                out[..., i] = values[..., k]
+        return out
+
+    metrics = tuple(gf.GuardMetric(g.family, over_arms(g.stats), over_arms(g.counts),
+                                   np.asarray(g.prior, dtype=np.float64), g.higher, g.threshold,
+                                   g.relative) for g in snapshot.guards)
+    held_now = (snapshot.guarded.held if snapshot.guarded is not None
+                else np.isin(np.arange(len(current.arms)), list(snapshot.held_stored)))
+    held = np.array([k is not None and bool(held_now[k]) for k in index])
+
+    def control_of(experiment: Experiment) -> int | None:
+        control = experiment.control_arm
+        return arms.index(control) if control is not None and control in arms else None
+
+    def scenario(experiment: Experiment) -> gf.GuardScenario:
+        return gf.GuardScenario(
+            settings=_policy_settings(experiment, arms),
+            active=np.array([_servable(experiment, arm) for arm in arms]),
+            control=control_of(experiment),
+            gate_min_samples=experiment.exploration.gate_min_samples, held=held)
+
+    problem = gf.GuardProblem(
+        family=family_of(current), prior=prior_array(current), stats=stats, counts=counts,
+        metrics=metrics, control=control_of(current), horizon=decisions,
+        every=gf.recompute_every(decisions, update_every), delay=delay)
+    return GuardPlan(problem=problem, current=scenario(current), proposed=scenario(proposed),
+                     metrics=[g.to_json() for g in current.guardrails],
+                     control=current.control_arm)
+
+
+def run(plan: Plan, threads: int) -> Results:
+    outcomes = fc.forecast(plan.problem, [plan.current, plan.proposed], reps=plan.reps,
+                           seed=plan.seed, threads=threads)
+    if plan.guards is None:
+        return Results(outcomes)
+    guards, worlds = gf.forecast_guardrails(
+        plan.guards.problem, [plan.guards.current, plan.guards.proposed], reps=plan.reps,
+        seed=plan.seed, threads=threads)
+    return Results(outcomes, guards, worlds)
+
+
+def report(plan: Plan, results: Results) -> dict[str, Any]:
     """The advise endpoint's answer (see the OpenAPI document)."""
-    current, proposed = outcomes
+    current, proposed = results.outcomes
     difference = proposed.regret[:, -1] - current.regret[:, -1]
     mean, low, high = fc.mean_interval(difference)
     checkpoints = plan.problem.checkpoints
@@ -320,6 +450,45 @@ def report(plan: Plan, outcomes: list[fc.Outcome]) -> dict[str, Any]:
         "proposed": _scenario_report(plan, proposed),
         "difference": {"regret": {"mean": mean, "ci95": [low, high]},
                        "p_proposed_better": float(np.mean(difference < 0))},
+        **({} if plan.guards is None else {"guardrails": _guard_report(plan, results)}),
+    }
+
+
+def _guard_report(plan: Plan, results: Results) -> dict[str, Any]:
+    """The guardrails' forecast: per scenario the decisions sent to truly infeasible arms
+    (count and share of the horizon) and to arms the gate held; which arms were infeasible
+    in how many worlds; the paired difference."""
+    guards = plan.guards
+    assert guards is not None and results.guards is not None and results.worlds is not None
+    horizon = plan.problem.horizon
+    current, proposed = results.guards
+
+    def band(values: np.ndarray[Any, np.dtype[np.float64]]) -> dict[str, Any]:
+        mean, low, high = fc.mean_interval(values)
+        return {"mean": mean, "ci95": [low, high],
+                "range80": [float(np.quantile(values, 0.1)), float(np.quantile(values, 0.9))]}
+
+    def scenario(outcome: gf.GuardOutcome) -> dict[str, Any]:
+        shares = outcome.pulls.mean(axis=0) / horizon
+        return {"infeasible_decisions": band(outcome.infeasible),
+                "infeasible_share": band(outcome.infeasible / horizon),
+                "held_share": band(outcome.held / horizon),
+                "shares": {arm: round(float(shares[i]), 6) for i, arm in enumerate(plan.arms)}}
+
+    difference = (proposed.infeasible - current.infeasible) / horizon
+    mean, low, high = fc.mean_interval(difference)
+    worlds = results.worlds
+    return {
+        "metrics": guards.metrics,
+        "control": guards.control,
+        "recompute_every": guards.problem.every,
+        "recomputations": math.ceil(horizon / guards.problem.every),
+        "p_infeasible": {arm: float(worlds[:, i].mean()) for i, arm in enumerate(plan.arms)},
+        "p_any_infeasible": float(worlds.any(axis=1).mean()),
+        "current": scenario(current),
+        "proposed": scenario(proposed),
+        "difference": {"infeasible_share": {"mean": mean, "ci95": [low, high]},
+                       "p_proposed_safer": float(np.mean(difference < 0))},
     }
 
 

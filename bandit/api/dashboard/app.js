@@ -6,6 +6,7 @@ import { api, apiKey, setApiKey } from "./api.js";
 import { annotateShares, contextualPanel } from "./contextual.js";
 import { $, chip, fill, formatCount, formatInterval, formatNumber, formatPercent,
   formatSetting, formatTime, h, liftText } from "./dom.js";
+import { guardrailPanel } from "./guardrails.js";
 import { layersView } from "./layers.js";
 import { listView } from "./list.js";
 import { posteriorDensity } from "./maths.js";
@@ -212,6 +213,8 @@ function experimentView(id) {
   // A contextual experiment's coefficients and allocation by segment (hidden otherwise).
   const contextual = contextualPanel({ colour: (arm) => colour(arm),
     arms: () => [...colours.keys()], tickCount });
+  // Guardrail metrics beside the primary (hidden without guardrails).
+  const guardrails = guardrailPanel({ colour: (arm) => colour(arm) });
 
   const element = h("div", { class: "experiment-view" },
     h("div", { class: "title-row" },
@@ -239,6 +242,7 @@ function experimentView(id) {
             "95% interval", "Lift [95% interval]", "P(best)", "Expected loss"]
             .map((label, i) => h("th", { class: i >= 2 ? "num" : "" }, label)), shareHead)),
           statsBody))),
+    guardrails.element,
     serving, settings.element,
     h("section", { class: "card" }, h("h2", {}, "Audit log"),
       h("div", { class: "table-scroll" },
@@ -354,9 +358,22 @@ function experimentView(id) {
     } else if (stats.winner) {
       const w = stats.winner;
       winner.className = "banner good";
-      fill(winner, h("strong", {}, `Winner: ${w.arm}`),
-        ` — P(best) ${formatPercent(w.p_best)} ≥ ${formatPercent(w.threshold)} and expected ` +
-        `loss ${formatNumber(w.expected_loss)} ≤ ${formatNumber(w.max_loss)}.`);
+      fill(winner, h("strong", {}, `Winner: ${w.arm}`), w.p_feasible === undefined
+        ? ` — P(best) ${formatPercent(w.p_best)} ≥ ${formatPercent(w.threshold)} and expected ` +
+          `loss ${formatNumber(w.expected_loss)} ≤ ${formatNumber(w.max_loss)}.`
+        : ` — P(best feasible) ${formatPercent(w.p_best)} ≥ ${formatPercent(w.threshold)}, ` +
+          `P(feasible) ${formatPercent(w.p_feasible)} ≥ ${formatPercent(w.threshold)} and ` +
+          `expected loss ${formatNumber(w.expected_loss)} ≤ ${formatNumber(w.max_loss)}.`);
+    } else if (stats.guardrails) {
+      const rule = stats.call_rule;
+      const best = stats.arms.reduce((top, arm) =>
+        ((arm.p_best_feasible ?? -1) > (top?.p_best_feasible ?? -1) ? arm : top), null);
+      winner.className = "banner neutral";
+      fill(winner, h("strong", {}, "No winner yet"), best && best.p_best_feasible !== null
+        ? ` — leader ${best.arm} with P(best feasible) ${formatPercent(best.p_best_feasible)}` +
+          ` and P(feasible) ${formatPercent(1 - (best.p_violates ?? 0))}; a call needs both ` +
+          `≥ ${formatPercent(rule.threshold)} and expected loss ≤ ${formatNumber(rule.max_loss)}.`
+        : "");
     } else {
       const rule = stats.call_rule;
       winner.className = "banner neutral";
@@ -367,6 +384,7 @@ function experimentView(id) {
         : "");
     }
     renderHealth(stats.health);
+    guardrails.update(stats);
   }
 
   function renderHealth(health) {
@@ -407,7 +425,8 @@ function experimentView(id) {
       h("td", { "data-col": "action" }, h("span", { class: `badge ${entry.action}` },
         entry.action)),
       h("td", { "data-col": "changes" }, changeList(Object.entries(entry.changes)
-        .map(([key, change]) => ({ key, ...change })), entry.action === "create")),
+        .map(([key, change]) => ({ key, ...(entry.action === "gate" ? gateChange(change)
+          : change) })), entry.action === "create")),
       h("td", { "data-col": "reason" }, entry.reason ?? ""))));
   }
 
@@ -693,6 +712,12 @@ function targetingText(rule) {
   const alternatives = rule.any.map((branch) => branch.all.map(condition).join(" and "));
   return alternatives.length === 1 ? alternatives[0]
     : alternatives.map((text) => (text.includes(" and ") ? `(${text})` : text)).join(" or ");
+}
+
+/** The hard gate's change (arms held before and after) with "none" for no arm. */
+function gateChange(change) {
+  const arms = (list) => (Array.isArray(list) && list.length ? list.join(", ") : "none");
+  return { old: arms(change.old), new: arms(change.new) };
 }
 
 /** About one time tick per 90 px of plot, so clock labels never overlap. */
