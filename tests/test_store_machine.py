@@ -66,6 +66,7 @@ UNKNOWN = "zz"  # a well-formed id that names no experiment and no arm
 DEFAULT_EXPLORATION: dict[str, Any] = {
     "epsilon": 0.0, "min_share": 0.0, "max_share": 1.0, "temperature": 1.0,
     "half_life_s": None, "warmup": 0, "top_two": None, "control": None,
+    "gate_min_samples": None,
 }
 # Values a patch draws from: in range, and (BAD_SETTINGS) out of range. Whether a patch is valid
 # is for the model to say: in-range values can still be inconsistent together (floors, caps).
