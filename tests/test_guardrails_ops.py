@@ -206,6 +206,9 @@ async def test_removing_the_gate_for_exploration_forecasts_more_harmful_traffic(
     difference = guard["difference"]
     assert difference["infeasible_share"]["ci95"][0] > 0
     assert difference["p_proposed_safer"] < 0.1
+    # Epsilon also sends the worse control a tenth of the traffic: more primary regret against
+    # the best feasible arm (c), though b's better clicks cost nothing there.
+    assert current["regret"]["mean"] >= 0 and difference["regret"]["ci95"][0] > 0
     assert any("guardrails' forecast" in note for note in result["assumptions"]["notes"])
 
 

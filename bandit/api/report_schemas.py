@@ -273,7 +273,10 @@ _BAND_INTERVAL: Schema = closed_object(["mean", "ci95", "range80"], {
     description="over the simulated futures: mean, its 95% Monte Carlo interval, 10th-90th "
                 "percentile")
 _GUARD_SCENARIO: Schema = closed_object(
-    ["infeasible_decisions", "infeasible_share", "held_share", "shares"], {
+    ["regret", "infeasible_decisions", "infeasible_share", "held_share", "shares"], {
+        "regret": {**_BAND_INTERVAL, "description": "primary regret over the horizon against "
+                   "the best feasible arm of the simulated world (the guarded allocation's; the "
+                   "top-level regret is P(best)'s, blind to the guardrails)"},
         "shares": {"type": "object", "additionalProperties": SHARE,
                    "description": "each arm's share of the horizon's decisions under the "
                                   "guarded allocation (mean over the futures)"},
@@ -302,9 +305,11 @@ _GUARD_FORECAST: Schema = closed_object(
                                                      "arm"},
         "current": _GUARD_SCENARIO,
         "proposed": _GUARD_SCENARIO,
-        "difference": closed_object(["infeasible_share", "p_proposed_safer"], {
+        "difference": closed_object(["infeasible_share", "regret", "p_proposed_safer"], {
             "infeasible_share": closed_object(["mean", "ci95"],
                                               {"mean": NUMBER, "ci95": INTERVAL}),
+            "regret": closed_object(["mean", "ci95"], {"mean": NUMBER, "ci95": INTERVAL},
+                                    description="proposed minus current, paired"),
             "p_proposed_safer": {**SHARE, "description": "share of the futures in which the "
                                  "proposal sends fewer decisions to infeasible arms"}})},
     description="experiments with guardrails only: the traffic each scenario sends to arms "

@@ -10,7 +10,9 @@ itself is always feasible). Every scenario then runs the service's guarded alloc
 settings, and the hard gate with its memory) from the live statistics, recomputed every
 ``every`` decisions, each decision drawn from the allocation of the moment and rewarded in every
 metric (one observation of each metric per decision, after the same geometric delay). What is
-counted: the decisions that went to infeasible arms.
+counted: the decisions that went to infeasible arms, and the primary regret against the best
+feasible arm of the world (a decision on an infeasible arm with a better primary costs
+nothing there: it is counted as infeasible traffic instead).
 
 One recomputation costs 0.2-3 ms (a quadrature per Latin-hypercube draw of the control's
 means when a threshold is relative), so a forecast recomputes at most ``MAX_RECOMPUTATIONS``
@@ -90,6 +92,9 @@ class GuardOutcome:
     infeasible: FloatArray  # (R,) decisions sent to arms infeasible in the replication's world
     held: FloatArray  # (R,) decisions sent to arms the gate held when they were drawn
     pulls: FloatArray  # (R, K) decisions per arm
+    #: (R,) primary regret against the best feasible arm of the replication's world: the sum
+    #: over decisions of (its primary mean - the decision's arm's)^+.
+    regret: FloatArray
 
 
 def recompute_every(horizon: int, update_every: int) -> int:
@@ -211,8 +216,8 @@ def forecast_guardrails(problem: GuardProblem, scenarios: Sequence[GuardScenario
     """Every scenario in ``reps`` drawn worlds (paired); also which arms were infeasible in
     each world, (R, K)."""
     n_arms = problem.stats.shape[1]
-    outcomes = [GuardOutcome(np.zeros(reps), np.zeros(reps), np.zeros((reps, n_arms)))
-                for _ in scenarios]
+    outcomes = [GuardOutcome(np.zeros(reps), np.zeros(reps), np.zeros((reps, n_arms)),
+                             np.zeros(reps)) for _ in scenarios]
     worlds = np.zeros((reps, n_arms), dtype=np.bool_)
     seeds = np.random.SeedSequence([seed, _STREAM]).spawn(reps)
 
@@ -225,6 +230,8 @@ def forecast_guardrails(problem: GuardProblem, scenarios: Sequence[GuardScenario
         noise = np.stack([d[1] for d in drawn])
         infeasible = infeasible_arms(problem.metrics, means[1:], problem.control)
         worlds[r] = infeasible
+        best = means[0][~infeasible].max() if (~infeasible).any() else means[0].max()
+        gaps = np.maximum(best - means[0], 0.0)
         for scenario, outcome in zip(scenarios, outcomes, strict=True):
             # The same random numbers in every scenario: differences are the settings'.
             on_infeasible, on_held = _simulate(problem, scenario, infeasible, means, noise,
@@ -232,6 +239,7 @@ def forecast_guardrails(problem: GuardProblem, scenarios: Sequence[GuardScenario
                                                outcome.pulls[r])
             outcome.infeasible[r] = on_infeasible
             outcome.held[r] = on_held
+            outcome.regret[r] = float(outcome.pulls[r] @ gaps)
 
     run_replications(future, reps, threads, None)
     return outcomes, worlds

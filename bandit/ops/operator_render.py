@@ -335,6 +335,10 @@ def _guard_forecast_lines(guard: Any) -> list[str]:
          band(proposed["infeasible_decisions"], False), ""],
         ["to arms the gate holds", _percent(current["held_share"]["mean"]),
          _percent(proposed["held_share"]["mean"]), ""],
+        ["regret vs best feasible", band(current["regret"], False),
+         band(proposed["regret"], False),
+         "{:+,.1f} [{:+,.1f}, {:+,.1f}]".format(guard["difference"]["regret"]["mean"],
+                                              *guard["difference"]["regret"]["ci95"])],
     ]
     risky = ", ".join(f"{arm} {p:.0%}" for arm, p in guard["p_infeasible"].items() if p > 0)
     safer = guard["difference"]["p_proposed_safer"]

@@ -470,7 +470,8 @@ def _guard_report(plan: Plan, results: Results) -> dict[str, Any]:
 
     def scenario(outcome: gf.GuardOutcome) -> dict[str, Any]:
         shares = outcome.pulls.mean(axis=0) / horizon
-        return {"infeasible_decisions": band(outcome.infeasible),
+        return {"regret": band(outcome.regret),
+                "infeasible_decisions": band(outcome.infeasible),
                 "infeasible_share": band(outcome.infeasible / horizon),
                 "held_share": band(outcome.held / horizon),
                 "shares": {arm: round(float(shares[i]), 6) for i, arm in enumerate(plan.arms)}}
@@ -488,8 +489,14 @@ def _guard_report(plan: Plan, results: Results) -> dict[str, Any]:
         "current": scenario(current),
         "proposed": scenario(proposed),
         "difference": {"infeasible_share": {"mean": mean, "ci95": [low, high]},
+                       "regret": _paired(proposed.regret - current.regret),
                        "p_proposed_safer": float(np.mean(difference < 0))},
     }
+
+
+def _paired(difference: np.ndarray[Any, np.dtype[np.float64]]) -> dict[str, Any]:
+    mean, low, high = fc.mean_interval(difference)
+    return {"mean": mean, "ci95": [low, high]}
 
 
 def _scenario_report(plan: Plan, outcome: fc.Outcome) -> dict[str, Any]:
