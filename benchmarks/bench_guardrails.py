@@ -58,7 +58,8 @@ def guardrails(relative: bool) -> list[dict[str, Any]]:
 def experiment(arms: int, guards: list[dict[str, Any]]) -> Experiment:
     return parse_new_experiment({
         "id": "bench", "arms": [f"a{i}" for i in range(arms)], "reward": "bernoulli",
-        "control": "a0", "guardrails": guards, "exploration": {"min_share": 0.01}}, 0.0)
+        "control": "a0", "guardrails": guards,
+        "exploration": {"min_share": min(0.01, 0.5 / arms)}}, 0.0)
 
 
 def state(config: Experiment, rng: np.random.Generator) -> StoredState:
@@ -80,14 +81,16 @@ def state(config: Experiment, rng: np.random.Generator) -> StoredState:
                        n, np.zeros(k), 1, 0.0, None, guards)
 
 
-def _timed(function: Callable[[], Any], repeats: int) -> float:
-    """Median seconds of ``repeats`` calls."""
-    times = []
+def _timed(functions: Sequence[Callable[[], Any]], repeats: int) -> list[float]:
+    """Median seconds of ``repeats`` calls of each function, the calls alternating (a load
+    that comes and goes falls on both)."""
+    times: list[list[float]] = [[] for _ in functions]
     for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+        for function, taken in zip(functions, times, strict=True):
+            started = time.perf_counter()
+            function()
+            taken.append(time.perf_counter() - started)
+    return [statistics.median(taken) for taken in times]
 
 
 def refresh(arms: int, repeats: int) -> None:
@@ -103,8 +106,8 @@ def refresh(arms: int, repeats: int) -> None:
         for _ in range(3):  # JIT warm-up (or the numba cache's load)
             build_snapshot(guarded)
             build_snapshot(plain)
-        took = _timed(lambda: build_snapshot(guarded), repeats)  # noqa: B023
-        baseline = _timed(lambda: build_snapshot(plain), repeats)  # noqa: B023
+        took, baseline = _timed([lambda: build_snapshot(guarded),  # noqa: B023
+                                 lambda: build_snapshot(plain)], repeats)  # noqa: B023
         snapshot = build_snapshot(guarded)
         assert snapshot.guarded is not None
         print(f"  {label:<28} {took * 1e3:7.2f} ms  {took / baseline:5.1f}x without guardrails "
