@@ -88,6 +88,21 @@ def _pdf(family: int, c0: float, c1: float, c2: float, log_norm: float, v: float
 
 
 @jit
+def law_frame(family: int, c0: float, c1: float, c2: float,
+              tail_table: FloatArray) -> tuple[float, float, float]:
+    """Where a law's quadrature nodes go: the centre and scale of its quadrature variable
+    (logit(X) for X ~ Beta(c0, c1), whose moments are digamma / trigamma differences and
+    sums; the Student-t's location and scale), and the asinh of its tail bound in scales (the
+    nodes are centre + scale sinh(spread u), u in [-1, 1])."""
+    if family == BERNOULLI:
+        center = _digamma(c0) - _digamma(c1)
+        scale = math.sqrt(_trigamma(c0) + _trigamma(c1))
+    else:
+        center, scale = c1, c2
+    return center, scale, math.asinh(_tail_bound(family, c0, tail_table))
+
+
+@jit
 def _group_arms(marginals: FloatArray, active: BoolArray) -> tuple[IntArray, IntArray]:
     """Group id of every arm (-1 if paused) and the first member of every group."""
     n_arms = marginals.shape[1]
@@ -195,14 +210,9 @@ def _grid_best(
     low = np.empty(n_groups)
     high = np.empty(n_groups)
     for g in range(n_groups):
-        c0, c1, c2 = marginals[0, first[g]], marginals[1, first[g]], marginals[2, first[g]]
-        if family == BERNOULLI:
-            # Moments of logit(X) for X ~ Beta(c0, c1).
-            center[g] = _digamma(c0) - _digamma(c1)
-            scale[g] = math.sqrt(_trigamma(c0) + _trigamma(c1))
-        else:
-            center[g], scale[g] = c1, c2
-        spread[g] = math.asinh(_tail_bound(family, c0, tail_table))
+        k = first[g]
+        center[g], scale[g], spread[g] = law_frame(family, marginals[0, k], marginals[1, k],
+                                                   marginals[2, k], tail_table)
         low[g] = center[g] + scale[g] * math.sinh(-spread[g])
         high[g] = center[g] + scale[g] * math.sinh(spread[g])
     floor = low.max()

@@ -36,13 +36,11 @@ from scipy import stats as scipy_stats
 
 from bandit.jit import jit
 from bandit.policy.best_arm import (
-    _digamma,
     _expit,
     _group_cdf,
     _group_pdf,
-    _tail_bound,
     _thin_grid,
-    _trigamma,
+    law_frame,
 )
 from bandit.policy.layout import BERNOULLI, BoolArray, FloatArray, IntArray
 from bandit.policy.posteriors import marginal_parameters
@@ -191,12 +189,7 @@ def _law_nodes(family: int, c0: float, c1: float, c2: float, tail_table: FloatAr
                nodes: int) -> tuple[FloatArray, FloatArray, FloatArray]:
     """A law's quadrature variable (logit of the mean for Beta, the mean for Student-t) on
     ``nodes`` sinh-spaced points, its density there and its CDF (normalised to end at 1)."""
-    if family == BERNOULLI:
-        center = _digamma(c0) - _digamma(c1)
-        scale = math.sqrt(_trigamma(c0) + _trigamma(c1))
-    else:
-        center, scale = c1, c2
-    spread = math.asinh(_tail_bound(family, c0, tail_table))
+    center, scale, spread = law_frame(family, c0, c1, c2, tail_table)
     x = np.empty(nodes)
     for j in range(nodes):
         x[j] = center + scale * math.sinh(spread * (-1.0 + 2.0 * j / (nodes - 1)))
@@ -261,13 +254,8 @@ def _primary_grid(family: int, marginals: FloatArray, racing: BoolArray,
     for k in range(n_arms):
         if not racing[k]:
             continue
-        c0, c1, c2 = marginals[0, k], marginals[1, k], marginals[2, k]
-        if family == BERNOULLI:
-            center[k] = _digamma(c0) - _digamma(c1)
-            scale[k] = math.sqrt(_trigamma(c0) + _trigamma(c1))
-        else:
-            center[k], scale[k] = c1, c2
-        spread[k] = math.asinh(_tail_bound(family, c0, tail_table))
+        center[k], scale[k], spread[k] = law_frame(family, marginals[0, k], marginals[1, k],
+                                                   marginals[2, k], tail_table)
         counts[k] = min(max(1 + 16 * math.ceil(spread[k]), 65), 513)
     raw = np.empty(counts.sum())
     step = np.empty(counts.sum())
