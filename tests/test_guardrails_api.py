@@ -4,12 +4,14 @@ the primary's), the allocation and its gate, the stats and the winner call, bad 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from typing import Any
 
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
+from bandit.api.app import create_app
 from bandit.settings import Settings
 from tests.test_decision_log import _flushed_export
 from tests.test_layers_api import _ok, _redis_keys, _refused
@@ -243,3 +245,23 @@ async def test_turning_the_gate_off_releases_the_held_arm_with_an_audit_entry(
     audit = await _ok(await client.get("/v1/experiments/g/audit"))
     gates = [e["changes"]["held"] for e in audit["entries"] if e["action"] == "gate"]
     assert gates == [{"old": [], "new": ["b"]}, {"old": ["b"], "new": []}]
+
+
+async def test_a_guardrail_added_on_another_process_is_not_refused_here(
+        settings: Settings) -> None:
+    """Process A has the experiment cached (and refreshes it only every minute here); process
+    B adds a guardrail; a reward for it reaching A at once is counted, not dropped for good as
+    unknown (A reads the experiment again first, as for an arm added a moment ago)."""
+    slow = dataclasses.replace(settings, refresh_interval_s=60.0)
+    async with TestClient(TestServer(create_app(slow, seed=1))) as a, \
+            TestClient(TestServer(create_app(settings, seed=2))) as b:
+        created = await _create(a)
+        assert (await _events(a, [{"id": "r0", "experiment": "g", "arm": "b", "reward": 1.0,
+                                   "metric": "revenue"}]))["accepted"] == 1
+        latency = {"metric": "latency", "kind": "gaussian", "direction": "lower",
+                   "threshold": {"absolute": 250}}
+        await _ok(await b.patch("/v1/experiments/g", json={
+            "version": created["version"], "guardrails": [REVENUE, UNSUBSCRIBE, latency]}))
+        result = await _events(a, [{"id": "l1", "experiment": "g", "arm": "b",
+                                    "reward": 120.0, "metric": "latency"}])
+        assert result == {"accepted": 1, "duplicates": 0, "rejected": []}

@@ -152,14 +152,18 @@ class Rewards:
         self, experiment_id: str, events: list[RewardEvent]
     ) -> tuple[list[EncodedEvent], list[int], list[dict[str, Any]], _ContextualBatch | None]:
         # A rejected reward is dropped by its sender for good: before rejecting for what this
-        # cache says (archived, or an unknown arm), read the experiment from Redis again.
-        # Another process may have unarchived it, or added the arm, a moment ago.
+        # cache says (archived, an unknown arm or guardrail metric), read the experiment from
+        # Redis again. Another process may have unarchived it, or added the arm or the
+        # guardrail, a moment ago.
         try:
             try:
                 snapshot = await self._decisions.snapshot(experiment_id)
             except NotFound:
                 snapshot = await self._reread(experiment_id)
-            if any(snapshot.experiment.arm_index(e.arm) is None for e in events):
+            current = snapshot.experiment
+            if any(current.arm_index(e.arm) is None or (
+                    e.metric is not None and current.guardrail(e.metric) is None)
+                   for e in events):  # an arm or a guardrail added a moment ago, maybe
                 snapshot = await self._reread(experiment_id)
         except NotFound as error:
             return [], [], [{"index": e.position, "error": error.message} for e in events], None
