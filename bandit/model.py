@@ -450,6 +450,9 @@ def _check_policy(experiment: Experiment) -> None:
     if experiment.exploration != Exploration():
         raise InvalidValue('exploration: a fixed experiment\'s allocation is its weights; '
                            "the exploration settings are the bandit's")
+    if experiment.guardrails:
+        raise InvalidValue('guardrails: a fixed experiment\'s allocation is its weights, which '
+                           'guardrails cannot change; they are for "policy": "thompson"')
 
 
 def parse_weights(value: object, arms: tuple[str, ...],
@@ -530,6 +533,11 @@ def _check_guardrails(experiment: Experiment) -> None:
             raise InvalidValue(f"control: {experiment.control!r} is not "
                                f"exploration.control.arm ({experiment.exploration.control.arm!r})"
                                ": an experiment has one control")
+    control = experiment.control_arm
+    if experiment.guardrails and control is not None and control in experiment.paused:
+        raise InvalidValue(f"arms: the control {control!r} must stay active while the "
+                           "experiment has guardrails: it is the arm every guardrail "
+                           "allows, where the traffic of the arms that break one goes")
     if experiment.exploration.gate_min_samples is not None and not experiment.guardrails:
         raise InvalidValue("exploration.gate_min_samples: the hard gate holds arms that "
                            "violate guardrails, and the experiment has none")

@@ -304,6 +304,12 @@ class GuardrailPolicy:
             merged[key] = number
         if merged["min_share"] > merged["max_share"]:
             raise ValueError(f"{self.name}: min_share exceeds max_share")
+        # The service's bounds (bandit.model.EXPLORATION_SETTINGS): a gate needs at least
+        # one observation, a control share is strictly below 1.
+        if not math.isnan(merged.get("gate", math.nan)) and merged["gate"] < 1:
+            raise ValueError(f"{self.name}: gate must be at least 1 observation, or none")
+        if merged["control_share"] >= 1.0:
+            raise ValueError(f"{self.name}: control_share must be below 1")
         object.__setattr__(self, "settings", MappingProxyType(merged))
         if not self.label:
             changed = {k: v for k, v in merged.items() if not _same(v, defaults[k])}
@@ -464,6 +470,11 @@ def simulate_guardrails(
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads!r}")
+    for policy in policies:  # the floors must be possible, as the service requires
+        floors = policy.settings["min_share"] * world.n_arms
+        if floors > 1.0 + 1e-12:
+            raise ValueError(f"{policy.label}: min_share {policy.settings['min_share']:g} x "
+                             f"{world.n_arms} arms exceeds 1")
     starts, stops = _intervals(horizon, update_every)
     n_intervals, k = starts.shape[0], world.n_arms
     results = []

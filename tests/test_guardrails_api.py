@@ -243,8 +243,12 @@ async def test_turning_the_gate_off_releases_the_held_arm_with_an_audit_entry(
     stats = await _settled(client, lambda s: not _arm(s, "b")["held"])
     assert not _arm(stats, "b")["held"] and _arm(stats, "b")["p_violates"] > 0.95
     audit = await _ok(await client.get("/v1/experiments/g/audit"))
-    gates = [e["changes"]["held"] for e in audit["entries"] if e["action"] == "gate"]
-    assert gates == [{"old": [], "new": ["b"]}, {"old": ["b"], "new": []}]
+    gates = [e for e in audit["entries"] if e["action"] == "gate"]
+    assert [e["changes"]["held"] for e in gates] == [{"old": [], "new": ["b"]},
+                                                   {"old": ["b"], "new": []}]
+    assert gates[0]["reason"].startswith("b P(violates a guardrail) 0.9")
+    # Released because the gate is off, not because b stopped violating: the entry says so.
+    assert gates[1]["reason"] == "the gate is off now (exploration.gate_min_samples null)"
 
 
 async def test_a_guardrail_added_on_another_process_is_not_refused_here(
@@ -265,3 +269,63 @@ async def test_a_guardrail_added_on_another_process_is_not_refused_here(
         result = await _events(a, [{"id": "l1", "experiment": "g", "arm": "b",
                                     "reward": 120.0, "metric": "latency"}])
         assert result == {"accepted": 1, "duplicates": 0, "rejected": []}
+
+
+async def test_no_winner_is_called_on_the_priors_alone(client: Client) -> None:
+    """Before any data the unsubscribe cap makes every arm but the control 99% likely
+    infeasible a priori, so the control is 'best feasible' with probability 0.99: that is no
+    evidence, and no winner is called (an attacker run found one, in the stats and the
+    list)."""
+    await _create(client)
+    stats = await _stats(client)
+    assert _arm(stats, "control")["p_best_feasible"] > 0.95
+    assert stats["winner"] is None
+    listed = await _ok(await client.get("/v1/experiments?summary=true"))
+    [entry] = [e for e in listed["experiments"] if e["id"] == "g"]
+    assert entry["summary"]["winner"] is None
+
+
+async def test_fixed_experiments_refuse_guardrails_and_the_control_stays_active(
+        client: Client, settings: Settings) -> None:
+    before = _redis_keys(settings)
+    await _refused(await client.post("/v1/experiments", json={
+        "id": "fx", "arms": ["x", "y"], "reward": "bernoulli", "policy": "fixed",
+        "weights": {"x": 1, "y": 1}, "control": "x", "guardrails": [UNSUBSCRIBE]}),
+        422, "guardrails: a fixed experiment")
+    assert _redis_keys(settings) == before
+    created = await _create(client)
+    before = _redis_keys(settings)
+    await _refused(await client.patch("/v1/experiments/g", json={
+        "version": created["version"], "arms": {"pause": ["control"]}}), 422,
+        "the control 'control' must stay active")
+    assert _redis_keys(settings) == before
+
+
+async def test_a_sticky_unit_on_a_held_arm_gets_fresh_decisions(client: Client) -> None:
+    """Units stuck to b before the gate held it are not served b while it is held (they
+    would bypass the gate): they get fresh decisions, as a paused arm's units do."""
+    await _create(client, exploration={"min_share": 0.05, "gate_min_samples": 100})
+    stuck = []
+    for i in range(60):
+        answer = await _ok(await client.post("/v1/experiments/g/allocate", json={
+            "unit": f"u{i}", "sticky": True}))
+        if answer["decisions"][0]["arm"] == "b":
+            stuck.append(f"u{i}")
+    assert stuck
+    noise = [(-1) ** i * 0.5 for i in range(400)]
+    events = [{"id": f"{arm}-{i}", "experiment": "g", "arm": arm, "metric": "revenue",
+               "reward": level + e} for arm, level in (("control", 1.0), ("b", 0.9), ("c", 1.0))
+              for i, e in enumerate(noise)]
+    events += [{"id": f"{arm}-u{i}", "experiment": "g", "arm": arm, "metric": "unsubscribe",
+                "reward": 0} for arm in ("control", "b", "c") for i in range(200)]
+    assert (await _events(client, events))["accepted"] == len(events)
+    await _settled(client, lambda s: _arm(s, "b")["held"])
+    served = []
+    for unit in stuck:
+        answer = await _ok(await client.post("/v1/experiments/g/allocate", json={
+            "unit": unit, "sticky": True}))
+        served.append(answer["decisions"][0])
+    # Fresh draws: b at its floor of 5%; about 20 units, so more than 4 of them on b has
+    # probability 0.003 (and before the fix, all of them were).
+    assert sum(d["arm"] == "b" for d in served) <= max(3, len(served) // 5)
+    assert all(d["propensity"] == 0.05 for d in served if d["arm"] == "b")

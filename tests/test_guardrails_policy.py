@@ -285,3 +285,23 @@ def test_the_best_feasible_arm_s_expected_mean() -> None:
             np.array([ABSOLUTE]), np.array([threshold]), 0, np.ones(k, dtype=bool),
             student_t_tail_table(), OUTER, np.random.default_rng(5))
         assert abs(best_mean - expected.mean()) < 4 * expected.std() / np.sqrt(400_000) + 3e-4
+
+
+def test_a_held_arm_stays_at_the_floor_when_the_caps_bind() -> None:
+    """Three arms, one held, caps of 0.4: the two free arms cannot take 0.95 within their
+    caps. The held arm keeps exactly its floor (0.05, or 0 without one); the free arms exceed
+    the cap, never the held arm its floor (an attacker run found the held arm at 0.2)."""
+    primary, guards = _harmful_world(0.90)
+    counts = np.full(3, 1000.0)
+    for floor in (0.05, 0.0):
+        settings = PolicySettings(min_share=floor, max_share=0.4)
+        out = guarded_allocation(BERNOULLI, primary, counts, [1.0, 1.0, 0.0, 0.0], settings,
+                                 None, guards, 0, 500)
+        assert out.held.tolist() == [False, True, False]
+        assert out.probabilities[1] == pytest.approx(floor, abs=1e-12)
+        assert out.probabilities.sum() == pytest.approx(1.0, abs=1e-12)
+    # Caps that can hold: they hold.
+    out = guarded_allocation(BERNOULLI, primary, counts, [1.0, 1.0, 0.0, 0.0],
+                             PolicySettings(min_share=0.05, max_share=0.6), None, guards, 0, 500)
+    assert out.probabilities[1] == pytest.approx(0.05, abs=1e-12)
+    assert out.probabilities.max() <= 0.6 + 1e-12

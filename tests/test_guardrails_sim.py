@@ -259,9 +259,13 @@ def test_policy_specs() -> None:
     assert parse_guardrail_policy("constrained").gate == 200
     assert "gate" not in parse_guardrail_policy("plain", {"gate": 100.0}).settings
     for bad in ("constrained:gate=-1", "plain:gate=10", "unknown", "plain:min_share=2",
-                "plain:epsilon=none"):
+                "plain:epsilon=none", "constrained:gate=0", "plain:control_share=1"):
         with pytest.raises(ValueError):
             parse_guardrail_policy(bad)
+    # Floors no allocation can give (0.5 x 4 arms), refused as the service refuses them.
+    with pytest.raises(ValueError, match="exceeds 1"):
+        simulate_guardrails([parse_guardrail_policy("constrained:min_share=0.5")],
+                            WORLD, horizon=100, reps=1, seed=0)
 
 
 COMMAND = ["simulate", "guardrails", "--scenario", "harmful-best", "--horizon", "2000",

@@ -251,7 +251,8 @@ def fold_guarded(p_best: FloatArray, counts: FloatArray, settings: FloatArray,
     The control races with the other arms: it is the safe fallback, so P(best feasible) can
     send it the traffic no other arm may have. With a control share it gets that share plus
     its part of the rest. Held arms (the hard gate) get no P(best) mass and no epsilon: the
-    floors alone (MIN_SHARE; 0 without one). Warm-up and top-two work as in
+    floor alone (MIN_SHARE; 0 without one), even when the caps would want them to take more
+    (the free arms exceed their caps then). Warm-up and top-two work as in
     ``fold_exploration``, over the arms not held.
     """
     n_arms = p_best.shape[0]
@@ -293,7 +294,28 @@ def fold_guarded(p_best: FloatArray, counts: FloatArray, settings: FloatArray,
     epsilon = settings[EPSILON]
     for i in range(n_in):
         psi[i] = (1.0 - epsilon) * psi[i] + (epsilon / n_free if free[i] else 0.0)
-    psi = _project_shares(psi, settings[MIN_SHARE], settings[MAX_SHARE])
+    low, high = settings[MIN_SHARE], settings[MAX_SHARE]
+    if n_free == n_in:
+        psi = _project_shares(psi, low, high)
+    else:
+        # Held arms get exactly the floor; the free arms share the rest, within the floors and
+        # caps scaled to it. When the caps cannot take it all (a cap meant for more arms),
+        # the free arms exceed them, never the held arms their floor.
+        budget = 1.0 - (n_in - n_free) * low
+        chosen = np.empty(n_free)
+        j = 0
+        for i in range(n_in):
+            if free[i]:
+                chosen[j] = psi[i]
+                j += 1
+        chosen = _project_shares(chosen, low / budget, min(high / budget, 1.0)) * budget
+        j = 0
+        for i in range(n_in):
+            if free[i]:
+                psi[i] = chosen[j]
+                j += 1
+            else:
+                psi[i] = low
     share = settings[CONTROL_SHARE] if control >= 0 else 0.0
     for i in range(n_in):
         out[arms[i]] = (1.0 - share) * psi[i]

@@ -260,6 +260,38 @@ def untempered_guarded(snapshot: Snapshot) -> policy.Guarded | None:
     return cached
 
 
+def _gate_reason(snapshot: Snapshot, held: frozenset[int]) -> str:
+    """Why each arm the gate holds or releases changed: its P(violates), or what released it
+    otherwise (paused, made the control, the gate or the guardrails removed)."""
+    experiment = snapshot.experiment
+    guarded = snapshot.guarded
+    arms = experiment.arms
+    if guarded is None:
+        return "the experiment has no guardrails now"
+    if experiment.exploration.gate_min_samples is None:
+        return "the gate is off now (exploration.gate_min_samples null)"
+    reasons = []
+    for i in sorted(held ^ snapshot.held_stored):
+        if i >= len(arms):
+            continue
+        if arms[i] in experiment.paused:
+            reasons.append(f"{arms[i]} paused")
+        elif arms[i] == experiment.control_arm:
+            reasons.append(f"{arms[i]} is the control now")
+        else:
+            reasons.append(f"{arms[i]} P(violates a guardrail) "
+                           f"{guarded.p_violates_any[i]:.3f}")
+    return "; ".join(reasons)
+
+
+def observed(snapshot: Snapshot) -> bool:
+    """Whether every active arm has observations of the primary and of every guardrail
+    metric (what a winner call with guardrails needs, ``health.winner``)."""
+    active = snapshot.active
+    return bool(np.all(snapshot.counts[active] > 0) and all(
+        np.all(guard.counts[active] > 0) for guard in snapshot.guards))
+
+
 async def guarded_summary(snapshot: Snapshot) -> policy.Guarded | None:
     """``untempered_guarded``, computed in a worker thread when it takes a computation."""
     if snapshot.guarded is None or snapshot.experiment.exploration.temperature == 1.0 \
@@ -400,9 +432,7 @@ class ExperimentCache:
             entry = audit_entry(snapshot.experiment.version, GATE_ACTOR, "gate", {"held": {
                 "old": [arms[i] for i in sorted(snapshot.held_stored) if i < len(arms)],
                 "new": [arms[i] for i in sorted(held)]}},
-                "no guardrails" if guarded is None else "P(violates a guardrail): " + ", ".join(
-                    f"{arms[i]} {guarded.p_violates_any[i]:.3f}"
-                    for i in sorted(held ^ snapshot.held_stored) if i < len(arms)))
+                _gate_reason(snapshot, held))
             try:
                 await self._store.set_held(snapshot.experiment.id, snapshot.revision, held,
                                            entry)

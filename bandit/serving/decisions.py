@@ -533,8 +533,9 @@ class Decider:
         kind = "p" if request.provisional else "d"
         if max(indices) >= len(snapshot.arms) or any(
                 not _servable(snapshot, i) for i in indices):
-            # The unit's arm is paused (or outside the current serving set): it gets a fresh,
-            # unstored decision now and its own arm again once that arm is resumed.
+            # The unit's arm is paused, held by the guardrails' gate (or outside the current
+            # serving set): it gets a fresh, unstored decision now and its own arm again once
+            # that arm is resumed or released.
             if snapshot.contextual is not None:  # the snapshot may have been reloaded above
                 choice = Choice.of(snapshot, request.context)
             return (self._decisions(snapshot, request.n, kind, signer, choice)
@@ -631,7 +632,11 @@ def _hashed(snapshot: Snapshot, request: AllocateRequest) -> bool:
 
 
 def _servable(snapshot: Snapshot, index: int) -> bool:
-    """Whether an arm may be served at all now (a contextual arm: whenever it is active)."""
+    """Whether a sticky unit's arm may be served to it now (a contextual arm: whenever it is
+    active). Not an arm the guardrails' gate holds: its units get fresh decisions, as a paused
+    arm's do, and their own arm again once the gate releases it."""
+    if snapshot.guarded is not None and snapshot.guarded.held[index]:
+        return False
     if snapshot.contextual is not None:
         return bool(snapshot.active[index])
     return snapshot.probability_list[index] > 0.0

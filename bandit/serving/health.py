@@ -43,7 +43,7 @@ def default_max_loss(summary: PosteriorSummary) -> float:
 
 def winner(summary: PosteriorSummary, arms: Sequence[str], threshold: float,
            max_loss: float, *, active: int, contextual: bool = False,
-           guarded: Guarded | None = None) -> dict[str, Any] | None:
+           guarded: Guarded | None = None, observed: bool = True) -> dict[str, Any] | None:
     """The arm with P(best) >= threshold whose expected loss is below ``max_loss``, if any.
 
     ``active``: the number of active arms. With fewer than two there is nothing to compare:
@@ -55,8 +55,12 @@ def winner(summary: PosteriorSummary, arms: Sequence[str], threshold: float,
     With guardrails (``guarded``, untempered) the winner must be feasible: the leader is by
     P(best feasible), which must reach ``threshold``, as must its P(feasible)
     (1 - P(violates any guardrail)), and its expected loss is against the best feasible arm.
+    No call is made before every active arm has observations of the primary and of every
+    guardrail metric (``observed``): the priors alone make the control "best feasible" with
+    high probability (an unobserved rate is as likely above a 1% cap as anywhere), which is
+    no evidence for it.
     """
-    if active < 2 or contextual:
+    if active < 2 or contextual or (guarded is not None and not observed):
         return None
     p_best = np.nan_to_num(summary.p_best if guarded is None else guarded.p_best_feasible,
                            nan=-1.0)

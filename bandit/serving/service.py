@@ -44,6 +44,7 @@ from bandit.serving.cache import (
     Snapshot,
     build_snapshot,
     guarded_summary,
+    observed,
     summaries_of,
     summary_of,
 )
@@ -195,7 +196,8 @@ class BanditService:
                                        health.default_max_loss(summary),
                                        active=len(snapshot.experiment.active_arms),
                                        contextual=snapshot.contextual is not None,
-                                       guarded=await guarded_summary(snapshot))
+                                       guarded=await guarded_summary(snapshot),
+                                       observed=observed(snapshot))
                 traffic = self._traffic[snapshot.experiment.id].last_hour(
                     now, snapshot.experiment.created_at, sum(counts.values()))
                 entry["summary"] = overview.list_summary(
@@ -315,7 +317,7 @@ class BanditService:
             "winner": health.winner(summary, experiment.arms, threshold_value, max_loss_value,
                                     active=len(experiment.active_arms),
                                     contextual=snapshot.contextual is not None,
-                                    guarded=guarded),
+                                    guarded=guarded, observed=observed(snapshot)),
             "guardrails": None if guarded is None else overview.guardrail_report(snapshot,
                                                                                  guarded),
             "call_rule": {"threshold": threshold_value, "max_loss": max_loss_value},
