@@ -23,7 +23,6 @@ from bandit.api.schemas import (
     closed_object,
     nullable,
 )
-from bandit.forecast.guardrails import MAX_RECOMPUTATIONS
 from bandit.serving import advisor
 from bandit.serving.history import MAX_LIMIT as MAX_HISTORY_SAMPLES
 
@@ -297,7 +296,7 @@ _GUARD_FORECAST: Schema = closed_object(
                                            "allocation in the forecast"},
         "recomputations": {"type": "integer", "minimum": 1,
                            "description": "guarded allocations per future and scenario (at "
-                                          f"most {MAX_RECOMPUTATIONS})"},
+                                          f"most {advisor.MAX_GUARD_RECOMPUTATIONS})"},
         "p_infeasible": {"type": "object", "additionalProperties": SHARE,
                          "description": "per arm: the share of the simulated worlds (drawn "
                                         "from the posteriors) in which it breaks a guardrail"},

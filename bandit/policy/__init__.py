@@ -538,6 +538,13 @@ def warm_up_kernels() -> None:
         forget(family, stats, [1.0, 2.0], 10.0)
         posterior_summary(family, stats, prior, active)
         probabilities = allocation_probabilities(family, stats, counts, prior, settings, active)
+        # Guardrails: one of each kind, relative (the control's draws) and absolute.
+        guards = [Guard(BERNOULLI, np.array([[3.0, 1.0], [2.0, 4.0], [0.0, 0.0]]), counts,
+                        np.array([1.0, 1.0, 0.0, 0.0]), True, -0.02, True),
+                  Guard(GAUSSIAN, np.array([[5.0, 5.0], [0.1, 0.2], [4.0, 5.0]]), counts,
+                        np.array([0.0, 1.0, 1.0, 1.0]), False, 1.0, False)]
+        guarded = guarded_allocation(family, stats, counts, prior, settings, active, guards, 0,
+                                     1, np.array([False, True]))
     model = LinearModel(features=())
     rows = np.zeros((2, contextual.stats_width(1)))
     posterior = ContextualPosterior.build(model, forget_rows(rows, [1.0, 2.0], 10.0), counts,
@@ -553,6 +560,9 @@ def warm_up_kernels() -> None:
                                   PolicySettings().as_array(), active)
     contextual.draw_scores(np.ones(1), posterior.means, posterior.factors, posterior.sigma2,
                            rng)
+    contextual.context_guarded(np.ones(1), posterior.means, posterior.factors,
+                               posterior.sigma2, counts, PolicySettings().as_array(), active,
+                               1.0 - guarded.p_violates_any, guarded.held)
     cdf = cumulative(probabilities)
     sample_arms(cdf, 2, rng)
     sample_slates(probabilities, 2, 2, rng)

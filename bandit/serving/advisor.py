@@ -42,6 +42,9 @@ from bandit.model import Experiment, integer, mapping, number
 from bandit.patches import parse_patch
 from bandit.serving.cache import Snapshot, family_of, policy_settings, prior_array
 
+#: Guarded allocations a guardrail forecast computes per future and scenario, at most.
+MAX_GUARD_RECOMPUTATIONS = gf.MAX_RECOMPUTATIONS
+
 #: Decisions per forecast, at most; the default horizon when the request names none.
 MAX_DECISIONS = 1_000_000
 DEFAULT_HORIZON_S = 3600.0
