@@ -152,3 +152,73 @@ async def test_recent_history_is_finer_and_merged_with_the_coarse_list(redis_url
         for sample in body["samples"]:
             assert sum(sample["drawn"]) <= sum(sample["served"])
             assert sum(sample["expected"]) == pytest.approx(sum(sample["drawn"]), abs=0.01)
+
+
+async def test_a_guardrail_experiments_samples_carry_p_violates_and_the_gate(
+    two_processes: list[Client],
+) -> None:
+    """Arm b breaks the revenue guardrail (10% below the control, 400 observations each) and
+    the gate holds it; d is paused: its P(violates) is null, as the control's. A sample
+    carries what the stats say; a plain experiment's samples carry neither column."""
+    first, second = two_processes
+    response = await first.post("/v1/experiments", json={
+        "id": "guarded", "arms": ["control", "b", "c", "d"], "reward": "bernoulli",
+        "control": "control",
+        "guardrails": [{"metric": "revenue", "kind": "gaussian", "direction": "higher",
+                        "threshold": {"relative": -0.02}},
+                       {"metric": "unsubscribe", "kind": "bernoulli", "direction": "lower",
+                        "threshold": {"absolute": 0.01}}],
+        "exploration": {"min_share": 0.05, "gate_min_samples": 100}})
+    assert response.status == 201, await response.text()
+    assert (await first.post("/v1/experiments", json={
+        "id": "plain", "arms": ["a", "b"], "reward": "bernoulli"})).status == 201
+    noise = [(-1) ** i * 0.5 for i in range(400)]
+    events: list[dict[str, Any]] = []
+    for arm, level in (("control", 1.0), ("b", 0.9), ("c", 1.2), ("d", 1.0)):
+        events += [{"id": f"{arm}-r{i}", "experiment": "guarded", "arm": arm,
+                    "metric": "revenue", "reward": level + e} for i, e in enumerate(noise)]
+        events += [{"id": f"{arm}-u{i}", "experiment": "guarded", "arm": arm,
+                    "metric": "unsubscribe", "reward": 0} for i in range(1000)]
+        events += [{"id": f"{arm}-p{i}", "experiment": "guarded", "arm": arm,
+                    "reward": int(i < 40)} for i in range(400)]
+    events += [{"id": f"plain-{i}", "experiment": "plain", "arm": "b", "reward": 1}
+               for i in range(10)]
+    body = await (await first.post("/v1/events", json={"events": events})).json()
+    assert body["accepted"] == len(events), body
+    response = await second.patch("/v1/experiments/guarded", json={
+        "version": 1, "arms": {"pause": ["d"]}, "reason": "a null P(violates) in the history"})
+    assert response.status == 200, await response.text()
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 50 * INTERVAL
+    while True:  # until a sample of the settled state (b held, d paused) has landed
+        for client in two_processes:
+            assert (await client.post("/v1/experiments/guarded/allocate")).status == 200
+            assert (await client.post("/v1/experiments/plain/allocate")).status == 200
+        stats = await (await first.get("/v1/experiments/guarded/stats")).json()
+        history = await (await second.get("/v1/experiments/guarded/history")).json()
+        last = history["samples"][-1] if history["samples"] else None
+        if (last is not None and last["version"] == 2 and last["held"][1]
+                and last["n"] == [arm["n"] for arm in stats["arms"]]):
+            break
+        assert loop.time() < deadline, (stats["arms"], last)
+        await asyncio.sleep(INTERVAL / 2)
+    assert last["arms"] == ["control", "b", "c", "d"]
+    assert [arm["held"] for arm in stats["arms"]] == last["held"] == [False, True, False,
+                                                                       False]
+    for arm, p_violates in zip(stats["arms"], last["p_violates"], strict=True):
+        if arm["p_violates"] is None:
+            assert p_violates is None, arm["arm"]
+        else:
+            assert p_violates == pytest.approx(arm["p_violates"], abs=5e-5), arm["arm"]
+    assert last["p_violates"][0] is None and last["p_violates"][3] is None  # control, paused
+    assert last["p_violates"][1] >= 0.95 > last["p_violates"][2]
+    for sample in history["samples"]:
+        assert len(sample["p_violates"]) == len(sample["held"]) == 4
+
+    plain = await (await first.get("/v1/experiments/plain/history")).json()
+    assert plain["samples"]
+    for sample in plain["samples"]:
+        assert "p_violates" not in sample and "held" not in sample
+        assert set(sample) == {"t", "version", "arms", "share", "mean", "ci_low", "ci_high",
+                               "n", "served", "drawn", "expected", "variance"}

@@ -210,7 +210,15 @@ _HISTORY: Schema = closed_object(
                          "additionalProperties": {"type": "array", "items": COUNT},
                          "description": "contextual experiments only: decisions served per "
                                         "segment (`feature=value`) and arm, cumulative; a "
-                                        "segment never served is left out"}})},
+                                        "segment never served is left out"},
+            "p_violates": {"type": "array", "items": _NULLABLE_SHARE,
+                           "description": "experiments with guardrails only: P(the arm breaks "
+                                          "any guardrail), as the stats' `p_violates` (null "
+                                          "for the control and paused arms), rounded to "
+                                          "1e-4"},
+            "held": {"type": "array", "items": {"type": "boolean"},
+                     "description": "experiments with guardrails only: the hard gate holds "
+                                    "the arm at the floor"}})},
 })
 
 # (Unarchiving was recorded as `unarchive` and missing here: an audit log showing one broke the

@@ -20,6 +20,10 @@ draw), and it carries ``segments``, the cumulative decisions served per segment
 (``feature=value``) and arm, so that allocation by segment over any interval is the
 difference of two samples. A context-free sample has no ``segments``.
 
+A sample of an experiment with guardrails also carries, per arm, ``p_violates`` (P(breaks
+any guardrail), null for the control and paused arms, as in the stats) and ``held`` (the
+hard gate holds it): about 13 bytes more per arm. Without guardrails they are left out.
+
 Only experiments where something happened are offered: this process served them decisions,
 or their posteriors or settings changed since it first saw or last offered them. An idle
 experiment's last sample holds until then, so an idle service with many experiments cached
@@ -35,7 +39,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bandit.errors import StoreUnavailable
-from bandit.policy import PosteriorSummary
+from bandit.policy import Guarded, PosteriorSummary
 from bandit.serving import overview
 from bandit.serving.cache import ExperimentCache, Snapshot, summaries_of
 from bandit.serving.changes import cancelling
@@ -64,7 +68,23 @@ def sample(snapshot: Snapshot, summary: PosteriorSummary, traffic: Traffic) -> d
     }
     if snapshot.contextual is not None:
         out["segments"] = overview.segment_columns(snapshot, traffic)
+    if snapshot.guarded is not None:
+        out.update(guardrail_columns(snapshot, snapshot.guarded))
     return out
+
+
+def guardrail_columns(snapshot: Snapshot, guarded: Guarded) -> dict[str, list[Any]]:
+    """With guardrails: per arm P(violates any guardrail), as the stats report it (null for
+    the control and paused arms; rounded to 1e-4, which no plot sees), and whether the hard
+    gate holds it. Feasibility is judged on untempered evidence, so the snapshot's own
+    computation is the stats' one."""
+    experiment = snapshot.experiment
+    control = experiment.control_arm
+    return {"p_violates": [None if arm == control or arm in experiment.paused
+                           else round(float(p), 4)
+                           for arm, p in zip(experiment.arms, guarded.p_violates_any.tolist(),
+                                             strict=True)],
+            "held": [bool(held) for held in guarded.held.tolist()]}
 
 
 def traffic_columns(traffic: Traffic, arms: int) -> dict[str, list[Any]]:
