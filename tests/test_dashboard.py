@@ -1021,41 +1021,48 @@ def test_a_fixed_experiment_shows_its_weights_and_targeting_and_no_settings_form
 # -- guardrails -----------------------------------------------------------------------------
 
 
-def test_guardrails_are_shown_beside_the_primary_with_the_gate_and_its_audit(
-    dashboard: Session,
-) -> None:
+def create_guarded(service: ServiceProcess, experiment_id: str) -> tuple[Any, Any]:
     """Arm b leads the primary by far and has revenue 10% below the control's (400
-    observations each, sd 0.5): it breaks the revenue guardrail, and the gate holds it."""
-    service = dashboard.service
+    observations each, sd 0.5): it breaks the revenue guardrail, and the gate holds it. The
+    stats and the audit log once the gate has recorded that."""
     revenue = {"metric": "revenue", "kind": "gaussian", "direction": "higher",
                "threshold": {"relative": -0.02}}
     unsubscribe = {"metric": "unsubscribe", "kind": "bernoulli", "direction": "lower",
                    "threshold": {"absolute": 0.01}}
     status, body = api(service, "POST", "/v1/experiments", {
-        "id": "guarded", "arms": ["control", "b", "c"], "reward": "bernoulli",
+        "id": experiment_id, "arms": ["control", "b", "c"], "reward": "bernoulli",
         "guardrails": [revenue, unsubscribe], "control": "control",
         "exploration": {"min_share": 0.05, "gate_min_samples": 100}})
     assert status == 201, body
     noise = [(-1) ** i * 0.5 for i in range(400)]
     events: list[dict[str, Any]] = []
     for arm, level, clicks in (("control", 1.0, 40), ("b", 0.9, 200), ("c", 1.2, 60)):
-        events += [{"id": f"{arm}-r{i}", "experiment": "guarded", "arm": arm,
+        events += [{"id": f"{arm}-r{i}", "experiment": experiment_id, "arm": arm,
                     "metric": "revenue", "reward": level + e} for i, e in enumerate(noise)]
-        events += [{"id": f"{arm}-p{i}", "experiment": "guarded", "arm": arm,
+        events += [{"id": f"{arm}-p{i}", "experiment": experiment_id, "arm": arm,
                     "reward": int(i < clicks)} for i in range(400)]
-        events += [{"id": f"{arm}-u{i}", "experiment": "guarded", "arm": arm,
+        events += [{"id": f"{arm}-u{i}", "experiment": experiment_id, "arm": arm,
                     "metric": "unsubscribe", "reward": 0} for i in range(1000)]
     status, body = api(service, "POST", "/v1/events", {"events": events})
     assert status == 200 and body["accepted"] == len(events), body
     deadline = time.monotonic() + 10
     while True:
-        stats = api(service, "GET", "/v1/experiments/guarded/stats")[1]
-        audit = api(service, "GET", "/v1/experiments/guarded/audit")[1]
+        stats = api(service, "GET", f"/v1/experiments/{experiment_id}/stats")[1]
+        audit = api(service, "GET", f"/v1/experiments/{experiment_id}/audit")[1]
         b = next(arm for arm in stats["arms"] if arm["arm"] == "b")
         if b["held"] and [e for e in audit["entries"] if e["action"] == "gate"]:
-            break
+            return stats, audit
         assert time.monotonic() < deadline, "the gate never held b"
         time.sleep(0.1)
+
+
+def test_guardrails_are_shown_beside_the_primary_with_the_gate_and_its_audit(
+    dashboard: Session,
+) -> None:
+    """Arm b leads the primary by far and has revenue 10% below the control's (400
+    observations each, sd 0.5): it breaks the revenue guardrail, and the gate holds it."""
+    service = dashboard.service
+    stats, audit = create_guarded(service, "guarded")
 
     page = dashboard.open("#/exp/guarded")
     panel = page.get_by_test_id("guardrails")
@@ -1107,4 +1114,63 @@ def test_guardrails_are_shown_beside_the_primary_with_the_gate_and_its_audit(
     expect(page.get_by_test_id("experiment-title")).to_have_text("plain")
     expect(page.get_by_test_id("stats-table").locator("tbody tr")).to_have_count(2)
     expect(page.get_by_test_id("guardrails")).to_be_hidden()
+    assert not dashboard.outside
+
+
+def test_p_violates_over_time_is_plotted_with_the_gates_thresholds_and_held_stretches(
+    dashboard: Session,
+) -> None:
+    """b breaks the revenue guardrail and is held (``create_guarded``): its line runs near
+    100% over a thick band; c's stays near 0; the control has none. The gate's thresholds are
+    dashed lines. Without guardrails the plot is not shown."""
+    service = dashboard.service
+    create_guarded(service, "watched")
+    before = len(api(service, "GET", "/v1/experiments/watched/history")[1]["samples"])
+    wait_for_history(service, "watched", before + 4)  # samples of b held
+    samples = api(service, "GET", "/v1/experiments/watched/history")[1]["samples"]
+    assert samples[-1]["held"] == [False, True, False]
+
+    page = dashboard.open("#/exp/watched")
+    card = page.get_by_test_id("violation-card")
+    expect(card).to_be_visible()
+    expect(card.locator("h2")).to_have_text("P(violates a guardrail) over time")
+    caption = page.get_by_test_id("violation-caption")
+    expect(caption).to_contain_text("samples")
+    expect(caption).to_contain_text("from 95%")
+    expect(caption).to_contain_text("below 80%")
+    expect(caption).to_contain_text("none for the control, control")
+    canvas = page.get_by_test_id("violation-plot")
+    rules = json.loads(canvas.get_attribute("data-rules") or "[]")
+    assert [(rule["y"], rule["label"]) for rule in rules] == [
+        (0.95, "95%: the gate holds the arm"), (0.8, "80%: the gate releases it")]
+    assert rules[0]["px"] < rules[1]["px"]  # 95% above 80%
+    assert json.loads(canvas.get_attribute("data-arms") or "[]") == ["b", "c"]
+    held = json.loads(canvas.get_attribute("data-held") or "[]")
+    assert {stretch["arm"] for stretch in held} == {"b"}
+    assert held[-1]["to"] == samples[-1]["t"]
+    assert held[-1]["from"] < held[-1]["to"]
+
+    colours = arm_colours(page)
+    png = canvas.screenshot()
+    width, _, rows = decode_png(png)
+    for arm in ("b", "c"):
+        assert pixels_of_colour(png, colours[arm]) >= 60, f"{arm}'s line is not drawn"
+    # The held stretch: b's colour at 35% over white, under its line.
+    b = bytes.fromhex(colours["b"].lstrip("#"))
+    band = "#" + bytes(round(0.35 * c + 0.65 * 255) for c in b).hex()
+    assert pixels_of_colour(png, band, tolerance=10) >= 30, "b's held stretch is not marked"
+    # Each threshold a dashed grey line across the plot (dashes of 6 px, gaps of 4).
+    marker = bytes.fromhex("6b7280")
+    for rule in rules:
+        dashes = sum(1 for row in rows[rule["px"] - 1:rule["px"] + 2] for x in range(width)
+                     if all(abs(row[3 * x + i] - marker[i]) <= 24 for i in range(3)))
+        assert dashes >= 0.3 * width, f"no dashed line at {rule['label']}"
+
+    # Without guardrails there is no such plot.
+    create(service, "unguarded", {"a": (1, 10), "b": (2, 10)})
+    wait_for_history(service, "unguarded", 2)
+    page.goto(f"{service.url}/#/exp/unguarded")
+    expect(page.get_by_test_id("experiment-title")).to_have_text("unguarded")
+    expect(page.get_by_test_id("allocation-caption")).to_contain_text("samples")
+    expect(page.get_by_test_id("violation-card")).to_be_hidden()
     assert not dashboard.outside

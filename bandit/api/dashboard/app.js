@@ -6,7 +6,7 @@ import { api, apiKey, setApiKey } from "./api.js";
 import { annotateShares, contextualPanel } from "./contextual.js";
 import { $, chip, fill, formatCount, formatInterval, formatNumber, formatPercent,
   formatSetting, formatTime, h, liftText } from "./dom.js";
-import { guardrailPanel } from "./guardrails.js";
+import { GATE_OFF, GATE_ON, guardrailPanel, violationSeries } from "./guardrails.js";
 import { layersView } from "./layers.js";
 import { listView } from "./list.js";
 import { posteriorDensity } from "./maths.js";
@@ -184,6 +184,7 @@ function experimentView(id) {
     onchange: () => {
       drawAllocation();
       drawRewards();
+      drawViolations();
       if (data.config && data.stats) {
         contextual.update(data.config, data.stats, data.samples, timeWindow());
       }
@@ -193,6 +194,14 @@ function experimentView(id) {
   const rewardCanvas = h("canvas", { id: "reward-plot", class: "plot",
     "data-testid": "reward-plot" });
   const rewardNote = h("p", { class: "caption", "data-testid": "reward-caption" });
+  // With guardrails: each arm's P(violates a guardrail) over time (hidden otherwise).
+  const violationCanvas = h("canvas", { id: "violation-plot", class: "plot",
+    "data-testid": "violation-plot" });
+  const violationNote = h("p", { class: "caption", "data-testid": "violation-caption" });
+  const violationCard = h("section", { class: "card wide", "data-testid": "violation-card",
+    hidden: true },
+  h("div", { class: "card-head" }, h("h2", {}, "P(violates a guardrail) over time")),
+  violationCanvas, violationNote);
   const liftCanvas = h("canvas", { id: "lift-plot", class: "plot intervals",
     "data-testid": "lift-plot" });
   const liftNote = h("p", { class: "caption", "data-testid": "lift-caption" });
@@ -228,6 +237,7 @@ function experimentView(id) {
       h("section", { class: "card" },
         h("div", { class: "card-head" }, h("h2", {}, "Mean reward over time")),
         rewardCanvas, rewardNote),
+      violationCard,
       h("section", { class: "card" },
         h("div", { class: "card-head" }, h("h2", { "data-testid": "lift-title" }, "Lift")),
         liftCanvas, liftNote),
@@ -544,6 +554,51 @@ function experimentView(id) {
       `interval as a band. ${spanText(timed.shown)}`);
   }
 
+  /** Each arm's P(violates a guardrail) at every history sample, the gate's thresholds as
+   * dashed lines, and the stretches the gate held an arm as a thick band under its line. */
+  function drawViolations() {
+    violationCard.hidden = !data.stats?.guardrails;
+    if (violationCard.hidden || !data.config) return;
+    const timed = timeWindow();
+    if (!timed) {
+      noHistory(violationCanvas, violationNote);
+      Object.assign(violationCanvas.dataset, { rules: "[]", arms: "[]", held: "[]" });
+      return;
+    }
+    const [low, high] = timed.domain;
+    const { series, held, lines } = violationSeries(timed.shown, [...colours.keys()], colour,
+      withAlpha);
+    const percent = (v) => `${Math.round(v * 100)}%`;
+    const rules = [{ y: GATE_ON, label: `${percent(GATE_ON)}: the gate holds the arm` },
+      { y: GATE_OFF, label: `${percent(GATE_OFF)}: the gate releases it` }];
+    const changes = changeMarkers(timed.domain);
+    const scales = drawChart(violationCanvas, {
+      x: { domain: [low, high], ticks: timeTicks(low, high, tickCount(violationCanvas)) },
+      y: { domain: [0, 1], label: "P(violates a guardrail)", format: percent },
+      series, rules, markers: changes,
+    });
+    recordMarkers(violationCanvas, changes, scales);
+    // For tests and tools: where the thresholds were drawn, the arms drawn, the held stretches.
+    violationCanvas.dataset.rules = JSON.stringify(rules.map((rule) => ({
+      y: rule.y, label: rule.label, px: Math.round(scales.yScale(rule.y)) })));
+    violationCanvas.dataset.arms = JSON.stringify(lines.map((line) => line.arm));
+    violationCanvas.dataset.held = JSON.stringify(held.map((stretch) => ({ arm: stretch.arm,
+      from: stretch.points[0][0], to: stretch.points.at(-1)[0] })));
+    const control = data.stats.guardrails.control;
+    const gate = data.stats.guardrails.gate_min_samples === null
+      ? "The hard gate is off: the horizontal dashed lines mark where it would hold an arm " +
+        "at the floor and release it. "
+      : "Horizontal dashed lines: the hard gate holds an arm at the floor from " +
+        `${percent(GATE_ON)} (once it has ${formatCount(data.stats.guardrails.gate_min_samples)}` +
+        ` observations of every metric) until it falls below ${percent(GATE_OFF)}; a thick ` +
+        "band under an arm's line marks the samples where it held the arm. ";
+    fill(violationNote, "Each arm's probability of breaking any guardrail" +
+      `${control ? ` (none for the control, ${control}, always feasible)` : ""}. ${gate}` +
+      `${formatCount(timed.shown.length)} samples over ` +
+      `${formatDuration(timed.shown.at(-1).t - timed.shown[0].t)}; vertical dashed lines: ` +
+      "changes in the audit log.");
+  }
+
   function drawLift() {
     const { stats } = data;
     if (!stats) return;
@@ -678,6 +733,7 @@ function experimentView(id) {
       renderAudit();
       drawAllocation();
       drawRewards();
+      drawViolations();
       drawLift();
       drawPosteriors();
       contextual.update(config, stats, data.samples, timeWindow());
@@ -695,6 +751,7 @@ function experimentView(id) {
     resize() {
       drawAllocation();
       drawRewards();
+      drawViolations();
       drawLift();
       drawPosteriors();
       contextual.draw();

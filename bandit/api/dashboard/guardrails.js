@@ -5,8 +5,47 @@
 
 import { formatInterval, formatNumber, formatPercent, h, fill } from "./dom.js";
 
+/** The hard gate holds an arm from this P(violates any) (``policy.GATE_ON``)... */
+export const GATE_ON = 0.95;
+/** ...until it falls below this one (``policy.GATE_OFF``). */
+export const GATE_OFF = 0.8;
 /** Where the gate lets an arm go again: from here P(violates) is highlighted. */
-const WARN_AT = 0.8;
+const WARN_AT = GATE_OFF;
+
+/**
+ * P(violates a guardrail) over time, per arm (the history samples' ``p_violates``; samples
+ * taken before the experiment had guardrails have none): a line per arm that has a value
+ * (not the control, not while paused), and under it a thick translucent line over each
+ * stretch of consecutive samples where the gate held the arm. ``colour(arm)`` and
+ * ``withAlpha`` are the time plots'.
+ */
+export function violationSeries(shown, arms, colour, withAlpha) {
+  const lines = [];
+  const held = [];
+  for (const arm of arms) {
+    const points = [];
+    let stretch = null;
+    for (const sample of shown) {
+      const i = sample.arms.indexOf(arm);
+      const value = i < 0 ? null : sample.p_violates?.[i];
+      if (!Number.isFinite(value)) {
+        stretch = null;
+        continue;
+      }
+      points.push([sample.t, value]);
+      if (sample.held?.[i]) {
+        if (!stretch) held.push(stretch = { arm, points: [] });
+        stretch.points.push([sample.t, value]);
+      } else {
+        stretch = null;
+      }
+    }
+    if (points.length) lines.push({ arm, colour: colour(arm), points });
+  }
+  const underlays = held.map((stretch) => ({ arm: stretch.arm, points: stretch.points,
+    colour: withAlpha(colour(stretch.arm), 0.35), width: 9 }));
+  return { series: [...underlays, ...lines], held, lines };
+}
 
 /** A threshold in words: "≥ control − 2% of |control|" or "≤ 0.01". */
 export function thresholdText(guardrail) {

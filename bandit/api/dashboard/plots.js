@@ -160,8 +160,10 @@ function clearedContext(canvas, width, height) {
  *
  * spec: {x: {domain: [lo, hi], ticks?: {ticks, format}, label}, y: {domain, label, format?},
  *        series: [{colour, points: [[x, y]], width?, dash?, fill?}],
- *        bands: [{colour, points: [[x, lo, hi]]}], markers: [{x, label}], empty?: string}
- * Returns the scales, for hover read-outs.
+ *        bands: [{colour, points: [[x, lo, hi]]}], markers: [{x, label}],
+ *        rules: [{y, label, colour?}], empty?: string}
+ * (markers: dashed vertical lines, e.g. setting changes; rules: dashed horizontal ones, e.g.
+ * thresholds, labelled under the line at its left end.) Returns the scales, for hover read-outs.
  */
 export function drawChart(canvas, spec) {
   const width = canvas.clientWidth;
@@ -190,6 +192,7 @@ export function drawChart(canvas, spec) {
   context.clip();
   for (const band of spec.bands || []) drawBand(context, band, scales);
   for (const marker of spec.markers || []) drawMarker(context, marker, scales);
+  for (const rule of spec.rules || []) drawRule(context, rule, scales);
   for (const series of spec.series) drawSeries(context, series, scales);
   context.restore();
   return scales;
@@ -315,6 +318,23 @@ function drawMarker(context, marker, { xScale, plot }) {
   context.textAlign = nearRightEdge ? "right" : "left";
   context.textBaseline = "top";
   context.fillText(marker.label, nearRightEdge ? x - 3 : x + 3, plot.top + 1);
+}
+
+function drawRule(context, rule, { yScale, plot }) {
+  const y = Math.round(yScale(rule.y)) + 0.5;
+  context.strokeStyle = rule.colour || MARKER_COLOUR;
+  context.lineWidth = 1;
+  context.setLineDash([6, 4]);
+  context.beginPath();
+  context.moveTo(plot.left, y);
+  context.lineTo(plot.right, y);
+  context.stroke();
+  context.setLineDash([]);
+  // Under the line, at the left (the newest samples are on the right).
+  context.fillStyle = "#4b5563";
+  context.textAlign = "left";
+  context.textBaseline = "top";
+  context.fillText(rule.label, plot.left + 4, y + 2);
 }
 
 const ROW_HEIGHT = 26;
