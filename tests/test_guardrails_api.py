@@ -329,3 +329,32 @@ async def test_a_sticky_unit_on_a_held_arm_gets_fresh_decisions(client: Client) 
     # probability 0.003 (and before the fix, all of them were).
     assert sum(d["arm"] == "b" for d in served) <= max(3, len(served) // 5)
     assert all(d["propensity"] == 0.05 for d in served if d["arm"] == "b")
+
+
+async def test_a_release_for_too_few_observations_says_so_and_the_list_leads_feasibly(
+        client: Client) -> None:
+    """Raising gate_min_samples past the arm's observations releases it: the audit says why
+    (not its P(violates), still ~1). The list's leader is the best feasible arm, not the held
+    one with the best clicks (both found by the second attacker run)."""
+    created = await _create(client, exploration={"min_share": 0.05, "gate_min_samples": 100})
+    noise = [(-1) ** i * 0.5 for i in range(400)]
+    events = [{"id": f"{arm}-{i}", "experiment": "g", "arm": arm, "metric": "revenue",
+               "reward": level + e} for arm, level in (("control", 1.0), ("b", 0.9), ("c", 1.0))
+              for i, e in enumerate(noise)]
+    events += [{"id": f"{arm}-u{i}", "experiment": "g", "arm": arm, "metric": "unsubscribe",
+                "reward": 0} for arm in ("control", "b", "c") for i in range(200)]
+    events += [{"id": f"{arm}-p{i}", "experiment": "g", "arm": arm, "reward": int(i < clicks)}
+               for arm, clicks in (("control", 40), ("b", 200), ("c", 60)) for i in range(400)]
+    assert (await _events(client, events))["accepted"] == len(events)
+    await _settled(client, lambda s: _arm(s, "b")["held"])
+    listed = await _ok(await client.get("/v1/experiments?summary=true"))
+    [entry] = [e for e in listed["experiments"] if e["id"] == "g"]
+    assert entry["summary"]["leader"]["arm"] == "c"
+    await _ok(await client.patch("/v1/experiments/g", json={
+        "version": created["version"], "exploration": {"gate_min_samples": 1000}}))
+    await _settled(client, lambda s: not _arm(s, "b")["held"])
+    audit = await _ok(await client.get("/v1/experiments/g/audit"))
+    release = [e for e in audit["entries"] if e["action"] == "gate"][-1]
+    assert release["changes"]["held"] == {"old": ["b"], "new": []}
+    assert release["reason"] == ("b released: 200 observations of a guardrail metric, fewer "
+                                 "than gate_min_samples (1000)")

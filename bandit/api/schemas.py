@@ -382,8 +382,9 @@ LIFT: Schema = nullable(closed_object(["against", "kind", "mean", "ci95", "p_bet
 _LIST_SUMMARY: Schema = closed_object(
     ["leader", "winner", "lift", "health", "traffic_last_hour"], {
         "leader": nullable(closed_object(["arm", "p_best"], {"arm": ID, "p_best": SHARE},
-                                         description="the arm with the highest P(best); "
-                                                     "null before any observation")),
+                                         description="the arm with the highest P(best) (with "
+                                                     "guardrails: P(best feasible)); null "
+                                                     "before any observation")),
         "winner": {**ID, "type": ["string", "null"],
                    "description": "the winner call of the stats with their default rule"},
         "lift": LIFT,

@@ -278,10 +278,33 @@ def _gate_reason(snapshot: Snapshot, held: frozenset[int]) -> str:
             reasons.append(f"{arms[i]} paused")
         elif arms[i] == experiment.control_arm:
             reasons.append(f"{arms[i]} is the control now")
+        elif i not in held and (few := _too_few(snapshot, i)) is not None:
+            reasons.append(f"{arms[i]} released: {few}")
         else:
             reasons.append(f"{arms[i]} P(violates a guardrail) "
                            f"{guarded.p_violates_any[i]:.3f}")
     return "; ".join(reasons)
+
+
+def _too_few(snapshot: Snapshot, index: int) -> str | None:
+    """Why the gate may not judge arm ``index`` (too few observations of a guardrail metric,
+    its own or, for a relative threshold, the control's), or None."""
+    experiment = snapshot.experiment
+    gate = experiment.exploration.gate_min_samples
+    if gate is None or not snapshot.guards:
+        return None
+    own = min(float(g.counts[index]) for g in snapshot.guards)
+    if own < gate:
+        return (f"{own:g} observations of a guardrail metric, fewer than gate_min_samples "
+                f"({gate})")
+    control = experiment.control_arm
+    relative = [g for g in snapshot.guards if g.relative]
+    if control is not None and relative:
+        theirs = min(float(g.counts[experiment.arm_indices[control]]) for g in relative)
+        if theirs < gate:
+            return (f"the control has {theirs:g} observations of a guardrail metric, fewer "
+                    f"than gate_min_samples ({gate})")
+    return None
 
 
 def observed(snapshot: Snapshot) -> bool:

@@ -108,15 +108,21 @@ def leader_of(summary: PosteriorSummary) -> int | None:
 def list_summary(snapshot: Snapshot, summary: PosteriorSummary,
                  winner: dict[str, Any] | None, health: dict[str, Any],
                  lifts: Sequence[dict[str, Any] | None],
-                 traffic: dict[str, Any] | None) -> dict[str, Any]:
+                 traffic: dict[str, Any] | None,
+                 guarded: Guarded | None = None) -> dict[str, Any]:
     """An experiment at a glance: its leader and winner, the leader's lift (of ``lifts``, every
     arm's), health flags and traffic. No leader (nor lift) before the first observation: the
-    priors alone would name one at random."""
-    leader = leader_of(summary) if snapshot.counts.sum() > 0 else None
+    priors alone would name one at random. With guardrails (``guarded``, untempered) the leader
+    is the arm most probably the best feasible one, as the winner call picks it: an arm that
+    breaks a guardrail leads nothing."""
+    p_best = summary.p_best if guarded is None else guarded.p_best_feasible
+    leader = leader_of(PosteriorSummary(summary.mean, summary.ci_low, summary.ci_high, p_best,
+                                        summary.expected_loss)) \
+        if snapshot.counts.sum() > 0 else None
     ratio, rewards = health["sample_ratio"], health["rewards"]
     return {
         "leader": None if leader is None else {
-            "arm": snapshot.experiment.arms[leader], "p_best": float(summary.p_best[leader])},
+            "arm": snapshot.experiment.arms[leader], "p_best": float(p_best[leader])},
         "winner": None if winner is None else winner["arm"],
         "lift": None if leader is None else lifts[leader],
         "health": {"sample_ratio_ok": None if ratio is None else bool(ratio["ok"]),

@@ -192,16 +192,17 @@ class BanditService:
             now = time.time()
             for entry, snapshot, summary, counts, tracker, (_, arm_lifts) in zip(
                     chunk, snapshots, summaries, served, trackers, lifts, strict=True):
+                guarded = await guarded_summary(snapshot)
                 winner = health.winner(summary, snapshot.experiment.arms, DEFAULT_THRESHOLD,
                                        health.default_max_loss(summary),
                                        active=len(snapshot.experiment.active_arms),
                                        contextual=snapshot.contextual is not None,
-                                       guarded=await guarded_summary(snapshot),
-                                       observed=observed(snapshot))
+                                       guarded=guarded, observed=observed(snapshot))
                 traffic = self._traffic[snapshot.experiment.id].last_hour(
                     now, snapshot.experiment.created_at, sum(counts.values()))
                 entry["summary"] = overview.list_summary(
-                    snapshot, summary, winner, self._health_report(tracker), arm_lifts, traffic)
+                    snapshot, summary, winner, self._health_report(tracker), arm_lifts, traffic,
+                    guarded)
 
     async def show(self, experiment_id: str) -> dict[str, Any]:
         return (await self._read(experiment_id)).to_json()
