@@ -415,10 +415,15 @@ def check_consistent(experiment: Experiment) -> None:
             f"{exploration.max_share}"
         )
     free = 1.0 - control_share
-    if exploration.min_share * bandit_arms > free + 1e-12:
+    # With guardrails the control races with the other arms for the rest (it is where the
+    # traffic of arms that break one goes), so its floor counts too.
+    floored = len(active) if experiment.guardrails else bandit_arms
+    if exploration.min_share * floored > free + 1e-12:
         raise InvalidValue(
-            f"exploration.min_share: {exploration.min_share} * {bandit_arms} active arms > "
-            f"{free:g} (the share left after the control)"
+            f"exploration.min_share: {exploration.min_share} * {floored} active arms > "
+            f"{free:g} (the share left after the control"
+            + ("; with guardrails the control races too" if floored > bandit_arms else "")
+            + ")"
         )
     if exploration.max_share * bandit_arms < free - 1e-12:
         raise InvalidValue(

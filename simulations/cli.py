@@ -273,7 +273,7 @@ def _guardrails(arguments: argparse.Namespace) -> int:
         raise ValueError(f"unknown scenario {arguments.scenario!r}; one of "
                          f"{', '.join(GUARDRAIL_SCENARIOS)}")
     scenario = GUARDRAIL_SCENARIOS[arguments.scenario]
-    horizon = arguments.horizon or scenario.horizon
+    horizon = scenario.horizon if arguments.horizon is None else arguments.horizon
     if horizon < 1 or arguments.reps < 1 or arguments.update_every < 1:
         raise ValueError("--horizon, --reps and --update-every must be positive")
     gate = arguments.gate_min_samples.strip().lower()

@@ -57,7 +57,9 @@ import numpy as np
 import numpy.typing as npt
 from scipy import special
 
+from bandit.errors import InvalidValue
 from bandit.forecast.parallel import run_replications
+from bandit.model import parse_new_experiment
 from bandit.policy import (
     BERNOULLI,
     GAUSSIAN,
@@ -339,6 +341,51 @@ class GuardrailPolicy:
             control_share=s["control_share"] if control is not None else 0.0)
 
 
+def check_with_service(policy: GuardrailPolicy, world: GuardrailWorld) -> None:
+    """Refuse, with the service's own message, settings the service would refuse for this
+    world's experiment (``bandit.model``'s checks): a simulation of a policy the service cannot
+    run measures nothing. The simulator's floors and caps are shares of the traffic left after
+    a control share (the kernel's), the service's are absolute: converted here."""
+    s = policy.settings
+    share = s["control_share"]
+    control = None if world.control is None else f"arm{world.control}"
+    exploration: dict[str, Any] = {
+        "epsilon": s["epsilon"], "min_share": s["min_share"] * (1.0 - share),
+        "max_share": min(1.0, s["max_share"] * (1.0 - share)),
+        "temperature": s["temperature"], "warmup": int(s["warmup"]),
+        "top_two": None if math.isnan(s["top_two"]) else s["top_two"],
+        "control": None if share == 0.0 or control is None else {"arm": control,
+                                                                  "share": share}}
+    gate = s.get("gate", math.nan)
+    constrained = policy.name == "constrained"
+    if constrained and not math.isnan(gate):
+        exploration["gate_min_samples"] = gate if gate != int(gate) else int(gate)
+    body = {"id": "simulated", "arms": [f"arm{i}" for i in range(world.n_arms)],
+            "reward": world.primary, "exploration": exploration,
+            "control": control if constrained else None,
+            "guardrails": [{"metric": m.name, "kind": m.kind,
+                            "direction": "higher" if m.higher else "lower",
+                            "threshold": {"relative" if m.relative else "absolute":
+                                          m.threshold}}
+                           for m in world.guardrails] if constrained else []}
+    try:
+        parse_new_experiment(body, 0.0)
+    except InvalidValue as error:
+        raise ValueError(f"{policy.label}: the service would refuse it: {error.message}") \
+            from None
+
+
+def _no_nan(value: Any) -> Any:
+    """``value`` with every NaN (a setting that is off) as None: JSON has no NaN."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _no_nan(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_no_nan(item) for item in value]
+    return value
+
+
 def _same(a: float, b: float) -> bool:
     return (math.isnan(a) and math.isnan(b)) or a == b
 
@@ -351,11 +398,15 @@ def parse_guardrail_policy(text: str,
     name, _, raw = text.strip().partition(":")
     known = GUARDRAIL_POLICIES.get(name.strip(), {})
     settings: dict[str, float] = {k: v for k, v in (defaults or {}).items() if k in known}
+    given: set[str] = set()
     for item in filter(None, (part.strip() for part in raw.split(","))):
         key, sep, value = item.partition("=")
         key = key.strip().replace("-", "_")
         if not sep:
             raise ValueError(f"{name}: expected key=value, got {item!r}")
+        if key in given:
+            raise ValueError(f"{name}: {key} is given twice")
+        given.add(key)
         if value.strip().lower() in ("none", "off", "null"):
             settings[key] = math.nan
             continue
@@ -363,6 +414,8 @@ def parse_guardrail_policy(text: str,
             settings[key] = float(value)
         except ValueError:
             raise ValueError(f"{name}: {key}={value!r} is not a number") from None
+        if not math.isfinite(settings[key]):
+            raise ValueError(f"{name}: {key}={value!r} is not a finite number")
     return GuardrailPolicy(name.strip(), settings, text.strip())
 
 
@@ -470,11 +523,8 @@ def simulate_guardrails(
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads!r}")
-    for policy in policies:  # the floors must be possible, as the service requires
-        floors = policy.settings["min_share"] * world.n_arms
-        if floors > 1.0 + 1e-12:
-            raise ValueError(f"{policy.label}: min_share {policy.settings['min_share']:g} x "
-                             f"{world.n_arms} arms exceeds 1")
+    for policy in policies:  # only what the service would accept
+        check_with_service(policy, world)
     starts, stops = _intervals(horizon, update_every)
     n_intervals, k = starts.shape[0], world.n_arms
     results = []
@@ -612,7 +662,7 @@ def write_guardrails(directory: Path, results: Sequence[GuardrailResult],
     errors at the end of every refresh interval) and the plots of :func:`plot_guardrails`."""
     directory.mkdir(parents=True, exist_ok=True)
     document = summary(results, world, settings)
-    (directory / "summary.json").write_text(json.dumps(document, indent=2) + "\n")
+    (directory / "summary.json").write_text(json.dumps(_no_nan(document), indent=2) + "\n")
     lines = ["policy,t,mean_regret,regret_stderr,infeasible,infeasible_stderr"]
     for result in results:
         regret, regret_err = _mean_and_stderr(result.regret)

@@ -114,7 +114,7 @@ async def test_show_and_stats_render_guardrails_the_gate_and_a_feasible_winner(
     assert "guardrail 1         revenue:gaussian:higher:relative=-0.02 (mean >= control's - " \
            "0.02 x |control's|)" in out
     assert "guardrail 2         unsubscribe:bernoulli:lower:absolute=0.01 (mean <= 0.01)" in out
-    assert "\ncontrol             control\n" in out
+    assert "\ncontrol arm         control\n" in out
     assert "guardrails (revenue:gaussian:higher:relative=-0.02; unsubscribe:bernoulli:lower:" \
            "absolute=0.01; control control; gate after 100 observations):" in out
     assert "held at the floor by the gate: b" in out

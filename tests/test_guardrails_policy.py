@@ -305,3 +305,16 @@ def test_a_held_arm_stays_at_the_floor_when_the_caps_bind() -> None:
                              PolicySettings(min_share=0.05, max_share=0.6), None, guards, 0, 500)
     assert out.probabilities[1] == pytest.approx(0.05, abs=1e-12)
     assert out.probabilities.max() <= 0.6 + 1e-12
+
+
+def test_with_guardrails_and_a_control_share_the_control_s_floor_counts() -> None:
+    """The control races for the rest with guardrails: a floor of 0.25 with a control share
+    of 0.5 fits 2 other arms (2 x 0.25 = 0.5), not 3 racing arms (the kernel would give each
+    1/6, below the floor)."""
+    exploration = {"min_share": 0.25, "control": {"arm": "control", "share": 0.5}}
+    _create(exploration=exploration)  # no guardrails: the control holds its share apart
+    with pytest.raises(InvalidValue, match="with guardrails the control races too"):
+        _create(exploration=exploration, guardrails=[REVENUE])
+    allowed = _create(exploration={**exploration, "min_share": 0.5 / 3},
+                      guardrails=[REVENUE])
+    assert allowed.exploration.min_share == pytest.approx(0.5 / 3)

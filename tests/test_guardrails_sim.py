@@ -262,10 +262,18 @@ def test_policy_specs() -> None:
                 "plain:epsilon=none", "constrained:gate=0", "plain:control_share=1"):
         with pytest.raises(ValueError):
             parse_guardrail_policy(bad)
-    # Floors no allocation can give (0.5 x 4 arms), refused as the service refuses them.
-    with pytest.raises(ValueError, match="exceeds 1"):
-        simulate_guardrails([parse_guardrail_policy("constrained:min_share=0.5")],
-                            WORLD, horizon=100, reps=1, seed=0)
+    for bad in ("plain:epsilon=0.1,epsilon=0.2", "plain:min_share=nan"):
+        with pytest.raises(ValueError, match=r"twice|finite"):
+            parse_guardrail_policy(bad)
+    # Settings the service refuses for this world's experiment, refused with its message
+    # (an attacker run simulated policies the service cannot run).
+    for text, message in (("constrained:min_share=0.5", "min_share"),
+                          ("constrained:top_two=1", "top_two: must be < 1.0"),
+                          ("plain:max_share=0.1", "the caps cannot add up"),
+                          ("constrained:gate=2000000000", "gate_min_samples")):
+        with pytest.raises(ValueError, match="the service would refuse it: .*" + message):
+            simulate_guardrails([parse_guardrail_policy(text)], WORLD, horizon=100, reps=1,
+                                seed=0)
 
 
 COMMAND = ["simulate", "guardrails", "--scenario", "harmful-best", "--horizon", "2000",
@@ -276,7 +284,9 @@ def test_the_documented_command_writes_the_plots(tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     """The command of docs/guardrails-simulations.md, shortened (it is also run there)."""
     assert main([*COMMAND, "--out", str(tmp_path)]) == 0
-    summary = json.loads((tmp_path / "summary.json").read_text())
+    text = (tmp_path / "summary.json").read_text()
+    assert "NaN" not in text  # JSON has none: a setting that is off is null
+    summary = json.loads(text)
     assert set(summary["policies"]) == {"constrained", "plain", "oracle-feasible"}
     assert summary["world"]["feasible"] == [True, True, True, False]
     assert summary["policies"]["oracle-feasible"]["infeasible_decisions"] == 0

@@ -75,7 +75,7 @@ def _guardrail_fields(document: Any) -> list[tuple[str, str]]:
     if document.get("control") is not None or guardrails:
         control = document.get("control")
         share = (document.get("exploration") or {}).get("control")
-        fields.append(("control", control if control is not None else
+        fields.append(("control arm", control if control is not None else
                        f"{share['arm']} (the control share's arm)" if share else "none"))
     return fields
 
