@@ -24,6 +24,7 @@ from playwright.sync_api import Browser, Page, Request, Route, expect, sync_play
 
 from bandit.api.auth import key_line, new_key
 from tests.conftest import ServiceProcess
+from tests.test_guardrails_api import harmful_events
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -1034,15 +1035,7 @@ def create_guarded(service: ServiceProcess, experiment_id: str) -> tuple[Any, An
         "guardrails": [revenue, unsubscribe], "control": "control",
         "exploration": {"min_share": 0.05, "gate_min_samples": 100}})
     assert status == 201, body
-    noise = [(-1) ** i * 0.5 for i in range(400)]
-    events: list[dict[str, Any]] = []
-    for arm, level, clicks in (("control", 1.0, 40), ("b", 0.9, 200), ("c", 1.2, 60)):
-        events += [{"id": f"{arm}-r{i}", "experiment": experiment_id, "arm": arm,
-                    "metric": "revenue", "reward": level + e} for i, e in enumerate(noise)]
-        events += [{"id": f"{arm}-p{i}", "experiment": experiment_id, "arm": arm,
-                    "reward": int(i < clicks)} for i in range(400)]
-        events += [{"id": f"{arm}-u{i}", "experiment": experiment_id, "arm": arm,
-                    "metric": "unsubscribe", "reward": 0} for i in range(1000)]
+    events = harmful_events(experiment_id, c_revenue=1.2, unsubscribes=1000)
     status, body = api(service, "POST", "/v1/events", {"events": events})
     assert status == 200 and body["accepted"] == len(events), body
     deadline = time.monotonic() + 10

@@ -53,6 +53,34 @@ def _arm(stats: dict[str, Any], arm: str) -> dict[str, Any]:
     return next(a for a in stats["arms"] if a["arm"] == arm)
 
 
+def harmful_events(experiment_id: str = "g", *, clicks: bool = True, c_revenue: float = 1.0,
+                   unsubscribes: int = 200) -> list[dict[str, Any]]:
+    """Arm b with the best clicks by far (200 of 400, against 40 and 60) and revenue 10% below
+    the control's (400 observations each, sd 0.5 exactly: the difference is 4 standard
+    errors); c's revenue ``c_revenue``; every arm with ``unsubscribes`` unsubscribe
+    observations, all 0 (the gate waits for every metric)."""
+    noise = [(-1) ** i * 0.5 for i in range(400)]  # mean 0, sd 0.5 exactly
+    events: list[dict[str, Any]] = []
+    for arm, revenue, hits in (("control", 1.0, 40), ("b", 0.9, 200), ("c", c_revenue, 60)):
+        events += [{"id": f"{arm}-r{i}", "experiment": experiment_id, "arm": arm,
+                    "metric": "revenue", "reward": revenue + e} for i, e in enumerate(noise)]
+        events += [{"id": f"{arm}-u{i}", "experiment": experiment_id, "arm": arm,
+                    "metric": "unsubscribe", "reward": 0} for i in range(unsubscribes)]
+        if clicks:
+            events += [{"id": f"{arm}-p{i}", "experiment": experiment_id, "arm": arm,
+                        "reward": int(i < hits)} for i in range(400)]
+    return events
+
+
+async def _held(client: Client, clicks: bool = True) -> dict[str, Any]:
+    """The stats once the gate holds b (``harmful_events`` sent)."""
+    events = harmful_events(clicks=clicks)
+    assert (await _events(client, events))["accepted"] == len(events)
+    stats = await _settled(client, lambda s: _arm(s, "b")["held"])
+    assert _arm(stats, "b")["held"], stats
+    return stats
+
+
 async def test_rewards_by_metric_update_their_own_posteriors_once(client: Client) -> None:
     await _create(client)
     events = [{"id": f"r{i}", "experiment": "g", "arm": "b", "reward": 2.0 + i,
@@ -140,17 +168,7 @@ async def test_a_harmful_arm_is_held_at_the_floor_and_the_gate_is_audited(
     observations each (sd 0.5: the difference is 4 standard errors): P(violates) is ~1, so
     the gate holds b at the floor; c takes the bandit's traffic."""
     created = await _create(client, exploration={"min_share": 0.05, "gate_min_samples": 100})
-    rng_values = [(-1) ** i * 0.5 for i in range(400)]  # mean 0, sd 0.5 exactly
-    events: list[dict[str, Any]] = []
-    for arm, revenue, clicks in (("control", 1.0, 40), ("b", 0.9, 200), ("c", 1.0, 60)):
-        events += [{"id": f"{arm}-r{i}", "experiment": "g", "arm": arm, "metric": "revenue",
-                    "reward": revenue + noise} for i, noise in enumerate(rng_values)]
-        events += [{"id": f"{arm}-p{i}", "experiment": "g", "arm": arm,
-                    "reward": int(i < clicks)} for i in range(400)]
-        events += [{"id": f"{arm}-u{i}", "experiment": "g", "arm": arm, "metric": "unsubscribe",
-                    "reward": 0} for i in range(200)]
-    assert (await _events(client, events))["accepted"] == len(events)
-    stats = await _settled(client, lambda s: _arm(s, "b")["held"])
+    stats = await _held(client)
     b = _arm(stats, "b")
     assert b["held"] and b["p_violates"] > 0.95
     assert b["guardrails"]["revenue"]["p_violates"] > 0.95
@@ -228,16 +246,7 @@ async def test_a_contextual_experiment_keeps_guardrails_on_its_marginals(client:
 async def test_turning_the_gate_off_releases_the_held_arm_with_an_audit_entry(
         client: Client) -> None:
     created = await _create(client, exploration={"min_share": 0.05, "gate_min_samples": 100})
-    noise = [(-1) ** i * 0.5 for i in range(400)]
-    events = [{"id": f"{arm}-{i}", "experiment": "g", "arm": arm, "metric": "revenue",
-               "reward": level + e} for arm, level in (("control", 1.0), ("b", 0.9), ("c", 1.0))
-              for i, e in enumerate(noise)]
-    # The gate waits for gate_min_samples observations of every guardrail metric.
-    events += [{"id": f"{arm}-u{i}", "experiment": "g", "arm": arm, "metric": "unsubscribe",
-                "reward": 0} for arm in ("control", "b", "c") for i in range(200)]
-    assert (await _events(client, events))["accepted"] == len(events)
-    held = await _settled(client, lambda s: _arm(s, "b")["held"])
-    assert _arm(held, "b")["held"], held
+    await _held(client, clicks=False)
     await _ok(await client.patch("/v1/experiments/g", json={
         "version": created["version"], "exploration": {"gate_min_samples": None}}))
     stats = await _settled(client, lambda s: not _arm(s, "b")["held"])
@@ -312,14 +321,7 @@ async def test_a_sticky_unit_on_a_held_arm_gets_fresh_decisions(client: Client) 
         if answer["decisions"][0]["arm"] == "b":
             stuck.append(f"u{i}")
     assert stuck
-    noise = [(-1) ** i * 0.5 for i in range(400)]
-    events = [{"id": f"{arm}-{i}", "experiment": "g", "arm": arm, "metric": "revenue",
-               "reward": level + e} for arm, level in (("control", 1.0), ("b", 0.9), ("c", 1.0))
-              for i, e in enumerate(noise)]
-    events += [{"id": f"{arm}-u{i}", "experiment": "g", "arm": arm, "metric": "unsubscribe",
-                "reward": 0} for arm in ("control", "b", "c") for i in range(200)]
-    assert (await _events(client, events))["accepted"] == len(events)
-    await _settled(client, lambda s: _arm(s, "b")["held"])
+    await _held(client, clicks=False)
     served = []
     for unit in stuck:
         answer = await _ok(await client.post("/v1/experiments/g/allocate", json={
@@ -337,16 +339,7 @@ async def test_a_release_for_too_few_observations_says_so_and_the_list_leads_fea
     (not its P(violates), still ~1). The list's leader is the best feasible arm, not the held
     one with the best clicks (both found by the second attacker run)."""
     created = await _create(client, exploration={"min_share": 0.05, "gate_min_samples": 100})
-    noise = [(-1) ** i * 0.5 for i in range(400)]
-    events = [{"id": f"{arm}-{i}", "experiment": "g", "arm": arm, "metric": "revenue",
-               "reward": level + e} for arm, level in (("control", 1.0), ("b", 0.9), ("c", 1.0))
-              for i, e in enumerate(noise)]
-    events += [{"id": f"{arm}-u{i}", "experiment": "g", "arm": arm, "metric": "unsubscribe",
-                "reward": 0} for arm in ("control", "b", "c") for i in range(200)]
-    events += [{"id": f"{arm}-p{i}", "experiment": "g", "arm": arm, "reward": int(i < clicks)}
-               for arm, clicks in (("control", 40), ("b", 200), ("c", 60)) for i in range(400)]
-    assert (await _events(client, events))["accepted"] == len(events)
-    await _settled(client, lambda s: _arm(s, "b")["held"])
+    await _held(client)
     listed = await _ok(await client.get("/v1/experiments?summary=true"))
     [entry] = [e for e in listed["experiments"] if e["id"] == "g"]
     assert entry["summary"]["leader"]["arm"] == "c"

@@ -12,7 +12,14 @@ from aiohttp.test_utils import TestClient
 
 from bandit.forecast import guardrails as gf
 from bandit.policy import BERNOULLI, GAUSSIAN, PolicySettings
-from tests.test_guardrails_api import REVENUE, UNSUBSCRIBE, _arm, _events, _settled
+from tests.test_guardrails_api import (
+    REVENUE,
+    UNSUBSCRIBE,
+    _arm,
+    _events,
+    _settled,
+    harmful_events,
+)
 from tests.test_layers_api import _ok
 from tests.test_operator_cli import cli, invoke
 
@@ -30,15 +37,7 @@ async def _harmful(client: Client, experiment_id: str = "g", **exploration: Any)
             "guardrails": [REVENUE, UNSUBSCRIBE], "control": "control",
             "exploration": {"min_share": 0.05, "gate_min_samples": 100, **exploration}}
     await _ok(await client.post("/v1/experiments", json=body), 201)
-    noise = [(-1) ** i * 0.5 for i in range(400)]
-    events: list[dict[str, Any]] = []
-    for arm, revenue, clicks in (("control", 1.0, 40), ("b", 0.9, 200), ("c", 1.2, 60)):
-        events += [{"id": f"{arm}-r{i}", "experiment": experiment_id, "arm": arm,
-                    "metric": "revenue", "reward": revenue + e} for i, e in enumerate(noise)]
-        events += [{"id": f"{arm}-p{i}", "experiment": experiment_id, "arm": arm,
-                    "reward": int(i < clicks)} for i in range(400)]
-        events += [{"id": f"{arm}-u{i}", "experiment": experiment_id, "arm": arm,
-                    "metric": "unsubscribe", "reward": 0} for i in range(1000)]
+    events = harmful_events(experiment_id, c_revenue=1.2, unsubscribes=1000)
     assert (await _events(client, events))["accepted"] == len(events)
     await _settled(client, lambda s: _arm(s, "b")["held"], experiment_id)
 
