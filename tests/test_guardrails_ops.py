@@ -65,7 +65,7 @@ async def test_create_takes_guardrails_a_control_and_the_gate(
     out = capsys.readouterr().out
     assert "  guardrail = revenue:gaussian:higher:relative=-0.02" in out
     assert "  guardrail = unsubscribe:bernoulli:lower:absolute=0.01" in out
-    assert "  control = control" in out and "  gate_min_samples = 100" in out
+    assert "  control arm = control" in out and "  gate_min_samples = 100" in out
     shown = await _ok(await client.get("/v1/experiments/g"))
     assert shown["guardrails"] == [REVENUE, UNSUBSCRIBE]
     assert shown["control"] == "control"

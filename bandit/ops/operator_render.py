@@ -240,7 +240,7 @@ def render_create(document: Any) -> str:
         lines.append(f"  targeting = {targeting_text(document['targeting'])}")
     lines += [f"  guardrail = {guardrail_text(g)}" for g in document.get("guardrails") or []]
     if document.get("control") is not None:
-        lines.append(f"  control = {document['control']}")
+        lines.append(f"  control arm = {document['control']}")
     return "\n".join(lines)
 
 
