@@ -351,3 +351,17 @@ async def test_a_release_for_too_few_observations_says_so_and_the_list_leads_fea
     assert release["changes"]["held"] == {"old": ["b"], "new": []}
     assert release["reason"] == ("b released: 200 observations of a guardrail metric, fewer "
                                  "than gate_min_samples (1000)")
+
+
+async def test_pausing_a_held_arm_releases_it_and_the_audit_says_why(client: Client) -> None:
+    """The first attacker run found the release logged as 'P(violates) 0.000' (a paused arm's
+    P(violates) is not computed); the reason now says it was paused."""
+    created = await _create(client, exploration={"min_share": 0.05, "gate_min_samples": 100})
+    await _held(client)
+    await _ok(await client.patch("/v1/experiments/g", json={
+        "version": created["version"], "arms": {"pause": ["b"]}}))
+    await _settled(client, lambda s: not _arm(s, "b")["held"])
+    audit = await _ok(await client.get("/v1/experiments/g/audit"))
+    release = [e for e in audit["entries"] if e["action"] == "gate"][-1]
+    assert release["changes"]["held"] == {"old": ["b"], "new": []}
+    assert release["reason"] == "b paused"
