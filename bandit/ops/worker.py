@@ -196,6 +196,10 @@ class StreamMetrics:
             logger.warning("could not measure the stream lag: %s", error)
 
 
+#: Seconds each step of a stop (a background task, the metrics server, the store) may take.
+CLEANUP_S = 5.0
+
+
 async def _main(settings: Settings, config: StreamConfig, metrics_port: int,
                 log_interval: float) -> int:
     await asyncio.to_thread(policy.warm_up_kernels)
@@ -229,12 +233,18 @@ async def _main(settings: Settings, config: StreamConfig, metrics_port: int,
     finally:
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if runner is not None:
-            await runner.cleanup()
-        await store.close()
+        # Bounded: a stop must not wait on a connection left in a bad state by an outage (a
+        # worker once outlived its 20 s stop window after a Redis pause, in a test run).
+        # (asyncio.wait, not wait_for: that would wait for a stuck step's cancellation too.)
+        steps = [*tasks, *([asyncio.create_task(runner.cleanup())] if runner is not None
+                           else []), asyncio.create_task(store.close())]
+        for step in steps:
+            done, _ = await asyncio.wait({step}, timeout=CLEANUP_S)
+            if not done:
+                logger.warning("stopping: %s did not finish within %g s; going on",
+                               step.get_name(), CLEANUP_S)
+            elif not step.cancelled() and step.exception() is not None:
+                logger.warning("stopping: %s failed: %s", step.get_name(), step.exception())
 
 
 async def _start(consumer: StreamConsumer, stopping: asyncio.Event) -> bool:
