@@ -179,6 +179,24 @@ def _thin_grid(raw: FloatArray, step: FloatArray, floor: float) -> FloatArray:
 
 
 @jit
+def merged_grid(center: FloatArray, scale: FloatArray, spread: FloatArray, nodes: IntArray,
+                floor: float) -> FloatArray:
+    """Every law's ``nodes[i]`` nodes center + scale sinh(spread u), u uniform on [-1, 1] (none
+    for 0), merged into one grid and thinned (:func:`_thin_grid`, which keeps ``floor``)."""
+    raw = np.empty(nodes.sum())
+    step = np.empty(nodes.sum())
+    pos = 0
+    for g in range(nodes.shape[0]):
+        du = 2.0 / (nodes[g] - 1) if nodes[g] > 1 else 0.0
+        for j in range(nodes[g]):
+            u = -1.0 + j * du
+            raw[pos] = center[g] + scale[g] * math.sinh(spread[g] * u)
+            step[pos] = scale[g] * spread[g] * math.cosh(spread[g] * u) * du
+            pos += 1
+    return _thin_grid(raw, step, floor)
+
+
+@jit
 def _grid_best(
     family: int,
     marginals: FloatArray,
@@ -226,17 +244,7 @@ def _grid_best(
     nodes = np.empty(n_groups, dtype=np.int64)
     for g in range(n_groups):
         nodes[g] = min(max(1 + 32 * math.ceil(spread[g]), 129), 1025) if keep[g] else 0
-    raw = np.empty(nodes.sum())
-    step = np.empty(nodes.sum())
-    pos = 0
-    for g in range(n_groups):
-        du = 2.0 / (nodes[g] - 1)
-        for j in range(nodes[g]):
-            u = -1.0 + j * du
-            raw[pos] = center[g] + scale[g] * math.sinh(spread[g] * u)
-            step[pos] = scale[g] * spread[g] * math.cosh(spread[g] * u) * du
-            pos += 1
-    x = _thin_grid(raw, step, floor)
+    x = merged_grid(center, scale, spread, nodes, floor)
     start = np.searchsorted(x, floor, side="left")
     n_x = x.shape[0]
     span = np.empty((n_groups, 2), dtype=np.int64)

@@ -39,8 +39,8 @@ from bandit.policy.best_arm import (
     _expit,
     _group_cdf,
     _group_pdf,
-    _thin_grid,
     law_frame,
+    merged_grid,
 )
 from bandit.policy.layout import BERNOULLI, BoolArray, FloatArray, IntArray
 from bandit.policy.posteriors import marginal_parameters
@@ -180,7 +180,8 @@ OUTER = 256
 REPLICATES = 8
 #: Up to this many racing arms all ``OUTER`` draws are made; beyond, proportionally fewer (at
 #: least 2 per replicate), so that the refresh's cost stays about linear in the arms: its
-#: standard error, reported, grows as the square root (measured at K=1000: 16 draws, 160 ms).
+#: standard error, reported, grows as the square root (measured at K=1000: 16 draws, 53 ms
+#: under load; `python -m benchmarks.bench_guardrails --arms 1000`).
 FULL_DRAWS_ARMS = 25
 
 
@@ -257,17 +258,8 @@ def _primary_grid(family: int, marginals: FloatArray, racing: BoolArray,
         center[k], scale[k], spread[k] = law_frame(family, marginals[0, k], marginals[1, k],
                                                    marginals[2, k], tail_table)
         counts[k] = min(max(1 + 16 * math.ceil(spread[k]), 65), 513)
-    raw = np.empty(counts.sum())
-    step = np.empty(counts.sum())
-    position = 0
-    for k in range(n_arms):
-        du = 2.0 / (counts[k] - 1) if counts[k] > 1 else 0.0
-        for j in range(counts[k]):
-            u = -1.0 + j * du
-            raw[position] = center[k] + scale[k] * math.sinh(spread[k] * u)
-            step[position] = scale[k] * spread[k] * math.cosh(spread[k] * u) * du
-            position += 1
-    x = _thin_grid(raw, step, raw.min())
+    # No floor to keep: the lowest node is kept anyway.
+    x = merged_grid(center, scale, spread, counts, -math.inf)
     n = x.shape[0]
     density = np.zeros((n_arms, n))
     survival = np.zeros((n_arms, n))
