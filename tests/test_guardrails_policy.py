@@ -18,10 +18,9 @@ from bandit.policy.guardrails import (
     OUTER,
     RELATIVE,
     feasible_best,
-    feasible_best_exact,
-    feasible_best_monte_carlo,
 )
 from bandit.policy.layout import BERNOULLI, GAUSSIAN
+from tests.support.guardrails_reference import feasible_best_exact, feasible_best_monte_carlo
 
 
 def _beta(successes: list[float], failures: list[float]) -> np.ndarray:
