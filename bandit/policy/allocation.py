@@ -20,6 +20,7 @@ from bandit.policy.layout import (
     WARMUP,
     BoolArray,
     FloatArray,
+    IntArray,
 )
 
 
@@ -174,22 +175,7 @@ def fold_exploration(
     warming = False
     for arm in bandit:
         warming = warming or counts[arm] < settings[WARMUP]
-    psi = np.empty(n_bandit)
-    total = 0.0
-    for i in range(n_bandit):
-        psi[i] = max(p_best[bandit[i]], 0.0)
-        total += psi[i]
-    if warming or not total > 0.0:
-        psi[:] = 1.0 / n_bandit
-    else:
-        psi /= total
-        leader = settings[TOP_TWO]
-        if not math.isnan(leader):
-            psi = _top_two(psi, leader)
-
-    epsilon = settings[EPSILON]
-    psi = (1.0 - epsilon) * psi + epsilon / n_bandit
-    psi = _project_shares(psi, settings[MIN_SHARE], settings[MAX_SHARE])
+    psi = _race_shares(p_best, bandit, np.ones(n_bandit, dtype=np.bool_), warming, settings)
 
     bandit_share = 1.0
     if control >= 0:
@@ -198,6 +184,59 @@ def fold_exploration(
     for i in range(n_bandit):
         out[bandit[i]] = bandit_share * psi[i]
     return out
+
+
+@jit
+def _race_shares(p_best: FloatArray, arms: IntArray, free: BoolArray, warming: bool,
+                 settings: FloatArray) -> FloatArray:
+    """The shares of the arms in the race (indices ``arms``), before any control share: the
+    free ones' P(best) normalised (uniform while warming up, or when it is all 0), top-two,
+    epsilon over the free arms, then floors and caps. Arms not free (held by the guardrails'
+    gate) get no P(best) mass and no epsilon: exactly the floor, even when the caps would want
+    them to take more (the free arms exceed their caps then)."""
+    n_in = arms.shape[0]
+    n_free = 0
+    for i in range(n_in):
+        n_free += free[i]
+    psi = np.zeros(n_in)
+    total = 0.0
+    for i in range(n_in):
+        if free[i]:
+            psi[i] = max(p_best[arms[i]], 0.0)
+            total += psi[i]
+    if warming or not total > 0.0:
+        for i in range(n_in):
+            psi[i] = 1.0 / n_free if free[i] else 0.0
+    else:
+        psi /= total
+        leader = settings[TOP_TWO]
+        if not math.isnan(leader):
+            psi = _top_two(psi, leader)
+    epsilon = settings[EPSILON]
+    for i in range(n_in):
+        psi[i] = (1.0 - epsilon) * psi[i] + (epsilon / n_free if free[i] else 0.0)
+    low, high = settings[MIN_SHARE], settings[MAX_SHARE]
+    if n_free == n_in:
+        return _project_shares(psi, low, high)
+    # Held arms get exactly the floor; the free arms share the rest, within the floors and
+    # caps scaled to it. When the caps cannot take it all (a cap meant for more arms), the
+    # free arms exceed them, never the held arms their floor.
+    budget = 1.0 - (n_in - n_free) * low
+    chosen = np.empty(n_free)
+    j = 0
+    for i in range(n_in):
+        if free[i]:
+            chosen[j] = psi[i]
+            j += 1
+    chosen = _project_shares(chosen, low / budget, min(high / budget, 1.0)) * budget
+    j = 0
+    for i in range(n_in):
+        if free[i]:
+            psi[i] = chosen[j]
+            j += 1
+        else:
+            psi[i] = low
+    return psi
 
 
 @jit
@@ -276,46 +315,7 @@ def fold_guarded(p_best: FloatArray, counts: FloatArray, settings: FloatArray,
         n_free += free[i]
     if n_free == 0:  # every arm held and no control: nothing is safer than another
         free[:] = True
-        n_free = n_in
-    psi = np.zeros(n_in)
-    total = 0.0
-    for i in range(n_in):
-        if free[i]:
-            psi[i] = 1.0 if warming else max(p_best[arms[i]], 0.0)
-            total += psi[i]
-    if not total > 0.0:
-        for i in range(n_in):
-            psi[i] = 1.0 if free[i] else 0.0
-        total = n_free
-    psi /= total
-    leader = settings[TOP_TWO]
-    if not warming and not math.isnan(leader):
-        psi = _top_two(psi, leader)
-    epsilon = settings[EPSILON]
-    for i in range(n_in):
-        psi[i] = (1.0 - epsilon) * psi[i] + (epsilon / n_free if free[i] else 0.0)
-    low, high = settings[MIN_SHARE], settings[MAX_SHARE]
-    if n_free == n_in:
-        psi = _project_shares(psi, low, high)
-    else:
-        # Held arms get exactly the floor; the free arms share the rest, within the floors and
-        # caps scaled to it. When the caps cannot take it all (a cap meant for more arms),
-        # the free arms exceed them, never the held arms their floor.
-        budget = 1.0 - (n_in - n_free) * low
-        chosen = np.empty(n_free)
-        j = 0
-        for i in range(n_in):
-            if free[i]:
-                chosen[j] = psi[i]
-                j += 1
-        chosen = _project_shares(chosen, low / budget, min(high / budget, 1.0)) * budget
-        j = 0
-        for i in range(n_in):
-            if free[i]:
-                psi[i] = chosen[j]
-                j += 1
-            else:
-                psi[i] = low
+    psi = _race_shares(p_best, arms, free, warming, settings)
     share = settings[CONTROL_SHARE] if control >= 0 else 0.0
     for i in range(n_in):
         out[arms[i]] = (1.0 - share) * psi[i]
