@@ -59,7 +59,7 @@ from scipy import special
 
 from bandit.errors import InvalidValue
 from bandit.forecast.parallel import run_replications
-from bandit.model import parse_new_experiment
+from bandit.model import BERNOULLI_PRIOR, GAUSSIAN_PRIOR, parse_new_experiment
 from bandit.policy import (
     BERNOULLI,
     GAUSSIAN,
@@ -71,6 +71,7 @@ from bandit.policy import (
     sample_arms,
 )
 from bandit.policy.layout import BoolArray, FloatArray, IntArray
+from bandit.serving.cache import prior_vector
 
 __all__ = [
     "GUARDRAIL_POLICIES",
@@ -88,10 +89,6 @@ __all__ = [
 
 Kind = Literal["bernoulli", "gaussian"]
 
-#: The service's default priors: Beta(1, 1); Normal-Gamma (mu0, kappa0, alpha0, beta0).
-BERNOULLI_PRIOR = np.array([1.0, 1.0, 0.0, 0.0])
-GAUSSIAN_PRIOR = np.array([0.0, 0.01, 1.0, 1.0])
-
 
 def _family(kind: str) -> int:
     if kind not in ("bernoulli", "gaussian"):
@@ -100,7 +97,8 @@ def _family(kind: str) -> int:
 
 
 def _prior(kind: str) -> FloatArray:
-    return (BERNOULLI_PRIOR if _family(kind) == BERNOULLI else GAUSSIAN_PRIOR).copy()
+    """The service's prior for a guardrail metric of ``kind`` (``bandit.serving.cache``)."""
+    return prior_vector(kind, BERNOULLI_PRIOR if _family(kind) == BERNOULLI else GAUSSIAN_PRIOR)
 
 
 def _means(name: str, values: npt.ArrayLike, kind: str) -> FloatArray:

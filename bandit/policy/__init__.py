@@ -262,14 +262,13 @@ def guarded_allocation(
                                         _floats("prior", g.prior, (4,)), 1.0)
         for g in guards])
     control_index = -1 if control is None else control
-    racing = active_array.copy()
     shares, error, p_violates, p_any, expected_max = guardrails.feasible_best(
         family, params, np.array([g.family for g in guards], dtype=np.int64), guard_params,
         np.array([guardrails.HIGHER if g.higher else guardrails.LOWER for g in guards],
                  dtype=np.int64),
         np.array([guardrails.RELATIVE if g.relative else guardrails.ABSOLUTE for g in guards],
                  dtype=np.int64),
-        np.array([g.threshold for g in guards], dtype=np.float64), control_index, racing,
+        np.array([g.threshold for g in guards], dtype=np.float64), control_index, active_array,
         student_t_tail_table(), guardrails.OUTER, np.random.default_rng(_MONTE_CARLO_SEED))
     before = (np.zeros(n_arms, dtype=np.bool_) if held_before is None
               else _active(held_before, n_arms))

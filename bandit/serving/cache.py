@@ -28,7 +28,7 @@ import heapq
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +37,7 @@ import numpy.typing as npt
 
 from bandit import policy
 from bandit.errors import NotFound, StoreUnavailable
-from bandit.model import GAUSSIAN_PRIOR, Experiment, Exploration
+from bandit.model import BERNOULLI_PRIOR, GAUSSIAN_PRIOR, Experiment, Exploration
 from bandit.patches import audit_entry
 from bandit.serving.changes import ChangeFeed, cancelling
 from bandit.store.codec import StoredState
@@ -135,11 +135,29 @@ def family_of(experiment: Experiment) -> int:
     return policy.BERNOULLI if experiment.reward == "bernoulli" else policy.GAUSSIAN
 
 
-def prior_array(experiment: Experiment) -> npt.NDArray[np.float64]:
-    prior = experiment.prior
-    if experiment.reward == "bernoulli":
+def prior_vector(kind: str, prior: Mapping[str, float]) -> npt.NDArray[np.float64]:
+    """A prior as the kernels take it (``bandit.policy.layout``), from its named parameters
+    (``bandit.model``'s ``BERNOULLI_PRIOR`` / ``GAUSSIAN_PRIOR`` form); ``kind``: the reward
+    kind, bernoulli or gaussian."""
+    if kind == "bernoulli":
         return np.array([prior["alpha"], prior["beta"], 0.0, 0.0])
     return np.array([prior["mean"], prior["kappa"], prior["alpha"], prior["beta"]])
+
+
+def prior_array(experiment: Experiment) -> npt.NDArray[np.float64]:
+    return prior_vector(experiment.reward, experiment.prior)
+
+
+def _decayed(family: int, stats: npt.NDArray[np.float64], updated_at: npt.NDArray[np.float64],
+             now: float, half_life: float | None) -> npt.NDArray[np.float64]:
+    """Statistics last decayed at ``updated_at`` (0: never updated), decayed to ``now``."""
+    if half_life is None:
+        return stats
+    return policy.forget(family, stats, _elapsed(updated_at, now), half_life)
+
+
+def _elapsed(updated_at: npt.NDArray[np.float64], now: float) -> npt.NDArray[np.float64]:
+    return np.maximum(np.where(updated_at > 0, now - updated_at, 0.0), 0.0)
 
 
 def guards_of(experiment: Experiment, state: StoredState, now: float) -> list[policy.Guard]:
@@ -150,14 +168,11 @@ def guards_of(experiment: Experiment, state: StoredState, now: float) -> list[po
     for guardrail in experiment.guardrails:
         family = policy.BERNOULLI if guardrail.kind == "bernoulli" else policy.GAUSSIAN
         stored = state.guards.get(guardrail.key)
-        stats = np.zeros((3, n_arms)) if stored is None else stored.stats
+        stats = np.zeros((3, n_arms)) if stored is None else _decayed(
+            family, stored.stats, stored.updated_at, now, half_life)
         counts = np.zeros(n_arms) if stored is None else stored.counts
-        if stored is not None and half_life is not None:
-            elapsed = np.where(stored.updated_at > 0, now - stored.updated_at, 0.0)
-            stats = policy.forget(family, stats, np.maximum(elapsed, 0.0), half_life)
-        prior = np.array([1.0, 1.0, 0.0, 0.0]) if family == policy.BERNOULLI else np.array(
-            [GAUSSIAN_PRIOR["mean"], GAUSSIAN_PRIOR["kappa"], GAUSSIAN_PRIOR["alpha"],
-             GAUSSIAN_PRIOR["beta"]])
+        prior = prior_vector(guardrail.kind, BERNOULLI_PRIOR if family == policy.BERNOULLI
+                             else GAUSSIAN_PRIOR)
         guards.append(policy.Guard(family, stats, counts, prior, guardrail.direction == "higher",
                                    guardrail.threshold, guardrail.relative))
     return guards
@@ -176,17 +191,14 @@ def build_snapshot(state: StoredState, at: float | None = None) -> Snapshot:
     stats = state.stats
     now = state.server_time if at is None else at
     half_life = experiment.exploration.half_life_s
-    if half_life is not None:
-        elapsed = np.where(state.updated_at > 0, now - state.updated_at, 0.0)
-        stats = policy.forget(family, stats, np.maximum(elapsed, 0.0), half_life)
+    stats = _decayed(family, stats, state.updated_at, now, half_life)
     active = np.array([arm not in experiment.paused for arm in experiment.arms])
     prior = prior_array(experiment)
     contextual = None
     if experiment.model is not None and state.rows is not None:
         rows = state.rows
         if half_life is not None:
-            elapsed = np.where(state.updated_at > 0, now - state.updated_at, 0.0)
-            rows = policy.forget_rows(rows, np.maximum(elapsed, 0.0), half_life)
+            rows = policy.forget_rows(rows, _elapsed(state.updated_at, now), half_life)
         contextual = policy.ContextualPosterior.build(
             experiment.model, rows, state.counts, policy_settings(experiment), active)
         stats = policy.marginal_stats(family, rows)
