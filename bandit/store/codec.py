@@ -181,7 +181,7 @@ def decode_state(result: list[Any]) -> StoredState:
             revision = int(value)
             continue
         if name == "held":
-            held = frozenset(int(i) for i in _text(value).split(",") if i)
+            held = frozenset(int(i) for i in text(value).split(",") if i)
             continue
         index_text, _, kind = name.partition(":")
         index_text, bar, guard_key = index_text.partition(GUARD_SEPARATOR)
@@ -219,8 +219,9 @@ def _store_field(stats: npt.NDArray[np.float64], counts: npt.NDArray[np.float64]
         stats[rows[kind], index] = float(value)
 
 
-def _text(value: str | bytes) -> str:
-    return value.decode() if type(value) is bytes else str(value)
+def text(value: str | bytes) -> str:
+    """A reply's value as text (the store reads some replies undecoded)."""
+    return value if isinstance(value, str) else value.decode()
 
 
 def arm_sums(events: list[EncodedEvent], features: npt.NDArray[np.float64],

@@ -42,6 +42,7 @@ from bandit.store.codec import (
     encode_events,
     encode_row,
     half_life,
+    text,
 )
 from bandit.store.connection import Client
 from bandit.store.failures import call, failures
@@ -553,7 +554,7 @@ class RedisStore:
                 return int(revision or 0), []
             async with self._client.pipeline(transaction=False) as pipe:
                 for layer_id in ids:
-                    pipe.hget(LayerKeys(self._prefix, _text(layer_id)).config, "config")
+                    pipe.hget(LayerKeys(self._prefix, text(layer_id)).config, "config")
                 configs = await call(pipe.execute)
         return int(revision or 0), [layer_from_json(orjson.loads(raw)) for raw in configs
                                     if raw is not None]
@@ -564,7 +565,7 @@ class RedisStore:
     async def layer_owner(self, experiment_id: str) -> str | None:
         """The layer that holds an experiment, if any."""
         owner = await call(self._client.hget, LayerKeys(self._prefix, "").owners, experiment_id)
-        return None if owner is None else _text(owner)
+        return None if owner is None else text(owner)
 
     async def layer_audit(self, layer_id: str) -> list[dict[str, Any]]:
         entries = await call(self._client.lrange, LayerKeys(self._prefix, layer_id).audit, 0,
@@ -609,6 +610,3 @@ async def _chunks(items: AsyncIterator[str], size: int) -> AsyncIterator[list[st
 
 
 
-
-def _text(value: str | bytes) -> str:
-    return value if isinstance(value, str) else value.decode()
