@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -60,9 +59,9 @@ def sample(snapshot: Snapshot, summary: PosteriorSummary, traffic: Traffic) -> d
         "version": snapshot.experiment.version,
         "arms": list(snapshot.experiment.arms),
         "share": overview.served_shares(snapshot, traffic),
-        "mean": [_finite(value) for value in summary.mean.tolist()],
-        "ci_low": [_finite(value) for value in summary.ci_low.tolist()],
-        "ci_high": [_finite(value) for value in summary.ci_high.tolist()],
+        "mean": [overview.finite(value) for value in summary.mean.tolist()],
+        "ci_low": [overview.finite(value) for value in summary.ci_low.tolist()],
+        "ci_high": [overview.finite(value) for value in summary.ci_high.tolist()],
         "n": snapshot.counts.tolist(),
         **traffic_columns(traffic, len(snapshot.experiment.arms)),
     }
@@ -78,12 +77,8 @@ def guardrail_columns(snapshot: Snapshot, guarded: Guarded) -> dict[str, list[An
     the control and paused arms; rounded to 1e-4, which no plot sees), and whether the hard
     gate holds it. Feasibility is judged on untempered evidence, so the snapshot's own
     computation is the stats' one."""
-    experiment = snapshot.experiment
-    control = experiment.control_arm
-    return {"p_violates": [None if arm == control or arm in experiment.paused
-                           else round(float(p), 4)
-                           for arm, p in zip(experiment.arms, guarded.p_violates_any.tolist(),
-                                             strict=True)],
+    return {"p_violates": [None if p is None else round(p, 4)
+                           for p in overview.violations(snapshot, guarded)],
             "held": [bool(held) for held in guarded.held.tolist()]}
 
 
@@ -97,9 +92,6 @@ def traffic_columns(traffic: Traffic, arms: int) -> dict[str, list[Any]]:
             "expected": [round(d.expected, 3) for d in draws],
             "variance": [round(d.variance, 3) for d in draws]}
 
-
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
 
 
 class HistorySampler:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from bandit.policy import ContextualPosterior, Guarded, PosteriorSummary, metric_summary
+from bandit.policy.layout import FloatArray
 from bandit.serving import lift
 from bandit.serving.cache import Snapshot
 from bandit.store.codec import Traffic
@@ -97,9 +98,10 @@ def arm_lifts(snapshot: Snapshot, summary: PosteriorSummary,
     return control, lifts
 
 
-def leader_of(summary: PosteriorSummary) -> int | None:
-    """The arm with the highest P(best), as the winner call picks it."""
-    p_best = np.nan_to_num(summary.p_best, nan=-1.0)
+def leader_of(p_best: FloatArray) -> int | None:
+    """The arm with the highest ``p_best`` (P(best), or P(best feasible) with guardrails), as
+    the winner call picks it."""
+    p_best = np.nan_to_num(p_best, nan=-1.0)
     if not p_best.size or p_best.max() < 0:
         return None
     return int(np.argmax(p_best))
@@ -116,9 +118,7 @@ def list_summary(snapshot: Snapshot, summary: PosteriorSummary,
     is the arm most probably the best feasible one, as the winner call picks it: an arm that
     breaks a guardrail leads nothing."""
     p_best = summary.p_best if guarded is None else guarded.p_best_feasible
-    leader = leader_of(PosteriorSummary(summary.mean, summary.ci_low, summary.ci_high, p_best,
-                                        summary.expected_loss)) \
-        if snapshot.counts.sum() > 0 else None
+    leader = leader_of(p_best) if snapshot.counts.sum() > 0 else None
     ratio, rewards = health["sample_ratio"], health["rewards"]
     return {
         "leader": None if leader is None else {
@@ -171,8 +171,8 @@ def model_report(snapshot: Snapshot, posterior: ContextualPosterior) -> dict[str
         arms.append({
             "arm": arm,
             "n": snapshot.counts[i].item(),
-            "mean": [_finite(v) for v in summary.mean[i].tolist()],
-            "ci95": [[_finite(low), _finite(high)] for low, high in
+            "mean": [finite(v) for v in summary.mean[i].tolist()],
+            "ci95": [[finite(low), finite(high)] for low, high in
                      zip(summary.ci_low[i].tolist(), summary.ci_high[i].tolist(), strict=True)],
         })
     return {"columns": posterior.model.columns(), "arms": arms}
@@ -198,12 +198,19 @@ def segment_report(snapshot: Snapshot, traffic: Traffic) -> list[dict[str, Any]]
     return report
 
 
-def _finite(value: float) -> float | None:
+def finite(value: float) -> float | None:
+    """A number for a JSON answer: None for NaN or an infinity (JSON has neither)."""
+    value = float(value)
     return value if math.isfinite(value) else None
 
 
-def _number(value: float) -> float | None:
-    return float(value) if math.isfinite(value) else None
+def violations(snapshot: Snapshot, guarded: Guarded) -> list[float | None]:
+    """Each arm's P(violates any guardrail) as the stats and the history report it: None for
+    the control (always feasible) and for paused arms."""
+    experiment = snapshot.experiment
+    control = experiment.control_arm
+    return [None if arm == control or arm in experiment.paused else float(p)
+            for arm, p in zip(experiment.arms, guarded.p_violates_any.tolist(), strict=True)]
 
 
 def add_guardrails(arms: list[dict[str, Any]], snapshot: Snapshot, guarded: Guarded) -> None:
@@ -211,21 +218,19 @@ def add_guardrails(arms: list[dict[str, Any]], snapshot: Snapshot, guarded: Guar
     its observations, posterior mean and 95% interval and P(violates); per arm P(violates
     any), P(best feasible) and whether the hard gate holds it."""
     experiment = snapshot.experiment
-    control = experiment.control_arm
+    shown = violations(snapshot, guarded)  # None: the control, or a paused arm
     for g, (guardrail, guard) in enumerate(zip(experiment.guardrails, snapshot.guards,
                                                strict=True)):
         mean, low, high = metric_summary(guard.family, guard.stats, guard.prior)
         for i, arm in enumerate(arms):
             arm.setdefault("guardrails", {})[guardrail.metric] = {
-                "n": float(guard.counts[i]), "mean": _number(mean[i]),
-                "ci95": [_number(low[i]), _number(high[i])],
-                "p_violates": None if arm["arm"] == control or arm["state"] == "paused"
-                else float(guarded.p_violates[g, i])}
+                "n": float(guard.counts[i]), "mean": finite(mean[i]),
+                "ci95": [finite(low[i]), finite(high[i])],
+                "p_violates": None if shown[i] is None else float(guarded.p_violates[g, i])}
     for i, arm in enumerate(arms):
-        paused = arm["state"] == "paused"
-        arm["p_violates"] = None if paused or arm["arm"] == control \
-            else float(guarded.p_violates_any[i])
-        arm["p_best_feasible"] = None if paused else float(guarded.p_best_feasible[i])
+        arm["p_violates"] = shown[i]
+        arm["p_best_feasible"] = None if arm["state"] == "paused" \
+            else float(guarded.p_best_feasible[i])
         arm["held"] = bool(snapshot.guarded is not None and snapshot.guarded.held[i])
 
 

@@ -302,10 +302,10 @@ class BanditService:
                 "state": "paused" if arm in experiment.paused else "active",
                 "n": snapshot.counts[i].item(),
                 "served": served.get(i, 0),
-                "mean": _finite(summary.mean[i]),
-                "ci95": [_finite(summary.ci_low[i]), _finite(summary.ci_high[i])],
-                "p_best": _finite(summary.p_best[i]),
-                "expected_loss": _finite(summary.expected_loss[i]),
+                "mean": overview.finite(summary.mean[i]),
+                "ci95": [overview.finite(summary.ci_low[i]), overview.finite(summary.ci_high[i])],
+                "p_best": overview.finite(summary.p_best[i]),
+                "expected_loss": overview.finite(summary.expected_loss[i]),
                 "share": shares[i],
                 "lift": lifts[i],
             })
@@ -481,9 +481,5 @@ def _initial_settings(experiment: Experiment) -> dict[str, dict[str, Any]]:
                         "exploration", "attribution_window_s", "policy", "weights",
                         "targeting", "guardrails", "control", *METADATA_FIELDS)}
 
-
-def _finite(value: float) -> float | None:
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
