@@ -16,7 +16,7 @@ import numpy.typing as npt
 from bandit.errors import InvalidValue, NotFound
 from bandit.features import feature_hash
 from bandit.inputs import MAX_EVENT_EXPERIMENTS, RewardEvent, parse_event, parse_event_batch
-from bandit.model import GUARD_SEPARATOR, PRIMARY, Experiment
+from bandit.model import GUARD_SEPARATOR, PRIMARY, Experiment, Guardrail
 from bandit.serving.cache import Snapshot
 from bandit.serving.decisions import Decider
 from bandit.serving.groups import GROUP_REQUEST_EVENTS, ContextualEvents, GroupCommit, weigh
@@ -182,8 +182,9 @@ class Rewards:
             if model is not None and position % CONTEXTS_PER_TURN == CONTEXTS_PER_TURN - 1:
                 await asyncio.sleep(0)  # encoding contexts: a few milliseconds per turn
             arm_index = arm_indices.get(event.arm)
-            problem = _metric_problem(experiment, event)
             guardrail = None if event.metric is None else experiment.guardrail(event.metric)
+            problem = None if event.metric is None else _metric_problem(experiment, event,
+                                                                        guardrail)
             binary = bernoulli if guardrail is None else guardrail.kind == "bernoulli"
             if problem is not None:
                 errors.append({"index": index, "error": problem})
@@ -259,11 +260,11 @@ class _ContextualBatch(NamedTuple):
     half_life_s: float | None
 
 
-def _metric_problem(experiment: Experiment, event: RewardEvent) -> str | None:
-    """Why an event's metric cannot be counted (None: it can)."""
-    if event.metric is None:
-        return None
-    if experiment.guardrail(event.metric) is None:
+def _metric_problem(experiment: Experiment, event: RewardEvent,
+                    guardrail: Guardrail | None) -> str | None:
+    """Why an event's guardrail metric (``guardrail``: the experiment's, None if it has no such
+    metric) cannot be counted (None: it can)."""
+    if guardrail is None:
         names = [g.metric for g in experiment.guardrails]
         return (f"metric: {event.metric!r} is not a guardrail metric of experiment "
                 f"{experiment.id!r} (" + (f"its guardrails: {names}" if names else
