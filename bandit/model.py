@@ -203,6 +203,12 @@ class Experiment:
         return self.control
 
     @property
+    def control_index(self) -> int | None:
+        """``control_arm``'s index (None: no control)."""
+        control = self.control_arm
+        return None if control is None else self.arm_index(control)
+
+    @property
     def active_arms(self) -> tuple[str, ...]:
         return tuple(arm for arm in self.arms if arm not in self.paused)
 

@@ -208,12 +208,9 @@ def build_snapshot(state: StoredState, at: float | None = None) -> Snapshot:
         weights = np.where(active, np.asarray(experiment.weights), 0.0)
         probabilities = weights / weights.sum()
     elif experiment.guardrails:
-        control = experiment.control_arm
         guarded = policy.guarded_allocation(
             family, stats, state.counts, prior, policy_settings(experiment), active,
-            list(guards),
-            None if control is None else experiment.arm_index(control),
-            experiment.exploration.gate_min_samples,
+            list(guards), experiment.control_index, experiment.exploration.gate_min_samples,
             np.isin(np.arange(len(experiment.arms)), list(state.held)))
         probabilities = guarded.probabilities
         if contextual is not None:
@@ -262,12 +259,10 @@ def untempered_guarded(snapshot: Snapshot) -> policy.Guarded | None:
     cached = snapshot.summary_cache.get("guarded")
     if cached is None:
         experiment = snapshot.experiment
-        control = experiment.control_arm
         cached = snapshot.summary_cache["guarded"] = policy.guarded_allocation(
             snapshot.family, snapshot.stats, snapshot.counts, snapshot.prior,
             dataclasses.replace(policy_settings(experiment), temperature=1.0),
-            snapshot.active, list(snapshot.guards),
-            None if control is None else experiment.arm_index(control))
+            snapshot.active, list(snapshot.guards), experiment.control_index)
     assert isinstance(cached, policy.Guarded)
     return cached
 
@@ -309,10 +304,10 @@ def _too_few(snapshot: Snapshot, index: int) -> str | None:
     if own < gate:
         return (f"{own:g} observations of a guardrail metric, fewer than gate_min_samples "
                 f"({gate})")
-    control = experiment.control_arm
+    control = experiment.control_index
     relative = [g for g in snapshot.guards if g.relative]
     if control is not None and relative:
-        theirs = min(float(g.counts[experiment.arm_indices[control]]) for g in relative)
+        theirs = min(float(g.counts[control]) for g in relative)
         if theirs < gate:
             return (f"the control has {theirs:g} observations of a guardrail metric, fewer "
                     f"than gate_min_samples ({gate})")

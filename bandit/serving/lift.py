@@ -53,7 +53,7 @@ def control_of(experiment: Experiment) -> Control | None:
     """The control arm: the ``control`` setting's arm (or the experiment's ``control``, which
     its guardrails are judged against), else an arm named ``control``."""
     if experiment.control_arm is not None:
-        index = experiment.arm_index(experiment.control_arm)
+        index = experiment.control_index
         if index is not None:
             return Control(index, "setting")
     index = experiment.arm_index(CONTROL_NAME)
