@@ -58,6 +58,7 @@ import numpy.typing as npt
 from scipy import special
 
 from bandit.errors import InvalidValue
+from bandit.forecast.guardrails import merge_batch
 from bandit.forecast.parallel import run_replications
 from bandit.model import BERNOULLI_PRIOR, GAUSSIAN_PRIOR, parse_new_experiment
 from bandit.policy import (
@@ -238,26 +239,14 @@ def _observe(kind: str, means: FloatArray, noise_sd: float, latent: FloatArray) 
 
 
 def _add(kind: str, stats: FloatArray, arms: IntArray, values: FloatArray) -> None:
-    """Add observations to statistics in the service's layout: successes and failures, or
-    weight, mean and sum of squared deviations (per arm, the batch merged by Chan's formula:
-    Welford's one by one up to rounding)."""
+    """Add observations to statistics in the service's layout (``merge_batch``)."""
     k = stats.shape[1]
-    if kind == "bernoulli":
-        stats[0] += np.bincount(arms, weights=values, minlength=k)
-        stats[1] += np.bincount(arms, weights=1.0 - values, minlength=k)
-        return
     n = np.bincount(arms, minlength=k).astype(np.float64)
-    seen = n > 0
-    total = np.bincount(arms, weights=values, minlength=k)
-    mean = np.where(seen, total / np.where(seen, n, 1.0), 0.0)
-    squares = np.bincount(arms, weights=(values - mean[arms]) ** 2, minlength=k)
-    weight = stats[0] + n
-    delta = mean - stats[1]
-    merged = np.where(seen, stats[1] + delta * n / np.where(seen, weight, 1.0), stats[1])
-    stats[2] += np.where(seen, squares + delta**2 * stats[0] * n / np.where(seen, weight, 1.0),
-                         0.0)
-    stats[1] = merged
-    stats[0] = weight
+    total = np.bincount(arms, weights=values, minlength=k).astype(np.float64)
+    mean = np.where(n > 0, total / np.where(n > 0, n, 1.0), 0.0)
+    squares = np.bincount(arms, weights=(values - mean[arms]) ** 2,
+                          minlength=k).astype(np.float64)
+    merge_batch(_family(kind), stats, n, total, squares)
 
 
 # --- Policies --------------------------------------------------------------------------------

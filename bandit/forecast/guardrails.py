@@ -35,7 +35,8 @@ from bandit.policy import Guard, PolicySettings, guarded_allocation
 from bandit.policy.layout import BERNOULLI, BoolArray, FloatArray
 
 __all__ = ["MAX_RECOMPUTATIONS", "GuardMetric", "GuardOutcome", "GuardProblem",
-           "GuardScenario", "forecast_guardrails", "infeasible_arms", "recompute_every",
+           "GuardScenario", "forecast_guardrails", "infeasible_arms", "merge_batch",
+           "recompute_every",
            "seconds_per_recomputation"]
 
 #: Guarded allocations computed per replication and scenario, at most (at K=20 with a
@@ -137,11 +138,12 @@ def _rewards(family: int, means: FloatArray, noise: FloatArray,
     return rng.normal(means, noise)
 
 
-def _merge(family: int, stats: FloatArray, counts: FloatArray, n: FloatArray,
-           total: FloatArray, squares: FloatArray) -> None:
-    """Add a batch of observations (per arm: count, sum, sum of squares) to ``stats`` as the
-    service's update does (Beta counts; Welford's mean and squared deviations, merged)."""
-    counts += n
+def merge_batch(family: int, stats: FloatArray, n: FloatArray, total: FloatArray,
+                m2: FloatArray) -> None:
+    """Add a batch of observations (per arm: their count ``n``, sum ``total`` and squared
+    deviations about their own mean ``m2``, unused for Beta counts) to ``stats`` in the
+    service's layout: successes and failures, or weight, mean and squared deviations merged by
+    Chan's formula (Welford's, one by one, up to rounding)."""
     if family == BERNOULLI:
         stats[0] += total
         stats[1] += n - total
@@ -150,14 +152,21 @@ def _merge(family: int, stats: FloatArray, counts: FloatArray, n: FloatArray,
     if not seen.any():
         return
     batch_mean = np.where(seen, total / np.where(seen, n, 1.0), 0.0)
-    batch_m2 = np.maximum(squares - n * batch_mean**2, 0.0)
     before = stats[0].copy()
     after = before + n
     safe = np.where(after > 0, after, 1.0)
     delta = batch_mean - stats[1]
     stats[1] = np.where(seen, stats[1] + delta * n / safe, stats[1])
-    stats[2] = np.where(seen, stats[2] + batch_m2 + delta**2 * before * n / safe, stats[2])
+    stats[2] = np.where(seen, stats[2] + m2 + delta**2 * before * n / safe, stats[2])
     stats[0] = after
+
+
+def _merge(family: int, stats: FloatArray, counts: FloatArray, n: FloatArray,
+           total: FloatArray, squares: FloatArray) -> None:
+    """Add a batch of observations given per arm as count, sum and sum of squares."""
+    counts += n
+    batch_mean = np.where(n > 0, total / np.where(n > 0, n, 1.0), 0.0)
+    merge_batch(family, stats, n, total, np.maximum(squares - n * batch_mean**2, 0.0))
 
 
 def _simulate(problem: GuardProblem, scenario: GuardScenario, infeasible: BoolArray,
