@@ -11,7 +11,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from bandit.forecast import guardrails as gf
-from bandit.policy import BERNOULLI, GAUSSIAN, PolicySettings
+from bandit.policy import BERNOULLI, GAUSSIAN, Guard, PolicySettings
 from tests.test_guardrails_api import (
     REVENUE,
     UNSUBSCRIBE,
@@ -237,8 +237,8 @@ async def test_an_experiment_without_guardrails_gets_no_guardrail_forecast(
 def test_infeasible_arms_follow_the_thresholds() -> None:
     prior = np.zeros(4)
     stats = np.zeros((3, 3))
-    revenue = gf.GuardMetric(GAUSSIAN, stats, np.zeros(3), prior, True, -0.02, True)
-    unsubscribe = gf.GuardMetric(BERNOULLI, stats, np.zeros(3), prior, False, 0.01, False)
+    revenue = Guard(GAUSSIAN, stats, np.zeros(3), prior, True, -0.02, True)
+    unsubscribe = Guard(BERNOULLI, stats, np.zeros(3), prior, False, 0.01, False)
     means = np.array([[-1.0, -1.03, -1.01],  # relative to |c|: level -1.02
                       [0.02, 0.005, 0.005]])  # the control's 2% never counts
     assert gf.infeasible_arms([revenue, unsubscribe], means, 0).tolist() == [
@@ -254,7 +254,7 @@ def test_the_gate_holds_a_harmful_arm_in_the_simulation() -> None:
     stats = np.array([[40.0, 200.0, 60.0], [360.0, 200.0, 340.0], [0.0, 0.0, 0.0]])
     counts = np.full(3, 400.0)
     revenue = np.array([[400.0] * 3, [1.0, 0.9, 1.3], [100.0] * 3])
-    metric = gf.GuardMetric(GAUSSIAN, revenue, counts, np.array([0.0, 0.01, 1.0, 1.0]), True,
+    metric = Guard(GAUSSIAN, revenue, counts, np.array([0.0, 0.01, 1.0, 1.0]), True,
                             -0.02, True)
     problem = gf.GuardProblem(BERNOULLI, np.array([1.0, 1.0, 0.0, 0.0]), stats, counts,
                               (metric,), 0, horizon=1200, every=100, delay=0.0)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -34,7 +34,7 @@ from bandit.forecast.parallel import run_replications
 from bandit.policy import Guard, PolicySettings, guarded_allocation
 from bandit.policy.layout import BERNOULLI, BoolArray, FloatArray
 
-__all__ = ["MAX_RECOMPUTATIONS", "GuardMetric", "GuardOutcome", "GuardProblem",
+__all__ = ["MAX_RECOMPUTATIONS", "GuardOutcome", "GuardProblem",
            "GuardScenario", "forecast_guardrails", "infeasible_arms", "merge_batch",
            "recompute_every",
            "seconds_per_recomputation"]
@@ -47,19 +47,6 @@ _STREAM = 20_020
 
 
 @dataclass(frozen=True)
-class GuardMetric:
-    """A guardrail metric's live statistics over the simulated arms, and its rule."""
-
-    family: int
-    stats: FloatArray  # (3, K)
-    counts: FloatArray  # (K,)
-    prior: FloatArray  # (4,)
-    higher: bool
-    threshold: float
-    relative: bool
-
-
-@dataclass(frozen=True)
 class GuardProblem:
     """The live state: the primary's statistics and the guardrail metrics'."""
 
@@ -67,7 +54,7 @@ class GuardProblem:
     prior: FloatArray
     stats: FloatArray  # (3, K)
     counts: FloatArray  # (K,)
-    metrics: tuple[GuardMetric, ...]
+    metrics: tuple[Guard, ...]
     #: The arm relative thresholds are judged against in the drawn worlds (None: none).
     control: int | None
     horizon: int
@@ -113,7 +100,7 @@ def seconds_per_recomputation(n_arms: int, relative: bool) -> float:
     return 1e-3 + 2e-4 * n_arms if relative else 4e-4 + 5e-5 * n_arms
 
 
-def infeasible_arms(metrics: Sequence[GuardMetric], means: FloatArray,
+def infeasible_arms(metrics: Sequence[Guard], means: FloatArray,
                     control: int | None) -> BoolArray:
     """Arms whose true mean (``means``: (G, K)) of some guardrail metric breaks its
     threshold; the control never does."""
@@ -192,8 +179,8 @@ def _simulate(problem: GuardProblem, scenario: GuardScenario, infeasible: BoolAr
             for m, family in enumerate(families):
                 n, total, squares = pending[u, m]
                 _merge(family, stats[m], counts[m], n, total, squares)
-        guards = [Guard(metric.family, stats[g + 1], counts[g + 1], metric.prior, metric.higher,
-                        metric.threshold, metric.relative) for g, metric in enumerate(metrics)]
+        guards = [replace(metric, stats=stats[g + 1], counts=counts[g + 1])
+                  for g, metric in enumerate(metrics)]
         guarded = guarded_allocation(problem.family, stats[0], counts[0], problem.prior,
                                      scenario.settings, scenario.active, guards,
                                      scenario.control, scenario.gate_min_samples, held)

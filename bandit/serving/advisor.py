@@ -397,7 +397,7 @@ def _guard_plan(snapshot: Snapshot, proposed: Experiment, arms: tuple[str, ...],
                 out[..., i] = values[..., k]
         return out
 
-    metrics = tuple(gf.GuardMetric(g.family, over_arms(g.stats), over_arms(g.counts),
+    metrics = tuple(policy.Guard(g.family, over_arms(g.stats), over_arms(g.counts),
                                    np.asarray(g.prior, dtype=np.float64), g.higher, g.threshold,
                                    g.relative) for g in snapshot.guards)
     held_now = (snapshot.guarded.held if snapshot.guarded is not None
